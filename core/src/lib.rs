@@ -1,0 +1,52 @@
+//! # sigil-core
+//!
+//! The `no_std`, no-alloc heart of Sigil: everything a workload needs to prove and check
+//! identity, written once for a Cortex-M device and a server sidecar alike.
+//!
+//! - [`spiffe`]: SPIFFE IDs (`spiffe://<trust-domain>/<path>`) and Dapr's
+//!   `spiffe://<td>/ns/<namespace>/<app-id>` form.
+//! - [`pem`]: PEM blocks decoded into and encoded from caller buffers; bundles iterated
+//!   without allocation.
+//! - [`key`]: P-256 private keys in PKCS#8 and SEC1 form, and the [`crypto::Signer`] they
+//!   implement.
+//! - [`csr`]: PKCS#10 requests built into a caller buffer and parsed with their self-signature
+//!   checked.
+//! - [`cert`]: zero-copy, checked X.509 v3 parsing with the extensions Dapr and SPIFFE use.
+//! - [`path`]: RFC 5280 path building and validation with a work budget, against a
+//!   fixed-capacity [`path::TrustBundle`].
+//! - [`profile`]: the checks a workload runs on the certificate Sentry issues it.
+//!
+//! ## Contract
+//!
+//! - **Sans-IO**: no clock, socket, file or entropy source is read here. Time is an argument
+//!   ([`time::UnixTime`]), randomness a `&mut impl CryptoRngCore`.
+//! - **Fixed memory**: no allocator. Encoders write into `&mut [u8]` and name the size needed
+//!   when it is too small; collections are `heapless` with const capacities.
+//! - **No panics on input**: every parser has one checked constructor; after it, accessors
+//!   cannot panic. Path building is bounded by a [`path::Budget`] and a depth cap.
+//! - **Crypto is a trait boundary**: [`crypto::SignatureVerifier`] and [`crypto::Signer`].
+//!   [`crypto::RustCryptoVerifier`] and [`key::SoftwareKey`] are the defaults here; the host
+//!   adds a `ring` verifier.
+//!
+//! ## Features
+//!
+//! | feature   | default | what it adds                                             |
+//! |-----------|---------|----------------------------------------------------------|
+//! | `ed25519` | no      | Ed25519 signatures in [`crypto::RustCryptoVerifier`]     |
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cert;
+pub mod crypto;
+pub mod csr;
+mod der;
+pub mod key;
+pub mod names;
+pub mod path;
+pub mod pem;
+pub mod profile;
+pub mod spiffe;
+pub mod time;
+
+pub use time::UnixTime;

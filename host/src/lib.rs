@@ -1,0 +1,1 @@
+//! Sigil on a std host.

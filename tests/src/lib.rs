@@ -1,0 +1,1 @@
+//! Helpers shared by Sigil's cross-crate tests.
