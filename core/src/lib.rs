@@ -36,6 +36,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::as_conversions, clippy::cast_possible_truncation))]
 
 pub mod cert;
 pub mod crypto;

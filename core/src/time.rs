@@ -62,12 +62,19 @@ impl UnixTime {
 
     /// The instant of a civil UTC date and time, or `None` if a field is out of range or the date
     /// is before the epoch.
-    pub const fn from_civil(year: u64, month: u8, day: u8, h: u8, m: u8, s: u8) -> Option<Self> {
-        if year < 1970 || month == 0 || month > 12 || day == 0 || day > 31 || h > 23 || m > 59 || s > 59
+    pub fn from_civil(year: u64, month: u8, day: u8, h: u8, m: u8, s: u8) -> Option<Self> {
+        if year < 1970
+            || month == 0
+            || month > 12
+            || day == 0
+            || day > 31
+            || h > 23
+            || m > 59
+            || s > 59
         {
             return None;
         }
-        let (mo, d) = (month as u64, day as u64);
+        let (mo, d) = (u64::from(month), u64::from(day));
         let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
         let month_len = match month {
             2 if leap => 29,
@@ -86,7 +93,9 @@ impl UnixTime {
         let doy = (153 * mp + 2) / 5 + d - 1;
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
         let days = era * 146_097 + doe - 719_468;
-        Some(Self(days * 86_400 + h as u64 * 3_600 + m as u64 * 60 + s as u64))
+        Some(Self(
+            days * 86_400 + u64::from(h) * 3_600 + u64::from(m) * 60 + u64::from(s),
+        ))
     }
 }
 
@@ -104,12 +113,23 @@ mod tests {
 
     #[test]
     fn civil_round_trip() {
-        for secs in [0, 1, 86_399, 951_782_400, 1_700_000_000, 4_102_444_800, 253_402_300_799] {
+        for secs in [
+            0,
+            1,
+            86_399,
+            951_782_400,
+            1_700_000_000,
+            4_102_444_800,
+            253_402_300_799,
+        ] {
             let t = UnixTime::from_secs(secs);
             let (y, mo, d, h, mi, s) = t.to_civil();
             assert_eq!(UnixTime::from_civil(y, mo, d, h, mi, s), Some(t), "{secs}");
         }
-        assert_eq!(UnixTime::from_secs(951_782_400).to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            UnixTime::from_secs(951_782_400).to_string(),
+            "2000-02-29T00:00:00Z"
+        );
         assert_eq!(UnixTime::from_civil(2001, 2, 29, 0, 0, 0), None);
         assert_eq!(UnixTime::from_civil(1969, 12, 31, 0, 0, 0), None);
     }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every check of the project, as jobs: `ci/ci.sh <job>...`, or `ci/ci.sh all`.
+#   fmt        rustfmt, check mode
+#   clippy     clippy -D warnings on every target of the workspace, the board and the fuzz crate
+#   test       the workspace's tests (unit, proptest, Wycheproof, rcgen/webpki and openssl
+#              differential tests, CLI tests)
+#   nostd      sigil-core for thumbv7em-none-eabihf, and the firmware linked with no allocator
+#   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
+#   fuzz       a short cargo-fuzz run of every target (nightly)
+#   size       the size report (flash, RAM, stack)
+# Environment: FUZZ_SECONDS (default 20 per target), PROPTEST_CASES (proptest's own).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+board=boards/qemu-mps2-an386
+
+job_fmt() {
+  cargo fmt --all -- --check
+  (cd "$board" && cargo fmt -- --check)
+  (cd core/fuzz && cargo fmt -- --check)
+}
+
+job_clippy() {
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+  (cd "$board" && cargo clippy --release --locked -- -D warnings)
+}
+
+job_test() {
+  cargo test --workspace --locked
+}
+
+job_nostd() {
+  cargo build -p sigil-core --locked --target thumbv7em-none-eabihf
+  cargo build -p sigil-core --locked --target thumbv7em-none-eabihf --features ed25519
+  (cd "$board" && cargo build --release --locked)
+}
+
+job_qemu() {
+  bash ci/qemu.sh
+}
+
+job_fuzz() {
+  local secs="${FUZZ_SECONDS:-20}"
+  for target in cert csr pem path; do
+    local corpus
+    corpus="$(mktemp -d)"
+    cp core/fuzz/seeds/"$target"/* "$corpus"/
+    (cd core && cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=4096)
+    rm -rf "$corpus"
+  done
+}
+
+job_size() {
+  bash ci/size-report.sh
+}
+
+run() {
+  local job="$1"
+  echo "=== ci: $job ==="
+  local start=$SECONDS
+  "job_$job"
+  echo "=== ci: $job ok ($((SECONDS - start))s) ==="
+}
+
+[ $# -gt 0 ] || set -- all
+for job in "$@"; do
+  if [ "$job" = all ]; then
+    for j in fmt clippy test nostd qemu fuzz size; do run "$j"; done
+  else
+    run "$job"
+  fi
+done

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The README's main command: set-up, then Sigil's identity primitives end to end on sample
+# certificates made on the fly, then the same core on an emulated Cortex-M4 (QEMU).
+#
+# 1. openssl plays the CA (a root and an issuer with Dapr's profiles).
+# 2. `sigil csr new` makes a workload key and CSR as a Dapr sidecar does; openssl signs it into
+#    a 24 h workload certificate with the SPIFFE ID, NotBefore back-dated 15 minutes.
+# 3. `sigil cert inspect` shows it; `sigil cert verify` validates it as a peer would, then
+#    shows three precise refusals (wrong SPIFFE ID, expired, foreign root).
+# 4. The firmware builds a CSR and validates a chain on the emulated MCU, with no heap.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash ci/setup.sh demo
+cargo build --release --locked -q -p sigil-host --bin sigil
+sigil="$root/target/release/sigil"
+work="$(mktemp -d "${TMPDIR:-/tmp}/sigil-demo.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+td=localhost
+id="spiffe://$td/ns/default/demo-app"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "A CA, as Sentry makes it: root O=$td, issuer O=spiffe://$td/ns/default/dapr-sentry"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt \
+  -subj "/O=$td" -days 365 -addext "basicConstraints=critical,CA:true" \
+  -addext "keyUsage=critical,digitalSignature,keyCertSign,cRLSign" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout issuer.key -out issuer.csr \
+  -subj "/O=spiffe:\/\/$td\/ns\/default\/dapr-sentry" 2>/dev/null
+printf 'basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' >issuer.ext
+openssl x509 -req -in issuer.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 -extfile issuer.ext -out issuer.crt 2>/dev/null
+echo "ca.crt and issuer.crt written"
+
+step "sigil csr new: a P-256 key and a CSR with empty subject and the SPIFFE ID"
+"$sigil" csr new --key app.key --out app.csr --spiffe-id "$id"
+ls -l app.key | awk '{print "key file mode: " $1}'
+openssl req -in app.csr -noout -verify
+
+step "The CA signs it: 24 h, NotBefore = now - 15 min, SAN critical, EKU server+client"
+printf 'subjectAltName=critical,URI:%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nauthorityKeyIdentifier=keyid\n' "$id" >app.ext
+nb=$(date -u -d '-15 min' +%Y%m%d%H%M%SZ)
+na=$(date -u -d '+24 hours' +%Y%m%d%H%M%SZ)
+openssl x509 -req -in app.csr -CA issuer.crt -CAkey issuer.key -CAcreateserial \
+  -not_before "$nb" -not_after "$na" -extfile app.ext -out app.crt 2>/dev/null ||
+  openssl x509 -req -in app.csr -CA issuer.crt -CAkey issuer.key -CAcreateserial -days 1 -extfile app.ext -out app.crt 2>/dev/null
+cat app.crt issuer.crt >chain.pem
+
+step "sigil cert inspect chain.pem"
+"$sigil" cert inspect chain.pem
+
+step "sigil cert verify: as a peer sidecar checks it (clientAuth, exact SPIFFE ID)"
+"$sigil" cert verify --anchors ca.crt --intermediates chain.pem --leaf chain.pem --usage client --spiffe-id "$id" --skew 15m
+
+step "Refused: a different SPIFFE ID"
+"$sigil" cert verify --anchors ca.crt --intermediates chain.pem --leaf chain.pem --spiffe-id "spiffe://$td/ns/default/other" && exit 1 || echo "(exit $?)"
+
+step "Refused: checked two days from now"
+"$sigil" cert verify --anchors ca.crt --intermediates chain.pem --leaf chain.pem --at "$(date -u -d '+2 days' +%Y-%m-%dT%H:%M:%SZ)" && exit 1 || echo "(exit $?)"
+
+step "Refused: a foreign root"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt -subj "/O=$td" -days 365 \
+  -addext "basicConstraints=critical,CA:true" 2>/dev/null
+"$sigil" cert verify --anchors other.crt --intermediates chain.pem --leaf chain.pem && exit 1 || echo "(exit $?)"
+
+step "The same core on an emulated Cortex-M4 (mps2-an386, no heap): CSR + chain validation"
+cd "$root"
+bash ci/qemu.sh
+step "demo: all steps held"

@@ -1,0 +1,274 @@
+//! What each `sigil` subcommand does. The binary parses arguments into these types and maps
+//! the outcome to an exit code.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sigil_core::cert::Certificate;
+use sigil_core::csr;
+use sigil_core::key::{SoftwareKey, PKCS8_DER_LEN};
+use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::pem::Label;
+use sigil_core::spiffe::{SpiffeId, TrustDomain};
+use sigil_core::UnixTime;
+
+use crate::pki::{self, InputError};
+use crate::verifier::RingVerifier;
+
+/// Most trust anchors `sigil cert verify` loads from one file.
+pub const MAX_ANCHORS: usize = 32;
+
+/// Errors of `sigil csr new`.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrNewError {
+    /// A file problem.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The SPIFFE ID given is not valid.
+    #[error("--spiffe-id: {0}")]
+    SpiffeId(sigil_core::spiffe::Error),
+    /// Building the request failed.
+    #[error("building the CSR: {0}")]
+    Csr(csr::Error),
+}
+
+/// Makes a new P-256 key (PKCS#8 PEM, mode 0600) at `key_path` and its CSR (PEM) at
+/// `csr_path`. Neither file is replaced unless `force`; both are checked before anything is
+/// written. Returns the CSR's PEM.
+///
+/// # Errors
+///
+/// [`CsrNewError`]; on error no file has been replaced.
+pub fn csr_new(
+    key_path: &Path,
+    csr_path: &Path,
+    spiffe_id: Option<&str>,
+    force: bool,
+) -> Result<String, CsrNewError> {
+    let id = spiffe_id
+        .map(SpiffeId::parse)
+        .transpose()
+        .map_err(CsrNewError::SpiffeId)?;
+    if !force {
+        for p in [key_path, csr_path] {
+            if p.exists() {
+                return Err(InputError::Exists(p.to_owned()).into());
+            }
+        }
+    }
+    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
+    let builder = id.map_or_else(csr::Builder::new, |id| {
+        csr::Builder::new().with_spiffe_id(id)
+    });
+    let mut buf = vec![0u8; builder.buffer_len(sigil_core::crypto::Signer::public_key(&key))];
+    let der = builder
+        .build(&mut key, &mut buf)
+        .map_err(CsrNewError::Csr)?;
+    let csr_pem = pki::to_pem(Label::CertificateRequest, der);
+
+    let mut key_der = [0u8; PKCS8_DER_LEN];
+    let key_der = key.to_pkcs8_der(&mut key_der).map_err(|_| {
+        CsrNewError::Csr(csr::Error::BufferTooSmall {
+            needed: PKCS8_DER_LEN,
+        })
+    })?;
+    let key_pem = zeroizing(pki::to_pem(Label::PrivateKey, key_der));
+    pki::write_atomic(key_path, key_pem.as_bytes(), 0o600, force)?;
+    pki::write_atomic(csr_path, csr_pem.as_bytes(), 0o644, force)?;
+    Ok(csr_pem)
+}
+
+/// Holds secret text; overwritten with zeros when dropped.
+struct Zeroizing(String);
+
+impl std::ops::Deref for Zeroizing {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl Drop for Zeroizing {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+fn zeroizing(s: String) -> Zeroizing {
+    Zeroizing(s)
+}
+
+/// The name `sigil cert verify` checks the leaf for.
+#[derive(Clone, Debug)]
+pub enum ExpectedName {
+    /// No name check.
+    None,
+    /// Exactly this SPIFFE ID.
+    SpiffeId(String),
+    /// Any SPIFFE ID in this trust domain.
+    TrustDomain(String),
+    /// This DNS name.
+    Dns(String),
+    /// This IP address.
+    Ip(std::net::IpAddr),
+}
+
+/// Arguments of `sigil cert verify`.
+#[derive(Clone, Debug)]
+pub struct VerifyArgs {
+    /// PEM file of trust anchors.
+    pub anchors: PathBuf,
+    /// PEM file of untrusted intermediates.
+    pub intermediates: Option<PathBuf>,
+    /// PEM file whose first certificate is the leaf.
+    pub leaf: PathBuf,
+    /// Time to validate at.
+    pub at: UnixTime,
+    /// Allowed clock skew.
+    pub skew: Duration,
+    /// Usage asked for.
+    pub usage: Usage,
+    /// Name asked for.
+    pub name: ExpectedName,
+    /// Most intermediates in a path.
+    pub max_depth: usize,
+}
+
+/// The outcome of `sigil cert verify`.
+#[derive(Debug)]
+pub enum VerifyOutcome {
+    /// Valid: the path, described.
+    Valid(String),
+    /// Invalid: the reason.
+    Invalid(String),
+}
+
+/// Errors that make `sigil cert verify` unable to decide.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A file problem.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The expected name given is not valid.
+    #[error("{0}")]
+    BadName(String),
+    /// Too many anchors or intermediates.
+    #[error("{0}")]
+    TooMany(String),
+}
+
+/// Validates the leaf in `args.leaf` as `sigil cert verify` does.
+///
+/// # Errors
+///
+/// [`VerifyError`] when the input is unusable; an invalid chain is `Ok(Invalid)`.
+pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
+    let anchors_der = pki::read_certificates(&args.anchors)?;
+    let intermediates_der = match &args.intermediates {
+        Some(p) => pki::read_certificates(p)?,
+        None => Vec::new(),
+    };
+    let leaf_der = pki::read_certificates(&args.leaf)?.swap_remove(0);
+
+    let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
+    for der in &anchors_der {
+        bundle
+            .add(der)
+            .map_err(|e| VerifyError::TooMany(format!("{}: {e}", args.anchors.display())))?;
+    }
+    let ints: Vec<&[u8]> = intermediates_der.iter().map(Vec::as_slice).collect();
+    if ints.len() > path::MAX_INTERMEDIATES {
+        return Err(VerifyError::TooMany(format!(
+            "at most {} intermediates are accepted, {} given",
+            path::MAX_INTERMEDIATES,
+            ints.len()
+        )));
+    }
+
+    let ip_bytes;
+    let peer = match &args.name {
+        ExpectedName::None => PeerName::Unchecked,
+        ExpectedName::SpiffeId(id) => PeerName::SpiffeId(
+            SpiffeId::parse(id).map_err(|e| VerifyError::BadName(format!("--spiffe-id: {e}")))?,
+        ),
+        ExpectedName::TrustDomain(td) => PeerName::TrustDomain(
+            TrustDomain::parse(td)
+                .map_err(|e| VerifyError::BadName(format!("--trust-domain: {e}")))?,
+        ),
+        ExpectedName::Dns(name) => {
+            if !sigil_core::names::is_valid_reference_dns(name.strip_suffix('.').unwrap_or(name)) {
+                return Err(VerifyError::BadName(format!(
+                    "--dns: {name:?} is not a valid DNS name"
+                )));
+            }
+            PeerName::Dns(name)
+        }
+        ExpectedName::Ip(ip) => {
+            ip_bytes = match ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            PeerName::Ip(&ip_bytes)
+        }
+    };
+    let options = Options {
+        skew: args.skew,
+        usage: args.usage,
+        peer,
+        max_depth: args.max_depth,
+        ..Options::new(args.at)
+    };
+    match path::verify(&leaf_der, &ints, &bundle, &RingVerifier, &options) {
+        Ok(found) => {
+            let mut s = format!(
+                "valid at {} (usage {}, skew {}s)\n",
+                args.at,
+                args.usage,
+                args.skew.as_secs()
+            );
+            let leaf = Certificate::parse(&leaf_der)
+                .map(|c| pki::summary(&c))
+                .unwrap_or_default();
+            let _ = writeln!(s, "  leaf: {leaf}");
+            for &j in found.intermediates() {
+                let c = ints.get(j).and_then(|d| Certificate::parse(d).ok());
+                let _ = writeln!(
+                    s,
+                    "  intermediate #{j}: {}",
+                    c.map(|c| pki::summary(&c)).unwrap_or_default()
+                );
+            }
+            let anchor = bundle
+                .anchors()
+                .get(found.anchor())
+                .map(|a| pki::summary(a.certificate()));
+            let _ = writeln!(
+                s,
+                "  trust anchor #{}: {}",
+                found.anchor(),
+                anchor.unwrap_or_default()
+            );
+            Ok(VerifyOutcome::Valid(s))
+        }
+        Err(e) => Ok(VerifyOutcome::Invalid(format!("invalid: {e}"))),
+    }
+}
+
+/// Describes every certificate in the PEM file at `path`.
+///
+/// # Errors
+///
+/// [`InputError`] if the file cannot be read or holds no certificate. Certificates that do not
+/// parse are described as such.
+pub fn cert_inspect(path: &Path) -> Result<String, InputError> {
+    let certs = pki::read_pem_blocks(path, Label::Certificate)?;
+    let mut s = String::new();
+    for (i, der) in certs.iter().enumerate() {
+        let _ = writeln!(s, "certificate #{i} ({} bytes DER)", der.len());
+        s.push_str(&pki::describe(der));
+    }
+    Ok(s)
+}

@@ -1,0 +1,357 @@
+//! Files of keys and certificates on a host: PEM in, owned DER out; secret files written
+//! atomically with mode 0600 and never over an existing file unless asked; certificates
+//! described for people.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use sigil_core::cert::{Certificate, Purpose};
+use sigil_core::names::GeneralName;
+use sigil_core::pem;
+
+/// Why an input could not be used at all (as opposed to being invalid).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file's PEM was malformed.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: pem::Error,
+    },
+    /// A file held no block of the kind needed.
+    #[error("{path}: no {label} PEM block found")]
+    NoBlock {
+        /// The file.
+        path: PathBuf,
+        /// The label looked for.
+        label: &'static str,
+    },
+    /// A certificate in a file did not parse.
+    #[error("{path}: certificate #{index}: {source}")]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// Which certificate (0-based).
+        index: usize,
+        /// The cause.
+        source: sigil_core::cert::Error,
+    },
+    /// Writing a file failed.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file exists and overwriting was not asked for.
+    #[error("{0}: already exists (use --force to replace it)")]
+    Exists(PathBuf),
+}
+
+/// Every block labelled `label` in the PEM file at `path`, decoded.
+///
+/// # Errors
+///
+/// [`InputError`] if the file cannot be read, its PEM is malformed, or it holds no such block.
+pub fn read_pem_blocks(path: &Path, label: pem::Label) -> Result<Vec<Vec<u8>>, InputError> {
+    let text = fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for block in pem::blocks(&text) {
+        let block = block.map_err(|source| InputError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
+        if block.label() != Some(label) {
+            continue;
+        }
+        let mut buf = vec![0u8; block.decoded_len_max()];
+        let len = block
+            .decode(&mut buf)
+            .map_err(|source| InputError::Pem {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        buf.truncate(len);
+        out.push(buf);
+    }
+    if out.is_empty() {
+        return Err(InputError::NoBlock {
+            path: path.to_owned(),
+            label: label.as_str(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every certificate in the PEM file at `path`, each checked to parse.
+///
+/// # Errors
+///
+/// As [`read_pem_blocks`], plus [`InputError::Certificate`] for one that does not parse.
+pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, InputError> {
+    let certs = read_pem_blocks(path, pem::Label::Certificate)?;
+    for (index, der) in certs.iter().enumerate() {
+        Certificate::parse(der).map_err(|source| InputError::Certificate {
+            path: path.to_owned(),
+            index,
+            source,
+        })?;
+    }
+    Ok(certs)
+}
+
+/// PEM text for `der` under `label`.
+pub fn to_pem(label: pem::Label, der: &[u8]) -> String {
+    let mut buf = vec![0u8; pem::encoded_len(label, der.len())];
+    // The buffer has exactly the encoded length, so encoding cannot fail.
+    pem::encode(label, der, &mut buf)
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory with
+/// `mode`, flushed to disk, then moved into place. Without `force`, an existing file is never
+/// replaced (the move is a hard link, which fails if the name exists).
+///
+/// # Errors
+///
+/// [`InputError::Exists`] or [`InputError::Write`]; `path` is untouched then.
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    force: bool,
+) -> Result<(), InputError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let werr = |source| InputError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if !force && path.exists() {
+        return Err(InputError::Exists(path.to_owned()));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        if force {
+            fs::rename(&tmp, path)
+        } else {
+            fs::hard_link(&tmp, path)
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(InputError::Exists(path.to_owned()))
+        }
+        Err(e) => Err(werr(e)),
+    }
+}
+
+/// A `Name` (whole DER) in RFC 4514 form, or `(empty)`.
+pub fn name_to_string(name: &[u8]) -> String {
+    use x509_cert::der::Decode as _;
+    if name == [0x30, 0x00] {
+        return "(empty)".to_owned();
+    }
+    x509_cert::name::Name::from_der(name)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "(unreadable name)".to_owned())
+}
+
+/// One line per subjectAltName entry.
+pub fn describe_names<'a>(names: impl Iterator<Item = GeneralName<'a>>) -> Vec<String> {
+    names
+        .map(|n| match n {
+            GeneralName::Dns(d) => format!("DNS:{d}"),
+            GeneralName::Uri(u) => format!("URI:{u}"),
+            GeneralName::Email(e) => format!("email:{e}"),
+            GeneralName::Ip(ip) => match <[u8; 4]>::try_from(ip) {
+                Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
+                Err(_) => match <[u8; 16]>::try_from(ip) {
+                    Ok(v6) => format!("IP:{}", std::net::Ipv6Addr::from(v6)),
+                    Err(_) => format!("IP:{}", hex(ip)),
+                },
+            },
+            GeneralName::DirectoryName(dn) => format!("DirName:{}", name_to_string(dn)),
+            GeneralName::Unsupported(tag) => format!("(unsupported name type [{tag}])"),
+            _ => "(unknown name)".to_owned(),
+        })
+        .collect()
+}
+
+/// Lower-case hex with `:` between bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A one-line summary of a certificate: subject, SPIFFE ID, validity.
+pub fn summary(cert: &Certificate<'_>) -> String {
+    let mut s = format!("subject={}", name_to_string(cert.subject()));
+    if let Some(id) = cert.spiffe_ids().next() {
+        let _ = write!(s, " spiffe_id={id}");
+    }
+    let _ = write!(
+        s,
+        " not_before={} not_after={}",
+        cert.not_before(),
+        cert.not_after()
+    );
+    s
+}
+
+/// A multi-line description of a certificate, for `sigil cert inspect`.
+pub fn describe(der: &[u8]) -> String {
+    let cert = match Certificate::parse(der) {
+        Ok(c) => c,
+        Err(e) => return format!("  unparsable certificate: {e}\n"),
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "  subject:     {}", name_to_string(cert.subject()));
+    let _ = writeln!(s, "  issuer:      {}", name_to_string(cert.issuer()));
+    let _ = writeln!(s, "  serial:      {}", hex(cert.serial()));
+    let _ = writeln!(s, "  not before:  {}", cert.not_before());
+    let _ = writeln!(s, "  not after:   {}", cert.not_after());
+    let _ = writeln!(
+        s,
+        "  key:         {}",
+        cert.public_key()
+            .map_or_else(|e| format!("unsupported ({e})"), |k| k.kind().to_owned())
+    );
+    let _ = writeln!(
+        s,
+        "  signature:   {}",
+        cert.signature_scheme()
+            .map_or_else(|e| format!("unsupported ({e})"), |k| k.to_string())
+    );
+    let spiffe: Vec<String> = cert.spiffe_ids().map(|i| i.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "  SPIFFE ID:   {}",
+        if spiffe.is_empty() {
+            "(none)".to_owned()
+        } else {
+            spiffe.join(", ")
+        }
+    );
+    let sans = cert
+        .subject_alt_names()
+        .map(|n| describe_names(n.iter()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "  SANs:        {}",
+        if sans.is_empty() {
+            "(none)".to_owned()
+        } else {
+            sans.join(", ")
+        }
+    );
+    let _ = writeln!(s, "  extensions:");
+    for line in describe_extensions(&cert) {
+        let _ = writeln!(s, "    {line}");
+    }
+    s
+}
+
+fn describe_extensions(cert: &Certificate<'_>) -> Vec<String> {
+    use x509_cert::der::Decode as _;
+    let mut out = Vec::new();
+    let parsed = x509_cert::Certificate::from_der(cert.der()).ok();
+    let exts = parsed
+        .as_ref()
+        .and_then(|c| c.tbs_certificate.extensions.as_ref());
+    for ext in exts.into_iter().flatten() {
+        let crit = if ext.critical { " (critical)" } else { "" };
+        let oid = ext.extn_id.to_string();
+        let text = match oid.as_str() {
+            "2.5.29.19" => cert.basic_constraints().map_or_else(String::new, |b| {
+                format!(
+                    "basicConstraints{crit}: CA:{}{}",
+                    b.ca,
+                    b.path_len
+                        .map(|p| format!(", pathLen:{p}"))
+                        .unwrap_or_default()
+                )
+            }),
+            "2.5.29.15" => cert.key_usage().map_or_else(String::new, |k| {
+                format!(
+                    "keyUsage{crit}: {}",
+                    k.names().collect::<Vec<_>>().join(", ")
+                )
+            }),
+            "2.5.29.37" => cert.ext_key_usage().map_or_else(String::new, |e| {
+                let names: Vec<String> = e
+                    .purposes()
+                    .map(|p| match p {
+                        Purpose::ServerAuth => "serverAuth".to_owned(),
+                        Purpose::ClientAuth => "clientAuth".to_owned(),
+                        Purpose::Any => "anyExtendedKeyUsage".to_owned(),
+                        Purpose::Other(o) => format!("OID({})", hex(o)),
+                        _ => "(unknown)".to_owned(),
+                    })
+                    .collect();
+                format!("extKeyUsage{crit}: {}", names.join(", "))
+            }),
+            "2.5.29.17" => format!("subjectAltName{crit}"),
+            "2.5.29.30" => cert.name_constraints().map_or_else(String::new, |nc| {
+                let p = describe_names(nc.permitted());
+                let x = describe_names(nc.excluded());
+                format!(
+                    "nameConstraints{crit}: permitted [{}] excluded [{}]",
+                    p.join(", "),
+                    x.join(", ")
+                )
+            }),
+            "2.5.29.35" => format!(
+                "authorityKeyIdentifier{crit}: {}",
+                cert.authority_key_id()
+                    .map(hex)
+                    .unwrap_or_else(|| "(no keyIdentifier)".to_owned())
+            ),
+            "2.5.29.14" => format!(
+                "subjectKeyIdentifier{crit}: {}",
+                cert.subject_key_id().map(hex).unwrap_or_default()
+            ),
+            _ => format!("{oid}{crit}"),
+        };
+        out.push(text);
+    }
+    out
+}
