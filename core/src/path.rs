@@ -458,7 +458,10 @@ impl VerifiedPath {
 }
 
 /// Validates `leaf` against `anchors`, building a path through `intermediates` (in any order,
-/// unneeded ones are ignored).
+/// unneeded ones are ignored; ones that do not parse cannot be anyone's issuer).
+///
+/// Intermediates are parsed when they are candidates, not all up front, so the stack holds one
+/// parsed certificate per level of the path rather than one per intermediate given.
 ///
 /// # Errors
 ///
@@ -471,48 +474,21 @@ pub fn verify<const N: usize>(
     verifier: &impl SignatureVerifier,
     options: &Options<'_>,
 ) -> Result<VerifiedPath, Error> {
-    let leaf = Certificate::parse(leaf)
-        .map_err(|e| Error::new(Position::Leaf, ErrorKind::Malformed(e)))?;
-    if intermediates.len() > MAX_INTERMEDIATES {
-        return Err(Error::new(
-            Position::Leaf,
-            ErrorKind::TooManyIntermediates {
-                max: MAX_INTERMEDIATES,
-            },
-        ));
-    }
-    // Unparsable intermediates are kept as `None`: they cannot be anyone's issuer.
-    let mut parsed: heapless::Vec<Option<Certificate<'_>>, MAX_INTERMEDIATES> =
-        heapless::Vec::new();
-    for der in intermediates {
-        // Capacity was checked above.
-        let _ = parsed.push(Certificate::parse(der).ok());
-    }
-    verify_parsed(&leaf, &parsed, anchors, verifier, options)
-}
-
-/// [`verify`] over already parsed certificates (`None` marks an intermediate that did not
-/// parse).
-///
-/// # Errors
-///
-/// As [`verify`].
-pub fn verify_parsed<const N: usize>(
-    leaf: &Certificate<'_>,
-    intermediates: &[Option<Certificate<'_>>],
-    anchors: &TrustBundle<'_, N>,
-    verifier: &impl SignatureVerifier,
-    options: &Options<'_>,
-) -> Result<VerifiedPath, Error> {
     let at = |kind| Error::new(Position::Leaf, kind);
-    check_time(leaf, options).map_err(at)?;
+    let leaf = Certificate::parse(leaf).map_err(|e| at(ErrorKind::Malformed(e)))?;
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(at(ErrorKind::TooManyIntermediates {
+            max: MAX_INTERMEDIATES,
+        }));
+    }
+    check_time(&leaf, options).map_err(at)?;
     if leaf.is_ca() {
         return Err(at(ErrorKind::CaUsedAsEndEntity));
     }
-    check_eku(leaf, options.usage).map_err(at)?;
-    check_peer_name(leaf, &options.peer).map_err(|m| at(ErrorKind::PeerNameMismatch(m)))?;
+    check_eku(&leaf, options.usage).map_err(at)?;
+    check_peer_name(&leaf, &options.peer).map_err(|m| at(ErrorKind::PeerNameMismatch(m)))?;
     let mut search = Search {
-        leaf,
+        leaf: &leaf,
         intermediates,
         anchors: anchors.anchors(),
         verifier,
@@ -520,12 +496,12 @@ pub fn verify_parsed<const N: usize>(
         budget: options.budget,
         path: heapless::Vec::new(),
     };
-    search.build(leaf, Position::Leaf)
+    search.build(&leaf, Position::Leaf)
 }
 
 struct Search<'s, 'a, V> {
     leaf: &'s Certificate<'a>,
-    intermediates: &'s [Option<Certificate<'a>>],
+    intermediates: &'s [&'a [u8]],
     anchors: &'s [TrustAnchor<'a>],
     verifier: &'s V,
     options: &'s Options<'s>,
@@ -569,9 +545,14 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
             }
         }
 
-        for (j, candidate) in self.intermediates.iter().enumerate() {
-            let Some(ca) = candidate else { continue };
-            if ca.subject() != child.issuer() || self.path.contains(&j) {
+        for (j, der) in self.intermediates.iter().enumerate() {
+            if self.path.contains(&j) {
+                continue;
+            }
+            let Ok(ca) = Certificate::parse(der) else {
+                continue;
+            };
+            if ca.subject() != child.issuer() {
                 continue;
             }
             if self.path.len() >= self.options.max_depth.min(MAX_INTERMEDIATES) {
@@ -587,10 +568,10 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
                 continue;
             }
             let ca_pos = Position::Intermediate(j);
-            let attempt = self.check_issuer(child, pos, ca, ca_pos).and_then(|()| {
+            let attempt = self.check_issuer(child, pos, &ca, ca_pos).and_then(|()| {
                 // `path` has room: its length is below MAX_INTERMEDIATES (checked above).
                 let _ = self.path.push(j);
-                let found = self.build(ca, ca_pos);
+                let found = self.build(&ca, ca_pos);
                 self.path.pop();
                 found
             });
@@ -654,13 +635,17 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
         self.check_signature(child, pos, ca, ca_pos)
     }
 
-    /// Intermediates below the issuer being considered that are not self-issued.
-    fn below_count(&self) -> usize {
+    /// The intermediates chosen so far (below the issuer being considered), re-parsed.
+    fn below(&self) -> impl Iterator<Item = Certificate<'a>> + '_ {
         self.path
             .iter()
-            .filter_map(|&j| self.intermediates.get(j).copied().flatten())
-            .filter(|c| !c.is_self_issued())
-            .count()
+            .filter_map(|&j| self.intermediates.get(j))
+            .filter_map(|der| Certificate::parse(der).ok())
+    }
+
+    /// Intermediates below the issuer being considered that are not self-issued.
+    fn below_count(&self) -> usize {
+        self.below().filter(|c| !c.is_self_issued()).count()
     }
 
     /// Applies `ca`'s nameConstraints to the leaf and the intermediates below it.
@@ -668,30 +653,27 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
         let Some(constraints) = ca.name_constraints() else {
             return Ok(());
         };
-        let below = self
-            .path
-            .iter()
-            .filter_map(|&j| self.intermediates.get(j).copied().flatten())
-            .filter(|c| !c.is_self_issued());
-        for cert in core::iter::once(*self.leaf).chain(below) {
-            let subject = (!cert.subject_is_empty()).then(|| cert.subject());
-            names::check_constraints(
-                &constraints,
-                subject,
-                cert.subject_alt_names(),
-                &mut self.budget.name_comparisons,
-            )
-            .map_err(|f| match f {
-                ConstraintFailure::Violation => {
-                    Error::new(ca_pos, ErrorKind::NameConstraintViolation)
-                }
-                ConstraintFailure::Budget => Error::new(
-                    ca_pos,
-                    ErrorKind::BudgetExceeded(BudgetKind::NameComparisons),
-                ),
-            })?;
-        }
-        Ok(())
+        let mut comparisons = self.budget.name_comparisons;
+        let leaf = *self.leaf;
+        let result = core::iter::once(leaf)
+            .chain(self.below().filter(|c| !c.is_self_issued()))
+            .try_for_each(|cert| {
+                let subject = (!cert.subject_is_empty()).then(|| cert.subject());
+                names::check_constraints(
+                    &constraints,
+                    subject,
+                    cert.subject_alt_names(),
+                    &mut comparisons,
+                )
+            });
+        self.budget.name_comparisons = comparisons;
+        result.map_err(|f| match f {
+            ConstraintFailure::Violation => Error::new(ca_pos, ErrorKind::NameConstraintViolation),
+            ConstraintFailure::Budget => Error::new(
+                ca_pos,
+                ErrorKind::BudgetExceeded(BudgetKind::NameComparisons),
+            ),
+        })
     }
 
     fn check_signature(

@@ -1,0 +1,182 @@
+//! Sigil's first scenario on the reference board (QEMU mps2-an386, Cortex-M4F), with no heap:
+//!
+//! 1. seed a DRBG from the provisioned device seed;
+//! 2. generate a P-256 key and build a CSR for `spiffe://example.org/ns/default/device`, then
+//!    parse it back and check its self-signature;
+//! 3. validate the fixture chain (root → issuer with a URI name constraint → SPIFFE leaf) held
+//!    in flash, at a pinned time, as a TLS client would validate its server (exact SPIFFE ID);
+//! 4. check that a foreign root, a tampered leaf and an expired time are each refused for the
+//!    right reason;
+//! 5. report the peak stack and exit through semihosting: 0 only if every step held.
+#![no_std]
+#![no_main]
+
+mod rng;
+mod stack;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+use sigil_core::csr::{self, Csr};
+use sigil_core::key::SoftwareKey;
+use sigil_core::path::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
+use sigil_core::spiffe::SpiffeId;
+use sigil_core::UnixTime;
+
+static ROOT: &[u8] = include_bytes!("../../../tests/fixtures/p256/root.der");
+static ISSUER: &[u8] = include_bytes!("../../../tests/fixtures/p256/issuer.der");
+static LEAF: &[u8] = include_bytes!("../../../tests/fixtures/p256/leaf.der");
+static FOREIGN: &[u8] = include_bytes!("../../../tests/fixtures/p256/foreign.der");
+const DEVICE_SEED: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/seed.rs"));
+/// Inside the fixtures' validity (generated 2026-11-22, valid 20 years).
+const PINNED: UnixTime = UnixTime::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
+const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
+
+#[entry]
+fn main() -> ! {
+    stack::paint();
+    let outcome = run();
+    let peak = stack::peak();
+    hprintln!("stack_peak={}", peak);
+    match outcome {
+        Ok(()) => {
+            hprintln!("ALL OK");
+            debug::exit(debug::EXIT_SUCCESS);
+        }
+        Err(step) => {
+            hprintln!("FAILED: {}", step);
+            debug::exit(debug::EXIT_FAILURE);
+        }
+    }
+    loop {}
+}
+
+fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
+    if ok {
+        hprintln!("ok   {}", step);
+        Ok(())
+    } else {
+        Err(step)
+    }
+}
+
+fn run() -> Result<(), &'static str> {
+    let mut rng = rng::HmacDrbg::new(
+        &mut rng::ProvisionedSeed {
+            seed: DEVICE_SEED,
+            boot_nonce: 0,
+        },
+        b"sigil qemu-mps2-an386",
+    );
+    // Each step is its own frame, so their buffers are never on the stack together.
+    csr_step(&mut rng)?;
+    chain_step()?;
+    refusals_step()?;
+    // The negative control: this must fail the run.
+    check(
+        !cfg!(feature = "fail"),
+        "negative control (feature `fail` off)",
+    )
+}
+
+/// Key and CSR, parsed back and its self-signature checked.
+#[inline(never)]
+fn csr_step(rng: &mut rng::HmacDrbg) -> Result<(), &'static str> {
+    let mut key = SoftwareKey::generate(rng);
+    let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID parses")?;
+    let mut csr_buf = [0u8; 320];
+    let der = csr::Builder::new()
+        .with_spiffe_id(id)
+        .build(&mut key, &mut csr_buf)
+        .map_err(|_| "build CSR")?;
+    hprintln!("csr: {} bytes DER", der.len());
+    let parsed = Csr::parse(der).map_err(|_| "parse own CSR")?;
+    check(
+        parsed.verify_signature(&RustCryptoVerifier).is_ok(),
+        "CSR self-signature verifies",
+    )?;
+    check(
+        parsed.public_key() == key.public_key(),
+        "CSR carries the device key",
+    )
+}
+
+fn options() -> Result<Options<'static>, &'static str> {
+    let server = SpiffeId::parse(DEVICE_ID).map_err(|_| "server SPIFFE ID parses")?;
+    Ok(Options {
+        usage: Usage::ServerAuth,
+        peer: PeerName::SpiffeId(server),
+        ..Options::new(PINNED)
+    })
+}
+
+/// The chain in flash validates.
+#[inline(never)]
+fn chain_step() -> Result<(), &'static str> {
+    let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
+    bundle.add(ROOT).map_err(|_| "load trust anchor")?;
+    let found = path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options()?);
+    check(
+        matches!(&found, Ok(p) if p.intermediates() == [0]),
+        "chain root -> issuer -> leaf validates",
+    )
+}
+
+/// A foreign root, a tampered leaf and a late time are each refused for their own reason.
+#[inline(never)]
+fn refusals_step() -> Result<(), &'static str> {
+    let options = options()?;
+    let mut foreign: TrustBundle<'_, 1> = TrustBundle::new();
+    foreign.add(FOREIGN).map_err(|_| "load foreign anchor")?;
+    let e = path::verify(LEAF, &[ISSUER], &foreign, &RustCryptoVerifier, &options);
+    check(
+        matches!(
+            e,
+            Err(path::Error {
+                kind: ErrorKind::BadSignature(_) | ErrorKind::UnknownIssuer,
+                ..
+            })
+        ),
+        "foreign root refused",
+    )?;
+    let mut bundle: TrustBundle<'_, 1> = TrustBundle::new();
+    bundle.add(ROOT).map_err(|_| "load trust anchor")?;
+    let mut tampered = [0u8; 600];
+    let tampered = tampered.get_mut(..LEAF.len()).ok_or("leaf fits")?;
+    tampered.copy_from_slice(LEAF);
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x01;
+    let e = path::verify(tampered, &[ISSUER], &bundle, &RustCryptoVerifier, &options);
+    check(
+        matches!(
+            e,
+            Err(path::Error {
+                kind: ErrorKind::BadSignature(_),
+                ..
+            })
+        ),
+        "tampered leaf refused",
+    )?;
+    let late = Options {
+        time: UnixTime::from_secs(2_524_608_000),
+        ..options
+    }; // 2050
+    let e = path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &late);
+    check(
+        matches!(
+            e,
+            Err(path::Error {
+                kind: ErrorKind::Expired { .. },
+                ..
+            })
+        ),
+        "expired chain refused",
+    )
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}
