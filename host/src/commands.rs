@@ -166,12 +166,24 @@ pub enum VerifyError {
 ///
 /// [`VerifyError`] when the input is unusable; an invalid chain is `Ok(Invalid)`.
 pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
+    // Anchors must all parse: a broken trust configuration is unusable input. Intermediates
+    // that do not parse are left to path building, which skips them. A leaf whose DER is
+    // garbage is unusable; one that parses as DER but breaks a rule of X.509 (an unknown
+    // critical extension, say) is invalid, and path validation says so.
     let anchors_der = pki::read_certificates(&args.anchors)?;
     let intermediates_der = match &args.intermediates {
-        Some(p) => pki::read_certificates(p)?,
+        Some(p) => pki::read_pem_blocks(p, Label::Certificate)?,
         None => Vec::new(),
     };
-    let leaf_der = pki::read_certificates(&args.leaf)?.swap_remove(0);
+    let leaf_der = pki::read_pem_blocks(&args.leaf, Label::Certificate)?.swap_remove(0);
+    if let Err(source @ sigil_core::cert::Error::Der(_)) = Certificate::parse(&leaf_der) {
+        return Err(InputError::Certificate {
+            path: args.leaf.clone(),
+            index: 0,
+            source,
+        }
+        .into());
+    }
 
     let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
     for der in &anchors_der {
@@ -253,7 +265,34 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
             );
             Ok(VerifyOutcome::Valid(s))
         }
-        Err(e) => Ok(VerifyOutcome::Invalid(format!("invalid: {e}"))),
+        Err(e) => {
+            let mut reason = format!("invalid: {e}");
+            if let path::ErrorKind::PeerNameMismatch(_) = e.kind {
+                // Say what the leaf carries, next to what was asked for.
+                if let Ok(leaf) = Certificate::parse(&leaf_der) {
+                    let names = leaf
+                        .subject_alt_names()
+                        .map(|n| pki::describe_names(n.iter()));
+                    let _ = write!(
+                        reason,
+                        "\n  expected: {}\n  leaf has: {}",
+                        describe_expected(&args.name),
+                        names.map_or_else(|| "(no subjectAltName)".to_owned(), |n| n.join(", "))
+                    );
+                }
+            }
+            Ok(VerifyOutcome::Invalid(reason))
+        }
+    }
+}
+
+fn describe_expected(name: &ExpectedName) -> String {
+    match name {
+        ExpectedName::None => "(nothing)".to_owned(),
+        ExpectedName::SpiffeId(id) => format!("URI:{id}"),
+        ExpectedName::TrustDomain(td) => format!("a SPIFFE ID in trust domain {td}"),
+        ExpectedName::Dns(d) => format!("DNS:{d}"),
+        ExpectedName::Ip(ip) => format!("IP:{ip}"),
     }
 }
 

@@ -48,7 +48,9 @@ fn main() -> ! {
             debug::exit(debug::EXIT_FAILURE);
         }
     }
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
@@ -178,5 +180,7 @@ fn refusals_step() -> Result<(), &'static str> {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     hprintln!("panic: {}", info);
     debug::exit(debug::EXIT_FAILURE);
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }

@@ -1,0 +1,797 @@
+//! The `sigil` CLI against `openssl` as the independent peer, on chains openssl makes:
+//! for every case, `openssl verify -attime … -purpose …` and `sigil cert verify --at … --usage …`
+//! must both give the expected verdict. Also: `openssl req -verify` accepts every CSR
+//! `sigil csr new` makes, and `sigil` reads keys and CSRs openssl makes.
+//!
+//! openssl 3.0 cannot set notBefore explicitly, so certificates are issued "from now" and the
+//! times checked are taken from the certificates themselves.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sigil_core::cert::Certificate;
+use sigil_core::UnixTime;
+
+const LEAF_ID: &str = "spiffe://example.org/ns/default/app";
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Output {
+    run(Command::new("openssl").current_dir(dir).args(args))
+}
+
+fn openssl_ok(dir: &Path, args: &[&str]) {
+    let out = openssl(dir, args);
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sigil(dir: &Path, args: &[&str]) -> Output {
+    run(Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .current_dir(dir)
+        .args(args))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A directory of openssl-made keys and certificates.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.path().join(name), contents).unwrap();
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap()
+    }
+
+    /// A self-signed root `name` with extra `-addext` lines.
+    fn root(&self, name: &str, subject: &str, exts: &[&str]) {
+        let key = format!("{name}.key");
+        let crt = format!("{name}.pem");
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-subj",
+            subject,
+            "-days",
+            "3650",
+        ];
+        let mut all = vec![
+            "basicConstraints=critical,CA:true",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ];
+        all.extend_from_slice(exts);
+        // A later -addext for the same extension replaces the default above.
+        let mut seen = std::collections::HashSet::new();
+        let mut chosen = Vec::new();
+        for e in all.iter().rev() {
+            let name = e.split('=').next().unwrap();
+            if seen.insert(name) {
+                chosen.push(*e);
+            }
+        }
+        for e in chosen.iter().rev() {
+            args.push("-addext");
+            args.push(e);
+        }
+        openssl_ok(self.path(), &args);
+    }
+
+    /// A certificate `name` for a fresh key, signed by `issuer`, with the extensions in `ext`
+    /// (an openssl extfile body) and `days` of validity from now.
+    fn issue(&self, name: &str, subject: &str, issuer: &str, ext: &str, days: u32) {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.pem");
+        let extfile = format!("{name}.ext");
+        self.write(&extfile, ext);
+        openssl_ok(
+            self.path(),
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                subject,
+            ],
+        );
+        let (ca, ca_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
+        let days = days.to_string();
+        openssl_ok(
+            self.path(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                &days,
+                "-extfile",
+                &extfile,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+
+    fn cert(&self, name: &str) -> (UnixTime, UnixTime) {
+        let pem_text = self.read(&format!("{name}.pem"));
+        let mut buf = vec![0u8; 4096];
+        let der =
+            sigil_core::pem::decode_first(&pem_text, sigil_core::pem::Label::Certificate, &mut buf)
+                .unwrap();
+        let c = Certificate::parse(der).unwrap();
+        (c.not_before(), c.not_after())
+    }
+
+    fn cat(&self, out: &str, parts: &[&str]) {
+        let body: String = parts
+            .iter()
+            .map(|p| self.read(&format!("{p}.pem")))
+            .collect();
+        self.write(out, &body);
+    }
+}
+
+const INT_EXT: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+
+fn leaf_ext(extra: &str) -> String {
+    let mut e = format!(
+        "subjectAltName=critical,URI:{LEAF_ID},DNS:app.example.org,IP:10.1.2.3\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nauthorityKeyIdentifier=keyid\n"
+    );
+    // Later lines for the same key replace earlier ones.
+    for line in extra.lines() {
+        let key = line.split('=').next().unwrap();
+        e = e
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key}=")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        e.push_str(line);
+        e.push('\n');
+    }
+    e
+}
+
+/// root -> int -> leaf with the given overrides; anchors.pem, ints.pem and leaf.pem written.
+fn standard(root_exts: &[&str], int_ext: &str, leaf_extra: &str) -> Pki {
+    let pki = Pki::new();
+    pki.root("root", "/O=example.org", root_exts);
+    pki.issue(
+        "int",
+        "/O=spiffe:\\/\\/example.org\\/ns\\/dapr-system\\/dapr-sentry",
+        "root",
+        int_ext,
+        3000,
+    );
+    pki.issue("leaf", "/", "int", &leaf_ext(leaf_extra), 1);
+    pki.cat("anchors.pem", &["root"]);
+    pki.cat("ints.pem", &["int"]);
+    pki
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Valid,
+    Invalid,
+}
+
+fn rfc3339(t: UnixTime) -> String {
+    t.to_string()
+}
+
+/// Both tools' verdicts on (anchors.pem, ints.pem, leaf.pem) at `at`.
+fn both(
+    pki: &Pki,
+    at: UnixTime,
+    purpose: &str,
+    sigil_extra: &[&str],
+) -> (Verdict, Verdict, String) {
+    let epoch = at.as_secs().to_string();
+    let o = openssl(
+        pki.path(),
+        &[
+            "verify",
+            "-attime",
+            &epoch,
+            "-purpose",
+            purpose,
+            "-CAfile",
+            "anchors.pem",
+            "-untrusted",
+            "ints.pem",
+            "leaf.pem",
+        ],
+    );
+    let usage = match purpose {
+        "sslserver" => "server",
+        "sslclient" => "client",
+        _ => "any",
+    };
+    let at_text = rfc3339(at);
+    let mut args = vec![
+        "cert",
+        "verify",
+        "--anchors",
+        "anchors.pem",
+        "--intermediates",
+        "ints.pem",
+        "--leaf",
+        "leaf.pem",
+        "--at",
+        &at_text,
+        "--usage",
+        usage,
+    ];
+    args.extend_from_slice(sigil_extra);
+    let s = sigil(pki.path(), &args);
+    let verdict = |ok: bool| if ok { Verdict::Valid } else { Verdict::Invalid };
+    assert_ne!(
+        s.status.code(),
+        Some(2),
+        "sigil found the input unusable: {}",
+        text(&s)
+    );
+    (
+        verdict(o.status.success()),
+        verdict(s.status.success()),
+        format!("openssl: {}\nsigil: {}", text(&o), text(&s)),
+    )
+}
+
+fn expect(pki: &Pki, at: UnixTime, purpose: &str, want: Verdict, case: &str) {
+    let (o, s, why) = both(pki, at, purpose, &[]);
+    assert_eq!((o, s), (want, want), "case {case}:\n{why}");
+}
+
+/// An hour into the leaf's day of validity (read from the intermediate, issued just before it,
+/// so that leaves sigil cannot parse still get a time).
+fn mid(pki: &Pki) -> UnixTime {
+    let (nb, _) = pki.cert("int");
+    UnixTime::from_secs(nb.as_secs() + 3600)
+}
+
+#[test]
+fn valid_chain_and_peer_names() {
+    let pki = standard(&[], INT_EXT, "");
+    let at = mid(&pki);
+    for purpose in ["sslserver", "sslclient", "any"] {
+        expect(&pki, at, purpose, Verdict::Valid, purpose);
+    }
+    // Peer names: openssl checks DNS and IP itself; SPIFFE only sigil does.
+    for (flag, value, want) in [
+        ("--spiffe-id", LEAF_ID, true),
+        (
+            "--spiffe-id",
+            "spiffe://example.org/ns/default/other",
+            false,
+        ),
+        ("--trust-domain", "example.org", true),
+        ("--trust-domain", "other.org", false),
+        ("--dns", "app.example.org", true),
+        ("--dns", "other.example.org", false),
+        ("--ip", "10.1.2.3", true),
+        ("--ip", "10.1.2.4", false),
+    ] {
+        let (_, s, why) = both(&pki, at, "any", &[flag, value]);
+        assert_eq!(s == Verdict::Valid, want, "{flag} {value}\n{why}");
+        let openssl_flag = match flag {
+            "--dns" => "-verify_hostname",
+            "--ip" => "-verify_ip",
+            _ => continue,
+        };
+        let epoch = at.as_secs().to_string();
+        let o = openssl(
+            pki.path(),
+            &[
+                "verify",
+                "-attime",
+                &epoch,
+                openssl_flag,
+                value,
+                "-CAfile",
+                "anchors.pem",
+                "-untrusted",
+                "ints.pem",
+                "leaf.pem",
+            ],
+        );
+        assert_eq!(
+            o.status.success(),
+            want,
+            "openssl {openssl_flag} {value}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn validity_and_skew() {
+    let pki = standard(&[], INT_EXT, "");
+    let (nb, na) = pki.cert("leaf");
+    expect(
+        &pki,
+        UnixTime::from_secs(na.as_secs() + 86_400),
+        "any",
+        Verdict::Invalid,
+        "expired",
+    );
+    expect(
+        &pki,
+        UnixTime::from_secs(nb.as_secs() - 300),
+        "any",
+        Verdict::Invalid,
+        "not yet valid",
+    );
+    // Inside the skew: openssl has no skew, so compare with openssl at the shifted time.
+    let early = UnixTime::from_secs(nb.as_secs() - 300);
+    let (_, s, why) = both(&pki, early, "any", &["--skew", "15m"]);
+    assert_eq!(s, Verdict::Valid, "5 min early, skew 15m:\n{why}");
+    expect(&pki, nb, "any", Verdict::Valid, "at notBefore");
+    let too_early = UnixTime::from_secs(nb.as_secs() - 1200);
+    let (o, s, why) = both(&pki, too_early, "any", &["--skew", "15m"]);
+    assert_eq!(
+        (o, s),
+        (Verdict::Invalid, Verdict::Invalid),
+        "20 min early, skew 15m:\n{why}"
+    );
+    assert!(
+        why.contains("not yet valid") && why.contains("allowed skew 900s"),
+        "{why}"
+    );
+}
+
+#[test]
+fn extended_key_usage() {
+    let pki = standard(&[], INT_EXT, "extendedKeyUsage=clientAuth");
+    let at = mid(&pki);
+    expect(
+        &pki,
+        at,
+        "sslserver",
+        Verdict::Invalid,
+        "clientAuth leaf used for server",
+    );
+    expect(
+        &pki,
+        at,
+        "sslclient",
+        Verdict::Valid,
+        "clientAuth leaf used for client",
+    );
+}
+
+#[test]
+fn issuer_rules() {
+    let cases = [
+        (
+            "CA:false intermediate",
+            "basicConstraints=critical,CA:false\nkeyUsage=critical,keyCertSign,digitalSignature\n",
+            &[][..],
+        ),
+        (
+            "intermediate without basicConstraints",
+            "keyUsage=critical,keyCertSign,digitalSignature\n",
+            &[][..],
+        ),
+        (
+            "intermediate keyUsage without keyCertSign",
+            "basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature\n",
+            &[][..],
+        ),
+        (
+            "root pathlen:0 with an intermediate",
+            INT_EXT,
+            &["basicConstraints=critical,CA:true,pathlen:0"][..],
+        ),
+    ];
+    for (case, int_ext, root_exts) in cases {
+        let pki = standard(root_exts, int_ext, "");
+        expect(&pki, mid(&pki), "any", Verdict::Invalid, case);
+    }
+}
+
+#[test]
+fn foreign_root_and_rotation_overlap() {
+    let pki = standard(&[], INT_EXT, "");
+    let at = mid(&pki);
+    // Root B (another name), its own issuer and leaf.
+    pki.root("rootb", "/O=example.org rotated", &[]);
+    pki.issue("intb", "/O=issuer b", "rootb", INT_EXT, 3000);
+    pki.issue("leafb", "/", "intb", &leaf_ext(""), 1);
+    pki.cat("anchors.pem", &["rootb"]);
+    expect(&pki, at, "any", Verdict::Invalid, "foreign root");
+    // Both roots trusted during a rotation: chains to either validate.
+    pki.cat("anchors.pem", &["root", "rootb"]);
+    pki.cat("ints.pem", &["int", "intb"]);
+    expect(&pki, at, "any", Verdict::Valid, "old root during overlap");
+    std::fs::copy(pki.path().join("leafb.pem"), pki.path().join("leaf.pem")).unwrap();
+    expect(&pki, at, "any", Verdict::Valid, "new root during overlap");
+}
+
+#[test]
+fn name_constraints() {
+    let nc = |c: &str| format!("{INT_EXT}nameConstraints=critical,{c}\n");
+    for (case, constraint, leaf_extra, want) in [
+        (
+            "URI permitted exact host",
+            "permitted;URI:example.org",
+            "",
+            Verdict::Valid,
+        ),
+        (
+            "URI permitted other host",
+            "permitted;URI:other.org",
+            "",
+            Verdict::Invalid,
+        ),
+        (
+            "URI excluded",
+            "excluded;URI:example.org",
+            "",
+            Verdict::Invalid,
+        ),
+        (
+            "DNS permitted",
+            "permitted;DNS:example.org,permitted;URI:example.org",
+            "",
+            Verdict::Valid,
+        ),
+        (
+            "DNS permitted elsewhere",
+            "permitted;DNS:evil.com",
+            "",
+            Verdict::Invalid,
+        ),
+        (
+            "IP excluded",
+            "excluded;IP:10.0.0.0/255.0.0.0",
+            "",
+            Verdict::Invalid,
+        ),
+        (
+            "IP permitted elsewhere",
+            "permitted;IP:192.168.0.0/255.255.0.0",
+            "",
+            Verdict::Invalid,
+        ),
+        (
+            "IP permitted",
+            "permitted;IP:10.0.0.0/255.0.0.0",
+            "",
+            Verdict::Valid,
+        ),
+    ] {
+        let pki = standard(&[], &nc(constraint), leaf_extra);
+        expect(&pki, mid(&pki), "any", want, case);
+    }
+    // directoryName: the leaf's subject O=Bad under a CA permitting O=Good.
+    let pki = Pki::new();
+    pki.root("root", "/O=example.org", &[]);
+    pki.write("dn.cnf", "[good]\nO=Good\n");
+    pki.issue(
+        "int",
+        "/O=Issuer",
+        "root",
+        &format!("{INT_EXT}nameConstraints=critical,permitted;dirName:good\n[good]\nO=Good\n"),
+        3000,
+    );
+    pki.issue("leaf", "/O=Bad/CN=app", "int", &leaf_ext(""), 1);
+    pki.cat("anchors.pem", &["root"]);
+    pki.cat("ints.pem", &["int"]);
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Invalid,
+        "directoryName outside permitted",
+    );
+    pki.issue("leaf", "/O=Good/CN=app", "int", &leaf_ext(""), 1);
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Valid,
+        "directoryName inside permitted",
+    );
+}
+
+#[test]
+fn unknown_critical_extension() {
+    let pki = standard(&[], INT_EXT, "1.2.3.4=critical,DER:05:00");
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Invalid,
+        "unknown critical extension",
+    );
+    let pki = standard(&[], INT_EXT, "1.2.3.4=DER:05:00");
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Valid,
+        "unknown non-critical extension",
+    );
+}
+
+#[test]
+fn bad_signature() {
+    let pki = standard(&[], INT_EXT, "");
+    let at = mid(&pki);
+    // Flip a bit near the end of the DER: inside the signature's BIT STRING.
+    openssl_ok(
+        pki.path(),
+        &[
+            "x509", "-in", "leaf.pem", "-outform", "der", "-out", "leaf.der",
+        ],
+    );
+    let mut der = std::fs::read(pki.path().join("leaf.der")).unwrap();
+    let i = der.len() - 5;
+    der[i] ^= 0x01;
+    std::fs::write(pki.path().join("leaf.der"), &der).unwrap();
+    openssl_ok(
+        pki.path(),
+        &[
+            "x509", "-inform", "der", "-in", "leaf.der", "-out", "leaf.pem",
+        ],
+    );
+    expect(&pki, at, "any", Verdict::Invalid, "bad signature");
+}
+
+#[test]
+fn unusable_input_exits_2() {
+    let pki = standard(&[], INT_EXT, "");
+    pki.write(
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
+    );
+    pki.write("text.txt", "not pem at all\n");
+    for (anchors, leaf) in [
+        ("missing.pem", "leaf.pem"),
+        ("anchors.pem", "text.txt"),
+        ("anchors.pem", "garbage.pem"),
+    ] {
+        let out = sigil(
+            pki.path(),
+            &["cert", "verify", "--anchors", anchors, "--leaf", leaf],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{anchors} {leaf}: {}",
+            text(&out)
+        );
+        assert!(!text(&out).is_empty());
+    }
+    let out = sigil(
+        pki.path(),
+        &[
+            "cert",
+            "verify",
+            "--anchors",
+            "anchors.pem",
+            "--leaf",
+            "leaf.pem",
+            "--at",
+            "yesterday",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn csr_new_is_accepted_by_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (i, id) in [None, Some(LEAF_ID)].into_iter().enumerate() {
+        let (key, csr) = (format!("k{i}.pem"), format!("c{i}.pem"));
+        let mut args = vec!["csr", "new", "--key", key.as_str(), "--out", csr.as_str()];
+        if let Some(id) = id {
+            args.extend(["--spiffe-id", id]);
+        }
+        let out = sigil(d, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        let v = openssl(d, &["req", "-in", &csr, "-noout", "-verify"]);
+        assert!(
+            v.status.success() && text(&v).contains("verify OK"),
+            "{}",
+            text(&v)
+        );
+        let t = text(&openssl(d, &["req", "-in", &csr, "-noout", "-text"]));
+        assert!(
+            t.contains("Subject: \n") || t.contains("Subject:\n") || !t.contains("Subject: C"),
+            "{t}"
+        );
+        if let Some(id) = id {
+            assert!(t.contains(&format!("URI:{id}")), "{t}");
+        }
+        // The key file: 0600, readable by openssl, and the CSR's key.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(d.join(&key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let from_key = openssl(d, &["pkey", "-in", &key, "-pubout"]);
+        let from_csr = openssl(d, &["req", "-in", &csr, "-noout", "-pubkey"]);
+        assert!(from_key.status.success());
+        assert_eq!(from_key.stdout, from_csr.stdout);
+    }
+    // Never over an existing file without --force; the old key is left as it was.
+    let before = std::fs::read(d.join("k0.pem")).unwrap();
+    let out = sigil(d, &["csr", "new", "--key", "k0.pem", "--out", "new.pem"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("already exists"));
+    assert_eq!(std::fs::read(d.join("k0.pem")).unwrap(), before);
+    assert!(!d.join("new.pem").exists(), "nothing written when refusing");
+    let out = sigil(
+        d,
+        &[
+            "csr", "new", "--key", "k0.pem", "--out", "c0.pem", "--force",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(std::fs::read(d.join("k0.pem")).unwrap(), before);
+    let out = sigil(
+        d,
+        &[
+            "csr",
+            "new",
+            "--key",
+            "k9.pem",
+            "--out",
+            "c9.pem",
+            "--spiffe-id",
+            "spiffe://Bad/x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!d.join("k9.pem").exists());
+}
+
+#[test]
+fn openssl_keys_and_csrs_are_read() {
+    use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl_ok(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.pem",
+        ],
+    );
+    openssl_ok(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "sec1.pem",
+            "-out",
+            "pkcs8.pem",
+        ],
+    );
+    let mut scratch = [0u8; 256];
+    let a = sigil_core::key::SoftwareKey::from_pem(
+        &std::fs::read_to_string(d.join("sec1.pem")).unwrap(),
+        &mut scratch,
+    )
+    .unwrap();
+    let b = sigil_core::key::SoftwareKey::from_pem(
+        &std::fs::read_to_string(d.join("pkcs8.pem")).unwrap(),
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!(a.public_key(), b.public_key());
+    // An openssl CSR with a subject and a SAN: parsed, self-signature checked; tampered: refused.
+    openssl_ok(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "sec1.pem",
+            "-subj",
+            "/CN=x/O=y",
+            "-addext",
+            &format!("subjectAltName=URI:{LEAF_ID}"),
+            "-outform",
+            "der",
+            "-out",
+            "req.der",
+        ],
+    );
+    let der = std::fs::read(d.join("req.der")).unwrap();
+    let csr = sigil_core::csr::Csr::parse(&der).unwrap();
+    csr.verify_signature(&RustCryptoVerifier).unwrap();
+    assert_eq!(csr.public_key(), a.public_key());
+    let mut bad = der.clone();
+    let pos = bad.windows(3).position(|w| w == b"app").unwrap();
+    bad[pos] = b'b';
+    let csr = sigil_core::csr::Csr::parse(&bad).unwrap();
+    assert!(csr.verify_signature(&RustCryptoVerifier).is_err());
+}
+
+#[test]
+fn inspect_lists_every_certificate() {
+    let pki = standard(
+        &[],
+        &format!("{INT_EXT}nameConstraints=critical,permitted;URI:example.org\n"),
+        "",
+    );
+    pki.cat("chain.pem", &["leaf", "int", "root"]);
+    let out = sigil(pki.path(), &["cert", "inspect", "chain.pem"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for want in [
+        "certificate #0",
+        "certificate #2",
+        LEAF_ID,
+        "DNS:app.example.org",
+        "IP:10.1.2.3",
+        "ECDSA P-256",
+        "extKeyUsage: serverAuth, clientAuth",
+        "basicConstraints (critical): CA:true",
+        "nameConstraints (critical)",
+        "O=example.org",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in:\n{t}");
+    }
+}
