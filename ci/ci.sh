@@ -25,8 +25,19 @@ job_clippy() {
   (cd "$board" && cargo clippy --release --locked -- -D warnings)
 }
 
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+
 job_test() {
-  cargo test --workspace --locked
+  set -o pipefail
+  cargo test --workspace --locked 2>&1 | tee "$test_log"
+}
+
+# The closing line: every cargo test binary's counts, summed.
+test_summary() {
+  [ -s "$test_log" ] || return 0
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+       END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
 }
 
 job_nostd() {
@@ -70,3 +81,4 @@ for job in "$@"; do
     run "$job"
   fi
 done
+test_summary

@@ -6,6 +6,8 @@
 //! openssl 3.0 cannot set notBefore explicitly, so certificates are issued "from now" and the
 //! times checked are taken from the certificates themselves.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -5,7 +5,12 @@ use sigil_core::cert::Certificate;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = Certificate::parse(data) {
-        let _ = (c.public_key(), c.signature_scheme(), c.is_ca(), c.key_usage());
+        let _ = (
+            c.public_key(),
+            c.signature_scheme(),
+            c.is_ca(),
+            c.key_usage(),
+        );
         let _ = c.spiffe_ids().count();
         if let Some(names) = c.subject_alt_names() {
             let _ = names.iter().count();

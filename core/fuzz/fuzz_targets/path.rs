@@ -21,7 +21,9 @@ fn split(mut data: &[u8]) -> Vec<&[u8]> {
 
 fuzz_target!(|data: &[u8]| {
     let parts = split(data);
-    let [leaf, rest @ ..] = parts.as_slice() else { return };
+    let [leaf, rest @ ..] = parts.as_slice() else {
+        return;
+    };
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     let mut ints = Vec::new();
     for (i, p) in rest.iter().enumerate() {
@@ -30,5 +32,11 @@ fuzz_target!(|data: &[u8]| {
         }
         ints.push(*p);
     }
-    let _ = path::verify(leaf, &ints, &bundle, &RustCryptoVerifier, &Options::new(UnixTime::from_secs(1_893_456_000)));
+    let _ = path::verify(
+        leaf,
+        &ints,
+        &bundle,
+        &RustCryptoVerifier,
+        &Options::new(UnixTime::from_secs(1_893_456_000)),
+    );
 });
