@@ -175,8 +175,8 @@ impl<'a> PublicKey<'a> {
         }
     }
 
-    /// The same key, comparing P-256 points independently of compression is not attempted:
-    /// two keys are the same if their encodings are.
+    /// Whether two keys are the same. Keys are compared by encoding: a compressed and an
+    /// uncompressed form of one P-256 point are not considered the same.
     pub fn same_key(&self, other: &PublicKey<'_>) -> bool {
         self == other
     }

@@ -25,12 +25,7 @@ pub enum GeneralName<'a> {
 }
 
 impl<'a> GeneralName<'a> {
-    fn parse(
-        tag_byte: u8,
-        value: &'a [u8],
-        whole: &'a [u8],
-        constraint: bool,
-    ) -> Result<Self, DerError> {
+    fn parse(tag_byte: u8, value: &'a [u8], constraint: bool) -> Result<Self, DerError> {
         let ia5 = |v: &'a [u8]| -> Result<&'a str, DerError> {
             if v.is_ascii() {
                 core::str::from_utf8(v).map_err(|_| DerError::BadTag)
@@ -38,17 +33,14 @@ impl<'a> GeneralName<'a> {
                 Err(DerError::BadTag)
             }
         };
-        let _ = whole;
         Ok(match tag_byte {
             0x81 => Self::Email(ia5(value)?),
             0x82 => Self::Dns(ia5(value)?),
             0xa4 => {
-                let (_, name) = {
-                    let mut r = Reader::new(value);
-                    let t = r.read_tlv(tag::SEQUENCE)?;
-                    r.finish()?;
-                    t
-                };
+                // [4] is EXPLICIT: the value is a whole Name.
+                let mut r = Reader::new(value);
+                let (_, name) = r.read_tlv(tag::SEQUENCE)?;
+                r.finish()?;
                 Self::DirectoryName(name)
             }
             0x86 => Self::Uri(ia5(value)?),
@@ -85,8 +77,8 @@ impl<'a> GeneralNames<'a> {
             return Err(DerError::Truncated);
         }
         while !r.is_empty() {
-            let (t, v, whole) = r.read_any()?;
-            GeneralName::parse(t, v, whole, false)?;
+            let (t, v, _) = r.read_any()?;
+            GeneralName::parse(t, v, false)?;
         }
         Ok(Self(list))
     }
@@ -95,8 +87,8 @@ impl<'a> GeneralNames<'a> {
     pub fn iter(&self) -> impl Iterator<Item = GeneralName<'a>> {
         let mut r = Reader::new(self.0);
         core::iter::from_fn(move || {
-            let (t, v, whole) = r.read_any().ok()?;
-            GeneralName::parse(t, v, whole, false).ok()
+            let (t, v, _) = r.read_any().ok()?;
+            GeneralName::parse(t, v, false).ok()
         })
     }
 }
@@ -147,8 +139,8 @@ impl<'a> NameConstraints<'a> {
 /// One GeneralSubtree: the base; minimum must be 0 (absent in DER) and maximum absent.
 fn subtree(value: &[u8]) -> Result<GeneralName<'_>, DerError> {
     let mut r = Reader::new(value);
-    let (t, v, whole) = r.read_any()?;
-    let base = GeneralName::parse(t, v, whole, true)?;
+    let (t, v, _) = r.read_any()?;
+    let base = GeneralName::parse(t, v, true)?;
     r.finish()?;
     Ok(base)
 }

@@ -73,7 +73,7 @@ pub fn csr_new(
             needed: PKCS8_DER_LEN,
         })
     })?;
-    let key_pem = zeroizing(pki::to_pem(Label::PrivateKey, key_der));
+    let key_pem = Zeroizing(pki::to_pem(Label::PrivateKey, key_der));
     pki::write_atomic(key_path, key_pem.as_bytes(), 0o600, force)?;
     pki::write_atomic(csr_path, csr_pem.as_bytes(), 0o644, force)?;
     Ok(csr_pem)
@@ -93,12 +93,9 @@ impl Drop for Zeroizing {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.0).into_bytes();
         bytes.iter_mut().for_each(|b| *b = 0);
+        // Keep the writes from being optimised away as dead stores.
         std::hint::black_box(&bytes);
     }
-}
-
-fn zeroizing(s: String) -> Zeroizing {
-    Zeroizing(s)
 }
 
 /// The name `sigil cert verify` checks the leaf for.

@@ -202,7 +202,25 @@ pub fn describe_names<'a>(names: impl Iterator<Item = GeneralName<'a>>) -> Vec<S
                 Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
                 Err(_) => match <[u8; 16]>::try_from(ip) {
                     Ok(v6) => format!("IP:{}", std::net::Ipv6Addr::from(v6)),
-                    Err(_) => format!("IP:{}", hex(ip)),
+                    // A name constraint: address and mask.
+                    Err(_) => match (<[u8; 8]>::try_from(ip), <[u8; 32]>::try_from(ip)) {
+                        (Ok(v4), _) => format!(
+                            "IP:{}/{}",
+                            std::net::Ipv4Addr::new(v4[0], v4[1], v4[2], v4[3]),
+                            std::net::Ipv4Addr::new(v4[4], v4[5], v4[6], v4[7])
+                        ),
+                        (_, Ok(v6)) => {
+                            let (a, m) = v6.split_at(16);
+                            let a: [u8; 16] = a.try_into().unwrap_or_default();
+                            let m: [u8; 16] = m.try_into().unwrap_or_default();
+                            format!(
+                                "IP:{}/{}",
+                                std::net::Ipv6Addr::from(a),
+                                std::net::Ipv6Addr::from(m)
+                            )
+                        }
+                        _ => format!("IP:{}", hex(ip)),
+                    },
                 },
             },
             GeneralName::DirectoryName(dn) => format!("DirName:{}", name_to_string(dn)),

@@ -635,18 +635,39 @@ fn assert_verifier<V: SignatureVerifier>(_: &V) {}
 fn ed25519_chain_as_dapr_1_18_issues() {
     // Dapr >= 1.18: Ed25519 root, issuer and workload keys.
     let ed = || KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let root = CertifiedIssuer::self_signed(ca_params("example.org", BasicConstraints::Unconstrained), ed()).unwrap();
-    let int = CertifiedIssuer::signed_by(ca_params("issuer", BasicConstraints::Unconstrained), ed(), &root).unwrap();
+    let root = CertifiedIssuer::self_signed(
+        ca_params("example.org", BasicConstraints::Unconstrained),
+        ed(),
+    )
+    .unwrap();
+    let int = CertifiedIssuer::signed_by(
+        ca_params("issuer", BasicConstraints::Unconstrained),
+        ed(),
+        &root,
+    )
+    .unwrap();
     let leaf_key = ed();
     let leaf = leaf_params().signed_by(&leaf_key, &int).unwrap();
     let id = SpiffeId::parse(ID).unwrap();
-    let options = Options { peer: PeerName::SpiffeId(id), usage: Usage::ClientAuth, ..opts() };
+    let options = Options {
+        peer: PeerName::SpiffeId(id),
+        usage: Usage::ClientAuth,
+        ..opts()
+    };
     verify_both(leaf.der(), &[int.der()], &[root.der()], &options).unwrap();
     webpki_server(leaf.der(), &[int.der()], root.der(), NOW).unwrap();
     let cert = sigil_core::cert::Certificate::parse(leaf.der()).unwrap();
-    assert_eq!(cert.signature_scheme(), Ok(sigil_core::crypto::Scheme::Ed25519));
+    assert_eq!(
+        cert.signature_scheme(),
+        Ok(sigil_core::crypto::Scheme::Ed25519)
+    );
     let key: &[u8; 32] = leaf_key.public_key_raw().try_into().unwrap();
-    sigil_core::profile::check_workload(&cert, sigil_core::crypto::PublicKey::Ed25519(key), Some(id)).unwrap();
+    sigil_core::profile::check_workload(
+        &cert,
+        sigil_core::crypto::PublicKey::Ed25519(key),
+        Some(id),
+    )
+    .unwrap();
     // A tampered Ed25519 signature is refused by both verifiers.
     let mut bad = leaf.der().to_vec();
     let last = bad.len() - 2;
