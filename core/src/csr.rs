@@ -98,7 +98,8 @@ impl<'a> Builder<'a> {
     /// # Errors
     ///
     /// [`Error::BufferTooSmall`] naming the size needed ([`Builder::buffer_len`] is always
-    /// enough); [`Error::Sign`] if the signer fails.
+    /// enough); [`Error::AlgorithmMismatch`] if the signer's scheme is not one X.509 uses with
+    /// its key; [`Error::Sign`] if the signer fails.
     pub fn build<'b>(
         &self,
         signer: &mut impl Signer,
@@ -110,6 +111,14 @@ impl<'a> Builder<'a> {
             return Err(Error::BufferTooSmall { needed });
         }
         let scheme = signer.scheme();
+        if !matches!(
+            (scheme, key),
+            (Scheme::EcdsaP256Sha256, PublicKey::EcP256(_))
+                | (Scheme::Ed25519, PublicKey::Ed25519(_))
+        ) {
+            // X.509 wants DER ECDSA signatures; a fixed-size (JWS) signer cannot sign a CSR.
+            return Err(Error::AlgorithmMismatch);
+        }
         let tbs_len = {
             let mut w = Writer::new(buf);
             self.write_info(&mut w, key);
