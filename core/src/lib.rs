@@ -15,6 +15,8 @@
 //! - [`path`]: RFC 5280 path building and validation with a work budget, against a
 //!   fixed-capacity [`path::TrustBundle`].
 //! - [`profile`]: the checks a workload runs on the certificate Sentry issues it.
+//! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
+//!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
 //!
 //! ## Contract
 //!
@@ -38,6 +40,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::as_conversions, clippy::cast_possible_truncation))]
 
+pub mod bundle;
 pub mod cert;
 pub mod crypto;
 pub mod csr;
@@ -47,7 +50,8 @@ pub mod names;
 pub mod path;
 pub mod pem;
 pub mod profile;
+pub mod rotation;
 pub mod spiffe;
 pub mod time;
 
-pub use time::UnixTime;
+pub use time::{Instant, UnixTime};

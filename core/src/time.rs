@@ -1,7 +1,8 @@
-//! Wall-clock time as an argument.
+//! Time as an argument.
 //!
-//! The core never reads a clock. Certificate validity is checked against a [`UnixTime`] the
-//! caller passes in; allowed clock skew is a [`core::time::Duration`].
+//! The core never reads a clock. Certificate validity is checked against a [`UnixTime`] (wall
+//! clock) the caller passes in; timers and retries run on an [`Instant`] (monotonic, from any
+//! origin such as boot); durations are [`core::time::Duration`].
 
 use core::fmt;
 use core::time::Duration;
@@ -96,6 +97,39 @@ impl UnixTime {
         Some(Self(
             days * 86_400 + u64::from(h) * 3_600 + u64::from(m) * 60 + u64::from(s),
         ))
+    }
+}
+
+/// A point on a monotonic clock, in milliseconds from an origin the driver chooses (boot, say).
+/// It never goes backwards; it says nothing about the date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The origin.
+    pub const ZERO: Self = Self(0);
+
+    /// `ms` milliseconds after the origin.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn saturating_duration_since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 }
 

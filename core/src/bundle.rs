@@ -1,0 +1,90 @@
+//! A trust bundle that owns its anchors, for anchors that change at run time (from a CA's
+//! answer or a watched file) without a restart: the DER lives in a fixed buffer, and a borrowed
+//! [`TrustBundle`] is made from it when a path is validated.
+
+use crate::path::{BundleError, TrustBundle};
+
+/// Up to `N` anchors in at most `BYTES` bytes of DER.
+#[derive(Clone, Debug)]
+pub struct OwnedTrustBundle<const N: usize, const BYTES: usize> {
+    der: heapless::Vec<u8, BYTES>,
+    ends: heapless::Vec<usize, N>,
+    generation: u32,
+}
+
+impl<const N: usize, const BYTES: usize> Default for OwnedTrustBundle<N, BYTES> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize, const BYTES: usize> OwnedTrustBundle<N, BYTES> {
+    /// An empty bundle.
+    pub const fn new() -> Self {
+        Self {
+            der: heapless::Vec::new(),
+            ends: heapless::Vec::new(),
+            generation: 0,
+        }
+    }
+
+    /// Replaces every anchor with `anchors` (DER certificates), all or nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BundleError::Malformed`] for a certificate that does not parse,
+    /// [`BundleError::Full`] when they do not fit; the bundle is unchanged then.
+    pub fn replace(&mut self, anchors: &[&[u8]]) -> Result<(), BundleError> {
+        let total: usize = anchors.iter().map(|a| a.len()).sum();
+        if anchors.len() > N || total > BYTES {
+            return Err(BundleError::Full { capacity: N });
+        }
+        for a in anchors {
+            crate::cert::Certificate::parse(a).map_err(BundleError::Malformed)?;
+        }
+        self.der.clear();
+        self.ends.clear();
+        for a in anchors {
+            // Room was checked above.
+            let _ = self.der.extend_from_slice(a);
+            let _ = self.ends.push(self.der.len());
+        }
+        self.generation = self.generation.wrapping_add(1);
+        Ok(())
+    }
+
+    /// The anchors' DER, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let a = self.der.get(start..end).unwrap_or(&[]);
+            start = end;
+            a
+        })
+    }
+
+    /// A borrowed bundle for path validation.
+    pub fn as_bundle(&self) -> TrustBundle<'_, N> {
+        let mut b = TrustBundle::new();
+        for a in self.iter() {
+            // Each anchor parsed when stored, and N bounds the count.
+            let _ = b.add(a);
+        }
+        b
+    }
+
+    /// Number of anchors.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bumped by every successful [`OwnedTrustBundle::replace`].
+    pub const fn generation(&self) -> u32 {
+        self.generation
+    }
+}
