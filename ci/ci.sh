@@ -4,11 +4,13 @@
 #   clippy     clippy -D warnings on every target of the workspace, the board and the fuzz crate
 #   test       the workspace's tests (unit, proptest, Wycheproof, rcgen/webpki and openssl
 #              differential tests, CLI tests)
+#   fleet      the fleet simulation (100,000 devices, 7 days): peak-to-mean CA load <= 1.5
 #   nostd      sigil-core for thumbv7em-none-eabihf, and the firmware linked with no allocator
 #   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
 #   fuzz       a short cargo-fuzz run of every target (nightly)
 #   size       the size report (flash, RAM, stack)
-# Environment: FUZZ_SECONDS (default 20 per target), PROPTEST_CASES (proptest's own).
+# Environment: FUZZ_SECONDS (default 20 per target), ROTATION_SIM_CASES (default 1000),
+# PROPTEST_CASES (proptest's own).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,7 +32,8 @@ trap 'rm -f "$test_log"' EXIT
 
 job_test() {
   set -o pipefail
-  cargo test --workspace --locked 2>&1 | tee "$test_log"
+  # The rotation simulation's property test runs 1,000 random fault schedules here.
+  ROTATION_SIM_CASES="${ROTATION_SIM_CASES:-1000}" cargo test --workspace --locked 2>&1 | tee "$test_log"
 }
 
 # The closing line: every cargo test binary's counts, summed.
@@ -38,6 +41,13 @@ test_summary() {
   [ -s "$test_log" ] || return 0
   awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
        END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
+}
+
+job_fleet() {
+  local last
+  last=$(cargo run -q --locked -p sigil-tests --bin fleet-sim -- --devices 100000 --days 7 | tail -1)
+  echo "$last"
+  awk -F= '{ exit !($2 <= 1.5) }' <<<"$last"
 }
 
 job_nostd() {
@@ -76,7 +86,7 @@ run() {
 [ $# -gt 0 ] || set -- all
 for job in "$@"; do
   if [ "$job" = all ]; then
-    for j in fmt clippy test nostd qemu fuzz size; do run "$j"; done
+    for j in fmt clippy test fleet nostd qemu fuzz size; do run "$j"; done
   else
     run "$job"
   fi

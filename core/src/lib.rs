@@ -17,6 +17,8 @@
 //! - [`profile`]: the checks a workload runs on the certificate Sentry issues it.
 //! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
 //!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
+//! - [`slot`]: the double-buffered, critical-section-protected holder of the identity in use,
+//!   read by a TLS stack or an interrupt handler while rotation swaps it.
 //!
 //! ## Contract
 //!
@@ -51,6 +53,7 @@ pub mod path;
 pub mod pem;
 pub mod profile;
 pub mod rotation;
+pub mod slot;
 pub mod spiffe;
 pub mod time;
 

@@ -136,16 +136,22 @@ pub enum Usage {
     ServerAuth,
     /// TLS client authentication (id-kp-clientAuth).
     ClientAuth,
+    /// Both: a workload identity, which serves and dials mutual TLS with one certificate.
+    ClientAndServer,
     /// No extKeyUsage requirement.
     Any,
 }
 
 impl Usage {
-    const fn purpose(self) -> Option<Purpose<'static>> {
+    /// The purposes extKeyUsage must list, with the usage to report when one is missing.
+    const fn purposes(self) -> [Option<(Purpose<'static>, Self)>; 2] {
+        let server = Some((Purpose::ServerAuth, Self::ServerAuth));
+        let client = Some((Purpose::ClientAuth, Self::ClientAuth));
         match self {
-            Self::ServerAuth => Some(Purpose::ServerAuth),
-            Self::ClientAuth => Some(Purpose::ClientAuth),
-            Self::Any => None,
+            Self::ServerAuth => [server, None],
+            Self::ClientAuth => [client, None],
+            Self::ClientAndServer => [server, client],
+            Self::Any => [None, None],
         }
     }
 }
@@ -155,6 +161,7 @@ impl core::fmt::Display for Usage {
         f.write_str(match self {
             Self::ServerAuth => "serverAuth",
             Self::ClientAuth => "clientAuth",
+            Self::ClientAndServer => "serverAuth and clientAuth",
             Self::Any => "any",
         })
     }
@@ -722,12 +729,15 @@ fn check_time(cert: &Certificate<'_>, options: &Options<'_>) -> Result<(), Error
 /// extKeyUsage, when present, must list the usage (anyExtendedKeyUsage does not count, as in
 /// rustls-webpki and openssl).
 fn check_eku(cert: &Certificate<'_>, usage: Usage) -> Result<(), ErrorKind> {
-    match (usage.purpose(), cert.ext_key_usage()) {
-        (Some(purpose), Some(eku)) if !eku.contains(purpose) => {
-            Err(ErrorKind::RequiredEkuNotFound(usage))
+    let Some(eku) = cert.ext_key_usage() else {
+        return Ok(());
+    };
+    for (purpose, needed) in usage.purposes().into_iter().flatten() {
+        if !eku.contains(purpose) {
+            return Err(ErrorKind::RequiredEkuNotFound(needed));
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 fn check_peer_name(leaf: &Certificate<'_>, peer: &PeerName<'_>) -> Result<(), NameMismatch> {

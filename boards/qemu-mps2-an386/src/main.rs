@@ -7,7 +7,12 @@
 //!    in flash, at a pinned time, as a TLS client would validate its server (exact SPIFFE ID);
 //! 4. check that a foreign root, a tampered leaf and an expired time are each refused for the
 //!    right reason;
-//! 5. report the peak stack and exit through semihosting: 0 only if every step held.
+//! 5. (feature `rotation`, on by default) run the core's rotation machine with no real-time
+//!    clock: it asks for an identity, installs the fixture chain answered for its key, publishes
+//!    it to the identity slot where a reader leases it; a trust-bundle change that drops the
+//!    root triggers renewal at once, and an answer that no longer chains is refused while the
+//!    old identity keeps serving;
+//! 6. report the peak stack and exit through semihosting: 0 only if every step held.
 #![no_std]
 #![no_main]
 
@@ -27,6 +32,13 @@ static ROOT: &[u8] = include_bytes!("../../../tests/fixtures/p256/root.der");
 static ISSUER: &[u8] = include_bytes!("../../../tests/fixtures/p256/issuer.der");
 static LEAF: &[u8] = include_bytes!("../../../tests/fixtures/p256/leaf.der");
 static FOREIGN: &[u8] = include_bytes!("../../../tests/fixtures/p256/foreign.der");
+/// The fixture leaf's key: it stands in for the key the device generates, since the fixture
+/// CA certified it (test material, provisioned nowhere else).
+#[cfg(feature = "rotation")]
+static LEAF_KEY: &[u8; 32] = include_bytes!("../../../tests/fixtures/p256/leaf-key.scalar");
+#[cfg(feature = "rotation")]
+static SLOT: sigil_core::slot::IdentitySlot<SoftwareKey, 1024> =
+    sigil_core::slot::IdentitySlot::new();
 const DEVICE_SEED: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/seed.rs"));
 /// Inside the fixtures' validity (generated 2026-11-22, valid 20 years).
 const PINNED: UnixTime = UnixTime::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
@@ -74,6 +86,8 @@ fn run() -> Result<(), &'static str> {
     csr_step(&mut rng)?;
     chain_step()?;
     refusals_step()?;
+    #[cfg(feature = "rotation")]
+    rotation_step()?;
     // The negative control: this must fail the run.
     check(
         !cfg!(feature = "fail"),
@@ -173,6 +187,101 @@ fn refusals_step() -> Result<(), &'static str> {
             })
         ),
         "expired chain refused",
+    )
+}
+
+/// The rotation machine and the identity slot, on monotonic time only (no RTC).
+#[cfg(feature = "rotation")]
+#[inline(never)]
+fn rotation_step() -> Result<(), &'static str> {
+    use core::time::Duration;
+    use sigil_core::bundle::OwnedTrustBundle;
+    use sigil_core::rotation::{Action, Clock, Policy, Rejection, Rotation};
+    use sigil_core::Instant;
+
+    let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID parses")?;
+    let mut bundle = OwnedTrustBundle::new();
+    bundle.replace(&[ROOT]).map_err(|_| "trust bundle loads")?;
+    let seed = u64::from_le_bytes([
+        DEVICE_SEED[0],
+        DEVICE_SEED[1],
+        DEVICE_SEED[2],
+        DEVICE_SEED[3],
+        DEVICE_SEED[4],
+        DEVICE_SEED[5],
+        DEVICE_SEED[6],
+        DEVICE_SEED[7],
+    ]);
+    let mut m: Rotation<'_, SoftwareKey, 1024, 2, 1024> =
+        Rotation::new(Policy::default(), Clock::Monotonic, seed, Some(id), bundle);
+    let key = || {
+        p256::ecdsa::SigningKey::from_slice(LEAF_KEY)
+            .map(SoftwareKey::from_signing_key)
+            .map_err(|_| "fixture key loads")
+    };
+    let mut csr = [0u8; 320];
+
+    let t0 = Instant::ZERO;
+    m.handle_timeout(t0);
+    check(
+        m.poll_action() == Some(Action::Request),
+        "machine asks for an identity",
+    )?;
+    let (request, _der) = m
+        .start_request(key()?, &mut csr)
+        .map_err(|_| "CSR for the request")?;
+    let t1 = t0.saturating_add(Duration::from_millis(80));
+    m.handle_response(t1, request, &[LEAF, ISSUER], &RustCryptoVerifier);
+    check(
+        matches!(
+            m.poll_action(),
+            Some(Action::Installed { generation: 1, .. })
+        ),
+        "answer validated and installed (no RTC: wall time from the certificate)",
+    )?;
+    let identity = m.identity().ok_or("identity in use")?;
+    SLOT.publish(
+        identity.chain(),
+        identity.key().clone(),
+        identity.not_after(),
+    )
+    .map_err(|_| "identity published to the slot")?;
+    {
+        let lease = SLOT.lease().ok_or("slot leases the identity")?;
+        let key = lease.key().ok_or("leased key clones")?;
+        check(
+            lease.with(|leased| Some(leased.leaf() == LEAF)) == Some(true)
+                && lease.generation() == 1
+                && key.public_key() == identity.key().public_key(),
+            "slot lease reads a consistent identity",
+        )?;
+    }
+
+    // Trust bundle at run time: adding an anchor keeps the identity; dropping its root does not.
+    let t2 = t1.saturating_add(Duration::from_secs(60));
+    m.handle_trust_bundle(t2, &[ROOT, FOREIGN], &RustCryptoVerifier)
+        .map_err(|_| "bundle with two anchors loads")?;
+    check(
+        m.poll_action().is_none(),
+        "new anchor added, identity still trusted",
+    )?;
+    m.handle_trust_bundle(t2, &[FOREIGN], &RustCryptoVerifier)
+        .map_err(|_| "bundle without the root loads")?;
+    check(
+        m.poll_action() == Some(Action::Request),
+        "root removed: renewal at once",
+    )?;
+    let (request, _der) = m
+        .start_request(key()?, &mut csr)
+        .map_err(|_| "CSR for the renewal")?;
+    m.handle_response(t2, request, &[LEAF, ISSUER], &RustCryptoVerifier);
+    check(
+        matches!(m.poll_action(), Some(Action::Rejected(Rejection::Path(_)))),
+        "answer that no longer chains refused",
+    )?;
+    check(
+        m.identity().is_some() && SLOT.generation() == Some(1),
+        "old identity keeps serving",
     )
 }
 
