@@ -76,7 +76,8 @@ impl UnixTime {
             return None;
         }
         let (mo, d) = (u64::from(month), u64::from(day));
-        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let leap =
+            (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
         let month_len = match month {
             2 if leap => 29,
             2 => 28,

@@ -308,3 +308,123 @@ pub fn cert_inspect(path: &Path) -> Result<String, InputError> {
     }
     Ok(s)
 }
+
+/// What `sigil sign` needs.
+#[derive(Clone, Debug)]
+pub struct SignArgs {
+    /// Sentry's `host:port`.
+    pub sentry: String,
+    /// PEM trust anchors.
+    pub anchors: PathBuf,
+    /// App ID.
+    pub id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Token file (selects the jwks validator).
+    pub token_file: Option<PathBuf>,
+    /// Trust domain to ask for ("" for workloads).
+    pub trust_domain: String,
+    /// Sentry's expected SPIFFE ID.
+    pub sentry_id: String,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Replace an existing key.pem.
+    pub force: bool,
+}
+
+/// `sigil sign`: a fresh P-256 key and an empty CSR (as Dapr's sidecar sends), signed by
+/// Sentry, validated, and written as `key.pem` (0600), `cert.pem` (leaf and issuer chain) and
+/// `ca.pem` (the trust anchors the chain validated against). Returns a summary.
+///
+/// # Errors
+///
+/// Why nothing (or, for an existing key without `force`, nothing new) was written.
+pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use sigil_core::crypto::Signer as _;
+    let anchors = pki::read_certificates(&args.anchors)?;
+    let key_path = args.out_dir.join("key.pem");
+    if key_path.exists() && !args.force {
+        anyhow::bail!("{} exists; pass --force to replace it", key_path.display());
+    }
+    let token = match &args.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading token file {}", p.display()))?
+            .trim()
+            .to_owned(),
+        None => String::new(),
+    };
+    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
+    let mut buf = [0u8; 512];
+    let csr = sigil_core::csr::Builder::new()
+        .build(&mut key, &mut buf)
+        .map_err(|e| anyhow::anyhow!("building the CSR: {e}"))?
+        .to_vec();
+    let target = crate::client::SentryTarget {
+        address: args.sentry.clone(),
+        anchors: anchors.clone(),
+        sentry_id: args.sentry_id.clone(),
+    };
+    let mut client = crate::client::SentryClient::connect(target).await?;
+    let req = crate::client::SignRequest {
+        id: args.id.clone(),
+        namespace: args.namespace.clone(),
+        token,
+        trust_domain: args.trust_domain.clone(),
+        token_validator: if args.token_file.is_some() { 3 } else { 0 },
+        csr_der: csr,
+    };
+    let signed = client.sign(&req, key.public_key()).await?;
+    // The anchors written are the ones the chain validated against: Sentry's current bundle
+    // when the chain also validates against it, else the configured ones.
+    let bundle = if !signed.trust_bundle.is_empty()
+        && crate::client::validate_identity(
+            &signed.chain,
+            &signed.trust_bundle,
+            key.public_key(),
+            std::time::SystemTime::now(),
+        )
+        .is_ok()
+    {
+        signed.trust_bundle.clone()
+    } else {
+        anchors
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let mut der = [0u8; sigil_core::key::PKCS8_DER_LEN];
+    let pkcs8 = key
+        .to_pkcs8_der(&mut der)
+        .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+    let key_pem = zeroize::Zeroizing::new(pki::to_pem(Label::PrivateKey, pkcs8));
+    let pem_of = |ders: &[Vec<u8>]| -> String {
+        ders.iter()
+            .map(|d| pki::to_pem(Label::Certificate, d))
+            .collect()
+    };
+    pki::write_atomic(
+        &args.out_dir.join("cert.pem"),
+        pem_of(&signed.chain).as_bytes(),
+        0o644,
+        true,
+    )?;
+    pki::write_atomic(
+        &args.out_dir.join("ca.pem"),
+        pem_of(&bundle).as_bytes(),
+        0o644,
+        true,
+    )?;
+    pki::write_atomic(&key_path, key_pem.as_bytes(), 0o600, args.force)?;
+    let leaf = Certificate::parse(&signed.chain[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = leaf
+        .spiffe_ids()
+        .next()
+        .map_or_else(String::new, |i| i.as_str().to_owned());
+    Ok(format!(
+        "{id}: valid until {}; wrote {} (0600), cert.pem ({} certificates), ca.pem ({} anchors)",
+        humantime::format_rfc3339_seconds(signed.valid_until),
+        key_path.display(),
+        signed.chain.len(),
+        bundle.len()
+    ))
+}

@@ -4,6 +4,16 @@
 //! - [`pki`]: reading PEM files into owned DER, and describing certificates for people.
 //! - [`commands`]: what each `sigil` subcommand does; the binary only parses arguments.
 
+pub mod ca;
+pub mod client;
 pub mod commands;
 pub mod pki;
+pub mod sentry;
+pub mod tls;
 pub mod verifier;
+
+/// The gRPC messages and services of Dapr's Sentry API, generated from `proto/`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("dapr.proto.sentry.v1");
+}

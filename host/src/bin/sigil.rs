@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sigil_core::path::Usage;
 use sigil_core::UnixTime;
 use sigil_host::commands::{self, ExpectedName, VerifyArgs, VerifyOutcome};
+use sigil_host::sentry::app::SentryOptions;
 
 /// Sigil: workload identity and mutual TLS, Dapr Sentry-compatible, from MCU to server.
 #[derive(Parser)]
@@ -26,6 +27,96 @@ enum Command {
     /// Certificates: validate and inspect.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Run Sentry, the certificate authority (Dapr's gRPC API and flags). With no arguments it
+    /// runs on a fresh machine: credentials generated in a data directory it creates, trust
+    /// domain `localhost`, the insecure validator; it prints where everything is.
+    Sentry(SentryCli),
+    /// Get a workload certificate from Sentry: make a P-256 key and CSR, send it, validate the
+    /// answer, and write key.pem (0600), cert.pem (chain) and ca.pem to a directory.
+    Sign(SignCli),
+}
+
+#[derive(Args)]
+struct SentryCli {
+    /// Dapr Configuration file (spec.mtls.workloadCertTTL, allowedClockSkew, tokenValidators).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory of ca.crt, issuer.crt and issuer.key [default: a data directory of Sigil's].
+    #[arg(long)]
+    issuer_credentials: Option<PathBuf>,
+    /// Trust anchors file name (absolute: used as is).
+    #[arg(long, default_value = "ca.crt")]
+    issuer_ca_filename: String,
+    /// Issuer certificate file name.
+    #[arg(long, default_value = "issuer.crt")]
+    issuer_certificate_filename: String,
+    /// Issuer key file name.
+    #[arg(long, default_value = "issuer.key")]
+    issuer_key_filename: String,
+    /// Sentry's trust domain.
+    #[arg(long, default_value = "localhost")]
+    trust_domain: String,
+    /// gRPC port (0: any free port).
+    #[arg(long, default_value_t = 50001)]
+    port: u16,
+    /// gRPC listen address (empty: all interfaces).
+    #[arg(long, default_value = "")]
+    listen_address: String,
+    /// Health port (/healthz).
+    #[arg(long, default_value_t = 8080)]
+    healthz_port: u16,
+    /// Health listen address.
+    #[arg(long, default_value = "")]
+    healthz_listen_address: String,
+    /// Metrics port (/metrics, Prometheus text).
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    /// Metrics listen address.
+    #[arg(long, default_value = "0.0.0.0")]
+    metrics_listen_address: String,
+    /// Serve metrics.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_metrics: bool,
+    /// Log as JSON.
+    #[arg(long)]
+    log_as_json: bool,
+    /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Args)]
+struct SignCli {
+    /// Sentry's address, host:port.
+    #[arg(long)]
+    sentry: String,
+    /// PEM trust anchors to check Sentry and the issued chain against.
+    #[arg(long)]
+    anchors: PathBuf,
+    /// App ID.
+    #[arg(long)]
+    id: String,
+    /// Namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// File holding the token for the validator (selects the jwks validator, as daprd does).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Trust domain to ask for (control-plane services only).
+    #[arg(long, default_value = "")]
+    trust_domain: String,
+    /// Sentry's trust domain (its SPIFFE ID is checked).
+    #[arg(long, default_value = "localhost")]
+    control_plane_trust_domain: String,
+    /// Sentry's namespace.
+    #[arg(long, default_value = "default")]
+    control_plane_namespace: String,
+    /// Where to write key.pem, cert.pem and ca.pem.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Replace an existing key.pem.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +225,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Sentry(args) => sentry(args),
+        Command::Sign(args) => sign(args),
         Command::Csr(CsrCommand::New {
             key,
             out,
@@ -200,5 +293,120 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn sentry(args: SentryCli) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_as_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let opts = SentryOptions {
+        config: args.config,
+        issuer_credentials: args.issuer_credentials,
+        ca_filename: args.issuer_ca_filename,
+        cert_filename: args.issuer_certificate_filename,
+        key_filename: args.issuer_key_filename,
+        trust_domain: args.trust_domain,
+        listen_address: args.listen_address,
+        port: args.port,
+        healthz: Some((args.healthz_listen_address, args.healthz_port)),
+        metrics: args
+            .enable_metrics
+            .then_some((args.metrics_listen_address, args.metrics_port)),
+        ..SentryOptions::default()
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let started = sigil_host::sentry::app::start(&opts).await?;
+        for line in &started.report {
+            println!("sentry: {line}");
+        }
+        sigil_host::sentry::run(
+            started.sentry,
+            started.listeners,
+            Some(started.paths),
+            shutdown_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => {
+            println!("sentry: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn sign(args: SignCli) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let req = commands::SignArgs {
+        sentry: args.sentry,
+        anchors: args.anchors,
+        id: args.id,
+        namespace: args.namespace,
+        token_file: args.token_file,
+        trust_domain: args.trust_domain,
+        sentry_id: format!(
+            "spiffe://{}/ns/{}/dapr-sentry",
+            args.control_plane_trust_domain, args.control_plane_namespace
+        ),
+        out_dir: args.out_dir,
+        force: args.force,
+    };
+    match rt.block_on(commands::sign(&req)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

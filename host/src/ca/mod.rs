@@ -1,0 +1,473 @@
+//! The certificate authority behind Sentry: a validated credential set (trust anchors, the
+//! issuer chain and its key), workload issuance with Dapr's profile, and the on-disk store.
+//!
+//! A [`Credentials`] value exists only after every check passed: each anchor is a self-signed
+//! CA, the key matches the issuer, and a probe certificate issued with that key validates
+//! through the issuer chain to the anchors *now* (core path validation: signatures, CA flags,
+//! keyCertSign, path length, name constraints, validity). So an expired issuer, a foreign
+//! chain or a wrong key can never be loaded, at start or at a reload.
+
+pub mod key;
+pub mod store;
+pub mod x509;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_core::cert::Certificate;
+use sigil_core::crypto::{PublicKey, SignatureVerifier as _};
+use sigil_core::path::{self, Options, TrustBundle, Usage};
+use sigil_core::pem;
+use sigil_core::UnixTime;
+
+use crate::verifier::RingVerifier;
+use key::{CaKey, KeyError};
+use x509::{Profile, X509Error};
+
+/// Most trust anchors a credential set holds.
+pub const MAX_ANCHORS: usize = 16;
+/// Lifetime of a generated root and issuer (Dapr's `defaultCATTL`).
+pub const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why a credential set is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// A file holds no certificate.
+    #[error("{file} holds no PEM certificate")]
+    NoCertificate {
+        /// Which file (ca.crt or issuer.crt).
+        file: &'static str,
+    },
+    /// A certificate does not parse.
+    #[error("{file}: certificate #{index} is malformed: {reason}")]
+    Malformed {
+        /// Which file.
+        file: &'static str,
+        /// Position in the file, from 1.
+        index: usize,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A trust anchor is not a self-signed CA certificate.
+    #[error("ca.crt: certificate #{index} is not a self-signed CA certificate ({reason})")]
+    BadAnchor {
+        /// Position in ca.crt, from 1.
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// More anchors than fit.
+    #[error("ca.crt holds {count} certificates; at most {MAX_ANCHORS} are supported")]
+    TooManyAnchors {
+        /// How many.
+        count: usize,
+    },
+    /// The issuer key does not load.
+    #[error("issuer.key: {0}")]
+    Key(#[from] KeyError),
+    /// The issuer key is not the key of the issuer certificate.
+    #[error("issuer.key does not match the public key of issuer.crt")]
+    KeyMismatch,
+    /// The issuer certificate is not a CA allowed to sign certificates.
+    #[error("issuer.crt is not a CA certificate allowed to sign certificates ({reason})")]
+    IssuerNotCa {
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// The issuer certificate has expired.
+    #[error("issuer.crt expired at {not_after} (now {now}); refusing to issue with it")]
+    IssuerExpired {
+        /// Its notAfter (RFC 3339).
+        not_after: String,
+        /// The time of the check.
+        now: String,
+    },
+    /// The issuer certificate is not valid yet.
+    #[error("issuer.crt is not valid before {not_before} (now {now})")]
+    IssuerNotYetValid {
+        /// Its notBefore (RFC 3339).
+        not_before: String,
+        /// The time of the check.
+        now: String,
+    },
+    /// The issuer chain does not validate to any anchor in ca.crt.
+    #[error("issuer.crt does not chain to a root in ca.crt: {0}")]
+    Chain(String),
+    /// Making a certificate failed.
+    #[error("making a certificate: {0}")]
+    X509(#[from] X509Error),
+}
+
+/// Why a workload certificate was not issued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// The issuer has expired (or expires within the skew): nothing is issued with it.
+    #[error("issuer certificate expired at {not_after}; refusing to issue")]
+    IssuerExpired {
+        /// Its notAfter (RFC 3339).
+        not_after: String,
+    },
+    /// The certificate could not be made.
+    #[error("{0}")]
+    X509(#[from] X509Error),
+}
+
+/// A workload certificate just issued.
+#[derive(Debug)]
+pub struct Issued {
+    /// Its DER.
+    pub der: Vec<u8>,
+    /// Its notAfter.
+    pub not_after: SystemTime,
+}
+
+/// A validated credential set (see the module doc).
+#[derive(Debug)]
+pub struct Credentials {
+    anchors: Vec<Vec<u8>>,
+    issuer_chain: Vec<Vec<u8>>,
+    key: CaKey,
+    issuer_subject: Vec<u8>,
+    issuer_key_id: Option<Vec<u8>>,
+    issuer_not_before: SystemTime,
+    issuer_not_after: SystemTime,
+    anchors_pem: String,
+    issuer_chain_pem: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn system_time(t: UnixTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.as_secs())
+}
+
+fn unix(t: SystemTime) -> UnixTime {
+    UnixTime::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Reads every CERTIFICATE block of `text` into DER.
+fn certificates(text: &str, file: &'static str) -> Result<Vec<Vec<u8>>, CredentialsError> {
+    let mut out = Vec::new();
+    for block in pem::blocks(text) {
+        let index = out.len() + 1;
+        let block = block.map_err(|e| CredentialsError::Malformed {
+            file,
+            index,
+            reason: e.to_string(),
+        })?;
+        if block.label_str() != "CERTIFICATE" {
+            continue;
+        }
+        let mut buf = vec![0u8; block.decoded_len_max()];
+        let der = block
+            .decode(&mut buf)
+            .map_err(|e| CredentialsError::Malformed {
+                file,
+                index,
+                reason: e.to_string(),
+            })?;
+        Certificate::parse(der).map_err(|e| CredentialsError::Malformed {
+            file,
+            index,
+            reason: e.to_string(),
+        })?;
+        out.push(der.to_vec());
+    }
+    if out.is_empty() {
+        return Err(CredentialsError::NoCertificate { file });
+    }
+    Ok(out)
+}
+
+fn is_self_signed(c: &Certificate<'_>) -> bool {
+    let (Ok(scheme), Ok(key)) = (c.signature_scheme(), c.public_key()) else {
+        return false;
+    };
+    c.is_self_issued()
+        && RingVerifier
+            .verify(scheme, key, c.tbs(), c.signature())
+            .is_ok()
+}
+
+fn pem_of(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| crate::pki::to_pem(pem::Label::Certificate, d))
+        .collect()
+}
+
+impl Credentials {
+    /// Validates a credential set given as the contents of `ca.crt`, `issuer.crt` and
+    /// `issuer.key`, at `now`. `probe_id` is the SPIFFE ID of the probe certificate (Sentry's
+    /// own), so the issuer's name constraints are honoured.
+    ///
+    /// # Errors
+    ///
+    /// The first [`CredentialsError`] found, naming the file and the rule.
+    pub fn from_pem(
+        ca: &str,
+        issuer: &str,
+        key: &str,
+        now: SystemTime,
+        probe_id: &str,
+    ) -> Result<Self, CredentialsError> {
+        let anchors = certificates(ca, "ca.crt")?;
+        if anchors.len() > MAX_ANCHORS {
+            return Err(CredentialsError::TooManyAnchors {
+                count: anchors.len(),
+            });
+        }
+        for (i, der) in anchors.iter().enumerate() {
+            let c = Certificate::parse(der).map_err(|e| CredentialsError::Malformed {
+                file: "ca.crt",
+                index: i + 1,
+                reason: e.to_string(),
+            })?;
+            if !c.is_ca() {
+                return Err(CredentialsError::BadAnchor {
+                    index: i + 1,
+                    reason: "not a CA",
+                });
+            }
+            if !is_self_signed(&c) {
+                return Err(CredentialsError::BadAnchor {
+                    index: i + 1,
+                    reason: "not self-signed",
+                });
+            }
+        }
+        let mut chain = certificates(issuer, "issuer.crt")?;
+        // A trailing self-signed root in issuer.crt is dropped, as Dapr does.
+        while chain.len() > 1
+            && chain
+                .last()
+                .and_then(|d| Certificate::parse(d).ok())
+                .is_some_and(|c| is_self_signed(&c))
+        {
+            chain.pop();
+        }
+        let key = CaKey::from_pem(key)?;
+        let (subject, key_id, not_before, not_after) = {
+            let first = chain
+                .first()
+                .ok_or(CredentialsError::NoCertificate { file: "issuer.crt" })?;
+            let c = Certificate::parse(first).map_err(|e| CredentialsError::Malformed {
+                file: "issuer.crt",
+                index: 1,
+                reason: e.to_string(),
+            })?;
+            let matches = c
+                .public_key()
+                .is_ok_and(|k| k.same_key(&PublicKey::EcP256(key.public_point())));
+            if !matches {
+                return Err(CredentialsError::KeyMismatch);
+            }
+            if !c.is_ca() {
+                return Err(CredentialsError::IssuerNotCa {
+                    reason: "basicConstraints cA is not set",
+                });
+            }
+            if c.key_usage()
+                .is_some_and(|ku| !ku.contains(sigil_core::cert::KeyUsage::KEY_CERT_SIGN))
+            {
+                return Err(CredentialsError::IssuerNotCa {
+                    reason: "keyUsage lacks keyCertSign",
+                });
+            }
+            let nb = system_time(c.not_before());
+            let na = system_time(c.not_after());
+            if now >= na {
+                return Err(CredentialsError::IssuerExpired {
+                    not_after: rfc3339(na),
+                    now: rfc3339(now),
+                });
+            }
+            if now < nb {
+                return Err(CredentialsError::IssuerNotYetValid {
+                    not_before: rfc3339(nb),
+                    now: rfc3339(now),
+                });
+            }
+            (
+                c.subject().to_vec(),
+                c.subject_key_id().map(<[u8]>::to_vec),
+                nb,
+                na,
+            )
+        };
+        let creds = Self {
+            anchors_pem: pem_of(&anchors),
+            issuer_chain_pem: pem_of(&chain),
+            anchors,
+            issuer_chain: chain,
+            key,
+            issuer_subject: subject,
+            issuer_key_id: key_id,
+            issuer_not_before: not_before,
+            issuer_not_after: not_after,
+        };
+        creds.probe(now, probe_id)?;
+        Ok(creds)
+    }
+
+    /// Issues a short probe certificate and validates it through the chain to the anchors: the
+    /// one check that covers signatures, CA constraints and validity of the whole chain.
+    fn probe(&self, now: SystemTime, probe_id: &str) -> Result<(), CredentialsError> {
+        let probe_key = CaKey::generate()?;
+        let nb = (now - Duration::from_secs(60)).max(self.issuer_not_before);
+        let na = (now + Duration::from_secs(60)).min(self.issuer_not_after);
+        let leaf = x509::issue(
+            Profile::Workload {
+                spiffe_id: probe_id,
+                dns: &[],
+            },
+            PublicKey::EcP256(probe_key.public_point()),
+            nb,
+            na,
+            Some(self.signer()),
+            &self.key,
+        )?;
+        let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
+        for a in &self.anchors {
+            bundle
+                .add(a)
+                .map_err(|e| CredentialsError::Chain(format!("{e:?}")))?;
+        }
+        let intermediates: Vec<&[u8]> = self.issuer_chain.iter().map(Vec::as_slice).collect();
+        let options = Options {
+            usage: Usage::Any,
+            ..Options::new(unix(now))
+        };
+        path::verify(&leaf, &intermediates, &bundle, &RingVerifier, &options)
+            .map(|_| ())
+            .map_err(|e| CredentialsError::Chain(e.to_string()))
+    }
+
+    /// Generates a new root (self-signed, `O=<trust_domain>`) and an issuer signed by it
+    /// (`O=<sentry_id>`), both valid from `now - skew` for [`CA_TTL`]. The root's key is
+    /// discarded, as Dapr does.
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialsError`] if making or (re)validating them fails.
+    pub fn generate(
+        trust_domain: &str,
+        sentry_id: &str,
+        now: SystemTime,
+        skew: Duration,
+    ) -> Result<(Self, GeneratedPem), CredentialsError> {
+        let root_key = CaKey::generate()?;
+        let issuer_key = CaKey::generate()?;
+        let nb = now - skew;
+        let na = now + CA_TTL;
+        let root = x509::issue(
+            Profile::Root { trust_domain },
+            PublicKey::EcP256(root_key.public_point()),
+            nb,
+            na,
+            None,
+            &root_key,
+        )?;
+        let root_cert = Certificate::parse(&root)
+            .map_err(|e| CredentialsError::Chain(format!("generated root: {e}")))?;
+        let issuer = x509::issue(
+            Profile::Issuer { sentry_id },
+            PublicKey::EcP256(issuer_key.public_point()),
+            nb,
+            na,
+            Some(x509::Signer {
+                subject: root_cert.subject(),
+                key_id: root_cert.subject_key_id(),
+                key: &root_key,
+            }),
+            &root_key,
+        )?;
+        let files = GeneratedPem {
+            ca: pem_of(std::slice::from_ref(&root)),
+            issuer: pem_of(std::slice::from_ref(&issuer)),
+            key: issuer_key.to_pem(),
+        };
+        let creds = Self::from_pem(&files.ca, &files.issuer, &files.key, now, sentry_id)?;
+        Ok((creds, files))
+    }
+
+    /// The issuer's signing identity, for [`x509::issue`].
+    pub fn signer(&self) -> x509::Signer<'_> {
+        x509::Signer {
+            subject: &self.issuer_subject,
+            key_id: self.issuer_key_id.as_deref(),
+            key: &self.key,
+        }
+    }
+
+    /// Issues a workload certificate for `subject_key` with `spiffe_id` (and DNS names), valid
+    /// from `now - skew` to `now + ttl`, clamped to the issuer's notAfter.
+    ///
+    /// # Errors
+    ///
+    /// [`IssueError::IssuerExpired`] once the issuer has expired; [`IssueError::X509`].
+    pub fn issue_workload(
+        &self,
+        subject_key: PublicKey<'_>,
+        spiffe_id: &str,
+        dns: &[String],
+        now: SystemTime,
+        ttl: Duration,
+        skew: Duration,
+    ) -> Result<Issued, IssueError> {
+        if now >= self.issuer_not_after {
+            return Err(IssueError::IssuerExpired {
+                not_after: rfc3339(self.issuer_not_after),
+            });
+        }
+        let not_before = (now - skew).max(self.issuer_not_before);
+        let not_after = (now + ttl).min(self.issuer_not_after);
+        let der = x509::issue(
+            Profile::Workload { spiffe_id, dns },
+            subject_key,
+            not_before,
+            not_after,
+            Some(self.signer()),
+            &self.key,
+        )?;
+        Ok(Issued { der, not_after })
+    }
+
+    /// The trust anchors, DER.
+    pub fn anchors(&self) -> &[Vec<u8>] {
+        &self.anchors
+    }
+
+    /// The trust anchors as concatenated PEM (what `trust_chain_certificates` carries).
+    pub fn anchors_pem(&self) -> &str {
+        &self.anchors_pem
+    }
+
+    /// The issuer chain (issuer first, no root), DER.
+    pub fn issuer_chain(&self) -> &[Vec<u8>] {
+        &self.issuer_chain
+    }
+
+    /// The issuer chain as concatenated PEM (appended to each workload certificate).
+    pub fn issuer_chain_pem(&self) -> &str {
+        &self.issuer_chain_pem
+    }
+
+    /// The issuer's notAfter.
+    pub const fn issuer_not_after(&self) -> SystemTime {
+        self.issuer_not_after
+    }
+}
+
+/// The PEM files of a freshly generated set.
+#[derive(Debug)]
+pub struct GeneratedPem {
+    /// `ca.crt`.
+    pub ca: String,
+    /// `issuer.crt`.
+    pub issuer: String,
+    /// `issuer.key` (PKCS#8).
+    pub key: zeroize::Zeroizing<String>,
+}

@@ -1,0 +1,391 @@
+//! Sentry's credentials on disk, in Dapr's layout: a directory (`--issuer-credentials`) with
+//! `ca.crt`, `issuer.crt` and `issuer.key` (names overridable; absolute names stand alone).
+//!
+//! - **Never generates over user files**: if all three are missing, a new root and issuer are
+//!   generated; if all three exist, they are loaded and validated ([`Credentials::from_pem`]);
+//!   anything in between is refused, naming what is there and what is not.
+//! - **One root for racing starts**: the check-and-generate runs under an exclusive lock on
+//!   `<dir>/.sigil-sentry.lock`, so of several Sentrys starting on one empty directory exactly
+//!   one generates and the others load what it wrote.
+//! - **Crash-safe generation**: the three files are first written beside their targets as
+//!   `<name>.sigil-new` (flushed to disk, key 0600), then a journal marker
+//!   `<dir>/.sigil-generated` is written, then each is renamed into place, then the marker goes.
+//!   A start that finds the marker finishes the renames (roll forward); one that finds staged
+//!   files without it deletes them (roll back). So a kill at any point leaves either nothing
+//!   or the complete set, never a partial one that would block the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroizing;
+
+use super::{Credentials, CredentialsError};
+
+const LOCK: &str = ".sigil-sentry.lock";
+const MARKER: &str = ".sigil-generated";
+const STAGED: &str = ".sigil-new";
+
+/// Test hook: `SIGIL_TEST_HOLD_GENERATION=staged|marked|moved` makes generation stop for 60 s
+/// at that point (after printing a line to stderr), so a test can kill the process there.
+const HOLD_ENV: &str = "SIGIL_TEST_HOLD_GENERATION";
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Some credential files exist and some do not: nothing is generated over them.
+    #[error(
+        "incomplete credentials: found {present:?} but not {missing:?}; refusing to generate \
+         over existing files (provide all three, or remove them to let Sentry generate a new CA)"
+    )]
+    Partial {
+        /// The files found.
+        present: Vec<PathBuf>,
+        /// The files missing.
+        missing: Vec<PathBuf>,
+    },
+    /// The files do not form a valid set.
+    #[error("invalid credentials in {dir}: {source}")]
+    Invalid {
+        /// The credentials directory.
+        dir: PathBuf,
+        /// What is wrong.
+        source: CredentialsError,
+    },
+    /// An interrupted generation left a staged file that differs from one in place.
+    #[error(
+        "{0} differs from the staged copy of an interrupted generation; refusing to replace it"
+    )]
+    Conflict(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the three files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorePaths {
+    /// The credentials directory (holds the lock and the journal marker).
+    pub dir: PathBuf,
+    /// The trust anchors (`ca.crt`).
+    pub ca: PathBuf,
+    /// The issuer chain (`issuer.crt`).
+    pub issuer_cert: PathBuf,
+    /// The issuer key (`issuer.key`).
+    pub issuer_key: PathBuf,
+}
+
+impl StorePaths {
+    /// The paths for `dir` and the three file names (an absolute name is used as it is).
+    pub fn new(dir: &Path, ca: &str, issuer_cert: &str, issuer_key: &str) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            ca: dir.join(ca),
+            issuer_cert: dir.join(issuer_cert),
+            issuer_key: dir.join(issuer_key),
+        }
+    }
+
+    /// Dapr's default names in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self::new(dir, "ca.crt", "issuer.crt", "issuer.key")
+    }
+
+    fn files(&self) -> [&Path; 3] {
+        [&self.ca, &self.issuer_cert, &self.issuer_key]
+    }
+
+    /// The directories holding the files (for a watcher).
+    pub fn directories(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .files()
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_owned))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Whether `path` is one of the three files.
+    pub fn is_credential_file(&self, path: &Path) -> bool {
+        self.files().contains(&path)
+    }
+}
+
+/// Where a credential set came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded from files that were there.
+    Loaded,
+    /// Generated now (and written).
+    Generated,
+}
+
+/// Loads and validates the three files at `now`.
+///
+/// # Errors
+///
+/// [`StoreError::Io`] if a file cannot be read, [`StoreError::Invalid`] if the set is refused.
+pub fn load(
+    paths: &StorePaths,
+    now: SystemTime,
+    probe_id: &str,
+) -> Result<Credentials, StoreError> {
+    let read = |p: &Path| fs::read_to_string(p).map_err(io_err(p));
+    let ca = read(&paths.ca)?;
+    let issuer = read(&paths.issuer_cert)?;
+    let key = Zeroizing::new(read(&paths.issuer_key)?);
+    Credentials::from_pem(&ca, &issuer, &key, now, probe_id).map_err(|source| StoreError::Invalid {
+        dir: paths.dir.clone(),
+        source,
+    })
+}
+
+/// Loads the credentials, or generates them if none exist (see the module doc).
+///
+/// # Errors
+///
+/// [`StoreError`]; nothing is written over existing files.
+pub fn load_or_generate(
+    paths: &StorePaths,
+    trust_domain: &str,
+    sentry_id: &str,
+    skew: Duration,
+    now: SystemTime,
+) -> Result<(Credentials, Origin), StoreError> {
+    fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    let lock_path = paths.dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+    let result = locked(paths, trust_domain, sentry_id, skew, now);
+    let _ = lock.unlock();
+    result
+}
+
+fn locked(
+    paths: &StorePaths,
+    trust_domain: &str,
+    sentry_id: &str,
+    skew: Duration,
+    now: SystemTime,
+) -> Result<(Credentials, Origin), StoreError> {
+    recover(paths)?;
+    let (present, missing): (Vec<&Path>, Vec<&Path>) =
+        paths.files().into_iter().partition(|p| p.exists());
+    if missing.is_empty() {
+        return load(paths, now, sentry_id).map(|c| (c, Origin::Loaded));
+    }
+    if !present.is_empty() {
+        return Err(StoreError::Partial {
+            present: present.into_iter().map(Path::to_owned).collect(),
+            missing: missing.into_iter().map(Path::to_owned).collect(),
+        });
+    }
+    let (creds, files) =
+        Credentials::generate(trust_domain, sentry_id, now, skew).map_err(|source| {
+            StoreError::Invalid {
+                dir: paths.dir.clone(),
+                source,
+            }
+        })?;
+    let contents: [(&Path, &[u8], u32); 3] = [
+        (&paths.ca, files.ca.as_bytes(), 0o644),
+        (&paths.issuer_cert, files.issuer.as_bytes(), 0o644),
+        (&paths.issuer_key, files.key.as_bytes(), 0o600),
+    ];
+    for (path, bytes, mode) in contents {
+        write_synced(&staged(path), bytes, mode)?;
+    }
+    hold("staged");
+    let marker = paths.dir.join(MARKER);
+    write_synced(
+        &marker,
+        b"sigil: generation staged; renames pending\n",
+        0o600,
+    )?;
+    sync_dirs(paths)?;
+    hold("marked");
+    roll_forward(paths)?;
+    Ok((creds, Origin::Generated))
+}
+
+fn staged(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(STAGED);
+    PathBuf::from(s)
+}
+
+/// Finishes or undoes an interrupted generation.
+fn recover(paths: &StorePaths) -> Result<(), StoreError> {
+    if paths.dir.join(MARKER).exists() {
+        return roll_forward(paths);
+    }
+    for f in paths.files() {
+        let s = staged(f);
+        if s.exists() {
+            fs::remove_file(&s).map_err(io_err(&s))?;
+        }
+    }
+    Ok(())
+}
+
+fn roll_forward(paths: &StorePaths) -> Result<(), StoreError> {
+    let mut moved = false;
+    for f in paths.files() {
+        let s = staged(f);
+        if !s.exists() {
+            continue;
+        }
+        if f.exists() {
+            let same = fs::read(f).map_err(io_err(f))? == fs::read(&s).map_err(io_err(&s))?;
+            if !same {
+                return Err(StoreError::Conflict(f.to_owned()));
+            }
+            fs::remove_file(&s).map_err(io_err(&s))?;
+        } else {
+            fs::rename(&s, f).map_err(io_err(f))?;
+            if !moved {
+                moved = true;
+                hold("moved");
+            }
+        }
+    }
+    sync_dirs(paths)?;
+    let marker = paths.dir.join(MARKER);
+    fs::remove_file(&marker).map_err(io_err(&marker))?;
+    sync_dirs(paths)
+}
+
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn sync_dirs(paths: &StorePaths) -> Result<(), StoreError> {
+    for d in paths.directories() {
+        File::open(&d)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&d))?;
+    }
+    Ok(())
+}
+
+fn hold(stage: &str) {
+    if std::env::var(HOLD_ENV).is_ok_and(|v| v == stage) {
+        eprintln!("sigil: holding credential generation at stage {stage}");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
+
+    fn gen(dir: &Path) -> Result<(Credentials, Origin), StoreError> {
+        load_or_generate(
+            &StorePaths::in_dir(dir),
+            "localhost",
+            ID,
+            Duration::from_secs(900),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn generates_once_then_loads_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, origin) = gen(t.path()).unwrap();
+        assert_eq!(origin, Origin::Generated);
+        let mode = |n: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::metadata(t.path().join(n)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("issuer.key"), 0o600);
+        assert_eq!(mode("ca.crt"), 0o644);
+        let (b, origin) = gen(t.path()).unwrap();
+        assert_eq!(origin, Origin::Loaded);
+        assert_eq!(a.anchors(), b.anchors());
+        assert!(!t.path().join(MARKER).exists());
+    }
+
+    #[test]
+    fn a_partial_set_is_refused_and_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("ca.crt"), "user file").unwrap();
+        let e = gen(t.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Partial { .. }), "{e}");
+        assert!(e.to_string().contains("issuer.key"), "{e}");
+        assert_eq!(
+            fs::read_to_string(t.path().join("ca.crt")).unwrap(),
+            "user file"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_generation_rolls_forward_or_back() {
+        let t = tempfile::tempdir().unwrap();
+        gen(t.path()).unwrap();
+        let paths = StorePaths::in_dir(t.path());
+        // Simulate a kill after the marker and one rename: two files staged, one in place.
+        for f in [&paths.issuer_cert, &paths.issuer_key] {
+            fs::rename(f, staged(f)).unwrap();
+        }
+        fs::write(t.path().join(MARKER), "x").unwrap();
+        let (_, origin) = gen(t.path()).unwrap();
+        assert_eq!(origin, Origin::Loaded);
+        assert!(paths
+            .files()
+            .iter()
+            .all(|f| f.exists() && !staged(f).exists()));
+        // A kill before the marker: staged files only, deleted, then a fresh generation.
+        let u = tempfile::tempdir().unwrap();
+        let p = StorePaths::in_dir(u.path());
+        fs::write(staged(&p.ca), "half").unwrap();
+        let (_, origin) = gen(u.path()).unwrap();
+        assert_eq!(origin, Origin::Generated);
+        assert!(!staged(&p.ca).exists());
+    }
+
+    #[test]
+    fn racing_starts_agree_on_one_root() {
+        let t = tempfile::tempdir().unwrap();
+        let roots: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| gen(t.path()).unwrap().0.anchors()[0].clone()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(roots.windows(2).all(|w| w[0] == w[1]));
+    }
+}

@@ -1,0 +1,197 @@
+//! Sentry as a process: options with Dapr's flag names and defaults, start-up (credentials,
+//! configuration, validators, listeners), and the lines that tell a person (and a test) where
+//! everything is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use super::config::SentryConfig;
+use super::validator::Validators;
+use super::{jwt, Listeners, Sentry, Settings};
+use crate::ca::store::{self, Origin, StorePaths};
+
+/// Sentry's options (the CLI fills them; see `sigil sentry --help`).
+#[derive(Clone, Debug)]
+pub struct SentryOptions {
+    /// Dapr Configuration file (`--config`); defaults apply without one.
+    pub config: Option<PathBuf>,
+    /// `--issuer-credentials`; `None`: a data directory Sigil creates.
+    pub issuer_credentials: Option<PathBuf>,
+    /// `--issuer-ca-filename`.
+    pub ca_filename: String,
+    /// `--issuer-certificate-filename`.
+    pub cert_filename: String,
+    /// `--issuer-key-filename`.
+    pub key_filename: String,
+    /// `--trust-domain`.
+    pub trust_domain: String,
+    /// Sentry's namespace (`NAMESPACE`).
+    pub namespace: String,
+    /// `--listen-address` (empty: all interfaces).
+    pub listen_address: String,
+    /// `--port`.
+    pub port: u16,
+    /// `--healthz-listen-address` and `--healthz-port` (0: a free port).
+    pub healthz: Option<(String, u16)>,
+    /// `--metrics-listen-address` and `--metrics-port`.
+    pub metrics: Option<(String, u16)>,
+}
+
+impl Default for SentryOptions {
+    fn default() -> Self {
+        Self {
+            config: None,
+            issuer_credentials: None,
+            ca_filename: "ca.crt".into(),
+            cert_filename: "issuer.crt".into(),
+            key_filename: "issuer.key".into(),
+            trust_domain: "localhost".into(),
+            namespace: std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into()),
+            listen_address: String::new(),
+            port: 50001,
+            healthz: Some((String::new(), 8080)),
+            metrics: Some(("0.0.0.0".into(), 9090)),
+        }
+    }
+}
+
+/// The data directory used when `--issuer-credentials` is not given.
+pub fn default_credentials_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("sigil/sentry/credentials")
+}
+
+/// A Sentry ready to [`super::run`].
+#[derive(Debug)]
+pub struct Started {
+    /// The state.
+    pub sentry: Arc<Sentry>,
+    /// Its bound sockets.
+    pub listeners: Listeners,
+    /// The credential store (to watch).
+    pub paths: StorePaths,
+    /// Lines for the log: where things are.
+    pub report: Vec<String>,
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|e| format!("? ({e})"), |a: SocketAddr| a.to_string())
+}
+
+/// Loads (or generates) the credentials, reads the configuration and binds the listeners.
+///
+/// # Errors
+///
+/// Anything that stops Sentry from starting, with the file and rule that failed.
+pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
+    let config = match &opts.config {
+        Some(p) => SentryConfig::load(p)?,
+        None => SentryConfig::default(),
+    };
+    let settings = Settings {
+        trust_domain: opts.trust_domain.clone(),
+        namespace: opts.namespace.clone(),
+        ttl: config.workload_cert_ttl,
+        skew: config.allowed_clock_skew,
+    };
+    sigil_core::spiffe::SpiffeId::parse(&settings.sentry_id())
+        .map_err(|e| anyhow::anyhow!("trust domain {:?}: {e}", opts.trust_domain))?;
+    let dir = opts
+        .issuer_credentials
+        .clone()
+        .unwrap_or_else(default_credentials_dir);
+    let paths = StorePaths::new(
+        &dir,
+        &opts.ca_filename,
+        &opts.cert_filename,
+        &opts.key_filename,
+    );
+    let (creds, origin) = {
+        let (p, td, id, skew) = (
+            paths.clone(),
+            settings.trust_domain.clone(),
+            settings.sentry_id(),
+            settings.skew,
+        );
+        tokio::task::spawn_blocking(move || {
+            store::load_or_generate(&p, &td, &id, skew, SystemTime::now())
+        })
+        .await??
+    };
+    let validators = match &config.jwks_source {
+        Some(source) => Validators::with_jwks(
+            jwt::Jwks::load(source).with_context(|| "loading the jwks validator's key set")?,
+            settings.sentry_id(),
+        ),
+        None => Validators::insecure(),
+    };
+    let mut report = vec![format!(
+        "credentials: {} ({}): ca {}, issuer {}, key {}",
+        dir.display(),
+        match origin {
+            Origin::Generated => "generated a new root and issuer, valid 1 year",
+            Origin::Loaded => "loaded and validated",
+        },
+        paths.ca.display(),
+        paths.issuer_cert.display(),
+        paths.issuer_key.display(),
+    )];
+    report.push(format!(
+        "trust domain {}; Sentry's ID {}; workload certificates {} back-dated {}; validators: {}",
+        settings.trust_domain,
+        settings.sentry_id(),
+        humantime::format_duration(settings.ttl),
+        humantime::format_duration(settings.skew),
+        if config.jwks_source.is_some() {
+            "jwks"
+        } else {
+            "insecure"
+        },
+    ));
+    let sentry = Sentry::new(settings, creds, validators)?;
+    if origin == Origin::Generated {
+        sentry.metrics().issuer_changed();
+    }
+    let grpc = bind(&opts.listen_address, opts.port).await?;
+    let healthz = match &opts.healthz {
+        Some((h, p)) => Some(bind(h, *p).await?),
+        None => None,
+    };
+    let metrics = match &opts.metrics {
+        Some((h, p)) => Some(bind(h, *p).await?),
+        None => None,
+    };
+    report.push(format!(
+        "listening grpc={} healthz={} metrics={}",
+        local(&grpc),
+        healthz.as_ref().map_or("off".into(), local),
+        metrics.as_ref().map_or("off".into(), local),
+    ));
+    Ok(Started {
+        sentry,
+        listeners: Listeners {
+            grpc,
+            healthz,
+            metrics,
+        },
+        paths,
+        report,
+    })
+}

@@ -1,0 +1,170 @@
+//! Sentry's metrics in the Prometheus text format, with Dapr's names
+//! (`dapr_sentry_cert_sign_request_received_total`, `..._success_total`,
+//! `..._failure_total{reason}`, `dapr_sentry_issuercert_changed_total`,
+//! `dapr_sentry_issuercert_expiry_timestamp`) and Sigil's own: a signing-latency histogram and
+//! refused credential reloads. Counters are atomics; rendering takes a snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Sentry's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    received: AtomicU64,
+    success: AtomicU64,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    issuer_changed: AtomicU64,
+    reload_refused: AtomicU64,
+    issuer_expiry: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// A SignCertificate call arrived.
+    pub fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A certificate was issued after `took`.
+    pub fn success(&self, took: Duration) {
+        self.success.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A request failed for `reason` (`validator`, `csr`, `sign`, ...).
+    pub fn failure(&self, reason: &'static str) {
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// The credential files changed (or were generated).
+    pub fn issuer_changed(&self) {
+        self.issuer_changed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A changed credential set was refused; the old one keeps serving.
+    pub fn reload_refused(&self) {
+        self.reload_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The issuer in use expires at `unix_secs`.
+    pub fn set_issuer_expiry(&self, unix_secs: u64) {
+        self.issuer_expiry.store(unix_secs, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "dapr_sentry_cert_sign_request_received_total",
+            "SignCertificate requests received.",
+            get(&self.received),
+        );
+        counter(
+            &mut out,
+            "dapr_sentry_cert_sign_success_total",
+            "Certificates issued.",
+            get(&self.success),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dapr_sentry_cert_sign_failure_total Requests refused, by reason.\n\
+             # TYPE dapr_sentry_cert_sign_failure_total counter"
+        );
+        if let Ok(f) = self.failures.lock() {
+            for (reason, n) in f.iter() {
+                let _ = writeln!(
+                    out,
+                    "dapr_sentry_cert_sign_failure_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        counter(
+            &mut out,
+            "dapr_sentry_issuercert_changed_total",
+            "Credential changes seen (files replaced, or generated).",
+            get(&self.issuer_changed),
+        );
+        counter(
+            &mut out,
+            "sigil_sentry_credentials_reload_refused_total",
+            "Replaced credentials refused (the previous set kept serving).",
+            get(&self.reload_refused),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dapr_sentry_issuercert_expiry_timestamp Unix time the issuer certificate expires.\n\
+             # TYPE dapr_sentry_issuercert_expiry_timestamp gauge\n\
+             dapr_sentry_issuercert_expiry_timestamp {}",
+            get(&self.issuer_expiry)
+        );
+        let name = "sigil_sentry_cert_sign_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to validate a request and issue its certificate.\n# TYPE {name} histogram"
+        );
+        for (bound, count) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(count));
+        }
+        let count = get(&self.latency_count);
+        let sum = Duration::from_micros(get(&self.latency_sum_micros)).as_secs_f64();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_dapr_names_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.received();
+        m.received();
+        m.success(Duration::from_micros(700));
+        m.failure("csr");
+        m.set_issuer_expiry(42);
+        let t = m.render();
+        assert!(
+            t.contains("dapr_sentry_cert_sign_request_received_total 2\n"),
+            "{t}"
+        );
+        assert!(t.contains("dapr_sentry_cert_sign_success_total 1\n"));
+        assert!(t.contains("dapr_sentry_cert_sign_failure_total{reason=\"csr\"} 1\n"));
+        assert!(t.contains("dapr_sentry_issuercert_expiry_timestamp 42\n"));
+        assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_count 1\n"));
+    }
+}

@@ -1,0 +1,554 @@
+//! Sentry, the certificate authority, wire-compatible with Dapr's
+//! (`dapr.proto.sentry.v1.CA/SignCertificate`).
+//!
+//! - [`Sentry`] holds the live state: the validated credentials (swapped atomically on
+//!   reload), Sentry's own serving certificate (renewed at half its life and on every
+//!   credential change), the validators and the metrics. [`Sentry::sign`] is the whole request
+//!   path, in Dapr's order: validator choice, validator, CSR checks, issuance.
+//! - [`run`] serves gRPC over TLS on an already-bound listener (a handshake per connection in
+//!   its own task; new connections get the current serving certificate, in-flight requests
+//!   are never cut), the health and metrics endpoints, the credential watcher and the serving
+//!   certificate's renewal, until `shutdown` resolves; then it drains in-flight requests.
+
+pub mod app;
+pub mod config;
+pub mod jwt;
+pub mod metrics;
+pub mod reload;
+pub mod validator;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sigil_core::csr::{self, Csr};
+use sigil_core::spiffe::SpiffeId;
+use sigil_core::{crypto::AlgorithmError, pem};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ca::key::CaKey;
+use crate::ca::store::StorePaths;
+use crate::ca::Credentials;
+use crate::pb;
+use crate::verifier::RingVerifier;
+use metrics::Metrics;
+use validator::{Refusal, Validators};
+
+/// Largest CSR accepted (PEM bytes); larger ones are refused as `InvalidArgument`.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+/// Largest gRPC message accepted; larger ones are refused as `ResourceExhausted`.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a Sentry is.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--trust-domain` (Sentry's own; workloads get the one their request names).
+    pub trust_domain: String,
+    /// Sentry's namespace (`NAMESPACE`, default `default`).
+    pub namespace: String,
+    /// Workload certificate lifetime.
+    pub ttl: Duration,
+    /// NotBefore back-dating.
+    pub skew: Duration,
+}
+
+impl Settings {
+    /// Sentry's SPIFFE ID: `spiffe://<td>/ns/<namespace>/dapr-sentry`.
+    pub fn sentry_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/dapr-sentry",
+            self.trust_domain, self.namespace
+        )
+    }
+
+    /// DNS names on Sentry's serving certificate, beside its SPIFFE ID, for clients that check
+    /// a host name (Dapr's own clients check the SPIFFE ID only).
+    pub fn serving_dns(&self) -> Vec<String> {
+        let ns = &self.namespace;
+        vec![
+            "localhost".to_owned(),
+            "dapr-sentry".to_owned(),
+            format!("dapr-sentry.{ns}.svc"),
+            format!("dapr-sentry.{ns}.svc.cluster.local"),
+        ]
+    }
+}
+
+/// Why Sentry could not (re)build its serving certificate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServingError {
+    /// Issuance failed (the issuer expired, ...).
+    #[error("issuing Sentry's serving certificate: {0}")]
+    Issue(#[from] crate::ca::IssueError),
+    /// The key did not load.
+    #[error("Sentry's serving key: {0}")]
+    Key(#[from] crate::ca::key::KeyError),
+    /// rustls refused the key.
+    #[error("Sentry's serving key: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The live state of one Sentry (see the module doc).
+#[derive(Debug)]
+pub struct Sentry {
+    settings: Settings,
+    sentry_id: String,
+    creds: ArcSwap<Credentials>,
+    serving: ArcSwap<CertifiedKey>,
+    serving_not_after: ArcSwap<SystemTime>,
+    credentials_changed: Notify,
+    validators: Validators,
+    metrics: Metrics,
+    serving_up: AtomicBool,
+}
+
+/// A refused request: the metric reason and the gRPC status.
+type Refused = (&'static str, Status);
+
+impl Sentry {
+    /// A Sentry with `creds`, issuing its first serving certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`ServingError`].
+    pub fn new(
+        settings: Settings,
+        creds: Credentials,
+        validators: Validators,
+    ) -> Result<Arc<Self>, ServingError> {
+        let sentry_id = settings.sentry_id();
+        let (serving, not_after) = issue_serving(&creds, &settings, &sentry_id)?;
+        let metrics = Metrics::default();
+        metrics.set_issuer_expiry(unix_secs(creds.issuer_not_after()));
+        Ok(Arc::new(Self {
+            settings,
+            sentry_id,
+            creds: ArcSwap::from_pointee(creds),
+            serving: ArcSwap::from_pointee(serving),
+            serving_not_after: ArcSwap::from_pointee(not_after),
+            credentials_changed: Notify::new(),
+            validators,
+            metrics,
+            serving_up: AtomicBool::new(false),
+        }))
+    }
+
+    /// The settings.
+    pub const fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Sentry's SPIFFE ID.
+    pub fn sentry_id(&self) -> &str {
+        &self.sentry_id
+    }
+
+    /// The metrics.
+    pub const fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.creds.load_full()
+    }
+
+    /// Swaps in a validated credential set: requests from now on are signed with it (requests
+    /// in flight finish with the set they started with), and the serving certificate is
+    /// re-issued from it.
+    pub fn swap_credentials(&self, creds: Credentials) {
+        self.metrics
+            .set_issuer_expiry(unix_secs(creds.issuer_not_after()));
+        self.creds.store(Arc::new(creds));
+        self.credentials_changed.notify_one();
+    }
+
+    /// Re-issues the serving certificate from the current credentials.
+    ///
+    /// # Errors
+    ///
+    /// [`ServingError`]; the old certificate keeps serving then.
+    pub fn renew_serving(&self) -> Result<SystemTime, ServingError> {
+        let creds = self.creds.load();
+        let (key, not_after) = issue_serving(&creds, &self.settings, &self.sentry_id)?;
+        self.serving.store(Arc::new(key));
+        self.serving_not_after.store(Arc::new(not_after));
+        Ok(not_after)
+    }
+
+    /// Whether the gRPC server is serving (for `/healthz`).
+    pub fn is_ready(&self) -> bool {
+        self.serving_up.load(Ordering::Relaxed)
+    }
+
+    /// Handles one SignCertificate request at `now`.
+    ///
+    /// # Errors
+    ///
+    /// The metric reason and Dapr's status code: `InvalidArgument` for the validator choice
+    /// and the CSR, `PermissionDenied` for the validator, `Internal` for issuance.
+    pub fn sign(
+        &self,
+        req: &pb::SignCertificateRequest,
+        now: SystemTime,
+    ) -> Result<pb::SignCertificateResponse, Refused> {
+        let refused = |reason, r: Refusal| match r {
+            Refusal::Selection(m) => (reason, Status::invalid_argument(m)),
+            Refusal::Denied(m) => (reason, Status::permission_denied(m)),
+        };
+        let kind = self
+            .validators
+            .select(req.token_validator)
+            .map_err(|r| refused("validator", r))?;
+        let vreq = validator::Request {
+            id: &req.id,
+            token: &req.token,
+            trust_domain: &req.trust_domain,
+            namespace: &req.namespace,
+            has_csr: !req.certificate_signing_request.is_empty(),
+        };
+        let trust_domain = self
+            .validators
+            .validate(kind, &vreq, now)
+            .map_err(|r| refused("validator", r))?;
+
+        let csr_der = decode_csr(&req.certificate_signing_request).map_err(|s| ("csr", s))?;
+        let csr = Csr::parse(&csr_der).map_err(|e| {
+            let why = match e {
+                csr::Error::Algorithm(AlgorithmError::Unsupported) => {
+                    "unsupported key or signature algorithm (accepted: ECDSA P-256 with SHA-256, Ed25519)"
+                        .to_owned()
+                }
+                other => other.to_string(),
+            };
+            (
+                "csr",
+                Status::invalid_argument(format!(
+                    "failed to parse certificate signing request: {why}"
+                )),
+            )
+        })?;
+        csr.verify_signature(&RingVerifier)
+            .map_err(|_| ("csr", Status::invalid_argument("invalid signature")))?;
+
+        let id = format!("spiffe://{trust_domain}/ns/{}/{}", req.namespace, req.id);
+        SpiffeId::parse(&id).map_err(|e| {
+            (
+                "sign",
+                Status::internal(format!("failed to sign certificate: {id:?}: {e}")),
+            )
+        })?;
+        let dns = self.special_dns(&req.id, &req.namespace);
+        let creds = self.creds.load();
+        let issued = creds
+            .issue_workload(
+                csr.public_key(),
+                &id,
+                &dns,
+                now,
+                self.settings.ttl,
+                self.settings.skew,
+            )
+            .map_err(|e| {
+                (
+                    "sign",
+                    Status::internal(format!("failed to sign certificate: {e}")),
+                )
+            })?;
+        let mut chain = crate::pki::to_pem(pem::Label::Certificate, &issued.der);
+        chain.push_str(creds.issuer_chain_pem());
+        Ok(pb::SignCertificateResponse {
+            workload_certificate: chain.into_bytes(),
+            trust_chain_certificates: vec![creds.anchors_pem().as_bytes().to_vec()],
+            valid_until: Some(prost_types::Timestamp {
+                seconds: i64::try_from(unix_secs(issued.not_after)).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            jwt: None,
+            per_audience_jwts: Default::default(),
+        })
+    }
+
+    /// Dapr's DNS names for control-plane IDs in Sentry's own namespace.
+    fn special_dns(&self, id: &str, namespace: &str) -> Vec<String> {
+        if namespace != self.settings.namespace {
+            return Vec::new();
+        }
+        let ns = namespace;
+        match id {
+            "dapr-injector" => vec![format!("dapr-sidecar-injector.{ns}.svc")],
+            "dapr-operator" => vec![format!("dapr-webhook.{ns}.svc")],
+            "dapr-scheduler" => (0..3)
+                .map(|i| {
+                    format!(
+                        "dapr-scheduler-server-{i}.dapr-scheduler-server.{ns}.svc.{}",
+                        self.settings.trust_domain
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// PEM `CERTIFICATE REQUEST` (or `CERTIFICATE`, which pre-1.12 daprd sent) to DER.
+fn decode_csr(bytes: &[u8]) -> Result<Vec<u8>, Status> {
+    let bad = || Status::invalid_argument("invalid certificate signing request");
+    if bytes.len() > MAX_CSR_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "invalid certificate signing request: {} bytes (limit {MAX_CSR_BYTES})",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
+    let block = pem::blocks(text)
+        .next()
+        .and_then(Result::ok)
+        .filter(|b| matches!(b.label_str(), "CERTIFICATE REQUEST" | "CERTIFICATE"))
+        .ok_or_else(bad)?;
+    let mut buf = vec![0u8; block.decoded_len_max()];
+    let der = block.decode(&mut buf).map_err(|_| bad())?;
+    Ok(der.to_vec())
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn issue_serving(
+    creds: &Credentials,
+    settings: &Settings,
+    sentry_id: &str,
+) -> Result<(CertifiedKey, SystemTime), ServingError> {
+    let key = CaKey::generate()?;
+    let issued = creds.issue_workload(
+        sigil_core::crypto::PublicKey::EcP256(key.public_point()),
+        sentry_id,
+        &settings.serving_dns(),
+        SystemTime::now(),
+        settings.ttl,
+        settings.skew,
+    )?;
+    let mut chain = vec![issued.der];
+    chain.extend(creds.issuer_chain().iter().cloned());
+    Ok((
+        crate::tls::certified_key(chain, key.pkcs8_der())?,
+        issued.not_after,
+    ))
+}
+
+/// The TLS server's certificate: whatever Sentry holds now.
+#[derive(Debug)]
+struct ServingResolver(Arc<Sentry>);
+
+impl ResolvesServerCert for ServingResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.serving.load_full())
+    }
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+struct Service(Arc<Sentry>);
+
+#[tonic::async_trait]
+impl pb::ca_server::Ca for Service {
+    async fn sign_certificate(
+        &self,
+        request: Request<pb::SignCertificateRequest>,
+    ) -> Result<Response<pb::SignCertificateResponse>, Status> {
+        let started = Instant::now();
+        let sentry = &self.0;
+        sentry.metrics.received();
+        match sentry.sign(request.get_ref(), SystemTime::now()) {
+            Ok(resp) => {
+                sentry.metrics.success(started.elapsed());
+                Ok(Response::new(resp))
+            }
+            Err((reason, status)) => {
+                sentry.metrics.failure(reason);
+                tracing::info!(code = ?status.code(), reason, message = status.message(), "sign request refused");
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The sockets Sentry serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC (TLS).
+    pub grpc: TcpListener,
+    /// `/healthz`.
+    pub healthz: Option<TcpListener>,
+    /// `/metrics`.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Runs Sentry until `shutdown` resolves, then lets in-flight requests finish. `watch`, if
+/// given, is the credential store to follow (hot reload).
+///
+/// # Errors
+///
+/// An I/O error of a listener.
+pub async fn run(
+    sentry: Arc<Sentry>,
+    listeners: Listeners,
+    watch_paths: Option<StorePaths>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(paths) = watch_paths {
+        tasks.spawn(reload::watch(sentry.clone(), paths, stopped()));
+    }
+    tasks.spawn(renew_serving_loop(sentry.clone(), stopped()));
+    if let Some(l) = listeners.healthz {
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(healthz))
+            .with_state(sentry.clone());
+        let stop = stopped();
+        tasks.spawn(async move {
+            let _ = axum::serve(l, app).with_graceful_shutdown(stop).await;
+        });
+    }
+    if let Some(l) = listeners.metrics {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics_text))
+            .route("/", axum::routing::get(metrics_text))
+            .with_state(sentry.clone());
+        let stop = stopped();
+        tasks.spawn(async move {
+            let _ = axum::serve(l, app).with_graceful_shutdown(stop).await;
+        });
+    }
+
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ServingResolver(sentry.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (conn_tx, conn_rx) = mpsc::channel(256);
+    let grpc = listeners.grpc;
+    let accept_stop = stopped();
+    tasks.spawn(async move {
+        tokio::pin!(accept_stop);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut accept_stop => break,
+                r = grpc.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+
+    let (tx_stop, serve_stop) = (stop_tx.clone(), stopped());
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = tx_stop.send(true);
+    });
+    let service = pb::ca_server::CaServer::new(Service(sentry.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    sentry.serving_up.store(true, Ordering::Relaxed);
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), serve_stop)
+        .await;
+    sentry.serving_up.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    signal.abort();
+    while tasks.join_next().await.is_some() {}
+    served.map_err(std::io::Error::other)
+}
+
+async fn healthz(
+    axum::extract::State(sentry): axum::extract::State<Arc<Sentry>>,
+) -> (axum::http::StatusCode, &'static str) {
+    if sentry.is_ready() {
+        (axum::http::StatusCode::OK, "ok\n")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_text(
+    axum::extract::State(sentry): axum::extract::State<Arc<Sentry>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        sentry.metrics.render(),
+    )
+}
+
+/// Renews the serving certificate at half its life and whenever the credentials change.
+async fn renew_serving_loop(sentry: Arc<Sentry>, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    loop {
+        let not_after = **sentry.serving_not_after.load();
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let wait = (left / 2).max(Duration::from_secs(1));
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(wait) => {}
+            () = sentry.credentials_changed.notified() => {}
+        }
+        match sentry.renew_serving() {
+            Ok(na) => {
+                tracing::info!(not_after = %humantime::format_rfc3339_seconds(na), "serving certificate renewed")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "serving certificate not renewed; retrying in 10 s");
+                tokio::select! {
+                    () = &mut stopped => return,
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Where Sentry listens, for the ready line.
+pub fn describe(addr: std::io::Result<SocketAddr>) -> String {
+    addr.map_or_else(|e| format!("? ({e})"), |a| a.to_string())
+}

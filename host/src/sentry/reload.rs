@@ -1,0 +1,113 @@
+//! Hot reload of the credentials: the directories holding `ca.crt`, `issuer.crt` and
+//! `issuer.key` are watched (`notify`; a directory, because editors and Kubernetes replace
+//! files by rename). After an event, changes are debounced until the files have been quiet for
+//! [`DEBOUNCE`], so a set written in several steps is read whole; then the set is validated
+//! exactly as at start and swapped in atomically. A set that does not validate is refused with
+//! a log line and a metric, and the old one keeps serving; the next change is tried again.
+//! A periodic re-read ([`POLL`]) covers file systems that do not deliver events.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use super::Sentry;
+use crate::ca::store::{self, StorePaths};
+
+/// Quiet time after the last event before the set is read.
+pub const DEBOUNCE: Duration = Duration::from_millis(400);
+/// Re-read interval when no event arrives.
+pub const POLL: Duration = Duration::from_secs(30);
+
+/// The content fingerprint of the three files (missing files count as empty).
+fn fingerprint(paths: &StorePaths) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in [&paths.ca, &paths.issuer_cert, &paths.issuer_key] {
+        let bytes = std::fs::read(p).unwrap_or_default();
+        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        ctx.update(&bytes);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+fn relevant(paths: &StorePaths, path: &Path) -> bool {
+    paths.is_credential_file(path)
+        // Kubernetes secret volumes swap a `..data` symlink.
+        || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("..data"))
+}
+
+/// Watches `paths` and swaps validated changes into `sentry` until `stopped` resolves.
+pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watch_paths = paths.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if event.paths.iter().any(|p| relevant(&watch_paths, p)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the credentials; re-reading every {POLL:?}");
+            None
+        }
+    };
+    if let Some(w) = watcher.as_mut() {
+        for dir in paths.directories() {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+            }
+        }
+    }
+    let mut last = fingerprint(&paths);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            got = rx.recv() => {
+                if got.is_none() {
+                    // The watcher is gone: keep polling.
+                    tokio::time::sleep(POLL).await;
+                }
+                // Debounce: wait until the files have been quiet for a while.
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(DEBOUNCE) => break,
+                        more = rx.recv() => if more.is_none() { break },
+                    }
+                }
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+        let now = fingerprint(&paths);
+        if now == last {
+            continue;
+        }
+        last = now;
+        sentry.metrics().issuer_changed();
+        let (loaded, sentry_id) = {
+            let p = paths.clone();
+            let id = sentry.sentry_id().to_owned();
+            let r =
+                tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await;
+            (r, sentry.sentry_id().to_owned())
+        };
+        match loaded {
+            Ok(Ok(creds)) => {
+                let roots = creds.anchors().len();
+                sentry.swap_credentials(creds);
+                tracing::info!(roots, %sentry_id, "credentials replaced: new requests use the new set");
+            }
+            Ok(Err(e)) => {
+                sentry.metrics().reload_refused();
+                tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
+            }
+            Err(e) => tracing::error!(error = %e, "credential reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Token validation, as Dapr's Sentry does it: choosing the validator a request names (or the
+//! default), the common request checks, and the validators themselves.
+//!
+//! Status codes follow Dapr: a validator that is not enabled (or an unknown number) and a
+//! missing choice where there is no default are `InvalidArgument`; every validator failure,
+//! including a missing CSR or namespace or an over-long ID, is `PermissionDenied`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::jwt::{self, Expectations, Jwks};
+
+/// A validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The common checks only (Dapr's self-hosted default).
+    Insecure,
+    /// A Kubernetes service-account token (TokenReview and pod lookup).
+    Kubernetes,
+    /// A JWT checked against a JWKS.
+    Jwks,
+}
+
+impl Kind {
+    /// The name used in configuration and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Insecure => "insecure",
+            Self::Kubernetes => "kubernetes",
+            Self::Jwks => "jwks",
+        }
+    }
+}
+
+/// What a request asks, as the validators see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The app ID.
+    pub id: &'a str,
+    /// The token.
+    pub token: &'a str,
+    /// The trust domain asked for ("" → "public").
+    pub trust_domain: &'a str,
+    /// The namespace.
+    pub namespace: &'a str,
+    /// Whether a CSR was sent.
+    pub has_csr: bool,
+}
+
+/// Why a request was refused before its CSR was looked at.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The validator choice is wrong (`InvalidArgument`).
+    #[error("{0}")]
+    Selection(&'static str),
+    /// The validator refused the request (`PermissionDenied`).
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// The validators enabled on this Sentry.
+#[derive(Debug)]
+pub struct Validators {
+    insecure: bool,
+    jwks: Option<JwksValidator>,
+    default: Option<Kind>,
+}
+
+impl Validators {
+    /// Dapr's self-hosted default: insecure only, and it is the default.
+    pub fn insecure() -> Self {
+        Self {
+            insecure: true,
+            jwks: None,
+            default: Some(Kind::Insecure),
+        }
+    }
+
+    /// With a JWKS validator configured: insecure is off and there is no default (as Dapr).
+    pub fn with_jwks(jwks: Jwks, sentry_id: String) -> Self {
+        Self {
+            insecure: false,
+            jwks: Some(JwksValidator { jwks, sentry_id }),
+            default: None,
+        }
+    }
+
+    /// The validator for the request's `token_validator` number.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Selection`] with Dapr's message.
+    pub fn select(&self, requested: i32) -> Result<Kind, Refusal> {
+        let kind = match requested {
+            0 => {
+                return self.default.ok_or(Refusal::Selection(
+                    "a validator name must be specified in this environment",
+                ))
+            }
+            1 => Kind::Insecure,
+            2 => Kind::Kubernetes,
+            3 => Kind::Jwks,
+            _ => return Err(Refusal::Selection("the requested validator is not enabled")),
+        };
+        let enabled = match kind {
+            Kind::Insecure => self.insecure,
+            Kind::Jwks => self.jwks.is_some(),
+            Kind::Kubernetes => false,
+        };
+        if enabled {
+            Ok(kind)
+        } else {
+            Err(Refusal::Selection("the requested validator is not enabled"))
+        }
+    }
+
+    /// Runs validator `kind` on `req`; returns the trust domain for the workload's SPIFFE ID.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Denied`] with the reason.
+    pub fn validate(
+        &self,
+        kind: Kind,
+        req: &Request<'_>,
+        now: SystemTime,
+    ) -> Result<String, Refusal> {
+        match kind {
+            Kind::Insecure => common_checks(req),
+            Kind::Jwks => {
+                let v = self
+                    .jwks
+                    .as_ref()
+                    .ok_or(Refusal::Selection("the requested validator is not enabled"))?;
+                v.validate(req, now)
+            }
+            Kind::Kubernetes => Err(Refusal::Selection("the requested validator is not enabled")),
+        }
+    }
+}
+
+/// Dapr's common checks; all failures joined into one message.
+fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
+    let mut problems = Vec::new();
+    if req.id.is_empty() {
+        problems.push("app ID is required".to_owned());
+    }
+    if req.id.contains('.') {
+        problems.push(format!("app ID {:?} must not contain a dot", req.id));
+    }
+    if req.id.chars().count() > 64 {
+        problems.push(format!(
+            "app ID must be at most 64 characters (it has {})",
+            req.id.chars().count()
+        ));
+    }
+    if !req.has_csr {
+        problems.push("CSR is required".to_owned());
+    }
+    if req.namespace.is_empty() {
+        problems.push("namespace is required".to_owned());
+    }
+    if problems.is_empty() {
+        Ok(trust_domain(req).to_owned())
+    } else {
+        Err(Refusal::Denied(format!(
+            "invalid request: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+fn trust_domain<'a>(req: &Request<'a>) -> &'a str {
+    if req.trust_domain.is_empty() {
+        "public"
+    } else {
+        req.trust_domain
+    }
+}
+
+#[derive(Debug)]
+struct JwksValidator {
+    jwks: Jwks,
+    sentry_id: String,
+}
+
+impl JwksValidator {
+    fn validate(&self, req: &Request<'_>, now: SystemTime) -> Result<String, Refusal> {
+        if req.token.is_empty() {
+            return Err(Refusal::Denied("token is required".to_owned()));
+        }
+        let td = common_checks(req)?;
+        let subject = format!("spiffe://{td}/ns/{}/{}", req.namespace, req.id);
+        let expect = Expectations {
+            audience: &self.sentry_id,
+            subject: &subject,
+            now: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            leeway: jwt::DEFAULT_LEEWAY_SECS,
+        };
+        jwt::verify(req.token, &self.jwks, &expect)
+            .map(|_| td)
+            .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(id: &'a str, ns: &'a str, has_csr: bool) -> Request<'a> {
+        Request {
+            id,
+            token: "",
+            trust_domain: "",
+            namespace: ns,
+            has_csr,
+        }
+    }
+
+    #[test]
+    fn selection_follows_dapr() {
+        let v = Validators::insecure();
+        assert_eq!(v.select(0), Ok(Kind::Insecure));
+        assert_eq!(v.select(1), Ok(Kind::Insecure));
+        for n in [2, 3, -1, 7] {
+            assert_eq!(
+                v.select(n),
+                Err(Refusal::Selection("the requested validator is not enabled"))
+            );
+        }
+    }
+
+    #[test]
+    fn common_checks_join_every_problem() {
+        let now = SystemTime::now();
+        let v = Validators::insecure();
+        assert_eq!(
+            v.validate(Kind::Insecure, &req("app", "default", true), now),
+            Ok("public".into())
+        );
+        let Err(Refusal::Denied(m)) = v.validate(Kind::Insecure, &req("a.b", "", false), now)
+        else {
+            panic!("accepted");
+        };
+        assert!(m.starts_with("invalid request: "), "{m}");
+        assert!(
+            m.contains("dot") && m.contains("CSR is required") && m.contains("namespace"),
+            "{m}"
+        );
+        let long = "a".repeat(65);
+        assert!(v
+            .validate(Kind::Insecure, &req(&long, "ns", true), now)
+            .is_err());
+        assert!(v
+            .validate(Kind::Insecure, &req(&long[..64], "ns", true), now)
+            .is_ok());
+    }
+}

@@ -1,0 +1,134 @@
+//! rustls on the core: peers are checked with the core's path validation and authorized by
+//! SPIFFE ID (no hostname check, as Dapr's go-spiffe clients), and certified keys are built from
+//! the CA's types. TLS 1.2 and 1.3 with the `ring` provider; ALPN `h2` for gRPC.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::spiffe::SpiffeId;
+
+use crate::verifier::RingVerifier;
+
+/// Most anchors a verifier holds.
+pub const MAX_ANCHORS: usize = 16;
+
+/// The `ring` crypto provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certified key for a TLS server or client: `chain` (DER, leaf first) and its PKCS#8 key.
+///
+/// # Errors
+///
+/// rustls's error if the key is not a supported ECDSA key.
+pub fn certified_key(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<CertifiedKey, rustls::Error> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    let signer = rustls::crypto::ring::sign::any_ecdsa_type(&key)?;
+    Ok(CertifiedKey::new(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        signer,
+    ))
+}
+
+/// Checks a server's chain against `anchors` with the core's path validation and requires its
+/// SPIFFE ID to be exactly `expected` (the TLS server name is not used).
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    anchors: Vec<Vec<u8>>,
+    expected: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors` (DER).
+    ///
+    /// # Errors
+    ///
+    /// A description if `expected` is not a SPIFFE ID or there is no anchor / too many.
+    pub fn new(anchors: Vec<Vec<u8>>, expected: String) -> Result<Self, String> {
+        SpiffeId::parse(&expected).map_err(|e| format!("{expected:?}: {e}"))?;
+        if anchors.is_empty() || anchors.len() > MAX_ANCHORS {
+            return Err(format!(
+                "between 1 and {MAX_ANCHORS} trust anchors are needed, got {}",
+                anchors.len()
+            ));
+        }
+        Ok(Self {
+            anchors,
+            expected,
+            provider: provider(),
+        })
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
+        for a in &self.anchors {
+            bundle
+                .add(a)
+                .map_err(|_| rustls::Error::General("bad trust anchor".into()))?;
+        }
+        let id = SpiffeId::parse(&self.expected).map_err(other)?;
+        let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        let options = Options {
+            usage: Usage::ServerAuth,
+            peer: PeerName::SpiffeId(id),
+            ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
+        };
+        path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
+            .map(|_| ServerCertVerified::assertion())
+            .map_err(other)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
