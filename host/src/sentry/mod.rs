@@ -46,6 +46,9 @@ use validator::{Refusal, Validators};
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// Largest gRPC message accepted; larger ones are refused as `ResourceExhausted`.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// How long in-flight requests get to finish after shutdown begins; then the remaining
+/// connections are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What a Sentry is.
 #[derive(Clone, Debug)]
@@ -486,10 +489,20 @@ pub async fn run(
     let service = pb::ca_server::CaServer::new(Service(sentry.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     sentry.serving_up.store(true, Ordering::Relaxed);
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), serve_stop)
-        .await;
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), serve_stop);
+    let grace = stopped();
+    let served = tokio::select! {
+        r = serve => r,
+        () = async move {
+            grace.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("shutdown grace period over: closing the remaining connections");
+            Ok(())
+        }
+    };
     sentry.serving_up.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     signal.abort();

@@ -1,0 +1,508 @@
+//! Sentry as a real process on loopback: credentials replaced under a steady stream of signing
+//! requests, kill -9 during first-start generation, racing starts on one empty directory, and
+//! expired or incomplete credentials. Clients are the library's `SentryClient` (TLS, Sentry's
+//! SPIFFE ID checked); the independent grpcio peer is `tests/sentry_python.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sigil_core::crypto::{PublicKey, Signer as _};
+use sigil_core::key::SoftwareKey;
+use sigil_host::ca::key::CaKey;
+use sigil_host::ca::x509::{self, Profile};
+use sigil_host::ca::Credentials;
+use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
+
+const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
+
+/// A running `sigil sentry`.
+struct Sentry {
+    child: Child,
+    grpc: String,
+    metrics: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Sentry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sentry_command(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
+    c.args(["sentry", "--issuer-credentials"])
+        .arg(dir)
+        .args([
+            "--trust-domain",
+            "localhost",
+            "--port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--healthz-port",
+            "0",
+            "--healthz-listen-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--metrics-listen-address",
+            "127.0.0.1",
+        ])
+        .env_remove("NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
+#[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
+fn start(mut cmd: Command) -> Result<Sentry, String> {
+    let mut child = cmd.spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let err_lines = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            err_lines.lock().unwrap().push(line);
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix("sentry: listening ") {
+                    let field = |k: &str| {
+                        rest.split_whitespace()
+                            .find_map(|f| f.strip_prefix(k))
+                            .unwrap()
+                            .to_owned()
+                    };
+                    return Ok(Sentry {
+                        grpc: field("grpc="),
+                        metrics: field("metrics="),
+                        child,
+                        stderr,
+                    });
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Err(format!(
+                        "exited {status}: {seen:?} {:?}",
+                        stderr.lock().unwrap()
+                    ));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(format!(
+                    "exited {status}: {seen:?} {:?}",
+                    stderr.lock().unwrap()
+                ));
+            }
+        }
+    }
+    panic!("Sentry did not become ready: {seen:?}");
+}
+
+fn read_certs(path: &Path) -> Vec<Vec<u8>> {
+    client::pem_certificates(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn metric(addr: &str, name: &str) -> u64 {
+    let body = http_get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {body}"))
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// A fresh key and an empty CSR (as Dapr's sidecar sends).
+fn key_and_csr() -> (SoftwareKey, Vec<u8>) {
+    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
+    let mut buf = [0u8; 512];
+    let csr = sigil_core::csr::Builder::new()
+        .build(&mut key, &mut buf)
+        .unwrap()
+        .to_vec();
+    (key, csr)
+}
+
+fn request(csr: Vec<u8>) -> SignRequest {
+    SignRequest {
+        id: "app".into(),
+        namespace: "default".into(),
+        csr_der: csr,
+        ..SignRequest::default()
+    }
+}
+
+async fn sign_once(
+    addr: &str,
+    anchors: Vec<Vec<u8>>,
+) -> Result<client::Signed, client::ClientError> {
+    let target = SentryTarget {
+        address: addr.to_owned(),
+        anchors,
+        sentry_id: SENTRY_ID.into(),
+    };
+    let mut c = SentryClient::connect(target).await?;
+    let (key, csr) = key_and_csr();
+    c.sign(&request(csr), key.public_key()).await
+}
+
+/// Writes a credential set; `slowly` writes ca.crt in two halves with a pause (a partial
+/// write the watcher must debounce), the others by rename.
+fn write_set(dir: &Path, ca: &str, issuer: &str, key: &str, slowly: bool) {
+    let put = |name: &str, body: &str| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    };
+    put("issuer.key", key);
+    std::thread::sleep(Duration::from_millis(30));
+    put("issuer.crt", issuer);
+    std::thread::sleep(Duration::from_millis(30));
+    if slowly {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(dir.join("ca.crt")).unwrap();
+        let (a, b) = ca.split_at(ca.len() / 2);
+        f.write_all(a.as_bytes()).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        f.write_all(b.as_bytes()).unwrap();
+    } else {
+        put("ca.crt", ca);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_replaced_five_times_under_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let sets: Vec<_> = (0..6)
+        .map(|_| {
+            Credentials::generate("localhost", SENTRY_ID, now, Duration::from_secs(900))
+                .unwrap()
+                .1
+        })
+        .collect();
+    write_set(
+        dir.path(),
+        &sets[0].ca,
+        &sets[0].issuer,
+        &sets[0].key,
+        false,
+    );
+    let sentry = start(sentry_command(dir.path())).unwrap();
+    // The clients trust every root the test will use (TLS to Sentry); each issued chain is
+    // checked against the roots Sentry sent with it.
+    let all_roots: Vec<Vec<u8>> = sets
+        .iter()
+        .flat_map(|s| client::pem_certificates(s.ca.as_bytes()).unwrap())
+        .collect();
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let roots_seen = Arc::new(Mutex::new(std::collections::BTreeSet::<Vec<u8>>::new()));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (addr, anchors) = (sentry.grpc.clone(), all_roots.clone());
+        let (done, ok, failures, roots_seen) = (
+            done.clone(),
+            ok.clone(),
+            failures.clone(),
+            roots_seen.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            // Half reuse one connection, half dial per request (as daprd does).
+            let reuse = w % 2 == 0;
+            let target = SentryTarget {
+                address: addr.clone(),
+                anchors: anchors.clone(),
+                sentry_id: SENTRY_ID.into(),
+            };
+            let mut conn = None;
+            while !done.load(Ordering::Relaxed) {
+                if conn.is_none() || !reuse {
+                    match SentryClient::connect(target.clone()).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("connect: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let (key, csr) = key_and_csr();
+                let c = conn.as_mut().unwrap();
+                match c.sign(&request(csr), key.public_key()).await {
+                    Ok(signed) => {
+                        // Validates against the roots current at issue time.
+                        if let Err(e) = client::validate_identity(
+                            &signed.chain,
+                            &signed.trust_bundle,
+                            key.public_key(),
+                            SystemTime::now(),
+                        ) {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("chain vs its roots: {e}"));
+                        }
+                        roots_seen
+                            .lock()
+                            .unwrap()
+                            .insert(signed.trust_bundle[0].clone());
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("sign: {e}")),
+                }
+            }
+        }));
+    }
+
+    for (i, set) in sets.iter().enumerate().skip(1) {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let (d, ca, issuer, key) = (
+            dir.path().to_owned(),
+            set.ca.clone(),
+            set.issuer.clone(),
+            set.key.to_string(),
+        );
+        tokio::task::spawn_blocking(move || write_set(&d, &ca, &issuer, &key, i % 2 == 1))
+            .await
+            .unwrap();
+        // Wait until Sentry issues from the new root.
+        let root = client::pem_certificates(set.ca.as_bytes())
+            .unwrap()
+            .remove(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = sign_once(&sentry.grpc, all_roots.clone()).await.unwrap();
+            if s.trust_bundle[0] == root {
+                break;
+            }
+            assert!(Instant::now() < deadline, "set {i} never swapped in");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Keep the stream going until at least 2,000 requests were answered.
+    while ok.load(Ordering::Relaxed) < 2000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(
+        roots_seen.lock().unwrap().len(),
+        6,
+        "every set issued under load"
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 2000);
+    assert!(metric(&sentry.metrics, "dapr_sentry_issuercert_changed_total") >= 5);
+}
+
+#[tokio::test]
+async fn kill_9_during_first_start_generation_leaves_a_consistent_store() {
+    for stage in ["staged", "marked", "moved"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = sentry_command(dir.path());
+        cmd.env("SIGIL_TEST_HOLD_GENERATION", stage);
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(err).lines();
+        let held = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains(&format!("holding credential generation at stage {stage}")));
+        assert!(held, "{stage}: the hold line never came");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.ends_with(".sigil-new")),
+            "{stage}: {names:?}"
+        );
+
+        let sentry = start(sentry_command(dir.path())).unwrap();
+        let anchors = read_certs(&dir.path().join("ca.crt"));
+        sign_once(&sentry.grpc, anchors).await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.ends_with(".sigil-new") || n == ".sigil-generated"),
+            "{stage}: journal left behind: {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_sentrys_on_an_empty_directory_agree_on_one_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmds: Vec<Command> = (0..3).map(|_| sentry_command(dir.path())).collect();
+    let sentrys: Vec<Sentry> = std::thread::scope(|s| {
+        let hs: Vec<_> = cmds
+            .into_iter()
+            .map(|c| s.spawn(move || start(c).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let anchors = read_certs(&dir.path().join("ca.crt"));
+    assert_eq!(anchors.len(), 1);
+    for s in &sentrys {
+        // Each serves from the one root (its chain validates against ca.crt alone).
+        let signed = sign_once(&s.grpc, anchors.clone()).await.unwrap();
+        assert_eq!(signed.trust_bundle, anchors);
+    }
+}
+
+/// A valid root and an issuer signed by it that expired a day ago.
+fn expired_set(dir: &Path) {
+    let root_key = CaKey::generate().unwrap();
+    let issuer_key = CaKey::generate().unwrap();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let root = x509::issue(
+        Profile::Root {
+            trust_domain: "localhost",
+        },
+        PublicKey::EcP256(root_key.public_point()),
+        now - 30 * day,
+        now + 300 * day,
+        None,
+        &root_key,
+    )
+    .unwrap();
+    let parsed = sigil_core::cert::Certificate::parse(&root).unwrap();
+    let issuer = x509::issue(
+        Profile::Issuer {
+            sentry_id: SENTRY_ID,
+        },
+        PublicKey::EcP256(issuer_key.public_point()),
+        now - 20 * day,
+        now - day,
+        Some(x509::Signer {
+            subject: parsed.subject(),
+            key_id: parsed.subject_key_id(),
+            key: &root_key,
+        }),
+        &root_key,
+    )
+    .unwrap();
+    let pem = |d: &[u8]| sigil_host::pki::to_pem(sigil_core::pem::Label::Certificate, d);
+    write_set(dir, &pem(&root), &pem(&issuer), &issuer_key.to_pem(), false);
+}
+
+#[tokio::test]
+async fn an_expired_issuer_is_refused_at_start_and_at_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    expired_set(dir.path());
+    let e = start(sentry_command(dir.path()))
+        .err()
+        .expect("started with an expired issuer");
+    assert!(e.contains("issuer.crt expired at"), "{e}");
+
+    // At swap: a running Sentry keeps its set and says why.
+    let good = tempfile::tempdir().unwrap();
+    let sentry = start(sentry_command(good.path())).unwrap();
+    let anchors = read_certs(&good.path().join("ca.crt"));
+    let before = sign_once(&sentry.grpc, anchors.clone()).await.unwrap();
+    expired_set(good.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &sentry.metrics,
+        "sigil_sentry_credentials_reload_refused_total",
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the expired set was not refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = sign_once(&sentry.grpc, anchors.clone()).await.unwrap();
+    assert_eq!(after.trust_bundle, before.trust_bundle);
+    assert_eq!(after.chain[1], before.chain[1], "still the old issuer");
+    let logs = sentry.stderr.lock().unwrap().join("\n");
+    assert!(logs.contains("replaced credentials refused"), "{logs}");
+}
+
+#[test]
+fn incomplete_user_credentials_stop_sentry_and_are_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), "mine").unwrap();
+    let e = start(sentry_command(dir.path()))
+        .err()
+        .expect("started over user files");
+    assert!(e.contains("incomplete credentials"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(),
+        "mine"
+    );
+    assert!(!dir.path().join("issuer.key").exists());
+}
+
+#[tokio::test]
+async fn sigterm_stops_sentry_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sentry = start(sentry_command(dir.path())).unwrap();
+    sign_once(&sentry.grpc, read_certs(&dir.path().join("ca.crt")))
+        .await
+        .unwrap();
+    let pid = sentry.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = sentry.child.try_wait().unwrap() {
+            assert!(s.success(), "exit {s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
