@@ -7,7 +7,10 @@
 #    a 24 h workload certificate with the SPIFFE ID, NotBefore back-dated 15 minutes.
 # 3. `sigil cert inspect` shows it; `sigil cert verify` validates it as a peer would, then
 #    shows three precise refusals (wrong SPIFFE ID, expired, foreign root).
-# 4. The firmware builds a CSR and validates a chain on the emulated MCU, with no heap.
+# 4. Sentry, the CA: `sigil sentry` generates its root and issuer, `sigil sign` gets a workload
+#    certificate over Dapr's gRPC API (TLS, Sentry's SPIFFE ID checked), openssl verifies it.
+# 5. The firmware builds a CSR, validates a chain and runs the rotation machine on the
+#    emulated MCU, with no heap.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -63,7 +66,30 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout oth
   -addext "basicConstraints=critical,CA:true" 2>/dev/null
 "$sigil" cert verify --anchors other.crt --intermediates chain.pem --leaf chain.pem && exit 1 || echo "(exit $?)"
 
-step "The same core on an emulated Cortex-M4 (mps2-an386, no heap): CSR + chain validation"
+step "Sentry: a CA on loopback that generates its credentials (Dapr's files and profiles)"
+"$sigil" sentry --issuer-credentials sentry-creds --port 0 --listen-address 127.0.0.1 \
+  --healthz-port 0 --healthz-listen-address 127.0.0.1 --metrics-port 0 \
+  --metrics-listen-address 127.0.0.1 --log-level warn >sentry.out 2>sentry.err &
+sentry_pid=$!
+trap 'kill "$sentry_pid" 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do grep -q "listening" sentry.out 2>/dev/null && break; sleep 0.1; done
+sed 's/^/  /' sentry.out
+grpc=$(sed -n 's/.*listening grpc=\([^ ]*\).*/\1/p' sentry.out)
+metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' sentry.out)
+
+step "sigil sign: a sidecar's key and CSR, signed over gRPC, validated, written (key 0600)"
+"$sigil" sign --sentry "$grpc" --anchors sentry-creds/ca.crt --id checkout --namespace shop --out-dir checkout
+openssl verify -CAfile sentry-creds/ca.crt -untrusted checkout/cert.pem checkout/cert.pem
+"$sigil" cert inspect checkout/cert.pem | head -12
+
+step "Refused by Sentry: an app ID with a dot (Dapr's PermissionDenied)"
+"$sigil" sign --sentry "$grpc" --anchors sentry-creds/ca.crt --id bad.app --out-dir bad && exit 1 || echo "(exit $?)"
+
+step "Sentry's metrics (Dapr's names)"
+curl -s "http://$metrics/metrics" | grep -E '^dapr_sentry_(cert_sign|issuercert)' || true
+kill "$sentry_pid"; wait "$sentry_pid" 2>/dev/null || true
+
+step "The same core on an emulated Cortex-M4 (mps2-an386, no heap): CSR, chains, rotation"
 cd "$root"
 bash ci/qemu.sh
 step "demo: all steps held"

@@ -117,46 +117,7 @@ impl SentryClient {
     ///
     /// [`ClientError::Config`] or [`ClientError::Connect`].
     pub async fn connect(target: SentryTarget) -> Result<Self, ClientError> {
-        let verifier = SpiffeServerVerifier::new(target.anchors.clone(), target.sentry_id.clone())
-            .map_err(ClientError::Config)?;
-        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let address = target.address.clone();
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError::Config(format!("address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30));
-        let dial = address.clone();
-        let connector = tower::service_fn(move |_uri: Uri| {
-            let (tls, dial) = (tls.clone(), dial.clone());
-            async move {
-                let tcp = TcpStream::connect(&dial).await?;
-                tcp.set_nodelay(true)?;
-                // The name is not checked (the SPIFFE ID is); it is only sent as SNI.
-                let name = rustls::pki_types::ServerName::try_from("dapr-sentry")
-                    .map_err(std::io::Error::other)?;
-                let stream = tls.connect(name, tcp).await?;
-                if stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
-                    return Err(std::io::Error::other(
-                        "Sentry did not agree to HTTP/2 (ALPN h2)",
-                    ));
-                }
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
-        let channel = endpoint
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| ClientError::Connect {
-                address: address.clone(),
-                reason: error_chain(&e),
-            })?;
+        let channel = connect_channel(&target).await?;
         Ok(Self {
             inner: pb::ca_client::CaClient::new(channel),
             target: Arc::new(target),
@@ -224,6 +185,57 @@ impl SentryClient {
             valid_until,
         })
     }
+}
+
+/// Dials `target` and returns the gRPC channel (TLS 1.2/1.3, ALPN h2, Sentry's SPIFFE ID
+/// checked). [`SentryClient::connect`] uses it; a load generator can too.
+///
+/// # Errors
+///
+/// [`ClientError::Config`] or [`ClientError::Connect`].
+pub async fn connect_channel(
+    target: &SentryTarget,
+) -> Result<tonic::transport::Channel, ClientError> {
+    let verifier = SpiffeServerVerifier::new(target.anchors.clone(), target.sentry_id.clone())
+        .map_err(ClientError::Config)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let address = target.address.clone();
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| ClientError::Config(format!("address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    let dial = address.clone();
+    let connector = tower::service_fn(move |_uri: Uri| {
+        let (tls, dial) = (tls.clone(), dial.clone());
+        async move {
+            let tcp = TcpStream::connect(&dial).await?;
+            tcp.set_nodelay(true)?;
+            // The name is not checked (the SPIFFE ID is); it is only sent as SNI.
+            let name = rustls::pki_types::ServerName::try_from("dapr-sentry")
+                .map_err(std::io::Error::other)?;
+            let stream = tls.connect(name, tcp).await?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+                return Err(std::io::Error::other(
+                    "Sentry did not agree to HTTP/2 (ALPN h2)",
+                ));
+            }
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| ClientError::Connect {
+            address: address.clone(),
+            reason: error_chain(&e),
+        })
 }
 
 /// Validates an issued chain (DER, leaf first) against `anchors` at `now`: the path for client

@@ -27,7 +27,6 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sigil_core::csr::{self, Csr};
-use sigil_core::spiffe::SpiffeId;
 use sigil_core::{crypto::AlgorithmError, pem};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
@@ -243,11 +242,10 @@ impl Sentry {
         csr.verify_signature(&RingVerifier)
             .map_err(|_| ("csr", Status::invalid_argument("invalid signature")))?;
 
-        let id = format!("spiffe://{trust_domain}/ns/{}/{}", req.namespace, req.id);
-        SpiffeId::parse(&id).map_err(|e| {
+        let id = validator::workload_id(&trust_domain, &req.namespace, &req.id).map_err(|e| {
             (
                 "sign",
-                Status::internal(format!("failed to sign certificate: {id:?}: {e}")),
+                Status::internal(format!("failed to sign certificate: {e}")),
             )
         })?;
         let dns = self.special_dns(&req.id, &req.namespace);
@@ -490,6 +488,9 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     sentry.serving_up.store(true, Ordering::Relaxed);
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), serve_stop);
     let grace = stopped();
@@ -508,6 +509,22 @@ pub async fn run(
     signal.abort();
     while tasks.join_next().await.is_some() {}
     served.map_err(std::io::Error::other)
+}
+
+/// tonic reports a request over the size limit as `OUT_OF_RANGE`; gRPC's status table (and
+/// Go, so Dapr) say `RESOURCE_EXHAUSTED`. This rewrites that one status on the way out.
+fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers();
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("too large") || m.contains("too%20large"));
+    if oversize {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 async fn healthz(

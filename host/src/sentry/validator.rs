@@ -169,6 +169,20 @@ fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
     }
 }
 
+/// Dapr's workload ID `spiffe://<td>/ns/<namespace>/<id>`, each part a single valid SPIFFE
+/// path segment (so a namespace like `a/b` can never add segments), as Dapr's
+/// `spiffeid.FromSegments`.
+///
+/// # Errors
+///
+/// The SPIFFE rule the ID breaks.
+pub fn workload_id(td: &str, namespace: &str, id: &str) -> Result<String, String> {
+    let mut buf = vec![0u8; td.len() + namespace.len() + id.len() + 16];
+    sigil_core::spiffe::write_dapr_id(td, namespace, id, &mut buf)
+        .map(|i| i.as_str().to_owned())
+        .map_err(|e| format!("spiffe://{td}/ns/{namespace}/{id} is not a valid SPIFFE ID: {e}"))
+}
+
 fn trust_domain<'a>(req: &Request<'a>) -> &'a str {
     if req.trust_domain.is_empty() {
         "public"
@@ -189,7 +203,8 @@ impl JwksValidator {
             return Err(Refusal::Denied("token is required".to_owned()));
         }
         let td = common_checks(req)?;
-        let subject = format!("spiffe://{td}/ns/{}/{}", req.namespace, req.id);
+        let subject = workload_id(&td, req.namespace, req.id)
+            .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))?;
         let expect = Expectations {
             audience: &self.sentry_id,
             subject: &subject,
@@ -213,6 +228,23 @@ mod tests {
             trust_domain: "",
             namespace: ns,
             has_csr,
+        }
+    }
+
+    #[test]
+    fn workload_ids_are_single_segments() {
+        assert_eq!(
+            workload_id("public", "default", "app").as_deref(),
+            Ok("spiffe://public/ns/default/app")
+        );
+        for (ns, id) in [
+            ("a/b", "app"),
+            ("default", "a/b"),
+            ("..", "app"),
+            ("ns", "a b"),
+            ("", "x"),
+        ] {
+            assert!(workload_id("public", ns, id).is_err(), "{ns} {id}");
         }
     }
 

@@ -1,0 +1,84 @@
+//! Sentry against an independent peer written in Python: grpcio as the gRPC client, openssl
+//! for the CSRs and chain verification, `cryptography` to read the certificates, PyJWT for the
+//! jwks validator's tokens. `ci/python-venv.sh` makes the venv and the stubs;
+//! `tests/interop/sentry_interop.py` starts its own Sentrys from this test's `sigil` binary and
+//! runs every check (one line each). No Python is not a pass: the test fails with the script's
+//! output.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host crate lives in the workspace")
+        .to_path_buf()
+}
+
+#[test]
+fn sentry_against_python_grpc_openssl_and_pyjwt() {
+    let root = repo_root();
+    let start = Instant::now();
+
+    let venv = Command::new("bash")
+        .arg("ci/python-venv.sh")
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("bash ci/python-venv.sh: {e}"));
+    let venv_out = String::from_utf8_lossy(&venv.stdout);
+    assert!(
+        venv.status.success(),
+        "ci/python-venv.sh failed ({}):\n{venv_out}{}",
+        venv.status,
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = PathBuf::from(
+        venv_out
+            .lines()
+            .last()
+            .expect("ci/python-venv.sh prints the venv's python last")
+            .trim(),
+    );
+    assert!(
+        python.is_file(),
+        "ci/python-venv.sh printed {python:?}, which is not a file"
+    );
+    println!(
+        "python venv ready in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        python.display()
+    );
+
+    let workdir = tempfile::tempdir().unwrap();
+    let out = Command::new(&python)
+        .arg(root.join("tests/interop/sentry_interop.py"))
+        .arg("--sigil")
+        .arg(env!("CARGO_BIN_EXE_sigil"))
+        .arg("--workdir")
+        .arg(workdir.path())
+        .arg("--stubs")
+        .arg(root.join("target/python-stubs"))
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
+    println!("interop test took {:.1} s", start.elapsed().as_secs_f64());
+    assert!(
+        out.status.success(),
+        "sentry_interop.py failed ({}): see the FAIL lines above",
+        out.status
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok "))
+            && !stdout.lines().any(|l| l.starts_with("FAIL ")),
+        "sentry_interop.py exited 0 but its output has no passed check or has a FAIL line"
+    );
+}
