@@ -506,3 +506,163 @@ async fn sigterm_stops_sentry_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A loopback HTTPS server answering like the Kubernetes API for one service account and one
+/// pod: TokenReview (token "good" is `system:serviceaccount:default:mysa`), the pod `mypod`
+/// with `dapr.io/app-id: myapp`, and 404 for anything else.
+async fn fake_kubernetes_api() -> (String, String) {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::{Bytes, Incoming};
+    let ca = rcgen::CertifiedIssuer::self_signed(
+        {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p
+        },
+        rcgen::KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(sigil_host::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let (status, json) = if path.ends_with("/tokenreviews") {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            let good = v["spec"]["token"]
+                                .as_str()
+                                .is_some_and(|t| t.ends_with(".good"));
+                            (
+                                200,
+                                serde_json::json!({"status": {"authenticated": good,
+                            "user": {"username": "system:serviceaccount:default:mysa"}}}),
+                            )
+                        } else if path == "/api/v1/namespaces/default/pods/mypod" {
+                            (
+                                200,
+                                serde_json::json!({"metadata": {"name": "mypod", "namespace": "default",
+                            "annotations": {"dapr.io/app-id": "myapp"}},
+                            "spec": {"serviceAccountName": "mysa"}}),
+                            )
+                        } else {
+                            (
+                                404,
+                                serde_json::json!({"kind": "Status", "code": 404, "message": "not found"}),
+                            )
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(json.to_string())))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}"), ca.pem())
+}
+
+/// A service-account-token-shaped JWT for `mypod` (the API server, here the fake, checks it).
+fn pod_token(signature: &str) -> String {
+    use base64ct::{Base64UrlUnpadded, Encoding as _};
+    let claims = serde_json::json!({"kubernetes.io": {"namespace": "default",
+        "pod": {"name": "mypod", "uid": "1"}, "serviceaccount": {"name": "mysa"}}});
+    format!(
+        "{}.{}.{signature}",
+        Base64UrlUnpadded::encode_string(br#"{"alg":"RS256"}"#),
+        Base64UrlUnpadded::encode_string(claims.to_string().as_bytes())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_validates_tokens_with_the_api_server() {
+    let (api, ca_pem) = fake_kubernetes_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api-ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.path().join("sentry-token"), "sentry-sa-token").unwrap();
+    let mut cmd = sentry_command(&dir.path().join("creds"));
+    cmd.args(["--mode", "kubernetes", "--kube-api-server", &api])
+        .arg("--kube-ca-file")
+        .arg(dir.path().join("api-ca.pem"))
+        .arg("--kube-token-file")
+        .arg(dir.path().join("sentry-token"));
+    let sentry = start(cmd).unwrap();
+    let anchors = read_certs(&dir.path().join("creds/ca.crt"));
+    let target = SentryTarget {
+        address: sentry.grpc.clone(),
+        anchors,
+        sentry_id: SENTRY_ID.into(),
+    };
+    let mut c = SentryClient::connect(target).await.unwrap();
+    let ask = |id: &str, token: String| {
+        let (key, csr) = key_and_csr();
+        let req = SignRequest {
+            id: id.into(),
+            token,
+            ..request(csr)
+        };
+        (key, req)
+    };
+    // The default validator is kubernetes; the pod's app ID and the public trust domain.
+    let (key, req) = ask("myapp", pod_token("good"));
+    let signed = c.sign(&req, key.public_key()).await.unwrap();
+    let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
+    assert_eq!(
+        leaf.spiffe_ids().next().unwrap().as_str(),
+        "spiffe://public/ns/default/myapp"
+    );
+    // Another app ID than the pod's, and a token the API server does not authenticate.
+    for (id, token, expect) in [
+        ("other", pod_token("good"), "app-id mismatch"),
+        ("myapp", pod_token("bad"), "not authenticated"),
+    ] {
+        let (key, req) = ask(id, token);
+        match c.sign(&req, key.public_key()).await {
+            Err(client::ClientError::Refused { code, message }) => {
+                assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+                assert!(message.contains(expect), "{message}");
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    // Insecure is off in kubernetes mode.
+    let (key, mut req) = ask("myapp", pod_token("good"));
+    req.token_validator = 1;
+    assert!(matches!(
+        c.sign(&req, key.public_key()).await,
+        Err(client::ClientError::Refused {
+            code: tonic::Code::InvalidArgument,
+            ..
+        })
+    ));
+}

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sigil_core::path::Usage;
 use sigil_core::UnixTime;
 use sigil_host::commands::{self, ExpectedName, VerifyArgs, VerifyOutcome};
-use sigil_host::sentry::app::SentryOptions;
+use sigil_host::sentry::app::{KubeOptions, SentryOptions};
 
 /// Sigil: workload identity and mutual TLS, Dapr Sentry-compatible, from MCU to server.
 #[derive(Parser)]
@@ -77,6 +77,18 @@ struct SentryCli {
     /// Serve metrics.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     enable_metrics: bool,
+    /// standalone, or kubernetes (the kubernetes token validator on, and the default).
+    #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
+    mode: String,
+    /// Kubernetes API server URL (kubernetes mode; default: in-cluster).
+    #[arg(long)]
+    kube_api_server: Option<String>,
+    /// PEM roots for the Kubernetes API server.
+    #[arg(long)]
+    kube_ca_file: Option<PathBuf>,
+    /// Sentry's own service-account token file (re-read on every TokenReview).
+    #[arg(long)]
+    kube_token_file: Option<PathBuf>,
     /// Log as JSON.
     #[arg(long)]
     log_as_json: bool,
@@ -326,6 +338,11 @@ fn sentry(args: SentryCli) -> ExitCode {
         metrics: args
             .enable_metrics
             .then_some((args.metrics_listen_address, args.metrics_port)),
+        kubernetes: (args.mode == "kubernetes").then_some(KubeOptions {
+            api_server: args.kube_api_server,
+            ca_file: args.kube_ca_file,
+            token_file: args.kube_token_file,
+        }),
         ..SentryOptions::default()
     };
     let rt = match runtime() {

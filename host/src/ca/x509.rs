@@ -22,7 +22,7 @@ use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
-use x509_cert::{Certificate, TbsCertificate, Version};
+use x509_cert::{TbsCertificate, Version};
 
 use super::key::CaKey;
 
@@ -195,12 +195,17 @@ pub fn issue(
     };
     let tbs_der = tbs.to_der()?;
     let signature = signing_key.sign(&tbs_der).map_err(|_| X509Error::Sign)?;
-    let cert = Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm,
-        signature: BitString::from_bytes(&signature)?,
-    };
-    Ok(cert.to_der()?)
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }, from
+    // the bytes just signed (encoding the TBS once).
+    let algorithm = signature_algorithm.to_der()?;
+    let bits = BitString::from_bytes(&signature)?.to_der()?;
+    let body_len = tbs_der.len() + algorithm.len() + bits.len();
+    let header = der::Header::new(Tag::Sequence, der::Length::try_from(body_len)?)?.to_der()?;
+    let mut out = Vec::with_capacity(header.len() + body_len);
+    for part in [&header, &tbs_der, &algorithm, &bits] {
+        out.extend_from_slice(part);
+    }
+    Ok(out)
 }
 
 /// `O=<value>` as a one-attribute name (UTF8String).

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use super::config::SentryConfig;
+use super::kube::{KubeConfig, KubeValidator};
 use super::validator::Validators;
 use super::{jwt, Listeners, Sentry, Settings};
 use crate::ca::store::{self, Origin, StorePaths};
@@ -40,6 +41,19 @@ pub struct SentryOptions {
     pub healthz: Option<(String, u16)>,
     /// `--metrics-listen-address` and `--metrics-port`.
     pub metrics: Option<(String, u16)>,
+    /// `--mode kubernetes`: the kubernetes validator on, and the default.
+    pub kubernetes: Option<KubeOptions>,
+}
+
+/// How Sentry reaches the Kubernetes API in `--mode kubernetes`.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// `--kube-api-server` (default: in-cluster, from `KUBERNETES_SERVICE_HOST`).
+    pub api_server: Option<String>,
+    /// `--kube-ca-file`: PEM roots for the API server.
+    pub ca_file: Option<PathBuf>,
+    /// `--kube-token-file`: Sentry's own service-account token.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for SentryOptions {
@@ -56,6 +70,7 @@ impl Default for SentryOptions {
             port: 50001,
             healthz: Some((String::new(), 8080)),
             metrics: Some(("0.0.0.0".into(), 9090)),
+            kubernetes: None,
         }
     }
 }
@@ -93,6 +108,31 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
 fn local(l: &TcpListener) -> String {
     l.local_addr()
         .map_or_else(|e| format!("? ({e})"), |a: SocketAddr| a.to_string())
+}
+
+fn kube_config(k: &KubeOptions, s: &Settings) -> anyhow::Result<KubeConfig> {
+    let Some(api_server) = &k.api_server else {
+        return KubeConfig::in_cluster(s.namespace.clone(), s.trust_domain.clone(), s.sentry_id())
+            .context("kubernetes mode outside a cluster needs --kube-api-server");
+    };
+    let ca_pem = match &k.ca_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let token_file = k
+        .token_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"));
+    Ok(KubeConfig {
+        api_server: api_server.clone(),
+        ca_pem,
+        token_file,
+        sentry_namespace: s.namespace.clone(),
+        sentry_trust_domain: s.trust_domain.clone(),
+        sentry_id: s.sentry_id(),
+    })
 }
 
 /// Loads (or generates) the credentials, reads the configuration and binds the listeners.
@@ -135,12 +175,26 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         })
         .await??
     };
-    let validators = match &config.jwks_source {
-        Some(source) => Validators::with_jwks(
-            jwt::Jwks::load(source).with_context(|| "loading the jwks validator's key set")?,
-            settings.sentry_id(),
-        ),
-        None => Validators::insecure(),
+    let jwks = match &config.jwks_source {
+        Some(source) => {
+            Some(jwt::Jwks::load(source).with_context(|| "loading the jwks validator's key set")?)
+        }
+        None => None,
+    };
+    let validators = match (&opts.kubernetes, jwks) {
+        (Some(k), jwks) => {
+            let kube = kube_config(k, &settings)?;
+            let validator = KubeValidator::new(kube).context("kubernetes validator")?;
+            Validators::kubernetes(validator, jwks.map(|j| (j, settings.sentry_id())))
+        }
+        (None, Some(jwks)) => Validators::with_jwks(jwks, settings.sentry_id()),
+        (None, None) => Validators::insecure(),
+    };
+    let validator_names = match (&opts.kubernetes, &config.jwks_source) {
+        (Some(_), Some(_)) => "kubernetes (default), jwks",
+        (Some(_), None) => "kubernetes (default)",
+        (None, Some(_)) => "jwks (no default)",
+        (None, None) => "insecure (default)",
     };
     let mut report = vec![format!(
         "credentials: {} ({}): ca {}, issuer {}, key {}",
@@ -159,11 +213,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         settings.sentry_id(),
         humantime::format_duration(settings.ttl),
         humantime::format_duration(settings.skew),
-        if config.jwks_source.is_some() {
-            "jwks"
-        } else {
-            "insecure"
-        },
+        validator_names,
     ));
     let sentry = Sentry::new(settings, creds, validators)?;
     if origin == Origin::Generated {

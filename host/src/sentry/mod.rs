@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod jwt;
+pub mod kube;
 pub mod metrics;
 pub mod reload;
 pub mod validator;
@@ -48,6 +49,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How long in-flight requests get to finish after shutdown begins; then the remaining
 /// connections are closed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Most client connections at once (further ones wait in the listen backlog).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Most concurrent requests on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
+/// A request not answered in this time is cancelled.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a Sentry is.
 #[derive(Clone, Debug)]
@@ -170,7 +177,17 @@ impl Sentry {
     pub fn swap_credentials(&self, creds: Credentials) {
         self.metrics
             .set_issuer_expiry(unix_secs(creds.issuer_not_after()));
+        // The serving certificate from the new set goes in with it, so no handshake after the
+        // swap sees a certificate from the old issuer.
+        let serving = issue_serving(&creds, &self.settings, &self.sentry_id);
         self.creds.store(Arc::new(creds));
+        match serving {
+            Ok((key, not_after)) => {
+                self.serving.store(Arc::new(key));
+                self.serving_not_after.store(Arc::new(not_after));
+            }
+            Err(e) => tracing::error!(error = %e, "serving certificate not re-issued; retrying"),
+        }
         self.credentials_changed.notify_one();
     }
 
@@ -187,9 +204,11 @@ impl Sentry {
         Ok(not_after)
     }
 
-    /// Whether the gRPC server is serving (for `/healthz`).
+    /// Whether Sentry can do its job (for `/healthz`): the gRPC server is serving and the
+    /// issuer has not expired.
     pub fn is_ready(&self) -> bool {
         self.serving_up.load(Ordering::Relaxed)
+            && SystemTime::now() < self.creds.load().issuer_not_after()
     }
 
     /// Handles one SignCertificate request at `now`.
@@ -198,7 +217,7 @@ impl Sentry {
     ///
     /// The metric reason and Dapr's status code: `InvalidArgument` for the validator choice
     /// and the CSR, `PermissionDenied` for the validator, `Internal` for issuance.
-    pub fn sign(
+    pub async fn sign(
         &self,
         req: &pb::SignCertificateRequest,
         now: SystemTime,
@@ -221,6 +240,7 @@ impl Sentry {
         let trust_domain = self
             .validators
             .validate(kind, &vreq, now)
+            .await
             .map_err(|r| refused("validator", r))?;
 
         let csr_der = decode_csr(&req.certificate_signing_request).map_err(|s| ("csr", s))?;
@@ -370,7 +390,7 @@ impl pb::ca_server::Ca for Service {
         let started = Instant::now();
         let sentry = &self.0;
         sentry.metrics.received();
-        match sentry.sign(request.get_ref(), SystemTime::now()) {
+        match sentry.sign(request.get_ref(), SystemTime::now()).await {
             Ok(resp) => {
                 sentry.metrics.success(started.elapsed());
                 Ok(Response::new(resp))
@@ -381,6 +401,67 @@ impl pb::ca_server::Ca for Service {
                 Err(status)
             }
         }
+    }
+}
+
+/// A client connection: the TLS stream and its slot under [`MAX_CONNECTIONS`], freed when
+/// the connection ends.
+struct Conn {
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Option<SocketAddr>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.get_ref().0.peer_addr().ok()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
     }
 }
 
@@ -450,9 +531,17 @@ pub async fn run(
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let grpc = listeners.grpc;
     let accept_stop = stopped();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tasks.spawn(async move {
         tokio::pin!(accept_stop);
         loop {
+            let permit = tokio::select! {
+                () = &mut accept_stop => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let (tcp, peer) = tokio::select! {
                 () = &mut accept_stop => break,
                 r = grpc.accept() => match r {
@@ -469,7 +558,8 @@ pub async fn run(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let conn = Conn { tls, _slot: permit };
+                        let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -488,6 +578,8 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     sentry.serving_up.store(true, Ordering::Relaxed);
     let serve = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION)
+        .timeout(REQUEST_TIMEOUT)
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))

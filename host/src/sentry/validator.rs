@@ -8,6 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::jwt::{self, Expectations, Jwks};
+use super::kube::KubeValidator;
 
 /// A validator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,7 @@ pub enum Refusal {
 pub struct Validators {
     insecure: bool,
     jwks: Option<JwksValidator>,
+    kubernetes: Option<KubeValidator>,
     default: Option<Kind>,
 }
 
@@ -71,7 +73,19 @@ impl Validators {
         Self {
             insecure: true,
             jwks: None,
+            kubernetes: None,
             default: Some(Kind::Insecure),
+        }
+    }
+
+    /// Kubernetes mode (as Dapr's): the kubernetes validator is on and the default; a JWKS
+    /// validator may be added beside it; insecure is off.
+    pub fn kubernetes(kube: KubeValidator, jwks: Option<(Jwks, String)>) -> Self {
+        Self {
+            insecure: false,
+            jwks: jwks.map(|(jwks, sentry_id)| JwksValidator { jwks, sentry_id }),
+            kubernetes: Some(kube),
+            default: Some(Kind::Kubernetes),
         }
     }
 
@@ -80,6 +94,7 @@ impl Validators {
         Self {
             insecure: false,
             jwks: Some(JwksValidator { jwks, sentry_id }),
+            kubernetes: None,
             default: None,
         }
     }
@@ -104,7 +119,7 @@ impl Validators {
         let enabled = match kind {
             Kind::Insecure => self.insecure,
             Kind::Jwks => self.jwks.is_some(),
-            Kind::Kubernetes => false,
+            Kind::Kubernetes => self.kubernetes.is_some(),
         };
         if enabled {
             Ok(kind)
@@ -118,22 +133,26 @@ impl Validators {
     /// # Errors
     ///
     /// [`Refusal::Denied`] with the reason.
-    pub fn validate(
+    pub async fn validate(
         &self,
         kind: Kind,
         req: &Request<'_>,
         now: SystemTime,
     ) -> Result<String, Refusal> {
+        let not_enabled = Refusal::Selection("the requested validator is not enabled");
         match kind {
             Kind::Insecure => common_checks(req),
-            Kind::Jwks => {
-                let v = self
-                    .jwks
-                    .as_ref()
-                    .ok_or(Refusal::Selection("the requested validator is not enabled"))?;
-                v.validate(req, now)
+            Kind::Jwks => self.jwks.as_ref().ok_or(not_enabled)?.validate(req, now),
+            Kind::Kubernetes => {
+                let kube = self.kubernetes.as_ref().ok_or(not_enabled)?;
+                common_checks(req)?;
+                if req.token.is_empty() {
+                    return Err(Refusal::Denied("token is required".to_owned()));
+                }
+                kube.validate(req.id, req.namespace, req.token)
+                    .await
+                    .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))
             }
-            Kind::Kubernetes => Err(Refusal::Selection("the requested validator is not enabled")),
         }
     }
 }
@@ -261,15 +280,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn common_checks_join_every_problem() {
+    #[tokio::test]
+    async fn common_checks_join_every_problem() {
         let now = SystemTime::now();
         let v = Validators::insecure();
         assert_eq!(
-            v.validate(Kind::Insecure, &req("app", "default", true), now),
+            v.validate(Kind::Insecure, &req("app", "default", true), now)
+                .await,
             Ok("public".into())
         );
-        let Err(Refusal::Denied(m)) = v.validate(Kind::Insecure, &req("a.b", "", false), now)
+        let Err(Refusal::Denied(m)) = v
+            .validate(Kind::Insecure, &req("a.b", "", false), now)
+            .await
         else {
             panic!("accepted");
         };
@@ -281,9 +303,11 @@ mod tests {
         let long = "a".repeat(65);
         assert!(v
             .validate(Kind::Insecure, &req(&long, "ns", true), now)
+            .await
             .is_err());
         assert!(v
             .validate(Kind::Insecure, &req(&long[..64], "ns", true), now)
+            .await
             .is_ok());
     }
 }

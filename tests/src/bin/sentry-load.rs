@@ -55,6 +55,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses): utime is the 12th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks_per_sec)
+        })
+        .unwrap_or(0.0)
+}
+
 fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -213,17 +228,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
     let mut reused_rate = 0.0;
     for (reuse, label) in [
         (true, "reused connections"),
         (false, "new connection per request"),
     ] {
+        let (cpu0, wall0) = (cpu_seconds(pid, ticks), Instant::now());
         let (rate, lat, errors) =
             rt.block_on(phase(target.clone(), csrs.clone(), clients, secs, reuse));
+        let busy = (cpu_seconds(pid, ticks) - cpu0) / wall0.elapsed().as_secs_f64();
         println!(
-            "{label}: clients={clients} certs/s={rate:.0} p50={:.2}ms p99={:.2}ms errors={errors} ratio_to_raw={:.2}",
+            "{label}: clients={clients} certs/s={rate:.0} p50={:.2}ms p99={:.2}ms errors={errors} sentry_cpu={:.0}% ratio_to_raw={:.2}",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            busy * 100.0,
             rate / raw
         );
         if reuse {
