@@ -67,8 +67,27 @@ impl SpiffeServerVerifier {
     }
 }
 
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+/// A refusal as a sentence (rustls shows its `Debug`, so both are the sentence).
+struct Refusal(String);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn other(message: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refusal(
+        message,
+    )))))
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -86,7 +105,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 .add(a)
                 .map_err(|_| rustls::Error::General("bad trust anchor".into()))?;
         }
-        let id = SpiffeId::parse(&self.expected).map_err(other)?;
+        let id = SpiffeId::parse(&self.expected).map_err(|e| other(e.to_string()))?;
         let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
         let options = Options {
             usage: Usage::ServerAuth,
@@ -95,7 +114,15 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         };
         path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
             .map(|_| ServerCertVerified::assertion())
-            .map_err(other)
+            .map_err(|e| {
+                let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
+                    .map(|c| c.spiffe_ids().map(|i| i.as_str().to_owned()).collect())
+                    .unwrap_or_default();
+                other(format!(
+                    "server certificate refused: {e} (expected SPIFFE ID {}, found {found:?})",
+                    self.expected
+                ))
+            })
     }
 
     fn verify_tls12_signature(

@@ -666,3 +666,246 @@ async fn kubernetes_mode_validates_tokens_with_the_api_server() {
         })
     ));
 }
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Credentials as openssl (and Dapr's docs) make them: a root, an issuer with Dapr's subject,
+/// the key as SEC1 or PKCS#8, and ca.crt holding two roots.
+fn openssl_credentials(dir: &Path, sec1: bool) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut root = vec!["req", "-x509"];
+    root.extend(ec);
+    root.extend([
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-subj",
+        "/O=localhost",
+        "-days",
+        "365",
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,digitalSignature,keyCertSign,cRLSign",
+    ]);
+    openssl(&root, dir);
+    let mut other = vec!["req", "-x509"];
+    other.extend(ec);
+    other.extend([
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        "-subj",
+        "/O=other",
+        "-days",
+        "365",
+        "-addext",
+        "basicConstraints=critical,CA:true",
+    ]);
+    openssl(&other, dir);
+    let mut csr = vec!["req", "-new"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "issuer.pk8",
+        "-out",
+        "issuer.csr",
+        "-subj",
+        "/O=spiffe:\\/\\/localhost\\/ns\\/default\\/dapr-sentry",
+    ]);
+    openssl(&csr, dir);
+    std::fs::write(
+        dir.join("issuer.ext"),
+        "basicConstraints=critical,CA:true\nkeyUsage=critical,digitalSignature,keyCertSign,cRLSign\n\
+         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "issuer.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-extfile",
+            "issuer.ext",
+            "-out",
+            "issuer.crt",
+        ],
+        dir,
+    );
+    if sec1 {
+        openssl(&["ec", "-in", "issuer.pk8", "-out", "issuer.key"], dir);
+        let key = std::fs::read_to_string(dir.join("issuer.key")).unwrap();
+        assert!(key.contains("BEGIN EC PRIVATE KEY"), "{key}");
+    } else {
+        std::fs::copy(dir.join("issuer.pk8"), dir.join("issuer.key")).unwrap();
+    }
+    let roots = std::fs::read_to_string(dir.join("other.pem")).unwrap()
+        + &std::fs::read_to_string(dir.join("root.pem")).unwrap();
+    std::fs::write(dir.join("ca.crt"), roots).unwrap();
+}
+
+#[tokio::test]
+async fn credentials_made_by_openssl_load_unchanged() {
+    for sec1 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        openssl_credentials(dir.path(), sec1);
+        let before: Vec<Vec<u8>> = ["ca.crt", "issuer.crt", "issuer.key"]
+            .iter()
+            .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+            .collect();
+        let sentry = start(sentry_command(dir.path())).unwrap();
+        let anchors = read_certs(&dir.path().join("ca.crt"));
+        assert_eq!(anchors.len(), 2);
+        let signed = sign_once(&sentry.grpc, anchors.clone()).await.unwrap();
+        assert_eq!(signed.trust_bundle, anchors, "both roots sent");
+        let after: Vec<Vec<u8>> = ["ca.crt", "issuer.crt", "issuer.key"]
+            .iter()
+            .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+            .collect();
+        assert_eq!(before, after, "sec1={sec1}: files untouched");
+    }
+}
+
+/// The leaf of Sentry's serving chain, read with openssl s_client.
+fn serving_leaf(addr: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-showcerts"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    text[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn the_serving_certificate_is_renewed_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: 4s\n    allowedClockSkew: 0s\n",
+    )
+    .unwrap();
+    let mut cmd = sentry_command(&dir.path().join("creds"));
+    cmd.arg("--config").arg(&config);
+    let sentry = start(cmd).unwrap();
+    let anchors = read_certs(&dir.path().join("creds/ca.crt"));
+    let first = serving_leaf(&sentry.grpc);
+    let mut renewed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if serving_leaf(&sentry.grpc) != first {
+            renewed = true;
+            break;
+        }
+    }
+    assert!(renewed, "the serving certificate never changed");
+    // Well past the first certificate's 4 s: the client still validates Sentry (renewed).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let signed = sign_once(&sentry.grpc, anchors).await.unwrap();
+    let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
+    assert_eq!(
+        leaf.not_after().as_secs() - leaf.not_before().as_secs(),
+        4,
+        "workloadCertTTL from the Configuration, skew 0"
+    );
+}
+
+#[tokio::test]
+async fn sigil_sign_writes_a_validated_identity_and_never_overwrites_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentry = start(sentry_command(&dir.path().join("creds"))).unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .args([
+                "sign",
+                "--sentry",
+                &sentry.grpc,
+                "--id",
+                "checkout",
+                "--namespace",
+                "shop",
+            ])
+            .arg("--anchors")
+            .arg(dir.path().join("creds/ca.crt"))
+            .arg("--out-dir")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("spiffe://public/ns/shop/checkout"));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(out.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(out.join("ca.pem"))
+        .arg("-untrusted")
+        .arg(out.join("cert.pem"))
+        .arg(out.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let key = std::fs::read(out.join("key.pem")).unwrap();
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read(out.join("key.pem")).unwrap(),
+        key,
+        "key untouched"
+    );
+    assert!(run(&["--force"]).status.success());
+    assert_ne!(std::fs::read(out.join("key.pem")).unwrap(), key);
+    // A Sentry with another identity is refused (its SPIFFE ID is checked).
+    let wrong = run(&["--control-plane-namespace", "elsewhere", "--force"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("elsewhere"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}
