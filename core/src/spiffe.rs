@@ -285,17 +285,21 @@ pub fn write_id<'b>(td: &str, path: &str, buf: &'b mut [u8]) -> Result<SpiffeId<
     write_parts(&[SCHEME, td, path], buf)
 }
 
-/// Writes Dapr's `spiffe://<td>/ns/<namespace>/<app-id>` into `buf` and checks it.
+/// Writes Dapr's `spiffe://<td>/ns/<namespace>/<app-id>` into `buf` and checks it: the trust
+/// domain must be one (so it cannot carry path segments), and the namespace and app ID one
+/// path segment each.
 ///
 /// # Errors
 ///
-/// [`Error::BufferTooSmall`] naming the size needed, or the rule the result breaks.
+/// [`Error::BufferTooSmall`] naming the size needed, [`Error::NotDapr`] if a part would add
+/// path segments, or the rule the result breaks.
 pub fn write_dapr_id<'b>(
     td: &str,
     namespace: &str,
     app_id: &str,
     buf: &'b mut [u8],
 ) -> Result<SpiffeId<'b>, Error> {
+    TrustDomain::parse(td)?;
     for part in [namespace, app_id] {
         if part.contains('/') {
             return Err(Error::NotDapr);
@@ -439,6 +443,10 @@ mod tests {
         assert_eq!(
             write_id("td", "/a", &mut small),
             Err(Error::BufferTooSmall { needed: 13 })
+        );
+        assert_eq!(
+            write_dapr_id("td/ns/x", "a", "c", &mut buf).map(|i| i.as_str().len()),
+            Err(Error::BadTrustDomainChar { at: 2 })
         );
         assert_eq!(
             write_dapr_id("td", "a/b", "c", &mut buf),

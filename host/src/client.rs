@@ -41,6 +41,9 @@ pub enum ClientError {
         /// Its message.
         message: String,
     },
+    /// The answer has no valid `valid_until` (daprd refuses such answers too).
+    #[error("unusable answer from Sentry: valid_until is missing or invalid")]
+    NoValidUntil,
     /// The answer is not a usable certificate response.
     #[error("unusable answer from Sentry: {0}")]
     Garbled(String),
@@ -58,7 +61,7 @@ impl ClientError {
         match self {
             Self::Config(_) | Self::Connect { .. } => "sentry_conn",
             Self::Refused { .. } => "sign",
-            Self::Garbled(m) if m.is_empty() => "invalid_ts",
+            Self::NoValidUntil => "invalid_ts",
             Self::Garbled(_) | Self::Invalid(_) | Self::Profile(_) => "invalid_cert",
         }
     }
@@ -168,7 +171,7 @@ impl SentryClient {
             .valid_until
             .and_then(|t| u64::try_from(t.seconds).ok())
             .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-            .ok_or_else(|| ClientError::Garbled(String::new()))?;
+            .ok_or(ClientError::NoValidUntil)?;
         let chain = pem_certificates(&resp.workload_certificate)
             .map_err(|e| ClientError::Garbled(format!("workload_certificate: {e}")))?;
         let mut trust_bundle = Vec::new();

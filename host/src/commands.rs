@@ -402,6 +402,9 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
             .map(|d| pki::to_pem(Label::Certificate, d))
             .collect()
     };
+    // The key first: it is the only write that can be refused, and a refusal then leaves
+    // the old key, certificate and anchors together.
+    pki::write_atomic(&key_path, key_pem.as_bytes(), 0o600, args.force)?;
     pki::write_atomic(
         &args.out_dir.join("cert.pem"),
         pem_of(&signed.chain).as_bytes(),
@@ -414,8 +417,12 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         0o644,
         true,
     )?;
-    pki::write_atomic(&key_path, key_pem.as_bytes(), 0o600, args.force)?;
-    let leaf = Certificate::parse(&signed.chain[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let leaf = signed
+        .chain
+        .first()
+        .map(|d| Certificate::parse(d))
+        .ok_or_else(|| anyhow::anyhow!("empty chain"))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let id = leaf
         .spiffe_ids()
         .next()

@@ -14,8 +14,7 @@ use sigil_core::spiffe::SpiffeId;
 
 use crate::verifier::RingVerifier;
 
-/// Most anchors a verifier holds.
-pub const MAX_ANCHORS: usize = 16;
+pub use crate::ca::MAX_ANCHORS;
 
 /// The `ring` crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {

@@ -465,6 +465,10 @@ def insecure_checks(s, csrs, workdir):
           expect_status, s, "INTERNAL", dict(base, namespace="a/b"), startswith=SIGN)
     check("insecure: id with a space -> INTERNAL",
           expect_status, s, "INTERNAL", dict(base, id="a b"), startswith=SIGN)
+    # A trust domain cannot smuggle path segments in (spiffe://evil/ns/x/ns/default/myapp).
+    check("insecure: trust domain with '/' -> PERMISSION_DENIED",
+          expect_status, s, "PERMISSION_DENIED", dict(base, trust_domain="evil/ns/x"),
+          contains="trust domain")
 
 
 # ---------------------------------------------------------------------------------------------

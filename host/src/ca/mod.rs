@@ -102,7 +102,7 @@ pub enum CredentialsError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IssueError {
-    /// The issuer has expired (or expires within the skew): nothing is issued with it.
+    /// The issuer has expired: nothing is issued with it.
     #[error("issuer certificate expired at {not_after}; refusing to issue")]
     IssuerExpired {
         /// Its notAfter (RFC 3339).
@@ -336,8 +336,10 @@ impl Credentials {
                 .map_err(|e| CredentialsError::Chain(format!("{e:?}")))?;
         }
         let intermediates: Vec<&[u8]> = self.issuer_chain.iter().map(Vec::as_slice).collect();
+        // Client and server use, as workloads will use what this issuer signs: an issuer whose
+        // extKeyUsage forbids either is refused now, not discovered by every peer later.
         let options = Options {
-            usage: Usage::Any,
+            usage: Usage::ClientAndServer,
             ..Options::new(unix(now))
         };
         path::verify(&leaf, &intermediates, &bundle, &RingVerifier, &options)
@@ -422,8 +424,14 @@ impl Credentials {
                 not_after: rfc3339(self.issuer_not_after),
             });
         }
-        let not_before = (now - skew).max(self.issuer_not_before);
-        let not_after = (now + ttl).min(self.issuer_not_after);
+        let not_before = now
+            .checked_sub(skew)
+            .unwrap_or(UNIX_EPOCH)
+            .max(self.issuer_not_before);
+        let not_after = now
+            .checked_add(ttl)
+            .unwrap_or(self.issuer_not_after)
+            .min(self.issuer_not_after);
         let der = x509::issue(
             Profile::Workload { spiffe_id, dns },
             subject_key,

@@ -192,8 +192,11 @@ fn locked(
     now: SystemTime,
 ) -> Result<(Credentials, Origin), StoreError> {
     recover(paths)?;
-    let (present, missing): (Vec<&Path>, Vec<&Path>) =
-        paths.files().into_iter().partition(|p| p.exists());
+    // A dangling symlink or an unreadable entry counts as present: never generate over it.
+    let (present, missing): (Vec<&Path>, Vec<&Path>) = paths
+        .files()
+        .into_iter()
+        .partition(|p| fs::symlink_metadata(p).is_ok());
     if missing.is_empty() {
         return load(paths, now, sentry_id).map(|c| (c, Origin::Loaded));
     }
@@ -265,7 +268,16 @@ fn roll_forward(paths: &StorePaths) -> Result<(), StoreError> {
             }
             fs::remove_file(&s).map_err(io_err(&s))?;
         } else {
-            fs::rename(&s, f).map_err(io_err(f))?;
+            // A hard link fails if the name exists, so a file that appeared since the check
+            // is never replaced; then the staged copy goes.
+            fs::hard_link(&s, f).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => StoreError::Conflict(f.to_owned()),
+                _ => StoreError::Io {
+                    path: f.to_owned(),
+                    source: e,
+                },
+            })?;
+            fs::remove_file(&s).map_err(io_err(&s))?;
             if !moved {
                 moved = true;
                 hold("moved");

@@ -41,6 +41,16 @@ pub enum ConfigError {
         /// The value.
         value: String,
     },
+    /// A duration outside what Sentry accepts.
+    #[error("{field}: {value:?} is out of range ({rule})")]
+    Range {
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: String,
+        /// The rule.
+        rule: &'static str,
+    },
     /// A token validator other than `jwks` is listed (Dapr allows only that one here).
     #[error("spec.mtls.tokenValidators: {0:?} cannot be configured (only \"jwks\" can)")]
     Validator(String),
@@ -135,16 +145,18 @@ impl SentryConfig {
             return Ok(out);
         };
         if let Some(v) = mtls.workload_cert_ttl.filter(|v| !v.is_empty()) {
-            out.workload_cert_ttl = go_duration(&v).ok_or(ConfigError::Duration {
-                field: "spec.mtls.workloadCertTTL",
-                value: v,
-            })?;
+            let d = bounded(&v, "spec.mtls.workloadCertTTL")?;
+            if d < Duration::from_secs(1) {
+                return Err(ConfigError::Range {
+                    field: "spec.mtls.workloadCertTTL",
+                    value: v,
+                    rule: "at least 1s",
+                });
+            }
+            out.workload_cert_ttl = d;
         }
         if let Some(v) = mtls.allowed_clock_skew.filter(|v| !v.is_empty()) {
-            out.allowed_clock_skew = go_duration(&v).ok_or(ConfigError::Duration {
-                field: "spec.mtls.allowedClockSkew",
-                value: v,
-            })?;
+            out.allowed_clock_skew = bounded(&v, "spec.mtls.allowedClockSkew")?;
         }
         for v in mtls.token_validators {
             if !v.name.eq_ignore_ascii_case("jwks") {
@@ -160,6 +172,24 @@ impl SentryConfig {
         }
         Ok(out)
     }
+}
+
+/// Go's largest duration, about 292 years: longer values are refused (Go cannot parse them).
+const MAX_DURATION: Duration = Duration::from_secs(2_562_047 * 3600);
+
+fn bounded(v: &str, field: &'static str) -> Result<Duration, ConfigError> {
+    let d = go_duration(v).ok_or_else(|| ConfigError::Duration {
+        field,
+        value: v.to_owned(),
+    })?;
+    if d > MAX_DURATION {
+        return Err(ConfigError::Range {
+            field,
+            value: v.to_owned(),
+            rule: "at most 2562047h, Go's limit",
+        });
+    }
+    Ok(d)
 }
 
 /// Parses a Go duration (`time.ParseDuration`): a sequence of decimal numbers, each with an
@@ -239,6 +269,13 @@ mod tests {
             SentryConfig::parse("spec:\n  mtls:\n    workloadCertTTL: forever\n"),
             Err(ConfigError::Duration { .. })
         ));
+        for bad in ["0s", "3000000000000000h"] {
+            let doc = format!("spec:\n  mtls:\n    workloadCertTTL: {bad}\n");
+            assert!(
+                matches!(SentryConfig::parse(&doc), Err(ConfigError::Range { .. })),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             SentryConfig::parse("spec:\n  mtls:\n    tokenValidators:\n      - name: kubernetes\n"),
             Err(ConfigError::Validator(_))

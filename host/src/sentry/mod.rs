@@ -55,6 +55,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 /// A request not answered in this time is cancelled.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections are closed gracefully after this long (so idle ones cannot hold every slot;
+/// daprd dials per request anyway, reusing clients reconnect).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// What a Sentry is.
 #[derive(Clone, Debug)]
@@ -397,7 +400,12 @@ impl pb::ca_server::Ca for Service {
             }
             Err((reason, status)) => {
                 sentry.metrics.failure(reason);
-                tracing::info!(code = ?status.code(), reason, message = status.message(), "sign request refused");
+                tracing::info!(
+                    code = ?status.code(),
+                    reason,
+                    message = %validator::clip(status.message()),
+                    "sign request refused"
+                );
                 Err(status)
             }
         }
@@ -579,7 +587,12 @@ pub async fn run(
     sentry.serving_up.store(true, Ordering::Relaxed);
     let serve = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION)
+        .max_concurrent_streams(u32::try_from(MAX_STREAMS_PER_CONNECTION).ok())
         .timeout(REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(SHUTDOWN_GRACE)
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
@@ -653,7 +666,8 @@ async fn renew_serving_loop(sentry: Arc<Sentry>, stopped: impl Future<Output = (
         tokio::select! {
             () = &mut stopped => return,
             () = tokio::time::sleep(wait) => {}
-            () = sentry.credentials_changed.notified() => {}
+            // The swap re-issued it already: only the next deadline changed.
+            () = sentry.credentials_changed.notified() => continue,
         }
         match sentry.renew_serving() {
             Ok(na) => {

@@ -19,6 +19,8 @@ use crate::ca::store::{self, StorePaths};
 
 /// Quiet time after the last event before the set is read.
 pub const DEBOUNCE: Duration = Duration::from_millis(400);
+/// Longest wait for quiet under a continuous stream of events.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 /// Re-read interval when no event arrives.
 pub const POLL: Duration = Duration::from_secs(30);
 
@@ -71,14 +73,23 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
             () = &mut stopped => return,
             got = rx.recv() => {
                 if got.is_none() {
-                    // The watcher is gone: keep polling.
-                    tokio::time::sleep(POLL).await;
-                }
-                // Debounce: wait until the files have been quiet for a while.
-                loop {
+                    // The watcher is gone: keep polling, still stoppable.
                     tokio::select! {
-                        () = tokio::time::sleep(DEBOUNCE) => break,
-                        more = rx.recv() => if more.is_none() { break },
+                        () = &mut stopped => return,
+                        () = tokio::time::sleep(POLL) => {}
+                    }
+                } else {
+                    // Debounce: wait until the files have been quiet for a while, but not
+                    // forever under a storm of events, and never past shutdown.
+                    let cap = tokio::time::sleep(MAX_DEBOUNCE);
+                    tokio::pin!(cap);
+                    loop {
+                        tokio::select! {
+                            () = &mut stopped => return,
+                            () = &mut cap => break,
+                            () = tokio::time::sleep(DEBOUNCE) => break,
+                            more = rx.recv() => if more.is_none() { break },
+                        }
                     }
                 }
             }
@@ -90,12 +101,10 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
         }
         last = now;
         sentry.metrics().issuer_changed();
-        let (loaded, sentry_id) = {
-            let p = paths.clone();
-            let id = sentry.sentry_id().to_owned();
-            let r =
-                tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await;
-            (r, sentry.sentry_id().to_owned())
+        let sentry_id = sentry.sentry_id().to_owned();
+        let loaded = {
+            let (p, id) = (paths.clone(), sentry_id.clone());
+            tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
         };
         match loaded {
             Ok(Ok(creds)) => {

@@ -164,7 +164,7 @@ fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
         problems.push("app ID is required".to_owned());
     }
     if req.id.contains('.') {
-        problems.push(format!("app ID {:?} must not contain a dot", req.id));
+        problems.push(format!("app ID {:?} must not contain a dot", clip(req.id)));
     }
     if req.id.chars().count() > 64 {
         problems.push(format!(
@@ -177,6 +177,12 @@ fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
     }
     if req.namespace.is_empty() {
         problems.push("namespace is required".to_owned());
+    }
+    if let Err(e) = sigil_core::spiffe::TrustDomain::parse(trust_domain(req)) {
+        problems.push(format!(
+            "trust domain {:?} is invalid: {e}",
+            clip(req.trust_domain)
+        ));
     }
     if problems.is_empty() {
         Ok(trust_domain(req).to_owned())
@@ -196,10 +202,28 @@ fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
 ///
 /// The SPIFFE rule the ID breaks.
 pub fn workload_id(td: &str, namespace: &str, id: &str) -> Result<String, String> {
+    sigil_core::spiffe::TrustDomain::parse(td)
+        .map_err(|e| format!("trust domain {:?} is invalid: {e}", clip(td)))?;
     let mut buf = vec![0u8; td.len() + namespace.len() + id.len() + 16];
     sigil_core::spiffe::write_dapr_id(td, namespace, id, &mut buf)
         .map(|i| i.as_str().to_owned())
-        .map_err(|e| format!("spiffe://{td}/ns/{namespace}/{id} is not a valid SPIFFE ID: {e}"))
+        .map_err(|e| {
+            format!(
+                "spiffe://{}/ns/{}/{} is not a valid SPIFFE ID: {e}",
+                clip(td),
+                clip(namespace),
+                clip(id)
+            )
+        })
+}
+
+/// Request text echoed in a message, cut to a readable length.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
 
 fn trust_domain<'a>(req: &Request<'a>) -> &'a str {
@@ -300,6 +324,14 @@ mod tests {
             m.contains("dot") && m.contains("CSR is required") && m.contains("namespace"),
             "{m}"
         );
+        let bad_td = Request {
+            trust_domain: "evil/ns/x",
+            ..req("app", "default", true)
+        };
+        assert!(matches!(
+            v.validate(Kind::Insecure, &bad_td, now).await,
+            Err(Refusal::Denied(m)) if m.contains("trust domain")
+        ));
         let long = "a".repeat(65);
         assert!(v
             .validate(Kind::Insecure, &req(&long, "ns", true), now)
