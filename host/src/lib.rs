@@ -9,6 +9,7 @@ pub mod client;
 pub mod commands;
 pub mod pki;
 pub mod sentry;
+pub mod sidecar;
 pub mod tls;
 pub mod verifier;
 

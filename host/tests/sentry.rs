@@ -4,11 +4,13 @@
 //! SPIFFE ID checked); the independent grpcio peer is `tests/sentry_python.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sigil_core::crypto::{PublicKey, Signer as _};
@@ -18,135 +20,7 @@ use sigil_host::ca::x509::{self, Profile};
 use sigil_host::ca::Credentials;
 use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
 
-const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
-
-/// A running `sigil sentry`.
-struct Sentry {
-    child: Child,
-    grpc: String,
-    metrics: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Sentry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sentry_command(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    c.args(["sentry", "--issuer-credentials"])
-        .arg(dir)
-        .args([
-            "--trust-domain",
-            "localhost",
-            "--port",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
-            "--healthz-port",
-            "0",
-            "--healthz-listen-address",
-            "127.0.0.1",
-            "--metrics-port",
-            "0",
-            "--metrics-listen-address",
-            "127.0.0.1",
-        ])
-        .env_remove("NAMESPACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
-#[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
-fn start(mut cmd: Command) -> Result<Sentry, String> {
-    let mut child = cmd.spawn().unwrap();
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let err_lines = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            err_lines.lock().unwrap().push(line);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix("sentry: listening ") {
-                    let field = |k: &str| {
-                        rest.split_whitespace()
-                            .find_map(|f| f.strip_prefix(k))
-                            .unwrap()
-                            .to_owned()
-                    };
-                    return Ok(Sentry {
-                        grpc: field("grpc="),
-                        metrics: field("metrics="),
-                        child,
-                        stderr,
-                    });
-                }
-                seen.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    std::thread::sleep(Duration::from_millis(200));
-                    return Err(format!(
-                        "exited {status}: {seen:?} {:?}",
-                        stderr.lock().unwrap()
-                    ));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().unwrap();
-                std::thread::sleep(Duration::from_millis(200));
-                return Err(format!(
-                    "exited {status}: {seen:?} {:?}",
-                    stderr.lock().unwrap()
-                ));
-            }
-        }
-    }
-    panic!("Sentry did not become ready: {seen:?}");
-}
-
-fn read_certs(path: &Path) -> Vec<Vec<u8>> {
-    client::pem_certificates(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn metric(addr: &str, name: &str) -> u64 {
-    let body = http_get(addr, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {body}"))
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
+use common::{metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
 
 /// A fresh key and an empty CSR (as Dapr's sidecar sends).
 fn key_and_csr() -> (SoftwareKey, Vec<u8>) {

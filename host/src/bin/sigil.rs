@@ -31,6 +31,10 @@ enum Command {
     /// runs on a fresh machine: credentials generated in a data directory it creates, trust
     /// domain `localhost`, the insecure validator; it prints where everything is.
     Sentry(SentryCli),
+    /// Run a sidecar: its workload identity from Sentry, renewed by the rotation machine, with
+    /// trust anchors from DAPR_TRUST_ANCHORS or a watched file; health on the app-facing
+    /// loopback port (/v1.0/healthz), metrics with Dapr's runtime names.
+    Sidecar(SidecarCli),
     /// Get a workload certificate from Sentry: make a P-256 key and CSR, send it, validate the
     /// answer, and write key.pem (0600), cert.pem (chain) and ca.pem to a directory.
     Sign(SignCli),
@@ -93,6 +97,43 @@ struct SentryCli {
     #[arg(long)]
     log_as_json: bool,
     /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Args)]
+struct SidecarCli {
+    /// The app's ID.
+    #[arg(long)]
+    app_id: String,
+    /// The app's port on 127.0.0.1 (used by service invocation).
+    #[arg(long)]
+    app_port: Option<u16>,
+    /// Sentry's address, host:port.
+    #[arg(long)]
+    sentry_address: String,
+    /// Sentry's trust domain.
+    #[arg(long, default_value = "localhost")]
+    control_plane_trust_domain: String,
+    /// Sentry's namespace.
+    #[arg(long, default_value = "default")]
+    control_plane_namespace: String,
+    /// PEM trust anchors file, watched and applied at run time (else DAPR_TRUST_ANCHORS).
+    #[arg(long)]
+    trust_anchors_file: Option<PathBuf>,
+    /// Where to write key.pem (0600), cert.pem and ca.pem for the app, rewritten at rotation.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// App-facing HTTP port (loopback only).
+    #[arg(long, default_value_t = 3500)]
+    dapr_http_port: u16,
+    /// Metrics port (loopback).
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    /// Log as JSON.
+    #[arg(long)]
+    log_as_json: bool,
+    /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
 }
@@ -239,6 +280,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sentry(args) => sentry(args),
         Command::Sign(args) => sign(args),
+        Command::Sidecar(args) => sidecar(args),
         Command::Csr(CsrCommand::New {
             key,
             out,
@@ -308,6 +350,105 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logs(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+fn sidecar(args: SidecarCli) -> ExitCode {
+    use sigil_host::sidecar::identity::{self, AnchorSource, IdentityConfig, IdentityState};
+    init_logs(&args.log_level, args.log_as_json);
+    let anchors = match (args.trust_anchors_file, std::env::var("DAPR_TRUST_ANCHORS")) {
+        (Some(f), _) => AnchorSource::File(f),
+        (None, Ok(pem)) if !pem.trim().is_empty() => AnchorSource::Pem(pem),
+        _ => {
+            eprintln!(
+                "error: trust anchors are required: --trust-anchors-file or DAPR_TRUST_ANCHORS"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let token_file = match std::env::var("DAPR_SENTRY_TOKEN_FILE") {
+        Ok(f) if f.is_empty() => {
+            eprintln!("error: DAPR_SENTRY_TOKEN_FILE is set but empty");
+            return ExitCode::from(2);
+        }
+        Ok(f) => Some(PathBuf::from(f)),
+        Err(_) => None,
+    };
+    let config = IdentityConfig {
+        app_id: std::env::var("SENTRY_LOCAL_IDENTITY").unwrap_or_else(|_| args.app_id.clone()),
+        namespace: std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into()),
+        sentry_address: args.sentry_address,
+        sentry_id: identity::sentry_id(
+            &args.control_plane_trust_domain,
+            &args.control_plane_namespace,
+        ),
+        token_file,
+        anchors,
+        output_dir: args.identity_dir,
+        policy: sigil_core::rotation::Policy::default(),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(("127.0.0.1", args.dapr_http_port)).await?;
+        let metrics = tokio::net::TcpListener::bind(("127.0.0.1", args.metrics_port)).await?;
+        println!(
+            "sidecar: app {} listening http={} metrics={}",
+            config.app_id,
+            http.local_addr()?,
+            metrics.local_addr()?
+        );
+        let state = std::sync::Arc::new(IdentityState::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let serving = tokio::spawn(sigil_host::sidecar::serve_health_and_metrics(
+            state.clone(),
+            http,
+            Some(metrics),
+            stopped(),
+        ));
+        let driving = identity::drive(config, state, stopped());
+        let signal = async {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        let (driven, ()) = tokio::join!(driving, signal);
+        driven?;
+        serving.await??;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => {
+            println!("sidecar: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -315,16 +456,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn sentry(args: SentryCli) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_as_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    init_logs(&args.log_level, args.log_as_json);
     let opts = SentryOptions {
         config: args.config,
         issuer_credentials: args.issuer_credentials,

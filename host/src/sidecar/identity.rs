@@ -1,0 +1,548 @@
+//! The sidecar's workload identity: one tokio task drives the core rotation machine
+//! ([`sigil_core::rotation::Rotation`]) with one timer armed at its `poll_timeout`, carries out
+//! its actions through the Sentry client, and publishes each installed identity for the TLS
+//! stack (and, optionally, as files for the app).
+//!
+//! - **Requests**: on `Action::Request` a fresh P-256 key (ring) and an empty CSR, as daprd
+//!   sends; one new connection to Sentry per request (as daprd), checked against the trust
+//!   anchors in force and Sentry's SPIFFE ID. The answer goes to the machine, which installs it
+//!   only if it validates against the current bundle and carries the key.
+//! - **A failed first fetch is not fatal**: the machine retries with backoff; readiness says
+//!   whether an identity is held ([`IdentityState::is_ready`]).
+//! - **Trust anchors at run time**: from `DAPR_TRUST_ANCHORS` (PEM in the environment) or a
+//!   file that is watched and applied without a restart (Dapr needs one); an identity that no
+//!   longer chains is renewed at once by the machine.
+//! - **Metrics** with Dapr's runtime names: `dapr_runtime_mtls_init_total`,
+//!   `dapr_runtime_mtls_init_fail_total{reason}`, `dapr_runtime_mtls_workload_cert_rotated_total`
+//!   (which Dapr never increments; this does), `..._rotated_fail_total{reason}`, and the
+//!   certificate's expiry.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use sigil_core::bundle::OwnedTrustBundle;
+use sigil_core::rotation::{Action, Clock, Failure, Policy, Rejection, RequestId, Rotation};
+use sigil_core::{pem, Instant, UnixTime};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::ca::key::CaKey;
+use crate::client::{self, ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::verifier::RingVerifier;
+
+/// Bytes of certificate DER an identity's chain may hold.
+pub const CHAIN_BYTES: usize = 8 * 1024;
+/// Trust anchors the bundle may hold.
+pub const ANCHORS: usize = crate::ca::MAX_ANCHORS;
+/// Bytes of anchor DER the bundle may hold.
+pub const ANCHOR_BYTES: usize = 32 * 1024;
+
+type Machine = Rotation<'static, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
+
+/// Where the trust anchors come from.
+#[derive(Clone, Debug)]
+pub enum AnchorSource {
+    /// PEM text (`DAPR_TRUST_ANCHORS`), fixed for the process's life.
+    Pem(String),
+    /// A PEM file, re-read when it changes.
+    File(PathBuf),
+}
+
+/// What the identity driver needs.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// `--app-id` (or `SENTRY_LOCAL_IDENTITY`).
+    pub app_id: String,
+    /// `NAMESPACE`.
+    pub namespace: String,
+    /// `--sentry-address`.
+    pub sentry_address: String,
+    /// Sentry's SPIFFE ID (`--control-plane-trust-domain`, `--control-plane-namespace`).
+    pub sentry_id: String,
+    /// `DAPR_SENTRY_TOKEN_FILE` (selects the jwks validator, as daprd does).
+    pub token_file: Option<PathBuf>,
+    /// The trust anchors.
+    pub anchors: AnchorSource,
+    /// Where to write `key.pem` (0600), `cert.pem` and `ca.pem` for the app, if anywhere.
+    pub output_dir: Option<PathBuf>,
+    /// The rotation policy.
+    pub policy: Policy,
+}
+
+/// An installed identity, as the TLS stack uses it.
+#[derive(Debug)]
+pub struct Current {
+    /// DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The key, PKCS#8 DER.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+    /// The leaf's notAfter.
+    pub not_after: SystemTime,
+    /// Counts installs from 1.
+    pub generation: u32,
+}
+
+/// Dapr's runtime mTLS counters.
+#[derive(Debug, Default)]
+pub struct RuntimeMetrics {
+    init: AtomicU64,
+    init_fail: Mutex<BTreeMap<&'static str, u64>>,
+    rotated: AtomicU64,
+    rotated_fail: Mutex<BTreeMap<&'static str, u64>>,
+    expiry: AtomicU64,
+}
+
+impl RuntimeMetrics {
+    fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {
+        if let Ok(mut m) = map.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "dapr_runtime_mtls_init_total",
+            "First identities obtained.",
+            get(&self.init),
+        );
+        counter(
+            "dapr_runtime_mtls_workload_cert_rotated_total",
+            "Identities renewed and installed.",
+            get(&self.rotated),
+        );
+        for (name, map) in [
+            ("dapr_runtime_mtls_init_fail_total", &self.init_fail),
+            (
+                "dapr_runtime_mtls_workload_cert_rotated_fail_total",
+                &self.rotated_fail,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} Failed attempts, by reason.\n# TYPE {name} counter"
+            );
+            if let Ok(m) = map.lock() {
+                for (reason, n) in m.iter() {
+                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sigil_runtime_workload_cert_expiry_timestamp Unix time the identity in use expires.\n\
+             # TYPE sigil_runtime_workload_cert_expiry_timestamp gauge\n\
+             sigil_runtime_workload_cert_expiry_timestamp {}",
+            get(&self.expiry)
+        );
+        out
+    }
+
+    /// Rotations so far.
+    pub fn rotations(&self) -> u64 {
+        self.rotated.load(Ordering::Relaxed)
+    }
+}
+
+/// The identity a sidecar holds, shared with its TLS stack, health and metrics.
+#[derive(Debug, Default)]
+pub struct IdentityState {
+    current: ArcSwapOption<Current>,
+    anchors: ArcSwap<Vec<Vec<u8>>>,
+    ready: AtomicBool,
+    metrics: RuntimeMetrics,
+}
+
+impl IdentityState {
+    /// The identity in use, if any.
+    pub fn current(&self) -> Option<Arc<Current>> {
+        self.current.load_full()
+    }
+
+    /// The trust anchors in force (DER).
+    pub fn anchors(&self) -> Arc<Vec<Vec<u8>>> {
+        self.anchors.load_full()
+    }
+
+    /// Whether a valid identity is held (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics.
+    pub const fn metrics(&self) -> &RuntimeMetrics {
+        &self.metrics
+    }
+}
+
+/// Why the driver could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The trust anchors are unusable.
+    #[error("trust anchors: {0}")]
+    Anchors(String),
+}
+
+fn read_anchors(source: &AnchorSource) -> Result<Vec<Vec<u8>>, IdentityError> {
+    let text = match source {
+        AnchorSource::Pem(p) => p.clone(),
+        AnchorSource::File(f) => std::fs::read_to_string(f)
+            .map_err(|e| IdentityError::Anchors(format!("{}: {e}", f.display())))?,
+    };
+    let ders = client::pem_certificates(text.as_bytes()).map_err(IdentityError::Anchors)?;
+    if ders.len() > ANCHORS {
+        return Err(IdentityError::Anchors(format!(
+            "{} certificates; at most {ANCHORS}",
+            ders.len()
+        )));
+    }
+    Ok(ders)
+}
+
+/// What a signing round ended with.
+enum Outcome {
+    Signed(RequestId, Vec<Vec<u8>>),
+    Failed(RequestId, ClientError),
+}
+
+/// Drives the identity until `shutdown` resolves (see the module doc).
+///
+/// # Errors
+///
+/// [`IdentityError`] if the trust anchors cannot be read at start.
+pub async fn drive(
+    config: IdentityConfig,
+    state: Arc<IdentityState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), IdentityError> {
+    tokio::pin!(shutdown);
+    let anchors = read_anchors(&config.anchors)?;
+    let mut bundle = OwnedTrustBundle::new();
+    let refs: Vec<&[u8]> = anchors.iter().map(Vec::as_slice).collect();
+    bundle
+        .replace(&refs)
+        .map_err(|e| IdentityError::Anchors(format!("{e:?}")))?;
+    state.anchors.store(Arc::new(anchors));
+    let seed = u64::from_le_bytes(ring_seed());
+    let mut machine: Machine = Rotation::new(config.policy, Clock::Wall, seed, None, bundle);
+
+    let origin = tokio::time::Instant::now();
+    let now = move || {
+        Instant::from_millis(u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    };
+    let wall = || {
+        UnixTime::from_secs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<Outcome>(4);
+    let (anchors_tx, mut anchors_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = match &config.anchors {
+        AnchorSource::File(f) => watch_file(f.clone(), anchors_tx),
+        AnchorSource::Pem(_) => None,
+    };
+
+    loop {
+        while let Some(action) = machine.poll_action() {
+            handle_action(action, &mut machine, &config, &state, &done_tx);
+        }
+        let deadline = machine
+            .poll_timeout()
+            .map(|at| origin + Duration::from_millis(at.as_millis()));
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = sleep => {
+                let t = now();
+                machine.handle_wall_time(t, wall());
+                machine.handle_timeout(t);
+            }
+            Some(outcome) = done_rx.recv() => {
+                let t = now();
+                machine.handle_wall_time(t, wall());
+                match outcome {
+                    Outcome::Signed(id, chain) => {
+                        let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+                        machine.handle_response(t, id, &refs, &RingVerifier);
+                    }
+                    Outcome::Failed(id, e) => {
+                        tracing::warn!(error = %e, "identity request failed");
+                        let first = state.current.load().is_none();
+                        let reason = e.reason();
+                        if first {
+                            RuntimeMetrics::bump(&state.metrics.init_fail, reason);
+                        } else {
+                            RuntimeMetrics::bump(&state.metrics.rotated_fail, reason);
+                        }
+                        let failure = match e {
+                            ClientError::Connect { .. } | ClientError::Config(_) => Failure::Unreachable,
+                            ClientError::Refused { .. } => Failure::Refused,
+                            _ => Failure::Garbled,
+                        };
+                        machine.handle_failure(t, id, failure);
+                    }
+                }
+            }
+            Some(()) = anchors_rx.recv() => {
+                // Debounce a little: editors write in steps.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while anchors_rx.try_recv().is_ok() {}
+                match read_anchors(&config.anchors) {
+                    Ok(new) => {
+                        let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
+                        let t = now();
+                        machine.handle_wall_time(t, wall());
+                        match machine.handle_trust_bundle(t, &refs, &RingVerifier) {
+                            Ok(()) => {
+                                tracing::info!(anchors = new.len(), "trust anchors replaced");
+                                state.anchors.store(Arc::new(new));
+                            }
+                            Err(e) => tracing::error!(error = ?e, "new trust anchors refused; the old ones stay"),
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "new trust anchors refused; the old ones stay"),
+                }
+            }
+        }
+    }
+}
+
+fn ring_seed() -> [u8; 8] {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b
+}
+
+fn handle_action(
+    action: Action,
+    machine: &mut Machine,
+    config: &IdentityConfig,
+    state: &Arc<IdentityState>,
+    done: &mpsc::Sender<Outcome>,
+) {
+    match action {
+        Action::Request => {
+            let key = match CaKey::generate() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(error = %e, "no key for the identity request");
+                    return;
+                }
+            };
+            let point = key.public_point().to_vec();
+            let mut buf = [0u8; 1024];
+            let (id, csr) = match machine.start_request(key, &mut buf) {
+                Ok((id, csr)) => (id, csr.to_vec()),
+                Err(e) => {
+                    tracing::error!(error = ?e, "building the CSR");
+                    return;
+                }
+            };
+            let target = SentryTarget {
+                address: config.sentry_address.clone(),
+                anchors: state.anchors().to_vec(),
+                sentry_id: config.sentry_id.clone(),
+            };
+            let token = config
+                .token_file
+                .as_ref()
+                .map(|f| {
+                    std::fs::read_to_string(f)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let req = SignRequest {
+                id: config.app_id.clone(),
+                namespace: config.namespace.clone(),
+                token,
+                trust_domain: String::new(),
+                token_validator: if config.token_file.is_some() { 3 } else { 0 },
+                csr_der: csr,
+            };
+            let done = done.clone();
+            tokio::spawn(async move {
+                let outcome = match sign(target, req, point).await {
+                    Ok(chain) => Outcome::Signed(id, chain),
+                    Err(e) => Outcome::Failed(id, e),
+                };
+                let _ = done.send(outcome).await;
+            });
+        }
+        Action::Installed {
+            generation,
+            not_after,
+        } => install(machine, config, state, generation, not_after),
+        Action::Rejected(Rejection::Stale) => tracing::debug!("late answer ignored"),
+        Action::Rejected(r) => {
+            tracing::warn!(reason = ?r, "Sentry's answer refused; the identity in use keeps serving");
+            RuntimeMetrics::bump(&state.metrics.rotated_fail, "invalid_cert");
+        }
+        Action::Expired => {
+            tracing::error!("the identity expired before a new one could be installed");
+            state.current.store(None);
+            state.ready.store(false, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// One signing round: a new connection, the CSR, the chain (leaf first) validated for the key
+/// with the public point `point` (the machine validates again against its own bundle).
+async fn sign(
+    target: SentryTarget,
+    req: SignRequest,
+    point: Vec<u8>,
+) -> Result<Vec<Vec<u8>>, ClientError> {
+    let mut client = SentryClient::connect(target).await?;
+    let signed = client
+        .sign(&req, sigil_core::crypto::PublicKey::EcP256(&point))
+        .await?;
+    Ok(signed.chain)
+}
+
+fn install(
+    machine: &Machine,
+    config: &IdentityConfig,
+    state: &IdentityState,
+    generation: u32,
+    not_after: UnixTime,
+) {
+    let Some(identity) = machine.identity() else {
+        return;
+    };
+    let chain: Vec<Vec<u8>> = identity.chain().map(<[u8]>::to_vec).collect();
+    let spiffe_id = sigil_core::cert::Certificate::parse(identity.leaf())
+        .ok()
+        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
+        .unwrap_or_default();
+    let not_after = UNIX_EPOCH + Duration::from_secs(not_after.as_secs());
+    let key_pkcs8 = Zeroizing::new(identity.key().pkcs8_der().to_vec());
+    if let Some(dir) = &config.output_dir {
+        if let Err(e) = write_files(dir, &chain, &key_pkcs8, &state.anchors()) {
+            tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
+        }
+    }
+    let first = state.current.load().is_none() && generation == 1;
+    state.current.store(Some(Arc::new(Current {
+        chain,
+        key_pkcs8,
+        spiffe_id: spiffe_id.clone(),
+        not_after,
+        generation,
+    })));
+    state.ready.store(true, Ordering::Relaxed);
+    state.metrics.expiry.store(
+        not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        Ordering::Relaxed,
+    );
+    if first {
+        state.metrics.init.fetch_add(1, Ordering::Relaxed);
+    } else {
+        state.metrics.rotated.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(
+        %spiffe_id,
+        generation,
+        not_after = %humantime::format_rfc3339_seconds(not_after),
+        "identity installed"
+    );
+}
+
+fn write_files(
+    dir: &std::path::Path,
+    chain: &[Vec<u8>],
+    key_pkcs8: &[u8],
+    anchors: &[Vec<u8>],
+) -> Result<(), crate::pki::InputError> {
+    let pem_all = |ders: &[Vec<u8>]| -> String {
+        ders.iter()
+            .map(|d| crate::pki::to_pem(pem::Label::Certificate, d))
+            .collect()
+    };
+    std::fs::create_dir_all(dir).map_err(|source| crate::pki::InputError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let key = Zeroizing::new(crate::pki::to_pem(pem::Label::PrivateKey, key_pkcs8));
+    // The key first, then the chain that matches it (an app reading both in between sees the
+    // old chain with the new key only for an instant; it should re-read on failure).
+    crate::pki::write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600, true)?;
+    crate::pki::write_atomic(
+        &dir.join("cert.pem"),
+        pem_all(chain).as_bytes(),
+        0o644,
+        true,
+    )?;
+    crate::pki::write_atomic(
+        &dir.join("ca.pem"),
+        pem_all(anchors).as_bytes(),
+        0o644,
+        true,
+    )
+}
+
+/// Watches `file`'s directory and signals changes to it; `None` if watching is impossible (the
+/// anchors then stay as loaded).
+fn watch_file(file: PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let dir = file
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })?
+        .to_owned();
+    let name = file.file_name()?.to_owned();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.paths.iter().any(|p| {
+                p.file_name() == Some(name.as_os_str())
+                    || p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("..data"))
+            }) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .ok()?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
+    Some(watcher)
+}
+
+/// Sentry's SPIFFE ID from the control-plane trust domain and namespace.
+pub fn sentry_id(control_plane_trust_domain: &str, control_plane_namespace: &str) -> String {
+    format!("spiffe://{control_plane_trust_domain}/ns/{control_plane_namespace}/dapr-sentry")
+}

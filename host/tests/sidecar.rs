@@ -1,0 +1,233 @@
+//! The sidecar's identity as real processes on loopback: `sigil sidecar` against `sigil
+//! sentry` with short-lived certificates. A first fetch that fails is retried (not fatal) and
+//! shown by readiness; certificates rotate under the core machine; Sentry stopped for a while
+//! costs nothing while the identity is valid; a trust-anchors file replaced at run time is
+//! applied without a restart, and an identity that no longer chains is renewed at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http_get, metric, read_certs, sentry_command, start, Sentry};
+
+struct Sidecar {
+    child: Child,
+    http: String,
+    metrics: String,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(clippy::zombie_processes)] // reaped by `Sidecar::drop`
+fn sidecar(sentry_addr: &str, anchors: &Path, identity_dir: &Path) -> Sidecar {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args([
+            "sidecar",
+            "--app-id",
+            "myapp",
+            "--sentry-address",
+            sentry_addr,
+        ])
+        .arg("--trust-anchors-file")
+        .arg(anchors)
+        .arg("--identity-dir")
+        .arg(identity_dir)
+        .args(["--dapr-http-port", "0", "--metrics-port", "0"])
+        .env_remove("NAMESPACE")
+        .env_remove("DAPR_TRUST_ANCHORS")
+        .env_remove("DAPR_SENTRY_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let line = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sidecar: app"))
+        .expect("the sidecar's ready line");
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    Sidecar {
+        http: field("http="),
+        metrics: field("metrics="),
+        child,
+    }
+}
+
+fn health(addr: &str) -> u16 {
+    http_get(addr, "/v1.0/healthz")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {ttl}\n    allowedClockSkew: 0s\n"),
+    )
+    .unwrap();
+    let mut cmd = sentry_command(&dir.join("creds"));
+    cmd.arg("--config").arg(&config);
+    // A fixed port, so a restarted Sentry is where the sidecar dials.
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut fixed = Command::new(cmd.get_program());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        fixed.arg(a);
+        if a == "--port" {
+            it.next();
+            fixed.arg(port.to_string());
+        }
+    }
+    fixed
+        .env_remove("NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    start(fixed).unwrap()
+}
+
+/// Whether `chain` (leaf first) validates to one of `roots` now.
+fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
+    use sigil_core::path::{self, Options, TrustBundle};
+    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
+    for r in roots {
+        bundle.add(r).unwrap();
+    }
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let options = Options::new(sigil_core::UnixTime::from_secs(secs));
+    path::verify(
+        leaf,
+        &ints,
+        &bundle,
+        &sigil_host::verifier::RingVerifier,
+        &options,
+    )
+    .is_ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn first_fetch_retried_rotations_outage_and_anchors_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Credentials first (a Sentry that generates them, then stops), so the anchors exist.
+    drop(short_ttl_sentry(dir.path(), port, "6s"));
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::copy(dir.path().join("creds/ca.crt"), &anchors).unwrap();
+    let id_dir = dir.path().join("identity");
+
+    // 1. No Sentry yet: the sidecar runs, is not ready, and keeps trying.
+    let sc = sidecar(&format!("127.0.0.1:{port}"), &anchors, &id_dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(health(&sc.http), 500);
+    assert!(http_get(&sc.metrics, "/metrics")
+        .contains("dapr_runtime_mtls_init_fail_total{reason=\"sentry_conn\"}"));
+
+    // 2. Sentry comes up: an identity within the urgent retry cap, then rotations.
+    let sentry = short_ttl_sentry(dir.path(), port, "6s");
+    wait_until("readiness", Duration::from_secs(15), || {
+        health(&sc.http) == 204
+    });
+    assert_eq!(metric(&sc.metrics, "dapr_runtime_mtls_init_total"), 1);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(id_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let first_cert = std::fs::read(id_dir.join("cert.pem")).unwrap();
+    wait_until("three rotations", Duration::from_secs(20), || {
+        metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") >= 3
+    });
+    assert_ne!(std::fs::read(id_dir.join("cert.pem")).unwrap(), first_cert);
+
+    // 3. Sentry down for 2 s (under the certificate's remaining life): still ready throughout;
+    //    renewal resumes when it is back.
+    let rotated = metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total");
+    drop(sentry);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(health(&sc.http), 204, "identity lost while Sentry was down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sentry = short_ttl_sentry(dir.path(), port, "6s");
+    wait_until("renewal after the outage", Duration::from_secs(20), || {
+        metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") > rotated
+    });
+
+    // 4. A new root at run time: Sentry's credentials replaced (hot reload), the sidecar's
+    //    anchors file first gets both roots, then only the new one. The identity that chains to
+    //    the old root is then renewed at once, under the new root, without a restart.
+    let old_root = read_certs(&anchors);
+    let (_, fresh) = sigil_host::ca::Credentials::generate(
+        "localhost",
+        common::SENTRY_ID,
+        std::time::SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let both = std::fs::read_to_string(&anchors).unwrap() + &fresh.ca;
+    std::fs::write(&anchors, &both).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let creds = dir.path().join("creds");
+    std::fs::write(creds.join("issuer.key"), fresh.key.as_bytes()).unwrap();
+    std::fs::write(creds.join("issuer.crt"), &fresh.issuer).unwrap();
+    std::fs::write(creds.join("ca.crt"), &fresh.ca).unwrap();
+    std::fs::write(&anchors, &fresh.ca).unwrap();
+    let new_root = sigil_host::client::pem_certificates(fresh.ca.as_bytes()).unwrap();
+    wait_until(
+        "an identity under the new root",
+        Duration::from_secs(20),
+        || {
+            let chain = read_certs(&id_dir.join("cert.pem"));
+            let ca = read_certs(&id_dir.join("ca.pem"));
+            ca == new_root && chains_to(&chain, &new_root)
+        },
+    );
+    assert_ne!(old_root, new_root);
+    assert_eq!(health(&sc.http), 204);
+    drop(sentry);
+}
