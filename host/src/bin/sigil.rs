@@ -124,9 +124,30 @@ struct SidecarCli {
     /// Where to write key.pem (0600), cert.pem and ca.pem for the app, rewritten at rotation.
     #[arg(long)]
     identity_dir: Option<PathBuf>,
-    /// App-facing HTTP port (loopback only).
+    /// App-facing HTTP port (Dapr's HTTP API: invocation, health).
     #[arg(long, default_value_t = 3500)]
     dapr_http_port: u16,
+    /// Address the app-facing port binds: loopback unless you explicitly ask otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    dapr_listen_address: String,
+    /// Port other sidecars call (mutual TLS unless spec.mtls.enabled is false).
+    #[arg(long, default_value_t = 50002)]
+    dapr_internal_port: u16,
+    /// Address the internal port binds.
+    #[arg(long, default_value = "0.0.0.0")]
+    dapr_internal_address: String,
+    /// Name resolution file: app ID -> that app's sidecar internal address (YAML or JSON map).
+    #[arg(long)]
+    resolution_file: Option<PathBuf>,
+    /// Dapr Configuration file (spec.mtls.enabled; mutual TLS is on without one).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accept only these caller SPIFFE IDs (repeat; default: any that chains to the anchors).
+    #[arg(long = "allow-spiffe-id")]
+    allow_spiffe_id: Vec<String>,
+    /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
+    #[arg(long)]
+    allowed_origins: Option<String>,
     /// Metrics port (loopback).
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
@@ -365,6 +386,7 @@ fn init_logs(level: &str, json: bool) {
 
 fn sidecar(args: SidecarCli) -> ExitCode {
     use sigil_host::sidecar::identity::{self, AnchorSource, IdentityConfig, IdentityState};
+    use sigil_host::sidecar::invoke::{serve_app, serve_peers, InvokeConfig, Invoker};
     init_logs(&args.log_level, args.log_as_json);
     let anchors = match (args.trust_anchors_file, std::env::var("DAPR_TRUST_ANCHORS")) {
         (Some(f), _) => AnchorSource::File(f),
@@ -404,14 +426,44 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mtls = match &args.config {
+        Some(p) => match sigil_host::sentry::config::SentryConfig::load(p) {
+            Ok(c) => c.mtls_enabled,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => true,
+    };
+    let invoke_config = InvokeConfig {
+        app_id: config.app_id.clone(),
+        namespace: config.namespace.clone(),
+        app_port: args.app_port,
+        resolution: args.resolution_file,
+        mtls,
+        allow: (!args.allow_spiffe_id.is_empty()).then_some(args.allow_spiffe_id),
+        allowed_origins: args
+            .allowed_origins
+            .filter(|o| !o.is_empty())
+            .map(|o| o.split(',').map(|s| s.trim().to_owned()).collect()),
+    };
     let result = rt.block_on(async move {
-        let http = tokio::net::TcpListener::bind(("127.0.0.1", args.dapr_http_port)).await?;
-        let metrics = tokio::net::TcpListener::bind(("127.0.0.1", args.metrics_port)).await?;
+        let bind = |host: String, port: u16| async move {
+            tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {host}:{port}: {e}"))
+        };
+        let http = bind(args.dapr_listen_address, args.dapr_http_port).await?;
+        let internal = bind(args.dapr_internal_address, args.dapr_internal_port).await?;
+        let metrics = bind("127.0.0.1".into(), args.metrics_port).await?;
         println!(
-            "sidecar: app {} listening http={} metrics={}",
+            "sidecar: app {} listening http={} internal={} metrics={} mtls={}",
             config.app_id,
             http.local_addr()?,
-            metrics.local_addr()?
+            internal.local_addr()?,
+            metrics.local_addr()?,
+            if mtls { "on" } else { "off" },
         );
         let state = std::sync::Arc::new(IdentityState::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -421,12 +473,19 @@ fn sidecar(args: SidecarCli) -> ExitCode {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let serving = tokio::spawn(sigil_host::sidecar::serve_health_and_metrics(
-            state.clone(),
-            http,
-            Some(metrics),
-            stopped(),
-        ));
+        let invoker = Invoker::new(invoke_config, state.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(serve_app(invoker.clone(), http, stopped()));
+        let peers = serve_peers(invoker, internal, stopped());
+        tasks.spawn(async move {
+            if let Err(e) = peers.await {
+                tracing::error!(error = %e, "the internal mTLS port stopped");
+            }
+        });
+        let m = sigil_host::sidecar::serve_metrics(state.clone(), metrics, stopped());
+        tasks.spawn(async move {
+            let _ = m.await;
+        });
         let driving = identity::drive(config, state, stopped());
         let signal = async {
             shutdown_signal().await;
@@ -434,7 +493,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         };
         let (driven, ()) = tokio::join!(driving, signal);
         driven?;
-        serving.await??;
+        while tasks.join_next().await.is_some() {}
         anyhow::Ok(())
     });
     match result {

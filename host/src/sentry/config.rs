@@ -1,5 +1,6 @@
 //! Dapr's `Configuration` resource, as Sentry reads it (`--config FILE`): the `spec.mtls`
-//! fields `workloadCertTTL`, `allowedClockSkew` and `tokenValidators`. Durations are Go
+//! fields `workloadCertTTL`, `allowedClockSkew` and `tokenValidators`; sidecars read
+//! `spec.mtls.enabled` from the same resource. Durations are Go
 //! duration strings (`24h`, `15m`, `1h30m`, `1.5h`, `300ms`). Unknown fields are ignored, as
 //! Kubernetes does; a malformed file is an error (Sentry does not start on a guess).
 
@@ -69,6 +70,8 @@ pub struct SentryConfig {
     /// The JWKS validator's key source, if configured (then insecure is off and there is no
     /// default validator, as in Dapr).
     pub jwks_source: Option<String>,
+    /// `spec.mtls.enabled` (sidecars: mutual TLS between them); on unless set to false.
+    pub mtls_enabled: bool,
 }
 
 impl Default for SentryConfig {
@@ -77,6 +80,7 @@ impl Default for SentryConfig {
             workload_cert_ttl: DEFAULT_TTL,
             allowed_clock_skew: DEFAULT_SKEW,
             jwks_source: None,
+            mtls_enabled: true,
         }
     }
 }
@@ -96,6 +100,7 @@ struct Spec {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Mtls {
+    enabled: Option<bool>,
     #[serde(rename = "workloadCertTTL")]
     workload_cert_ttl: Option<String>,
     allowed_clock_skew: Option<String>,
@@ -144,6 +149,7 @@ impl SentryConfig {
         let Some(mtls) = doc.spec.mtls else {
             return Ok(out);
         };
+        out.mtls_enabled = mtls.enabled.unwrap_or(true);
         if let Some(v) = mtls.workload_cert_ttl.filter(|v| !v.is_empty()) {
             let d = bounded(&v, "spec.mtls.workloadCertTTL")?;
             if d < Duration::from_secs(1) {

@@ -1,7 +1,10 @@
-//! The sidecar: the workload identity it holds (from Sentry, rotated by the core machine) and,
-//! in later steps, mutual TLS between sidecars and the app's localhost API.
+//! The sidecar: the workload identity it holds (from Sentry, rotated by the core machine),
+//! mutual TLS between sidecars ([`mtls`]), and service invocation through the app's loopback
+//! API ([`invoke`]).
 
 pub mod identity;
+pub mod invoke;
+pub mod mtls;
 
 use std::sync::Arc;
 
@@ -9,59 +12,23 @@ use tokio::net::TcpListener;
 
 use identity::IdentityState;
 
-/// Serves the sidecar's health (`/v1.0/healthz`: 204 with an identity, 500 without, as daprd
-/// answers) on the app-facing listener, and its metrics on another, until `shutdown`.
+/// Serves the sidecar's metrics (Dapr's runtime names) on `listener` until `stopped`.
 ///
 /// # Errors
 ///
-/// An I/O error of a listener.
-pub async fn serve_health_and_metrics(
+/// The listener's I/O error.
+pub async fn serve_metrics(
     state: Arc<IdentityState>,
-    http: TcpListener,
-    metrics: Option<TcpListener>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    listener: TcpListener,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let health = axum::Router::new()
-        .route("/v1.0/healthz", axum::routing::get(healthz))
-        .route("/v1.0/healthz/outbound", axum::routing::get(healthz))
-        .with_state(state.clone());
-    let mut tasks = tokio::task::JoinSet::new();
-    let stop = stopped();
-    tasks.spawn(async move { axum::serve(http, health).with_graceful_shutdown(stop).await });
-    if let Some(l) = metrics {
-        let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(metrics_text))
-            .route("/", axum::routing::get(metrics_text))
-            .with_state(state);
-        let stop = stopped();
-        tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await });
-    }
-    shutdown.await;
-    let _ = tx.send(true);
-    let mut result = Ok(());
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(Err(e)) = r {
-            result = Err(e);
-        }
-    }
-    result
-}
-
-async fn healthz(
-    axum::extract::State(state): axum::extract::State<Arc<IdentityState>>,
-) -> axum::http::StatusCode {
-    if state.is_ready() {
-        axum::http::StatusCode::NO_CONTENT
-    } else {
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-    }
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics_text))
+        .route("/", axum::routing::get(metrics_text))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
 }
 
 async fn metrics_text(

@@ -1,0 +1,545 @@
+//! Service invocation in Dapr's HTTP form. The app calls its sidecar on loopback at
+//! `/v1.0/invoke/<app-id>/method/<method>`; the sidecar resolves `<app-id>` through the
+//! name-resolution file to that app's sidecar, forwards the request over mutual TLS (HTTP/2,
+//! one multiplexed connection per peer, reconnected when it closes), and the peer sidecar calls
+//! its app at `127.0.0.1:<app-port>/<method>`. Method, headers, body and status pass through;
+//! bodies stream in both directions and are never buffered whole.
+//!
+//! Name resolution file (YAML or JSON): a map from app ID to the address of that app's
+//! sidecar's mTLS port, re-read when it changes:
+//!
+//! ```yaml
+//! checkout: 127.0.0.1:50002
+//! cart: 10.0.0.7:50002
+//! ```
+//!
+//! Errors reach the app as Dapr-style JSON (`{"errorCode": ..., "message": ...}`): an unknown
+//! app ID is 404 `ERR_DIRECT_INVOKE`, a peer that cannot be reached 502, a peer whose identity
+//! is refused (or that refuses ours) 502 with the TLS reason, an app that does not answer 502.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::identity::IdentityState;
+use super::mtls;
+
+/// A response body: streamed from a peer, or made here.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// The header naming the calling app, as Dapr sets it.
+pub const CALLER_HEADER: &str = "dapr-caller-app-id";
+
+/// How the sidecar invokes and is invoked.
+#[derive(Clone, Debug)]
+pub struct InvokeConfig {
+    /// This app's ID.
+    pub app_id: String,
+    /// This app's namespace (peers are expected in it).
+    pub namespace: String,
+    /// The app's port on 127.0.0.1.
+    pub app_port: Option<u16>,
+    /// The name-resolution file.
+    pub resolution: Option<PathBuf>,
+    /// Mutual TLS between sidecars (`spec.mtls.enabled`); off: plain TCP.
+    pub mtls: bool,
+    /// SPIFFE IDs allowed to call this sidecar (none: any that chains to the anchors).
+    pub allow: Option<Vec<String>>,
+    /// `--allowed-origins`: none (no CORS headers), `*`, or a list.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Name resolution, re-read when the file's modification time changes.
+#[derive(Debug, Default)]
+struct Resolver {
+    path: Option<PathBuf>,
+    cache: Mutex<(Option<SystemTime>, BTreeMap<String, String>)>,
+}
+
+impl Resolver {
+    fn resolve(&self, app_id: &str) -> Result<Option<String>, String> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("name resolution file {}: {e}", path.display()))?;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| "name resolution cache poisoned".to_owned())?;
+        if cache.0 != Some(modified) {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("name resolution file {}: {e}", path.display()))?;
+            let map: BTreeMap<String, String> = serde_norway::from_str(&text)
+                .map_err(|e| format!("name resolution file {}: {e}", path.display()))?;
+            *cache = (Some(modified), map);
+        }
+        Ok(cache.1.get(app_id).cloned())
+    }
+}
+
+/// One HTTP/2 connection per peer address, reused while it is open.
+type Peers = Mutex<BTreeMap<String, hyper::client::conn::http2::SendRequest<Body>>>;
+
+/// The sidecar's data plane (both directions).
+#[derive(Debug)]
+pub struct Invoker {
+    config: InvokeConfig,
+    state: Arc<IdentityState>,
+    resolver: Resolver,
+    peers: Peers,
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "errorCode": code, "message": message }).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+impl Invoker {
+    /// A data plane for `config`, presenting and checking identities from `state`.
+    pub fn new(config: InvokeConfig, state: Arc<IdentityState>) -> Arc<Self> {
+        Arc::new(Self {
+            resolver: Resolver {
+                path: config.resolution.clone(),
+                cache: Mutex::default(),
+            },
+            config,
+            state,
+            peers: Mutex::default(),
+        })
+    }
+
+    /// Handles a request from the app on the loopback API.
+    pub async fn handle_app(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+        let mut resp = if req.uri().path() == "/v1.0/healthz"
+            || req.uri().path() == "/v1.0/healthz/outbound"
+        {
+            let status = if self.state.is_ready() {
+                StatusCode::NO_CONTENT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = status;
+            r
+        } else if req.method() == hyper::Method::OPTIONS && origin.is_some() {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else {
+            match self.clone().invoke(req).await {
+                Ok(r) => r,
+                Err(r) => r,
+            }
+        };
+        self.cors(origin, &mut resp);
+        resp
+    }
+
+    /// `--allowed-origins`: none by default (no CORS headers), `*`, or a list.
+    fn cors(&self, origin: Option<hyper::header::HeaderValue>, resp: &mut Response<Body>) {
+        let (Some(allowed), Some(origin)) = (&self.config.allowed_origins, origin) else {
+            return;
+        };
+        let ok = allowed
+            .iter()
+            .any(|a| a == "*" || origin.as_bytes() == a.as_bytes());
+        if ok {
+            let h = resp.headers_mut();
+            h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
+                hyper::header::HeaderValue::from_static("HEAD, GET, POST, PUT, PATCH, DELETE"),
+            );
+            h.insert(
+                hyper::header::ACCESS_CONTROL_ALLOW_HEADERS,
+                hyper::header::HeaderValue::from_static("*"),
+            );
+        }
+    }
+
+    async fn invoke(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let path = req.uri().path().to_owned();
+        let Some(rest) = path.strip_prefix("/v1.0/invoke/") else {
+            return Err(json_error(
+                StatusCode::NOT_FOUND,
+                "ERR_NOT_FOUND",
+                &format!("no route for {path}"),
+            ));
+        };
+        let Some((target, method)) = rest.split_once("/method/") else {
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "ERR_DIRECT_INVOKE",
+                "expected /v1.0/invoke/<app-id>/method/<method>",
+            ));
+        };
+        let address = match self.resolver.resolve(target) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(json_error(
+                    StatusCode::NOT_FOUND,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("failed to resolve app {target:?}: not in the name resolution file"),
+                ))
+            }
+            Err(e) => {
+                return Err(json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ERR_DIRECT_INVOKE",
+                    &e,
+                ))
+            }
+        };
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&self.config.app_id) {
+            parts.headers.insert(CALLER_HEADER, v);
+        }
+        parts.uri = format!("http://{target}/{method}{query}")
+            .parse()
+            .map_err(|e| {
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("{e}"),
+                )
+            })?;
+        parts.version = hyper::Version::HTTP_2;
+        let outgoing = Request::from_parts(parts, body.boxed());
+        let mut sender = self.connection(target, &address).await?;
+        let resp = sender.send_request(outgoing).await.map_err(|e| {
+            self.forget(&address);
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "ERR_DIRECT_INVOKE",
+                &format!("invoking {target} at {address}: {e}"),
+            )
+        })?;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+
+    fn forget(&self, address: &str) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.remove(address);
+        }
+    }
+
+    /// The open connection to `address`, or a new one (mTLS checked for `target`).
+    async fn connection(
+        &self,
+        target: &str,
+        address: &str,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, Response<Body>> {
+        if let Ok(peers) = self.peers.lock() {
+            if let Some(s) = peers.get(address) {
+                if !s.is_closed() {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        let unreachable = |e: String| {
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "ERR_DIRECT_INVOKE",
+                &format!("cannot reach {target} at {address}: {e}"),
+            )
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let sender = if self.config.mtls {
+            let config = mtls::client_config(self.state.clone(), &self.config.namespace, target)
+                .map_err(|e| unreachable(e.to_string()))?;
+            let mut config = config;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from("sigil-sidecar")
+                .map_err(|e| unreachable(e.to_string()))?;
+            let tls = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| {
+                unreachable("TLS handshake timed out (is mTLS enabled on the peer?)".into())
+            })?
+            .map_err(|e| {
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("mTLS with {target} at {address} failed: {e}"),
+                )
+            })?;
+            handshake(TokioIo::new(tls)).await
+        } else {
+            handshake(TokioIo::new(tcp)).await
+        }
+        .map_err(|e| {
+            unreachable(format!(
+                "{e} (does the peer expect {}?)",
+                if self.config.mtls {
+                    "plain TCP"
+                } else {
+                    "mTLS"
+                }
+            ))
+        })?;
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.insert(address.to_owned(), sender.clone());
+        }
+        Ok(sender)
+    }
+
+    /// Handles a request from a peer sidecar: calls the app on loopback.
+    pub async fn handle_peer(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        caller: Option<String>,
+    ) -> Response<Body> {
+        let Some(port) = self.config.app_port else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "ERR_DIRECT_INVOKE",
+                "this sidecar has no app (--app-port)",
+            );
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str)
+            .to_owned();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(c) = caller.and_then(|c| hyper::header::HeaderValue::from_str(&c).ok()) {
+            parts.headers.insert("x-sigil-caller-spiffe-id", c);
+        }
+        let app = format!("127.0.0.1:{port}");
+        if let Ok(host) = hyper::header::HeaderValue::from_str(&app) {
+            parts.headers.insert(hyper::header::HOST, host);
+        }
+        parts.version = hyper::Version::HTTP_11;
+        parts.uri = match path.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("{e}"),
+                )
+            }
+        };
+        let tcp = match TcpStream::connect(&app).await {
+            Ok(t) => t,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("the app at {app} is not reachable: {e}"),
+                )
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+                Ok(x) => x,
+                Err(e) => {
+                    return json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "ERR_DIRECT_INVOKE",
+                        &format!("{e}"),
+                    )
+                }
+            };
+        tokio::spawn(conn);
+        match sender.send_request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => json_error(
+                StatusCode::BAD_GATEWAY,
+                "ERR_DIRECT_INVOKE",
+                &format!("the app at {app} failed: {e}"),
+            ),
+        }
+    }
+}
+
+async fn handshake<T>(
+    io: TokioIo<T>,
+) -> Result<hyper::client::conn::http2::SendRequest<Body>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Serves the app-facing API on `listener` (bind it to loopback) until `stopped` resolves.
+pub async fn serve_app(
+    invoker: Arc<Invoker>,
+    listener: TcpListener,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut stopped => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let invoker = invoker.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let invoker = invoker.clone();
+                async move { Ok::<_, Infallible>(invoker.handle_app(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Serves peer sidecars on `listener` (mTLS unless disabled) until `stopped` resolves; each
+/// connection keeps its handshake's identity for its whole life.
+///
+/// # Errors
+///
+/// rustls's error if the TLS configuration cannot be built.
+pub async fn serve_peers(
+    invoker: Arc<Invoker>,
+    listener: TcpListener,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Result<(), rustls::Error> {
+    let acceptor = if invoker.config.mtls {
+        let mut config = mtls::server_config(invoker.state.clone(), invoker.config.allow.clone())?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    } else {
+        None
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut stopped => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (invoker, acceptor) = (invoker.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            serve_peer_connection(invoker, acceptor, tcp, peer).await;
+        });
+    }
+}
+
+async fn serve_peer_connection(
+    invoker: Arc<Invoker>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    match acceptor {
+        Some(acceptor) => {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "peer refused at the mTLS handshake");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| {
+                    sigil_core::cert::Certificate::parse(leaf.as_ref())
+                        .ok()
+                        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
+                });
+            let service = hyper::service::service_fn(move |req| {
+                let (invoker, caller) = (invoker.clone(), caller.clone());
+                async move { Ok::<_, Infallible>(invoker.handle_peer(req, caller).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        }
+        None => {
+            let service = hyper::service::service_fn(move |req| {
+                let invoker = invoker.clone();
+                async move { Ok::<_, Infallible>(invoker.handle_peer(req, None).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        }
+    }
+}

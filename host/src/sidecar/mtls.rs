@@ -1,0 +1,345 @@
+//! Mutual TLS between sidecars (rustls, TLS 1.3, ring), checked with the core's path
+//! validation and authorized by SPIFFE ID, as Dapr does:
+//!
+//! - **Server** ([`server_config`]): a client certificate is required; it must chain to the
+//!   trust anchors in force for client use and carry one SPIFFE ID, which is accepted if it is
+//!   on the allow-list (when one is configured) or whatever it is (Dapr's `AuthorizeAny`). A
+//!   peer that sends only its leaf (embedded-tls devices do) validates through the intermediates
+//!   this sidecar already knows: its own issuer chain.
+//! - **Client** ([`client_config`]): the server must chain to the anchors for server use and
+//!   carry `spiffe://<any trust domain>/ns/<namespace>/<target app-id>` (Dapr's
+//!   `MTLSUnknownTrustDomain`); no host name is checked.
+//! - **Rotation** ([`IdentityResolver`]): both sides present the identity the rotation machine
+//!   installed last; new handshakes pick up a new one at once, established connections keep
+//!   theirs (they are never cut).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::spiffe::SpiffeId;
+
+use super::identity::IdentityState;
+use crate::verifier::RingVerifier;
+
+/// The ALPN protocol of sidecar-to-sidecar invocation.
+pub const ALPN: &[u8] = b"http/1.1";
+
+/// Presents the identity installed last (see the module doc); the certified key is built once
+/// per generation.
+#[derive(Debug)]
+pub struct IdentityResolver {
+    state: Arc<IdentityState>,
+    cache: Mutex<Option<(u32, Arc<CertifiedKey>)>>,
+}
+
+impl IdentityResolver {
+    /// A resolver over `state`.
+    pub fn new(state: Arc<IdentityState>) -> Self {
+        Self {
+            state,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let current = self.state.current()?;
+        let mut cache = self.cache.lock().ok()?;
+        if let Some((generation, key)) = cache.as_ref() {
+            if *generation == current.generation {
+                return Some(key.clone());
+            }
+        }
+        let key =
+            Arc::new(crate::tls::certified_key(current.chain.clone(), &current.key_pkcs8).ok()?);
+        *cache = Some((current.generation, key.clone()));
+        Some(key)
+    }
+}
+
+impl ResolvesServerCert for IdentityResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ResolvesClientCert for IdentityResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.state.current().is_some()
+    }
+}
+
+fn refused(message: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(Refusal(message)),
+    )))
+}
+
+/// A refusal as a sentence (rustls shows its `Debug`).
+struct Refusal(String);
+
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Validates `end_entity` with `intermediates` (plus this sidecar's own issuer chain) against
+/// the anchors in force, for `usage`, with `peer`.
+fn validate(
+    state: &IdentityState,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: Usage,
+    peer: PeerName<'_>,
+) -> Result<(), rustls::Error> {
+    let anchors = state.anchors();
+    let mut bundle: TrustBundle<'_, { crate::ca::MAX_ANCHORS }> = TrustBundle::new();
+    for a in anchors.iter() {
+        bundle
+            .add(a)
+            .map_err(|e| refused(format!("trust anchor: {e:?}")))?;
+    }
+    let own = state.current();
+    let mut ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+    if let Some(own) = own.as_ref() {
+        // The peer may send only its leaf: offer the issuers this sidecar knows.
+        ints.extend(own.chain.iter().skip(1).map(Vec::as_slice));
+    }
+    let options = Options {
+        usage,
+        peer,
+        skew: Duration::from_secs(15 * 60),
+        ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
+    };
+    path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
+        .map(|_| ())
+        .map_err(|e| {
+            let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
+                .map(|c| c.spiffe_ids().map(|i| i.as_str().to_owned()).collect())
+                .unwrap_or_default();
+            refused(format!(
+                "peer certificate refused: {e} (peer IDs {found:?})"
+            ))
+        })
+}
+
+/// Requires and checks client certificates (see the module doc).
+#[derive(Debug)]
+pub struct SidecarClientVerifier {
+    state: Arc<IdentityState>,
+    allow: Option<Vec<String>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for SidecarClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let allowed = |id: &SpiffeId<'_>| {
+            self.allow
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|a| a == id.as_str()))
+        };
+        validate(
+            &self.state,
+            end_entity,
+            intermediates,
+            now,
+            Usage::ClientAuth,
+            PeerName::SpiffeMatching(&allowed),
+        )
+        .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Checks the called sidecar: `spiffe://<any td>/ns/<namespace>/<app_id>`.
+#[derive(Debug)]
+pub struct PeerServerVerifier {
+    state: Arc<IdentityState>,
+    namespace: String,
+    app_id: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let expected = |id: &SpiffeId<'_>| {
+            id.dapr()
+                .is_some_and(|d| d.namespace() == self.namespace && d.app_id() == self.app_id)
+        };
+        validate(
+            &self.state,
+            end_entity,
+            intermediates,
+            now,
+            Usage::ServerAuth,
+            PeerName::SpiffeMatching(&expected),
+        )
+        .map_err(|e| {
+            refused(format!(
+                "{e}; expected spiffe://<any>/ns/{}/{}",
+                self.namespace, self.app_id
+            ))
+        })
+        .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The mTLS server configuration: TLS 1.3, client certificates required and checked, this
+/// sidecar's current identity presented. `allow` restricts the accepted SPIFFE IDs.
+///
+/// # Errors
+///
+/// rustls's error if the provider refuses TLS 1.3 (it does not with ring).
+pub fn server_config(
+    state: Arc<IdentityState>,
+    allow: Option<Vec<String>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = crate::tls::provider();
+    let verifier = SidecarClientVerifier {
+        state: state.clone(),
+        allow,
+        provider: provider.clone(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(IdentityResolver::new(state)));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // Small records and no session tickets: embedded-tls peers parse one record at a time.
+    config.max_fragment_size = Some(4000);
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// The mTLS client configuration for calling `app_id` in `namespace`.
+///
+/// # Errors
+///
+/// rustls's error if the provider refuses TLS 1.3.
+pub fn client_config(
+    state: Arc<IdentityState>,
+    namespace: &str,
+    app_id: &str,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = crate::tls::provider();
+    let verifier = PeerServerVerifier {
+        state: state.clone(),
+        namespace: namespace.to_owned(),
+        app_id: app_id.to_owned(),
+        provider: provider.clone(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(IdentityResolver::new(state)));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
