@@ -1,0 +1,624 @@
+//! Service invocation through two sidecars, as real processes on loopback: Sentry, sidecar `a`
+//! (the caller), sidecar `b` and an app behind `b` (an echo server written here). openssl
+//! `s_client` is the independent client for the mTLS refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{sentry_command, start, Sentry};
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use sigil_core::crypto::PublicKey;
+use sigil_host::ca::key::CaKey;
+use sigil_host::ca::store::{self, StorePaths};
+
+struct Proc {
+    child: Child,
+    line: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn field(&self, k: &str) -> String {
+        self.line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[allow(clippy::zombie_processes)] // reaped by `Proc::drop`
+fn sidecar(app_id: &str, sentry: &str, dir: &Path, internal: u16, extra: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["sidecar", "--app-id", app_id, "--sentry-address", sentry])
+        .arg("--trust-anchors-file")
+        .arg(dir.join("anchors.pem"))
+        .arg("--resolution-file")
+        .arg(dir.join("names.yaml"))
+        .args(["--dapr-http-port", "0", "--metrics-port", "0"])
+        .args([
+            "--dapr-internal-address",
+            "127.0.0.1",
+            "--dapr-internal-port",
+        ])
+        .arg(internal.to_string())
+        .args(extra)
+        .env_remove("NAMESPACE")
+        .env_remove("DAPR_TRUST_ANCHORS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let line = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sidecar: app"))
+        .expect("ready line");
+    Proc { child, line }
+}
+
+/// The app behind sidecar `b`: `/echo` streams the request body back (and reports the caller
+/// and a custom header), `/status/<n>` answers with status n, anything else 404.
+async fn echo_app() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .map(|v| v.to_str().unwrap_or("").to_owned())
+                                .unwrap_or_default()
+                        };
+                        let resp = hyper::Response::builder()
+                            .header("x-caller", header("dapr-caller-app-id"))
+                            .header("x-echo-custom", header("x-custom"))
+                            .header("x-method", req.method().as_str());
+                        let body: http_body_util::combinators::BoxBody<Bytes, hyper::Error> =
+                            if path == "/echo" {
+                                req.into_body().boxed()
+                            } else if let Some(n) = path.strip_prefix("/status/") {
+                                return Ok::<_, Infallible>(
+                                    resp.status(n.parse::<u16>().unwrap_or(500))
+                                        .body(
+                                            Full::new(Bytes::from_static(b"status"))
+                                                .map_err(|e| match e {})
+                                                .boxed(),
+                                        )
+                                        .unwrap(),
+                                );
+                            } else {
+                                return Ok(resp
+                                    .status(404)
+                                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                                    .unwrap());
+                            };
+                        Ok(resp.body(body).unwrap())
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    /// Held so Sentry lives as long as the mesh.
+    _sentry: Option<Sentry>,
+    sentry_port: u16,
+    a: Proc,
+    b: Proc,
+}
+
+impl Mesh {
+    fn sentry_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sentry_port)
+    }
+
+    fn start_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
+        std::fs::write(
+            dir.join("config.yaml"),
+            format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {ttl}\n    allowedClockSkew: 0s\n"),
+        )
+        .unwrap();
+        let base = sentry_command(&dir.join("creds"));
+        let mut cmd = Command::new(base.get_program());
+        let mut it = base.get_args();
+        while let Some(a) = it.next() {
+            cmd.arg(a);
+            if a == "--port" {
+                it.next();
+                cmd.arg(port.to_string());
+            }
+        }
+        cmd.arg("--config")
+            .arg(dir.join("config.yaml"))
+            .env_remove("NAMESPACE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        start(cmd).unwrap()
+    }
+
+    /// Sentry, sidecar `a` (no app) and sidecar `b` in front of `app_port`.
+    fn new(app_port: u16, ttl: &str, b_extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sentry_port = free_port();
+        let sentry = Self::start_sentry(dir.path(), sentry_port, ttl);
+        std::fs::copy(
+            dir.path().join("creds/ca.crt"),
+            dir.path().join("anchors.pem"),
+        )
+        .unwrap();
+        let (ia, ib) = (free_port(), free_port());
+        std::fs::write(
+            dir.path().join("names.yaml"),
+            format!("a: 127.0.0.1:{ia}\nb: 127.0.0.1:{ib}\n"),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{sentry_port}");
+        let a = sidecar("a", &addr, dir.path(), ia, &[]);
+        let mut extra = vec!["--app-port".to_owned(), app_port.to_string()];
+        extra.extend(b_extra.iter().map(|s| (*s).to_owned()));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let b = sidecar("b", &addr, dir.path(), ib, &extra);
+        let mesh = Self {
+            dir,
+            _sentry: Some(sentry),
+            sentry_port,
+            a,
+            b,
+        };
+        for p in [&mesh.a, &mesh.b] {
+            let http = p.field("http=");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while common::http_get(&http, "/v1.0/healthz")
+                .split_whitespace()
+                .nth(1)
+                != Some("204")
+            {
+                assert!(Instant::now() < deadline, "sidecar never ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        mesh
+    }
+}
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+fn empty() -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap()
+        / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_passes_everything_through_and_streams_50_mb() {
+    let app = echo_app().await;
+    let mesh = Mesh::new(app, "1h", &[]);
+    let a = mesh.a.field("http=");
+    let c = client();
+
+    // Status, headers, method pass through; the caller's app ID reaches the app.
+    let req = hyper::Request::builder()
+        .method("PUT")
+        .uri(format!("http://{a}/v1.0/invoke/b/method/status/418"))
+        .header("x-custom", "kept")
+        .body(empty())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 418);
+    assert_eq!(resp.headers()["x-method"], "PUT");
+    assert_eq!(resp.headers()["x-echo-custom"], "kept");
+    assert_eq!(resp.headers()["x-caller"], "a");
+
+    // 50 MB, generated as it is sent, echoed back as it arrives, checked as it is read.
+    const TOTAL: usize = 50 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (0..TOTAL / CHUNK).map(|i| {
+        let fill = u8::try_from(i % 251).unwrap();
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![fill; CHUNK])))
+    });
+    let body = StreamBody::new(futures_stream(chunks)).boxed();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{a}/v1.0/invoke/b/method/echo"))
+        .body(body)
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let (mut got, mut ok) = (0usize, true);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            for (k, byte) in data.iter().enumerate() {
+                let expect = u8::try_from(((got + k) / CHUNK) % 251).unwrap();
+                ok &= *byte == expect;
+            }
+            got += data.len();
+        }
+    }
+    assert_eq!(got, TOTAL);
+    assert!(ok, "the echoed bytes differ");
+    // Streamed, not buffered: neither sidecar ever held the body (50 MB) in memory.
+    for p in [&mesh.a, &mesh.b] {
+        let rss = peak_rss_mb(p.child.id());
+        assert!(
+            rss < 45.0,
+            "sidecar peak RSS {rss:.1} MB: the body was buffered"
+        );
+    }
+
+    // Dapr-style errors: an unknown app.
+    let resp = c
+        .request(
+            hyper::Request::get(format!("http://{a}/v1.0/invoke/nobody/method/x"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errorCode"], "ERR_DIRECT_INVOKE");
+    drop(mesh);
+}
+
+/// A stream from an iterator (no extra crate).
+fn futures_stream<I: Iterator + Unpin>(it: I) -> impl tokio_stream::Stream<Item = I::Item> {
+    tokio_stream::iter(it)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_unreachable_or_without_mtls_gives_a_clear_error_not_a_hang() {
+    let app = echo_app().await;
+    // b runs with mutual TLS off: a (on) cannot talk to it, and says why.
+    let dir_cfg = tempfile::tempdir().unwrap();
+    let off = dir_cfg.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        "kind: Configuration\nspec:\n  mtls:\n    enabled: false\n",
+    )
+    .unwrap();
+    let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
+    let a = mesh.a.field("http=");
+    let c = client();
+    let started = Instant::now();
+    let resp = c
+        .request(
+            hyper::Request::get(format!("http://{a}/v1.0/invoke/b/method/status/200"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        body.contains("ERR_DIRECT_INVOKE") && body.contains("b at"),
+        "{body}"
+    );
+    // A peer that is not there at all.
+    std::fs::write(
+        mesh.dir.path().join("names.yaml"),
+        format!("b: 127.0.0.1:{}\n", free_port()),
+    )
+    .unwrap();
+    let resp = c
+        .request(
+            hyper::Request::get(format!("http://{a}/v1.0/invoke/b/method/x"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+}
+
+/// A workload certificate from the mesh's issuer, with any ID and validity: key and leaf PEM.
+fn mint(dir: &Path, id: &str, not_before: SystemTime, not_after: SystemTime) -> (PathBuf, PathBuf) {
+    let paths = StorePaths::in_dir(&dir.join("creds"));
+    let creds = store::load(&paths, SystemTime::now(), common::SENTRY_ID).unwrap();
+    let key = CaKey::generate().unwrap();
+    let leaf = sigil_host::ca::x509::issue(
+        sigil_host::ca::x509::Profile::Workload {
+            spiffe_id: id,
+            dns: &[],
+        },
+        PublicKey::EcP256(key.public_point()),
+        not_before,
+        not_after,
+        Some(creds.signer()),
+        &key,
+    )
+    .unwrap();
+    let name = id.rsplit('/').next().unwrap();
+    let (k, c) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    std::fs::write(&k, key.to_pem().as_bytes()).unwrap();
+    std::fs::write(
+        &c,
+        sigil_host::pki::to_pem(sigil_core::pem::Label::Certificate, &leaf),
+    )
+    .unwrap();
+    (k, c)
+}
+
+/// One HTTP request over `openssl s_client` with an optional client certificate; the output.
+fn s_client(addr: &str, cert: Option<(&Path, &Path)>) -> String {
+    let mut cmd = Command::new("openssl");
+    // -quiet implies -ign_eof: it reads until the server closes (Connection: close).
+    cmd.args(["s_client", "-connect", addr, "-quiet"]);
+    if let Some((key, crt)) = cert {
+        cmd.arg("-key").arg(key).arg("-cert").arg(crt);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /status/200 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let _ = stdout.read_to_string(&mut out);
+    let _ = child.wait();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_refusals_and_acceptance() {
+    let app = echo_app().await;
+    let allowed = "spiffe://public/ns/default/friend";
+    let mesh = Mesh::new(app, "1h", &["--allow-spiffe-id", allowed]);
+    let b = mesh.b.field("internal=");
+    let dir = mesh.dir.path();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+
+    // Accepted: a valid certificate for an allowed ID, leaf only (as embedded-tls sends).
+    let (k, c) = mint(dir, allowed, now - hour, now + hour);
+    let ok = s_client(&b, Some((&k, &c)));
+    assert!(
+        ok.starts_with("HTTP/1.1 200"),
+        "valid certificate refused: {ok:?}"
+    );
+    // Refused: no certificate.
+    assert!(!s_client(&b, None).contains("HTTP/1.1"));
+    // Refused: a certificate from a foreign root.
+    let foreign = tempfile::tempdir().unwrap();
+    store::load_or_generate(
+        &StorePaths::in_dir(&foreign.path().join("creds")),
+        "localhost",
+        common::SENTRY_ID,
+        Duration::ZERO,
+        now,
+    )
+    .unwrap();
+    let (k, c) = mint(foreign.path(), allowed, now - hour, now + hour);
+    assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
+    // Refused: expired.
+    let (k, c) = mint(dir, allowed, now - 3 * hour, now - 2 * hour);
+    assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
+    // Refused: valid, but not on the allow-list.
+    let (k, c) = mint(
+        dir,
+        "spiffe://public/ns/default/stranger",
+        now - hour,
+        now + hour,
+    );
+    assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_port_is_loopback_only() {
+    let app = echo_app().await;
+    let mesh = Mesh::new(app, "1h", &[]);
+    let http = mesh.a.field("http=");
+    assert!(http.starts_with("127.0.0.1:"), "{http}");
+    let port = http.rsplit(':').next().unwrap();
+    // Every non-loopback address of this machine refuses the port.
+    let out = Command::new("hostname").arg("-I").output();
+    let addrs: Vec<String> = out
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    for ip in addrs
+        .iter()
+        .filter(|a| !a.starts_with("127.") && !a.contains(':'))
+    {
+        let target = format!("{ip}:{port}");
+        assert!(
+            std::net::TcpStream::connect_timeout(&target.parse().unwrap(), Duration::from_secs(2))
+                .is_err(),
+            "the app-facing port answers on {target}"
+        );
+    }
+    let _ = mesh.sentry_addr();
+}
+
+/// Calls a → b until `stop`, counting successes and failures (status other than 200).
+fn call_stream(
+    a: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let c = client();
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let req = hyper::Request::get(format!("http://{a}/v1.0/invoke/b/method/status/200"))
+                .body(empty())
+                .unwrap();
+            match c.request(req).await {
+                Ok(r) if r.status() == 200 => {
+                    let _ = r.into_body().collect().await;
+                    ok += 1;
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    failed.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+fn rotations(p: &Proc) -> u64 {
+    common::metric(
+        &p.field("metrics="),
+        "dapr_runtime_mtls_workload_cert_rotated_total",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_seconds_of_calls_across_rotations_and_a_root_replacement_never_fail() {
+    let app = echo_app().await;
+    let mesh = Mesh::new(app, "4s", &[]);
+    let dir = mesh.dir.path().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = call_stream(mesh.a.field("http="), stop.clone());
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    // The root replacement: a new root is added everywhere first...
+    let (_, fresh) = sigil_host::ca::Credentials::generate(
+        "localhost",
+        common::SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let old = std::fs::read_to_string(dir.join("anchors.pem")).unwrap();
+    std::fs::write(dir.join("anchors.pem"), format!("{old}{}", fresh.ca)).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ...then Sentry issues from it (both roots published)...
+    let creds = dir.join("creds");
+    std::fs::write(creds.join("issuer.key"), fresh.key.as_bytes()).unwrap();
+    std::fs::write(creds.join("issuer.crt"), &fresh.issuer).unwrap();
+    std::fs::write(creds.join("ca.crt"), format!("{}{old}", fresh.ca)).unwrap();
+    // ...the sidecars renew under it...
+    let (ra, rb) = (rotations(&mesh.a), rotations(&mesh.b));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rotations(&mesh.a) < ra + 3 || rotations(&mesh.b) < rb + 3 {
+        assert!(Instant::now() < deadline, "no renewal under the new root");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and the old root is removed.
+    std::fs::write(dir.join("anchors.pem"), &fresh.ca).unwrap();
+    std::fs::write(creds.join("ca.crt"), &fresh.ca).unwrap();
+
+    let rest = Duration::from_secs(62).saturating_sub(started.elapsed());
+    tokio::time::sleep(rest).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = calls.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        failed.first()
+    );
+    assert!(ok > 1000, "only {ok} calls");
+    for p in [&mesh.a, &mesh.b] {
+        assert!(rotations(p) >= 10, "{} rotations", rotations(p));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_keep_working_while_sentry_is_down_and_renewal_resumes() {
+    let app = echo_app().await;
+    let mut mesh = Mesh::new(app, "12s", &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = call_stream(mesh.a.field("http="), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh._sentry = None; // Sentry stopped
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = rotations(&mesh.a);
+    mesh._sentry = Some(Mesh::start_sentry(mesh.dir.path(), mesh.sentry_port, "12s"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rotations(&mesh.a) <= before {
+        assert!(Instant::now() < deadline, "renewal did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = calls.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(ok > 100);
+}
