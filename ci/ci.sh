@@ -5,6 +5,7 @@
 #   test       the workspace's tests (unit, proptest, Wycheproof, rcgen/webpki and openssl
 #              differential tests, CLI tests)
 #   fleet      the fleet simulation (100,000 devices, 7 days): peak-to-mean CA load <= 1.5
+#   demo       `sigil demo --once`: the mesh script, exit 0 only if every step held
 #   nostd      sigil-core for thumbv7em-none-eabihf, and the firmware linked with no allocator
 #   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
 #   fuzz       a short cargo-fuzz run of every target (nightly)
@@ -50,6 +51,10 @@ job_fleet() {
   awk -F= '{ exit !($2 <= 1.5) }' <<<"$last"
 }
 
+job_demo() {
+  cargo run -q --locked -p sigil-host --bin sigil -- demo --once
+}
+
 job_nostd() {
   cargo build -p sigil-core --locked --target thumbv7em-none-eabihf
   cargo build -p sigil-core --locked --target thumbv7em-none-eabihf --features ed25519
@@ -86,7 +91,7 @@ run() {
 [ $# -gt 0 ] || set -- all
 for job in "$@"; do
   if [ "$job" = all ]; then
-    for j in fmt clippy test fleet nostd qemu fuzz size; do run "$j"; done
+    for j in fmt clippy test fleet demo nostd qemu fuzz size; do run "$j"; done
   else
     run "$job"
   fi

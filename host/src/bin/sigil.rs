@@ -31,6 +31,13 @@ enum Command {
     /// runs on a fresh machine: credentials generated in a data directory it creates, trust
     /// domain `localhost`, the insecure validator; it prints where everything is.
     Sentry(SentryCli),
+    /// The demo: Sentry, two sidecars and two apps on loopback; identities, rotations, calls
+    /// over mutual TLS and a root replacement, live. Ctrl-C stops it.
+    Demo {
+        /// Run the script once (about 45 s) and exit 0 only if every step held.
+        #[arg(long)]
+        once: bool,
+    },
     /// Run a sidecar: its workload identity from Sentry, renewed by the rotation machine, with
     /// trust anchors from DAPR_TRUST_ANCHORS or a watched file; health on the app-facing
     /// loopback port (/v1.0/healthz), metrics with Dapr's runtime names.
@@ -302,6 +309,7 @@ fn main() -> ExitCode {
         Command::Sentry(args) => sentry(args),
         Command::Sign(args) => sign(args),
         Command::Sidecar(args) => sidecar(args),
+        Command::Demo { once } => demo(once),
         Command::Csr(CsrCommand::New {
             key,
             out,
@@ -386,7 +394,7 @@ fn init_logs(level: &str, json: bool) {
 
 fn sidecar(args: SidecarCli) -> ExitCode {
     use sigil_host::sidecar::identity::{self, AnchorSource, IdentityConfig, IdentityState};
-    use sigil_host::sidecar::invoke::{serve_app, serve_peers, InvokeConfig, Invoker};
+    use sigil_host::sidecar::invoke::InvokeConfig;
     init_logs(&args.log_level, args.log_as_json);
     let anchors = match (args.trust_anchors_file, std::env::var("DAPR_TRUST_ANCHORS")) {
         (Some(f), _) => AnchorSource::File(f),
@@ -465,41 +473,45 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             metrics.local_addr()?,
             if mtls { "on" } else { "off" },
         );
+        let listeners = sigil_host::sidecar::Listeners {
+            http,
+            internal,
+            metrics: Some(metrics),
+        };
         let state = std::sync::Arc::new(IdentityState::default());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let invoker = Invoker::new(invoke_config, state.clone());
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(serve_app(invoker.clone(), http, stopped()));
-        let peers = serve_peers(invoker, internal, stopped());
-        tasks.spawn(async move {
-            if let Err(e) = peers.await {
-                tracing::error!(error = %e, "the internal mTLS port stopped");
-            }
-        });
-        let m = sigil_host::sidecar::serve_metrics(state.clone(), metrics, stopped());
-        tasks.spawn(async move {
-            let _ = m.await;
-        });
-        let driving = identity::drive(config, state, stopped());
-        let signal = async {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        };
-        let (driven, ()) = tokio::join!(driving, signal);
-        driven?;
-        while tasks.join_next().await.is_some() {}
+        sigil_host::sidecar::run(config, invoke_config, listeners, state, shutdown_signal())
+            .await?;
         anyhow::Ok(())
     });
     match result {
         Ok(()) => {
             println!("sidecar: stopped");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(once: bool) -> ExitCode {
+    init_logs("error", false);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sigil_host::demo::run(once, shutdown_signal())) {
+        Ok(true) => {
+            println!("demo: all steps held");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("demo: FAILED");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("error: {e:#}");

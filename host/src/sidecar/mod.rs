@@ -36,3 +36,65 @@ async fn metrics_text(
 ) -> String {
     state.metrics().render()
 }
+
+/// Where a sidecar listens.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The app-facing API (bind it to loopback).
+    pub http: TcpListener,
+    /// The port other sidecars call.
+    pub internal: TcpListener,
+    /// Metrics.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Runs a sidecar (identity, app-facing API, internal mTLS port, metrics) until `shutdown`
+/// resolves; `state` is shared with the caller (to watch the identity).
+///
+/// # Errors
+///
+/// The identity driver's start-up error (unusable trust anchors).
+pub async fn run(
+    identity: identity::IdentityConfig,
+    invoke: invoke::InvokeConfig,
+    listeners: Listeners,
+    state: Arc<IdentityState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), identity::IdentityError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let invoker = invoke::Invoker::new(invoke, state.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(invoke::serve_app(
+        invoker.clone(),
+        listeners.http,
+        stopped(),
+    ));
+    let peers = invoke::serve_peers(invoker, listeners.internal, stopped());
+    tasks.spawn(async move {
+        if let Err(e) = peers.await {
+            tracing::error!(error = %e, "the internal mTLS port stopped");
+        }
+    });
+    if let Some(l) = listeners.metrics {
+        let m = serve_metrics(state.clone(), l, stopped());
+        tasks.spawn(async move {
+            let _ = m.await;
+        });
+    }
+    let driving = identity::drive(identity, state, stopped());
+    tokio::pin!(shutdown);
+    let driven = tokio::select! {
+        r = driving => r,
+        () = &mut shutdown => Ok(()),
+    };
+    // The driver returns on shutdown, or at once when it cannot start: stop the servers.
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    driven
+}

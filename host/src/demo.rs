@@ -1,0 +1,462 @@
+//! `sigil demo`: Sentry, two sidecars and two small apps on loopback, in one process, with
+//! real listeners, real TLS and real certificates. The `checkout` app calls the `cart` app
+//! through both sidecars over mutual TLS several times a second; certificates live 10 s, so
+//! they rotate underneath the calls; after 20 s the root is replaced (new root added, Sentry
+//! switched to it, sidecars renewed, old root removed). The screen shows each identity as it is
+//! issued, every rotation, the root replacement's steps and a running count of calls.
+//!
+//! `--once` runs the script for about 45 s and exits 0 only if every step held: identities
+//! issued, at least three rotations per sidecar, the root replaced, and no call failed.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use tokio::net::TcpListener;
+
+use crate::ca::Credentials;
+use crate::sentry::app::{start, SentryOptions};
+use crate::sidecar::identity::{AnchorSource, IdentityConfig, IdentityState};
+use crate::sidecar::invoke::InvokeConfig;
+use crate::sidecar::{self, Listeners};
+
+const TTL: &str = "10s";
+const ROOT_REPLACEMENT_AT: Duration = Duration::from_secs(20);
+const ONCE_FOR: Duration = Duration::from_secs(45);
+
+fn say(line: impl AsRef<str>) {
+    println!(
+        "{:>6.1}s  {}",
+        started().elapsed().as_secs_f64(),
+        line.as_ref()
+    );
+}
+
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+#[derive(Default)]
+struct Calls {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The `cart` app: `/items` answers a small JSON document.
+async fn cart_app() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let caller = req
+                            .headers()
+                            .get(crate::sidecar::invoke::CALLER_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .to_owned();
+                        let body =
+                            format!("{{\"items\":[\"apple\",\"pear\"],\"caller\":\"{caller}\"}}");
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The `checkout` app: calls `cart` through its sidecar, over and over.
+fn checkout_app(sidecar_http: String, calls: Arc<Calls>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            interval.tick().await;
+            match call(&sidecar_http).await {
+                Ok(()) => {
+                    calls.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    calls.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut l) = calls.last_error.lock() {
+                        *l = Some(e);
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn call(sidecar_http: &str) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(sidecar_http)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/v1.0/invoke/cart/method/items")
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status == 200 && body.starts_with(b"{\"items\"") {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+struct Node {
+    name: &'static str,
+    state: Arc<IdentityState>,
+    http: String,
+    seen_generation: u32,
+}
+
+fn describe(node: &Node) -> Option<String> {
+    let c = node.state.current()?;
+    let left = c
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Some(format!(
+        "{:<9} {}  generation {:>2}  expires {} (in {}s)",
+        node.name,
+        c.spiffe_id,
+        c.generation,
+        humantime::format_rfc3339_seconds(c.not_after),
+        left.as_secs()
+    ))
+}
+
+/// Whether `node`'s chain validates to one of `roots` now.
+fn chains_to(node: &Node, roots: &[Vec<u8>]) -> bool {
+    let Some(c) = node.state.current() else {
+        return false;
+    };
+    let anchors_only = roots.to_vec();
+    let Ok(key) = crate::ca::key::CaKey::from_pkcs8_der(&c.key_pkcs8) else {
+        return false;
+    };
+    crate::client::validate_identity(
+        &c.chain,
+        &anchors_only,
+        sigil_core::crypto::PublicKey::EcP256(key.public_point()),
+        SystemTime::now(),
+    )
+    .is_ok()
+}
+
+/// Runs the demo (see the module doc). Returns whether every step held (always true when
+/// interrupted interactively without a failure).
+///
+/// # Errors
+///
+/// A component that cannot start.
+pub async fn run(
+    once: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<bool> {
+    started();
+    let dir = std::env::temp_dir().join(format!("sigil-demo-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {TTL}\n    allowedClockSkew: 0s\n"),
+    )?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // Sentry.
+    let sentry = start(&SentryOptions {
+        config: Some(config),
+        issuer_credentials: Some(dir.join("creds")),
+        listen_address: "127.0.0.1".into(),
+        port: 0,
+        healthz: None,
+        metrics: None,
+        ..SentryOptions::default()
+    })
+    .await?;
+    let sentry_addr = sentry.listeners.grpc.local_addr()?.to_string();
+    say(format!(
+        "Sentry on {sentry_addr}: a new root and issuer in {}; certificates live {TTL}",
+        dir.join("creds").display()
+    ));
+    let paths = sentry.paths.clone();
+    let sentry_task = tokio::spawn(crate::sentry::run(
+        sentry.sentry,
+        sentry.listeners,
+        Some(sentry.paths),
+        stopped(),
+    ));
+    let anchors = dir.join("anchors.pem");
+    std::fs::copy(&paths.ca, &anchors).context("trust anchors")?;
+
+    // Two sidecars, the cart app behind one.
+    let cart_port = cart_app().await?;
+    let mut nodes = Vec::new();
+    let mut sidecar_tasks = Vec::new();
+    let names = dir.join("names.yaml");
+    let internal: Vec<TcpListener> = vec![
+        TcpListener::bind("127.0.0.1:0").await?,
+        TcpListener::bind("127.0.0.1:0").await?,
+    ];
+    std::fs::write(
+        &names,
+        format!(
+            "checkout: {}\ncart: {}\n",
+            internal[0].local_addr()?,
+            internal[1].local_addr()?
+        ),
+    )?;
+    for ((name, app_port), internal) in [("checkout", None), ("cart", Some(cart_port))]
+        .into_iter()
+        .zip(internal)
+    {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let http_addr = http.local_addr()?.to_string();
+        let state = Arc::new(IdentityState::default());
+        let identity = IdentityConfig {
+            app_id: name.into(),
+            namespace: "default".into(),
+            sentry_address: sentry_addr.clone(),
+            sentry_id: crate::sidecar::identity::sentry_id("localhost", "default"),
+            token_file: None,
+            anchors: AnchorSource::File(anchors.clone()),
+            output_dir: None,
+            policy: sigil_core::rotation::Policy::default(),
+        };
+        let invoke = InvokeConfig {
+            app_id: name.into(),
+            namespace: "default".into(),
+            app_port,
+            resolution: Some(names.clone()),
+            mtls: true,
+            allow: None,
+            allowed_origins: None,
+        };
+        say(format!(
+            "sidecar {name}: app API http://{http_addr}, mTLS port {}",
+            internal.local_addr()?
+        ));
+        let listeners = Listeners {
+            http,
+            internal,
+            metrics: None,
+        };
+        sidecar_tasks.push(tokio::spawn(sidecar::run(
+            identity,
+            invoke,
+            listeners,
+            state.clone(),
+            stopped(),
+        )));
+        nodes.push(Node {
+            name,
+            state,
+            http: http_addr,
+            seen_generation: 0,
+        });
+    }
+    // Apps start calling once their sidecars are ready (as with Dapr's readiness probes).
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|n| n.state.is_ready()) {
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "the sidecars got no identity in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = Arc::new(Calls::default());
+    let checkout_http = nodes.first().map(|n| n.http.clone()).unwrap_or_default();
+    let checkout = checkout_app(checkout_http, calls.clone());
+    say("both sidecars ready; checkout calls cart through them, 10 times a second: GET /v1.0/invoke/cart/method/items");
+
+    // The script.
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_report = Instant::now();
+    let mut replacement = Replacement::NotYet;
+    let mut ok_so_far = true;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        for node in &mut nodes {
+            let generation = node.state.current().map_or(0, |c| c.generation);
+            if generation != node.seen_generation {
+                node.seen_generation = generation;
+                let what = if generation == 1 {
+                    "identity issued"
+                } else {
+                    "rotated"
+                };
+                if let Some(d) = describe(node) {
+                    say(format!("{what:<15} {d}"));
+                }
+            }
+        }
+        replacement = replacement.advance(&paths, &anchors, &nodes).await?;
+        if last_report.elapsed() >= Duration::from_secs(3) {
+            last_report = Instant::now();
+            let (ok, failed) = (
+                calls.ok.load(Ordering::Relaxed),
+                calls.failed.load(Ordering::Relaxed),
+            );
+            say(format!("calls: {ok} succeeded, {failed} failed"));
+        }
+        if once && started().elapsed() >= ONCE_FOR && matches!(replacement, Replacement::Done) {
+            break;
+        }
+        if once && started().elapsed() >= ONCE_FOR + Duration::from_secs(30) {
+            say("the root replacement did not finish in time");
+            ok_so_far = false;
+            break;
+        }
+    }
+
+    // The app stops before its sidecar, as in an orderly shutdown.
+    checkout.abort();
+    let _ = checkout.await;
+    let _ = stop_tx.send(true);
+    for t in sidecar_tasks {
+        let _ = t.await;
+    }
+    let _ = sentry_task.await;
+    let (ok, failed) = (
+        calls.ok.load(Ordering::Relaxed),
+        calls.failed.load(Ordering::Relaxed),
+    );
+    say(format!("stopped. calls: {ok} succeeded, {failed} failed"));
+    if failed > 0 {
+        if let Ok(Some(e)) = calls.last_error.lock().map(|l| l.clone()) {
+            say(format!("last failure: {e}"));
+        }
+    }
+    if !once {
+        return Ok(failed == 0);
+    }
+    let rotations_ok = nodes.iter().all(|n| n.seen_generation >= 4);
+    let mut held = true;
+    for (step, ok_step) in [
+        (
+            "identities issued to both sidecars",
+            nodes.iter().all(|n| n.seen_generation >= 1),
+        ),
+        ("at least three rotations per sidecar", rotations_ok),
+        (
+            "root replaced while calls went on",
+            matches!(replacement, Replacement::Done),
+        ),
+        ("calls succeeded", ok > 100),
+        ("no call failed", failed == 0),
+    ] {
+        say(format!("{} {step}", if ok_step { "ok  " } else { "FAIL" }));
+        held &= ok_step;
+    }
+    Ok(held && ok_so_far)
+}
+
+/// The root replacement's steps.
+enum Replacement {
+    NotYet,
+    /// The new root is in the anchors; Sentry will switch next.
+    Added {
+        new: Box<crate::ca::GeneratedPem>,
+        old: String,
+        at: Instant,
+    },
+    /// Sentry issues from the new root; waiting for both sidecars to hold it.
+    Switched {
+        new_root: Vec<Vec<u8>>,
+        new_ca: String,
+    },
+    Done,
+}
+
+impl Replacement {
+    async fn advance(
+        self,
+        paths: &crate::ca::store::StorePaths,
+        anchors: &Path,
+        nodes: &[Node],
+    ) -> anyhow::Result<Self> {
+        Ok(match self {
+            Self::NotYet if started().elapsed() >= ROOT_REPLACEMENT_AT => {
+                let (_, new) = Credentials::generate(
+                    "localhost",
+                    &crate::sidecar::identity::sentry_id("localhost", "default"),
+                    SystemTime::now(),
+                    Duration::ZERO,
+                )?;
+                let old = std::fs::read_to_string(anchors)?;
+                std::fs::write(anchors, format!("{old}{}", new.ca))?;
+                say("root replacement 1/3: a new root added to the trust anchors (both roots trusted)");
+                Self::Added {
+                    new: Box::new(new),
+                    old,
+                    at: Instant::now(),
+                }
+            }
+            Self::Added { new, old, at } if at.elapsed() >= Duration::from_secs(1) => {
+                std::fs::write(&paths.issuer_cert, &new.issuer)?;
+                std::fs::write(&paths.issuer_key, new.key.as_bytes())?;
+                std::fs::write(&paths.ca, format!("{}{old}", new.ca))?;
+                say("root replacement 2/3: Sentry's credentials replaced; it reloads them without a restart");
+                let new_root = crate::client::pem_certificates(new.ca.as_bytes())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                Self::Switched {
+                    new_root,
+                    new_ca: new.ca.clone(),
+                }
+            }
+            Self::Switched { new_root, new_ca }
+                if nodes.iter().all(|n| chains_to(n, &new_root)) =>
+            {
+                std::fs::write(anchors, &new_ca)?;
+                std::fs::write(&paths.ca, &new_ca)?;
+                say("root replacement 3/3: both sidecars renewed under the new root; the old root removed");
+                Self::Done
+            }
+            other => other,
+        })
+    }
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
