@@ -169,6 +169,17 @@ pub struct IdentityState {
 }
 
 impl IdentityState {
+    /// A state holding a fixed identity and anchors (no rotation): for tools and tests that
+    /// present an identity made elsewhere.
+    pub fn fixed(current: Current, anchors: Vec<Vec<u8>>) -> Self {
+        Self {
+            current: ArcSwapOption::from_pointee(current),
+            anchors: ArcSwap::from_pointee(anchors),
+            ready: AtomicBool::new(true),
+            metrics: RuntimeMetrics::default(),
+        }
+    }
+
     /// The identity in use, if any.
     pub fn current(&self) -> Option<Arc<Current>> {
         self.current.load_full()
