@@ -622,3 +622,67 @@ async fn calls_keep_working_while_sentry_is_down_and_renewal_resumes() {
     );
     assert!(ok > 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_when_mtls_is_off_on_both_sides_and_cors_as_configured() {
+    let app = echo_app().await;
+    let dir_cfg = tempfile::tempdir().unwrap();
+    let off = dir_cfg.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        "kind: Configuration\nspec:\n  mtls:\n    enabled: false\n",
+    )
+    .unwrap();
+    let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
+    // A caller sidecar with mTLS off too, and a CORS list.
+    let dir = mesh.dir.path();
+    let sentry = format!("127.0.0.1:{}", mesh.sentry_port);
+    let a_off = sidecar(
+        "a2",
+        &sentry,
+        dir,
+        free_port(),
+        &[
+            "--config",
+            off.to_str().unwrap(),
+            "--allowed-origins",
+            "https://shop.example",
+        ],
+    );
+    assert!(a_off.line.contains("mtls=off"), "{}", a_off.line);
+    let http = a_off.field("http=");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::http_get(&http, "/v1.0/healthz")
+        .split_whitespace()
+        .nth(1)
+        != Some("204")
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = client();
+    let call = |origin: Option<&'static str>| {
+        let mut b = hyper::Request::get(format!("http://{http}/v1.0/invoke/b/method/status/200"));
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        c.request(b.body(empty()).unwrap())
+    };
+    // Plain TCP between the two sidecars works.
+    let resp = call(Some("https://shop.example")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    // An origin not on the list gets no CORS header.
+    let resp = call(Some("https://evil.example")).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    // Without --allowed-origins (sidecar a of the mesh): no CORS header at all.
+    let b = hyper::Request::get(format!("http://{}/v1.0/healthz", mesh.a.field("http=")))
+        .header("origin", "https://shop.example")
+        .body(empty())
+        .unwrap();
+    let resp = c.request(b).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}

@@ -129,7 +129,11 @@ fn validate(
     let mut ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
     if let Some(own) = own.as_ref() {
         // The peer may send only its leaf: offer the issuers this sidecar knows.
-        ints.extend(own.chain.iter().skip(1).map(Vec::as_slice));
+        for issuer in own.chain.iter().skip(1) {
+            if !ints.contains(&issuer.as_slice()) {
+                ints.push(issuer);
+            }
+        }
     }
     let options = Options {
         usage,
