@@ -67,7 +67,7 @@ impl SpiffeServerVerifier {
 }
 
 /// A refusal as a sentence (rustls shows its `Debug`, so both are the sentence).
-struct Refusal(String);
+pub(crate) struct Refusal(String);
 
 impl std::fmt::Debug for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +83,8 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-fn other(message: String) -> rustls::Error {
+/// A certificate refusal rustls reports with `message`.
+pub(crate) fn other(message: String) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refusal(
         message,
     )))))

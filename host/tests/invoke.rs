@@ -6,77 +6,41 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{sentry_command, start, Sentry};
+use common::{free_port, sentry_command, sidecar_process, start, Proc, Sentry};
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use sigil_core::crypto::PublicKey;
 use sigil_host::ca::key::CaKey;
 use sigil_host::ca::store::{self, StorePaths};
 
-struct Proc {
-    child: Child,
-    line: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn field(&self, k: &str) -> String {
-        self.line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[allow(clippy::zombie_processes)] // reaped by `Proc::drop`
 fn sidecar(app_id: &str, sentry: &str, dir: &Path, internal: u16, extra: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["sidecar", "--app-id", app_id, "--sentry-address", sentry])
-        .arg("--trust-anchors-file")
-        .arg(dir.join("anchors.pem"))
-        .arg("--resolution-file")
-        .arg(dir.join("names.yaml"))
-        .args(["--dapr-http-port", "0", "--metrics-port", "0"])
-        .args([
-            "--dapr-internal-address",
-            "127.0.0.1",
-            "--dapr-internal-port",
-        ])
-        .arg(internal.to_string())
-        .args(extra)
-        .env_remove("NAMESPACE")
-        .env_remove("DAPR_TRUST_ANCHORS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let line = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("sidecar: app"))
-        .expect("ready line");
-    Proc { child, line }
+    let mut args: Vec<std::ffi::OsString> = ["--app-id", app_id, "--sentry-address", sentry]
+        .iter()
+        .map(Into::into)
+        .collect();
+    args.push("--trust-anchors-file".into());
+    args.push(dir.join("anchors.pem").into());
+    args.push("--resolution-file".into());
+    args.push(dir.join("names.yaml").into());
+    for a in [
+        "--dapr-http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--dapr-internal-address",
+        "127.0.0.1",
+    ] {
+        args.push(a.into());
+    }
+    args.push("--dapr-internal-port".into());
+    args.push(internal.to_string().into());
+    args.extend(extra.iter().map(Into::into));
+    sidecar_process(&args)
 }
 
 /// The app behind sidecar `b`: `/echo` streams the request body back (and reports the caller

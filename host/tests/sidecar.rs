@@ -7,65 +7,42 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_get, metric, read_certs, sentry_command, start, Sentry};
+use common::{
+    free_port, http_get, metric, read_certs, sentry_command, sidecar_process, start, Proc, Sentry,
+};
+
+fn sidecar(sentry_addr: &str, anchors: &Path, identity_dir: &Path) -> Sidecar {
+    let p = sidecar_process(&[
+        "--app-id".as_ref(),
+        "myapp".as_ref(),
+        "--sentry-address".as_ref(),
+        std::ffi::OsStr::new(sentry_addr),
+        "--trust-anchors-file".as_ref(),
+        anchors.as_os_str(),
+        "--identity-dir".as_ref(),
+        identity_dir.as_os_str(),
+        "--dapr-http-port".as_ref(),
+        "0".as_ref(),
+        "--metrics-port".as_ref(),
+        "0".as_ref(),
+        "--dapr-internal-port".as_ref(),
+        "0".as_ref(),
+    ]);
+    Sidecar {
+        http: p.field("http="),
+        metrics: p.field("metrics="),
+        _proc: p,
+    }
+}
 
 struct Sidecar {
-    child: Child,
+    _proc: Proc,
     http: String,
     metrics: String,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[allow(clippy::zombie_processes)] // reaped by `Sidecar::drop`
-fn sidecar(sentry_addr: &str, anchors: &Path, identity_dir: &Path) -> Sidecar {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args([
-            "sidecar",
-            "--app-id",
-            "myapp",
-            "--sentry-address",
-            sentry_addr,
-        ])
-        .arg("--trust-anchors-file")
-        .arg(anchors)
-        .arg("--identity-dir")
-        .arg(identity_dir)
-        .args(["--dapr-http-port", "0", "--metrics-port", "0"])
-        .env_remove("NAMESPACE")
-        .env_remove("DAPR_TRUST_ANCHORS")
-        .env_remove("DAPR_SENTRY_TOKEN_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let line = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("sidecar: app"))
-        .expect("the sidecar's ready line");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
-    Sidecar {
-        http: field("http="),
-        metrics: field("metrics="),
-        child,
-    }
 }
 
 fn health(addr: &str) -> u16 {
@@ -130,14 +107,6 @@ fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
         &options,
     )
     .is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {

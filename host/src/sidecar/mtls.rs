@@ -28,6 +28,7 @@ use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
 
 use super::identity::IdentityState;
+use crate::tls::other as refused;
 use crate::verifier::RingVerifier;
 
 /// The ALPN protocol of sidecar-to-sidecar invocation.
@@ -84,29 +85,6 @@ impl ResolvesClientCert for IdentityResolver {
         self.state.current().is_some()
     }
 }
-
-fn refused(message: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-        Arc::new(Refusal(message)),
-    )))
-}
-
-/// A refusal as a sentence (rustls shows its `Debug`).
-struct Refusal(String);
-
-impl std::fmt::Debug for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Validates `end_entity` with `intermediates` (plus this sidecar's own issuer chain) against
 /// the anchors in force, for `usage`, with `peer`.

@@ -139,3 +139,59 @@ pub fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// A free port on loopback (for a process that must come back on the same one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `sigil sidecar` and its ready line.
+pub struct Proc {
+    pub child: Child,
+    pub line: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// A `key=value` field of the ready line.
+    pub fn field(&self, k: &str) -> String {
+        self.line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Starts `sigil sidecar <args>` (no NAMESPACE, no anchors or token from the environment) and
+/// waits for its ready line.
+#[allow(clippy::zombie_processes)] // reaped by `Proc::drop`
+pub fn sidecar_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .arg("sidecar")
+        .args(args)
+        .env_remove("NAMESPACE")
+        .env_remove("DAPR_TRUST_ANCHORS")
+        .env_remove("DAPR_SENTRY_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let line = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sidecar: app"))
+        .expect("the sidecar's ready line");
+    Proc { child, line }
+}
