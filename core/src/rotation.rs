@@ -545,6 +545,11 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         self.last_failure
     }
 
+    /// Whether request `id` is the one in flight (its answer or failure would be taken).
+    pub fn is_in_flight(&self, id: RequestId) -> bool {
+        self.in_flight(id)
+    }
+
     fn in_flight(&self, id: RequestId) -> bool {
         matches!(self.state, State::Awaiting(_))
             && self.request_outstanding

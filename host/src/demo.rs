@@ -180,8 +180,15 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     started();
     let dir = std::env::temp_dir().join(format!("sigil-demo-{}", std::process::id()));
+    // Private, and new: refused if the name exists (nobody else's directory is used).
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     let _cleanup = Cleanup(dir.clone());
-    std::fs::create_dir_all(&dir)?;
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
@@ -420,7 +427,7 @@ impl Replacement {
                     Duration::ZERO,
                 )?;
                 let old = std::fs::read_to_string(anchors)?;
-                std::fs::write(anchors, format!("{old}{}", new.ca))?;
+                write(anchors, &format!("{old}{}", new.ca))?;
                 say("root replacement 1/3: a new root added to the trust anchors (both roots trusted)");
                 Self::Added {
                     new: Box::new(new),
@@ -430,8 +437,8 @@ impl Replacement {
             }
             Self::Added { new, old, at } if at.elapsed() >= Duration::from_secs(1) => {
                 std::fs::write(&paths.issuer_cert, &new.issuer)?;
-                std::fs::write(&paths.issuer_key, new.key.as_bytes())?;
-                std::fs::write(&paths.ca, format!("{}{old}", new.ca))?;
+                crate::pki::write_atomic(&paths.issuer_key, new.key.as_bytes(), 0o600, true)?;
+                write(&paths.ca, &format!("{}{old}", new.ca))?;
                 say("root replacement 2/3: Sentry's credentials replaced; it reloads them without a restart");
                 let new_root = crate::client::pem_certificates(new.ca.as_bytes())
                     .map_err(|e| anyhow::anyhow!(e))?;
@@ -443,14 +450,20 @@ impl Replacement {
             Self::Switched { new_root, new_ca }
                 if nodes.iter().all(|n| chains_to(n, &new_root)) =>
             {
-                std::fs::write(anchors, &new_ca)?;
-                std::fs::write(&paths.ca, &new_ca)?;
+                write(anchors, &new_ca)?;
+                write(&paths.ca, &new_ca)?;
                 say("root replacement 3/3: both sidecars renewed under the new root; the old root removed");
                 Self::Done
             }
             other => other,
         })
     }
+}
+
+/// Replaces a PEM file atomically (a watcher never reads half of it).
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    crate::pki::write_atomic(path, text.as_bytes(), 0o644, true)?;
+    Ok(())
 }
 
 struct Cleanup(PathBuf);

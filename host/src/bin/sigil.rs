@@ -414,9 +414,20 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         Ok(f) => Some(PathBuf::from(f)),
         Err(_) => None,
     };
+    for id in &args.allow_spiffe_id {
+        if let Err(e) = sigil_core::spiffe::SpiffeId::parse(id) {
+            eprintln!("error: --allow-spiffe-id {id:?}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let namespace = std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into());
+    if let Err(e) = sigil_host::sentry::validator::workload_id("public", &namespace, &args.app_id) {
+        eprintln!("error: app ID and namespace must be single SPIFFE path segments: {e}");
+        return ExitCode::from(2);
+    }
     let config = IdentityConfig {
         app_id: std::env::var("SENTRY_LOCAL_IDENTITY").unwrap_or_else(|_| args.app_id.clone()),
-        namespace: std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into()),
+        namespace,
         sentry_address: args.sentry_address,
         sentry_id: identity::sentry_id(
             &args.control_plane_trust_domain,

@@ -35,6 +35,18 @@ fn fingerprint(paths: &StorePaths) -> Vec<u8> {
     ctx.finish().as_ref().to_vec()
 }
 
+/// Whether an event is a change (not a read): files written, created, renamed or removed.
+pub fn changes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
 fn relevant(paths: &StorePaths, path: &Path) -> bool {
     paths.is_credential_file(path)
         // Kubernetes secret volumes swap a `..data` symlink.
@@ -48,7 +60,8 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
     let watch_paths = paths.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
-            if event.paths.iter().any(|p| relevant(&watch_paths, p)) {
+            // Reads (ours included) report access events: only changes count.
+            if changes(&event.kind) && event.paths.iter().any(|p| relevant(&watch_paths, p)) {
                 let _ = tx.send(());
             }
         }
@@ -118,5 +131,60 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
             }
             Err(e) => tracing::error!(error = %e, "credential reload task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn reads_are_not_changes() {
+        // Reading the files (as the reload itself does) must not trigger another reload.
+        assert!(!changes(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes(&EventKind::Access(AccessKind::Read)));
+        assert!(changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
+        assert!(changes(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    /// A real watcher on a directory: reading a file yields no change, writing one does.
+    #[test]
+    fn a_real_watcher_reports_writes_and_not_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.crt");
+        std::fs::write(&file, "one").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(e) = res {
+                let _ = tx.send(changes(&e.kind));
+            }
+        })
+        .unwrap();
+        w.watch(dir.path(), RecursiveMode::NonRecursive).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::read(&file).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.try_iter().all(|c| !c), "a read was taken for a change");
+        std::fs::write(&file, "two").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.try_iter().any(|c| c), "a write was not seen");
     }
 }

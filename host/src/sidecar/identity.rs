@@ -165,6 +165,7 @@ pub struct IdentityState {
     current: ArcSwapOption<Current>,
     anchors: ArcSwap<Vec<Vec<u8>>>,
     ready: AtomicBool,
+    ever_installed: AtomicBool,
     metrics: RuntimeMetrics,
 }
 
@@ -176,6 +177,7 @@ impl IdentityState {
             current: ArcSwapOption::from_pointee(current),
             anchors: ArcSwap::from_pointee(anchors),
             ready: AtomicBool::new(true),
+            ever_installed: AtomicBool::new(true),
             metrics: RuntimeMetrics::default(),
         }
     }
@@ -299,9 +301,9 @@ pub async fn drive(
                         let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
                         machine.handle_response(t, id, &refs, &RingVerifier);
                     }
-                    Outcome::Failed(id, e) => {
+                    Outcome::Failed(id, e) if machine.is_in_flight(id) => {
                         tracing::warn!(error = %e, "identity request failed");
-                        let first = state.current.load().is_none();
+                        let first = !state.ever_installed.load(Ordering::Relaxed);
                         let reason = e.reason();
                         if first {
                             RuntimeMetrics::bump(&state.metrics.init_fail, reason);
@@ -315,6 +317,7 @@ pub async fn drive(
                         };
                         machine.handle_failure(t, id, failure);
                     }
+                    Outcome::Failed(..) => {}
                 }
             }
             Some(()) = anchors_rx.recv() => {
@@ -322,6 +325,7 @@ pub async fn drive(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while anchors_rx.try_recv().is_ok() {}
                 match read_anchors(&config.anchors) {
+                    Ok(new) if *state.anchors() == new => {}
                     Ok(new) => {
                         let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
                         let t = now();
@@ -330,6 +334,12 @@ pub async fn drive(
                             Ok(()) => {
                                 tracing::info!(anchors = new.len(), "trust anchors replaced");
                                 state.anchors.store(Arc::new(new));
+                                // The app's copy follows at once, not at the next rotation.
+                                if let (Some(dir), Some(current)) = (&config.output_dir, state.current()) {
+                                    if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, &state.anchors()) {
+                                        tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
+                                    }
+                                }
                             }
                             Err(e) => tracing::error!(error = ?e, "new trust anchors refused; the old ones stay"),
                         }
@@ -378,16 +388,22 @@ fn handle_action(
                 anchors: state.anchors().to_vec(),
                 sentry_id: config.sentry_id.clone(),
             };
-            let token = config
-                .token_file
-                .as_ref()
-                .map(|f| {
-                    std::fs::read_to_string(f)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned()
-                })
-                .unwrap_or_default();
+            let token = match &config.token_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| ClientError::Config(format!("token file {}: {e}", f.display()))),
+                None => Ok(String::new()),
+            };
+            let done = done.clone();
+            let token = match token {
+                Ok(t) => t,
+                Err(e) => {
+                    tokio::spawn(async move {
+                        let _ = done.send(Outcome::Failed(id, e)).await;
+                    });
+                    return;
+                }
+            };
             let req = SignRequest {
                 id: config.app_id.clone(),
                 namespace: config.namespace.clone(),
@@ -396,7 +412,6 @@ fn handle_action(
                 token_validator: if config.token_file.is_some() { 3 } else { 0 },
                 csr_der: csr,
             };
-            let done = done.clone();
             tokio::spawn(async move {
                 let outcome = match sign(target, req, point).await {
                     Ok(chain) => Outcome::Signed(id, chain),
@@ -412,7 +427,12 @@ fn handle_action(
         Action::Rejected(Rejection::Stale) => tracing::debug!("late answer ignored"),
         Action::Rejected(r) => {
             tracing::warn!(reason = ?r, "Sentry's answer refused; the identity in use keeps serving");
-            RuntimeMetrics::bump(&state.metrics.rotated_fail, "invalid_cert");
+            let map = if state.ever_installed.load(Ordering::Relaxed) {
+                &state.metrics.rotated_fail
+            } else {
+                &state.metrics.init_fail
+            };
+            RuntimeMetrics::bump(map, "invalid_cert");
         }
         Action::Expired => {
             tracing::error!("the identity expired before a new one could be installed");
@@ -434,7 +454,27 @@ async fn sign(
     let signed = client
         .sign(&req, sigil_core::crypto::PublicKey::EcP256(&point))
         .await?;
+    let leaf = signed.chain.first().map(Vec::as_slice).unwrap_or_default();
+    if !names_workload(leaf, &req.namespace, &req.id) {
+        return Err(ClientError::Profile(
+            sigil_core::profile::Error::UnexpectedId,
+        ));
+    }
     Ok(signed.chain)
+}
+
+/// Whether `leaf`'s SPIFFE ID is this workload's: `spiffe://<any td>/ns/<namespace>/<app_id>`
+/// (Sentry picks the trust domain; the path must be ours).
+pub fn names_workload(leaf: &[u8], namespace: &str, app_id: &str) -> bool {
+    sigil_core::cert::Certificate::parse(leaf).is_ok_and(|c| {
+        let mut ids = c.spiffe_ids();
+        match (ids.next(), ids.next()) {
+            (Some(id), None) => id
+                .dapr()
+                .is_some_and(|d| d.namespace() == namespace && d.app_id() == app_id),
+            _ => false,
+        }
+    })
 }
 
 fn install(
@@ -459,7 +499,7 @@ fn install(
             tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
         }
     }
-    let first = state.current.load().is_none() && generation == 1;
+    let first = !state.ever_installed.swap(true, Ordering::Relaxed);
     state.current.store(Some(Arc::new(Current {
         chain,
         key_pkcs8,
@@ -537,18 +577,24 @@ fn watch_file(file: PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
     let name = file.file_name()?.to_owned();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| {
-                p.file_name() == Some(name.as_os_str())
-                    || p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("..data"))
-            }) {
+            if crate::sentry::reload::changes(&ev.kind)
+                && ev.paths.iter().any(|p| {
+                    p.file_name() == Some(name.as_os_str())
+                        || p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("..data"))
+                })
+            {
                 let _ = tx.send(());
             }
         }
     })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the trust anchors; they stay as loaded"))
     .ok()?;
     watcher
         .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the trust anchors; they stay as loaded");
+        })
         .ok()?;
     Some(watcher)
 }
@@ -556,4 +602,61 @@ fn watch_file(file: PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
 /// Sentry's SPIFFE ID from the control-plane trust domain and namespace.
 pub fn sentry_id(control_plane_trust_domain: &str, control_plane_namespace: &str) -> String {
     format!("spiffe://{control_plane_trust_domain}/ns/{control_plane_namespace}/dapr-sentry")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn only_a_certificate_for_this_workload_is_taken() {
+        let (creds, _) = crate::ca::Credentials::generate(
+            "localhost",
+            "spiffe://localhost/ns/default/dapr-sentry",
+            SystemTime::now(),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let key = CaKey::generate().unwrap();
+        let issue = |id: &str| {
+            creds
+                .issue_workload(
+                    sigil_core::crypto::PublicKey::EcP256(key.public_point()),
+                    id,
+                    &[],
+                    SystemTime::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                )
+                .unwrap()
+                .der
+        };
+        assert!(names_workload(
+            &issue("spiffe://public/ns/shop/cart"),
+            "shop",
+            "cart"
+        ));
+        assert!(names_workload(
+            &issue("spiffe://other.td/ns/shop/cart"),
+            "shop",
+            "cart"
+        ));
+        assert!(!names_workload(
+            &issue("spiffe://public/ns/shop/checkout"),
+            "shop",
+            "cart"
+        ));
+        assert!(!names_workload(
+            &issue("spiffe://public/ns/default/cart"),
+            "shop",
+            "cart"
+        ));
+        assert!(!names_workload(
+            &issue("spiffe://public/cart"),
+            "shop",
+            "cart"
+        ));
+        assert!(!names_workload(b"garbage", "shop", "cart"));
+    }
 }

@@ -51,6 +51,8 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// The header naming the calling app, as Dapr sets it.
 pub const CALLER_HEADER: &str = "dapr-caller-app-id";
+/// The header carrying the caller's verified SPIFFE ID to the app.
+pub const CALLER_SPIFFE_HEADER: &str = "x-sigil-caller-spiffe-id";
 
 /// How the sidecar invokes and is invoked.
 #[derive(Clone, Debug)]
@@ -101,8 +103,14 @@ impl Resolver {
     }
 }
 
-/// One HTTP/2 connection per peer address, reused while it is open.
-type Peers = Mutex<BTreeMap<String, hyper::client::conn::http2::SendRequest<Body>>>;
+/// One HTTP/2 connection per (app ID, address), reused while it is open: a connection is only
+/// ever used for the app whose identity its handshake checked.
+type Peers = Mutex<BTreeMap<(String, String), hyper::client::conn::http2::SendRequest<Body>>>;
+
+/// How long a call waits for the answer's head (the body then streams without a limit).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client has to send a request's head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The sidecar's data plane (both directions).
 #[derive(Debug)]
@@ -164,7 +172,10 @@ impl Invoker {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = status;
             r
-        } else if req.method() == hyper::Method::OPTIONS && origin.is_some() {
+        } else if req.method() == hyper::Method::OPTIONS
+            && origin.is_some()
+            && self.config.allowed_origins.is_some()
+        {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
@@ -189,6 +200,10 @@ impl Invoker {
         if ok {
             let h = resp.headers_mut();
             h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("Origin"),
+            );
             h.insert(
                 hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
                 hyper::header::HeaderValue::from_static("HEAD, GET, POST, PUT, PATCH, DELETE"),
@@ -258,22 +273,33 @@ impl Invoker {
         parts.version = hyper::Version::HTTP_2;
         let outgoing = Request::from_parts(parts, body.boxed());
         let mut sender = self.connection(target, &address).await?;
-        let resp = sender.send_request(outgoing).await.map_err(|e| {
-            self.forget(&address);
-            json_error(
-                StatusCode::BAD_GATEWAY,
-                "ERR_DIRECT_INVOKE",
-                &format!("invoking {target} at {address}: {e}"),
-            )
-        })?;
+        let resp = tokio::time::timeout(CALL_TIMEOUT, sender.send_request(outgoing))
+            .await
+            .map_err(|_| {
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("invoking {target} at {address}: no answer in {CALL_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| {
+                if sender.is_closed() {
+                    self.forget(target, &address);
+                }
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "ERR_DIRECT_INVOKE",
+                    &format!("invoking {target} at {address}: {e}"),
+                )
+            })?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
-    fn forget(&self, address: &str) {
+    fn forget(&self, target: &str, address: &str) {
         if let Ok(mut peers) = self.peers.lock() {
-            peers.remove(address);
+            peers.remove(&(target.to_owned(), address.to_owned()));
         }
     }
 
@@ -283,8 +309,9 @@ impl Invoker {
         target: &str,
         address: &str,
     ) -> Result<hyper::client::conn::http2::SendRequest<Body>, Response<Body>> {
+        let key = (target.to_owned(), address.to_owned());
         if let Ok(peers) = self.peers.lock() {
-            if let Some(s) = peers.get(address) {
+            if let Some(s) = peers.get(&key) {
                 if !s.is_closed() {
                     return Ok(s.clone());
                 }
@@ -305,8 +332,6 @@ impl Invoker {
         let sender = if self.config.mtls {
             let config = mtls::client_config(self.state.clone(), &self.config.namespace, target)
                 .map_err(|e| unreachable(e.to_string()))?;
-            let mut config = config;
-            config.alpn_protocols = vec![b"h2".to_vec()];
             let name = rustls::pki_types::ServerName::try_from("sigil-sidecar")
                 .map_err(|e| unreachable(e.to_string()))?;
             let tls = tokio::time::timeout(
@@ -339,7 +364,7 @@ impl Invoker {
             ))
         })?;
         if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(address.to_owned(), sender.clone());
+            peers.insert(key, sender.clone());
         }
         Ok(sender)
     }
@@ -364,8 +389,20 @@ impl Invoker {
             .to_owned();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(c) = caller.and_then(|c| hyper::header::HeaderValue::from_str(&c).ok()) {
-            parts.headers.insert("x-sigil-caller-spiffe-id", c);
+        // Who called is what the handshake proved, never what the request says (with mTLS
+        // off nothing is proved, and the caller's claim passes as Dapr passes it).
+        parts.headers.remove(CALLER_SPIFFE_HEADER);
+        if let Some(id) = caller {
+            parts.headers.remove(CALLER_HEADER);
+            let app = sigil_core::spiffe::SpiffeId::parse(&id)
+                .ok()
+                .and_then(|i| i.dapr().map(|d| d.app_id().to_owned()));
+            if let Some(v) = app.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok()) {
+                parts.headers.insert(CALLER_HEADER, v);
+            }
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
+                parts.headers.insert(CALLER_SPIFFE_HEADER, v);
+            }
         }
         let app = format!("127.0.0.1:{port}");
         if let Ok(host) = hyper::header::HeaderValue::from_str(&app) {
@@ -405,19 +442,38 @@ impl Invoker {
                 }
             };
         tokio::spawn(conn);
-        match sender.send_request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
+        let call = sender.send_request(Request::from_parts(parts, body));
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
             }
-            Err(e) => json_error(
+            Ok(Err(e)) => json_error(
                 StatusCode::BAD_GATEWAY,
                 "ERR_DIRECT_INVOKE",
                 &format!("the app at {app} failed: {e}"),
             ),
+            Err(_) => json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "ERR_DIRECT_INVOKE",
+                &format!("the app at {app} did not answer in {CALL_TIMEOUT:?}"),
+            ),
         }
     }
+}
+
+/// HTTP/1.1 and HTTP/2 with timers: a client must send a request's head within
+/// [`HEADER_READ_TIMEOUT`]; idle HTTP/2 peers are pinged.
+fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20));
+    b
 }
 
 async fn handshake<T>(
@@ -427,6 +483,9 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
         .handshake(io)
         .await
         .map_err(|e| e.to_string())?;
@@ -448,7 +507,11 @@ pub async fn serve_app(
             () = &mut stopped => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         let _ = tcp.set_nodelay(true);
@@ -458,7 +521,7 @@ pub async fn serve_app(
                 let invoker = invoker.clone();
                 async move { Ok::<_, Infallible>(invoker.handle_app(req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let _ = server_builder()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
@@ -477,8 +540,7 @@ pub async fn serve_peers(
     stopped: impl std::future::Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
     let acceptor = if invoker.config.mtls {
-        let mut config = mtls::server_config(invoker.state.clone(), invoker.config.allow.clone())?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = mtls::server_config(invoker.state.clone(), invoker.config.allow.clone())?;
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     } else {
         None
@@ -489,7 +551,11 @@ pub async fn serve_peers(
             () = &mut stopped => return Ok(()),
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         let _ = tcp.set_nodelay(true);
@@ -506,7 +572,7 @@ async fn serve_peer_connection(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = server_builder();
     match acceptor {
         Some(acceptor) => {
             let tls =

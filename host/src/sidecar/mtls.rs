@@ -14,7 +14,6 @@
 //!   theirs (they are never cut).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -30,9 +29,6 @@ use sigil_core::spiffe::SpiffeId;
 use super::identity::IdentityState;
 use crate::tls::other as refused;
 use crate::verifier::RingVerifier;
-
-/// The ALPN protocol of sidecar-to-sidecar invocation.
-pub const ALPN: &[u8] = b"http/1.1";
 
 /// Presents the identity installed last (see the module doc); the certified key is built once
 /// per generation.
@@ -113,10 +109,10 @@ fn validate(
             }
         }
     }
+    // No skew for peers: Sentry back-dates notBefore already, and an expired peer is expired.
     let options = Options {
         usage,
         peer,
-        skew: Duration::from_secs(15 * 60),
         ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
     };
     path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
@@ -293,7 +289,8 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(IdentityResolver::new(state)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    // HTTP/2 between sidecars; HTTP/1.1 for devices (embedded-tls offers no ALPN).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Small records and no session tickets: embedded-tls peers parse one record at a time.
     config.max_fragment_size = Some(4000);
     config.send_tls13_tickets = 0;
@@ -322,6 +319,6 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(IdentityResolver::new(state)));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
