@@ -1822,7 +1822,7 @@ mod tests {
 
     #[test]
     fn configuration_errors() {
-        let dir = PathBuf::from("/tmp/t");
+        let dir = PathBuf::from("unused-token-file");
         assert!(matches!(
             KubeValidator::new(config("https://localhost".into(), None, dir.clone())),
             Err(KubeError::MissingCa)
