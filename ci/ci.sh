@@ -67,7 +67,7 @@ job_qemu() {
 
 job_fuzz() {
   local secs="${FUZZ_SECONDS:-20}"
-  for target in cert csr pem path; do
+  for target in cert csr pem path link; do
     local corpus
     corpus="$(mktemp -d)"
     cp core/fuzz/seeds/"$target"/* "$corpus"/

@@ -17,6 +17,7 @@
 //! - [`profile`]: the checks a workload runs on the certificate Sentry issues it.
 //! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
 //!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
+//! - [`link`]: the device ↔ relay framing over a UART (check-then-parse, length limit, CRC).
 //! - [`slot`]: the double-buffered, critical-section-protected holder of the identity in use,
 //!   read by a TLS stack or an interrupt handler while rotation swaps it.
 //!
@@ -48,6 +49,7 @@ pub mod crypto;
 pub mod csr;
 mod der;
 pub mod key;
+pub mod link;
 pub mod names;
 pub mod path;
 pub mod pem;

@@ -1,0 +1,537 @@
+//! The device ↔ relay link: frames over a byte stream (a UART), check-then-parse, with a length
+//! limit and a CRC. Sans-IO and allocation-free: [`Frame::check`] says whether a buffer holds a
+//! whole frame (or how much more to read), [`Frame::parse`] reads it without copying, and
+//! [`Frame::emit`] writes one into a caller buffer.
+//!
+//! Wire format (all integers big-endian):
+//!
+//! ```text
+//! magic 0x53 'S' | kind u8 | length u16 | payload (length bytes) | CRC-32 (IEEE) of kind..payload
+//! ```
+//!
+//! Kinds:
+//! - `SignRequest`: four fields, each `u16 length | bytes`: app ID, namespace, token, CSR (DER).
+//! - `SignAnswer`: status u8 (a gRPC code; 0 = OK) then, when OK, the chain as `u16 length |
+//!   DER` per certificate (leaf first), else a UTF-8 message.
+//! - `TlsData`: bytes of the TLS session the relay forwards to a sidecar's mTLS port.
+//! - `TlsClose`: the TLS session ended (either side).
+//!
+//! A frame with a bad magic, an unknown kind, a length over [`MAX_PAYLOAD`] or a CRC mismatch
+//! is an error: the link is out of step and both ends reset it (there is no resynchronisation
+//! inside a stream; a UART line reset starts clean).
+
+/// Bytes before the payload: magic, kind, length.
+pub const HEADER_LEN: usize = 4;
+/// Bytes after the payload: the CRC.
+pub const TRAILER_LEN: usize = 4;
+/// Largest payload a frame may carry (a sign answer with a 3-certificate P-256 chain is about
+/// 1.5 KB; TLS records are sent in pieces of at most this).
+pub const MAX_PAYLOAD: usize = 4096;
+/// Largest whole frame.
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TRAILER_LEN;
+
+const MAGIC: u8 = 0x53;
+
+/// Why a buffer does not hold a valid frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Not a whole frame yet: at least `needed` bytes in all are required. Read more.
+    Incomplete {
+        /// Bytes needed in all.
+        needed: usize,
+    },
+    /// The first byte is not the frame magic.
+    BadMagic(u8),
+    /// The kind byte is unknown.
+    UnknownKind(u8),
+    /// The announced payload is longer than [`MAX_PAYLOAD`].
+    TooLong {
+        /// The announced length.
+        length: usize,
+    },
+    /// The CRC does not match: the frame was corrupted.
+    BadCrc {
+        /// The CRC computed over the frame.
+        computed: u32,
+        /// The CRC the frame carries.
+        received: u32,
+    },
+    /// The payload does not have the fields its kind requires.
+    BadPayload,
+    /// The output buffer is too small; `needed` bytes would do.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+    },
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Incomplete { needed } => write!(f, "incomplete frame: {needed} bytes needed"),
+            Self::BadMagic(b) => write!(f, "bad frame magic 0x{b:02x}"),
+            Self::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            Self::TooLong { length } => {
+                write!(f, "frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+            }
+            Self::BadCrc { computed, received } => write!(
+                f,
+                "frame CRC mismatch: computed 0x{computed:08x}, received 0x{received:08x}"
+            ),
+            Self::BadPayload => f.write_str("frame payload does not fit its kind"),
+            Self::BufferTooSmall { needed } => {
+                write!(f, "frame buffer too small: {needed} bytes needed")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// The device asks for a certificate.
+    SignRequest {
+        /// App ID.
+        id: &'a str,
+        /// Namespace.
+        namespace: &'a str,
+        /// Token for Sentry's validator (may be empty).
+        token: &'a str,
+        /// The CSR, DER.
+        csr: &'a [u8],
+    },
+    /// The relay answers with a chain (status 0) or an error.
+    SignAnswer(Answer<'a>),
+    /// Bytes of the TLS session.
+    TlsData(&'a [u8]),
+    /// The TLS session ended.
+    TlsClose,
+}
+
+/// A sign answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// The chain, as a sequence of `u16 length | DER` (iterate with [`Answer::certificates`]).
+    Chain(&'a [u8]),
+    /// Sentry refused (or could not be reached): Dapr's gRPC code and the message.
+    Refused {
+        /// The gRPC status code (never 0).
+        code: u8,
+        /// The message.
+        message: &'a str,
+    },
+}
+
+impl<'a> Answer<'a> {
+    /// The certificates of a [`Answer::Chain`], leaf first (none for a refusal).
+    pub fn certificates(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut rest = match self {
+            Self::Chain(c) => *c,
+            Self::Refused { .. } => &[],
+        };
+        core::iter::from_fn(move || {
+            let (field, tail) = take_field(rest)?;
+            rest = tail;
+            Some(field)
+        })
+    }
+}
+
+const KIND_SIGN_REQUEST: u8 = 1;
+const KIND_SIGN_ANSWER: u8 = 2;
+const KIND_TLS_DATA: u8 = 3;
+const KIND_TLS_CLOSE: u8 = 4;
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib), bitwise: small rather than fast (frames are short).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+fn take_field(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = buf.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let field = rest.get(..len)?;
+    Some((field, rest.get(len..)?))
+}
+
+impl<'a> Frame<'a> {
+    /// Whether `buf` starts with a whole, valid frame: its total length, or why not
+    /// ([`Error::Incomplete`] means read more).
+    ///
+    /// # Errors
+    ///
+    /// [`Error`], naming the rule broken.
+    pub fn check(buf: &[u8]) -> Result<usize, Error> {
+        let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+            return Err(Error::Incomplete {
+                needed: match buf.first() {
+                    Some(&b) if b != MAGIC => return Err(Error::BadMagic(b)),
+                    _ => HEADER_LEN,
+                },
+            });
+        };
+        let [magic, kind, hi, lo] = *header;
+        if magic != MAGIC {
+            return Err(Error::BadMagic(magic));
+        }
+        if !(KIND_SIGN_REQUEST..=KIND_TLS_CLOSE).contains(&kind) {
+            return Err(Error::UnknownKind(kind));
+        }
+        let length = usize::from(u16::from_be_bytes([hi, lo]));
+        if length > MAX_PAYLOAD {
+            return Err(Error::TooLong { length });
+        }
+        let total = HEADER_LEN + length + TRAILER_LEN;
+        let frame = buf
+            .get(..total)
+            .ok_or(Error::Incomplete { needed: total })?;
+        let body = frame.get(1..HEADER_LEN + length).ok_or(Error::BadPayload)?;
+        let received = frame
+            .last_chunk::<TRAILER_LEN>()
+            .map(|c| u32::from_be_bytes(*c))
+            .ok_or(Error::BadPayload)?;
+        let computed = crc32(body);
+        if computed != received {
+            return Err(Error::BadCrc { computed, received });
+        }
+        Ok(total)
+    }
+
+    /// Parses the frame at the start of `buf`; returns it and its total length.
+    ///
+    /// # Errors
+    ///
+    /// As [`Frame::check`], and [`Error::BadPayload`] if the payload does not fit its kind.
+    pub fn parse(buf: &'a [u8]) -> Result<(Self, usize), Error> {
+        let total = Self::check(buf)?;
+        let kind = *buf.get(1).ok_or(Error::BadPayload)?;
+        let payload = buf
+            .get(HEADER_LEN..total - TRAILER_LEN)
+            .ok_or(Error::BadPayload)?;
+        let text = |b: &'a [u8]| core::str::from_utf8(b).map_err(|_| Error::BadPayload);
+        let frame = match kind {
+            KIND_SIGN_REQUEST => {
+                let (id, rest) = take_field(payload).ok_or(Error::BadPayload)?;
+                let (namespace, rest) = take_field(rest).ok_or(Error::BadPayload)?;
+                let (token, rest) = take_field(rest).ok_or(Error::BadPayload)?;
+                let (csr, rest) = take_field(rest).ok_or(Error::BadPayload)?;
+                if !rest.is_empty() {
+                    return Err(Error::BadPayload);
+                }
+                Self::SignRequest {
+                    id: text(id)?,
+                    namespace: text(namespace)?,
+                    token: text(token)?,
+                    csr,
+                }
+            }
+            KIND_SIGN_ANSWER => {
+                let (&code, rest) = payload.split_first().ok_or(Error::BadPayload)?;
+                if code == 0 {
+                    // Every certificate field must be whole, and there is at least one.
+                    let mut r = rest;
+                    let mut count = 0;
+                    while !r.is_empty() {
+                        let (_, tail) = take_field(r).ok_or(Error::BadPayload)?;
+                        r = tail;
+                        count += 1;
+                    }
+                    if count == 0 {
+                        return Err(Error::BadPayload);
+                    }
+                    Self::SignAnswer(Answer::Chain(rest))
+                } else {
+                    Self::SignAnswer(Answer::Refused {
+                        code,
+                        message: text(rest)?,
+                    })
+                }
+            }
+            KIND_TLS_DATA => Self::TlsData(payload),
+            KIND_TLS_CLOSE if payload.is_empty() => Self::TlsClose,
+            _ => return Err(Error::BadPayload),
+        };
+        Ok((frame, total))
+    }
+
+    /// The length of this frame on the wire.
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN + self.payload_len() + TRAILER_LEN
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::SignRequest {
+                id,
+                namespace,
+                token,
+                csr,
+            } => 8 + id.len() + namespace.len() + token.len() + csr.len(),
+            Self::SignAnswer(Answer::Chain(c)) => 1 + c.len(),
+            Self::SignAnswer(Answer::Refused { message, .. }) => 1 + message.len(),
+            Self::TlsData(d) => d.len(),
+            Self::TlsClose => 0,
+        }
+    }
+
+    /// Writes the frame into `out`; returns the bytes written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLong`] if the payload (or a field) is too long, [`Error::BufferTooSmall`]
+    /// (with `out` untouched), or [`Error::BadPayload`] for a refusal with code 0.
+    pub fn emit<'b>(&self, out: &'b mut [u8]) -> Result<&'b [u8], Error> {
+        let length = self.payload_len();
+        if length > MAX_PAYLOAD {
+            return Err(Error::TooLong { length });
+        }
+        let total = length + HEADER_LEN + TRAILER_LEN;
+        let frame = out
+            .get_mut(..total)
+            .ok_or(Error::BufferTooSmall { needed: total })?;
+        let mut w = Writer { buf: frame, at: 0 };
+        let kind = match self {
+            Self::SignRequest { .. } => KIND_SIGN_REQUEST,
+            Self::SignAnswer(_) => KIND_SIGN_ANSWER,
+            Self::TlsData(_) => KIND_TLS_DATA,
+            Self::TlsClose => KIND_TLS_CLOSE,
+        };
+        let len16 = u16::try_from(length).map_err(|_| Error::TooLong { length })?;
+        w.bytes(&[MAGIC, kind]);
+        w.bytes(&len16.to_be_bytes());
+        match self {
+            Self::SignRequest {
+                id,
+                namespace,
+                token,
+                csr,
+            } => {
+                for field in [id.as_bytes(), namespace.as_bytes(), token.as_bytes(), csr] {
+                    let l = u16::try_from(field.len()).map_err(|_| Error::TooLong {
+                        length: field.len(),
+                    })?;
+                    w.bytes(&l.to_be_bytes());
+                    w.bytes(field);
+                }
+            }
+            Self::SignAnswer(Answer::Chain(c)) => {
+                w.bytes(&[0]);
+                w.bytes(c);
+            }
+            Self::SignAnswer(Answer::Refused { code, message }) => {
+                if *code == 0 {
+                    return Err(Error::BadPayload);
+                }
+                w.bytes(&[*code]);
+                w.bytes(message.as_bytes());
+            }
+            Self::TlsData(d) => w.bytes(d),
+            Self::TlsClose => {}
+        }
+        let crc = crc32(w.buf.get(1..w.at).unwrap_or(&[]));
+        w.bytes(&crc.to_be_bytes());
+        Ok(frame)
+    }
+}
+
+/// Writes certificates (DER) as a chain payload (`u16 length | DER` each) into `out`.
+///
+/// # Errors
+///
+/// [`Error::BufferTooSmall`] or [`Error::TooLong`] for a certificate over 65,535 bytes.
+pub fn encode_chain<'b, 'c>(
+    certs: impl IntoIterator<Item = &'c [u8]>,
+    out: &'b mut [u8],
+) -> Result<&'b [u8], Error> {
+    let mut at = 0usize;
+    for c in certs {
+        let l = u16::try_from(c.len()).map_err(|_| Error::TooLong { length: c.len() })?;
+        let end = at + 2 + c.len();
+        let dst = out
+            .get_mut(at..end)
+            .ok_or(Error::BufferTooSmall { needed: end })?;
+        let (len, body) = dst.split_at_mut(2);
+        len.copy_from_slice(&l.to_be_bytes());
+        body.copy_from_slice(c);
+        at = end;
+    }
+    out.get(..at).ok_or(Error::BufferTooSmall { needed: at })
+}
+
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    /// Room was checked by the caller (the frame's exact length).
+    fn bytes(&mut self, b: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.at..self.at + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        self.at += b.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        // The CRC-32/ISO-HDLC check value of "123456789".
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    /// Frames made by another implementation (Python's zlib CRC-32; the fuzz seeds) parse.
+    #[test]
+    fn frames_made_elsewhere_parse() {
+        let answer = include_bytes!("../fuzz/seeds/link/sign_answer.bin");
+        let (frame, len) = Frame::parse(answer).unwrap();
+        assert_eq!(len, answer.len());
+        let Frame::SignAnswer(a) = frame else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(a.certificates().count(), 2);
+        let refused = include_bytes!("../fuzz/seeds/link/refused.bin");
+        assert!(matches!(
+            Frame::parse(refused),
+            Ok((Frame::SignAnswer(Answer::Refused { code: 7, .. }), _))
+        ));
+        let request = include_bytes!("../fuzz/seeds/link/sign_request.bin");
+        assert!(matches!(
+            Frame::parse(request),
+            Ok((Frame::SignRequest { id: "device", .. }, _))
+        ));
+    }
+
+    #[test]
+    fn frames_round_trip_and_corruption_is_caught() {
+        let mut chain = [0u8; 64];
+        let chain = encode_chain([&b"leaf"[..], &b"issuer"[..]], &mut chain).unwrap();
+        let frames = [
+            Frame::SignRequest {
+                id: "device",
+                namespace: "default",
+                token: "",
+                csr: &[0x30, 0x03, 1, 2, 3],
+            },
+            Frame::SignAnswer(Answer::Chain(chain)),
+            Frame::SignAnswer(Answer::Refused {
+                code: 7,
+                message: "permission denied",
+            }),
+            Frame::TlsData(&[1, 2, 3, 4, 5]),
+            Frame::TlsClose,
+        ];
+        for f in frames {
+            let mut buf = [0u8; 256];
+            let wire = f.emit(&mut buf).unwrap().to_vec();
+            assert_eq!(wire.len(), f.buffer_len());
+            assert_eq!(Frame::parse(&wire), Ok((f, wire.len())));
+            for cut in 0..wire.len() {
+                assert!(matches!(
+                    Frame::check(wire.get(..cut).unwrap()),
+                    Err(Error::Incomplete { .. })
+                ));
+            }
+            // Any single flipped bit is refused (magic, kind, length or CRC).
+            for i in 0..wire.len() {
+                for bit in 0..8 {
+                    let mut bad = wire.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(Frame::parse(&bad).is_err(), "flip {i}.{bit} accepted");
+                }
+            }
+        }
+        let mut b = [0u8; 64];
+        let wire = Frame::SignAnswer(Answer::Chain(chain))
+            .emit(&mut b)
+            .unwrap()
+            .to_vec();
+        let parsed = Frame::parse(&wire).unwrap().0;
+        let Frame::SignAnswer(answer) = parsed else {
+            panic!("{parsed:?}")
+        };
+        let certs: std::vec::Vec<&[u8]> = answer.certificates().collect();
+        assert_eq!(certs, [&b"leaf"[..], &b"issuer"[..]]);
+    }
+
+    #[test]
+    fn limits_and_bad_input() {
+        let big = [0u8; MAX_PAYLOAD + 1];
+        let mut out = [0u8; MAX_FRAME + 16];
+        assert_eq!(
+            Frame::TlsData(&big).emit(&mut out),
+            Err(Error::TooLong {
+                length: MAX_PAYLOAD + 1
+            })
+        );
+        let mut small = [0u8; 5];
+        assert_eq!(
+            Frame::TlsData(&[1, 2, 3]).emit(&mut small),
+            Err(Error::BufferTooSmall { needed: 11 })
+        );
+        assert_eq!(small, [0u8; 5], "output untouched");
+        assert_eq!(Frame::check(&[0x00]), Err(Error::BadMagic(0)));
+        assert_eq!(Frame::check(&[MAGIC, 9, 0, 0]), Err(Error::UnknownKind(9)));
+        assert_eq!(
+            Frame::check(&[MAGIC, 3, 0xff, 0xff]),
+            Err(Error::TooLong { length: 0xffff })
+        );
+        // A refusal must carry a non-zero code; a chain at least one certificate.
+        assert_eq!(
+            Frame::SignAnswer(Answer::Refused {
+                code: 0,
+                message: ""
+            })
+            .emit(&mut out),
+            Err(Error::BadPayload)
+        );
+        let empty_chain = Frame::SignAnswer(Answer::Chain(&[]))
+            .emit(&mut out)
+            .unwrap()
+            .to_vec();
+        assert_eq!(Frame::parse(&empty_chain), Err(Error::BadPayload));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Frame::parse(&bytes);
+        }
+
+        #[test]
+        fn tls_data_round_trips(data in proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD)) {
+            let mut out = std::vec![0u8; MAX_FRAME];
+            let wire = Frame::TlsData(&data).emit(&mut out).unwrap().to_vec();
+            prop_assert_eq!(Frame::parse(&wire), Ok((Frame::TlsData(&data), wire.len())));
+        }
+
+        #[test]
+        fn sign_requests_round_trip(
+            id in "[a-z0-9-]{1,64}",
+            ns in "[a-z0-9-]{1,63}",
+            token in "[A-Za-z0-9._-]{0,200}",
+            csr in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let f = Frame::SignRequest { id: &id, namespace: &ns, token: &token, csr: &csr };
+            let mut out = std::vec![0u8; MAX_FRAME];
+            let wire = f.emit(&mut out).unwrap().to_vec();
+            prop_assert_eq!(Frame::parse(&wire), Ok((f, wire.len())));
+        }
+    }
+}
