@@ -505,16 +505,8 @@ pub async fn serve_app(
     loop {
         let (tcp, _) = tokio::select! {
             () = &mut stopped => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = crate::net::accept(&listener) => c,
         };
-        let _ = tcp.set_nodelay(true);
         let invoker = invoker.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -549,16 +541,8 @@ pub async fn serve_peers(
     loop {
         let (tcp, peer) = tokio::select! {
             () = &mut stopped => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = crate::net::accept(&listener) => c,
         };
-        let _ = tcp.set_nodelay(true);
         let (invoker, acceptor) = (invoker.clone(), acceptor.clone());
         tokio::spawn(async move {
             serve_peer_connection(invoker, acceptor, tcp, peer).await;
