@@ -363,10 +363,55 @@ fn incomplete_user_credentials_stop_sentry_and_are_left_untouched() {
 #[tokio::test]
 async fn sigterm_stops_sentry_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sentry = start(sentry_command(dir.path())).unwrap();
+    let sentry = start(sentry_command(dir.path())).unwrap();
     sign_once(&sentry.grpc, read_certs(&dir.path().join("ca.crt")))
         .await
         .unwrap();
+    sigterm_and_wait(sentry).await;
+}
+
+/// On one core (`taskset -c 0`) `sigil` runs a current-thread runtime: concurrent requests,
+/// validation and shutdown must work there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentry_on_one_core_serves_concurrent_requests_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = sentry_command(dir.path());
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_remove("NAMESPACE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let sentry = start(cmd).unwrap();
+    let affinity = Command::new("taskset")
+        .args(["-p", &sentry.child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&affinity.stdout)
+            .trim()
+            .ends_with(": 1"),
+        "not pinned: {affinity:?}"
+    );
+    let anchors = read_certs(&dir.path().join("ca.crt"));
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, anchors) = (sentry.grpc.clone(), anchors.clone());
+            tokio::spawn(async move { sign_once(&addr, anchors).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        metric(&sentry.metrics, "dapr_sentry_cert_sign_success_total"),
+        32
+    );
+    sigterm_and_wait(sentry).await;
+}
+
+async fn sigterm_and_wait(mut sentry: Sentry) {
     let pid = sentry.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
