@@ -18,6 +18,7 @@
 //! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
 //!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
 //! - [`link`]: the device ↔ relay framing over a UART (check-then-parse, length limit, CRC).
+//! - [`drbg`]: HMAC-DRBG behind an [`drbg::EntropySource`] (a TRNG, or a provisioned seed).
 //! - [`slot`]: the double-buffered, critical-section-protected holder of the identity in use,
 //!   read by a TLS stack or an interrupt handler while rotation swaps it.
 //!
@@ -48,6 +49,7 @@ pub mod cert;
 pub mod crypto;
 pub mod csr;
 mod der;
+pub mod drbg;
 pub mod key;
 pub mod link;
 pub mod names;

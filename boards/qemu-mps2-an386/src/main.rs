@@ -16,13 +16,13 @@
 #![no_std]
 #![no_main]
 
-mod rng;
 mod stack;
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
+use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
 use sigil_core::path::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
@@ -75,8 +75,8 @@ fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
 }
 
 fn run() -> Result<(), &'static str> {
-    let mut rng = rng::HmacDrbg::new(
-        &mut rng::ProvisionedSeed {
+    let mut rng = HmacDrbg::new(
+        &mut ProvisionedSeed {
             seed: DEVICE_SEED,
             boot_nonce: 0,
         },
@@ -97,7 +97,7 @@ fn run() -> Result<(), &'static str> {
 
 /// Key and CSR, parsed back and its self-signature checked.
 #[inline(never)]
-fn csr_step(rng: &mut rng::HmacDrbg) -> Result<(), &'static str> {
+fn csr_step(rng: &mut HmacDrbg) -> Result<(), &'static str> {
     let mut key = SoftwareKey::generate(rng);
     let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID parses")?;
     let mut csr_buf = [0u8; 320];
