@@ -39,6 +39,7 @@
 //! | feature   | default | what it adds                                             |
 //! |-----------|---------|----------------------------------------------------------|
 //! | `ed25519` | no      | Ed25519 signatures in [`crypto::RustCryptoVerifier`]     |
+//! | `tls`     | no      | embedded-tls 0.19 glue: the device's mTLS `CryptoProvider` (`tls`) |
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -60,5 +61,7 @@ pub mod rotation;
 pub mod slot;
 pub mod spiffe;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use time::{Instant, UnixTime};

@@ -30,7 +30,8 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// Largest whole frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TRAILER_LEN;
 
-const MAGIC: u8 = 0x53;
+/// The first byte of every frame.
+pub const MAGIC: u8 = 0x53;
 
 /// Why a buffer does not hold a valid frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

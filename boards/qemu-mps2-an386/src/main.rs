@@ -16,7 +16,7 @@
 #![no_std]
 #![no_main]
 
-mod stack;
+use sigil_board_qemu_mps2_an386::stack;
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};

@@ -1,0 +1,17 @@
+//! The reference board's drivers, shared by its images (`identity`, `device`, `empty`):
+//!
+//! - [`uart`]: the CMSDK APB UART0 as an `embedded-io` byte stream (QEMU bridges it to TCP);
+//! - [`clock`]: SysTick as the monotonic clock (1 ms ticks), the only time this board has:
+//!   there is no real-time clock, so the core's rotation machine runs in its no-RTC mode;
+//! - [`link`]: the core's device ↔ relay framing over the UART, and the TLS byte channel
+//!   embedded-tls runs on;
+//! - [`stack`]: peak-stack measurement by painting.
+//!
+//! Randomness comes from the core's HMAC-DRBG ([`sigil_core::drbg`]) seeded from a per-device
+//! seed provisioned at build time: this machine has no TRNG (see README.md).
+#![no_std]
+
+pub mod clock;
+pub mod link;
+pub mod stack;
+pub mod uart;

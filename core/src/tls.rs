@@ -1,0 +1,349 @@
+//! embedded-tls 0.19 glue (feature `tls`): the device side of mutual TLS.
+//!
+//! [`Provider`] is the [`CryptoProvider`] a device hands to `TlsConnection::open`:
+//!
+//! - its [`verifier`](CryptoProvider::verifier) is a [`ServerVerifier`]: the server's chain goes
+//!   through this crate's [`path::verify`] (the same function Sentry, the sidecar and the
+//!   rotation machine use) for `serverAuth`, and the leaf must carry the expected SPIFFE
+//!   identity ([`PeerName`]); then the server's CertificateVerify signature is checked over the
+//!   handshake transcript with the leaf's key. embedded-tls's default `verifier()` returns
+//!   `Unimplemented` and the connection then skips verification silently: a device must never
+//!   run without this one.
+//! - its [`signer`](CryptoProvider::signer) and [`client_cert`](CryptoProvider::client_cert) are
+//!   the device's identity: any [`Signer`] (a software key, a secure element) and its leaf
+//!   certificate. embedded-tls sends the leaf only, so the server must know the issuer (Sigil's
+//!   sidecar does: it validates leaf-only clients through its own intermediates).
+//! - its RNG is the caller's (the board's DRBG).
+//!
+//! embedded-tls reduces every refusal to one error code; [`ServerVerifier::refusal`] keeps the
+//! precise reason. As with any TLS 1.3 client, a server's refusal of *our* certificate arrives
+//! after the handshake: a connection is authenticated only after its first application
+//! round trip.
+
+use embedded_tls::blocking::{
+    Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
+    CryptoProvider, TlsError, TlsVerifier,
+};
+use embedded_tls::SignatureScheme;
+use rand_core::CryptoRngCore;
+use sha2::{Digest as _, Sha256};
+
+use crate::cert;
+use crate::crypto::{PublicKey, Scheme, SignatureVerifier, Signer, MAX_SIGNATURE_LEN};
+use crate::path::{self, Options, PeerName, TrustBundle, Usage, MAX_INTERMEDIATES};
+
+/// The context string of a server's CertificateVerify (RFC 8446 §4.4.3).
+const SERVER_CONTEXT: &[u8] = b"TLS 1.3, server CertificateVerify\0";
+
+/// Why the server was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The server sent no certificate.
+    NoCertificate,
+    /// The server sent a raw public key, not an X.509 certificate.
+    NotX509,
+    /// More intermediates than [`MAX_INTERMEDIATES`].
+    TooManyCertificates,
+    /// The chain does not validate, or the leaf is not the expected peer.
+    Path(path::Error),
+    /// The leaf's key could not be read.
+    BadKey,
+    /// CertificateVerify arrived before a certificate was accepted.
+    NoVerifiedCertificate,
+    /// The server signed with a scheme that does not fit its key, or one not supported here.
+    UnsupportedScheme(u16),
+    /// The CertificateVerify signature does not verify.
+    BadSignature,
+}
+
+impl core::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoCertificate => f.write_str("server sent no certificate"),
+            Self::NotX509 => f.write_str("server sent a raw public key, not a certificate"),
+            Self::TooManyCertificates => write!(
+                f,
+                "server chain has more than {MAX_INTERMEDIATES} intermediates"
+            ),
+            Self::Path(e) => write!(f, "server certificate refused: {e}"),
+            Self::BadKey => f.write_str("server certificate key unreadable"),
+            Self::NoVerifiedCertificate => f.write_str("CertificateVerify before a certificate"),
+            Self::UnsupportedScheme(s) => write!(f, "server signature scheme 0x{s:04x} refused"),
+            Self::BadSignature => f.write_str("server CertificateVerify signature invalid"),
+        }
+    }
+}
+
+impl core::error::Error for Refusal {}
+
+/// The server's leaf key, copied out of the handshake record between the two verifier calls.
+#[derive(Clone, Copy)]
+enum LeafKey {
+    EcP256 { point: [u8; 65], len: usize },
+    Ed25519([u8; 32]),
+}
+
+impl LeafKey {
+    fn copy(key: PublicKey<'_>) -> Option<Self> {
+        match key {
+            PublicKey::EcP256(p) => {
+                let mut point = [0u8; 65];
+                point.get_mut(..p.len())?.copy_from_slice(p);
+                Some(Self::EcP256 {
+                    point,
+                    len: p.len(),
+                })
+            }
+            PublicKey::Ed25519(k) => Some(Self::Ed25519(*k)),
+        }
+    }
+
+    fn get(&self) -> Option<PublicKey<'_>> {
+        match self {
+            Self::EcP256 { point, len } => point.get(..*len).map(PublicKey::EcP256),
+            Self::Ed25519(k) => Some(PublicKey::Ed25519(k)),
+        }
+    }
+}
+
+/// Verifies a TLS server for a device: path validation to the trust bundle for `serverAuth`,
+/// the peer's SPIFFE identity, and the CertificateVerify signature.
+pub struct ServerVerifier<'a, V, const N: usize> {
+    anchors: TrustBundle<'a, N>,
+    options: Options<'a>,
+    verifier: V,
+    transcript: Option<Sha256>,
+    key: Option<LeafKey>,
+    refusal: Option<Refusal>,
+    verified: bool,
+}
+
+impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
+    /// A verifier accepting servers whose chain leads to `anchors` under `options` (the time,
+    /// skew, budget and — above all — `options.peer`: pass [`PeerName::SpiffeId`] for one
+    /// server, [`PeerName::TrustDomain`] for any in a trust domain). The usage is always
+    /// `serverAuth`.
+    pub fn new(anchors: TrustBundle<'a, N>, options: Options<'a>, verifier: V) -> Self {
+        Self {
+            anchors,
+            options: Options {
+                usage: Usage::ServerAuth,
+                ..options
+            },
+            verifier,
+            transcript: None,
+            key: None,
+            refusal: None,
+            verified: false,
+        }
+    }
+
+    /// Why the last server was refused, if it was.
+    pub const fn refusal(&self) -> Option<Refusal> {
+        self.refusal
+    }
+
+    /// Whether the server's certificate and its CertificateVerify signature both checked out.
+    pub const fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    /// The name the server must carry.
+    pub const fn peer(&self) -> &PeerName<'a> {
+        &self.options.peer
+    }
+
+    fn refuse(&mut self, why: Refusal, error: TlsError) -> Result<(), TlsError> {
+        self.refusal = Some(why);
+        self.verified = false;
+        self.key = None;
+        self.transcript = None;
+        Err(error)
+    }
+
+    fn check_certificate(&self, cert: &CertificateRef<'_>) -> Result<LeafKey, Refusal> {
+        let mut der: heapless::Vec<&[u8], { MAX_INTERMEDIATES + 1 }> = heapless::Vec::new();
+        for entry in &cert.entries {
+            let CertificateEntryRef::X509(bytes) = entry else {
+                return Err(Refusal::NotX509);
+            };
+            der.push(bytes).map_err(|_| Refusal::TooManyCertificates)?;
+        }
+        let (leaf, intermediates) = der.split_first().ok_or(Refusal::NoCertificate)?;
+        path::verify(
+            leaf,
+            intermediates,
+            &self.anchors,
+            &self.verifier,
+            &self.options,
+        )
+        .map_err(Refusal::Path)?;
+        let parsed = cert::Certificate::parse(leaf).map_err(|_| Refusal::BadKey)?;
+        let key = parsed.public_key().map_err(|_| Refusal::BadKey)?;
+        LeafKey::copy(key).ok_or(Refusal::BadKey)
+    }
+}
+
+impl<V: SignatureVerifier, const N: usize> TlsVerifier<Aes128GcmSha256>
+    for ServerVerifier<'_, V, N>
+{
+    /// The server is authorized by SPIFFE ID (`options.peer`), not by host name: a name set
+    /// in the TLS config is sent as SNI only.
+    fn set_hostname_verification(&mut self, _hostname: &str) -> Result<(), TlsError> {
+        Ok(())
+    }
+
+    fn verify_certificate(
+        &mut self,
+        transcript: &Sha256,
+        cert: CertificateRef<'_>,
+    ) -> Result<(), TlsError> {
+        self.verified = false;
+        match self.check_certificate(&cert) {
+            Ok(key) => {
+                // The transcript already covers the Certificate message; CertificateVerify
+                // signs exactly this (RFC 8446 §4.4.3).
+                self.transcript = Some(transcript.clone());
+                self.key = Some(key);
+                self.refusal = None;
+                Ok(())
+            }
+            Err(why) => self.refuse(why, TlsError::InvalidCertificate),
+        }
+    }
+
+    fn verify_signature(&mut self, verify: CertificateVerifyRef<'_>) -> Result<(), TlsError> {
+        let (Some(transcript), Some(key)) = (self.transcript.take(), self.key.take()) else {
+            return self.refuse(Refusal::NoVerifiedCertificate, TlsError::InvalidCertificate);
+        };
+        let code = verify.signature_scheme.as_u16();
+        let scheme = match verify.signature_scheme {
+            SignatureScheme::EcdsaSecp256r1Sha256 => Scheme::EcdsaP256Sha256,
+            SignatureScheme::Ed25519 => Scheme::Ed25519,
+            _ => return self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature),
+        };
+        let Some(public) = key.get() else {
+            return self.refuse(Refusal::BadKey, TlsError::InvalidCertificate);
+        };
+        let mut message = [0u8; 64 + SERVER_CONTEXT.len() + 32];
+        let (pad, rest) = message.split_at_mut(64);
+        pad.fill(0x20);
+        let (context, hash) = rest.split_at_mut(SERVER_CONTEXT.len());
+        context.copy_from_slice(SERVER_CONTEXT);
+        hash.copy_from_slice(&transcript.finalize());
+        match self
+            .verifier
+            .verify(scheme, public, &message, verify.signature)
+        {
+            Ok(()) => {
+                self.verified = true;
+                Ok(())
+            }
+            Err(
+                crate::crypto::SignatureError::BadKey
+                | crate::crypto::SignatureError::UnsupportedScheme(_),
+            ) => self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature),
+            Err(_) => self.refuse(Refusal::BadSignature, TlsError::InvalidSignature),
+        }
+    }
+}
+
+/// A signature as embedded-tls puts it on the wire (DER for ECDSA).
+#[derive(Clone, Debug)]
+pub struct SignatureBytes(heapless::Vec<u8, MAX_SIGNATURE_LEN>);
+
+impl AsRef<[u8]> for SignatureBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Adapts a [`Signer`] (software key or secure element) to the `signature` trait embedded-tls
+/// calls for CertificateVerify.
+struct TlsSigner<'k, K>(&'k mut K);
+
+impl<K: Signer> signature::SignerMut<SignatureBytes> for TlsSigner<'_, K> {
+    fn try_sign(&mut self, message: &[u8]) -> Result<SignatureBytes, signature::Error> {
+        let mut buf = [0u8; MAX_SIGNATURE_LEN];
+        let sig = self
+            .0
+            .sign(message, &mut buf)
+            .map_err(|_| signature::Error::new())?;
+        heapless::Vec::from_slice(sig)
+            .map(SignatureBytes)
+            .map_err(|_| signature::Error::new())
+    }
+}
+
+/// The device's [`CryptoProvider`]: its RNG, its identity (leaf certificate and key) and a
+/// [`ServerVerifier`]. TLS 1.3 with AES-128-GCM/SHA-256 on P-256.
+pub struct Provider<'a, R, K, V, const N: usize> {
+    rng: &'a mut R,
+    verifier: ServerVerifier<'a, V, N>,
+    identity: Option<(&'a [u8], K)>,
+}
+
+impl<'a, R, K, V, const N: usize> Provider<'a, R, K, V, N>
+where
+    R: CryptoRngCore,
+    K: Signer,
+    V: SignatureVerifier,
+{
+    /// A provider presenting `identity` (leaf DER and its key; `None` sends an empty
+    /// Certificate, which a mutual-TLS server refuses) and verifying the server with
+    /// `verifier`.
+    pub fn new(
+        rng: &'a mut R,
+        identity: Option<(&'a [u8], K)>,
+        verifier: ServerVerifier<'a, V, N>,
+    ) -> Self {
+        Self {
+            rng,
+            verifier,
+            identity,
+        }
+    }
+
+    /// The verifier, to read [`ServerVerifier::refusal`] after a failed handshake.
+    pub const fn verifier(&self) -> &ServerVerifier<'a, V, N> {
+        &self.verifier
+    }
+}
+
+impl<R, K, V, const N: usize> CryptoProvider for Provider<'_, R, K, V, N>
+where
+    R: CryptoRngCore,
+    K: Signer,
+    V: SignatureVerifier,
+{
+    type CipherSuite = Aes128GcmSha256;
+    type Signature = SignatureBytes;
+
+    fn rng(&mut self) -> impl CryptoRngCore {
+        &mut *self.rng
+    }
+
+    fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Aes128GcmSha256>, TlsError> {
+        Ok(&mut self.verifier)
+    }
+
+    fn signer(
+        &mut self,
+    ) -> Result<(impl signature::SignerMut<SignatureBytes>, SignatureScheme), TlsError> {
+        let (_, key) = self.identity.as_mut().ok_or(TlsError::InvalidPrivateKey)?;
+        let scheme = match key.scheme() {
+            Scheme::EcdsaP256Sha256 => SignatureScheme::EcdsaSecp256r1Sha256,
+            Scheme::Ed25519 => SignatureScheme::Ed25519,
+            // Fixed-size (P1363) ECDSA is not a TLS 1.3 encoding.
+            _ => return Err(TlsError::InvalidSignatureScheme),
+        };
+        Ok((TlsSigner(key), scheme))
+    }
+
+    fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
+        self.identity
+            .as_ref()
+            .map(|(leaf, _)| Certificate::X509(*leaf))
+    }
+}
