@@ -6,8 +6,12 @@
 #              differential tests, CLI tests)
 #   fleet      the fleet simulation (100,000 devices, 7 days): peak-to-mean CA load <= 1.5
 #   demo       `sigil demo --once`: the mesh script, exit 0 only if every step held
-#   nostd      sigil-core for thumbv7em-none-eabihf, and the firmware linked with no allocator
+#   nostd      sigil-core for thumbv7em-none-eabihf (with and without its features), the
+#              reference firmware linked with no allocator, and the real MCU board (nRF52840
+#              DK, build only) with one copy of each crypto crate
 #   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
+#   e2e        the edge device end to end under QEMU: Sentry, sidecar, app and relay on the
+#              host, identity, two rotations, mTLS calls, a foreign chain refused
 #   fuzz       a short cargo-fuzz run of every target (nightly)
 #   size       the size report (flash, RAM, stack)
 # Environment: FUZZ_SECONDS (default 20 per target), ROTATION_SIM_CASES (default 1000),
@@ -16,16 +20,19 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 board=boards/qemu-mps2-an386
+mcu=boards/nrf52840-dk
 
 job_fmt() {
   cargo fmt --all -- --check
   (cd "$board" && cargo fmt -- --check)
+  (cd "$mcu" && cargo fmt -- --check)
   (cd core/fuzz && cargo fmt -- --check)
 }
 
 job_clippy() {
   cargo clippy --workspace --all-targets --locked -- -D warnings
   (cd "$board" && cargo clippy --release --locked -- -D warnings)
+  (cd "$mcu" && cargo clippy --release --locked -- -D warnings)
 }
 
 test_log="$(mktemp)"
@@ -58,11 +65,27 @@ job_demo() {
 job_nostd() {
   cargo build -p sigil-core --locked --target thumbv7em-none-eabihf
   cargo build -p sigil-core --locked --target thumbv7em-none-eabihf --features ed25519
-  (cd "$board" && cargo build --release --locked)
+  cargo build -p sigil-core --locked --target thumbv7em-none-eabihf --features tls
+  for b in "$board" "$mcu"; do
+    (
+      cd "$b"
+      cargo build --release --locked
+      # One copy of each crypto crate in the image (cortex-m's embedded-hal/nb pairs aside).
+      if cargo tree -d --locked -e normal | grep -E '^(p256|ecdsa|sha2|rand_core|der|spki|signature|elliptic-curve|hmac|embedded-tls) '; then
+        echo "duplicate crypto crates in the $b image" >&2
+        exit 1
+      fi
+    )
+  done
+  arm-none-eabi-size -A "$mcu"/target/thumbv7em-none-eabihf/release/identity | grep -E '^\.(vector_table|text|rodata|data|bss) '
 }
 
 job_qemu() {
   bash ci/qemu.sh
+}
+
+job_e2e() {
+  bash ci/qemu-e2e.sh
 }
 
 job_fuzz() {
@@ -91,7 +114,7 @@ run() {
 [ $# -gt 0 ] || set -- all
 for job in "$@"; do
   if [ "$job" = all ]; then
-    for j in fmt clippy test fleet demo nostd qemu fuzz size; do run "$j"; done
+    for j in fmt clippy test fleet demo nostd qemu e2e fuzz size; do run "$j"; done
   else
     run "$job"
   fi

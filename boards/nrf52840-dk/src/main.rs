@@ -1,0 +1,275 @@
+//! Sigil on the Nordic nRF52840 DK (Cortex-M4F, 64 MHz, 1 MB flash, 256 KB RAM), with no heap
+//! and no PAC/HAL:
+//!
+//! 1. start the RNG peripheral (a true RNG, bias correction on) and instantiate the core's
+//!    HMAC-DRBG from it, personalized with the board's name and the chip's FICR device ID; a
+//!    repetition-count health test and a timeout guard the raw bytes;
+//! 2. generate a P-256 key and build a CSR for `spiffe://example.org/ns/default/device`, then
+//!    parse it back and check its self-signature;
+//! 3. run the core's rotation machine once on monotonic time only (SysTick, 1 ms): it asks for
+//!    an identity and builds the request's CSR for a fresh key;
+//! 4. validate the fixture chain (root → issuer → SPIFFE leaf) held in flash, at a pinned
+//!    time, as a TLS client would validate its server (exact SPIFFE ID).
+//!
+//! LED1 (P0.13) shows the outcome: lit steadily when every step held; on failure it blinks
+//! the failed step's number (1–4) and pauses, over and over; a panic blinks it fast forever.
+//! There is no console: no semihosting or RTT, so the image runs without a probe attached.
+#![no_std]
+#![no_main]
+
+mod hw;
+
+use core::cell::Cell;
+
+use cortex_m::interrupt::{self, Mutex};
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::{entry, exception};
+use rand_core::RngCore as _;
+use sigil_core::bundle::OwnedTrustBundle;
+use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+use sigil_core::csr::{self, Csr};
+use sigil_core::drbg::{EntropySource, HmacDrbg};
+use sigil_core::key::SoftwareKey;
+use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::rotation::{Action, Clock, Policy, Rotation, State};
+use sigil_core::spiffe::SpiffeId;
+use sigil_core::{Instant, UnixTime};
+
+static ROOT: &[u8] = include_bytes!("../../../tests/fixtures/p256/root.der");
+static ISSUER: &[u8] = include_bytes!("../../../tests/fixtures/p256/issuer.der");
+static LEAF: &[u8] = include_bytes!("../../../tests/fixtures/p256/leaf.der");
+/// Inside the fixtures' validity (generated 2026-11-22, valid 20 years).
+const PINNED: UnixTime = UnixTime::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
+const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
+const BOARD: &[u8] = b"sigil nrf52840-dk";
+
+/// The CPU clock: the nRF52840's Cortex-M4 always runs at 64 MHz, from HFINT or HFXO alike.
+const CORE_HZ: u32 = 64_000_000;
+const CYCLES_PER_MS: u32 = CORE_HZ / 1_000;
+
+/// Milliseconds since SysTick started, counted by its exception: the monotonic clock.
+static MILLIS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
+
+#[exception]
+fn SysTick() {
+    interrupt::free(|cs| {
+        let ms = MILLIS.borrow(cs);
+        ms.set(ms.get().saturating_add(1));
+    });
+}
+
+fn now() -> Instant {
+    Instant::from_millis(interrupt::free(|cs| MILLIS.borrow(cs).get()))
+}
+
+/// Which step failed; LED1 blinks its number.
+#[derive(Clone, Copy, Debug)]
+enum Failed {
+    Entropy,
+    Csr,
+    Rotation,
+    Chain,
+}
+
+impl Failed {
+    const fn blinks(self) -> u32 {
+        match self {
+            Self::Entropy => 1,
+            Self::Csr => 2,
+            Self::Rotation => 3,
+            Self::Chain => 4,
+        }
+    }
+}
+
+/// The RNG peripheral as the DRBG's entropy source.
+///
+/// Raw bytes pass a repetition-count test (NIST SP 800-90B §4.4.1) with cutoff
+/// [`Trng::REPETITION_CUTOFF`], which assumes at least 2 bits of min-entropy per byte
+/// (conservative with bias correction on; false alarms at 2^-20 for that, far rarer in
+/// practice). A stuck generator or a missing byte marks the source unhealthy, and the caller
+/// discards the DRBG.
+struct Trng {
+    rng: hw::Rng,
+    last: Option<u8>,
+    run: u32,
+    healthy: bool,
+}
+
+impl Trng {
+    /// `1 + ceil(20 / H)` with H = 2 bits per byte.
+    const REPETITION_CUTOFF: u32 = 11;
+
+    fn start() -> Self {
+        Self {
+            rng: hw::Rng::start(),
+            last: None,
+            run: 0,
+            healthy: true,
+        }
+    }
+}
+
+impl EntropySource for Trng {
+    fn fill(&mut self, out: &mut [u8]) {
+        for o in out.iter_mut() {
+            let Some(byte) = self.rng.next_byte() else {
+                self.healthy = false;
+                *o = 0;
+                continue;
+            };
+            if self.last == Some(byte) {
+                self.run = self.run.saturating_add(1);
+                if self.run >= Self::REPETITION_CUTOFF {
+                    self.healthy = false;
+                }
+            } else {
+                self.last = Some(byte);
+                self.run = 1;
+            }
+            *o = byte;
+        }
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    hw::led1_init();
+    if let Some(cp) = cortex_m::Peripherals::take() {
+        let mut syst = cp.SYST;
+        syst.set_clock_source(SystClkSource::Core);
+        syst.set_reload(CYCLES_PER_MS - 1);
+        syst.clear_current();
+        syst.enable_counter();
+        syst.enable_interrupt();
+    }
+    match run() {
+        Ok(()) => {
+            hw::led1(true);
+            loop {
+                cortex_m::asm::wfi();
+            }
+        }
+        Err(step) => loop {
+            for _ in 0..step.blinks() {
+                hw::led1(true);
+                delay_ms(200);
+                hw::led1(false);
+                delay_ms(300);
+            }
+            delay_ms(1_500);
+        },
+    }
+}
+
+/// Busy-waits at least `ms` milliseconds (cycle counting, so it works with interrupts off).
+fn delay_ms(ms: u32) {
+    for _ in 0..ms {
+        cortex_m::asm::delay(CYCLES_PER_MS);
+    }
+}
+
+fn run() -> Result<(), Failed> {
+    let mut rng = drbg()?;
+    // Each step is its own frame, so their buffers are never on the stack together.
+    csr_step(&mut rng).map_err(|()| Failed::Csr)?;
+    rotation_step(&mut rng).map_err(|()| Failed::Rotation)?;
+    chain_step().map_err(|()| Failed::Chain)
+}
+
+/// The DRBG, instantiated from the TRNG; the peripheral is stopped again afterwards.
+fn drbg() -> Result<HmacDrbg, Failed> {
+    let mut personalization = [0u8; BOARD.len() + 8];
+    let (board, device) = personalization.split_at_mut(BOARD.len());
+    board.copy_from_slice(BOARD);
+    device.copy_from_slice(&hw::device_id());
+    let mut trng = Trng::start();
+    let rng = HmacDrbg::new(&mut trng, &personalization);
+    if trng.healthy {
+        Ok(rng)
+    } else {
+        Err(Failed::Entropy)
+    }
+}
+
+/// Key and CSR, parsed back and its self-signature checked.
+#[inline(never)]
+fn csr_step(rng: &mut HmacDrbg) -> Result<(), ()> {
+    let mut key = SoftwareKey::generate(rng);
+    let id = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
+    let mut csr_buf = [0u8; 320];
+    let der = csr::Builder::new()
+        .with_spiffe_id(id)
+        .build(&mut key, &mut csr_buf)
+        .map_err(drop)?;
+    let parsed = Csr::parse(der).map_err(drop)?;
+    parsed.verify_signature(&RustCryptoVerifier).map_err(drop)?;
+    if parsed.public_key() == key.public_key() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The rotation machine, driven once on the monotonic clock: it asks for an identity and
+/// builds the request for a fresh key. (No CA is reachable from this image; the QEMU board
+/// runs the rest of the cycle against the fixtures.)
+#[inline(never)]
+fn rotation_step(rng: &mut HmacDrbg) -> Result<(), ()> {
+    let id = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
+    let mut bundle = OwnedTrustBundle::new();
+    bundle.replace(&[ROOT]).map_err(drop)?;
+    let mut m: Rotation<'_, SoftwareKey, 1024, 2, 1024> = Rotation::new(
+        Policy::default(),
+        Clock::Monotonic,
+        rng.next_u64(),
+        Some(id),
+        bundle,
+    );
+    m.handle_timeout(now());
+    if m.poll_action() != Some(Action::Request) {
+        return Err(());
+    }
+    let mut csr_buf = [0u8; 320];
+    let (_request, der) = m
+        .start_request(SoftwareKey::generate(rng), &mut csr_buf)
+        .map_err(drop)?;
+    Csr::parse(der)
+        .map_err(drop)?
+        .verify_signature(&RustCryptoVerifier)
+        .map_err(drop)?;
+    if matches!(m.state(), State::Awaiting(_)) && m.identity().is_none() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The chain in flash validates at the pinned time for the device's SPIFFE ID.
+#[inline(never)]
+fn chain_step() -> Result<(), ()> {
+    let server = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
+    let options = Options {
+        usage: Usage::ServerAuth,
+        peer: PeerName::SpiffeId(server),
+        ..Options::new(PINNED)
+    };
+    let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
+    bundle.add(ROOT).map_err(drop)?;
+    match path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options) {
+        Ok(p) if p.intermediates() == [0] => Ok(()),
+        _ => Err(()),
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    interrupt::disable();
+    hw::led1_init();
+    loop {
+        hw::led1(true);
+        delay_ms(100);
+        hw::led1(false);
+        delay_ms(100);
+    }
+}
