@@ -41,7 +41,7 @@ fn main() {
 /// - `SIGIL_ANCHORS`: a PEM file of trust anchors (Sentry's `ca.crt`); default: the test
 ///   fixtures' root, which no real Sentry chains to;
 /// - `SIGIL_APP_ID` (default `device`), `SIGIL_NAMESPACE` (`default`), `SIGIL_TRUST_DOMAIN`
-///   (`localhost`): the device's identity `spiffe://<td>/ns/<namespace>/<app-id>`;
+///   (`public`, Dapr's workload default): the device's identity `spiffe://<td>/ns/<namespace>/<app-id>`;
 /// - `SIGIL_PEER_APP` (default `echo`): the app whose sidecar the device calls, authorized as
 ///   `spiffe://<td>/ns/<namespace>/<peer>`; `SIGIL_METHOD` (default `hello`);
 /// - `SIGIL_ISSUER_SKEW_SECS` (default 900): Sentry's `allowedClockSkew`, which the no-RTC
@@ -93,7 +93,7 @@ fn provision_device(out: &std::path::Path) {
     for (name, key, default) in [
         ("APP_ID", "SIGIL_APP_ID", "device"),
         ("NAMESPACE", "SIGIL_NAMESPACE", "default"),
-        ("TRUST_DOMAIN", "SIGIL_TRUST_DOMAIN", "localhost"),
+        ("TRUST_DOMAIN", "SIGIL_TRUST_DOMAIN", "public"),
         ("PEER_APP", "SIGIL_PEER_APP", "echo"),
         ("METHOD", "SIGIL_METHOD", "hello"),
     ] {

@@ -17,8 +17,9 @@
 //! - `TlsClose`: the TLS session ended (either side).
 //!
 //! A frame with a bad magic, an unknown kind, a length over [`MAX_PAYLOAD`] or a CRC mismatch
-//! is an error: the link is out of step and both ends reset it (there is no resynchronisation
-//! inside a stream; a UART line reset starts clean).
+//! is an error. Both ends then resynchronise: they drop bytes up to the next [`MAGIC`] and
+//! check again (a CRC-32 over the whole frame makes a false match vanishingly rare), so line
+//! noise or a relay reconnecting mid-frame costs the frames it touched, not the link.
 
 /// Bytes before the payload: magic, kind, length.
 pub const HEADER_LEN: usize = 4;

@@ -16,9 +16,20 @@
 //! - its RNG is the caller's (the board's DRBG).
 //!
 //! embedded-tls reduces every refusal to one error code; [`ServerVerifier::refusal`] keeps the
-//! precise reason. As with any TLS 1.3 client, a server's refusal of *our* certificate arrives
-//! after the handshake: a connection is authenticated only after its first application
-//! round trip.
+//! precise reason.
+//!
+//! Two rules for the caller, both from embedded-tls 0.19's handshake:
+//!
+//! - **After `open()` returns `Ok`, check [`ServerVerifier::is_verified`]** (through
+//!   [`Provider::verifier`]). embedded-tls does not require the server to send Certificate and
+//!   CertificateVerify at all: a server that skips them gets a successful `open()` without
+//!   this verifier ever finishing (and with no [`Refusal`] either). Only `is_verified()` says
+//!   the server proved its identity.
+//! - As with any TLS 1.3 client, a server's refusal of *our* certificate arrives after the
+//!   handshake: a connection is authenticated only after its first application round trip.
+//!
+//! A [`Signer`] that fails during CertificateVerify makes embedded-tls panic (it calls the
+//! infallible `sign`); software keys do not fail, a secure element should be checked first.
 
 use embedded_tls::blocking::{
     Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
@@ -145,6 +156,8 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
     }
 
     /// Whether the server's certificate and its CertificateVerify signature both checked out.
+    /// A session is only authenticated if this is true after `open()`: embedded-tls lets a
+    /// server skip both messages.
     pub const fn is_verified(&self) -> bool {
         self.verified
     }

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod demo;
 pub mod net;
 pub mod pki;
+pub mod relay;
 pub mod sentry;
 pub mod sidecar;
 pub mod tls;

@@ -45,6 +45,46 @@ enum Command {
     /// Get a workload certificate from Sentry: make a P-256 key and CSR, send it, validate the
     /// answer, and write key.pem (0600), cert.pem (chain) and ca.pem to a directory.
     Sign(SignCli),
+    /// Bridge an edge device's UART (a TCP socket, as QEMU's -serial tcp:...) to the host:
+    /// its sign requests go to Sentry, its TLS bytes to a sidecar's mTLS port. Exits 0 when
+    /// the serial connection ends or on SIGTERM/Ctrl-C.
+    Relay(RelayCli),
+}
+
+#[derive(Args)]
+struct RelayCli {
+    /// The device's UART socket, host:port (retried for 30 s).
+    #[arg(long)]
+    serial: String,
+    /// Sentry's address, host:port.
+    #[arg(long)]
+    sentry: String,
+    /// PEM trust anchors (Sentry's ca.crt) to check Sentry and the issued chains against.
+    #[arg(long)]
+    anchors: PathBuf,
+    /// A sidecar's mTLS (internal) port, host:port; the device's TLS bytes are forwarded there.
+    #[arg(long)]
+    peer: String,
+    /// Sentry's SPIFFE ID [default: spiffe://<control-plane trust domain>/ns/<control-plane
+    /// namespace>/dapr-sentry].
+    #[arg(long)]
+    sentry_id: Option<String>,
+    /// Sentry's trust domain (as the sidecar's flag).
+    #[arg(long, default_value = "localhost")]
+    control_plane_trust_domain: String,
+    /// Sentry's namespace (as the sidecar's flag).
+    #[arg(long, default_value = "default")]
+    control_plane_namespace: String,
+    /// The device's trust domain, sent in its sign requests: Dapr's workload default
+    /// (`spec.accessControl.trustDomain`) is `public`.
+    #[arg(long, default_value = "public")]
+    trust_domain: String,
+    /// Token for requests whose token is empty (read for each request, trimmed).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Log level (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Args)]
@@ -308,6 +348,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sentry(args) => sentry(args),
         Command::Sign(args) => sign(args),
+        Command::Relay(args) => relay(args),
         Command::Sidecar(args) => sidecar(args),
         Command::Demo { once } => demo(once),
         Command::Csr(CsrCommand::New {
@@ -616,6 +657,59 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
+    }
+}
+
+fn relay(args: RelayCli) -> ExitCode {
+    use sigil_host::relay::{self, RelayOptions};
+    init_logs(&args.log_level, false);
+    let opts = RelayOptions {
+        sentry_id: args.sentry_id.unwrap_or_else(|| {
+            sigil_host::sidecar::identity::sentry_id(
+                &args.control_plane_trust_domain,
+                &args.control_plane_namespace,
+            )
+        }),
+        sentry: args.sentry,
+        anchors_file: args.anchors,
+        trust_domain: args.trust_domain,
+        peer: args.peer,
+        token_file: args.token_file,
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let serial = tokio::select! {
+            s = relay::connect_serial(&args.serial, Duration::from_secs(30)) => s?,
+            () = &mut shutdown => return Ok(()),
+        };
+        println!(
+            "relay: connected serial={} sentry={} peer={}",
+            args.serial, opts.sentry, opts.peer
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        relay::run(serial, opts, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            println!("relay: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

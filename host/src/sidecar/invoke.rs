@@ -447,6 +447,9 @@ impl Invoker {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // The sidecar answers in its own protocol version, whatever the app spoke
+                // (an HTTP/1.0 app must not turn the caller's HTTP/1.1 answer into 1.0).
+                parts.version = hyper::Version::default();
                 Response::from_parts(parts, body.boxed())
             }
             Ok(Err(e)) => json_error(

@@ -1,0 +1,643 @@
+//! `sigil relay`: the bridge between an edge device's UART and the host services.
+//!
+//! The device speaks the link protocol of [`sigil_core::link`] over its UART, which QEMU exposes
+//! as a TCP server (`-serial tcp:127.0.0.1:PORT,server=on,wait=on`); the relay is a TCP client
+//! of that socket ([`connect_serial`] retries while QEMU starts). Data flow:
+//!
+//! ```text
+//!            SignRequest ──► sign task ──► Sentry (gRPC over TLS, a new connection each time)
+//! device ◄─► serial  │                         │
+//! (UART)     reader  │       SignAnswer ◄──────┘
+//!                    │
+//!                    └─ TlsData ──► session task ──► --peer (a sidecar's mTLS port, plain TCP)
+//!                       TlsClose         │
+//!                                        └──► TlsData / TlsClose back to the device
+//! ```
+//!
+//! - One reader ([`run`]'s loop) owns the serial read half and parses frames with check-then-
+//!   parse. It never waits on Sentry or on the peer's connect: sign requests run as spawned
+//!   tasks, and TLS bytes go to a session task through a channel.
+//! - One writer task owns the serial write half. Every frame to the device goes through its
+//!   channel as a whole, so frames never interleave.
+//! - The TLS channel is forwarded blindly: the relay never terminates TLS; the device and the
+//!   sidecar do mutual TLS end to end. A session task opens the TCP connection to the peer on
+//!   the first `TlsData` after none is open, writes the device's bytes, and sends what the peer
+//!   writes back as `TlsData` frames of at most [`PEER_READ_LEN`] bytes. When the peer closes
+//!   (or cannot be connected) the device gets `TlsClose` and the session is forgotten; a
+//!   `TlsClose` from the device shuts the peer connection down. The link has no session
+//!   numbers: bytes the device sent for a session the peer has just closed open a new one.
+//! - Sign answers carry no request number either: a device should have one request in flight.
+//!   At most [`MAX_SIGNS_IN_FLIGHT`] run at once; more are refused with `RESOURCE_EXHAUSTED`.
+//!
+//! Bad input never stops the relay and never panics: a frame that fails to parse is logged and
+//! skipped by resynchronising on the next magic byte, and a partial frame that stays
+//! incomplete for [`STALL_TIMEOUT`] while the device is silent is treated the same way (a
+//! corrupted length would otherwise wait for bytes that never come). The receive buffer holds
+//! at most one frame ([`MAX_FRAME`] bytes). Sentry's failures become refusals sent to the
+//! device, with gRPC codes: Sentry's own when it refuses (Dapr's `INVALID_ARGUMENT` 3,
+//! `PERMISSION_DENIED` 7, `INTERNAL` 13), `UNAVAILABLE` 14 when it cannot be reached, and
+//! `INTERNAL` 13 when its answer fails the relay's checks. Only the serial link ending (or the
+//! shutdown future) ends the relay.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sigil_core::crypto::PublicKey;
+use sigil_core::csr::Csr;
+use sigil_core::link::{self, Answer, Frame, MAX_FRAME, MAX_PAYLOAD};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::Code;
+
+use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::pki;
+
+/// Bytes read from the peer at a time: each read becomes one `TlsData` frame, kept well under
+/// [`MAX_PAYLOAD`] so a device with small buffers gets small frames.
+pub const PEER_READ_LEN: usize = 2048;
+
+/// Sign requests handled at once; further ones are refused with `RESOURCE_EXHAUSTED` (8).
+pub const MAX_SIGNS_IN_FLIGHT: usize = 4;
+
+/// How long a partial frame may wait for its remaining bytes while the device sends nothing;
+/// then it is dropped as corrupt. A whole frame takes under half a second at 115,200 baud.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long connecting to the peer may take before the device gets `TlsClose`.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames queued for the serial writer.
+const OUT_QUEUE: usize = 64;
+
+/// Device bytes queued for one peer session.
+const SESSION_QUEUE: usize = 32;
+
+/// How long the writer may take to flush queued frames when the relay stops.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the relay needs besides the serial connection.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// Sentry's gRPC address, `host:port`.
+    pub sentry: String,
+    /// PEM file of Sentry's trust anchors (`ca.crt`): Sentry's serving certificate and every
+    /// issued chain are checked against them. Re-read for each sign request (a rotated root is
+    /// picked up); if it cannot be read then, the anchors read at start are used.
+    pub anchors_file: PathBuf,
+    /// Sentry's SPIFFE ID, e.g. `spiffe://localhost/ns/default/dapr-sentry`.
+    pub sentry_id: String,
+    /// The trust domain sent in each sign request.
+    pub trust_domain: String,
+    /// A sidecar's mTLS (internal) port, `host:port`, where the device's TLS bytes go.
+    pub peer: String,
+    /// Token file used when the device sends an empty token (read for each request, trimmed).
+    pub token_file: Option<PathBuf>,
+}
+
+impl RelayOptions {
+    /// Checks that the options are usable, so a misconfigured relay fails before it waits for
+    /// the device: reads the anchors and checks Sentry's SPIFFE ID.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError::Anchors`] or [`RelayError::Config`].
+    pub fn validate(&self) -> Result<Vec<Vec<u8>>, RelayError> {
+        let anchors = pki::read_certificates(&self.anchors_file).map_err(RelayError::Anchors)?;
+        crate::tls::SpiffeServerVerifier::new(anchors.clone(), self.sentry_id.clone())
+            .map_err(RelayError::Config)?;
+        Ok(anchors)
+    }
+}
+
+/// Why the relay stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The device's serial socket could not be reached in time.
+    #[error("connecting to the serial port at {address} (tried for {waited:?}): {source}")]
+    SerialConnect {
+        /// The address dialled.
+        address: String,
+        /// How long it was tried.
+        waited: Duration,
+        /// The last error.
+        source: std::io::Error,
+    },
+    /// Reading from the serial connection failed (an EOF is a clean end, not an error).
+    #[error("serial link: {0}")]
+    Serial(std::io::Error),
+    /// The trust anchors file is unusable.
+    #[error("trust anchors: {0}")]
+    Anchors(pki::InputError),
+    /// Another option is unusable.
+    #[error("relay configuration: {0}")]
+    Config(String),
+}
+
+/// Connects to the device's serial socket at `address`, retrying every 200 ms for up to
+/// `limit` (QEMU may start after the relay). The connection has `TCP_NODELAY` set.
+///
+/// # Errors
+///
+/// [`RelayError::SerialConnect`] with the last error once `limit` has passed.
+pub async fn connect_serial(address: &str, limit: Duration) -> Result<TcpStream, RelayError> {
+    let start = Instant::now();
+    loop {
+        let error = match TcpStream::connect(address).await {
+            Ok(stream) => {
+                // Small frames must not wait for Nagle; a failure only costs latency.
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set on the serial socket");
+                }
+                return Ok(stream);
+            }
+            Err(e) => e,
+        };
+        let waited = start.elapsed();
+        if waited >= limit {
+            return Err(RelayError::SerialConnect {
+                address: address.to_owned(),
+                waited,
+                source: error,
+            });
+        }
+        tracing::debug!(%address, error = %error, "serial port not up yet; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Relays between the device on `serial` and Sentry and the peer until the device's end
+/// closes (EOF) or `shutdown` completes. Open peer connections and unanswered sign requests
+/// are dropped then; frames already queued for the device are flushed (for up to a second).
+///
+/// # Errors
+///
+/// [`RelayError::Anchors`] or [`RelayError::Config`] for unusable options, and
+/// [`RelayError::Serial`] if reading the serial connection fails. Nothing the device or
+/// Sentry sends is an error.
+pub async fn run(
+    serial: TcpStream,
+    opts: RelayOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let anchors = opts.validate()?;
+    let (read, write) = serial.into_split();
+    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+    let mut writer = tokio::spawn(write_frames(write, out_rx));
+    let mut relay = Relay {
+        sign: Arc::new(SignContext { opts, anchors }),
+        out,
+        session: None,
+        sessions: JoinSet::new(),
+        signs: JoinSet::new(),
+    };
+    let result = tokio::select! {
+        r = relay.pump(read) => r,
+        () = shutdown => {
+            tracing::info!("relay: stopping");
+            Ok(())
+        }
+    };
+    // Dropping the relay aborts its tasks (closing peer sockets) and closes the writer's
+    // channel; the writer then flushes what is queued and shuts the serial socket down.
+    drop(relay);
+    if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    result
+}
+
+/// The reader's state.
+struct Relay {
+    sign: Arc<SignContext>,
+    /// Frames to the device (the writer task's channel).
+    out: mpsc::Sender<Vec<u8>>,
+    /// The open peer session, if any.
+    session: Option<mpsc::Sender<Vec<u8>>>,
+    /// Session tasks: the open one, and closed ones finishing. Dropping aborts them.
+    sessions: JoinSet<()>,
+    /// Sign tasks in flight. Dropping aborts them.
+    signs: JoinSet<()>,
+}
+
+impl Relay {
+    /// Reads and handles frames until EOF.
+    async fn pump(&mut self, mut read: OwnedReadHalf) -> Result<(), RelayError> {
+        let mut buf = vec![0u8; MAX_FRAME];
+        let mut filled = 0usize;
+        // When the reader was last ready for bytes: a partial frame stalls after STALL_TIMEOUT
+        // of silence from then (time spent handling frames does not count).
+        let mut ready_since = tokio::time::Instant::now();
+        loop {
+            let stall = ready_since + STALL_TIMEOUT;
+            let room = buf.get_mut(filled..).unwrap_or_default();
+            tokio::select! {
+                // Bytes that are there win over the stall timer.
+                biased;
+                r = read.read(room) => {
+                    let n = r.map_err(RelayError::Serial)?;
+                    if n == 0 {
+                        if filled > 0 {
+                            tracing::warn!(bytes = filled, "serial closed inside a frame");
+                        }
+                        tracing::info!("serial: end of stream");
+                        return Ok(());
+                    }
+                    filled += n;
+                    filled = self.handle_bytes(&mut buf, filled).await;
+                    ready_since = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(stall), if filled > 0 => {
+                    tracing::warn!(bytes = filled, "partial frame stalled; resynchronising");
+                    filled = resync(&mut buf, filled);
+                    filled = self.handle_bytes(&mut buf, filled).await;
+                    ready_since = tokio::time::Instant::now();
+                }
+                Some(r) = self.signs.join_next() => log_join("sign", r),
+                Some(r) = self.sessions.join_next() => log_join("peer session", r),
+            }
+        }
+    }
+
+    /// Handles every whole frame at the start of `buf[..filled]`, skipping corrupt ones;
+    /// returns how many bytes remain (a partial frame, moved to the start).
+    async fn handle_bytes(&mut self, buf: &mut [u8], mut filled: usize) -> usize {
+        loop {
+            let data = buf.get(..filled).unwrap_or_default();
+            if data.is_empty() {
+                return 0;
+            }
+            match Frame::parse(data) {
+                Ok((frame, len)) => {
+                    self.handle_frame(frame).await;
+                    buf.copy_within(len..filled, 0);
+                    filled -= len;
+                }
+                // `needed` is at most MAX_FRAME, the buffer's size, so there is room to read.
+                Err(link::Error::Incomplete { needed }) if needed <= buf.len() => return filled,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from the device; resynchronising");
+                    filled = resync(buf, filled);
+                }
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: Frame<'_>) {
+        match frame {
+            Frame::SignRequest {
+                id,
+                namespace,
+                token,
+                csr,
+            } => {
+                tracing::info!(%id, %namespace, csr_bytes = csr.len(), "sign request");
+                while let Some(r) = self.signs.try_join_next() {
+                    log_join("sign", r);
+                }
+                if self.signs.len() >= MAX_SIGNS_IN_FLIGHT {
+                    let reply = Reply::refused(
+                        Code::ResourceExhausted,
+                        format!("{MAX_SIGNS_IN_FLIGHT} sign requests already in flight"),
+                    );
+                    tracing::warn!(%reply, "sign request refused");
+                    send(&self.out, reply.to_frame()).await;
+                    return;
+                }
+                let request = DeviceRequest {
+                    id: id.to_owned(),
+                    namespace: namespace.to_owned(),
+                    token: token.to_owned(),
+                    csr: csr.to_vec(),
+                };
+                let (ctx, out) = (self.sign.clone(), self.out.clone());
+                self.signs.spawn(async move {
+                    let reply = ctx.answer(request).await;
+                    tracing::info!(%reply, "sign answer");
+                    send(&out, reply.to_frame()).await;
+                });
+            }
+            Frame::TlsData(bytes) => self.forward(bytes.to_vec()).await,
+            Frame::TlsClose => {
+                if self.session.take().is_some() {
+                    // The session task sees its channel close, writes what is queued and shuts
+                    // the peer connection down.
+                    tracing::debug!("device closed the TLS session");
+                }
+            }
+            Frame::SignAnswer(_) => {
+                tracing::warn!("protocol error: the device sent a SignAnswer; ignored");
+            }
+        }
+    }
+
+    /// Gives `bytes` to the open session, or opens one.
+    async fn forward(&mut self, bytes: Vec<u8>) {
+        let bytes = match &self.session {
+            Some(tx) => match tx.send(bytes).await {
+                Ok(()) => return,
+                // The peer closed that session (the device was sent TlsClose): a new one.
+                Err(mpsc::error::SendError(bytes)) => bytes,
+            },
+            None => bytes,
+        };
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        // A fresh channel has room for one message.
+        let _ = tx.try_send(bytes);
+        self.session = Some(tx);
+        self.sessions
+            .spawn(session(self.sign.opts.peer.clone(), rx, self.out.clone()));
+    }
+}
+
+/// Drops the bytes before the next magic byte after the start (all of them if there is none);
+/// returns the bytes left.
+fn resync(buf: &mut [u8], filled: usize) -> usize {
+    let skip = buf
+        .get(1..filled)
+        .and_then(|rest| rest.iter().position(|&b| b == link::MAGIC))
+        .map_or(filled, |at| at + 1);
+    buf.copy_within(skip..filled, 0);
+    filled - skip
+}
+
+fn log_join(what: &str, r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            tracing::error!(error = %e, "{what} task panicked");
+        }
+    }
+}
+
+/// Queues one frame for the device; if the writer is gone the serial link is closing anyway.
+async fn send(out: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) {
+    if out.send(frame).await.is_err() {
+        tracing::debug!("serial writer gone; frame dropped");
+    }
+}
+
+/// A frame's bytes.
+fn encode(frame: &Frame<'_>) -> Result<Vec<u8>, link::Error> {
+    let mut out = vec![0u8; frame.buffer_len()];
+    let len = frame.emit(&mut out)?.len();
+    out.truncate(len);
+    Ok(out)
+}
+
+/// The writer task: writes queued frames to the serial socket until the channel closes, then
+/// shuts the socket's write side down.
+async fn write_frames(mut write: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = write.write_all(&frame).await {
+            tracing::warn!(error = %e, "writing to the serial link failed");
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// One TLS session to the peer: connects, then copies the device's bytes (from `rx`) to the
+/// peer and the peer's bytes to the device as `TlsData` frames, the two directions
+/// independently (neither waits for the other, so a peer that writes before it reads cannot
+/// deadlock the session). Ends when the device closes (`rx` closed: the peer connection is
+/// shut down, nothing is sent) or the peer does (the device gets `TlsClose`).
+async fn session(peer: String, mut rx: mpsc::Receiver<Vec<u8>>, out: mpsc::Sender<Vec<u8>>) {
+    let stream = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(&peer)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return peer_closed(&mut rx, &out, &format!("connecting to {peer}: {e}")).await
+        }
+        Err(_) => {
+            return peer_closed(&mut rx, &out, &format!("connecting to {peer}: timed out")).await
+        }
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set on the peer socket");
+    }
+    tracing::debug!(%peer, "TLS session opened");
+    let (mut peer_read, mut peer_write) = stream.into_split();
+    let to_peer = async {
+        while let Some(bytes) = rx.recv().await {
+            if let Err(e) = peer_write.write_all(&bytes).await {
+                return Some(format!("writing to {peer}: {e}"));
+            }
+        }
+        let _ = peer_write.shutdown().await;
+        None
+    };
+    let from_peer = async {
+        let mut buf = [0u8; PEER_READ_LEN];
+        loop {
+            match peer_read.read(&mut buf).await {
+                Ok(0) => return "closed by the peer".to_owned(),
+                Ok(n) => match encode(&Frame::TlsData(buf.get(..n).unwrap_or_default())) {
+                    Ok(frame) => send(&out, frame).await,
+                    // Unreachable: PEER_READ_LEN is under MAX_PAYLOAD.
+                    Err(e) => tracing::error!(error = %e, "TlsData frame not encoded"),
+                },
+                Err(e) => return format!("reading from {peer}: {e}"),
+            }
+        }
+    };
+    // `None`: the device closed the session.
+    let peer_end = tokio::select! {
+        end = to_peer => end,
+        end = from_peer => Some(end),
+    };
+    match peer_end {
+        Some(why) => peer_closed(&mut rx, &out, &why).await,
+        None => tracing::debug!(%peer, "TLS session closed by the device"),
+    }
+}
+
+/// Ends a session from the peer's side: closes `rx` first, so that bytes the device sends
+/// after it receives `TlsClose` find the session gone and open a new one, then sends
+/// `TlsClose`.
+async fn peer_closed(rx: &mut mpsc::Receiver<Vec<u8>>, out: &mpsc::Sender<Vec<u8>>, why: &str) {
+    rx.close();
+    tracing::debug!(reason = why, "TLS session ended; TlsClose to the device");
+    match encode(&Frame::TlsClose) {
+        Ok(frame) => send(out, frame).await,
+        Err(e) => tracing::error!(error = %e, "TlsClose frame not encoded"),
+    }
+}
+
+/// A sign request, owned (it outlives the receive buffer).
+struct DeviceRequest {
+    id: String,
+    namespace: String,
+    token: String,
+    csr: Vec<u8>,
+}
+
+/// What sign tasks share.
+struct SignContext {
+    opts: RelayOptions,
+    /// The anchors read at start, used if the file cannot be re-read.
+    anchors: Vec<Vec<u8>>,
+}
+
+impl SignContext {
+    /// Asks Sentry for a certificate for `req` and turns the outcome into an answer.
+    async fn answer(&self, req: DeviceRequest) -> Reply {
+        let token = match (&self.opts.token_file, req.token.is_empty()) {
+            (Some(file), true) => match std::fs::read_to_string(file) {
+                Ok(t) => t.trim().to_owned(),
+                Err(e) => {
+                    // Transient, as a projected token that is not written yet: retry later.
+                    let why = format!("token file {}: {e}", file.display());
+                    return Reply::refused(Code::Unavailable, why);
+                }
+            },
+            _ => req.token,
+        };
+        let anchors = pki::read_certificates(&self.opts.anchors_file).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
+            self.anchors.clone()
+        });
+        // The issued certificate must hold the CSR's key. A CSR the relay cannot parse still
+        // goes to Sentry, which refuses it with Dapr's code and message; should Sentry issue
+        // for it anyway, the empty key matches nothing and the answer is INTERNAL.
+        let parsed = Csr::parse(&req.csr).ok();
+        let key = parsed.map_or(PublicKey::EcP256(&[]), |c| c.public_key());
+        let target = SentryTarget {
+            address: self.opts.sentry.clone(),
+            anchors: anchors.clone(),
+            sentry_id: self.opts.sentry_id.clone(),
+        };
+        let request = SignRequest {
+            // A token selects the JWKS validator, as daprd's token file does; without one
+            // Sentry's default validator decides.
+            token_validator: if token.is_empty() { 0 } else { 3 },
+            id: req.id,
+            namespace: req.namespace,
+            token,
+            trust_domain: self.opts.trust_domain.clone(),
+            csr_der: req.csr.clone(),
+        };
+        let signed = match SentryClient::connect(target).await {
+            Ok(mut client) => client.sign(&request, key).await,
+            Err(e) => Err(e),
+        };
+        let signed = match signed {
+            Ok(s) => s,
+            Err(e) => return Reply::from(e),
+        };
+        let leaf = signed.chain.first().map(Vec::as_slice).unwrap_or_default();
+        if !crate::sidecar::identity::names_workload(leaf, &request.namespace, &request.id) {
+            return Reply::refused(
+                Code::Internal,
+                format!(
+                    "issued certificate does not name spiffe://<trust domain>/ns/{}/{}",
+                    request.namespace, request.id
+                ),
+            );
+        }
+        // Leaf and intermediates; a root (configured or sent by Sentry) is not sent on.
+        let is_root = |c: &Vec<u8>| anchors.contains(c) || signed.trust_bundle.contains(c);
+        let certs = signed
+            .chain
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| i == 0 || !is_root(c))
+            .map(|(_, c)| c.as_slice());
+        let mut payload = vec![0u8; MAX_PAYLOAD - 1];
+        match link::encode_chain(certs, &mut payload) {
+            Ok(chain) => Reply::Chain(chain.to_vec()),
+            Err(e) => Reply::refused(
+                Code::Internal,
+                format!("issued chain does not fit a link frame: {e}"),
+            ),
+        }
+    }
+}
+
+/// The answer to a sign request.
+///
+/// Codes (gRPC's): Sentry's own when it refuses (Dapr's: `INVALID_ARGUMENT` 3 for the CSR or
+/// the validator choice, `PERMISSION_DENIED` 7 for the validator, `INTERNAL` 13 for issuance);
+/// `UNAVAILABLE` 14 when Sentry cannot be reached or the token file read; `INTERNAL` 13 when
+/// the answer fails the relay's checks (chain validation against the anchors, the workload
+/// profile, the CSR's key, the SPIFFE ID, the frame size); `RESOURCE_EXHAUSTED` 8 when too
+/// many requests are in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    /// The chain payload (`link::encode_chain`), leaf first.
+    Chain(Vec<u8>),
+    /// A refusal: gRPC code (never 0) and message (fits a frame).
+    Refused { code: u8, message: String },
+}
+
+impl Reply {
+    fn refused(code: Code, message: impl Into<String>) -> Self {
+        let code = u8::try_from(i32::from(code))
+            .ok()
+            .filter(|&c| c != 0)
+            .unwrap_or(2); // UNKNOWN
+        Self::Refused {
+            code,
+            message: clip(message.into(), MAX_PAYLOAD - 1),
+        }
+    }
+
+    /// The `SignAnswer` frame.
+    fn to_frame(&self) -> Vec<u8> {
+        let answer = match self {
+            Self::Chain(c) => Answer::Chain(c),
+            Self::Refused { code, message } => Answer::Refused {
+                code: *code,
+                message,
+            },
+        };
+        encode(&Frame::SignAnswer(answer)).unwrap_or_else(|e| {
+            // Unreachable: chains and messages are sized to fit above.
+            tracing::error!(error = %e, "sign answer not encoded");
+            encode(&Frame::SignAnswer(Answer::Refused {
+                code: 13,
+                message: "answer not encoded",
+            }))
+            .unwrap_or_default()
+        })
+    }
+}
+
+impl From<ClientError> for Reply {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Refused { code, message } => Self::refused(code, message),
+            e @ (ClientError::Config(_) | ClientError::Connect { .. }) => {
+                Self::refused(Code::Unavailable, e.to_string())
+            }
+            e => Self::refused(Code::Internal, e.to_string()),
+        }
+    }
+}
+
+impl core::fmt::Display for Reply {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Chain(c) => write!(f, "chain of {} bytes", c.len()),
+            Self::Refused { code, message } => write!(f, "refused ({code}): {message}"),
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}

@@ -1,0 +1,559 @@
+//! `sigil relay` as a real process on loopback. The test plays the device: it listens on
+//! 127.0.0.1:0 as QEMU's `-serial tcp:...,server=on` would, lets the relay connect, and speaks
+//! `sigil_core::link` frames to it. Sentry is a real `sigil sentry`; the TLS peer is an echo
+//! server (the relay forwards bytes blindly, so no TLS is needed to test it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sigil_core::crypto::Signer as _;
+use sigil_core::key::SoftwareKey;
+use sigil_core::link::{self, Answer, Frame, MAX_PAYLOAD};
+
+use common::{free_port, read_certs, sentry_command, start, Sentry};
+
+/// How long any single answer may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A frame from the relay, owned.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Chain(Vec<Vec<u8>>),
+    Refused(u8, String),
+    TlsData(Vec<u8>),
+    TlsClose,
+    SignRequest,
+}
+
+/// The test's end of the serial link.
+struct Device {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Device {
+    fn send(&mut self, frame: &Frame<'_>) {
+        self.send_raw(&wire(frame));
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` if none arrives within `limit`. Panics on a malformed frame
+    /// or a closed link.
+    fn recv_within(&mut self, limit: Duration) -> Option<Got> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match Frame::parse(&self.buf) {
+                Ok((frame, len)) => {
+                    let got = match frame {
+                        Frame::SignAnswer(a @ Answer::Chain(_)) => {
+                            Got::Chain(a.certificates().map(<[u8]>::to_vec).collect())
+                        }
+                        Frame::SignAnswer(Answer::Refused { code, message }) => {
+                            Got::Refused(code, message.to_owned())
+                        }
+                        Frame::TlsData(d) => Got::TlsData(d.to_vec()),
+                        Frame::TlsClose => Got::TlsClose,
+                        Frame::SignRequest { .. } => Got::SignRequest,
+                    };
+                    self.buf.drain(..len);
+                    return Some(got);
+                }
+                Err(link::Error::Incomplete { .. }) => {}
+                Err(e) => panic!("malformed frame from the relay: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the relay closed the serial link"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) => panic!("reading the serial link: {e}"),
+            }
+        }
+    }
+}
+
+/// A running `sigil relay`, connected to the test's [`Device`].
+struct Relay {
+    child: Child,
+    device: Device,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Relay {
+    /// The next frame (panics with the relay's log if none comes in time).
+    fn recv(&mut self) -> Got {
+        match self.device.recv_within(ANSWER_TIMEOUT) {
+            Some(got) => got,
+            None => panic!("no frame from the relay; its log: {}", self.logs()),
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the relay exited; its log: {}",
+            self.logs()
+        );
+    }
+
+    /// Waits for the process to exit.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not exit; its log: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `frame`'s bytes.
+fn wire(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; frame.buffer_len()];
+    let len = frame.emit(&mut out).unwrap().len();
+    out.truncate(len);
+    out
+}
+
+/// Starts `sigil relay` before the device listens (`listener`: bind it later to test the
+/// retry) or after; returns once it has connected and printed its ready line.
+#[allow(clippy::zombie_processes)] // reaped by `Relay::drop`
+fn start_relay_at(
+    serial: &str,
+    listener: impl FnOnce() -> TcpListener,
+    sentry: &str,
+    anchors: &Path,
+    peer: &str,
+) -> Relay {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["relay", "--trust-domain", "localhost", "--serial", serial])
+        .args(["--sentry", sentry, "--anchors"])
+        .arg(anchors)
+        .args(["--peer", peer, "--log-level", "debug"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let lines = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listener = listener();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!("relay exited {status}: {:?}", stderr.lock().unwrap());
+                }
+                assert!(Instant::now() < deadline, "the relay did not connect");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the relay's ready line");
+    assert_eq!(
+        line,
+        format!("relay: connected serial={serial} sentry={sentry} peer={peer}")
+    );
+    Relay {
+        child,
+        device: Device {
+            stream,
+            buf: Vec::new(),
+        },
+        stderr,
+    }
+}
+
+/// Starts `sigil relay` against a device listening now.
+fn start_relay(sentry: &str, anchors: &Path, peer: &str) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let serial = listener.local_addr().unwrap().to_string();
+    start_relay_at(&serial, move || listener, sentry, anchors, peer)
+}
+
+/// A running Sentry and its credentials directory (ca.crt is the anchors file).
+fn sentry() -> (Sentry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let sentry = start(sentry_command(dir.path())).unwrap();
+    (sentry, dir)
+}
+
+/// An address where nothing listens.
+fn nowhere() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// An anchors file (a throwaway self-signed certificate) for a relay whose Sentry is never
+/// reached, in a directory removed when the guard drops.
+fn anchors_for_no_sentry() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.crt");
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.invalid".to_owned()]).unwrap();
+    std::fs::write(&path, ca.cert.pem()).unwrap();
+    (dir, path)
+}
+
+/// A fresh key and an empty CSR (as Dapr's sidecar sends).
+fn key_and_csr() -> (SoftwareKey, Vec<u8>) {
+    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
+    let mut buf = [0u8; 512];
+    let csr = sigil_core::csr::Builder::new()
+        .build(&mut key, &mut buf)
+        .unwrap()
+        .to_vec();
+    (key, csr)
+}
+
+fn sign_request<'a>(id: &'a str, csr: &'a [u8]) -> Frame<'a> {
+    Frame::SignRequest {
+        id,
+        namespace: "default",
+        token: "",
+        csr,
+    }
+}
+
+/// Checks a chain answer: leaf first, for `key`, naming `id`, valid against `anchors` now, and
+/// without the roots.
+fn assert_workload_chain(chain: &[Vec<u8>], anchors: &[Vec<u8>], key: &SoftwareKey, id: &str) {
+    use sigil_core::path::{self, Options, TrustBundle, Usage};
+    let (leaf, rest) = chain.split_first().expect("a certificate");
+    assert!(
+        !rest.is_empty(),
+        "the issuer certificate comes with the leaf"
+    );
+    for c in chain {
+        assert!(!anchors.contains(c), "a root was sent in the chain");
+    }
+    let cert = sigil_core::cert::Certificate::parse(leaf).unwrap();
+    let ids: Vec<String> = cert.spiffe_ids().map(|i| i.to_string()).collect();
+    assert_eq!(ids, [format!("spiffe://localhost/ns/default/{id}")]);
+    assert!(cert.public_key().unwrap().same_key(&key.public_key()));
+    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
+    for a in anchors {
+        bundle.add(a).unwrap();
+    }
+    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let options = Options {
+        usage: Usage::ClientAndServer,
+        ..Options::new(sigil_core::UnixTime::from_secs(secs))
+    };
+    path::verify(
+        leaf,
+        &ints,
+        &bundle,
+        &sigil_host::verifier::RingVerifier,
+        &options,
+    )
+    .unwrap();
+}
+
+#[test]
+fn sign_request_gets_a_valid_workload_chain() {
+    let (sentry, dir) = sentry();
+    let anchors_file = dir.path().join("ca.crt");
+    let anchors = read_certs(&anchors_file);
+    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+    let (key, csr) = key_and_csr();
+    relay.device.send(&sign_request("device", &csr));
+    match relay.recv() {
+        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
+    }
+    // A second request on the same link (a renewal) is answered too.
+    let (key, csr) = key_and_csr();
+    relay.device.send(&sign_request("device", &csr));
+    match relay.recv() {
+        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
+    }
+}
+
+#[test]
+fn sentry_refusals_reach_the_device_with_dapr_codes() {
+    let (sentry, dir) = sentry();
+    let mut relay = start_relay(&sentry.grpc, &dir.path().join("ca.crt"), &nowhere());
+    // A CSR that is not one: Sentry's INVALID_ARGUMENT.
+    relay
+        .device
+        .send(&sign_request("device", b"\x30\x03not a CSR"));
+    match relay.recv() {
+        Got::Refused(3, message) => {
+            assert!(message.contains("certificate signing request"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // An app ID with a dot: the validator's PERMISSION_DENIED.
+    let (_, csr) = key_and_csr();
+    relay.device.send(&sign_request("my.device", &csr));
+    match relay.recv() {
+        Got::Refused(7, message) => assert!(message.contains("dot"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    relay.assert_alive();
+}
+
+#[test]
+fn unreachable_sentry_and_peer_are_reported_not_fatal() {
+    let (_dir, anchors) = anchors_for_no_sentry();
+    let mut relay = start_relay(&nowhere(), &anchors, &nowhere());
+    let (_, csr) = key_and_csr();
+    let asked = Instant::now();
+    relay.device.send(&sign_request("device", &csr));
+    match relay.recv() {
+        Got::Refused(14, message) => assert!(message.contains("connect"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    // A TLS session to a peer that is not there is closed at once.
+    relay
+        .device
+        .send(&Frame::TlsData(b"\x16\x03\x01 client hello"));
+    assert_eq!(relay.recv(), Got::TlsClose);
+    // And both keep working (a second try gets the same answers; the relay lives on).
+    relay.device.send(&sign_request("device", &csr));
+    assert!(matches!(relay.recv(), Got::Refused(14, _)));
+    relay.device.send(&Frame::TlsData(b"again"));
+    assert_eq!(relay.recv(), Got::TlsClose);
+    relay.assert_alive();
+}
+
+/// An echo server for the TLS channel: connection `i` echoes until it has echoed `limits[i]`
+/// bytes and then closes (`None`: until EOF); each connection's end is reported.
+fn echo_server(limits: Vec<Option<usize>>) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, limit) in limits.into_iter().enumerate() {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut echoed = 0usize;
+            let mut buf = [0u8; 1500];
+            let end = loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) => break "eof",
+                    Ok(n) => n,
+                    Err(_) => break "error",
+                };
+                let n = limit.map_or(n, |l| n.min(l - echoed));
+                s.write_all(&buf[..n]).unwrap();
+                echoed += n;
+                if limit == Some(echoed) {
+                    s.shutdown(Shutdown::Both).unwrap();
+                    break "closed";
+                }
+            };
+            tx.send(format!("{i}: {end} after {echoed}")).unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+/// Receives `TlsData` frames until `len` bytes have come; returns them.
+fn recv_tls(relay: &mut Relay, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        match relay.recv() {
+            Got::TlsData(d) => {
+                assert!(!d.is_empty() && d.len() <= MAX_PAYLOAD, "{} bytes", d.len());
+                got.extend_from_slice(&d);
+            }
+            other => panic!("{other:?} after {} of {len} bytes", got.len()),
+        }
+    }
+    got
+}
+
+#[test]
+fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
+    let first: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+    let second = b"second session".to_vec();
+    let (peer, ends) = echo_server(vec![Some(first.len()), Some(second.len()), None]);
+    let (_dir, anchors) = anchors_for_no_sentry();
+    let mut relay = start_relay(&nowhere(), &anchors, &peer);
+
+    // Session 1: 9,000 bytes in frames of up to MAX_PAYLOAD; the echo comes back whole, then
+    // the peer closes and the device is told.
+    for chunk in first.chunks(MAX_PAYLOAD) {
+        relay.device.send(&Frame::TlsData(chunk));
+    }
+    assert_eq!(recv_tls(&mut relay, first.len()), first);
+    assert_eq!(relay.recv(), Got::TlsClose);
+    assert_eq!(
+        ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
+        format!("0: closed after {}", first.len())
+    );
+
+    // Session 2 opens a new connection.
+    relay.device.send(&Frame::TlsData(&second));
+    assert_eq!(recv_tls(&mut relay, second.len()), second);
+    assert_eq!(relay.recv(), Got::TlsClose);
+    assert_eq!(
+        ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
+        format!("1: closed after {}", second.len())
+    );
+
+    // Session 3: the device closes; the peer sees EOF and the device hears nothing more.
+    relay.device.send(&Frame::TlsData(b"third"));
+    assert_eq!(recv_tls(&mut relay, 5), b"third");
+    relay.device.send(&Frame::TlsClose);
+    assert_eq!(ends.recv_timeout(ANSWER_TIMEOUT).unwrap(), "2: eof after 5");
+    assert_eq!(relay.device.recv_within(Duration::from_millis(500)), None);
+    relay.assert_alive();
+}
+
+#[test]
+fn corrupt_input_is_skipped_and_the_link_resynchronises() {
+    let (sentry, dir) = sentry();
+    let anchors_file = dir.path().join("ca.crt");
+    let anchors = read_certs(&anchors_file);
+    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+
+    // Line noise (no magic byte), a request with a flipped CRC byte, an unknown kind, a
+    // SignAnswer (only the relay may send those), then a valid request: one answer.
+    let (_, bad_csr) = key_and_csr();
+    let mut flipped = wire(&sign_request("device", &bad_csr));
+    *flipped.last_mut().unwrap() ^= 0x01;
+    let mut unknown_kind = wire(&Frame::TlsClose);
+    unknown_kind[1] = 9;
+    let (key, csr) = key_and_csr();
+    let mut bytes = b"\x00\x01line noise\xff\xfe\r\n".to_vec();
+    bytes.extend_from_slice(&flipped);
+    bytes.extend_from_slice(&unknown_kind);
+    bytes.extend_from_slice(&wire(&Frame::SignAnswer(Answer::Refused {
+        code: 2,
+        message: "from the device",
+    })));
+    bytes.extend_from_slice(&wire(&sign_request("device", &csr)));
+    relay.device.send_raw(&bytes);
+    match relay.recv() {
+        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
+    }
+
+    // A header whose length was corrupted upwards swallows the next frame; once the device is
+    // silent the relay drops it and finds the request inside.
+    let (key, csr) = key_and_csr();
+    let mut bytes = vec![0x53, 3, 0x0f, 0xff];
+    bytes.extend_from_slice(&wire(&sign_request("device", &csr)));
+    relay.device.send_raw(&bytes);
+    match relay.recv() {
+        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
+    }
+
+    // Nothing else was answered, and the relay logged what it skipped.
+    assert_eq!(relay.device.recv_within(Duration::from_millis(1500)), None);
+    relay.assert_alive();
+    let logs = relay.logs();
+    assert!(logs.contains("CRC mismatch"), "{logs}");
+    assert!(logs.contains("unknown frame kind 9"), "{logs}");
+    assert!(logs.contains("SignAnswer"), "{logs}");
+    assert!(logs.contains("stalled"), "{logs}");
+}
+
+#[test]
+fn late_serial_port_then_eof_exits_zero() {
+    // The relay starts before the device's port is up (QEMU starting) and retries.
+    let (_dir, anchors) = anchors_for_no_sentry();
+    let port = free_port();
+    let serial = format!("127.0.0.1:{port}");
+    let mut relay = start_relay_at(
+        &serial,
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            TcpListener::bind(("127.0.0.1", port)).unwrap()
+        },
+        &nowhere(),
+        &anchors,
+        &nowhere(),
+    );
+    // The device goes away (QEMU exited): the relay stops cleanly.
+    relay.device.stream.shutdown(Shutdown::Both).unwrap();
+    let status = relay.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; relay log: {}", relay.logs());
+}
+
+#[test]
+fn sigterm_closes_the_link_and_exits_zero() {
+    let (_dir, anchors) = anchors_for_no_sentry();
+    let mut relay = start_relay(&nowhere(), &anchors, &nowhere());
+    let killed = Command::new("kill")
+        .args(["-TERM", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = relay.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}; relay log: {}", relay.logs());
+    // The serial socket was closed: the device reads EOF.
+    let mut rest = Vec::new();
+    relay
+        .device
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(relay.device.stream.read_to_end(&mut rest).unwrap(), 0);
+}
