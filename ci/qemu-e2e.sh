@@ -141,4 +141,7 @@ echo "qemu-e2e: QEMU exit $status after $elapsed ms"
 [ "$status" = 0 ] || fail "device scenario failed (QEMU exit $status)"
 grep -q '^ALL OK' "$work/device.log" || fail "device did not report ALL OK"
 grep -q 'foreign_refused=[1-9]' "$work/device.log" || fail "no foreign chain refused"
+# The run's log, for ci/size-report.sh (the device image's stack peak) and the README's timing.
+mkdir -p boards/qemu-mps2-an386/target/e2e
+cp "$work/device.log" boards/qemu-mps2-an386/target/e2e/device.log
 step "passed"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Flash, RAM and peak stack of the reference firmware, and the core's own share of flash.
 #   flash = .vector_table + .text + .rodata    ram = .data + .bss    stack = painted peak
-# Three images per opt-level: `identity` (every step), `identity` without the feature
-# `rotation` (the identity primitives only: CSR and path validation) and `empty` (startup and
-# semihosting). "core" is primitives minus empty: sigil-core's primitives with the RustCrypto
-# P-256 code they pull in, plus the scenario's own glue. "rotation" is what the rotation machine
-# and the identity slot add on top. The last two lines are machine-readable.
+# Images per opt-level: `device` (the full edge device: core, rotation machine, identity slot,
+# link framing, embedded-tls mutual TLS), `identity` (every core step, no TLS), `identity`
+# without the feature `rotation` (the identity primitives only: CSR and path validation) and
+# `empty` (startup and semihosting). "core" is primitives minus empty: sigil-core's primitives
+# with the RustCrypto P-256 code they pull in, plus the scenario's own glue. The device image's
+# stack is the peak its end-to-end run painted (ci/qemu-e2e.sh, opt z; run it first), since it
+# only completes against a Sentry, relay and sidecar. The last two lines are machine-readable:
+# the device image at opt z, and the core.
 set -euo pipefail
 cd "$(dirname "$0")/../boards/qemu-mps2-an386"
 
@@ -26,8 +29,9 @@ for opt in z s; do
   cargo build --profile "$profile" --locked -q --bins
   cargo build --profile "$profile" --locked -q --bin identity --no-default-features \
     --target-dir target/primitives
-  for variant in identity primitives empty; do
+  for variant in device identity primitives empty; do
     case $variant in
+      device) elf=target/thumbv7em-none-eabihf/$profile/device ;;
       identity) elf=target/thumbv7em-none-eabihf/$profile/identity ;;
       primitives) elf=target/primitives/thumbv7em-none-eabihf/$profile/identity ;;
       empty) elf=target/thumbv7em-none-eabihf/$profile/empty ;;
@@ -35,7 +39,14 @@ for opt in z s; do
     flash=$(section_sum "$elf" .vector_table .text .rodata)
     ram=$(section_sum "$elf" .data .bss)
     stack=-
-    [ "$variant" = empty ] || stack=$(stack_peak "$elf")
+    case $variant in
+      empty) ;;
+      device)
+        if [ "$opt" = z ] && [ -f target/e2e/device.log ]; then
+          stack=$(sed -n 's/^stack_peak=//p' target/e2e/device.log)
+        fi ;;
+      *) stack=$(stack_peak "$elf") ;;
+    esac
     eval "${variant}_flash_$opt=$flash ${variant}_ram_$opt=$ram ${variant}_stack_$opt=$stack"
     printf '%-4s %-12s %10s %10s %10s\n' "$opt" "$variant" "$flash" "$ram" "$stack"
   done
@@ -54,5 +65,9 @@ for opt in s z; do
   eval "p=\$primitives_flash_$opt e=\$empty_flash_$opt pst=\$primitives_stack_$opt"
   echo "primitives opt=$opt core flash=$((p - e)) stack=$pst"
 done
-echo "image flash=$identity_flash_s ram=$identity_ram_s stack=$identity_stack_s"
+if [ -f target/e2e/device.log ]; then
+  sed -n 's/^e2e: timing /device timing (emulated): /p' target/e2e/device.log
+fi
+echo "device opt=z ram+stack=$((device_ram_z + ${device_stack_z/-/0})) (targets: flash <= 131072, ram+stack <= 49152)"
+echo "image flash=$device_flash_z ram=$device_ram_z stack=$device_stack_z"
 echo "core flash=$((primitives_flash_z - empty_flash_z))"
