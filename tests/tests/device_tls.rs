@@ -304,6 +304,9 @@ struct Outcome {
     open: Result<(), TlsError>,
     /// The "ping" → "pong" round trip, if `open` succeeded: the bytes read, or the first error.
     reply: Option<Result<Vec<u8>, TlsError>>,
+    /// What the device's verifier concluded (filled in by [`dial_device`]).
+    refusal: Option<Refusal>,
+    verified: bool,
 }
 
 impl Outcome {
@@ -325,12 +328,42 @@ fn dial(addr: SocketAddr, provider: impl CryptoProvider<CipherSuite = Aes128GcmS
     let config = TlsConfig::new();
     let open = conn.open(TlsContext::new(&config, provider));
     if open.is_err() {
-        return Outcome { open, reply: None };
+        return Outcome {
+            open,
+            reply: None,
+            refusal: None,
+            verified: false,
+        };
     }
     let reply = round_trip(&mut conn);
     Outcome {
         open,
         reply: Some(reply),
+        refusal: None,
+        verified: false,
+    }
+}
+
+/// [`dial`] as the device with the test PKI's client identity, expecting `server_id` at `time`
+/// against `anchors`; the outcome carries the verifier's conclusion.
+fn dial_device(
+    addr: SocketAddr,
+    pki: &Pki,
+    anchors: TrustBundle<'_, ANCHORS>,
+    server_id: &str,
+    time: u64,
+) -> Outcome {
+    let mut rng = OsRng;
+    let mut provider = Provider::new(
+        &mut rng,
+        Some((pki.client_leaf.as_slice(), client_key(pki))),
+        verifier(anchors, server_id, time),
+    );
+    let outcome = dial(addr, &mut provider);
+    Outcome {
+        refusal: provider.verifier().refusal(),
+        verified: provider.verifier().is_verified(),
+        ..outcome
     }
 }
 
@@ -407,20 +440,16 @@ fn assert_device_hung_up(report: &Report) {
 fn mutual_tls_handshake_and_round_trip() {
     let pki = pki();
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&pki.root]),
+        SERVER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        outcome.open.is_ok(),
-        "{outcome:?}: {:?}",
-        provider.verifier().refusal()
-    );
-    assert!(provider.verifier().is_verified());
-    assert_eq!(provider.verifier().refusal(), None);
+    assert!(outcome.open.is_ok(), "{outcome:?}: {:?}", outcome.refusal);
+    assert!(outcome.verified);
+    assert_eq!(outcome.refusal, None);
     assert!(outcome.got_pong(), "{outcome:?}");
     assert_client_seen(&server.finish());
 }
@@ -454,20 +483,20 @@ fn trust_domain_peer_accepts_the_server() {
 fn wrong_server_id_is_refused() {
     let pki = pki();
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), OTHER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&pki.root]),
+        OTHER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
     assert!(
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    assert!(!provider.verifier().is_verified());
-    let Some(Refusal::Path(e)) = provider.verifier().refusal() else {
-        panic!("{:?}", provider.verifier().refusal());
+    assert!(!outcome.verified);
+    let Some(Refusal::Path(e)) = outcome.refusal else {
+        panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.cert, Position::Leaf);
     assert_eq!(e.kind, ErrorKind::PeerNameMismatch(NameMismatch::SpiffeId));
@@ -479,20 +508,20 @@ fn foreign_root_is_refused() {
     let pki = pki();
     let foreign = foreign_root();
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&foreign]), SERVER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&foreign]),
+        SERVER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
     assert!(
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    assert!(!provider.verifier().is_verified());
-    let Some(Refusal::Path(e)) = provider.verifier().refusal() else {
-        panic!("{:?}", provider.verifier().refusal());
+    assert!(!outcome.verified);
+    let Some(Refusal::Path(e)) = outcome.refusal else {
+        panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.kind, ErrorKind::UnknownIssuer, "{e:?}");
     assert_device_hung_up(&server.finish());
@@ -509,19 +538,13 @@ fn impostor_root_with_the_same_name_is_refused() {
             .der()
             .to_vec();
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&impostor]), SERVER_ID, now),
-    );
-    let outcome = dial(server.addr, &mut provider);
+    let outcome = dial_device(server.addr, &pki, bundle(&[&impostor]), SERVER_ID, now);
     assert!(
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    let Some(Refusal::Path(e)) = provider.verifier().refusal() else {
-        panic!("{:?}", provider.verifier().refusal());
+    let Some(Refusal::Path(e)) = outcome.refusal else {
+        panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.cert, Position::Intermediate(0), "{e:?}");
     assert!(matches!(e.kind, ErrorKind::BadSignature(_)), "{e:?}");
@@ -564,19 +587,15 @@ fn certificate_verify_by_the_certificate_key_is_accepted() {
     // The control for the next test: the same custom resolver, with the right key.
     let pki = pki();
     let server = serve(server_config(&pki, Some(fixed_cert(&pki, &pki.server_key))));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&pki.root]),
+        SERVER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        outcome.open.is_ok(),
-        "{outcome:?}: {:?}",
-        provider.verifier().refusal()
-    );
-    assert!(provider.verifier().is_verified());
+    assert!(outcome.open.is_ok(), "{outcome:?}: {:?}", outcome.refusal);
+    assert!(outcome.verified);
     assert!(outcome.got_pong(), "{outcome:?}");
     assert_client_seen(&server.finish());
 }
@@ -586,19 +605,19 @@ fn certificate_verify_by_another_key_is_refused() {
     let pki = pki();
     let wrong = p256_key().serialize_der();
     let server = serve(server_config(&pki, Some(fixed_cert(&pki, &wrong))));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&pki.root]),
+        SERVER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
     assert!(
         matches!(outcome.open, Err(TlsError::InvalidSignature)),
         "{outcome:?}"
     );
-    assert!(!provider.verifier().is_verified());
-    assert_eq!(provider.verifier().refusal(), Some(Refusal::BadSignature));
+    assert!(!outcome.verified);
+    assert_eq!(outcome.refusal, Some(Refusal::BadSignature));
     assert_device_hung_up(&server.finish());
 }
 
@@ -671,19 +690,15 @@ impl Signer for Ed25519Key {
 fn ed25519_server_is_verified() {
     let pki = pki_with(&PKCS_ED25519, &PKCS_ECDSA_P256_SHA256);
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    let outcome = dial_device(
+        server.addr,
+        &pki,
+        bundle(&[&pki.root]),
+        SERVER_ID,
+        now_secs(),
     );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        outcome.open.is_ok(),
-        "{outcome:?}: {:?}",
-        provider.verifier().refusal()
-    );
-    assert!(provider.verifier().is_verified());
+    assert!(outcome.open.is_ok(), "{outcome:?}: {:?}", outcome.refusal);
+    assert!(outcome.verified);
     assert!(outcome.got_pong(), "{outcome:?}");
     assert_client_seen(&server.finish());
 }

@@ -15,3 +15,33 @@ pub mod clock;
 pub mod link;
 pub mod stack;
 pub mod uart;
+
+use cortex_m_semihosting::{debug, hprintln};
+
+/// Ends a scenario: prints the peak stack, then `ALL OK` and exit status 0, or `FAILED: <why>`
+/// and exit status 1 (QEMU passes the semihosting exit status on as its own).
+pub fn finish(outcome: Result<(), &str>) -> ! {
+    hprintln!("stack_peak={}", stack::peak());
+    match outcome {
+        Ok(()) => {
+            hprintln!("ALL OK");
+            debug::exit(debug::EXIT_SUCCESS);
+        }
+        Err(why) => {
+            hprintln!("FAILED: {}", why);
+            debug::exit(debug::EXIT_FAILURE);
+        }
+    }
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// The panic report every image shares: the message, then exit status 1.
+pub fn panicked(info: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}

@@ -16,10 +16,10 @@
 #![no_std]
 #![no_main]
 
-use sigil_board_qemu_mps2_an386::stack;
+use sigil_board_qemu_mps2_an386::{self as board, stack};
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::{debug, hprintln};
+use cortex_m_semihosting::hprintln;
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
@@ -47,22 +47,7 @@ const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
 #[entry]
 fn main() -> ! {
     stack::paint();
-    let outcome = run();
-    let peak = stack::peak();
-    hprintln!("stack_peak={}", peak);
-    match outcome {
-        Ok(()) => {
-            hprintln!("ALL OK");
-            debug::exit(debug::EXIT_SUCCESS);
-        }
-        Err(step) => {
-            hprintln!("FAILED: {}", step);
-            debug::exit(debug::EXIT_FAILURE);
-        }
-    }
-    loop {
-        cortex_m::asm::wfi();
-    }
+    board::finish(run())
 }
 
 fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
@@ -287,9 +272,5 @@ fn rotation_step() -> Result<(), &'static str> {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    hprintln!("panic: {}", info);
-    debug::exit(debug::EXIT_FAILURE);
-    loop {
-        cortex_m::asm::wfi();
-    }
+    board::panicked(info)
 }

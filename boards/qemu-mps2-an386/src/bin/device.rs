@@ -25,11 +25,11 @@ use core::fmt::Write as _;
 use core::time::Duration;
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::{debug, hprintln};
+use cortex_m_semihosting::hprintln;
 use embedded_io::Write as _;
 use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
 use sigil_board_qemu_mps2_an386::link::{Link, LinkError};
-use sigil_board_qemu_mps2_an386::{clock, stack, uart::Uart};
+use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::crypto::RustCryptoVerifier;
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
@@ -96,28 +96,10 @@ struct Report {
 fn main() -> ! {
     stack::paint();
     let Some(peripherals) = cortex_m::Peripherals::take() else {
-        finish(Err("core peripherals taken twice"))
+        board::finish(Err("core peripherals taken twice"))
     };
     clock::start(peripherals.SYST);
-    let outcome = run();
-    finish(outcome)
-}
-
-fn finish(outcome: Result<(), &'static str>) -> ! {
-    hprintln!("stack_peak={}", stack::peak());
-    match outcome {
-        Ok(()) => {
-            hprintln!("ALL OK");
-            debug::exit(debug::EXIT_SUCCESS);
-        }
-        Err(why) => {
-            hprintln!("FAILED: {}", why);
-            debug::exit(debug::EXIT_FAILURE);
-        }
-    }
-    loop {
-        cortex_m::asm::wfi();
-    }
+    board::finish(run())
 }
 
 /// `spiffe://<td>/ns/<ns>/<app>` into `out`.
@@ -439,9 +421,5 @@ impl From<LinkError> for CallError {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    hprintln!("panic: {}", info);
-    debug::exit(debug::EXIT_FAILURE);
-    loop {
-        cortex_m::asm::wfi();
-    }
+    board::panicked(info)
 }
