@@ -20,6 +20,7 @@ use ring::signature::{
 use sigil_host::ca::key::CaKey;
 use sigil_host::client::{self, SentryTarget};
 use sigil_host::pb;
+use sigil_tests::peak_rss_mb;
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.windows(2)
@@ -68,17 +69,6 @@ fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> f64 {
             Some((utime + stime) / ticks_per_sec)
         })
         .unwrap_or(0.0)
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// One phase: `clients` tasks for `secs`; `reuse` keeps one connection per client.

@@ -24,6 +24,7 @@ use sigil_host::ca::key::CaKey;
 use sigil_host::ca::store::{self, StorePaths};
 use sigil_host::ca::Credentials;
 use sigil_host::sidecar::identity::{Current, IdentityState};
+use sigil_tests::peak_rss_mb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -74,17 +75,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port")
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The app: answers "ok".
