@@ -272,6 +272,17 @@ async fn invocation_passes_everything_through_and_streams_50_mb() {
     drop(mesh);
 }
 
+/// A Dapr Configuration with `spec.mtls.enabled: false`, written in `dir`.
+fn mtls_off_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let off = dir.join("off.yaml");
+    std::fs::write(
+        &off,
+        "kind: Configuration\nspec:\n  mtls:\n    enabled: false\n",
+    )
+    .unwrap();
+    off
+}
+
 /// A stream from an iterator (no extra crate).
 fn futures_stream<I: Iterator + Unpin>(it: I) -> impl tokio_stream::Stream<Item = I::Item> {
     tokio_stream::iter(it)
@@ -282,12 +293,7 @@ async fn a_peer_unreachable_or_without_mtls_gives_a_clear_error_not_a_hang() {
     let app = echo_app().await;
     // b runs with mutual TLS off: a (on) cannot talk to it, and says why.
     let dir_cfg = tempfile::tempdir().unwrap();
-    let off = dir_cfg.path().join("off.yaml");
-    std::fs::write(
-        &off,
-        "kind: Configuration\nspec:\n  mtls:\n    enabled: false\n",
-    )
-    .unwrap();
+    let off = mtls_off_config(dir_cfg.path());
     let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
     let a = mesh.a.field("http=");
     let c = client();
@@ -591,12 +597,7 @@ async fn calls_keep_working_while_sentry_is_down_and_renewal_resumes() {
 async fn plain_tcp_when_mtls_is_off_on_both_sides_and_cors_as_configured() {
     let app = echo_app().await;
     let dir_cfg = tempfile::tempdir().unwrap();
-    let off = dir_cfg.path().join("off.yaml");
-    std::fs::write(
-        &off,
-        "kind: Configuration\nspec:\n  mtls:\n    enabled: false\n",
-    )
-    .unwrap();
+    let off = mtls_off_config(dir_cfg.path());
     let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
     // A caller sidecar with mTLS off too, and a CORS list.
     let dir = mesh.dir.path();
