@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, CertifiedIssuer, DistinguishedName, KeyPair, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, UnixTime as PkiTime};
 use sigil_core::cert::Certificate;
@@ -27,6 +26,7 @@ use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
 use sigil_host::verifier::RingVerifier;
+use sigil_tests::fixtures::{ca_params, workload_params};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
 const NOW: u64 = 1_893_456_000; // 2030-01-01
@@ -37,19 +37,14 @@ struct Fixture {
     leaf: Vec<u8>,
 }
 
+/// 2029-01-01 and 2031-01-01 (the CAs), 2029-06-01 and 2030-06-01 (the leaf).
+const CA_FROM: u64 = 1_861_920_000;
+const CA_UNTIL: u64 = 1_924_992_000;
+const LEAF_FROM: u64 = 1_874_966_400;
+const LEAF_UNTIL: u64 = 1_906_502_400;
+
 fn ca(org: &str) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, org);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = rcgen::date_time_ymd(2029, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2031, 1, 1);
-    p
+    ca_params(org, CA_FROM, CA_UNTIL)
 }
 
 fn fixture() -> Fixture {
@@ -61,17 +56,7 @@ fn fixture() -> Fixture {
         &root,
     )
     .unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = DistinguishedName::new();
-    p.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.use_authority_key_identifier_extension = true;
-    p.not_before = rcgen::date_time_ymd(2029, 6, 1);
-    p.not_after = rcgen::date_time_ymd(2030, 6, 1);
+    let p = workload_params(ID, LEAF_FROM, LEAF_UNTIL);
     let leaf = p.signed_by(&key(), &issuer).unwrap();
     Fixture {
         root: root.der().to_vec(),

@@ -25,11 +25,7 @@ use embedded_tls::blocking::{
     Aes128GcmSha256, CryptoProvider, TlsConfig, TlsConnection, TlsContext, TlsError,
 };
 use rand_core::OsRng;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SignatureAlgorithm,
-    PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
-};
+use rcgen::{CertifiedIssuer, KeyPair, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256, PKCS_ED25519};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -40,6 +36,7 @@ use sigil_core::path::{ErrorKind, NameMismatch, Options, PeerName, Position, Tru
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::tls::{Provider, Refusal, ServerVerifier};
 use sigil_core::UnixTime;
+use sigil_tests::fixtures::{ca_params, p256_key, workload_params};
 
 const SERVER_ID: &str = "spiffe://localhost/ns/default/echo";
 const CLIENT_ID: &str = "spiffe://localhost/ns/default/device";
@@ -56,48 +53,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn at(secs: u64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap()).unwrap()
-}
-
-fn p256_key() -> KeyPair {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap()
-}
-
-fn ca_params(name: &str, not_before: u64, not_after: u64) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Sigil device TLS test");
-    dn.push(DnType::CommonName, name);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::CrlSign,
-    ];
-    p.not_before = at(not_before);
-    p.not_after = at(not_after);
-    p.use_authority_key_identifier_extension = true;
-    p
-}
-
-/// A workload leaf as Sentry issues it: empty subject, one URI SAN, serverAuth + clientAuth.
-fn leaf_params(id: &str, not_before: u64, not_after: u64) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = DistinguishedName::new();
-    p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.not_before = at(not_before);
-    p.not_after = at(not_after);
-    p.use_authority_key_identifier_extension = true;
-    p
 }
 
 /// root → issuer → {server leaf, client leaf}; keys as PKCS#8 DER.
@@ -128,11 +83,11 @@ fn pki_with(
     .unwrap();
     let server_not_after = now + day;
     let server_key = KeyPair::generate_for(server_alg).unwrap();
-    let server_leaf = leaf_params(SERVER_ID, now - 3600, server_not_after)
+    let server_leaf = workload_params(SERVER_ID, now - 3600, server_not_after)
         .signed_by(&server_key, &issuer)
         .unwrap();
     let client_key = KeyPair::generate_for(client_alg).unwrap();
-    let client_leaf = leaf_params(CLIENT_ID, now - 3600, now + day)
+    let client_leaf = workload_params(CLIENT_ID, now - 3600, now + day)
         .signed_by(&client_key, &issuer)
         .unwrap();
     Pki {

@@ -25,11 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
-    PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::{CertifiedIssuer, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::cert::Certificate;
 use sigil_core::crypto::{PublicKey, Signer as _};
@@ -42,6 +38,7 @@ use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::{Instant, UnixTime};
 use sigil_host::verifier::RingVerifier;
+use sigil_tests::fixtures::{ca_params, p256_key, workload_params};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
 const WALL0: u64 = 1_893_456_000; // 2030-01-01
@@ -66,10 +63,6 @@ impl PublicKeyData for Point {
     }
 }
 
-fn date(secs: u64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap()).unwrap()
-}
-
 struct Ca {
     root: Vec<u8>,
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -77,24 +70,10 @@ struct Ca {
 
 impl Ca {
     fn new(name: &str) -> Self {
-        let ca = |org: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::OrganizationName, org);
-            p.distinguished_name = dn;
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            p.not_before = date(WALL0 - 86_400);
-            p.not_after = date(WALL0 + 400 * 86_400);
-            p
-        };
-        let key = || KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let root = CertifiedIssuer::self_signed(ca(name), key()).unwrap();
+        let ca = |org: &str| ca_params(org, WALL0 - 86_400, WALL0 + 400 * 86_400);
+        let root = CertifiedIssuer::self_signed(ca(name), p256_key()).unwrap();
         let issuer =
-            CertifiedIssuer::signed_by(ca(&format!("{name} issuer")), key(), &root).unwrap();
+            CertifiedIssuer::signed_by(ca(&format!("{name} issuer")), p256_key(), &root).unwrap();
         Self {
             root: root.der().to_vec(),
             issuer,
@@ -103,17 +82,8 @@ impl Ca {
 
     /// A workload certificate for `point`, Dapr's profile, issued at `wall` (± shift).
     fn issue(&self, point: &[u8], wall: u64, shift: i64, id: &str) -> Vec<Vec<u8>> {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let at = wall.saturating_add_signed(shift);
-        p.not_before = date(at - SKEW.as_secs());
-        p.not_after = date(at + TTL.as_secs());
+        let p = workload_params(id, at - SKEW.as_secs(), at + TTL.as_secs());
         let leaf = p.signed_by(&Point(point.to_vec()), &self.issuer).unwrap();
         vec![leaf.der().to_vec(), self.issuer.der().to_vec()]
     }
