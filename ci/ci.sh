@@ -71,7 +71,9 @@ job_nostd() {
       cd "$b"
       cargo build --release --locked
       # One copy of each crypto crate in the image (cortex-m's embedded-hal/nb pairs aside).
-      if cargo tree -d --locked -e normal | grep -E '^(p256|ecdsa|sha2|rand_core|der|spki|signature|elliptic-curve|hmac|embedded-tls) '; then
+      local dups
+      dups=$(cargo tree -d --locked -e normal)
+      if grep -E '^(p256|ecdsa|sha2|rand_core|der|spki|signature|elliptic-curve|hmac|embedded-tls) ' <<<"$dups"; then
         echo "duplicate crypto crates in the $b image" >&2
         exit 1
       fi

@@ -48,7 +48,8 @@ impl Scheme {
         }
     }
 
-    fn fits(self, key: PublicKey<'_>) -> bool {
+    /// Whether `key` is of the kind this scheme verifies with.
+    pub fn fits(self, key: PublicKey<'_>) -> bool {
         matches!(
             (self, key),
             (

@@ -3,8 +3,10 @@
 //!
 //! A board with a hardware TRNG implements [`EntropySource`] over it; a board without one
 //! (QEMU's MPS2 machines) implements it over a per-device seed provisioned at build time and
-//! says so plainly. Everything above the trait — key generation, ECDSA nonces (RFC 6979 mixes
-//! in DRBG output), TLS randoms — is the same either way.
+//! says so plainly. Everything above the trait — key generation, TLS randoms and ephemeral
+//! keys, rotation jitter seeds — is the same either way. (ECDSA signatures need no randomness:
+//! `key::SoftwareKey` derives nonces deterministically, RFC 6979, so a repeated DRBG stream
+//! cannot leak a key through a repeated nonce.)
 
 use hmac::{Hmac, Mac as _};
 use rand_core::{CryptoRng, RngCore};

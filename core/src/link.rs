@@ -10,11 +10,18 @@
 //! ```
 //!
 //! Kinds:
-//! - `SignRequest`: four fields, each `u16 length | bytes`: app ID, namespace, token, CSR (DER).
-//! - `SignAnswer`: status u8 (a gRPC code; 0 = OK) then, when OK, the chain as `u16 length |
-//!   DER` per certificate (leaf first), else a UTF-8 message.
-//! - `TlsData`: bytes of the TLS session the relay forwards to a sidecar's mTLS port.
-//! - `TlsClose`: the TLS session ended (either side).
+//! - `SignRequest`: request number u32, then four fields, each `u16 length | bytes`: app ID,
+//!   namespace, token, CSR (DER).
+//! - `SignAnswer`: the request number it answers (u32), status u8 (a gRPC code; 0 = OK) then,
+//!   when OK, the chain as `u16 length | DER` per certificate (leaf first), else a UTF-8
+//!   message.
+//! - `TlsData`: session number u16, then bytes of that TLS session, which the relay forwards
+//!   to a sidecar's mTLS port.
+//! - `TlsClose`: session number u16: that TLS session ended (either side).
+//!
+//! Request and session numbers are the device's: an answer to a request the device has given
+//! up on, or bytes of a session that has ended, are recognised and dropped rather than taken
+//! for the current one (a slow CA, a relay that reconnects, a device that reboots).
 //!
 //! A frame with a bad magic, an unknown kind, a length over [`MAX_PAYLOAD`] or a CRC mismatch
 //! is an error. Both ends then resynchronise: they drop bytes up to the next [`MAGIC`] and
@@ -96,6 +103,8 @@ impl core::error::Error for Error {}
 pub enum Frame<'a> {
     /// The device asks for a certificate.
     SignRequest {
+        /// The device's number for this request, echoed in the answer.
+        request: u32,
         /// App ID.
         id: &'a str,
         /// Namespace.
@@ -105,12 +114,25 @@ pub enum Frame<'a> {
         /// The CSR, DER.
         csr: &'a [u8],
     },
-    /// The relay answers with a chain (status 0) or an error.
-    SignAnswer(Answer<'a>),
-    /// Bytes of the TLS session.
-    TlsData(&'a [u8]),
-    /// The TLS session ended.
-    TlsClose,
+    /// The relay answers request `request` with a chain (status 0) or an error.
+    SignAnswer {
+        /// The request answered.
+        request: u32,
+        /// The chain or the refusal.
+        answer: Answer<'a>,
+    },
+    /// Bytes of TLS session `session`.
+    TlsData {
+        /// The device's number for the session.
+        session: u16,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// TLS session `session` ended.
+    TlsClose {
+        /// The device's number for the session.
+        session: u16,
+    },
 }
 
 /// A sign answer.
@@ -165,6 +187,20 @@ fn take_field(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = usize::from(u16::from_be_bytes(*len));
     let field = rest.get(..len)?;
     Some((field, rest.get(len..)?))
+}
+
+fn take_u32(buf: &[u8]) -> Result<(u32, &[u8]), Error> {
+    match buf {
+        [a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
+        _ => Err(Error::BadPayload),
+    }
+}
+
+fn take_u16(buf: &[u8]) -> Result<(u16, &[u8]), Error> {
+    match buf {
+        [a, b, rest @ ..] => Ok((u16::from_be_bytes([*a, *b]), rest)),
+        _ => Err(Error::BadPayload),
+    }
 }
 
 impl<'a> Frame<'a> {
@@ -224,7 +260,8 @@ impl<'a> Frame<'a> {
         let text = |b: &'a [u8]| core::str::from_utf8(b).map_err(|_| Error::BadPayload);
         let frame = match kind {
             KIND_SIGN_REQUEST => {
-                let (id, rest) = take_field(payload).ok_or(Error::BadPayload)?;
+                let (request, rest) = take_u32(payload)?;
+                let (id, rest) = take_field(rest).ok_or(Error::BadPayload)?;
                 let (namespace, rest) = take_field(rest).ok_or(Error::BadPayload)?;
                 let (token, rest) = take_field(rest).ok_or(Error::BadPayload)?;
                 let (csr, rest) = take_field(rest).ok_or(Error::BadPayload)?;
@@ -232,6 +269,7 @@ impl<'a> Frame<'a> {
                     return Err(Error::BadPayload);
                 }
                 Self::SignRequest {
+                    request,
                     id: text(id)?,
                     namespace: text(namespace)?,
                     token: text(token)?,
@@ -239,7 +277,8 @@ impl<'a> Frame<'a> {
                 }
             }
             KIND_SIGN_ANSWER => {
-                let (&code, rest) = payload.split_first().ok_or(Error::BadPayload)?;
+                let (request, rest) = take_u32(payload)?;
+                let (&code, rest) = rest.split_first().ok_or(Error::BadPayload)?;
                 if code == 0 {
                     // Every certificate field must be whole, and there is at least one.
                     let mut r = rest;
@@ -252,16 +291,28 @@ impl<'a> Frame<'a> {
                     if count == 0 {
                         return Err(Error::BadPayload);
                     }
-                    Self::SignAnswer(Answer::Chain(rest))
+                    Self::SignAnswer {
+                        request,
+                        answer: Answer::Chain(rest),
+                    }
                 } else {
-                    Self::SignAnswer(Answer::Refused {
-                        code,
-                        message: text(rest)?,
-                    })
+                    Self::SignAnswer {
+                        request,
+                        answer: Answer::Refused {
+                            code,
+                            message: text(rest)?,
+                        },
+                    }
                 }
             }
-            KIND_TLS_DATA => Self::TlsData(payload),
-            KIND_TLS_CLOSE if payload.is_empty() => Self::TlsClose,
+            KIND_TLS_DATA => {
+                let (session, data) = take_u16(payload)?;
+                Self::TlsData { session, data }
+            }
+            KIND_TLS_CLOSE => match take_u16(payload)? {
+                (session, []) => Self::TlsClose { session },
+                _ => return Err(Error::BadPayload),
+            },
             _ => return Err(Error::BadPayload),
         };
         Ok((frame, total))
@@ -279,11 +330,18 @@ impl<'a> Frame<'a> {
                 namespace,
                 token,
                 csr,
-            } => 8 + id.len() + namespace.len() + token.len() + csr.len(),
-            Self::SignAnswer(Answer::Chain(c)) => 1 + c.len(),
-            Self::SignAnswer(Answer::Refused { message, .. }) => 1 + message.len(),
-            Self::TlsData(d) => d.len(),
-            Self::TlsClose => 0,
+                ..
+            } => 4 + 8 + id.len() + namespace.len() + token.len() + csr.len(),
+            Self::SignAnswer {
+                answer: Answer::Chain(c),
+                ..
+            } => 4 + 1 + c.len(),
+            Self::SignAnswer {
+                answer: Answer::Refused { message, .. },
+                ..
+            } => 4 + 1 + message.len(),
+            Self::TlsData { data, .. } => 2 + data.len(),
+            Self::TlsClose { .. } => 2,
         }
     }
 
@@ -305,20 +363,22 @@ impl<'a> Frame<'a> {
         let mut w = Writer { buf: frame, at: 0 };
         let kind = match self {
             Self::SignRequest { .. } => KIND_SIGN_REQUEST,
-            Self::SignAnswer(_) => KIND_SIGN_ANSWER,
-            Self::TlsData(_) => KIND_TLS_DATA,
-            Self::TlsClose => KIND_TLS_CLOSE,
+            Self::SignAnswer { .. } => KIND_SIGN_ANSWER,
+            Self::TlsData { .. } => KIND_TLS_DATA,
+            Self::TlsClose { .. } => KIND_TLS_CLOSE,
         };
         let len16 = u16::try_from(length).map_err(|_| Error::TooLong { length })?;
         w.bytes(&[MAGIC, kind]);
         w.bytes(&len16.to_be_bytes());
         match self {
             Self::SignRequest {
+                request,
                 id,
                 namespace,
                 token,
                 csr,
             } => {
+                w.bytes(&request.to_be_bytes());
                 for field in [id.as_bytes(), namespace.as_bytes(), token.as_bytes(), csr] {
                     let l = u16::try_from(field.len()).map_err(|_| Error::TooLong {
                         length: field.len(),
@@ -327,19 +387,30 @@ impl<'a> Frame<'a> {
                     w.bytes(field);
                 }
             }
-            Self::SignAnswer(Answer::Chain(c)) => {
+            Self::SignAnswer {
+                request,
+                answer: Answer::Chain(c),
+            } => {
+                w.bytes(&request.to_be_bytes());
                 w.bytes(&[0]);
                 w.bytes(c);
             }
-            Self::SignAnswer(Answer::Refused { code, message }) => {
+            Self::SignAnswer {
+                request,
+                answer: Answer::Refused { code, message },
+            } => {
                 if *code == 0 {
                     return Err(Error::BadPayload);
                 }
+                w.bytes(&request.to_be_bytes());
                 w.bytes(&[*code]);
                 w.bytes(message.as_bytes());
             }
-            Self::TlsData(d) => w.bytes(d),
-            Self::TlsClose => {}
+            Self::TlsData { session, data } => {
+                w.bytes(&session.to_be_bytes());
+                w.bytes(data);
+            }
+            Self::TlsClose { session } => w.bytes(&session.to_be_bytes()),
         }
         let crc = crc32(w.buf.get(1..w.at).unwrap_or(&[]));
         w.bytes(&crc.to_be_bytes());
@@ -404,20 +475,49 @@ mod tests {
         let answer = include_bytes!("../fuzz/seeds/link/sign_answer.bin");
         let (frame, len) = Frame::parse(answer).unwrap();
         assert_eq!(len, answer.len());
-        let Frame::SignAnswer(a) = frame else {
+        let Frame::SignAnswer { request: 7, answer } = frame else {
             panic!("{frame:?}")
         };
-        assert_eq!(a.certificates().count(), 2);
+        assert_eq!(answer.certificates().count(), 2);
         let refused = include_bytes!("../fuzz/seeds/link/refused.bin");
         assert!(matches!(
             Frame::parse(refused),
-            Ok((Frame::SignAnswer(Answer::Refused { code: 7, .. }), _))
+            Ok((
+                Frame::SignAnswer {
+                    request: 8,
+                    answer: Answer::Refused { code: 7, .. }
+                },
+                _
+            ))
         ));
         let request = include_bytes!("../fuzz/seeds/link/sign_request.bin");
         assert!(matches!(
             Frame::parse(request),
-            Ok((Frame::SignRequest { id: "device", .. }, _))
+            Ok((
+                Frame::SignRequest {
+                    request: 7,
+                    id: "device",
+                    ..
+                },
+                _
+            ))
         ));
+        let data = include_bytes!("../fuzz/seeds/link/tls_data.bin");
+        assert!(matches!(
+            Frame::parse(data),
+            Ok((
+                Frame::TlsData {
+                    session: 3,
+                    data: [0x16, 0x03, 0x01, ..]
+                },
+                _
+            ))
+        ));
+        let close = include_bytes!("../fuzz/seeds/link/tls_close.bin");
+        assert_eq!(
+            Frame::parse(close),
+            Ok((Frame::TlsClose { session: 3 }, close.len()))
+        );
     }
 
     #[test]
@@ -426,18 +526,28 @@ mod tests {
         let chain = encode_chain([&b"leaf"[..], &b"issuer"[..]], &mut chain).unwrap();
         let frames = [
             Frame::SignRequest {
+                request: 1,
                 id: "device",
                 namespace: "default",
                 token: "",
                 csr: &[0x30, 0x03, 1, 2, 3],
             },
-            Frame::SignAnswer(Answer::Chain(chain)),
-            Frame::SignAnswer(Answer::Refused {
-                code: 7,
-                message: "permission denied",
-            }),
-            Frame::TlsData(&[1, 2, 3, 4, 5]),
-            Frame::TlsClose,
+            Frame::SignAnswer {
+                request: 1,
+                answer: Answer::Chain(chain),
+            },
+            Frame::SignAnswer {
+                request: u32::MAX,
+                answer: Answer::Refused {
+                    code: 7,
+                    message: "permission denied",
+                },
+            },
+            Frame::TlsData {
+                session: 1,
+                data: &[1, 2, 3, 4, 5],
+            },
+            Frame::TlsClose { session: 0xffff },
         ];
         for f in frames {
             let mut buf = [0u8; 256];
@@ -460,12 +570,15 @@ mod tests {
             }
         }
         let mut b = [0u8; 64];
-        let wire = Frame::SignAnswer(Answer::Chain(chain))
-            .emit(&mut b)
-            .unwrap()
-            .to_vec();
+        let wire = Frame::SignAnswer {
+            request: 2,
+            answer: Answer::Chain(chain),
+        }
+        .emit(&mut b)
+        .unwrap()
+        .to_vec();
         let parsed = Frame::parse(&wire).unwrap().0;
-        let Frame::SignAnswer(answer) = parsed else {
+        let Frame::SignAnswer { answer, .. } = parsed else {
             panic!("{parsed:?}")
         };
         let certs: std::vec::Vec<&[u8]> = answer.certificates().collect();
@@ -477,15 +590,23 @@ mod tests {
         let big = [0u8; MAX_PAYLOAD + 1];
         let mut out = [0u8; MAX_FRAME + 16];
         assert_eq!(
-            Frame::TlsData(&big).emit(&mut out),
+            Frame::TlsData {
+                session: 0,
+                data: &big
+            }
+            .emit(&mut out),
             Err(Error::TooLong {
-                length: MAX_PAYLOAD + 1
+                length: MAX_PAYLOAD + 3
             })
         );
         let mut small = [0u8; 5];
         assert_eq!(
-            Frame::TlsData(&[1, 2, 3]).emit(&mut small),
-            Err(Error::BufferTooSmall { needed: 11 })
+            Frame::TlsData {
+                session: 0,
+                data: &[1, 2, 3]
+            }
+            .emit(&mut small),
+            Err(Error::BufferTooSmall { needed: 13 })
         );
         assert_eq!(small, [0u8; 5], "output untouched");
         assert_eq!(Frame::check(&[0x00]), Err(Error::BadMagic(0)));
@@ -496,18 +617,37 @@ mod tests {
         );
         // A refusal must carry a non-zero code; a chain at least one certificate.
         assert_eq!(
-            Frame::SignAnswer(Answer::Refused {
-                code: 0,
-                message: ""
-            })
+            Frame::SignAnswer {
+                request: 1,
+                answer: Answer::Refused {
+                    code: 0,
+                    message: ""
+                }
+            }
             .emit(&mut out),
             Err(Error::BadPayload)
         );
-        let empty_chain = Frame::SignAnswer(Answer::Chain(&[]))
-            .emit(&mut out)
-            .unwrap()
-            .to_vec();
+        let empty_chain = Frame::SignAnswer {
+            request: 1,
+            answer: Answer::Chain(&[]),
+        }
+        .emit(&mut out)
+        .unwrap()
+        .to_vec();
         assert_eq!(Frame::parse(&empty_chain), Err(Error::BadPayload));
+        // Numbers are required: a sign answer without its request number, a TLS frame
+        // without its session number.
+        let crc_of = |body: &[u8]| crc32(body).to_be_bytes();
+        for body in [
+            &[2u8, 0, 3, 0, 0, 1][..],
+            &[3, 0, 1, 9][..],
+            &[4, 0, 1, 1][..],
+        ] {
+            let mut wire = std::vec![MAGIC];
+            wire.extend_from_slice(body);
+            wire.extend_from_slice(&crc_of(body));
+            assert_eq!(Frame::parse(&wire), Err(Error::BadPayload), "{body:?}");
+        }
     }
 
     proptest! {
@@ -517,10 +657,11 @@ mod tests {
         }
 
         #[test]
-        fn tls_data_round_trips(data in proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD)) {
+        fn tls_data_round_trips(data in proptest::collection::vec(any::<u8>(), 0..MAX_PAYLOAD - 2)) {
             let mut out = std::vec![0u8; MAX_FRAME];
-            let wire = Frame::TlsData(&data).emit(&mut out).unwrap().to_vec();
-            prop_assert_eq!(Frame::parse(&wire), Ok((Frame::TlsData(&data), wire.len())));
+            let f = Frame::TlsData { session: 9, data: &data };
+            let wire = f.emit(&mut out).unwrap().to_vec();
+            prop_assert_eq!(Frame::parse(&wire), Ok((f, wire.len())));
         }
 
         #[test]
@@ -530,7 +671,7 @@ mod tests {
             token in "[A-Za-z0-9._-]{0,200}",
             csr in proptest::collection::vec(any::<u8>(), 0..600),
         ) {
-            let f = Frame::SignRequest { id: &id, namespace: &ns, token: &token, csr: &csr };
+            let f = Frame::SignRequest { request: 5, id: &id, namespace: &ns, token: &token, csr: &csr };
             let mut out = std::vec![0u8; MAX_FRAME];
             let wire = f.emit(&mut out).unwrap().to_vec();
             prop_assert_eq!(Frame::parse(&wire), Ok((f, wire.len())));

@@ -62,6 +62,9 @@ pub enum Refusal {
     BadKey,
     /// CertificateVerify arrived before a certificate was accepted.
     NoVerifiedCertificate,
+    /// The verifier was given no peer name ([`PeerName::Unchecked`]): any certificate of the
+    /// trust domain, another device's included, would pass for the server.
+    NoPeerName,
     /// The server signed with a scheme that does not fit its key, or one not supported here.
     UnsupportedScheme(u16),
     /// The CertificateVerify signature does not verify.
@@ -80,6 +83,7 @@ impl core::fmt::Display for Refusal {
             Self::Path(e) => write!(f, "server certificate refused: {e}"),
             Self::BadKey => f.write_str("server certificate key unreadable"),
             Self::NoVerifiedCertificate => f.write_str("CertificateVerify before a certificate"),
+            Self::NoPeerName => f.write_str("no expected server identity configured"),
             Self::UnsupportedScheme(s) => write!(f, "server signature scheme 0x{s:04x} refused"),
             Self::BadSignature => f.write_str("server CertificateVerify signature invalid"),
         }
@@ -133,8 +137,10 @@ pub struct ServerVerifier<'a, V, const N: usize> {
 impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
     /// A verifier accepting servers whose chain leads to `anchors` under `options` (the time,
     /// skew, budget and — above all — `options.peer`: pass [`PeerName::SpiffeId`] for one
-    /// server, [`PeerName::TrustDomain`] for any in a trust domain). The usage is always
-    /// `serverAuth`.
+    /// server, [`PeerName::TrustDomain`] for any in a trust domain; with
+    /// [`PeerName::Unchecked`] every server is refused with [`Refusal::NoPeerName`]). The usage
+    /// is always `serverAuth`. Each handshake starts from a clean state (see
+    /// [`ServerVerifier::begin`]).
     pub fn new(anchors: TrustBundle<'a, N>, options: Options<'a>, verifier: V) -> Self {
         Self {
             anchors,
@@ -148,6 +154,16 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
             refusal: None,
             verified: false,
         }
+    }
+
+    /// Forgets everything about the previous handshake: [`Provider`] calls this when
+    /// embedded-tls starts a new one (it asks for randomness for the ClientHello before any
+    /// server message), so a verdict can never carry over from one session to the next.
+    pub fn begin(&mut self) {
+        self.transcript = None;
+        self.key = None;
+        self.refusal = None;
+        self.verified = false;
     }
 
     /// Why the last server was refused, if it was.
@@ -176,6 +192,9 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
     }
 
     fn check_certificate(&self, cert: &CertificateRef<'_>) -> Result<LeafKey, Refusal> {
+        if matches!(self.options.peer, PeerName::Unchecked) {
+            return Err(Refusal::NoPeerName);
+        }
         let mut der: heapless::Vec<&[u8], { MAX_INTERMEDIATES + 1 }> = heapless::Vec::new();
         for entry in &cert.entries {
             let CertificateEntryRef::X509(bytes) = entry else {
@@ -239,6 +258,10 @@ impl<V: SignatureVerifier, const N: usize> TlsVerifier<Aes128GcmSha256>
         let Some(public) = key.get() else {
             return self.refuse(Refusal::BadKey, TlsError::InvalidCertificate);
         };
+        // The scheme must be the leaf key's, whatever the signature verifier checks itself.
+        if !scheme.fits(public) {
+            return self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature);
+        }
         let mut message = [0u8; 64 + SERVER_CONTEXT.len() + 32];
         let (pad, rest) = message.split_at_mut(64);
         pad.fill(0x20);
@@ -333,7 +356,10 @@ where
     type CipherSuite = Aes128GcmSha256;
     type Signature = SignatureBytes;
 
+    /// embedded-tls asks for randomness first thing in a handshake (the ClientHello's random
+    /// and key share), before any server message: the verifier starts clean here.
     fn rng(&mut self) -> impl CryptoRngCore {
+        self.verifier.begin();
         &mut *self.rng
     }
 

@@ -24,10 +24,13 @@
 //!   the first `TlsData` after none is open, writes the device's bytes, and sends what the peer
 //!   writes back as `TlsData` frames of at most [`PEER_READ_LEN`] bytes. When the peer closes
 //!   (or cannot be connected) the device gets `TlsClose` and the session is forgotten; a
-//!   `TlsClose` from the device shuts the peer connection down. The link has no session
-//!   numbers: bytes the device sent for a session the peer has just closed open a new one.
-//! - Sign answers carry no request number either: a device should have one request in flight.
-//!   At most [`MAX_SIGNS_IN_FLIGHT`] run at once; more are refused with `RESOURCE_EXHAUSTED`.
+//!   `TlsClose` from the device shuts the peer connection down. Sessions are numbered by the
+//!   device: bytes for a session that has ended (a close_notify racing the peer's close, a
+//!   frame from before a reconnect) are dropped, never sent to the peer as a new session, and
+//!   bytes for a new number end the previous session.
+//! - Sign answers carry the device's request number, so the device matches each answer to
+//!   its request and drops answers to requests it has given up on. At most
+//!   [`MAX_SIGNS_IN_FLIGHT`] run at once; more are refused with `RESOURCE_EXHAUSTED`.
 //!
 //! Bad input never stops the relay and never panics: a frame that fails to parse is logged and
 //! skipped by resynchronising on the next magic byte, and a partial frame that stays
@@ -193,6 +196,7 @@ pub async fn run(
         sign: Arc::new(SignContext { opts, anchors }),
         out,
         session: None,
+        ended: None,
         sessions: JoinSet::new(),
         signs: JoinSet::new(),
     };
@@ -220,8 +224,10 @@ struct Relay {
     sign: Arc<SignContext>,
     /// Frames to the device (the writer task's channel).
     out: mpsc::Sender<Vec<u8>>,
-    /// The open peer session, if any.
-    session: Option<mpsc::Sender<Vec<u8>>>,
+    /// The open peer session, if any: its number and its queue.
+    session: Option<(u16, mpsc::Sender<Vec<u8>>)>,
+    /// The number of the session that ended last: its late bytes are dropped.
+    ended: Option<u16>,
     /// Session tasks: the open one, and closed ones finishing. Dropping aborts them.
     sessions: JoinSet<()>,
     /// Sign tasks in flight. Dropping aborts them.
@@ -294,12 +300,20 @@ impl Relay {
     async fn handle_frame(&mut self, frame: Frame<'_>) {
         match frame {
             Frame::SignRequest {
+                request,
                 id,
                 namespace,
                 token,
                 csr,
             } => {
-                tracing::info!(%id, %namespace, csr_bytes = csr.len(), "sign request");
+                // Device-supplied text is logged quoted (`?`), never raw.
+                tracing::info!(
+                    request,
+                    ?id,
+                    ?namespace,
+                    csr_bytes = csr.len(),
+                    "sign request"
+                );
                 while let Some(r) = self.signs.try_join_next() {
                     log_join("sign", r);
                 }
@@ -308,10 +322,11 @@ impl Relay {
                         Code::ResourceExhausted,
                         format!("{MAX_SIGNS_IN_FLIGHT} sign requests already in flight"),
                     );
-                    tracing::warn!(%reply, "sign request refused");
-                    send(&self.out, reply.to_frame()).await;
+                    tracing::warn!(request, %reply, "sign request refused");
+                    send(&self.out, reply.to_frame(request)).await;
                     return;
                 }
+                let number = request;
                 let request = DeviceRequest {
                     id: id.to_owned(),
                     namespace: namespace.to_owned(),
@@ -321,40 +336,62 @@ impl Relay {
                 let (ctx, out) = (self.sign.clone(), self.out.clone());
                 self.signs.spawn(async move {
                     let reply = ctx.answer(request).await;
-                    tracing::info!(%reply, "sign answer");
-                    send(&out, reply.to_frame()).await;
+                    tracing::info!(request = number, %reply, "sign answer");
+                    send(&out, reply.to_frame(number)).await;
                 });
             }
-            Frame::TlsData(bytes) => self.forward(bytes.to_vec()).await,
-            Frame::TlsClose => {
-                if self.session.take().is_some() {
+            Frame::TlsData { session, data } => self.forward(session, data.to_vec()).await,
+            Frame::TlsClose { session } => {
+                if self.session.as_ref().is_some_and(|(n, _)| *n == session) {
                     // The session task sees its channel close, writes what is queued and shuts
                     // the peer connection down.
-                    tracing::debug!("device closed the TLS session");
+                    self.session = None;
+                    self.ended = Some(session);
+                    tracing::debug!(session, "device closed the TLS session");
                 }
             }
-            Frame::SignAnswer(_) => {
+            Frame::SignAnswer { .. } => {
                 tracing::warn!("protocol error: the device sent a SignAnswer; ignored");
             }
         }
     }
 
-    /// Gives `bytes` to the open session, or opens one.
-    async fn forward(&mut self, bytes: Vec<u8>) {
-        let bytes = match &self.session {
-            Some(tx) => match tx.send(bytes).await {
-                Ok(()) => return,
-                // The peer closed that session (the device was sent TlsClose): a new one.
-                Err(mpsc::error::SendError(bytes)) => bytes,
-            },
-            None => bytes,
-        };
+    /// Gives `bytes` of session `number` to that session; opens it if it is new; drops them
+    /// if it has ended.
+    async fn forward(&mut self, number: u16, bytes: Vec<u8>) {
+        if let Some((open, tx)) = &self.session {
+            if *open == number {
+                if tx.send(bytes).await.is_err() {
+                    // The peer ended it (the device is being sent TlsClose): late bytes.
+                    tracing::debug!(session = number, "bytes after the peer closed; dropped");
+                    self.session = None;
+                    self.ended = Some(number);
+                }
+                return;
+            }
+            // A new number: the device has moved on; the old session ends.
+            tracing::debug!(
+                old = open,
+                new = number,
+                "new TLS session replaces the open one"
+            );
+            self.ended = Some(*open);
+            self.session = None;
+        }
+        if self.ended == Some(number) {
+            tracing::debug!(session = number, "bytes of an ended session; dropped");
+            return;
+        }
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         // A fresh channel has room for one message.
         let _ = tx.try_send(bytes);
-        self.session = Some(tx);
-        self.sessions
-            .spawn(session(self.sign.opts.peer.clone(), rx, self.out.clone()));
+        self.session = Some((number, tx));
+        self.sessions.spawn(session(
+            self.sign.opts.peer.clone(),
+            number,
+            rx,
+            self.out.clone(),
+        ));
     }
 }
 
@@ -409,14 +446,21 @@ async fn write_frames(mut write: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<
 /// independently (neither waits for the other, so a peer that writes before it reads cannot
 /// deadlock the session). Ends when the device closes (`rx` closed: the peer connection is
 /// shut down, nothing is sent) or the peer does (the device gets `TlsClose`).
-async fn session(peer: String, mut rx: mpsc::Receiver<Vec<u8>>, out: mpsc::Sender<Vec<u8>>) {
+async fn session(
+    peer: String,
+    number: u16,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    out: mpsc::Sender<Vec<u8>>,
+) {
     let stream = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(&peer)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return peer_closed(&mut rx, &out, &format!("connecting to {peer}: {e}")).await
+            let why = format!("connecting to {peer}: {e}");
+            return peer_closed(number, &mut rx, &out, &why).await;
         }
         Err(_) => {
-            return peer_closed(&mut rx, &out, &format!("connecting to {peer}: timed out")).await
+            let why = format!("connecting to {peer}: timed out");
+            return peer_closed(number, &mut rx, &out, &why).await;
         }
     };
     if let Err(e) = stream.set_nodelay(true) {
@@ -438,7 +482,10 @@ async fn session(peer: String, mut rx: mpsc::Receiver<Vec<u8>>, out: mpsc::Sende
         loop {
             match peer_read.read(&mut buf).await {
                 Ok(0) => return "closed by the peer".to_owned(),
-                Ok(n) => match encode(&Frame::TlsData(buf.get(..n).unwrap_or_default())) {
+                Ok(n) => match encode(&Frame::TlsData {
+                    session: number,
+                    data: buf.get(..n).unwrap_or_default(),
+                }) {
                     Ok(frame) => send(&out, frame).await,
                     // Unreachable: PEER_READ_LEN is under MAX_PAYLOAD.
                     Err(e) => tracing::error!(error = %e, "TlsData frame not encoded"),
@@ -453,18 +500,26 @@ async fn session(peer: String, mut rx: mpsc::Receiver<Vec<u8>>, out: mpsc::Sende
         end = from_peer => Some(end),
     };
     match peer_end {
-        Some(why) => peer_closed(&mut rx, &out, &why).await,
+        Some(why) => peer_closed(number, &mut rx, &out, &why).await,
         None => tracing::debug!(%peer, "TLS session closed by the device"),
     }
 }
 
-/// Ends a session from the peer's side: closes `rx` first, so that bytes the device sends
-/// after it receives `TlsClose` find the session gone and open a new one, then sends
-/// `TlsClose`.
-async fn peer_closed(rx: &mut mpsc::Receiver<Vec<u8>>, out: &mpsc::Sender<Vec<u8>>, why: &str) {
+/// Ends session `number` from the peer's side: closes `rx` first, so that bytes the device
+/// sends for it after this find the session gone (and are dropped), then sends `TlsClose`.
+async fn peer_closed(
+    number: u16,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    out: &mpsc::Sender<Vec<u8>>,
+    why: &str,
+) {
     rx.close();
-    tracing::debug!(reason = why, "TLS session ended; TlsClose to the device");
-    match encode(&Frame::TlsClose) {
+    tracing::debug!(
+        session = number,
+        reason = why,
+        "TLS session ended; TlsClose to the device"
+    );
+    match encode(&Frame::TlsClose { session: number }) {
         Ok(frame) => send(out, frame).await,
         Err(e) => tracing::error!(error = %e, "TlsClose frame not encoded"),
     }
@@ -549,7 +604,8 @@ impl SignContext {
             .enumerate()
             .filter(|&(i, c)| i == 0 || !is_root(c))
             .map(|(_, c)| c.as_slice());
-        let mut payload = vec![0u8; MAX_PAYLOAD - 1];
+        // The answer's payload: request number (4), status (1), then the chain.
+        let mut payload = vec![0u8; MAX_PAYLOAD - 5];
         match link::encode_chain(certs, &mut payload) {
             Ok(chain) => Reply::Chain(chain.to_vec()),
             Err(e) => Reply::refused(
@@ -584,12 +640,12 @@ impl Reply {
             .unwrap_or(2); // UNKNOWN
         Self::Refused {
             code,
-            message: clip(message.into(), MAX_PAYLOAD - 1),
+            message: clip(message.into(), MAX_PAYLOAD - 5),
         }
     }
 
-    /// The `SignAnswer` frame.
-    fn to_frame(&self) -> Vec<u8> {
+    /// The `SignAnswer` frame for request `request`.
+    fn to_frame(&self, request: u32) -> Vec<u8> {
         let answer = match self {
             Self::Chain(c) => Answer::Chain(c),
             Self::Refused { code, message } => Answer::Refused {
@@ -597,13 +653,16 @@ impl Reply {
                 message,
             },
         };
-        encode(&Frame::SignAnswer(answer)).unwrap_or_else(|e| {
+        encode(&Frame::SignAnswer { request, answer }).unwrap_or_else(|e| {
             // Unreachable: chains and messages are sized to fit above.
             tracing::error!(error = %e, "sign answer not encoded");
-            encode(&Frame::SignAnswer(Answer::Refused {
-                code: 13,
-                message: "answer not encoded",
-            }))
+            encode(&Frame::SignAnswer {
+                request,
+                answer: Answer::Refused {
+                    code: 13,
+                    message: "answer not encoded",
+                },
+            })
             .unwrap_or_default()
         })
     }

@@ -25,10 +25,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A frame from the relay, owned.
 #[derive(Debug, PartialEq, Eq)]
 enum Got {
-    Chain(Vec<Vec<u8>>),
-    Refused(u8, String),
-    TlsData(Vec<u8>),
-    TlsClose,
+    /// Request number, certificates.
+    Chain(u32, Vec<Vec<u8>>),
+    /// Request number, code, message.
+    Refused(u32, u8, String),
+    /// Session number, bytes.
+    TlsData(u16, Vec<u8>),
+    /// Session number.
+    TlsClose(u16),
     SignRequest,
 }
 
@@ -55,14 +59,16 @@ impl Device {
             match Frame::parse(&self.buf) {
                 Ok((frame, len)) => {
                     let got = match frame {
-                        Frame::SignAnswer(a @ Answer::Chain(_)) => {
-                            Got::Chain(a.certificates().map(<[u8]>::to_vec).collect())
-                        }
-                        Frame::SignAnswer(Answer::Refused { code, message }) => {
-                            Got::Refused(code, message.to_owned())
-                        }
-                        Frame::TlsData(d) => Got::TlsData(d.to_vec()),
-                        Frame::TlsClose => Got::TlsClose,
+                        Frame::SignAnswer {
+                            request,
+                            answer: a @ Answer::Chain(_),
+                        } => Got::Chain(request, a.certificates().map(<[u8]>::to_vec).collect()),
+                        Frame::SignAnswer {
+                            request,
+                            answer: Answer::Refused { code, message },
+                        } => Got::Refused(request, code, message.to_owned()),
+                        Frame::TlsData { session, data } => Got::TlsData(session, data.to_vec()),
+                        Frame::TlsClose { session } => Got::TlsClose(session),
                         Frame::SignRequest { .. } => Got::SignRequest,
                     };
                     self.buf.drain(..len);
@@ -263,8 +269,9 @@ fn key_and_csr() -> (SoftwareKey, Vec<u8>) {
     (key, csr)
 }
 
-fn sign_request<'a>(id: &'a str, csr: &'a [u8]) -> Frame<'a> {
+fn sign_request<'a>(request: u32, id: &'a str, csr: &'a [u8]) -> Frame<'a> {
     Frame::SignRequest {
+        request,
         id,
         namespace: "default",
         token: "",
@@ -318,16 +325,16 @@ fn sign_request_gets_a_valid_workload_chain() {
     let anchors = read_certs(&anchors_file);
     let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
     let (key, csr) = key_and_csr();
-    relay.device.send(&sign_request("device", &csr));
+    relay.device.send(&sign_request(1, "device", &csr));
     match relay.recv() {
-        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        Got::Chain(1, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
         other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
     // A second request on the same link (a renewal) is answered too.
     let (key, csr) = key_and_csr();
-    relay.device.send(&sign_request("device", &csr));
+    relay.device.send(&sign_request(2, "device", &csr));
     match relay.recv() {
-        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        Got::Chain(2, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
         other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
 }
@@ -339,18 +346,18 @@ fn sentry_refusals_reach_the_device_with_dapr_codes() {
     // A CSR that is not one: Sentry's INVALID_ARGUMENT.
     relay
         .device
-        .send(&sign_request("device", b"\x30\x03not a CSR"));
+        .send(&sign_request(3, "device", b"\x30\x03not a CSR"));
     match relay.recv() {
-        Got::Refused(3, message) => {
+        Got::Refused(3, 3, message) => {
             assert!(message.contains("certificate signing request"), "{message}")
         }
         other => panic!("{other:?}"),
     }
     // An app ID with a dot: the validator's PERMISSION_DENIED.
     let (_, csr) = key_and_csr();
-    relay.device.send(&sign_request("my.device", &csr));
+    relay.device.send(&sign_request(4, "my.device", &csr));
     match relay.recv() {
-        Got::Refused(7, message) => assert!(message.contains("dot"), "{message}"),
+        Got::Refused(4, 7, message) => assert!(message.contains("dot"), "{message}"),
         other => panic!("{other:?}"),
     }
     relay.assert_alive();
@@ -362,22 +369,26 @@ fn unreachable_sentry_and_peer_are_reported_not_fatal() {
     let mut relay = start_relay(&nowhere(), &anchors, &nowhere());
     let (_, csr) = key_and_csr();
     let asked = Instant::now();
-    relay.device.send(&sign_request("device", &csr));
+    relay.device.send(&sign_request(5, "device", &csr));
     match relay.recv() {
-        Got::Refused(14, message) => assert!(message.contains("connect"), "{message}"),
+        Got::Refused(5, 14, message) => assert!(message.contains("connect"), "{message}"),
         other => panic!("{other:?}"),
     }
     assert!(asked.elapsed() < Duration::from_secs(10));
     // A TLS session to a peer that is not there is closed at once.
-    relay
-        .device
-        .send(&Frame::TlsData(b"\x16\x03\x01 client hello"));
-    assert_eq!(relay.recv(), Got::TlsClose);
+    relay.device.send(&Frame::TlsData {
+        session: 1,
+        data: b"\x16\x03\x01 client hello",
+    });
+    assert_eq!(relay.recv(), Got::TlsClose(1));
     // And both keep working (a second try gets the same answers; the relay lives on).
-    relay.device.send(&sign_request("device", &csr));
-    assert!(matches!(relay.recv(), Got::Refused(14, _)));
-    relay.device.send(&Frame::TlsData(b"again"));
-    assert_eq!(relay.recv(), Got::TlsClose);
+    relay.device.send(&sign_request(6, "device", &csr));
+    assert!(matches!(relay.recv(), Got::Refused(6, 14, _)));
+    relay.device.send(&Frame::TlsData {
+        session: 2,
+        data: b"again",
+    });
+    assert_eq!(relay.recv(), Got::TlsClose(2));
     relay.assert_alive();
 }
 
@@ -412,12 +423,12 @@ fn echo_server(limits: Vec<Option<usize>>) -> (String, mpsc::Receiver<String>) {
     (addr, rx)
 }
 
-/// Receives `TlsData` frames until `len` bytes have come; returns them.
-fn recv_tls(relay: &mut Relay, len: usize) -> Vec<u8> {
+/// Receives `TlsData` frames of `session` until `len` bytes have come; returns them.
+fn recv_tls(relay: &mut Relay, session: u16, len: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < len {
         match relay.recv() {
-            Got::TlsData(d) => {
+            Got::TlsData(s, d) if s == session => {
                 assert!(!d.is_empty() && d.len() <= MAX_PAYLOAD, "{} bytes", d.len());
                 got.extend_from_slice(&d);
             }
@@ -437,29 +448,43 @@ fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
 
     // Session 1: 9,000 bytes in frames of up to MAX_PAYLOAD; the echo comes back whole, then
     // the peer closes and the device is told.
-    for chunk in first.chunks(MAX_PAYLOAD) {
-        relay.device.send(&Frame::TlsData(chunk));
+    for data in first.chunks(MAX_PAYLOAD - 2) {
+        relay.device.send(&Frame::TlsData { session: 1, data });
     }
-    assert_eq!(recv_tls(&mut relay, first.len()), first);
-    assert_eq!(relay.recv(), Got::TlsClose);
+    assert_eq!(recv_tls(&mut relay, 1, first.len()), first);
+    assert_eq!(relay.recv(), Got::TlsClose(1));
     assert_eq!(
         ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
         format!("0: closed after {}", first.len())
     );
 
+    // Late bytes of session 1 (a close_notify after the peer's close) are dropped: they open
+    // no connection (the echo server's next accept is session 2's, checked below).
+    relay.device.send(&Frame::TlsData {
+        session: 1,
+        data: b"late alert",
+    });
+    relay.device.send(&Frame::TlsClose { session: 1 });
+
     // Session 2 opens a new connection.
-    relay.device.send(&Frame::TlsData(&second));
-    assert_eq!(recv_tls(&mut relay, second.len()), second);
-    assert_eq!(relay.recv(), Got::TlsClose);
+    relay.device.send(&Frame::TlsData {
+        session: 2,
+        data: &second,
+    });
+    assert_eq!(recv_tls(&mut relay, 2, second.len()), second);
+    assert_eq!(relay.recv(), Got::TlsClose(2));
     assert_eq!(
         ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
         format!("1: closed after {}", second.len())
     );
 
     // Session 3: the device closes; the peer sees EOF and the device hears nothing more.
-    relay.device.send(&Frame::TlsData(b"third"));
-    assert_eq!(recv_tls(&mut relay, 5), b"third");
-    relay.device.send(&Frame::TlsClose);
+    relay.device.send(&Frame::TlsData {
+        session: 3,
+        data: b"third",
+    });
+    assert_eq!(recv_tls(&mut relay, 3, 5), b"third");
+    relay.device.send(&Frame::TlsClose { session: 3 });
     assert_eq!(ends.recv_timeout(ANSWER_TIMEOUT).unwrap(), "2: eof after 5");
     assert_eq!(relay.device.recv_within(Duration::from_millis(500)), None);
     relay.assert_alive();
@@ -475,22 +500,25 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
     // Line noise (no magic byte), a request with a flipped CRC byte, an unknown kind, a
     // SignAnswer (only the relay may send those), then a valid request: one answer.
     let (_, bad_csr) = key_and_csr();
-    let mut flipped = wire(&sign_request("device", &bad_csr));
+    let mut flipped = wire(&sign_request(7, "device", &bad_csr));
     *flipped.last_mut().unwrap() ^= 0x01;
-    let mut unknown_kind = wire(&Frame::TlsClose);
+    let mut unknown_kind = wire(&Frame::TlsClose { session: 1 });
     unknown_kind[1] = 9;
     let (key, csr) = key_and_csr();
     let mut bytes = b"\x00\x01line noise\xff\xfe\r\n".to_vec();
     bytes.extend_from_slice(&flipped);
     bytes.extend_from_slice(&unknown_kind);
-    bytes.extend_from_slice(&wire(&Frame::SignAnswer(Answer::Refused {
-        code: 2,
-        message: "from the device",
-    })));
-    bytes.extend_from_slice(&wire(&sign_request("device", &csr)));
+    bytes.extend_from_slice(&wire(&Frame::SignAnswer {
+        request: 1,
+        answer: Answer::Refused {
+            code: 2,
+            message: "from the device",
+        },
+    }));
+    bytes.extend_from_slice(&wire(&sign_request(8, "device", &csr)));
     relay.device.send_raw(&bytes);
     match relay.recv() {
-        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        Got::Chain(8, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
         other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
 
@@ -498,10 +526,10 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
     // silent the relay drops it and finds the request inside.
     let (key, csr) = key_and_csr();
     let mut bytes = vec![0x53, 3, 0x0f, 0xff];
-    bytes.extend_from_slice(&wire(&sign_request("device", &csr)));
+    bytes.extend_from_slice(&wire(&sign_request(9, "device", &csr)));
     relay.device.send_raw(&bytes);
     match relay.recv() {
-        Got::Chain(chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        Got::Chain(9, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
         other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
 

@@ -991,3 +991,46 @@ fn certificate_verify_before_certificate_is_refused() {
     assert!(!verified);
     assert_eq!(refusal, Some(Refusal::NoVerifiedCertificate));
 }
+
+#[test]
+fn a_reused_provider_never_carries_a_verdict_into_the_next_handshake() {
+    // One provider, two handshakes: an honest server, then one that skips Certificate and
+    // CertificateVerify (which embedded-tls lets `open()` accept). The second must not be
+    // reported as verified on the strength of the first.
+    let pki = pki();
+    let mut rng = OsRng;
+    let mut provider = Provider::new(
+        &mut rng,
+        Some((pki.client_leaf.as_slice(), client_key(&pki))),
+        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    );
+    let (addr, server) = serve_raw(&pki, Flight::Honest);
+    open_only(addr, &mut provider).unwrap();
+    server.join().unwrap();
+    assert!(provider.verifier().is_verified());
+    let (addr, server) = serve_raw(&pki, Flight::NoCertificate);
+    let open = open_only(addr, &mut provider);
+    server.join().unwrap();
+    assert!(!provider.verifier().is_verified(), "{open:?}");
+    assert_eq!(provider.verifier().refusal(), None);
+}
+
+#[test]
+fn a_verifier_without_a_peer_name_refuses_every_server() {
+    let pki = pki();
+    let server = serve(server_config(&pki, None));
+    let mut rng = OsRng;
+    let options = Options::new(UnixTime::from_secs(now_secs()));
+    let mut provider = Provider::new(
+        &mut rng,
+        Some((pki.client_leaf.as_slice(), client_key(&pki))),
+        ServerVerifier::new(bundle(&[&pki.root]), options, RustCryptoVerifier),
+    );
+    let outcome = dial(server.addr, &mut provider);
+    assert!(
+        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
+        "{outcome:?}"
+    );
+    assert_eq!(provider.verifier().refusal(), Some(Refusal::NoPeerName));
+    assert_device_hung_up(&server.finish());
+}

@@ -4,8 +4,13 @@
 //!
 //! Receiving is check-then-parse on a buffer that holds one frame of up to
 //! [`MAX_FRAME`] bytes. A frame that does not check (bad magic, CRC, length) is reported and
-//! skipped: bytes are dropped up to the next magic byte, so a relay that reconnects in the
-//! middle of a frame costs that frame only.
+//! skipped: bytes are dropped up to the next magic byte. A partial frame that gets no further
+//! byte for [`STALL_MS`] (a corrupted length, a relay that went away mid-frame) is skipped
+//! the same way, so the frames after it are not held back for long.
+//!
+//! TLS sessions are numbered: frames of another session than the channel's (late bytes or a
+//! late close of an earlier one) are dropped, and a channel always ends with `TlsClose` for
+//! its number, even when dropped early.
 
 use embedded_io::Write as _;
 use sigil_core::link::{self, Frame, HEADER_LEN, MAX_FRAME};
@@ -19,6 +24,8 @@ pub const TLS_CHUNK: usize = 1024;
 /// Largest frame the device sends: a sign request (app ID, namespace, token, a ~250 B CSR) or
 /// a TLS chunk.
 pub const MAX_SEND: usize = 1536;
+/// A partial frame with no new byte for this long is skipped.
+pub const STALL_MS: u64 = 1000;
 
 /// Why the link failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +68,8 @@ pub struct Link<'b> {
     uart: Uart,
     rx: &'b mut [u8; MAX_FRAME],
     len: usize,
+    /// When the last byte arrived (for the stall timeout).
+    last_byte: Instant,
     /// Bytes received and sent, for the report.
     pub received: usize,
     /// Bytes sent.
@@ -76,6 +85,7 @@ impl<'b> Link<'b> {
             uart,
             rx,
             len: 0,
+            last_byte: Instant::ZERO,
             received: 0,
             sent: 0,
             skipped: 0,
@@ -106,6 +116,7 @@ impl<'b> Link<'b> {
             let Some(b) = self.uart.try_read_byte() else {
                 break;
             };
+            self.last_byte = clock::now();
             if let Some(slot) = self.rx.get_mut(self.len) {
                 *slot = b;
             }
@@ -115,7 +126,16 @@ impl<'b> Link<'b> {
         let buffered = self.rx.get(..self.len).unwrap_or(&[]);
         match Frame::check(buffered) {
             Ok(n) => Ok(Some(n)),
-            Err(link::Error::Incomplete { .. }) => Ok(None),
+            Err(e @ link::Error::Incomplete { .. }) => {
+                let stalled = clock::now().saturating_duration_since(self.last_byte)
+                    >= core::time::Duration::from_millis(STALL_MS);
+                if self.len > 0 && stalled {
+                    self.skipped += 1;
+                    self.resync();
+                    return Err(LinkError::Frame(e));
+                }
+                Ok(None)
+            }
             Err(e) => {
                 self.skipped += 1;
                 self.resync();
@@ -162,32 +182,48 @@ impl<'b> Link<'b> {
         self.consume(next);
     }
 
-    /// The TLS session's byte channel over this link.
-    pub fn tls(&mut self, timeout_ms: u64) -> TlsChannel<'_, 'b> {
+    /// The byte channel of TLS session `session` over this link (a new number for every
+    /// session).
+    pub fn tls(&mut self, session: u16, timeout_ms: u64) -> TlsChannel<'_, 'b> {
         TlsChannel {
             link: self,
+            session,
             pending: None,
             timeout_ms,
             closed: false,
+            close_sent: false,
         }
     }
 }
 
-/// One TLS session's bytes, carried in `TlsData` frames. A read waits at most `timeout_ms`
-/// for the next frame; `TlsClose` from the relay reads as end of stream.
+/// One TLS session's bytes, carried in `TlsData` frames of its number. A read waits at most
+/// `timeout_ms` for the next frame; `TlsClose` from the relay reads as end of stream.
 pub struct TlsChannel<'l, 'b> {
     link: &'l mut Link<'b>,
+    session: u16,
     /// The `TlsData` frame being read: (payload start, payload end, frame length).
     pending: Option<(usize, usize, usize)>,
     timeout_ms: u64,
+    /// The relay closed the session.
     closed: bool,
+    /// This side sent `TlsClose`.
+    close_sent: bool,
 }
 
 impl TlsChannel<'_, '_> {
     /// Tells the relay the session is over (it closes its connection to the sidecar).
     pub fn close(mut self) {
+        self.send_close();
+    }
+
+    fn send_close(&mut self) {
         self.drop_pending();
-        let _ = self.link.send(&Frame::TlsClose);
+        if !self.close_sent {
+            self.close_sent = true;
+            let _ = self.link.send(&Frame::TlsClose {
+                session: self.session,
+            });
+        }
     }
 
     /// Whether the relay closed the session.
@@ -199,6 +235,13 @@ impl TlsChannel<'_, '_> {
         if let Some((_, _, n)) = self.pending.take() {
             self.link.consume(n);
         }
+    }
+}
+
+impl Drop for TlsChannel<'_, '_> {
+    /// A session dropped without [`TlsChannel::close`] (an error path) still ends at the relay.
+    fn drop(&mut self) {
+        self.send_close();
     }
 }
 
@@ -235,14 +278,19 @@ impl embedded_io::Read for TlsChannel<'_, '_> {
                 Err(e) => return Err(e),
             };
             match self.link.frame(n) {
-                Some(Frame::TlsData(payload)) => {
-                    self.pending = Some((HEADER_LEN, HEADER_LEN + payload.len(), n));
+                Some(Frame::TlsData { session, data })
+                    if session == self.session && !data.is_empty() =>
+                {
+                    // The payload follows the header and the 2-byte session number.
+                    let start = HEADER_LEN + 2;
+                    self.pending = Some((start, start + data.len(), n));
                 }
-                Some(Frame::TlsClose) => {
+                Some(Frame::TlsClose { session }) if session == self.session => {
                     self.link.consume(n);
                     self.closed = true;
                 }
-                // A late sign answer or anything else: not this session's.
+                // Another session's bytes, a late sign answer, an empty frame: not this
+                // session's data.
                 _ => self.link.consume(n),
             }
         }
@@ -251,11 +299,14 @@ impl embedded_io::Read for TlsChannel<'_, '_> {
 
 impl embedded_io::Write for TlsChannel<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> Result<usize, LinkError> {
-        if self.closed {
+        if self.closed || self.close_sent {
             return Err(LinkError::Closed);
         }
         let chunk = buf.get(..buf.len().min(TLS_CHUNK)).unwrap_or(buf);
-        self.link.send(&Frame::TlsData(chunk))?;
+        self.link.send(&Frame::TlsData {
+            session: self.session,
+            data: chunk,
+        })?;
         Ok(chunk.len())
     }
 

@@ -20,6 +20,8 @@ use sigil_board_qemu_mps2_an386::{self as board, stack};
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::hprintln;
+#[cfg(feature = "rotation")]
+use rand_core::RngCore as _;
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
@@ -72,7 +74,7 @@ fn run() -> Result<(), &'static str> {
     chain_step()?;
     refusals_step()?;
     #[cfg(feature = "rotation")]
-    rotation_step()?;
+    rotation_step(rng.next_u64())?;
     // The negative control: this must fail the run.
     check(
         !cfg!(feature = "fail"),
@@ -178,7 +180,7 @@ fn refusals_step() -> Result<(), &'static str> {
 /// The rotation machine and the identity slot, on monotonic time only (no RTC).
 #[cfg(feature = "rotation")]
 #[inline(never)]
-fn rotation_step() -> Result<(), &'static str> {
+fn rotation_step(seed: u64) -> Result<(), &'static str> {
     use core::time::Duration;
     use sigil_core::bundle::OwnedTrustBundle;
     use sigil_core::rotation::{Action, Clock, Policy, Rejection, Rotation};
@@ -187,16 +189,6 @@ fn rotation_step() -> Result<(), &'static str> {
     let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID parses")?;
     let mut bundle = OwnedTrustBundle::new();
     bundle.replace(&[ROOT]).map_err(|_| "trust bundle loads")?;
-    let seed = u64::from_le_bytes([
-        DEVICE_SEED[0],
-        DEVICE_SEED[1],
-        DEVICE_SEED[2],
-        DEVICE_SEED[3],
-        DEVICE_SEED[4],
-        DEVICE_SEED[5],
-        DEVICE_SEED[6],
-        DEVICE_SEED[7],
-    ]);
     let mut m: Rotation<'_, SoftwareKey, 1024, 2, 1024> =
         Rotation::new(Policy::default(), Clock::Monotonic, seed, Some(id), bundle);
     let key = || {

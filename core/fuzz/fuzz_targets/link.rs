@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = [0u8; MAX_FRAME];
     let wire = frame.emit(&mut out).expect("a parsed frame emits");
     assert_eq!(wire, &data[..len]);
-    if let Frame::SignAnswer(answer) = frame {
+    if let Frame::SignAnswer { answer, .. } = frame {
         for cert in answer.certificates() {
             assert!(cert.len() <= len);
         }

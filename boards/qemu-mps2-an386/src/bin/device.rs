@@ -28,6 +28,7 @@ use cortex_m_rt::entry;
 use cortex_m_semihosting::hprintln;
 use embedded_io::Write as _;
 use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
+use rand_core::RngCore as _;
 use sigil_board_qemu_mps2_an386::link::{Link, LinkError};
 use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
 use sigil_core::bundle::OwnedTrustBundle;
@@ -136,7 +137,8 @@ fn run() -> Result<(), &'static str> {
         issuer_skew: Duration::from_secs(ISSUER_SKEW_SECS),
         ..Policy::default()
     };
-    let jitter_seed = u64::from_le_bytes(DEVICE_SEED[..8].try_into().unwrap_or([0; 8]));
+    // From the DRBG, not the seed itself: renewal timing is visible on the network.
+    let jitter_seed = rng.next_u64();
     let mut m: Machine<'_> =
         Rotation::new(policy, Clock::Monotonic, jitter_seed, Some(own_id), bundle);
 
@@ -146,7 +148,9 @@ fn run() -> Result<(), &'static str> {
     let mut report = Report::default();
     let mut phase = Phase::Positive;
     let mut outstanding: Option<RequestId> = None;
-    let mut kept_generation = 0;
+    let mut session: u16 = 0;
+    // The identity the negative phase must keep: generation, notAfter, install instant.
+    let mut kept: Option<(u32, UnixTime, Instant)> = None;
     let limit = Instant::ZERO.saturating_add(RUN_LIMIT);
 
     loop {
@@ -165,6 +169,7 @@ fn run() -> Result<(), &'static str> {
                         .start_request(key, &mut csr)
                         .map_err(|_| "CSR for the request")?;
                     link.send(&Frame::SignRequest {
+                        request: id.get(),
                         id: APP_ID,
                         namespace: NAMESPACE,
                         token: "",
@@ -194,17 +199,27 @@ fn run() -> Result<(), &'static str> {
                         generation,
                         not_after.as_secs()
                     );
+                    let this = (generation, identity.not_after(), identity.installed());
                     if phase == Phase::Negative {
                         // The foreign relay was not in place yet: a genuine renewal.
                         hprintln!("renewed before the relay swap; still waiting");
-                        kept_generation = generation;
+                        kept = Some(this);
                         hprintln!("{}", SWAP_MARKER);
                         continue;
                     }
-                    call(&mut link, &mut rng, &m, peer_id, own_id, &mut report)?;
+                    session = session.wrapping_add(1);
+                    call(
+                        &mut link,
+                        session,
+                        &mut rng,
+                        &m,
+                        peer_id,
+                        own_id,
+                        &mut report,
+                    )?;
                     if report.installs > ROTATIONS {
                         phase = Phase::Negative;
-                        kept_generation = generation;
+                        kept = Some(this);
                         hprintln!("{}", SWAP_MARKER);
                     }
                 }
@@ -214,14 +229,40 @@ fn run() -> Result<(), &'static str> {
                         return Err("a chain from Sentry was refused in the positive phase");
                     }
                     report.foreign_refused += 1;
-                    let kept = m
+                    // The machine still holds the very identity installed before (same
+                    // notAfter, same install instant), and the slot still publishes it.
+                    let now_holding = m
                         .identity()
-                        .is_some_and(|_| SLOT.generation() == Some(kept_generation));
-                    if !kept {
+                        .map(|i| (i.not_after(), i.installed(), i.leaf()));
+                    let slot_leaf_matches = |leaf: &[u8]| {
+                        SLOT.lease()
+                            .and_then(|l| l.with(|id| Some(id.leaf() == leaf)))
+                            .unwrap_or(false)
+                    };
+                    let held = match (kept, now_holding) {
+                        (Some((generation, not_after, installed)), Some((na, at, leaf))) => {
+                            na == not_after
+                                && at == installed
+                                && SLOT.generation() == Some(generation)
+                                && slot_leaf_matches(leaf)
+                        }
+                        _ => false,
+                    };
+                    if !held {
                         return Err("the old identity was not kept after a foreign chain");
                     }
-                    hprintln!("old identity {} kept; calling with it", kept_generation);
-                    call(&mut link, &mut rng, &m, peer_id, own_id, &mut report)?;
+                    let generation = kept.map_or(0, |k| k.0);
+                    hprintln!("old identity {} kept; calling with it", generation);
+                    session = session.wrapping_add(1);
+                    call(
+                        &mut link,
+                        session,
+                        &mut rng,
+                        &m,
+                        peer_id,
+                        own_id,
+                        &mut report,
+                    )?;
                     hprintln!(
                         "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} link_rx={} link_tx={} frames_skipped={}",
                         report.installs,
@@ -250,9 +291,15 @@ fn run() -> Result<(), &'static str> {
 
         match link.poll() {
             Ok(Some(n)) => {
-                if let Some(Frame::SignAnswer(answer)) = link.frame(n) {
+                if let Some(Frame::SignAnswer { request, answer }) = link.frame(n) {
                     let now = clock::now();
-                    match (outstanding.take(), answer) {
+                    // Only the answer to the request in flight counts; one to a request the
+                    // machine gave up on (timed out, superseded) is dropped.
+                    let current = outstanding.filter(|id| id.get() == request);
+                    if current.is_some() {
+                        outstanding = None;
+                    }
+                    match (current, answer) {
                         (Some(id), Answer::Chain(_)) => {
                             let mut chain: heapless::Vec<&[u8], 4> = heapless::Vec::new();
                             for cert in answer.certificates() {
@@ -277,7 +324,9 @@ fn run() -> Result<(), &'static str> {
                             };
                             m.handle_failure(now, id, why);
                         }
-                        (None, _) => hprintln!("late sign answer ignored"),
+                        (None, _) => {
+                            hprintln!("answer to request {} ignored (not in flight)", request)
+                        }
                     }
                 }
                 link.consume(n);
@@ -305,8 +354,10 @@ enum CallError {
 }
 
 /// One mTLS call to the peer's sidecar with the identity in the slot.
+#[allow(clippy::too_many_arguments)]
 fn call(
     link: &mut Link<'_>,
+    session: u16,
     rng: &mut HmacDrbg,
     m: &Machine<'_>,
     peer: SpiffeId<'_>,
@@ -314,7 +365,7 @@ fn call(
     report: &mut Report,
 ) -> Result<(), &'static str> {
     let started = clock::now();
-    match call_once(link, rng, m, peer, own) {
+    match call_once(link, session, rng, m, peer, own) {
         Ok((generation, status)) => {
             report.calls += 1;
             report.first_call_ms.get_or_insert(clock::now().as_millis());
@@ -343,6 +394,7 @@ fn call(
 
 fn call_once(
     link: &mut Link<'_>,
+    session: u16,
     rng: &mut HmacDrbg,
     m: &Machine<'_>,
     peer: SpiffeId<'_>,
@@ -367,7 +419,7 @@ fn call_once(
     let mut rx = [0u8; TLS_RX];
     let mut tx = [0u8; TLS_TX];
     let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(link.tls(TLS_TIMEOUT_MS), &mut rx, &mut tx);
+        TlsConnection::new(link.tls(session, TLS_TIMEOUT_MS), &mut rx, &mut tx);
     if let Err(e) = tls.open(TlsContext::new(&config, &mut provider)) {
         let why = provider.verifier().refusal();
         if let Ok(channel) = tls.close() {
@@ -390,21 +442,31 @@ fn call_once(
 
     let mut answer = [0u8; 1024];
     let mut len = 0;
+    let mut peer_closed = false;
     while let Some(space) = answer.get_mut(len..).filter(|s| !s.is_empty()) {
         match tls.read(space) {
-            Ok(0) | Err(TlsError::ConnectionClosed) => break,
+            Ok(0) | Err(TlsError::ConnectionClosed) => {
+                peer_closed = true;
+                break;
+            }
             Ok(n) => len += n,
             Err(e) => return Err(CallError::Io(e)),
         }
     }
-    if let Ok(channel) = tls.close() {
-        channel.close();
+    // After the sidecar's close_notify nothing more is sent in this session (TLS 1.3 needs
+    // no answering alert); dropping the connection ends it at the relay with TlsClose.
+    if !peer_closed {
+        if let Ok(channel) = tls.close() {
+            channel.close();
+        }
     }
     let text =
         core::str::from_utf8(answer.get(..len).unwrap_or(&[])).map_err(|_| CallError::BadAnswer)?;
     let status = text.lines().next().unwrap_or("");
     // The app echoes who called: the sidecar took it from this session's client certificate.
-    if !status.starts_with("HTTP/1.1 200") || !text.contains(own.as_str()) {
+    let mut caller = heapless::String::<300>::new();
+    write!(caller, " as {own} on /{METHOD}").map_err(|_| CallError::BadAnswer)?;
+    if !status.starts_with("HTTP/1.1 200") || !text.contains(caller.as_str()) {
         hprintln!("unexpected answer: {}", text);
         return Err(CallError::BadAnswer);
     }
