@@ -124,7 +124,7 @@ pids+=($qemu)
 
 start_relay() { # name sentry-address anchors
   "$sigil" relay --serial "127.0.0.1:$serial" --sentry "$2" --anchors "$3" --peer "$internal" \
-    --log-level info > "$work/$1.log" 2>&1 &
+    --app-id device --namespace default --log-level info > "$work/$1.log" 2>&1 &
   relay=$!
   pids+=($relay)
   wait_line "$work/$1.log" '^relay: connected' 30 > /dev/null || fail "$1 did not connect"

@@ -100,9 +100,30 @@ pub struct RelayOptions {
     pub peer: String,
     /// Token file used when the device sends an empty token (read for each request, trimmed).
     pub token_file: Option<PathBuf>,
+    /// The only app ID this relay asks certificates for (`None`: whatever the device asks).
+    /// The relay is the device's one way to Sentry: pinning its identity here means nothing
+    /// else on the UART can obtain another workload's certificate through it.
+    pub app_id: Option<String>,
+    /// The only namespace, likewise.
+    pub namespace: Option<String>,
 }
 
 impl RelayOptions {
+    /// The refusal for a request outside the pinned app ID and namespace, if any.
+    fn pinned_refusal(&self, id: &str, namespace: &str) -> Option<Reply> {
+        let pinned = |pin: &Option<String>, asked: &str| pin.as_deref().is_some_and(|p| p != asked);
+        (pinned(&self.app_id, id) || pinned(&self.namespace, namespace)).then(|| {
+            Reply::refused(
+                Code::PermissionDenied,
+                format!(
+                    "this relay signs for app ID {} in namespace {} only",
+                    self.app_id.as_deref().unwrap_or("(any)"),
+                    self.namespace.as_deref().unwrap_or("(any)")
+                ),
+            )
+        })
+    }
+
     /// Checks that the options are usable, so a misconfigured relay fails before it waits for
     /// the device: reads the anchors and checks Sentry's SPIFFE ID.
     ///
@@ -323,6 +344,11 @@ impl Relay {
                         format!("{MAX_SIGNS_IN_FLIGHT} sign requests already in flight"),
                     );
                     tracing::warn!(request, %reply, "sign request refused");
+                    send(&self.out, reply.to_frame(request)).await;
+                    return;
+                }
+                if let Some(reply) = self.sign.opts.pinned_refusal(id, namespace) {
+                    tracing::warn!(request, ?id, ?namespace, %reply, "sign request refused");
                     send(&self.out, reply.to_frame(request)).await;
                     return;
                 }

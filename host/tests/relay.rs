@@ -169,12 +169,14 @@ fn start_relay_at(
     sentry: &str,
     anchors: &Path,
     peer: &str,
+    extra: &[&str],
 ) -> Relay {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
         .args(["relay", "--trust-domain", "localhost", "--serial", serial])
         .args(["--sentry", sentry, "--anchors"])
         .arg(anchors)
         .args(["--peer", peer, "--log-level", "debug"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -231,9 +233,13 @@ fn start_relay_at(
 
 /// Starts `sigil relay` against a device listening now.
 fn start_relay(sentry: &str, anchors: &Path, peer: &str) -> Relay {
+    start_relay_with(sentry, anchors, peer, &[])
+}
+
+fn start_relay_with(sentry: &str, anchors: &Path, peer: &str, extra: &[&str]) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let serial = listener.local_addr().unwrap().to_string();
-    start_relay_at(&serial, move || listener, sentry, anchors, peer)
+    start_relay_at(&serial, move || listener, sentry, anchors, peer, extra)
 }
 
 /// A running Sentry and its credentials directory (ca.crt is the anchors file).
@@ -359,6 +365,47 @@ fn sentry_refusals_reach_the_device_with_dapr_codes() {
     match relay.recv() {
         Got::Refused(4, 7, message) => assert!(message.contains("dot"), "{message}"),
         other => panic!("{other:?}"),
+    }
+    relay.assert_alive();
+}
+
+#[test]
+fn a_pinned_relay_signs_only_for_its_device() {
+    let (sentry, dir) = sentry();
+    let anchors_file = dir.path().join("ca.crt");
+    let anchors = read_certs(&anchors_file);
+    let pins = ["--app-id", "device", "--namespace", "default"];
+    let mut relay = start_relay_with(&sentry.grpc, &anchors_file, &nowhere(), &pins);
+    // Another app ID, or the right one in another namespace: refused by the relay itself
+    // (Sentry's insecure validator would have signed both).
+    let (_, csr) = key_and_csr();
+    relay.device.send(&sign_request(1, "payments", &csr));
+    match relay.recv() {
+        Got::Refused(1, 7, message) => assert!(message.contains("app ID device"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    relay.device.send(&Frame::SignRequest {
+        request: 2,
+        id: "device",
+        namespace: "kube-system",
+        token: "",
+        csr: &csr,
+    });
+    assert!(matches!(relay.recv(), Got::Refused(2, 7, _)));
+    assert_eq!(
+        common::metric(
+            &sentry.metrics,
+            "dapr_sentry_cert_sign_request_received_total"
+        ),
+        0,
+        "refused requests never reached Sentry"
+    );
+    // The pinned identity is signed.
+    let (key, csr) = key_and_csr();
+    relay.device.send(&sign_request(3, "device", &csr));
+    match relay.recv() {
+        Got::Chain(3, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
     relay.assert_alive();
 }
@@ -558,6 +605,7 @@ fn late_serial_port_then_eof_exits_zero() {
         &nowhere(),
         &anchors,
         &nowhere(),
+        &[],
     );
     // The device goes away (QEMU exited): the relay stops cleanly.
     relay.device.stream.shutdown(Shutdown::Both).unwrap();

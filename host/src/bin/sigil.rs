@@ -79,6 +79,12 @@ struct RelayCli {
     /// (`spec.accessControl.trustDomain`) is `public`.
     #[arg(long, default_value = "public")]
     trust_domain: String,
+    /// Sign only for this app ID (other requests are refused with PERMISSION_DENIED).
+    #[arg(long)]
+    app_id: Option<String>,
+    /// Sign only in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
     /// Token for requests whose token is empty (read for each request, trimmed).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -675,6 +681,8 @@ fn relay(args: RelayCli) -> ExitCode {
         trust_domain: args.trust_domain,
         peer: args.peer,
         token_file: args.token_file,
+        app_id: args.app_id,
+        namespace: args.namespace,
     };
     if let Err(e) = opts.validate() {
         eprintln!("error: {e}");
