@@ -17,7 +17,7 @@ use sigil_core::crypto::Signer as _;
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::{self, Answer, Frame, MAX_PAYLOAD};
 
-use common::{free_port, read_certs, sentry_command, start, Sentry};
+use common::{free_port, key_and_csr, read_certs, sentry_command, start, Sentry};
 
 /// How long any single answer may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -262,17 +262,6 @@ fn anchors_for_no_sentry() -> (tempfile::TempDir, PathBuf) {
     let ca = rcgen::generate_simple_self_signed(vec!["ca.invalid".to_owned()]).unwrap();
     std::fs::write(&path, ca.cert.pem()).unwrap();
     (dir, path)
-}
-
-/// A fresh key and an empty CSR (as Dapr's sidecar sends).
-fn key_and_csr() -> (SoftwareKey, Vec<u8>) {
-    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
-    let mut buf = [0u8; 512];
-    let csr = sigil_core::csr::Builder::new()
-        .build(&mut key, &mut buf)
-        .unwrap()
-        .to_vec();
-    (key, csr)
 }
 
 fn sign_request<'a>(request: u32, id: &'a str, csr: &'a [u8]) -> Frame<'a> {

@@ -14,24 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sigil_core::crypto::{PublicKey, Signer as _};
-use sigil_core::key::SoftwareKey;
 use sigil_host::ca::key::CaKey;
 use sigil_host::ca::x509::{self, Profile};
 use sigil_host::ca::Credentials;
 use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
 
-use common::{metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
-
-/// A fresh key and an empty CSR (as Dapr's sidecar sends).
-fn key_and_csr() -> (SoftwareKey, Vec<u8>) {
-    let mut key = SoftwareKey::generate(&mut rand_core::OsRng);
-    let mut buf = [0u8; 512];
-    let csr = sigil_core::csr::Builder::new()
-        .build(&mut key, &mut buf)
-        .unwrap()
-        .to_vec();
-    (key, csr)
-}
+use common::{key_and_csr, metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
 
 fn request(csr: Vec<u8>) -> SignRequest {
     SignRequest {

@@ -115,6 +115,17 @@ pub fn start(mut cmd: Command) -> Result<Sentry, String> {
     panic!("Sentry did not become ready: {seen:?}");
 }
 
+/// A fresh key and an empty CSR (as Dapr's sidecar sends).
+pub fn key_and_csr() -> (sigil_core::key::SoftwareKey, Vec<u8>) {
+    let mut key = sigil_core::key::SoftwareKey::generate(&mut rand_core::OsRng);
+    let mut buf = [0u8; 512];
+    let csr = sigil_core::csr::Builder::new()
+        .build(&mut key, &mut buf)
+        .unwrap()
+        .to_vec();
+    (key, csr)
+}
+
 pub fn read_certs(path: &Path) -> Vec<Vec<u8>> {
     client::pem_certificates(&std::fs::read(path).unwrap()).unwrap()
 }

@@ -148,7 +148,11 @@ fn run() -> Result<(), &'static str> {
     let mut report = Report::default();
     let mut phase = Phase::Positive;
     let mut outstanding: Option<RequestId> = None;
-    let mut session: u16 = 0;
+    let mut calls = Calls {
+        session: 0,
+        peer: peer_id,
+        own: own_id,
+    };
     // The identity the negative phase must keep: generation, notAfter, install instant.
     let mut kept: Option<(u32, UnixTime, Instant)> = None;
     let limit = Instant::ZERO.saturating_add(RUN_LIMIT);
@@ -207,16 +211,7 @@ fn run() -> Result<(), &'static str> {
                         hprintln!("{}", SWAP_MARKER);
                         continue;
                     }
-                    session = session.wrapping_add(1);
-                    call(
-                        &mut link,
-                        session,
-                        &mut rng,
-                        &m,
-                        peer_id,
-                        own_id,
-                        &mut report,
-                    )?;
+                    calls.call(&mut link, &mut rng, &m, &mut report)?;
                     if report.installs > ROTATIONS {
                         phase = Phase::Negative;
                         kept = Some(this);
@@ -253,16 +248,7 @@ fn run() -> Result<(), &'static str> {
                     }
                     let generation = kept.map_or(0, |k| k.0);
                     hprintln!("old identity {} kept; calling with it", generation);
-                    session = session.wrapping_add(1);
-                    call(
-                        &mut link,
-                        session,
-                        &mut rng,
-                        &m,
-                        peer_id,
-                        own_id,
-                        &mut report,
-                    )?;
+                    calls.call(&mut link, &mut rng, &m, &mut report)?;
                     hprintln!(
                         "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} link_rx={} link_tx={} frames_skipped={}",
                         report.installs,
@@ -354,40 +340,51 @@ enum CallError {
 }
 
 /// One mTLS call to the peer's sidecar with the identity in the slot.
-#[allow(clippy::too_many_arguments)]
-fn call(
-    link: &mut Link<'_>,
+/// The mTLS calls to the peer's sidecar: whom to call, as whom, and the session numbers.
+struct Calls<'a> {
+    /// The last session's number (each call is a new session).
     session: u16,
-    rng: &mut HmacDrbg,
-    m: &Machine<'_>,
-    peer: SpiffeId<'_>,
-    own: SpiffeId<'_>,
-    report: &mut Report,
-) -> Result<(), &'static str> {
-    let started = clock::now();
-    match call_once(link, session, rng, m, peer, own) {
-        Ok((generation, status)) => {
-            report.calls += 1;
-            report.first_call_ms.get_or_insert(clock::now().as_millis());
-            hprintln!(
-                "[{} ms] mTLS call with identity {}: {} in {} ms",
-                clock::now().as_millis(),
-                generation,
-                status,
-                clock::now().saturating_duration_since(started).as_millis()
-            );
-            Ok(())
-        }
-        Err(e) => {
-            match e {
-                CallError::Handshake(tls, Some(why)) => {
-                    hprintln!("mTLS handshake failed ({:?}): {}", tls, why);
-                }
-                CallError::Handshake(tls, None) => hprintln!("mTLS handshake failed: {:?}", tls),
-                CallError::Io(tls) => hprintln!("mTLS session failed: {:?}", tls),
-                other => hprintln!("mTLS call failed: {:?}", other),
+    peer: SpiffeId<'a>,
+    own: SpiffeId<'a>,
+}
+
+impl Calls<'_> {
+    /// One call with the identity in the slot, in a new session; counted in `report`.
+    fn call(
+        &mut self,
+        link: &mut Link<'_>,
+        rng: &mut HmacDrbg,
+        m: &Machine<'_>,
+        report: &mut Report,
+    ) -> Result<(), &'static str> {
+        self.session = self.session.wrapping_add(1);
+        let started = clock::now();
+        match call_once(link, self.session, rng, m, self.peer, self.own) {
+            Ok((generation, status)) => {
+                report.calls += 1;
+                report.first_call_ms.get_or_insert(clock::now().as_millis());
+                hprintln!(
+                    "[{} ms] mTLS call with identity {}: {} in {} ms",
+                    clock::now().as_millis(),
+                    generation,
+                    status,
+                    clock::now().saturating_duration_since(started).as_millis()
+                );
+                Ok(())
             }
-            Err("mTLS call to the sidecar failed")
+            Err(e) => {
+                match e {
+                    CallError::Handshake(tls, Some(why)) => {
+                        hprintln!("mTLS handshake failed ({:?}): {}", tls, why);
+                    }
+                    CallError::Handshake(tls, None) => {
+                        hprintln!("mTLS handshake failed: {:?}", tls)
+                    }
+                    CallError::Io(tls) => hprintln!("mTLS session failed: {:?}", tls),
+                    other => hprintln!("mTLS call failed: {:?}", other),
+                }
+                Err("mTLS call to the sidecar failed")
+            }
         }
     }
 }
