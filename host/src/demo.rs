@@ -268,7 +268,7 @@ pub async fn run(
             app_port,
             resolution: Some(names.clone()),
             mtls: true,
-            allow: None,
+            callers: crate::sidecar::mtls::CallerPolicy::default(),
             allowed_origins: None,
         };
         say(format!(

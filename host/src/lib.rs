@@ -8,6 +8,7 @@ pub mod ca;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod logs;
 pub mod net;
 pub mod pki;
 pub mod relay;

@@ -220,6 +220,7 @@ pub async fn run(
         ended: None,
         sessions: JoinSet::new(),
         signs: JoinSet::new(),
+        skipped: Skipped::default(),
     };
     let result = tokio::select! {
         r = relay.pump(read) => r,
@@ -253,6 +254,55 @@ struct Relay {
     sessions: JoinSet<()>,
     /// Sign tasks in flight. Dropping aborts them.
     signs: JoinSet<()>,
+    /// The resynchronisation under way, if any (logged once when it ends).
+    skipped: Skipped,
+}
+
+/// One resynchronisation episode: the bad input skipped between two good frames. It is logged
+/// as one line when the next good frame arrives (or the link ends), and at most every
+/// [`SKIP_LOG_INTERVAL`] while it lasts, never once per candidate byte: garbage on the line
+/// (4 MB of it has thousands of false magic bytes) must not become megabytes of log.
+#[derive(Debug, Default)]
+struct Skipped {
+    /// Since when (the episode's start or its last line), bytes skipped, candidate frames
+    /// refused, the first and the last reason.
+    open: Option<(Instant, usize, u64, String, String)>,
+}
+
+/// How often a resynchronisation that goes on is reported.
+const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Skipped {
+    fn add(&mut self, bytes: usize, why: impl std::fmt::Display) {
+        let now = Instant::now();
+        let why = why.to_string();
+        let (since, total, candidates, _, last) = self
+            .open
+            .get_or_insert_with(|| (now, 0, 0, why.clone(), String::new()));
+        *total += bytes;
+        *candidates += 1;
+        *last = why.clone();
+        if now.duration_since(*since) >= SKIP_LOG_INTERVAL {
+            self.report("bad input from the device; still resynchronising");
+            self.open = Some((now, 0, 0, why.clone(), why));
+        }
+    }
+
+    fn finish(&mut self) {
+        self.report("bad input from the device skipped; resynchronised");
+    }
+
+    fn report(&mut self, message: &str) {
+        if let Some((_, bytes, candidates, first, last)) = self.open.take() {
+            tracing::warn!(
+                bytes_skipped = bytes,
+                candidates,
+                first_error = %first,
+                last_error = %last,
+                "{message}"
+            );
+        }
+    }
 }
 
 impl Relay {
@@ -272,6 +322,7 @@ impl Relay {
                 r = read.read(room) => {
                     let n = r.map_err(RelayError::Serial)?;
                     if n == 0 {
+                        self.skipped.finish();
                         if filled > 0 {
                             tracing::warn!(bytes = filled, "serial closed inside a frame");
                         }
@@ -283,8 +334,9 @@ impl Relay {
                     ready_since = tokio::time::Instant::now();
                 }
                 () = tokio::time::sleep_until(stall), if filled > 0 => {
-                    tracing::warn!(bytes = filled, "partial frame stalled; resynchronising");
+                    let before = filled;
                     filled = resync(&mut buf, filled);
+                    self.skipped.add(before - filled, "partial frame stalled");
                     filled = self.handle_bytes(&mut buf, filled).await;
                     ready_since = tokio::time::Instant::now();
                 }
@@ -304,6 +356,7 @@ impl Relay {
             }
             match Frame::parse(data) {
                 Ok((frame, len)) => {
+                    self.skipped.finish();
                     self.handle_frame(frame).await;
                     buf.copy_within(len..filled, 0);
                     filled -= len;
@@ -311,8 +364,9 @@ impl Relay {
                 // `needed` is at most MAX_FRAME, the buffer's size, so there is room to read.
                 Err(link::Error::Incomplete { needed }) if needed <= buf.len() => return filled,
                 Err(e) => {
-                    tracing::warn!(error = %e, "bad frame from the device; resynchronising");
+                    let before = filled;
                     filled = resync(buf, filled);
+                    self.skipped.add(before - filled, e);
                 }
             }
         }

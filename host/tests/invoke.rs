@@ -63,6 +63,10 @@ async fn echo_app() -> u16 {
                         };
                         let resp = hyper::Response::builder()
                             .header("x-caller", header("dapr-caller-app-id"))
+                            .header("x-caller-namespace", header("dapr-caller-namespace"))
+                            .header("x-callee", header("dapr-callee-app-id"))
+                            .header("x-caller-spiffe", header("x-sigil-caller-spiffe-id"))
+                            .header("x-seen-hop", header("x-hop"))
                             .header("x-echo-custom", header("x-custom"))
                             .header("x-method", req.method().as_str());
                         let body: http_body_util::combinators::BoxBody<Bytes, hyper::Error> =
@@ -371,6 +375,15 @@ fn mint(dir: &Path, id: &str, not_before: SystemTime, not_after: SystemTime) -> 
 
 /// One HTTP request over `openssl s_client` with an optional client certificate; the output.
 fn s_client(addr: &str, cert: Option<(&Path, &Path)>) -> String {
+    s_client_request(
+        addr,
+        cert,
+        "GET /status/200 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// `request` over `openssl s_client` with an optional client certificate; the output.
+fn s_client_request(addr: &str, cert: Option<(&Path, &Path)>, request: &str) -> String {
     let mut cmd = Command::new("openssl");
     // -quiet implies -ign_eof: it reads until the server closes (Connection: close).
     cmd.args(["s_client", "-connect", addr, "-quiet"]);
@@ -387,7 +400,7 @@ fn s_client(addr: &str, cert: Option<(&Path, &Path)>) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"GET /status/200 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .write_all(request.as_bytes())
         .unwrap();
     let mut out = String::new();
     let mut stdout = child.stdout.take().unwrap();
@@ -438,6 +451,80 @@ async fn openssl_s_client_refusals_and_acceptance() {
         now + hour,
     );
     assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
+}
+
+/// The app can tell callers apart: Dapr's caller headers come from the handshake (a caller
+/// with the same app ID in another namespace or trust domain is not `checkout` of `default`),
+/// forged ones are replaced, and `--allow-trust-domain` refuses other trust domains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_headers_come_from_the_handshake_and_trust_domains_can_be_restricted() {
+    let app = echo_app().await;
+    let mesh = Mesh::new(app, "1h", &["--allow-trust-domain", "public"]);
+    let b = mesh.b.field("internal=");
+    let dir = mesh.dir.path();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let forged = "GET /status/200 HTTP/1.1\r\nHost: b\r\n\
+        dapr-caller-app-id: admin\r\ndapr-caller-namespace: default\r\n\
+        dapr-callee-app-id: other\r\n\
+        x-sigil-caller-spiffe-id: spiffe://public/ns/default/admin\r\n\
+        Connection: close, x-hop\r\nx-hop: smuggled\r\n\r\n";
+    let header = |out: &str, name: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix(": "))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+
+    // Another namespace, the same app ID: the app sees the namespace the certificate proves.
+    let (k, c) = mint(
+        dir,
+        "spiffe://public/ns/attacker-ns/checkout",
+        now - hour,
+        now + hour,
+    );
+    let out = s_client_request(&b, Some((&k, &c)), forged);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert_eq!(header(&out, "x-caller"), "checkout");
+    assert_eq!(header(&out, "x-caller-namespace"), "attacker-ns");
+    assert_eq!(header(&out, "x-callee"), "b");
+    assert_eq!(
+        header(&out, "x-caller-spiffe"),
+        "spiffe://public/ns/attacker-ns/checkout"
+    );
+    // A header the caller named in Connection is not forwarded.
+    assert_eq!(header(&out, "x-seen-hop"), "");
+
+    // Another trust domain: refused by --allow-trust-domain public.
+    let (k, c) = mint(
+        dir,
+        "spiffe://evil.org/ns/default/checkout",
+        now - hour,
+        now + hour,
+    );
+    let out = s_client_request(&b, Some((&k, &c)), forged);
+    assert!(!out.contains("HTTP/1.1"), "{out:?}");
+
+    // Through the caller's sidecar: the caller's own IDs, whatever the app claims.
+    let http = mesh.a.field("http=");
+    let req = hyper::Request::get(format!("http://{http}/v1.0/invoke/b/method/status/200"))
+        .header("dapr-caller-app-id", "admin")
+        .header("dapr-caller-namespace", "kube-system")
+        .header("connection", "x-hop")
+        .header("x-hop", "smuggled")
+        .body(empty())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = |n: &str| resp.headers()[n].to_str().unwrap().to_owned();
+    assert_eq!(h("x-caller"), "a");
+    assert_eq!(h("x-caller-namespace"), "default");
+    assert_eq!(h("x-callee"), "b");
+    assert_eq!(h("x-caller-spiffe"), "spiffe://public/ns/default/a");
+    assert_eq!(h("x-seen-hop"), "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

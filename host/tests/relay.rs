@@ -569,14 +569,54 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
         other => panic!("{other:?}; relay log: {}", relay.logs()),
     }
 
-    // Nothing else was answered, and the relay logged what it skipped.
+    // Nothing else was answered, and the relay logged what it skipped: one line per
+    // resynchronisation, with what it skipped and why.
     assert_eq!(relay.device.recv_within(Duration::from_millis(1500)), None);
     relay.assert_alive();
     let logs = relay.logs();
-    assert!(logs.contains("CRC mismatch"), "{logs}");
-    assert!(logs.contains("unknown frame kind 9"), "{logs}");
+    let resyncs: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("resynchronised"))
+        .collect();
+    assert_eq!(resyncs.len(), 2, "{logs}");
+    assert!(resyncs[0].contains("unknown frame kind 9"), "{logs}");
+    assert!(resyncs[1].contains("stalled"), "{logs}");
     assert!(logs.contains("SignAnswer"), "{logs}");
-    assert!(logs.contains("stalled"), "{logs}");
+}
+
+#[test]
+fn megabytes_of_garbage_write_one_log_line() {
+    let (sentry, dir) = sentry();
+    let anchors_file = dir.path().join("ca.crt");
+    let anchors = read_certs(&anchors_file);
+    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+
+    // 4 MB of noise dense with false magic bytes (and headers that parse), then a request.
+    let mut garbage = Vec::with_capacity(4 << 20);
+    let mut x: u32 = 0x1234_5678;
+    while garbage.len() < 4 << 20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let b = x.to_le_bytes();
+        garbage.extend_from_slice(&[link::MAGIC, b[0] % 5, 0, b[1] % 16, b[2], b[3]]);
+    }
+    let (key, csr) = key_and_csr();
+    garbage.extend_from_slice(&wire(&sign_request(11, "device", &csr)));
+    relay.device.send_raw(&garbage);
+    match relay.recv() {
+        Got::Chain(11, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
+        other => panic!("{other:?}; relay log: {}", relay.logs()),
+    }
+    relay.assert_alive();
+    let logs = relay.logs();
+    let resyncs = logs.lines().filter(|l| l.contains("resynchronis")).count();
+    assert!(
+        resyncs <= 2,
+        "{resyncs} lines: {}",
+        &logs[..logs.len().min(2000)]
+    );
+    assert!(logs.len() < 64 * 1024, "{} bytes of log", logs.len());
 }
 
 #[test]

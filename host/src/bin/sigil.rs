@@ -198,6 +198,10 @@ struct SidecarCli {
     /// Accept only these caller SPIFFE IDs (repeat; default: any that chains to the anchors).
     #[arg(long = "allow-spiffe-id")]
     allow_spiffe_id: Vec<String>,
+    /// Accept only callers in these trust domains (repeat; default: any that chains to the
+    /// anchors, as Dapr).
+    #[arg(long = "allow-trust-domain")]
+    allow_trust_domain: Vec<String>,
     /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
     #[arg(long)]
     allowed_origins: Option<String>,
@@ -461,12 +465,16 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         Ok(f) => Some(PathBuf::from(f)),
         Err(_) => None,
     };
-    for id in &args.allow_spiffe_id {
-        if let Err(e) = sigil_core::spiffe::SpiffeId::parse(id) {
-            eprintln!("error: --allow-spiffe-id {id:?}: {e}");
+    let callers = match sigil_host::sidecar::mtls::CallerPolicy::new(
+        args.allow_spiffe_id,
+        args.allow_trust_domain,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-    }
+    };
     let namespace = std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into());
     if let Err(e) = sigil_host::sentry::validator::workload_id("public", &namespace, &args.app_id) {
         eprintln!("error: app ID and namespace must be single SPIFFE path segments: {e}");
@@ -508,7 +516,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         app_port: args.app_port,
         resolution: args.resolution_file,
         mtls,
-        allow: (!args.allow_spiffe_id.is_empty()).then_some(args.allow_spiffe_id),
+        callers,
         allowed_origins: args
             .allowed_origins
             .filter(|o| !o.is_empty())

@@ -51,7 +51,11 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// The header naming the calling app, as Dapr sets it.
 pub const CALLER_HEADER: &str = "dapr-caller-app-id";
-/// The header carrying the caller's verified SPIFFE ID to the app.
+/// The header naming the calling app's namespace, as Dapr sets it.
+pub const CALLER_NAMESPACE_HEADER: &str = "dapr-caller-namespace";
+/// The header naming the called app, as Dapr sets it.
+pub const CALLEE_HEADER: &str = "dapr-callee-app-id";
+/// The header carrying the caller's verified SPIFFE ID (trust domain included) to the app.
 pub const CALLER_SPIFFE_HEADER: &str = "x-sigil-caller-spiffe-id";
 
 /// How the sidecar invokes and is invoked.
@@ -67,8 +71,8 @@ pub struct InvokeConfig {
     pub resolution: Option<PathBuf>,
     /// Mutual TLS between sidecars (`spec.mtls.enabled`); off: plain TCP.
     pub mtls: bool,
-    /// SPIFFE IDs allowed to call this sidecar (none: any that chains to the anchors).
-    pub allow: Option<Vec<String>>,
+    /// Which callers that chain to the anchors are accepted (default: any).
+    pub callers: mtls::CallerPolicy,
     /// `--allowed-origins`: none (no CORS headers), `*`, or a list.
     pub allowed_origins: Option<Vec<String>>,
 }
@@ -119,7 +123,12 @@ pub struct Invoker {
     state: Arc<IdentityState>,
     resolver: Resolver,
     peers: Peers,
+    /// Refused handshakes on the internal port: one log line per [`REFUSAL_LOG_INTERVAL`].
+    refusals: crate::logs::Throttle,
 }
+
+/// Refused mTLS handshakes are summarised: one line per interval, with the count held back.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "errorCode": code, "message": message }).to_string();
@@ -138,7 +147,20 @@ fn full(body: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// Removes the hop-by-hop headers: the fixed list, and every header the `Connection` header
+/// names (RFC 9110 §7.6.1: a sender lists there the headers meant for this hop only, so a
+/// proxy that forwards them lets a client smuggle headers the next hop treats as its own).
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<hyper::header::HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
@@ -155,6 +177,7 @@ impl Invoker {
             config,
             state,
             peers: Mutex::default(),
+            refusals: crate::logs::Throttle::new(REFUSAL_LOG_INTERVAL),
         })
     }
 
@@ -185,34 +208,12 @@ impl Invoker {
                 Err(r) => r,
             }
         };
-        self.cors(origin, &mut resp);
+        cors(
+            self.config.allowed_origins.as_deref(),
+            origin,
+            resp.headers_mut(),
+        );
         resp
-    }
-
-    /// `--allowed-origins`: none by default (no CORS headers), `*`, or a list.
-    fn cors(&self, origin: Option<hyper::header::HeaderValue>, resp: &mut Response<Body>) {
-        let (Some(allowed), Some(origin)) = (&self.config.allowed_origins, origin) else {
-            return;
-        };
-        let ok = allowed
-            .iter()
-            .any(|a| a == "*" || origin.as_bytes() == a.as_bytes());
-        if ok {
-            let h = resp.headers_mut();
-            h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            h.insert(
-                hyper::header::VARY,
-                hyper::header::HeaderValue::from_static("Origin"),
-            );
-            h.insert(
-                hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
-                hyper::header::HeaderValue::from_static("HEAD, GET, POST, PUT, PATCH, DELETE"),
-            );
-            h.insert(
-                hyper::header::ACCESS_CONTROL_ALLOW_HEADERS,
-                hyper::header::HeaderValue::from_static("*"),
-            );
-        }
     }
 
     async fn invoke(
@@ -258,9 +259,16 @@ impl Invoker {
             .unwrap_or_default();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&self.config.app_id) {
-            parts.headers.insert(CALLER_HEADER, v);
+        // What the app claims about the caller is replaced by who this sidecar is (with mTLS
+        // on, the callee's sidecar replaces it again with what the handshake proved).
+        for (name, value) in [
+            (CALLER_HEADER, self.config.app_id.as_str()),
+            (CALLER_NAMESPACE_HEADER, self.config.namespace.as_str()),
+            (CALLEE_HEADER, target),
+        ] {
+            set_header(&mut parts.headers, name, Some(value));
         }
+        parts.headers.remove(CALLER_SPIFFE_HEADER);
         parts.uri = format!("http://{target}/{method}{query}")
             .parse()
             .map_err(|e| {
@@ -389,21 +397,7 @@ impl Invoker {
             .to_owned();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        // Who called is what the handshake proved, never what the request says (with mTLS
-        // off nothing is proved, and the caller's claim passes as Dapr passes it).
-        parts.headers.remove(CALLER_SPIFFE_HEADER);
-        if let Some(id) = caller {
-            parts.headers.remove(CALLER_HEADER);
-            let app = sigil_core::spiffe::SpiffeId::parse(&id)
-                .ok()
-                .and_then(|i| i.dapr().map(|d| d.app_id().to_owned()));
-            if let Some(v) = app.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok()) {
-                parts.headers.insert(CALLER_HEADER, v);
-            }
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
-                parts.headers.insert(CALLER_SPIFFE_HEADER, v);
-            }
-        }
+        caller_headers(&mut parts.headers, caller.as_deref(), &self.config.app_id);
         let app = format!("127.0.0.1:{port}");
         if let Ok(host) = hyper::header::HeaderValue::from_str(&app) {
             parts.headers.insert(hyper::header::HOST, host);
@@ -464,6 +458,80 @@ impl Invoker {
             ),
         }
     }
+}
+
+/// Sets `name` to `value`, or removes it when `value` is `None` or not a valid header value.
+fn set_header(headers: &mut hyper::HeaderMap, name: &'static str, value: Option<&str>) {
+    match value.and_then(|v| hyper::header::HeaderValue::from_str(v).ok()) {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The caller headers the app behind this (callee) sidecar sees. Who called is what the mTLS
+/// handshake proved (`caller`, the SPIFFE ID of the peer's certificate), never what the request
+/// says: Dapr's `dapr-caller-app-id` and `dapr-caller-namespace` come from the ID's
+/// `/ns/<namespace>/<app-id>` path (and are removed when the ID has no such path), and
+/// `x-sigil-caller-spiffe-id` carries the whole ID, so an app can tell
+/// `spiffe://evil.org/ns/attacker-ns/checkout` from `spiffe://public/ns/default/checkout`.
+/// With mTLS off (`caller` is `None`) nothing is proved: the calling sidecar's claims pass as
+/// Dapr passes them, and no SPIFFE ID is claimed. `dapr-callee-app-id` is this app's ID.
+fn caller_headers(headers: &mut hyper::HeaderMap, caller: Option<&str>, callee: &str) {
+    set_header(headers, CALLEE_HEADER, Some(callee));
+    let Some(id) = caller else {
+        headers.remove(CALLER_SPIFFE_HEADER);
+        return;
+    };
+    let parsed = sigil_core::spiffe::SpiffeId::parse(id).ok();
+    let dapr = parsed.as_ref().and_then(sigil_core::spiffe::SpiffeId::dapr);
+    set_header(headers, CALLER_HEADER, dapr.as_ref().map(|d| d.app_id()));
+    set_header(
+        headers,
+        CALLER_NAMESPACE_HEADER,
+        dapr.as_ref().map(|d| d.namespace()),
+    );
+    set_header(headers, CALLER_SPIFFE_HEADER, parsed.map(|_| id));
+}
+
+/// `--allowed-origins`: none by default (no CORS headers), `*`, or a list. With `*` the answer
+/// is `*` itself (the Origin is never echoed: echoing turns "any origin" into "this origin",
+/// which browsers then accept for credentialed requests too); with a list, a listed Origin is
+/// echoed with `Vary: Origin`. The opaque origin `null` (sandboxed frames, `file:` pages,
+/// redirects) is never echoed, even when listed: every such page sends the same `null`.
+fn cors(
+    allowed: Option<&[String]>,
+    origin: Option<hyper::header::HeaderValue>,
+    headers: &mut hyper::HeaderMap,
+) {
+    use hyper::header::{self, HeaderValue};
+    let (Some(allowed), Some(origin)) = (allowed, origin) else {
+        return;
+    };
+    if allowed.iter().any(|a| a == "*") {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    } else if origin.as_bytes() != b"null"
+        && allowed.iter().any(|a| origin.as_bytes() == a.as_bytes())
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    } else {
+        return;
+    }
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("HEAD, GET, POST, PUT, PATCH, DELETE"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
 }
 
 /// HTTP/1.1 and HTTP/2 with timers: a client must send a request's head within
@@ -535,7 +603,7 @@ pub async fn serve_peers(
     stopped: impl std::future::Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
     let acceptor = if invoker.config.mtls {
-        let config = mtls::server_config(invoker.state.clone(), invoker.config.allow.clone())?;
+        let config = mtls::server_config(invoker.state.clone(), invoker.config.callers.clone())?;
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     } else {
         None
@@ -566,7 +634,14 @@ async fn serve_peer_connection(
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "peer refused at the mTLS handshake");
+                        if let Some(more) = invoker.refusals.admit(std::time::Instant::now()) {
+                            tracing::info!(
+                                %peer,
+                                error = ?e.to_string(),
+                                more_since_last_line = more,
+                                "peer refused at the mTLS handshake"
+                            );
+                        }
                         return;
                     }
                     Err(_) => return,
@@ -594,5 +669,123 @@ async fn serve_peer_connection(
             });
             let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use hyper::header::HeaderValue;
+    use hyper::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_not_forwarded() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Hop"),
+            ("connection", "x-second"),
+            ("x-hop", "1"),
+            ("x-second", "2"),
+            ("x-kept", "3"),
+            ("te", "trailers"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(hyper::header::HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn cors_star_answers_star_and_never_echoes_null() {
+        let star = vec!["*".to_owned()];
+        let list = vec!["https://shop.example".to_owned(), "null".to_owned()];
+        let origin = |o: &'static str| Some(HeaderValue::from_static(o));
+        let allow = |allowed: Option<&[String]>, o| {
+            let mut h = HeaderMap::new();
+            cors(allowed, o, &mut h);
+            (
+                h.get("access-control-allow-origin")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                h.get("vary").is_some(),
+            )
+        };
+        assert_eq!(
+            allow(Some(&star), origin("https://any.example")),
+            (Some("*".into()), false)
+        );
+        assert_eq!(
+            allow(Some(&star), origin("null")),
+            (Some("*".into()), false)
+        );
+        assert_eq!(
+            allow(Some(&list), origin("https://shop.example")),
+            (Some("https://shop.example".into()), true)
+        );
+        assert_eq!(allow(Some(&list), origin("null")), (None, false));
+        assert_eq!(
+            allow(Some(&list), origin("https://evil.example")),
+            (None, false)
+        );
+        assert_eq!(allow(None, origin("https://shop.example")), (None, false));
+        assert_eq!(allow(Some(&star), None), (None, false));
+    }
+
+    #[test]
+    fn caller_headers_come_from_the_handshake_only() {
+        let forged = || {
+            headers(&[
+                (CALLER_HEADER, "checkout"),
+                (CALLER_NAMESPACE_HEADER, "default"),
+                (CALLEE_HEADER, "someone-else"),
+                (CALLER_SPIFFE_HEADER, "spiffe://public/ns/default/checkout"),
+            ])
+        };
+        let get = |h: &HeaderMap, n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
+
+        // A caller in another trust domain and namespace with the same app ID: the app sees
+        // which one it is.
+        let mut h = forged();
+        caller_headers(
+            &mut h,
+            Some("spiffe://evil.org/ns/attacker-ns/checkout"),
+            "cart",
+        );
+        assert_eq!(get(&h, CALLER_HEADER).as_deref(), Some("checkout"));
+        assert_eq!(
+            get(&h, CALLER_NAMESPACE_HEADER).as_deref(),
+            Some("attacker-ns")
+        );
+        assert_eq!(get(&h, CALLEE_HEADER).as_deref(), Some("cart"));
+        assert_eq!(
+            get(&h, CALLER_SPIFFE_HEADER).as_deref(),
+            Some("spiffe://evil.org/ns/attacker-ns/checkout")
+        );
+
+        // An ID without Dapr's /ns/<ns>/<app> path: no Dapr caller headers at all (the forged
+        // ones are removed), the SPIFFE ID says who it is.
+        let mut h = forged();
+        caller_headers(&mut h, Some("spiffe://public/workload/x"), "cart");
+        assert_eq!(get(&h, CALLER_HEADER), None);
+        assert_eq!(get(&h, CALLER_NAMESPACE_HEADER), None);
+        assert_eq!(
+            get(&h, CALLER_SPIFFE_HEADER).as_deref(),
+            Some("spiffe://public/workload/x")
+        );
+
+        // mTLS off: nothing proved; the calling sidecar's claims pass, no SPIFFE ID is claimed.
+        let mut h = forged();
+        caller_headers(&mut h, None, "cart");
+        assert_eq!(get(&h, CALLER_HEADER).as_deref(), Some("checkout"));
+        assert_eq!(get(&h, CALLER_NAMESPACE_HEADER).as_deref(), Some("default"));
+        assert_eq!(get(&h, CALLEE_HEADER).as_deref(), Some("cart"));
+        assert_eq!(get(&h, CALLER_SPIFFE_HEADER), None);
     }
 }

@@ -2,8 +2,9 @@
 //! validation and authorized by SPIFFE ID, as Dapr does:
 //!
 //! - **Server** ([`server_config`]): a client certificate is required; it must chain to the
-//!   trust anchors in force for client use and carry one SPIFFE ID, which is accepted if it is
-//!   on the allow-list (when one is configured) or whatever it is (Dapr's `AuthorizeAny`). A
+//!   trust anchors in force for client use and carry one SPIFFE ID, which the [`CallerPolicy`]
+//!   must accept: by default any ID (Dapr's `AuthorizeAny`), or only listed IDs
+//!   (`--allow-spiffe-id`) and/or only IDs in listed trust domains (`--allow-trust-domain`). A
 //!   peer that sends only its leaf (embedded-tls devices do) validates through the intermediates
 //!   this sidecar already knows: its own issuer chain.
 //! - **Client** ([`client_config`]): the server must chain to the anchors for server use and
@@ -127,11 +128,54 @@ fn validate(
         })
 }
 
+/// Which callers the mTLS server accepts, beyond chaining to the anchors. The default accepts
+/// any SPIFFE ID, as Dapr does: an ID in another trust domain that chains to the anchors is a
+/// caller too. Both lists, when given, must accept the ID.
+#[derive(Clone, Debug, Default)]
+pub struct CallerPolicy {
+    ids: Option<Vec<String>>,
+    trust_domains: Option<Vec<String>>,
+}
+
+impl CallerPolicy {
+    /// A policy from `--allow-spiffe-id` and `--allow-trust-domain` (an empty list: no
+    /// restriction).
+    ///
+    /// # Errors
+    ///
+    /// Names the entry that is not a SPIFFE ID or a trust domain.
+    pub fn new(ids: Vec<String>, trust_domains: Vec<String>) -> Result<Self, String> {
+        for id in &ids {
+            SpiffeId::parse(id).map_err(|e| format!("--allow-spiffe-id {id:?}: {e}"))?;
+        }
+        for td in &trust_domains {
+            sigil_core::spiffe::TrustDomain::parse(td)
+                .map_err(|e| format!("--allow-trust-domain {td:?}: {e}"))?;
+        }
+        Ok(Self {
+            ids: (!ids.is_empty()).then_some(ids),
+            trust_domains: (!trust_domains.is_empty()).then_some(trust_domains),
+        })
+    }
+
+    /// Whether a caller with this (validated) ID is accepted.
+    pub fn allows(&self, id: &SpiffeId<'_>) -> bool {
+        let td = id.trust_domain();
+        self.ids
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|a| a == id.as_str()))
+            && self
+                .trust_domains
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|t| t == td.as_str()))
+    }
+}
+
 /// Requires and checks client certificates (see the module doc).
 #[derive(Debug)]
 pub struct SidecarClientVerifier {
     state: Arc<IdentityState>,
-    allow: Option<Vec<String>>,
+    callers: CallerPolicy,
     provider: Arc<CryptoProvider>,
 }
 
@@ -150,11 +194,7 @@ impl ClientCertVerifier for SidecarClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let allowed = |id: &SpiffeId<'_>| {
-            self.allow
-                .as_ref()
-                .is_none_or(|list| list.iter().any(|a| a == id.as_str()))
-        };
+        let allowed = |id: &SpiffeId<'_>| self.callers.allows(id);
         validate(
             &self.state,
             end_entity,
@@ -212,19 +252,19 @@ impl ServerCertVerifier for PeerServerVerifier {
 }
 
 /// The mTLS server configuration: TLS 1.3, client certificates required and checked, this
-/// sidecar's current identity presented. `allow` restricts the accepted SPIFFE IDs.
+/// sidecar's current identity presented; `callers` says which verified callers are accepted.
 ///
 /// # Errors
 ///
 /// rustls's error if the provider refuses TLS 1.3 (it does not with ring).
 pub fn server_config(
     state: Arc<IdentityState>,
-    allow: Option<Vec<String>>,
+    callers: CallerPolicy,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = crate::tls::provider();
     let verifier = SidecarClientVerifier {
         state: state.clone(),
-        allow,
+        callers,
         provider: provider.clone(),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -263,4 +303,35 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(IdentityResolver::new(state)));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn caller_policy_by_id_and_trust_domain() {
+        let id = |s| SpiffeId::parse(s).unwrap();
+        let any = CallerPolicy::default();
+        assert!(any.allows(&id("spiffe://evil.org/ns/attacker-ns/checkout")));
+
+        let tds = CallerPolicy::new(vec![], vec!["public".into(), "corp.example".into()]).unwrap();
+        assert!(tds.allows(&id("spiffe://public/ns/default/checkout")));
+        assert!(tds.allows(&id("spiffe://corp.example/ns/x/y")));
+        assert!(!tds.allows(&id("spiffe://evil.org/ns/default/checkout")));
+
+        let both = CallerPolicy::new(
+            vec!["spiffe://public/ns/default/checkout".into()],
+            vec!["public".into()],
+        )
+        .unwrap();
+        assert!(both.allows(&id("spiffe://public/ns/default/checkout")));
+        assert!(!both.allows(&id("spiffe://public/ns/default/cart")));
+
+        assert!(CallerPolicy::new(vec!["not an id".into()], vec![]).is_err());
+        assert!(CallerPolicy::new(vec![], vec!["Bad Domain".into()]).is_err());
+        assert!(CallerPolicy::new(vec![], vec!["public/ns".into()]).is_err());
+    }
 }

@@ -367,8 +367,10 @@ async fn main() {
         },
         root.clone(),
     ));
-    let ours =
-        tls_server(sigil_host::sidecar::mtls::server_config(state, None).expect("config")).await;
+    let ours = tls_server(
+        sigil_host::sidecar::mtls::server_config(state, Default::default()).expect("config"),
+    )
+    .await;
     let mut roots = rustls::RootCertStore::empty();
     for r in &root {
         roots.add(CertificateDer::from(r.clone())).expect("root");
