@@ -12,7 +12,8 @@
 #   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
 #   e2e        the edge device end to end under QEMU: Sentry, sidecar, app and relay on the
 #              host, identity, two rotations, mTLS calls, a foreign chain refused
-#   fuzz       a short cargo-fuzz run of every target (nightly)
+#   fuzz       a short cargo-fuzz run of every target (nightly), from its seeds and the corpus
+#              that ci/fuzz-long.sh minimised after 10 million executions
 #   size       the size report (flash, RAM, stack)
 # Environment: FUZZ_SECONDS (default 20 per target), ROTATION_SIM_CASES (default 1000),
 # PROPTEST_CASES (proptest's own).
@@ -96,6 +97,8 @@ job_fuzz() {
     local corpus
     corpus="$(mktemp -d)"
     cp core/fuzz/seeds/"$target"/* "$corpus"/
+    # The minimised corpus of the last long run (ci/fuzz-long.sh: 10 million executions each).
+    cp core/fuzz/corpus/"$target"/* "$corpus"/
     (cd core && cargo +nightly fuzz run "$target" "$corpus" -- -max_total_time="$secs" -max_len=4096)
     rm -rf "$corpus"
   done
