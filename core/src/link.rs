@@ -28,6 +28,10 @@
 //! check again (a CRC-32 over the whole frame makes a false match vanishingly rare), so line
 //! noise or a relay reconnecting mid-frame costs the frames it touched, not the link.
 
+use core::time::Duration;
+
+use crate::time::Instant;
+
 /// Bytes before the payload: magic, kind, length.
 pub const HEADER_LEN: usize = 4;
 /// Bytes after the payload: the CRC.
@@ -253,6 +257,11 @@ impl<'a> Frame<'a> {
     /// As [`Frame::check`], and [`Error::BadPayload`] if the payload does not fit its kind.
     pub fn parse(buf: &'a [u8]) -> Result<(Self, usize), Error> {
         let total = Self::check(buf)?;
+        Self::parse_checked(buf, total).map(|f| (f, total))
+    }
+
+    /// Parses the frame of `total` bytes at the start of `buf`, which [`Frame::check`] passed.
+    fn parse_checked(buf: &'a [u8], total: usize) -> Result<Self, Error> {
         let kind = *buf.get(1).ok_or(Error::BadPayload)?;
         let payload = buf
             .get(HEADER_LEN..total - TRAILER_LEN)
@@ -315,7 +324,7 @@ impl<'a> Frame<'a> {
             },
             _ => return Err(Error::BadPayload),
         };
-        Ok((frame, total))
+        Ok(frame)
     }
 
     /// The length of this frame on the wire.
@@ -440,6 +449,188 @@ pub fn encode_chain<'b, 'c>(
         at = end;
     }
     out.get(..at).ok_or(Error::BufferTooSmall { needed: at })
+}
+
+/// Why a [`Deframer`] dropped bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skip {
+    /// A frame did not check or parse ([`Error`] says which rule it broke).
+    Bad(Error),
+    /// A partial frame got no further byte for the stall time (a corrupted length, a peer that
+    /// went away mid-frame): waiting longer would hold back the frames behind it.
+    Stalled {
+        /// Bytes the frame announced.
+        needed: usize,
+    },
+}
+
+impl core::fmt::Display for Skip {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Bad(e) => e.fmt(f),
+            Self::Stalled { needed } => {
+                write!(f, "partial frame stalled ({needed} bytes announced)")
+            }
+        }
+    }
+}
+
+/// What a [`Deframer`] found in the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A whole, valid frame (its bytes stay in the buffer until the next
+    /// [`Deframer::poll_event`]).
+    Frame(Frame<'a>),
+    /// `bytes` were dropped up to the next possible frame start, because of `reason`.
+    Skipped {
+        /// Bytes dropped.
+        bytes: usize,
+        /// Why.
+        reason: Skip,
+    },
+}
+
+/// The one link reader, for both ends (the relay and the boards): bytes in, frames and "skipped
+/// because" events out, with its own stall timeout. Sans-IO, over a caller buffer of
+/// [`MAX_FRAME`] bytes (a whole frame always fits).
+///
+/// Call order: put bytes in ([`Deframer::space`] then [`Deframer::handle_read`], or
+/// [`Deframer::handle_bytes`]), then drain [`Deframer::poll_event`] until it returns `None`;
+/// when it does and bytes are buffered, [`Deframer::poll_timeout`] says when a partial frame
+/// counts as stalled (call `poll_event` again then). A frame returned by `poll_event` stays in
+/// the buffer, readable through [`Deframer::frame_bytes`], until the next `poll_event`.
+///
+/// Resynchronisation: after a bad frame, bytes are dropped up to the next [`MAGIC`] after the
+/// start, and checking starts again there; a CRC-32 over the whole frame makes a false match
+/// vanishingly rare. Every byte given is, in the end, in exactly one returned frame, one
+/// `Skipped` count, or still buffered.
+#[derive(Debug)]
+pub struct Deframer<'b> {
+    buf: &'b mut [u8; MAX_FRAME],
+    /// Bytes buffered (from the start of `buf`).
+    len: usize,
+    /// The length of the frame last returned, dropped at the next `poll_event`.
+    taken: usize,
+    /// When the reader last got a byte or was last ready for one.
+    last_activity: Instant,
+    stall: Duration,
+}
+
+impl<'b> Deframer<'b> {
+    /// A reader over `buf` whose partial frames stall after `stall` without a byte.
+    pub fn new(buf: &'b mut [u8; MAX_FRAME], stall: Duration) -> Self {
+        Self {
+            buf,
+            len: 0,
+            taken: 0,
+            last_activity: Instant::ZERO,
+            stall,
+        }
+    }
+
+    /// The free part of the buffer to read into; then call [`Deframer::handle_read`]. Drops
+    /// the frame returned last.
+    pub fn space(&mut self) -> &mut [u8] {
+        self.release();
+        self.buf.get_mut(self.len..).unwrap_or_default()
+    }
+
+    /// `n` bytes were read into [`Deframer::space`] at `now`.
+    pub fn handle_read(&mut self, n: usize, now: Instant) {
+        self.len = (self.len + n).min(self.buf.len());
+        if n > 0 {
+            self.last_activity = now;
+        }
+    }
+
+    /// Copies as much of `data` as fits; returns how many bytes were taken (all of them
+    /// unless a whole frame's worth is buffered: drain [`Deframer::poll_event`] and offer the
+    /// rest again).
+    pub fn handle_bytes(&mut self, data: &[u8], now: Instant) -> usize {
+        let space = self.space();
+        let n = space.len().min(data.len());
+        if let (Some(dst), Some(src)) = (space.get_mut(..n), data.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.handle_read(n, now);
+        n
+    }
+
+    /// The reader is ready for bytes again at `now` (it was busy handling frames): time spent
+    /// elsewhere does not count toward a stall.
+    pub fn handle_ready(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    /// The next frame or skip, if the buffer holds one at `now`.
+    pub fn poll_event(&mut self, now: Instant) -> Option<Event<'_>> {
+        self.release();
+        let data = self.buf.get(..self.len)?;
+        if data.is_empty() {
+            return None;
+        }
+        let reason = match Frame::check(data) {
+            Ok(total) => match Frame::parse_checked(data, total) {
+                Ok(_) => {
+                    // Parsed again for the borrow's sake: field reads only, the CRC is done.
+                    self.taken = total;
+                    let frame = Frame::parse_checked(self.buf.get(..total)?, total).ok()?;
+                    return Some(Event::Frame(frame));
+                }
+                Err(e) => Skip::Bad(e),
+            },
+            Err(Error::Incomplete { needed }) => {
+                if now.saturating_duration_since(self.last_activity) < self.stall {
+                    return None;
+                }
+                Skip::Stalled { needed }
+            }
+            Err(e) => Skip::Bad(e),
+        };
+        let bytes = self.resync();
+        Some(Event::Skipped { bytes, reason })
+    }
+
+    /// When a buffered partial frame will count as stalled, if there is one.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.len > self.taken).then(|| self.last_activity.saturating_add(self.stall))
+    }
+
+    /// The bytes of the frame [`Deframer::poll_event`] returned last (empty after the next
+    /// call), for readers that keep reading its payload.
+    pub fn frame_bytes(&self) -> &[u8] {
+        self.buf.get(..self.taken).unwrap_or_default()
+    }
+
+    /// Bytes buffered and not yet returned or skipped.
+    pub const fn buffered(&self) -> usize {
+        self.len - self.taken
+    }
+
+    fn release(&mut self) {
+        if self.taken > 0 {
+            self.drop_front(self.taken);
+            self.taken = 0;
+        }
+    }
+
+    /// Drops bytes up to the next magic byte after the start (all if none); returns how many.
+    fn resync(&mut self) -> usize {
+        let skip = self
+            .buf
+            .get(1..self.len)
+            .and_then(|rest| rest.iter().position(|&b| b == MAGIC))
+            .map_or(self.len, |at| at + 1);
+        self.drop_front(skip);
+        skip
+    }
+
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
 }
 
 struct Writer<'b> {
@@ -676,5 +867,114 @@ mod tests {
             let wire = f.emit(&mut out).unwrap().to_vec();
             prop_assert_eq!(Frame::parse(&wire), Ok((f, wire.len())));
         }
+
+        /// Valid frames with garbage between them, fed in arbitrary pieces: every frame comes
+        /// out whole and in order, and every byte is in a frame, a skip or the buffer.
+        #[test]
+        fn deframer_recovers_every_frame_and_accounts_for_every_byte(
+            // Bytes biased toward magic bytes, frame kinds and small lengths, so garbage
+            // often looks like the start of a frame (and swallows the real one behind it).
+            items in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(
+                    prop_oneof![Just(MAGIC), 0u8..6, any::<u8>()], 0..300)), 1..12),
+            pieces in proptest::collection::vec(1usize..700, 1..40),
+        ) {
+            let mut stream = std::vec::Vec::new();
+            let mut sent = std::vec::Vec::new();
+            for (i, (is_frame, bytes)) in items.iter().enumerate() {
+                if *is_frame {
+                    let session = u16::try_from(i).unwrap();
+                    let mut out = std::vec![0u8; MAX_FRAME];
+                    let wire = Frame::TlsData { session, data: bytes }.emit(&mut out).unwrap();
+                    stream.extend_from_slice(wire);
+                    sent.push((session, bytes.clone()));
+                } else {
+                    stream.extend_from_slice(bytes);
+                }
+            }
+            let mut buf = [0u8; MAX_FRAME];
+            let stall = Duration::from_millis(100);
+            let mut d = Deframer::new(&mut buf, stall);
+            let (mut now, mut got, mut in_frames, mut skipped) =
+                (Instant::from_millis(1), std::vec::Vec::new(), 0usize, 0usize);
+            let mut drain = |d: &mut Deframer<'_>, now: Instant| {
+                while let Some(e) = d.poll_event(now) {
+                    match e {
+                        Event::Frame(f) => {
+                            in_frames += f.buffer_len();
+                            if let Frame::TlsData { session, data } = f {
+                                got.push((session, data.to_vec()));
+                            }
+                        }
+                        Event::Skipped { bytes, .. } => skipped += bytes,
+                    }
+                }
+            };
+            let mut rest = stream.as_slice();
+            for p in pieces.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let piece = rest.get(..*p).unwrap_or(rest);
+                let taken = d.handle_bytes(piece, now);
+                rest = rest.get(taken..).unwrap_or_default();
+                drain(&mut d, now);
+            }
+            // The end of the stream: partial frames stall and are skipped.
+            while d.buffered() > 0 {
+                now = d.poll_timeout().unwrap();
+                drain(&mut d, now);
+            }
+            prop_assert_eq!(in_frames + skipped, stream.len());
+            // Garbage can hold no valid frame (CRC), so every frame sent comes out, in order;
+            // rarely, garbage before a frame is itself a valid TlsData frame: filter to ours.
+            let ours: std::vec::Vec<_> = got.into_iter().filter(|g| sent.contains(g)).collect();
+            prop_assert_eq!(ours, sent);
+        }
+    }
+
+    #[test]
+    fn deframer_skips_with_reasons_and_stalls_on_its_own_clock() {
+        let mut buf = [0u8; MAX_FRAME];
+        let mut d = Deframer::new(&mut buf, Duration::from_millis(1000));
+        let mut out = [0u8; 64];
+        let close = Frame::TlsClose { session: 7 }
+            .emit(&mut out)
+            .unwrap()
+            .to_vec();
+        let t0 = Instant::from_millis(10);
+        // Noise without a magic byte, then a frame: one skip, then the frame.
+        d.handle_bytes(b"\x00noise\xff", t0);
+        d.handle_bytes(&close, t0);
+        assert_eq!(
+            d.poll_event(t0),
+            Some(Event::Skipped {
+                bytes: 7,
+                reason: Skip::Bad(Error::BadMagic(0))
+            })
+        );
+        assert_eq!(
+            d.poll_event(t0),
+            Some(Event::Frame(Frame::TlsClose { session: 7 }))
+        );
+        assert_eq!(d.frame_bytes(), close.as_slice());
+        assert_eq!(d.poll_event(t0), None);
+        assert_eq!(d.frame_bytes(), b"");
+        // A header announcing more than comes: nothing until the stall, then skipped.
+        d.handle_bytes(&[MAGIC, 3, 0x0f, 0xff, 1, 2], t0);
+        assert_eq!(d.poll_event(t0), None);
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(1010)));
+        // Time spent busy elsewhere does not count.
+        d.handle_ready(Instant::from_millis(900));
+        assert_eq!(d.poll_event(Instant::from_millis(1010)), None);
+        assert_eq!(
+            d.poll_event(Instant::from_millis(1900)),
+            Some(Event::Skipped {
+                bytes: 6,
+                reason: Skip::Stalled { needed: 4103 }
+            })
+        );
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.poll_timeout(), None);
     }
 }

@@ -32,11 +32,12 @@
 //!   its request and drops answers to requests it has given up on. At most
 //!   [`MAX_SIGNS_IN_FLIGHT`] run at once; more are refused with `RESOURCE_EXHAUSTED`.
 //!
-//! Bad input never stops the relay and never panics: a frame that fails to parse is logged and
-//! skipped by resynchronising on the next magic byte, and a partial frame that stays
-//! incomplete for [`STALL_TIMEOUT`] while the device is silent is treated the same way (a
-//! corrupted length would otherwise wait for bytes that never come). The receive buffer holds
-//! at most one frame ([`MAX_FRAME`] bytes). Sentry's failures become refusals sent to the
+//! Bad input never stops the relay and never panics: the core's link reader
+//! ([`sigil_core::link::Deframer`], the same one the boards use) skips a frame that fails to
+//! parse by resynchronising on the next magic byte, and a partial frame that stays incomplete
+//! for [`STALL_TIMEOUT`] while the device is silent the same way (a corrupted length would
+//! otherwise wait for bytes that never come); the relay logs one line per resynchronisation.
+//! The receive buffer holds at most one frame ([`MAX_FRAME`] bytes). Sentry's failures become refusals sent to the
 //! device, with gRPC codes: Sentry's own when it refuses (Dapr's `INVALID_ARGUMENT` 3,
 //! `PERMISSION_DENIED` 7, `INTERNAL` 13), `UNAVAILABLE` 14 when it cannot be reached, and
 //! `INTERNAL` 13 when its answer fails the relay's checks. Only the serial link ending (or the
@@ -49,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use sigil_core::crypto::PublicKey;
 use sigil_core::csr::Csr;
-use sigil_core::link::{self, Answer, Frame, MAX_FRAME, MAX_PAYLOAD};
+use sigil_core::link::{self, Answer, Deframer, Event, Frame, MAX_FRAME, MAX_PAYLOAD};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -306,68 +307,45 @@ impl Skipped {
 }
 
 impl Relay {
-    /// Reads and handles frames until EOF.
+    /// Reads and handles frames until EOF. The core's [`Deframer`] does the checking,
+    /// resynchronising and stall timing; this loop moves bytes and arms its timer.
     async fn pump(&mut self, mut read: OwnedReadHalf) -> Result<(), RelayError> {
-        let mut buf = vec![0u8; MAX_FRAME];
-        let mut filled = 0usize;
-        // When the reader was last ready for bytes: a partial frame stalls after STALL_TIMEOUT
-        // of silence from then (time spent handling frames does not count).
-        let mut ready_since = tokio::time::Instant::now();
+        let mut buf = Box::new([0u8; MAX_FRAME]);
+        let mut link = Deframer::new(&mut buf, STALL_TIMEOUT);
+        let clock = LinkClock(tokio::time::Instant::now());
         loop {
-            let stall = ready_since + STALL_TIMEOUT;
-            let room = buf.get_mut(filled..).unwrap_or_default();
+            while let Some(event) = link.poll_event(clock.now()) {
+                match event {
+                    Event::Frame(frame) => {
+                        self.skipped.finish();
+                        self.handle_frame(frame).await;
+                    }
+                    Event::Skipped { bytes, reason } => self.skipped.add(bytes, reason),
+                }
+            }
+            // Time spent handling frames does not count toward a stall.
+            link.handle_ready(clock.now());
+            let stall = link.poll_timeout().map(|t| clock.deadline(t));
             tokio::select! {
                 // Bytes that are there win over the stall timer.
                 biased;
-                r = read.read(room) => {
+                r = read.read(link.space()) => {
                     let n = r.map_err(RelayError::Serial)?;
                     if n == 0 {
                         self.skipped.finish();
-                        if filled > 0 {
-                            tracing::warn!(bytes = filled, "serial closed inside a frame");
+                        if link.buffered() > 0 {
+                            tracing::warn!(bytes = link.buffered(), "serial closed inside a frame");
                         }
                         tracing::info!("serial: end of stream");
                         return Ok(());
                     }
-                    filled += n;
-                    filled = self.handle_bytes(&mut buf, filled).await;
-                    ready_since = tokio::time::Instant::now();
+                    link.handle_read(n, clock.now());
                 }
-                () = tokio::time::sleep_until(stall), if filled > 0 => {
-                    let before = filled;
-                    filled = resync(&mut buf, filled);
-                    self.skipped.add(before - filled, "partial frame stalled");
-                    filled = self.handle_bytes(&mut buf, filled).await;
-                    ready_since = tokio::time::Instant::now();
-                }
+                // The deframer skips the stalled frame at the next poll.
+                () = tokio::time::sleep_until(stall.unwrap_or_else(tokio::time::Instant::now)),
+                    if stall.is_some() => {}
                 Some(r) = self.signs.join_next() => log_join("sign", r),
                 Some(r) = self.sessions.join_next() => log_join("peer session", r),
-            }
-        }
-    }
-
-    /// Handles every whole frame at the start of `buf[..filled]`, skipping corrupt ones;
-    /// returns how many bytes remain (a partial frame, moved to the start).
-    async fn handle_bytes(&mut self, buf: &mut [u8], mut filled: usize) -> usize {
-        loop {
-            let data = buf.get(..filled).unwrap_or_default();
-            if data.is_empty() {
-                return 0;
-            }
-            match Frame::parse(data) {
-                Ok((frame, len)) => {
-                    self.skipped.finish();
-                    self.handle_frame(frame).await;
-                    buf.copy_within(len..filled, 0);
-                    filled -= len;
-                }
-                // `needed` is at most MAX_FRAME, the buffer's size, so there is room to read.
-                Err(link::Error::Incomplete { needed }) if needed <= buf.len() => return filled,
-                Err(e) => {
-                    let before = filled;
-                    filled = resync(buf, filled);
-                    self.skipped.add(before - filled, e);
-                }
             }
         }
     }
@@ -475,15 +453,20 @@ impl Relay {
     }
 }
 
-/// Drops the bytes before the next magic byte after the start (all of them if there is none);
-/// returns the bytes left.
-fn resync(buf: &mut [u8], filled: usize) -> usize {
-    let skip = buf
-        .get(1..filled)
-        .and_then(|rest| rest.iter().position(|&b| b == link::MAGIC))
-        .map_or(filled, |at| at + 1);
-    buf.copy_within(skip..filled, 0);
-    filled - skip
+/// The deframer's monotonic clock: milliseconds since the relay started, on tokio's clock (so
+/// paused-time tests move it).
+struct LinkClock(tokio::time::Instant);
+
+impl LinkClock {
+    fn now(&self) -> sigil_core::Instant {
+        sigil_core::Instant::from_millis(
+            u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        )
+    }
+
+    fn deadline(&self, t: sigil_core::Instant) -> tokio::time::Instant {
+        self.0 + Duration::from_millis(t.as_millis())
+    }
 }
 
 fn log_join(what: &str, r: Result<(), tokio::task::JoinError>) {

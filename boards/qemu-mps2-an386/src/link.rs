@@ -2,19 +2,18 @@
 //! out, and [`TlsChannel`], the `embedded-io` byte stream an embedded-tls session runs on
 //! (TLS bytes travel in `TlsData` frames; the relay forwards them to a sidecar's mTLS port).
 //!
-//! Receiving is check-then-parse on a buffer that holds one frame of up to
-//! [`MAX_FRAME`] bytes. A frame that does not check (bad magic, CRC, length) is reported and
-//! skipped: bytes are dropped up to the next magic byte. A partial frame that gets no further
-//! byte for [`STALL_MS`] (a corrupted length, a relay that went away mid-frame) is skipped
-//! the same way, so the frames after it are not held back for long.
+//! Receiving is the core's [`Deframer`] (the same reader the relay uses) over a buffer that
+//! holds one frame of up to [`MAX_FRAME`] bytes: a frame that does not check (bad magic, CRC,
+//! length) is reported and skipped up to the next magic byte, and a partial frame that gets no
+//! further byte for [`STALL_MS`] (a corrupted length, a relay that went away mid-frame) is
+//! skipped the same way, so the frames after it are not held back for long.
 //!
 //! TLS sessions are numbered: frames of another session than the channel's (late bytes or a
 //! late close of an earlier one) are dropped, and a channel always ends with `TlsClose` for
 //! its number, even when dropped early.
 
 use embedded_io::Write as _;
-use sigil_core::link::{self, Frame, HEADER_LEN, MAX_FRAME};
-use sigil_core::Instant;
+use sigil_core::link::{self, Deframer, Event, Frame, HEADER_LEN, MAX_FRAME};
 
 use crate::clock;
 use crate::uart::Uart;
@@ -30,8 +29,8 @@ pub const STALL_MS: u64 = 1000;
 /// Why the link failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkError {
-    /// A frame did not check and was skipped.
-    Frame(link::Error),
+    /// Bytes that were not a frame were skipped.
+    Frame(link::Skip),
     /// A frame to send did not fit.
     Encode(link::Error),
     /// Nothing arrived before the deadline.
@@ -63,13 +62,11 @@ impl embedded_io::Error for LinkError {
     }
 }
 
-/// The link: the UART, a receive buffer holding at most one frame, and the bytes counted.
+/// The link: the UART, the reader over a buffer holding at most one frame, and the bytes
+/// counted.
 pub struct Link<'b> {
     uart: Uart,
-    rx: &'b mut [u8; MAX_FRAME],
-    len: usize,
-    /// When the last byte arrived (for the stall timeout).
-    last_byte: Instant,
+    rx: Deframer<'b>,
     /// Bytes received and sent, for the report.
     pub received: usize,
     /// Bytes sent.
@@ -81,11 +78,10 @@ pub struct Link<'b> {
 impl<'b> Link<'b> {
     /// A link over `uart`, receiving into `rx`.
     pub fn new(uart: Uart, rx: &'b mut [u8; MAX_FRAME]) -> Self {
+        let stall = core::time::Duration::from_millis(STALL_MS);
         Self {
             uart,
-            rx,
-            len: 0,
-            last_byte: Instant::ZERO,
+            rx: Deframer::new(rx, stall),
             received: 0,
             sent: 0,
             skipped: 0,
@@ -105,81 +101,38 @@ impl<'b> Link<'b> {
         Ok(())
     }
 
-    /// Reads what the UART has and returns the length of a whole frame at the start of the
-    /// buffer, if there is one. Never waits.
+    /// Reads what the UART has and returns the next whole frame, if there is one. Never waits.
+    /// The frame's bytes stay readable through [`Link::frame_bytes`] until the next poll.
     ///
     /// # Errors
     ///
-    /// [`LinkError::Frame`]: a frame did not check; it was skipped (call again).
-    pub fn poll(&mut self) -> Result<Option<usize>, LinkError> {
-        while self.len < MAX_FRAME {
+    /// [`LinkError::Frame`]: bytes that were not a frame were skipped (call again).
+    pub fn poll(&mut self) -> Result<Option<Frame<'_>>, LinkError> {
+        let now = clock::now();
+        let space = self.rx.space();
+        let mut n = 0;
+        for slot in space.iter_mut() {
             let Some(b) = self.uart.try_read_byte() else {
                 break;
             };
-            self.last_byte = clock::now();
-            if let Some(slot) = self.rx.get_mut(self.len) {
-                *slot = b;
-            }
-            self.len += 1;
-            self.received += 1;
+            *slot = b;
+            n += 1;
         }
-        let buffered = self.rx.get(..self.len).unwrap_or(&[]);
-        match Frame::check(buffered) {
-            Ok(n) => Ok(Some(n)),
-            Err(e @ link::Error::Incomplete { .. }) => {
-                let stalled = clock::now().saturating_duration_since(self.last_byte)
-                    >= core::time::Duration::from_millis(STALL_MS);
-                if self.len > 0 && stalled {
-                    self.skipped += 1;
-                    self.resync();
-                    return Err(LinkError::Frame(e));
-                }
-                Ok(None)
-            }
-            Err(e) => {
+        self.rx.handle_read(n, now);
+        self.received += n;
+        match self.rx.poll_event(now) {
+            Some(Event::Frame(f)) => Ok(Some(f)),
+            Some(Event::Skipped { reason, .. }) => {
                 self.skipped += 1;
-                self.resync();
-                Err(LinkError::Frame(e))
+                Err(LinkError::Frame(reason))
             }
+            None => Ok(None),
         }
     }
 
-    /// Waits for a whole frame until `deadline`; returns its length.
-    ///
-    /// # Errors
-    ///
-    /// [`LinkError::Timeout`], or [`LinkError::Frame`] for a frame that did not check.
-    pub fn wait(&mut self, deadline: Instant) -> Result<usize, LinkError> {
-        loop {
-            if let Some(n) = self.poll()? {
-                return Ok(n);
-            }
-            if clock::now() >= deadline {
-                return Err(LinkError::Timeout);
-            }
-        }
-    }
-
-    /// The frame of length `n` at the start of the buffer (as [`Link::poll`] returned it).
-    pub fn frame(&self, n: usize) -> Option<Frame<'_>> {
-        Frame::parse(self.rx.get(..n)?).ok().map(|(f, _)| f)
-    }
-
-    /// Drops the first `n` bytes (a frame that has been handled).
-    pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.len);
-        self.rx.copy_within(n..self.len, 0);
-        self.len -= n;
-    }
-
-    /// Drops bytes up to the next possible frame start.
-    fn resync(&mut self) {
-        let next = self
-            .rx
-            .get(1..self.len)
-            .and_then(|rest| rest.iter().position(|&b| b == link::MAGIC))
-            .map_or(self.len, |p| p + 1);
-        self.consume(next);
+    /// The bytes of the frame [`Link::poll`] returned last.
+    pub fn frame_bytes(&self) -> &[u8] {
+        self.rx.frame_bytes()
     }
 
     /// The byte channel of TLS session `session` over this link (a new number for every
@@ -201,8 +154,8 @@ impl<'b> Link<'b> {
 pub struct TlsChannel<'l, 'b> {
     link: &'l mut Link<'b>,
     session: u16,
-    /// The `TlsData` frame being read: (payload start, payload end, frame length).
-    pending: Option<(usize, usize, usize)>,
+    /// The part of the last `TlsData` frame not read yet: (start, end) in its bytes.
+    pending: Option<(usize, usize)>,
     timeout_ms: u64,
     /// The relay closed the session.
     closed: bool,
@@ -217,7 +170,7 @@ impl TlsChannel<'_, '_> {
     }
 
     fn send_close(&mut self) {
-        self.drop_pending();
+        self.pending = None;
         if !self.close_sent {
             self.close_sent = true;
             let _ = self.link.send(&Frame::TlsClose {
@@ -229,12 +182,6 @@ impl TlsChannel<'_, '_> {
     /// Whether the relay closed the session.
     pub const fn is_closed(&self) -> bool {
         self.closed
-    }
-
-    fn drop_pending(&mut self) {
-        if let Some((_, _, n)) = self.pending.take() {
-            self.link.consume(n);
-        }
     }
 }
 
@@ -252,19 +199,15 @@ impl embedded_io::ErrorType for TlsChannel<'_, '_> {
 impl embedded_io::Read for TlsChannel<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, LinkError> {
         loop {
-            if let Some((start, end, n)) = self.pending {
+            if let Some((start, end)) = self.pending {
                 let take = buf.len().min(end - start);
-                if let (Some(dst), Some(src)) =
-                    (buf.get_mut(..take), self.link.rx.get(start..start + take))
-                {
+                if let (Some(dst), Some(src)) = (
+                    buf.get_mut(..take),
+                    self.link.frame_bytes().get(start..start + take),
+                ) {
                     dst.copy_from_slice(src);
                 }
-                if start + take == end {
-                    self.pending = None;
-                    self.link.consume(n);
-                } else {
-                    self.pending = Some((start + take, end, n));
-                }
+                self.pending = (start + take < end).then_some((start + take, end));
                 return Ok(take);
             }
             if self.closed {
@@ -272,26 +215,27 @@ impl embedded_io::Read for TlsChannel<'_, '_> {
             }
             let deadline =
                 clock::now().saturating_add(core::time::Duration::from_millis(self.timeout_ms));
-            let n = match self.link.wait(deadline) {
-                Ok(n) => n,
-                Err(LinkError::Frame(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            match self.link.frame(n) {
-                Some(Frame::TlsData { session, data })
-                    if session == self.session && !data.is_empty() =>
-                {
-                    // The payload follows the header and the 2-byte session number.
-                    let start = HEADER_LEN + 2;
-                    self.pending = Some((start, start + data.len(), n));
+            loop {
+                match self.link.poll() {
+                    Ok(Some(Frame::TlsData { session, data }))
+                        if session == self.session && !data.is_empty() =>
+                    {
+                        // The payload follows the header and the 2-byte session number.
+                        let start = HEADER_LEN + 2;
+                        self.pending = Some((start, start + data.len()));
+                        break;
+                    }
+                    Ok(Some(Frame::TlsClose { session })) if session == self.session => {
+                        self.closed = true;
+                        break;
+                    }
+                    // Another session's bytes, a late sign answer, an empty frame, skipped
+                    // bytes: not this session's data.
+                    Ok(Some(_)) | Err(LinkError::Frame(_)) => {}
+                    Ok(None) if clock::now() >= deadline => return Err(LinkError::Timeout),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
                 }
-                Some(Frame::TlsClose { session }) if session == self.session => {
-                    self.link.consume(n);
-                    self.closed = true;
-                }
-                // Another session's bytes, a late sign answer, an empty frame: not this
-                // session's data.
-                _ => self.link.consume(n),
             }
         }
     }

@@ -276,8 +276,8 @@ fn run() -> Result<(), &'static str> {
         }
 
         match link.poll() {
-            Ok(Some(n)) => {
-                if let Some(Frame::SignAnswer { request, answer }) = link.frame(n) {
+            Ok(Some(frame)) => {
+                if let Frame::SignAnswer { request, answer } = frame {
                     let now = clock::now();
                     // Only the answer to the request in flight counts; one to a request the
                     // machine gave up on (timed out, superseded) is dropped.
@@ -315,7 +315,6 @@ fn run() -> Result<(), &'static str> {
                         }
                     }
                 }
-                link.consume(n);
             }
             Ok(None) => {
                 if outstanding.is_none() {
