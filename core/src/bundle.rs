@@ -2,7 +2,7 @@
 //! answer or a watched file) without a restart: the DER lives in a fixed buffer, and a borrowed
 //! [`TrustBundle`] is made from it when a path is validated.
 
-use crate::path::{BundleError, TrustBundle};
+use crate::path::{BundleError, TrustAnchor, TrustBundle};
 
 /// Up to `N` anchors in at most `BYTES` bytes of DER.
 #[derive(Clone, Debug)]
@@ -28,29 +28,39 @@ impl<const N: usize, const BYTES: usize> OwnedTrustBundle<N, BYTES> {
         }
     }
 
-    /// Replaces every anchor with `anchors` (DER certificates), all or nothing.
+    /// Replaces the anchors with the usable ones among `anchors` (DER certificates), in order:
+    /// a certificate [`TrustBundle::add`] refuses (it does not parse, has an unknown critical
+    /// extension or a key signatures cannot be verified with here) is skipped, so that one
+    /// unusable root in a CA's bundle never locks a device out of the others. Returns how many
+    /// were skipped.
     ///
     /// # Errors
     ///
-    /// [`BundleError::Malformed`] for a certificate that does not parse,
-    /// [`BundleError::Full`] when they do not fit; the bundle is unchanged then.
-    pub fn replace(&mut self, anchors: &[&[u8]]) -> Result<(), BundleError> {
-        let total: usize = anchors.iter().map(|a| a.len()).sum();
-        if anchors.len() > N || total > BYTES {
-            return Err(BundleError::Full { capacity: N });
+    /// The first anchor's refusal when `anchors` is not empty and none is usable (an
+    /// unusable bundle never replaces a usable one); [`BundleError::Full`] when the usable ones
+    /// do not fit. The bundle is unchanged then.
+    pub fn replace(&mut self, anchors: &[&[u8]]) -> Result<usize, BundleError> {
+        let usable = |a: &&[u8]| TrustAnchor::from_der(a).is_ok();
+        let (mut count, mut total) = (0, 0);
+        for a in anchors.iter().filter(|a| usable(a)) {
+            count += 1;
+            total += a.len();
         }
-        for a in anchors {
-            crate::cert::Certificate::parse(a).map_err(BundleError::Malformed)?;
+        if let (0, Some(first)) = (count, anchors.first()) {
+            return TrustAnchor::from_der(first).map(|_| 0);
+        }
+        if count > N || total > BYTES {
+            return Err(BundleError::Full { capacity: N });
         }
         self.der.clear();
         self.ends.clear();
-        for a in anchors {
+        for a in anchors.iter().filter(|a| usable(a)) {
             // Room was checked above.
             let _ = self.der.extend_from_slice(a);
             let _ = self.ends.push(self.der.len());
         }
         self.generation = self.generation.wrapping_add(1);
-        Ok(())
+        Ok(anchors.len() - count)
     }
 
     /// The anchors' DER, in order.
@@ -67,7 +77,7 @@ impl<const N: usize, const BYTES: usize> OwnedTrustBundle<N, BYTES> {
     pub fn as_bundle(&self) -> TrustBundle<'_, N> {
         let mut b = TrustBundle::new();
         for a in self.iter() {
-            // Each anchor parsed when stored, and N bounds the count.
+            // Each anchor was accepted when stored, and N bounds the count.
             let _ = b.add(a);
         }
         b

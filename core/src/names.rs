@@ -1,6 +1,12 @@
 //! Names in certificates: subjectAltName entries, nameConstraints, and matching a presented
 //! name against a reference name (DNS with RFC 6125 wildcards, IP addresses) or a constraint
 //! (RFC 5280 §4.2.1.10: URI hosts, DNS suffixes, IP subnets, directoryName prefixes).
+//!
+//! Under nameConstraints, names are judged as names, never as bytes: a dNSName or rfc822Name
+//! that is not well-formed breaks any constraints, as does a malformed constraint compared with
+//! a name; a wildcard dNSName `*.d` stands for every name one label below `d`, so it is
+//! permitted only if a permitted subtree holds all of them, and excluded if an excluded
+//! subtree holds any of them (`*.example.com` is excluded by `bad.example.com`).
 
 use crate::der::{self, tag, DerError, Reader};
 
@@ -159,6 +165,13 @@ pub(crate) enum ConstraintFailure {
     Budget,
 }
 
+/// Which list of subtrees a name is compared with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subtrees {
+    Permitted,
+    Excluded,
+}
+
 /// Checks the names of a certificate (its SANs and, when not empty, its subject as a
 /// directoryName) against `constraints`. `budget` counts comparisons.
 pub(crate) fn check_constraints(
@@ -170,13 +183,21 @@ pub(crate) fn check_constraints(
     let subject_name = subject.map(GeneralName::DirectoryName);
     let names = sans.into_iter().flat_map(|s| s.iter()).chain(subject_name);
     for name in names {
+        let well_formed = match name {
+            GeneralName::Dns(d) => is_valid_presented_dns(d),
+            GeneralName::Email(e) => is_valid_mailbox(e),
+            _ => true,
+        };
+        if !well_formed {
+            return Err(ConstraintFailure::Violation);
+        }
         let mut has_permitted_of_kind = false;
         let mut permitted = false;
         for base in constraints.permitted() {
             *budget = budget.checked_sub(1).ok_or(ConstraintFailure::Budget)?;
             if base.kind() == name.kind() {
                 has_permitted_of_kind = true;
-                permitted |= matches(&name, &base)?;
+                permitted |= matches(&name, &base, Subtrees::Permitted)?;
             }
         }
         if has_permitted_of_kind && !permitted {
@@ -184,7 +205,7 @@ pub(crate) fn check_constraints(
         }
         for base in constraints.excluded() {
             *budget = budget.checked_sub(1).ok_or(ConstraintFailure::Budget)?;
-            if base.kind() == name.kind() && matches(&name, &base)? {
+            if base.kind() == name.kind() && matches(&name, &base, Subtrees::Excluded)? {
                 return Err(ConstraintFailure::Violation);
             }
         }
@@ -192,10 +213,15 @@ pub(crate) fn check_constraints(
     Ok(())
 }
 
-/// Whether `name` lies in the subtree `base` (same kind).
-fn matches(name: &GeneralName<'_>, base: &GeneralName<'_>) -> Result<bool, ConstraintFailure> {
+/// Whether `name` lies in the subtree `base` (same kind); for a wildcard dNSName, whether all
+/// its names do (permitted) or any does (excluded).
+fn matches(
+    name: &GeneralName<'_>,
+    base: &GeneralName<'_>,
+    subtrees: Subtrees,
+) -> Result<bool, ConstraintFailure> {
     Ok(match (name, base) {
-        (GeneralName::Dns(n), GeneralName::Dns(c)) => dns_in_subtree(n, c),
+        (GeneralName::Dns(n), GeneralName::Dns(c)) => dns_in_subtree(n, c, subtrees)?,
         (GeneralName::Uri(n), GeneralName::Uri(c)) => match uri_host(n) {
             Some(host) => host_in_uri_subtree(host, c),
             // A URI without an authority cannot satisfy a URI constraint (RFC 5280).
@@ -203,7 +229,7 @@ fn matches(name: &GeneralName<'_>, base: &GeneralName<'_>) -> Result<bool, Const
         },
         (GeneralName::Ip(n), GeneralName::Ip(c)) => ip_in_subnet(n, c),
         (GeneralName::DirectoryName(n), GeneralName::DirectoryName(c)) => dn_has_prefix(n, c),
-        (GeneralName::Email(n), GeneralName::Email(c)) => email_in_subtree(n, c),
+        (GeneralName::Email(n), GeneralName::Email(c)) => email_in_subtree(n, c)?,
         // Kinds we do not interpret: fail closed when a name of that kind is constrained.
         _ => return Err(ConstraintFailure::Violation),
     })
@@ -219,19 +245,50 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
             .is_some_and(|tail| eq_ignore_case(tail, suffix))
 }
 
+/// `name` is `domain` or a name below it.
+fn at_or_below(name: &str, domain: &str) -> bool {
+    eq_ignore_case(name, domain)
+        || (ends_with_ignore_case(name, domain)
+            && name.as_bytes().get(name.len() - domain.len() - 1) == Some(&b'.'))
+}
+
 /// DNS subtree: `example.com` covers itself and every name below it; `.example.com` only the
-/// names below it. An empty constraint covers every name.
-fn dns_in_subtree(name: &str, constraint: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
+/// names below it; an empty constraint covers every name. `name` is well-formed (checked by
+/// the caller); a wildcard `*.d` is in a permitted subtree if every name one label below `d`
+/// is, and in an excluded one if any is (or, for `.x.d`, if `x.d` is).
+///
+/// # Errors
+///
+/// A malformed constraint (not empty and not a reference name, with an optional leading dot)
+/// is a violation.
+fn dns_in_subtree(
+    name: &str,
+    constraint: &str,
+    subtrees: Subtrees,
+) -> Result<bool, ConstraintFailure> {
     if constraint.is_empty() {
-        return true;
+        return Ok(true);
     }
-    if constraint.starts_with('.') {
-        return ends_with_ignore_case(name, constraint);
+    let domain = constraint.strip_prefix('.').unwrap_or(constraint);
+    if !is_valid_reference_dns(domain) {
+        return Err(ConstraintFailure::Violation);
     }
-    eq_ignore_case(name, constraint)
-        || (ends_with_ignore_case(name, constraint)
-            && name.as_bytes().get(name.len() - constraint.len() - 1) == Some(&b'.'))
+    let below_only = domain.len() != constraint.len();
+    Ok(match name.strip_prefix("*.") {
+        // Every `x.rest` is in the subtree exactly when `rest` is `domain` or below it.
+        Some(rest) if at_or_below(rest, domain) => true,
+        // Otherwise some `x.rest` is in it only when `domain` itself is one of them. For an
+        // excluded `.domain` none is (the subtree is strictly below `domain`), but it is
+        // refused all the same, as rustls-webpki does: failing closed costs nothing there.
+        Some(rest) => {
+            subtrees == Subtrees::Excluded
+                && domain
+                    .split_once('.')
+                    .is_some_and(|(_, parent)| eq_ignore_case(parent, rest))
+        }
+        None if below_only => ends_with_ignore_case(name, constraint),
+        None => at_or_below(name, domain),
+    })
 }
 
 /// The host of a URI with an authority (`scheme://[userinfo@]host[:port]/...`).
@@ -268,18 +325,31 @@ fn ip_in_subnet(addr: &[u8], constraint: &[u8]) -> bool {
             .all(|((a, n), m)| a & m == n & m)
 }
 
-fn email_in_subtree(addr: &str, constraint: &str) -> bool {
-    if constraint.contains('@') {
-        return eq_ignore_case(addr, constraint);
-    }
-    let Some((_, host)) = addr.rsplit_once('@') else {
-        return false;
+/// rfc822Name subtree: a mailbox exactly, a host's mailboxes, or (leading dot) the mailboxes
+/// of every host below a domain. `addr` is well-formed (checked by the caller).
+///
+/// # Errors
+///
+/// A malformed constraint is a violation.
+fn email_in_subtree(addr: &str, constraint: &str) -> Result<bool, ConstraintFailure> {
+    let domain = constraint.strip_prefix('.').unwrap_or(constraint);
+    let well_formed = if constraint.contains('@') {
+        is_valid_mailbox(constraint)
+    } else {
+        is_valid_reference_dns(domain)
     };
-    if constraint.starts_with('.') {
+    if !well_formed {
+        return Err(ConstraintFailure::Violation);
+    }
+    if constraint.contains('@') {
+        return Ok(eq_ignore_case(addr, constraint));
+    }
+    let host = split_mailbox(addr).map_or("", |(_, h)| h);
+    Ok(if domain.len() != constraint.len() {
         ends_with_ignore_case(host, constraint)
     } else {
         eq_ignore_case(host, constraint)
-    }
+    })
 }
 
 /// Whether the RDN sequence of `constraint` is a prefix of that of `name` (both whole `Name`
@@ -324,6 +394,43 @@ pub fn dns_matches(presented: &str, reference: &str) -> bool {
     }
 }
 
+/// A dNSName as a certificate may present it under name constraints: a reference name
+/// ([`is_valid_reference_dns`]) whose last label is not all digits (an address in disguise),
+/// optionally under a wildcard `*.` first label followed by at least two labels. No trailing
+/// dot (RFC 5280 §4.2.1.6: the preferred name syntax).
+pub fn is_valid_presented_dns(name: &str) -> bool {
+    let wildcard = name.strip_prefix("*.");
+    let host = wildcard.unwrap_or(name);
+    is_valid_reference_dns(host)
+        && (wildcard.is_none() || host.contains('.'))
+        && !host
+            .bytes()
+            .rev()
+            .take_while(|&b| b != b'.')
+            .all(|b| b.is_ascii_digit())
+}
+
+/// `local@domain`, split at the last `@`.
+fn split_mailbox(addr: &str) -> Option<(&str, &str)> {
+    let at = addr.bytes().rposition(|b| b == b'@')?;
+    Some((addr.get(..at)?, addr.get(at + 1..)?))
+}
+
+/// An rfc822Name mailbox as a certificate may present it under name constraints:
+/// `local@domain`, the local part a dot-atom (RFC 5322 atext; no quoted strings) of at most
+/// 64 bytes, the domain a reference DNS name.
+pub fn is_valid_mailbox(addr: &str) -> bool {
+    let Some((local, domain)) = split_mailbox(addr) else {
+        return false;
+    };
+    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+    local.len() <= 64
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(atext))
+        && is_valid_reference_dns(domain)
+}
+
 /// A reference DNS name as a caller may ask for: LDH labels of 1–63 bytes, at most 253 bytes.
 pub fn is_valid_reference_dns(name: &str) -> bool {
     !name.is_empty()
@@ -358,12 +465,115 @@ mod tests {
 
     #[test]
     fn dns_subtrees() {
-        assert!(dns_in_subtree("example.org", "example.org"));
-        assert!(dns_in_subtree("a.example.org", "example.org"));
-        assert!(!dns_in_subtree("badexample.org", "example.org"));
-        assert!(!dns_in_subtree("example.org", ".example.org"));
-        assert!(dns_in_subtree("a.example.org", ".example.org"));
-        assert!(dns_in_subtree("anything", ""));
+        let permitted = |n, c| dns_in_subtree(n, c, Subtrees::Permitted);
+        assert_eq!(permitted("example.org", "example.org"), Ok(true));
+        assert_eq!(permitted("a.example.org", "example.org"), Ok(true));
+        assert_eq!(permitted("badexample.org", "example.org"), Ok(false));
+        assert_eq!(permitted("example.org", ".example.org"), Ok(false));
+        assert_eq!(permitted("a.example.org", ".example.org"), Ok(true));
+        assert_eq!(permitted("anything", ""), Ok(true));
+    }
+
+    /// A wildcard stands for every name one label below its base: permitted only if all of
+    /// them are, excluded if any is (the cases of rustls-webpki's tests for CVE-2025-61727).
+    #[test]
+    fn wildcard_dns_against_subtrees_as_a_whole() {
+        let both = |n, c| {
+            (
+                dns_in_subtree(n, c, Subtrees::Permitted),
+                dns_in_subtree(n, c, Subtrees::Excluded),
+            )
+        };
+        // (name, constraint, all inside, any inside)
+        for (n, c, all, any) in [
+            ("*.example.com", "example.com", true, true),
+            ("*.example.com", ".example.com", true, true),
+            ("*.example.com", "EXAMPLE.com", true, true),
+            ("*.example.com", "bad.example.com", false, true),
+            ("*.example.com", "www.EXAMPLE.COM", false, true),
+            ("*.example.com", ".bad.example.com", false, true),
+            ("*.example.com", "a.b.example.com", false, false),
+            ("*.example.com", "www.other.com", false, false),
+            ("*.example.com", "com", true, true),
+            ("*.www.example.com", "www.example.com", true, true),
+            ("*.b.example.com", "a.b.example.com", false, true),
+            ("*.example.com", "xample.com", false, false),
+        ] {
+            assert_eq!(both(n, c), (Ok(all), Ok(any)), "{n} vs {c}");
+        }
+    }
+
+    #[test]
+    fn malformed_constraints_fail_closed() {
+        for c in ["a..b", "*.example.com", "example.com.", "exa mple.com", "."] {
+            for subtrees in [Subtrees::Permitted, Subtrees::Excluded] {
+                assert_eq!(
+                    dns_in_subtree("a.example.com", c, subtrees),
+                    Err(ConstraintFailure::Violation),
+                    "{c}"
+                );
+            }
+        }
+        for c in ["a@@b.com", "@b.com", "a b@c.com", "..c.com", "c..com"] {
+            assert_eq!(
+                email_in_subtree("a@c.com", c),
+                Err(ConstraintFailure::Violation),
+                "{c}"
+            );
+        }
+        assert_eq!(email_in_subtree("a@c.com", "c.com"), Ok(true));
+        assert_eq!(email_in_subtree("a@x.c.com", ".c.com"), Ok(true));
+        assert_eq!(email_in_subtree("a@c.com", ".c.com"), Ok(false));
+        assert_eq!(email_in_subtree("A@C.com", "a@c.com"), Ok(true));
+    }
+
+    #[test]
+    fn presented_names_syntax() {
+        for ok in [
+            "example.com",
+            "a-b.example.com",
+            "_svc.example.com",
+            "*.example.com",
+            "x1.example.c0m",
+        ] {
+            assert!(is_valid_presented_dns(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            ".example.com",
+            "example.com.",
+            "bad name.example.com",
+            "-a.example.com",
+            "a-.example.com",
+            "*.com",
+            "*.*.example.com",
+            "f*.example.com",
+            "a.*.example.com",
+            "*",
+            "10.1.2.3",
+            "example.123",
+        ] {
+            assert!(!is_valid_presented_dns(bad), "{bad:?}");
+        }
+        for ok in ["a@example.com", "first.last+tag@example.com", "x!#$%@a.b"] {
+            assert!(is_valid_mailbox(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "example.com",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+            "a@b@example.com",
+            ".a@example.com",
+            "a..b@example.com",
+            "\"a b\"@example.com",
+            "a@example..com",
+            "a@example.com.",
+        ] {
+            assert!(!is_valid_mailbox(bad), "{bad:?}");
+        }
     }
 
     #[test]

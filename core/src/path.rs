@@ -11,6 +11,39 @@
 //! Work is bounded by a [`Budget`] (signatures checked, issuers tried, name comparisons) and a
 //! depth cap; each limit has its own error. An anchor is a name and a key: its own validity is
 //! not checked (as in rustls-webpki); its pathLenConstraint and nameConstraints are applied.
+//!
+//! ## Rules beyond rustls-webpki
+//!
+//! Where RFC 5280 leaves room, or rustls-webpki and openssl differ, these are the rules:
+//!
+//! - **Anchors**: [`TrustBundle::add`] refuses a certificate the core cannot use as an anchor:
+//!   one that does not parse, one with an unknown critical extension (a constraint the core
+//!   cannot honour), and one whose key it cannot verify with (RSA, P-384, ...): such an anchor
+//!   could never validate a path. Loaders skip such anchors and keep the rest (the host's
+//!   `pki::anchor_bundle`, [`crate::bundle::OwnedTrustBundle::replace`]).
+//! - **Self-issued intermediates** (issuer name = subject name; a CA re-keying under its own
+//!   name) count neither toward a pathLenConstraint nor toward [`Options::max_depth`]
+//!   (RFC 5280 §6.1.4 (l), as openssl; rustls-webpki counts them). The path still holds at
+//!   most [`MAX_INTERMEDIATES`] certificates in all, and the [`Budget`] bounds the search.
+//!   Name constraints do not apply to a self-issued intermediate's own names (§6.1.3 (b)).
+//! - **Names under nameConstraints** ([`crate::names`]): a wildcard dNSName `*.d` stands for
+//!   every name one label below `d` and must satisfy the constraints as a whole: a permitted
+//!   subtree must contain every such name, an excluded subtree must contain none of them
+//!   (so `*.example.com` under an excluded `bad.example.com` is refused: the class of Go's
+//!   CVE-2025-61727). Below any nameConstraints, every dNSName and rfc822Name of the
+//!   certificates checked must be well-formed (LDH labels, no empty label, no trailing dot,
+//!   a last label not all digits, a wildcard only as a whole first label over at least two
+//!   labels; a dot-atom mailbox at a well-formed domain), and so must every constraint
+//!   compared with one: a malformed name or constraint is a violation, never a byte
+//!   comparison. Non-ASCII names never parse (IA5String).
+//! - **Key identifiers**: authorityKeyIdentifier and subjectKeyIdentifier are not required
+//!   (rustls-webpki and openssl by default accept certificates without them, and neither the
+//!   SPIFFE X.509-SVID profile nor Dapr's validation requires them; Dapr's and Sigil's
+//!   Sentry write both). When a certificate's authorityKeyIdentifier keyIdentifier and a
+//!   candidate issuer's subjectKeyIdentifier are both present and differ, the candidate is not
+//!   its issuer ([`ErrorKind::AuthorityKeyIdMismatch`]), as in openssl; rustls-webpki ignores
+//!   both. The signature is never skipped on a match: key identifiers only rule candidates
+//!   out, which also spares a signature check on a same-named root during a root rotation.
 
 use core::time::Duration;
 
@@ -22,7 +55,8 @@ use crate::time::UnixTime;
 
 /// Most untrusted intermediates [`verify`] accepts from a peer.
 pub const MAX_INTERMEDIATES: usize = 8;
-/// Default cap on intermediates in a path (rustls-webpki's `MAX_SUB_CA_COUNT`).
+/// Default cap on the intermediates in a path that are not self-issued (rustls-webpki's
+/// `MAX_SUB_CA_COUNT`).
 pub const DEFAULT_MAX_DEPTH: usize = 6;
 
 /// A trust anchor: a certificate whose subject name and key are trusted as given.
@@ -36,9 +70,13 @@ impl<'a> TrustAnchor<'a> {
     ///
     /// # Errors
     ///
-    /// The certificate's parse error.
-    pub fn from_der(der: &'a [u8]) -> Result<Self, cert::Error> {
-        Certificate::parse(der).map(|cert| Self { cert })
+    /// [`BundleError::Malformed`] if it does not parse (an unknown critical extension
+    /// included), [`BundleError::UnsupportedKey`] if its key is not one signatures can be
+    /// verified with here: such an anchor could never validate a path.
+    pub fn from_der(der: &'a [u8]) -> Result<Self, BundleError> {
+        let cert = Certificate::parse(der).map_err(BundleError::Malformed)?;
+        cert.public_key().map_err(BundleError::UnsupportedKey)?;
+        Ok(Self { cert })
     }
 
     /// The anchor's certificate.
@@ -56,8 +94,10 @@ pub enum BundleError {
         /// The capacity.
         capacity: usize,
     },
-    /// The certificate did not parse.
+    /// The certificate did not parse (an unknown critical extension included).
     Malformed(cert::Error),
+    /// The certificate's key is not one signatures can be verified with (RSA, P-384, ...).
+    UnsupportedKey(AlgorithmError),
 }
 
 impl core::fmt::Display for BundleError {
@@ -65,6 +105,7 @@ impl core::fmt::Display for BundleError {
         match self {
             Self::Full { capacity } => write!(f, "trust bundle is full ({capacity} anchors)"),
             Self::Malformed(e) => write!(f, "trust anchor: {e}"),
+            Self::UnsupportedKey(e) => write!(f, "trust anchor key: {e}"),
         }
     }
 }
@@ -90,9 +131,9 @@ impl<'a, const N: usize> TrustBundle<'a, N> {
     ///
     /// # Errors
     ///
-    /// [`BundleError::Malformed`] or [`BundleError::Full`]; the bundle is unchanged then.
+    /// As [`TrustAnchor::from_der`], or [`BundleError::Full`]; the bundle is unchanged then.
     pub fn add(&mut self, der: &'a [u8]) -> Result<(), BundleError> {
-        let anchor = TrustAnchor::from_der(der).map_err(BundleError::Malformed)?;
+        let anchor = TrustAnchor::from_der(der)?;
         if self.contains(der) {
             return Ok(());
         }
@@ -230,7 +271,8 @@ pub struct Options<'p> {
     pub usage: Usage,
     /// The name the leaf must carry.
     pub peer: PeerName<'p>,
-    /// Most intermediates in a path (anchors not counted).
+    /// Most intermediates in a path that are not self-issued (anchors not counted; the path
+    /// never holds more than [`MAX_INTERMEDIATES`] in all).
     pub max_depth: usize,
     /// Work limits.
     pub budget: Budget,
@@ -353,7 +395,10 @@ pub enum ErrorKind {
     PeerNameMismatch(NameMismatch),
     /// No anchor or intermediate is the issuer of this certificate.
     UnknownIssuer,
-    /// The path would need more intermediates than allowed.
+    /// The only candidate issuers (by name) have a subjectKeyIdentifier other than this
+    /// certificate's authorityKeyIdentifier: an issuer of that name with another key.
+    AuthorityKeyIdMismatch,
+    /// The path would need more intermediates (self-issued ones not counted) than allowed.
     MaxDepthExceeded {
         /// The cap.
         max: usize,
@@ -385,7 +430,7 @@ impl Error {
     const fn rank(&self) -> u8 {
         match self.kind {
             ErrorKind::UnknownIssuer => 0,
-            ErrorKind::MaxDepthExceeded { .. } => 1,
+            ErrorKind::MaxDepthExceeded { .. } | ErrorKind::AuthorityKeyIdMismatch => 1,
             ErrorKind::Malformed(_) | ErrorKind::UnsupportedAlgorithm(_) => 2,
             ErrorKind::BadSignature(_) => 4,
             _ => 3,
@@ -432,6 +477,9 @@ impl core::fmt::Display for Error {
             ErrorKind::UnknownIssuer => {
                 f.write_str("issuer not found among the intermediates and trust anchors")
             }
+            ErrorKind::AuthorityKeyIdMismatch => f.write_str(
+                "authorityKeyIdentifier differs from the subjectKeyIdentifier of every issuer of that name",
+            ),
             ErrorKind::MaxDepthExceeded { max } => {
                 write!(f, "path needs more than {max} intermediates")
             }
@@ -535,9 +583,19 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
                 *best = e;
             }
         };
+        // A candidate ruled out by key identifiers says less than a path that went further.
+        let mismatch = |best: &mut Error, pos| {
+            if best.kind == ErrorKind::UnknownIssuer {
+                *best = Error::new(pos, ErrorKind::AuthorityKeyIdMismatch);
+            }
+        };
 
         for (i, anchor) in self.anchors.iter().enumerate() {
             if anchor.cert.subject() != child.issuer() {
+                continue;
+            }
+            if !key_ids_agree(child, &anchor.cert) {
+                mismatch(&mut best, pos);
                 continue;
             }
             match self.try_anchor(child, pos, &anchor.cert, i) {
@@ -562,7 +620,13 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
             if ca.subject() != child.issuer() {
                 continue;
             }
-            if self.path.len() >= self.options.max_depth.min(MAX_INTERMEDIATES) {
+            if !key_ids_agree(child, &ca) {
+                mismatch(&mut best, pos);
+                continue;
+            }
+            // Self-issued intermediates do not count toward the cap (RFC 5280 §6.1.4 (l)).
+            let depth = self.below_count() + usize::from(!ca.is_self_issued());
+            if self.path.len() >= MAX_INTERMEDIATES || depth > self.options.max_depth {
                 keep(
                     &mut best,
                     Error::new(
@@ -703,6 +767,15 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
         self.verifier
             .verify(scheme, key, child.tbs(), child.signature())
             .map_err(|e| Error::new(pos, ErrorKind::BadSignature(e)))
+    }
+}
+
+/// Whether `issuer` may be `child`'s issuer by key identifiers: unless both are present, they
+/// say nothing (see the module doc).
+fn key_ids_agree(child: &Certificate<'_>, issuer: &Certificate<'_>) -> bool {
+    match (child.authority_key_id(), issuer.subject_key_id()) {
+        (Some(aki), Some(ski)) => aki == ski,
+        _ => true,
     }
 }
 

@@ -557,12 +557,13 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
             && id.0 == self.request_id
     }
 
-    /// New trust anchors (DER). If the identity in use no longer chains to any of them, renewal
-    /// starts at once.
+    /// New trust anchors (DER); ones the core cannot use are skipped, as
+    /// [`OwnedTrustBundle::replace`] does. If the identity in use no longer chains to any of
+    /// them, renewal starts at once.
     ///
     /// # Errors
     ///
-    /// The bundle's error; the old bundle stays in force then.
+    /// The bundle's error (none usable, or too many); the old bundle stays in force then.
     pub fn handle_trust_bundle(
         &mut self,
         now: Instant,

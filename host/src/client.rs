@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper_util::rt::TokioIo;
 use sigil_core::cert::Certificate;
 use sigil_core::crypto::PublicKey;
-use sigil_core::path::{self, Options, TrustBundle, Usage};
+use sigil_core::path::{self, Options, Usage};
 use sigil_core::{pem, profile};
 use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
@@ -242,7 +242,8 @@ pub async fn connect_channel(
 }
 
 /// Validates an issued chain (DER, leaf first) against `anchors` at `now`: the path for client
-/// and server use (with Dapr's 15 min skew), then the workload profile and the key.
+/// and server use (with Dapr's 15 min skew), then the workload profile and the key. Anchors
+/// the core cannot use are skipped ([`crate::pki::anchor_bundle`]).
 ///
 /// # Errors
 ///
@@ -256,12 +257,8 @@ pub fn validate_identity(
     let (leaf, rest) = chain
         .split_first()
         .ok_or_else(|| ClientError::Garbled("no certificate".into()))?;
-    let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
-    for a in anchors.iter().take(MAX_ANCHORS) {
-        bundle
-            .add(a)
-            .map_err(|e| ClientError::Config(format!("trust anchor: {e:?}")))?;
-    }
+    // Anchors the core cannot use are skipped (warned about where they were loaded).
+    let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(anchors);
     let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let options = Options {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sigil_core::cert::Certificate;
 use sigil_core::csr;
 use sigil_core::key::{SoftwareKey, PKCS8_DER_LEN};
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::path::{self, Options, PeerName, Usage};
 use sigil_core::pem::Label;
 use sigil_core::spiffe::{SpiffeId, TrustDomain};
 use sigil_core::UnixTime;
@@ -152,7 +152,7 @@ pub enum VerifyError {
     /// The expected name given is not valid.
     #[error("{0}")]
     BadName(String),
-    /// Too many anchors or intermediates.
+    /// Too many intermediates.
     #[error("{0}")]
     TooMany(String),
 }
@@ -163,11 +163,12 @@ pub enum VerifyError {
 ///
 /// [`VerifyError`] when the input is unusable; an invalid chain is `Ok(Invalid)`.
 pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
-    // Anchors must all parse: a broken trust configuration is unusable input. Intermediates
-    // that do not parse are left to path building, which skips them. A leaf whose DER is
-    // garbage is unusable; one that parses as DER but breaks a rule of X.509 (an unknown
-    // critical extension, say) is invalid, and path validation says so.
-    let anchors_der = pki::read_certificates(&args.anchors)?;
+    // Anchors the core cannot use are skipped with a warning (the host's one rule,
+    // pki::anchor_bundle); a file with none usable is unusable input. Intermediates that do
+    // not parse are left to path building, which skips them. A leaf whose DER is garbage is
+    // unusable; one that parses as DER but breaks a rule of X.509 (an unknown critical
+    // extension, say) is invalid, and path validation says so.
+    let anchors_der = pki::read_pem_blocks(&args.anchors, Label::Certificate)?;
     let intermediates_der = match &args.intermediates {
         Some(p) => pki::read_pem_blocks(p, Label::Certificate)?,
         None => Vec::new(),
@@ -182,12 +183,18 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
         .into());
     }
 
-    let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
-    for der in &anchors_der {
-        bundle
-            .add(der)
-            .map_err(|e| VerifyError::TooMany(format!("{}: {e}", args.anchors.display())))?;
+    let (bundle, skipped) = pki::anchor_bundle::<MAX_ANCHORS>(&anchors_der);
+    if bundle.is_empty() {
+        return Err(InputError::NoUsableAnchor {
+            path: args.anchors.clone(),
+            skipped,
+        }
+        .into());
     }
+    let warnings: String = skipped
+        .iter()
+        .map(|s| format!("warning: {}: {s}\n", args.anchors.display()))
+        .collect();
     let ints: Vec<&[u8]> = intermediates_der.iter().map(Vec::as_slice).collect();
     if ints.len() > path::MAX_INTERMEDIATES {
         return Err(VerifyError::TooMany(format!(
@@ -233,7 +240,7 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
     match path::verify(&leaf_der, &ints, &bundle, &RingVerifier, &options) {
         Ok(found) => {
             let mut s = format!(
-                "valid at {} (usage {}, skew {}s)\n",
+                "{warnings}valid at {} (usage {}, skew {}s)\n",
                 args.at,
                 args.usage,
                 args.skew.as_secs()
@@ -250,20 +257,21 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
                     c.map(|c| pki::summary(&c)).unwrap_or_default()
                 );
             }
-            let anchor = bundle
-                .anchors()
-                .get(found.anchor())
-                .map(|a| pki::summary(a.certificate()));
-            let _ = writeln!(
-                s,
-                "  trust anchor #{}: {}",
-                found.anchor(),
-                anchor.unwrap_or_default()
-            );
+            // Numbered as in the file, skipped anchors included.
+            let anchor = bundle.anchors().get(found.anchor()).map(|a| {
+                let der = a.certificate().der();
+                let index = anchors_der.iter().position(|d| d.as_slice() == der);
+                (
+                    index.unwrap_or(found.anchor()),
+                    pki::summary(a.certificate()),
+                )
+            });
+            let (index, summary) = anchor.unwrap_or_default();
+            let _ = writeln!(s, "  trust anchor #{index}: {summary}");
             Ok(VerifyOutcome::Valid(s))
         }
         Err(e) => {
-            let mut reason = format!("invalid: {e}");
+            let mut reason = format!("{warnings}invalid: {e}");
             if let path::ErrorKind::PeerNameMismatch(_) = e.kind {
                 // Say what the leaf carries, next to what was asked for.
                 if let Ok(leaf) = Certificate::parse(&leaf_der) {
@@ -342,7 +350,7 @@ pub struct SignArgs {
 pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use sigil_core::crypto::Signer as _;
-    let anchors = pki::read_certificates(&args.anchors)?;
+    let (anchors, skipped) = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&args.anchors)?;
     let key_path = args.out_dir.join("key.pem");
     if key_path.exists() && !args.force {
         anyhow::bail!("{} exists; pass --force to replace it", key_path.display());
@@ -427,8 +435,12 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         .spiffe_ids()
         .next()
         .map_or_else(String::new, |i| i.as_str().to_owned());
+    let warnings: String = skipped
+        .iter()
+        .map(|s| format!("\nwarning: {}: {s}", args.anchors.display()))
+        .collect();
     Ok(format!(
-        "{id}: valid until {}; wrote {} (0600), cert.pem ({} certificates), ca.pem ({} anchors)",
+        "{id}: valid until {}; wrote {} (0600), cert.pem ({} certificates), ca.pem ({} anchors){warnings}",
         humantime::format_rfc3339_seconds(signed.valid_until),
         key_path.display(),
         signed.chain.len(),

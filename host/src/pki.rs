@@ -1,6 +1,12 @@
 //! Files of keys and certificates on a host: PEM in, owned DER out; secret files written
 //! atomically with mode 0600 and never over an existing file unless asked; certificates
 //! described for people.
+//!
+//! Trust anchors go through one loader, [`anchor_bundle`] (and [`usable_anchors`] /
+//! [`read_anchors`] around it): a certificate the core cannot use as an anchor (it does not
+//! parse, has an unknown critical extension, or a key signatures cannot be verified with, such
+//! as RSA) is skipped with a warning naming it, and the others are kept, so one such
+//! certificate in a bundle never makes validation through the others fail.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use sigil_core::cert::{Certificate, Purpose};
 use sigil_core::names::GeneralName;
+use sigil_core::path::{BundleError, TrustBundle};
 use sigil_core::pem;
 
 /// Why an input could not be used at all (as opposed to being invalid).
@@ -59,6 +66,121 @@ pub enum InputError {
     /// The file exists and overwriting was not asked for.
     #[error("{0}: already exists (use --force to replace it)")]
     Exists(PathBuf),
+    /// A file of trust anchors held none the core can use.
+    #[error("{path}: no usable trust anchor ({})", list(.skipped))]
+    NoUsableAnchor {
+        /// The file.
+        path: PathBuf,
+        /// Every certificate in it, and why it was skipped.
+        skipped: Vec<SkippedAnchor>,
+    },
+}
+
+fn list(skipped: &[SkippedAnchor]) -> String {
+    skipped
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A certificate left out of a trust bundle, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedAnchor {
+    /// Its position among the certificates given (0-based, as in the file).
+    pub index: usize,
+    /// Its subject (RFC 4514), or `(unparseable)`.
+    pub subject: String,
+    /// Why the core cannot use it.
+    pub reason: BundleError,
+}
+
+impl std::fmt::Display for SkippedAnchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "certificate #{} ({}) skipped: {}",
+            self.index, self.subject, self.reason
+        )
+    }
+}
+
+/// The host's one rule for trust anchors: a bundle of the certificates in `ders` the core can
+/// use as anchors ([`TrustBundle::add`]), in order, and the ones skipped: a certificate that
+/// does not parse, has an unknown critical extension or a key signatures cannot be verified
+/// with (RSA, P-384, ...), or does not fit the capacity `N`. Nothing is logged here: callers
+/// that load anchors from a file or a CA log the skipped ones once ([`usable_anchors`]);
+/// callers that build a bundle per handshake ignore them.
+pub fn anchor_bundle<const N: usize>(ders: &[Vec<u8>]) -> (TrustBundle<'_, N>, Vec<SkippedAnchor>) {
+    let mut bundle = TrustBundle::new();
+    let mut skipped = Vec::new();
+    for (index, der) in ders.iter().enumerate() {
+        if let Err(reason) = bundle.add(der) {
+            skipped.push(SkippedAnchor {
+                index,
+                subject: anchor_subject(der),
+                reason,
+            });
+        }
+    }
+    (bundle, skipped)
+}
+
+/// A certificate's subject for a message, even when the core cannot parse the certificate.
+fn anchor_subject(der: &[u8]) -> String {
+    use x509_cert::der::Decode as _;
+    match Certificate::parse(der) {
+        Ok(c) => name_to_string(c.subject()),
+        Err(_) => x509_cert::Certificate::from_der(der).map_or_else(
+            |_| "(unparseable)".to_owned(),
+            |c| c.tbs_certificate.subject.to_string(),
+        ),
+    }
+}
+
+/// The usable trust anchors among `ders` by [`anchor_bundle`]'s rule, with the skipped ones,
+/// each also logged as a warning naming `source` (a file, or where the anchors came from).
+pub fn usable_anchors<const N: usize>(
+    source: &str,
+    ders: Vec<Vec<u8>>,
+) -> (Vec<Vec<u8>>, Vec<SkippedAnchor>) {
+    let (_, skipped) = anchor_bundle::<N>(&ders);
+    for s in &skipped {
+        tracing::warn!(
+            source,
+            index = s.index,
+            subject = %s.subject,
+            reason = %s.reason,
+            "trust anchor skipped: {s}"
+        );
+    }
+    let usable = ders
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !skipped.iter().any(|s| s.index == *i))
+        .map(|(_, d)| d)
+        .collect();
+    (usable, skipped)
+}
+
+/// The trust anchors in the PEM file at `path`: the usable ones (DER) and the skipped ones,
+/// by [`usable_anchors`]' rule (at most `N` kept).
+///
+/// # Errors
+///
+/// As [`read_pem_blocks`], plus [`InputError::NoUsableAnchor`] when none is usable.
+pub fn read_anchors<const N: usize>(
+    path: &Path,
+) -> Result<(Vec<Vec<u8>>, Vec<SkippedAnchor>), InputError> {
+    let ders = read_pem_blocks(path, pem::Label::Certificate)?;
+    let (usable, skipped) = usable_anchors::<N>(&path.display().to_string(), ders);
+    if usable.is_empty() {
+        return Err(InputError::NoUsableAnchor {
+            path: path.to_owned(),
+            skipped,
+        });
+    }
+    Ok((usable, skipped))
 }
 
 /// Every block labelled `label` in the PEM file at `path`, decoded.

@@ -9,7 +9,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, OtherError};
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::path::{self, Options, PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
 use crate::verifier::RingVerifier;
@@ -103,17 +103,22 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
-    /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors` (DER).
+    /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors` (DER). Anchors the
+    /// core cannot use are skipped with a warning ([`crate::pki::usable_anchors`]).
     ///
     /// # Errors
     ///
-    /// A description if `expected` is not a SPIFFE ID or there is no anchor / too many.
+    /// A description if `expected` is not a SPIFFE ID or no anchor is usable.
     pub fn new(anchors: Vec<Vec<u8>>, expected: String) -> Result<Self, String> {
         SpiffeId::parse(&expected).map_err(|e| format!("{expected:?}: {e}"))?;
-        if anchors.is_empty() || anchors.len() > MAX_ANCHORS {
+        let given = anchors.len();
+        let (anchors, skipped) =
+            crate::pki::usable_anchors::<MAX_ANCHORS>("trust anchors for Sentry", anchors);
+        if anchors.is_empty() {
+            let why: Vec<String> = skipped.iter().map(ToString::to_string).collect();
             return Err(format!(
-                "between 1 and {MAX_ANCHORS} trust anchors are needed, got {}",
-                anchors.len()
+                "no usable trust anchor among {given} ({})",
+                why.join("; ")
             ));
         }
         Ok(Self {
@@ -157,12 +162,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
-        for a in &self.anchors {
-            bundle
-                .add(a)
-                .map_err(|_| rustls::Error::General("bad trust anchor".into()))?;
-        }
+        let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(&self.anchors);
         let id = SpiffeId::parse(&self.expected).map_err(|e| other(e.to_string()))?;
         let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
         let options = Options {

@@ -797,3 +797,237 @@ fn inspect_lists_every_certificate() {
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
     }
 }
+
+/// Issue 11 (7a): an anchors file holding certificates the core cannot use as anchors (an RSA
+/// root first, a root with an unknown critical extension) and the right P-256 root last:
+/// openssl accepts, and so does sigil, naming each one it skipped.
+#[test]
+fn anchors_the_core_cannot_use_are_skipped() {
+    let pki = standard(&[], INT_EXT, "");
+    let at = mid(&pki);
+    openssl_ok(
+        pki.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa.key",
+            "-out",
+            "rsa.pem",
+            "-subj",
+            "/O=RSA Root",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+        ],
+    );
+    pki.root("crit", "/O=Critical Root", &["1.2.3.4=critical,DER:05:00"]);
+    pki.cat("anchors.pem", &["rsa", "crit", "root"]);
+    let (o, s, why) = both(&pki, at, "any", &[]);
+    assert_eq!((o, s), (Verdict::Valid, Verdict::Valid), "{why}");
+    for want in [
+        "warning: anchors.pem: certificate #0 (O=RSA Root) skipped: trust anchor key: unsupported",
+        "warning: anchors.pem: certificate #1 (O=Critical Root) skipped: trust anchor: unknown critical extension",
+        "trust anchor #2: subject=O=example.org",
+    ] {
+        assert!(why.contains(want), "missing {want:?} in:\n{why}");
+    }
+    // A certificate whose DER does not parse is skipped too; openssl refuses the whole file.
+    pki.write(
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
+    );
+    pki.cat("anchors.pem", &["garbage", "root"]);
+    let (o, s, why) = both(&pki, at, "any", &[]);
+    assert_eq!((o, s), (Verdict::Invalid, Verdict::Valid), "{why}");
+    assert!(
+        why.contains("certificate #0 ((unparseable)) skipped"),
+        "{why}"
+    );
+    // Nothing usable at all is unusable input.
+    pki.cat("anchors.pem", &["rsa", "crit"]);
+    let out = sigil(
+        pki.path(),
+        &[
+            "cert",
+            "verify",
+            "--anchors",
+            "anchors.pem",
+            "--leaf",
+            "leaf.pem",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no usable trust anchor"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Issue 11 (7b): a self-issued intermediate (the root's name, another key) under a root with
+/// pathlen:0 does not count toward the constraint; openssl agrees. For the depth cap, openssl's
+/// -verify_depth counts it, sigil's --max-depth does not.
+#[test]
+fn self_issued_intermediates_do_not_count() {
+    let pki = Pki::new();
+    pki.root(
+        "root",
+        "/O=example.org",
+        &["basicConstraints=critical,CA:true,pathlen:0"],
+    );
+    pki.issue("int", "/O=example.org", "root", INT_EXT, 3000);
+    pki.issue("leaf", "/", "int", &leaf_ext(""), 1);
+    pki.cat("anchors.pem", &["root"]);
+    pki.cat("ints.pem", &["int"]);
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Valid,
+        "self-issued under pathlen:0",
+    );
+    // Another name under pathlen:0: both refuse.
+    pki.issue("int", "/O=Other", "root", INT_EXT, 3000);
+    pki.issue("leaf", "/", "int", &leaf_ext(""), 1);
+    expect(&pki, mid(&pki), "any", Verdict::Invalid, "not self-issued");
+
+    // root -> I -> I' (self-issued) -> leaf, with a cap of one intermediate.
+    let pki = standard(&[], INT_EXT, "");
+    pki.issue("int2", "/O=I", "root", INT_EXT, 3000);
+    pki.issue("int3", "/O=I", "int2", INT_EXT, 3000);
+    pki.issue("leaf", "/", "int3", &leaf_ext(""), 1);
+    pki.cat("ints.pem", &["int2", "int3"]);
+    let at = mid(&pki);
+    let (o, s, why) = both(&pki, at, "any", &["--max-depth", "1"]);
+    assert_eq!(s, Verdict::Valid, "{why}");
+    assert_eq!(o, Verdict::Valid, "openssl without a depth limit: {why}");
+    let epoch = at.as_secs().to_string();
+    let o = openssl(
+        pki.path(),
+        &[
+            "verify",
+            "-attime",
+            &epoch,
+            "-verify_depth",
+            "1",
+            "-CAfile",
+            "anchors.pem",
+            "-untrusted",
+            "ints.pem",
+            "leaf.pem",
+        ],
+    );
+    assert!(!o.status.success(), "openssl -verify_depth 1: {}", text(&o));
+}
+
+/// Issue 11 (7c, 7d): wildcard and malformed names under nameConstraints. sigil refuses a
+/// wildcard whose names an excluded subtree touches and any malformed dNSName or rfc822Name;
+/// openssl 3.0 compares bytes and accepts both (the differences are asserted, not hidden).
+#[test]
+fn names_under_constraints_beyond_openssl() {
+    let nc = |c: &str| format!("{INT_EXT}nameConstraints=critical,{c}\n");
+    let san = |names: &str| format!("subjectAltName=critical,URI:{LEAF_ID},{names}");
+    for (case, constraint, names, want_openssl, want_sigil) in [
+        (
+            "wildcard under an excluded name below it",
+            "excluded;DNS:bad.example.com",
+            "DNS:*.example.com",
+            Verdict::Valid,
+            Verdict::Invalid,
+        ),
+        (
+            "wildcard under a permitted name below it",
+            "permitted;DNS:www.example.com,permitted;URI:example.org",
+            "DNS:*.example.com",
+            Verdict::Invalid,
+            Verdict::Invalid,
+        ),
+        (
+            "wildcard under its own domain",
+            "permitted;DNS:example.com,permitted;URI:example.org",
+            "DNS:*.example.com",
+            Verdict::Valid,
+            Verdict::Valid,
+        ),
+        (
+            "empty label",
+            "permitted;DNS:example.com,permitted;URI:example.org",
+            "DNS:a..example.com",
+            Verdict::Valid,
+            Verdict::Invalid,
+        ),
+        (
+            "trailing dot",
+            "permitted;DNS:example.com,permitted;URI:example.org",
+            "DNS:x.example.com.",
+            Verdict::Invalid,
+            Verdict::Invalid,
+        ),
+        (
+            "malformed dNSName under a URI constraint",
+            "permitted;URI:example.org",
+            "DNS:a..b",
+            Verdict::Valid,
+            Verdict::Invalid,
+        ),
+        (
+            "space in a mailbox",
+            "permitted;email:example.com,permitted;URI:example.org",
+            "email:a b@example.com",
+            Verdict::Valid,
+            Verdict::Invalid,
+        ),
+        (
+            "well-formed mailbox",
+            "permitted;email:example.com,permitted;URI:example.org",
+            "email:a@example.com",
+            Verdict::Valid,
+            Verdict::Valid,
+        ),
+    ] {
+        let pki = standard(&[], &nc(constraint), &san(names));
+        let (o, s, why) = both(&pki, mid(&pki), "any", &[]);
+        assert_eq!((o, s), (want_openssl, want_sigil), "case {case}:\n{why}");
+    }
+}
+
+/// Issue 11 (7e): key identifiers are not required (openssl agrees by default); an
+/// authorityKeyIdentifier naming another key than the issuer's subjectKeyIdentifier rules
+/// that issuer out (openssl agrees).
+#[test]
+fn key_identifiers() {
+    let no_ids = "subjectKeyIdentifier=none\nauthorityKeyIdentifier=none";
+    let int_ext = format!(
+        "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n{no_ids}\n"
+    );
+    let pki = standard(&[], &int_ext, no_ids);
+    for name in ["int", "leaf"] {
+        let out = openssl(
+            pki.path(),
+            &["x509", "-in", &format!("{name}.pem"), "-noout", "-text"],
+        );
+        assert!(
+            !text(&out).contains("Key Identifier"),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+    expect(&pki, mid(&pki), "any", Verdict::Valid, "no key identifiers");
+    let pki = standard(
+        &[],
+        INT_EXT,
+        "authorityKeyIdentifier=none\n2.5.29.35=DER:30:16:80:14:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14",
+    );
+    expect(
+        &pki,
+        mid(&pki),
+        "any",
+        Verdict::Invalid,
+        "foreign authorityKeyIdentifier",
+    );
+}

@@ -312,10 +312,11 @@ fn path_len() {
 fn foreign_root_and_rotation_overlap() {
     let a = chain();
     let b = chain();
-    // A foreign root with the same name: the candidate is tried and its key refuses.
+    // A foreign root with the same name: its subjectKeyIdentifier is not the intermediate's
+    // authorityKeyIdentifier, so it is no candidate (webpki tries it, and its key refuses).
     let e = verify_both(&a.leaf, &[&a.intermediate], &[&b.root], &opts()).unwrap_err();
     assert_eq!(e.cert, Position::Intermediate(0));
-    assert!(matches!(e.kind, ErrorKind::BadSignature(_)), "{e}");
+    assert_eq!(e.kind, ErrorKind::AuthorityKeyIdMismatch, "{e}");
     assert!(webpki_server(&a.leaf, &[&a.intermediate], &b.root, NOW).is_err());
     // A foreign root with another name: no candidate at all.
     let other =
@@ -552,6 +553,7 @@ fn many_same_named_intermediates_stay_within_budget() {
                 | ErrorKind::BadSignature(_)
                 | ErrorKind::UnknownIssuer
                 | ErrorKind::MaxDepthExceeded { .. }
+                | ErrorKind::AuthorityKeyIdMismatch
         ),
         "{e}"
     );
@@ -674,4 +676,453 @@ fn ed25519_chain_as_dapr_1_18_issues() {
     bad[last] ^= 0x40;
     let e = verify_both(&bad, &[int.der()], &[root.der()], &options).unwrap_err();
     assert!(matches!(e.kind, ErrorKind::BadSignature(_)), "{e}");
+}
+
+/// The public half of an RSA key, for an anchor the core cannot verify with (rcgen's ring
+/// backend cannot make RSA keys; the anchor's signature is never checked).
+struct RsaPublicKey(Vec<u8>);
+
+impl rcgen::PublicKeyData for RsaPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+/// A CA certificate named `org` whose key is RSA-2048 (`RSAPublicKey { n, e }`).
+fn rsa_root(org: &str) -> Vec<u8> {
+    let mut n = vec![0x02, 0x82, 0x01, 0x01, 0x00];
+    n.extend((0..256).map(|i| 0xc5 ^ (i as u8)));
+    let mut rsa = vec![0x30, 0x82, 0x01, 0x0a];
+    rsa.extend(n);
+    rsa.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+    let params = ca_params(org, BasicConstraints::Unconstrained);
+    let signer = rcgen::Issuer::new(params.clone(), key());
+    params
+        .signed_by(&RsaPublicKey(rsa), &signer)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+/// Issue 11 (7a): an anchor the core cannot use (an RSA key, an unknown critical extension,
+/// DER that does not parse) is refused by the bundle, and the host's loader skips it and
+/// keeps the rest, so validation through the others succeeds (as with webpki and openssl).
+#[test]
+fn unusable_anchors_are_skipped_and_the_rest_kept() {
+    use sigil_core::bundle::OwnedTrustBundle;
+    use sigil_core::cert::Error as CertError;
+    use sigil_core::crypto::AlgorithmError;
+    use sigil_core::path::BundleError;
+
+    let c = chain();
+    let rsa = rsa_root("RSA Root");
+    let crit = CertifiedIssuer::self_signed(
+        {
+            let mut p = ca_params("Critical Root", BasicConstraints::Unconstrained);
+            let mut ext = CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![0x05, 0x00]);
+            ext.set_criticality(true);
+            p.custom_extensions = vec![ext];
+            p
+        },
+        key(),
+    )
+    .unwrap()
+    .der()
+    .to_vec();
+    let garbage = vec![0x30, 0x03, 0x02, 0x01, 0x00];
+
+    // The core refuses each as an anchor, with the reason.
+    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
+    assert_eq!(
+        bundle.add(&rsa),
+        Err(BundleError::UnsupportedKey(AlgorithmError::Unsupported))
+    );
+    assert_eq!(
+        bundle.add(&crit),
+        Err(BundleError::Malformed(
+            CertError::UnsupportedCriticalExtension
+        ))
+    );
+    assert!(matches!(
+        bundle.add(&garbage),
+        Err(BundleError::Malformed(_))
+    ));
+    assert!(bundle.is_empty());
+
+    // The host's loader skips them, naming each, and keeps the right root (last).
+    let ders = vec![rsa.clone(), crit.clone(), garbage.clone(), c.root.clone()];
+    let (bundle, skipped) = sigil_host::pki::anchor_bundle::<4>(&ders);
+    assert_eq!(bundle.len(), 1);
+    let named: Vec<(usize, &str)> = skipped
+        .iter()
+        .map(|s| (s.index, s.subject.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (0, "O=RSA Root"),
+            (1, "O=Critical Root"),
+            (2, "(unparseable)")
+        ]
+    );
+    assert_eq!(
+        skipped[0].to_string(),
+        "certificate #0 (O=RSA Root) skipped: trust anchor key: unsupported algorithm or curve \
+         (only ECDSA P-256/SHA-256 and Ed25519)"
+    );
+    let found = path::verify(&c.leaf, &[&c.intermediate], &bundle, &RingVerifier, &opts()).unwrap();
+    assert_eq!(found.anchor(), 0);
+
+    // webpki takes the RSA and the critical-extension roots as anchors (it ignores an anchor's
+    // extensions) and validates through the right one.
+    {
+        use rustls_pki_types::{CertificateDer, UnixTime as T};
+        let ders: Vec<CertificateDer<'_>> = [&rsa, &crit, &c.root]
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let anchors: Vec<_> = ders
+            .iter()
+            .map(|d| webpki::anchor_from_trusted_cert(d).unwrap())
+            .collect();
+        let leaf = CertificateDer::from(c.leaf.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[CertificateDer::from(c.intermediate.as_slice())],
+            T::since_unix_epoch(Duration::from_secs(NOW)),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+    }
+
+    // The owned bundle (the rotation machine's) skips them too, and refuses a list with
+    // nothing usable, keeping what it had.
+    let mut owned: OwnedTrustBundle<4, 4096> = OwnedTrustBundle::new();
+    assert_eq!(owned.replace(&[&rsa, &crit, &garbage, &c.root]), Ok(3));
+    assert_eq!(owned.len(), 1);
+    assert!(owned.as_bundle().contains(&c.root));
+    assert_eq!(
+        owned.replace(&[&rsa, &crit]),
+        Err(BundleError::UnsupportedKey(AlgorithmError::Unsupported))
+    );
+    assert_eq!((owned.len(), owned.generation()), (1, 1));
+    assert_eq!(owned.replace(&[]), Ok(0));
+    assert!(owned.is_empty());
+}
+
+/// A CA named like its issuer (self-issued), signed by `issuer`.
+fn self_issued_under(
+    org: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> CertifiedIssuer<'static, KeyPair> {
+    CertifiedIssuer::signed_by(
+        ca_params(org, BasicConstraints::Unconstrained),
+        key(),
+        issuer,
+    )
+    .unwrap()
+}
+
+/// Issue 11 (7b): self-issued intermediates (a CA re-keying under its own name) count neither
+/// toward pathLenConstraint nor toward the depth cap (RFC 5280 §6.1.4 (l)); openssl agrees
+/// (host/tests/openssl.rs), rustls-webpki counts them against pathLenConstraint.
+#[test]
+fn self_issued_intermediates_do_not_count() {
+    let root = CertifiedIssuer::self_signed(ca_params("R", BasicConstraints::Unconstrained), key())
+        .unwrap();
+    // I allows no CA below it; I' is I re-keyed (subject = issuer = O=I).
+    let i = CertifiedIssuer::signed_by(
+        ca_params("I", BasicConstraints::Constrained(0)),
+        key(),
+        &root,
+    )
+    .unwrap();
+    let i2 = self_issued_under("I", &i);
+    let leaf = leaf_params().signed_by(&key(), &i2).unwrap();
+    let ints: Vec<&[u8]> = vec![i.der(), i2.der()];
+    let found = verify_both(leaf.der(), &ints, &[root.der()], &opts()).unwrap();
+    assert_eq!(found.intermediates(), &[1, 0]);
+    // webpki counts I' against I's pathLenConstraint: no path (it reports the signature of
+    // the other candidate it tried).
+    assert!(webpki_server(leaf.der(), &ints, root.der(), NOW).is_err());
+
+    // Depth cap 1: one intermediate that is not self-issued, plus I'.
+    let one = Options {
+        max_depth: 1,
+        ..opts()
+    };
+    verify_both(leaf.der(), &ints, &[root.der()], &one).unwrap();
+    // A chain of self-issued re-keyings is bounded by MAX_INTERMEDIATES, not by the cap.
+    let mut chain = vec![i2];
+    for _ in 0..6 {
+        let next = self_issued_under("I", chain.last().unwrap());
+        chain.push(next);
+    }
+    let deep = leaf_params()
+        .signed_by(&key(), chain.last().unwrap())
+        .unwrap();
+    let mut ints: Vec<&[u8]> = vec![i.der()];
+    ints.extend(chain.iter().map(|c| c.der().as_ref()));
+    assert_eq!(ints.len(), path::MAX_INTERMEDIATES);
+    verify_both(deep.der(), &ints, &[root.der()], &one).unwrap();
+
+    // Controls: an intermediate that is not self-issued counts for both rules.
+    let j = CertifiedIssuer::signed_by(ca_params("J", BasicConstraints::Unconstrained), key(), &i)
+        .unwrap();
+    let leaf = leaf_params().signed_by(&key(), &j).unwrap();
+    let ints: Vec<&[u8]> = vec![i.der(), j.der()];
+    let e = verify_both(leaf.der(), &ints, &[root.der()], &opts()).unwrap_err();
+    assert_eq!(
+        e.kind,
+        ErrorKind::PathLenExceeded {
+            path_len: 0,
+            below: 1
+        }
+    );
+    let free = CertifiedIssuer::signed_by(
+        ca_params("I", BasicConstraints::Unconstrained),
+        key(),
+        &root,
+    )
+    .unwrap();
+    let j = CertifiedIssuer::signed_by(
+        ca_params("J", BasicConstraints::Unconstrained),
+        key(),
+        &free,
+    )
+    .unwrap();
+    let leaf = leaf_params().signed_by(&key(), &j).unwrap();
+    let ints: Vec<&[u8]> = vec![free.der(), j.der()];
+    let e = verify_both(leaf.der(), &ints, &[root.der()], &one).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::MaxDepthExceeded { max: 1 });
+}
+
+fn name_constrained(
+    permitted: Vec<GeneralSubtree>,
+    excluded: Vec<GeneralSubtree>,
+) -> impl FnOnce(&mut CertificateParams) {
+    move |p: &mut CertificateParams| {
+        p.name_constraints = Some(NameConstraints {
+            permitted_subtrees: permitted,
+            excluded_subtrees: excluded,
+        })
+    }
+}
+
+fn with_sans(sans: Vec<SanType>) -> impl FnOnce(&mut CertificateParams) {
+    move |p: &mut CertificateParams| p.subject_alt_names = sans
+}
+
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().unwrap())
+}
+
+/// Issue 11 (7c): a wildcard dNSName satisfies DNS subtrees as a whole: permitted only if
+/// every name it stands for is, excluded if any is (Go's CVE-2025-61727: `*.example.com` under
+/// an excluded `bad.example.com`). rustls-webpki 0.103.17 agrees on every case; openssl 3.0
+/// accepts the excluded one (host/tests/openssl.rs).
+#[test]
+fn wildcard_dns_san_against_subtrees() {
+    let dns_tree = |n: &str| GeneralSubtree::DnsName(n.into());
+    let cases = [
+        (vec![], vec![dns_tree("bad.example.com")], false),
+        (vec![], vec![dns_tree("example.com")], false),
+        (vec![], vec![dns_tree("a.b.example.com")], true),
+        (vec![], vec![dns_tree(".bad.example.com")], false),
+        (vec![dns_tree("example.com")], vec![], true),
+        (vec![dns_tree(".example.com")], vec![], true),
+        (vec![dns_tree("www.example.com")], vec![], false),
+        (vec![dns_tree("other.com")], vec![], false),
+    ];
+    for (n, (permitted, excluded, valid)) in cases.into_iter().enumerate() {
+        let case = format!("case {n}: permitted {permitted:?} excluded {excluded:?}");
+        let c = chain_with(
+            |_| {},
+            name_constrained(permitted, excluded),
+            with_sans(vec![
+                SanType::URI(ID.try_into().unwrap()),
+                dns("*.example.com"),
+            ]),
+        );
+        let ours = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts());
+        let theirs = webpki_server(&c.leaf, &[&c.intermediate], &c.root, NOW);
+        if valid {
+            ours.unwrap_or_else(|e| panic!("{case}: {e}"));
+            theirs.unwrap_or_else(|e| panic!("webpki {case}: {e}"));
+        } else {
+            let e = ours.expect_err(&case);
+            assert_eq!(
+                e,
+                path::Error {
+                    cert: Position::Intermediate(0),
+                    kind: ErrorKind::NameConstraintViolation
+                },
+                "{case}"
+            );
+            assert!(theirs.is_err(), "webpki {case}");
+        }
+    }
+}
+
+/// Issue 11 (7d): below any nameConstraints, a dNSName or rfc822Name that is not well-formed
+/// is refused, whatever kinds the constraints are about; a non-ASCII name never parses.
+/// rustls-webpki refuses a malformed dNSName only under DNS constraints (and every
+/// rfc822Name under rfc822 constraints); openssl 3.0 compares bytes and accepts most of these
+/// (host/tests/openssl.rs).
+#[test]
+fn malformed_names_under_name_constraints() {
+    let email = |n: &str| SanType::Rfc822Name(n.try_into().unwrap());
+    let ip_only = || {
+        name_constrained(
+            vec![GeneralSubtree::IpAddress(
+                "10.0.0.0/8".parse::<rcgen::CidrSubnet>().unwrap(),
+            )],
+            vec![],
+        )
+    };
+    let dns_only = || name_constrained(vec![GeneralSubtree::DnsName("example.com".into())], vec![]);
+    let refused =
+        |sans: Vec<SanType>, constraints: &dyn Fn() -> Box<dyn FnOnce(&mut CertificateParams)>| {
+            let c = chain_with(|_| {}, constraints(), with_sans(sans));
+            verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).map(|_| ())
+        };
+    let ip_box = || -> Box<dyn FnOnce(&mut CertificateParams)> { Box::new(ip_only()) };
+    let dns_box = || -> Box<dyn FnOnce(&mut CertificateParams)> { Box::new(dns_only()) };
+    let ip_san = SanType::IpAddress("10.1.2.3".parse().unwrap());
+    for bad in [
+        dns("a..example.com"),
+        dns("bad name.example.com"),
+        dns("x.example.com."),
+        dns(".example.com"),
+        dns("*.*.example.com"),
+        dns("f*.example.com"),
+        dns("-x.example.com"),
+        dns("10.1.2.3"),
+        dns(""),
+        email("a b@example.com"),
+        email("a@b@example.com"),
+        email("@example.com"),
+        email("a@example..com"),
+        email("example.com"),
+    ] {
+        let case = format!("{bad:?}");
+        // Under an IP-only constraint (the leaf's IP is permitted)...
+        let e = refused(vec![ip_san.clone(), bad.clone()], &ip_box).expect_err(&case);
+        assert_eq!(e.kind, ErrorKind::NameConstraintViolation, "{case}");
+        // ...and under a DNS constraint, where webpki refuses the malformed dNSNames too.
+        let e = refused(vec![bad.clone()], &dns_box).expect_err(&case);
+        assert_eq!(e.kind, ErrorKind::NameConstraintViolation, "{case}");
+        if let SanType::DnsName(_) = bad {
+            let c = chain_with(|_| {}, dns_only(), with_sans(vec![bad.clone()]));
+            assert!(
+                webpki_server(&c.leaf, &[&c.intermediate], &c.root, NOW).is_err(),
+                "webpki {case}"
+            );
+        }
+    }
+    // webpki does not look at a dNSName's syntax when no DNS subtree is there.
+    let c = chain_with(
+        |_| {},
+        ip_only(),
+        with_sans(vec![ip_san.clone(), dns("a..example.com")]),
+    );
+    webpki_server(&c.leaf, &[&c.intermediate], &c.root, NOW).unwrap();
+    // Controls: well-formed names pass both constraints.
+    refused(
+        vec![
+            ip_san.clone(),
+            dns("app.example.com"),
+            email("first.last@example.com"),
+        ],
+        &ip_box,
+    )
+    .unwrap();
+    refused(vec![dns("app.example.com"), dns("*.example.com")], &dns_box).unwrap();
+    // Without nameConstraints names are not judged here (the peer-name check does that).
+    let c = chain_with(|_| {}, |_| {}, with_sans(vec![dns("a..example.com")]));
+    verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap();
+
+    // A non-ASCII dNSName (UTF-8 in the IA5String) does not parse at all.
+    let c = chain_with(
+        |_| {},
+        |_| {},
+        |p| {
+            p.subject_alt_names = vec![];
+            let name = "\u{e9}.example.com".as_bytes();
+            let mut san = vec![0x30, u8::try_from(name.len() + 2).unwrap(), 0x82];
+            san.push(u8::try_from(name.len()).unwrap());
+            san.extend_from_slice(name);
+            p.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
+        },
+    );
+    let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
+    assert_eq!(
+        e,
+        path::Error {
+            cert: Position::Leaf,
+            kind: ErrorKind::Malformed(sigil_core::cert::Error::BadExtension(
+                sigil_core::cert::Extension::SubjectAltName
+            ))
+        }
+    );
+}
+
+/// Issue 11 (7e): key identifiers are not required, but when a certificate's
+/// authorityKeyIdentifier and a candidate issuer's subjectKeyIdentifier are both present and
+/// differ, the candidate is not its issuer (openssl agrees; rustls-webpki ignores both).
+#[test]
+fn key_identifiers_rule_candidates_out_never_in() {
+    // No authorityKeyIdentifier on the leaf: accepted by all.
+    let c = chain_with(
+        |_| {},
+        |_| {},
+        |p| p.use_authority_key_identifier_extension = false,
+    );
+    verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap();
+    webpki_server(&c.leaf, &[&c.intermediate], &c.root, NOW).unwrap();
+    let leaf = sigil_core::cert::Certificate::parse(&c.leaf).unwrap();
+    assert_eq!(leaf.authority_key_id(), None);
+
+    // An authorityKeyIdentifier naming another key: refused here, accepted by webpki.
+    let c = chain_with(
+        |_| {},
+        |_| {},
+        |p| {
+            p.use_authority_key_identifier_extension = false;
+            let mut aki = vec![0x30, 0x16, 0x80, 0x14];
+            aki.extend(1..=20u8);
+            p.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 35], aki)];
+        },
+    );
+    let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
+    assert_eq!(
+        e,
+        path::Error {
+            cert: Position::Leaf,
+            kind: ErrorKind::AuthorityKeyIdMismatch
+        }
+    );
+    webpki_server(&c.leaf, &[&c.intermediate], &c.root, NOW).unwrap();
+
+    // During a root rotation with same-named roots, the other root costs no signature check:
+    // two signatures suffice whichever root comes first.
+    let a = chain();
+    let b = chain();
+    let two = Options {
+        budget: path::Budget {
+            signatures: 2,
+            ..path::Budget::default()
+        },
+        ..opts()
+    };
+    let found = verify_both(&a.leaf, &[&a.intermediate], &[&b.root, &a.root], &two).unwrap();
+    assert_eq!(found.anchor(), 1);
 }

@@ -136,7 +136,9 @@ fn refusals_step() -> Result<(), &'static str> {
         matches!(
             e,
             Err(path::Error {
-                kind: ErrorKind::BadSignature(_) | ErrorKind::UnknownIssuer,
+                kind: ErrorKind::BadSignature(_)
+                    | ErrorKind::UnknownIssuer
+                    | ErrorKind::AuthorityKeyIdMismatch,
                 ..
             })
         ),

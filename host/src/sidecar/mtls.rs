@@ -24,7 +24,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, SignatureScheme};
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::path::{self, Options, PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
 use super::identity::IdentityState;
@@ -94,12 +94,7 @@ fn validate(
     peer: PeerName<'_>,
 ) -> Result<(), rustls::Error> {
     let anchors = state.anchors();
-    let mut bundle: TrustBundle<'_, { crate::ca::MAX_ANCHORS }> = TrustBundle::new();
-    for a in anchors.iter() {
-        bundle
-            .add(a)
-            .map_err(|e| refused(format!("trust anchor: {e:?}")))?;
-    }
+    let (bundle, _) = crate::pki::anchor_bundle::<{ crate::ca::MAX_ANCHORS }>(&anchors);
     let own = state.current();
     let mut ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
     if let Some(own) = own.as_ref() {
