@@ -16,7 +16,6 @@ use tonic::transport::{Endpoint, Uri};
 
 use crate::pb;
 use crate::tls::{SpiffeServerVerifier, MAX_ANCHORS};
-use crate::verifier::RingVerifier;
 
 /// Why a signing round failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +242,8 @@ pub async fn connect_channel(
 
 /// Validates an issued chain (DER, leaf first) against `anchors` at `now`: the path for client
 /// and server use (with Dapr's 15 min skew), then the workload profile and the key. Anchors
-/// the core cannot use are skipped ([`crate::pki::anchor_bundle`]).
+/// the core cannot use are skipped ([`crate::pki::anchor_bundle`]); signatures go through the
+/// process-wide [`crate::verifier::shared`] cache (the issuer's, the same every renewal).
 ///
 /// # Errors
 ///
@@ -266,7 +266,8 @@ pub fn validate_identity(
         skew: Duration::from_secs(15 * 60),
         ..Options::new(sigil_core::UnixTime::from_secs(secs))
     };
-    path::verify(leaf, &ints, &bundle, &RingVerifier, &options).map_err(ClientError::Invalid)?;
+    path::verify(leaf, &ints, &bundle, crate::verifier::shared(), &options)
+        .map_err(ClientError::Invalid)?;
     let cert = Certificate::parse(leaf).map_err(|e| ClientError::Garbled(e.to_string()))?;
     profile::check_workload(&cert, key, None).map_err(ClientError::Profile)?;
     Ok(())

@@ -1,6 +1,8 @@
 //! Sigil on a std host: the library behind the `sigil` binary.
 //!
-//! - [`verifier::RingVerifier`]: the core's signature-verifier trait on `ring`.
+//! - [`verifier::RingVerifier`]: the core's signature-verifier trait on `ring`; and
+//!   [`verifier::CachingVerifier`], the bounded cache of verified signatures the TLS verifiers
+//!   share ([`verifier::shared`]).
 //! - [`pki`]: reading PEM files into owned DER, and describing certificates for people.
 //! - [`commands`]: what each `sigil` subcommand does; the binary only parses arguments.
 

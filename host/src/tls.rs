@@ -12,7 +12,7 @@ use rustls::{CertificateError, OtherError};
 use sigil_core::path::{self, Options, PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
-use crate::verifier::RingVerifier;
+use crate::verifier::shared;
 
 pub use crate::ca::MAX_ANCHORS;
 
@@ -94,7 +94,8 @@ pub fn certified_key(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<CertifiedKey, 
 }
 
 /// Checks a server's chain against `anchors` with the core's path validation and requires its
-/// SPIFFE ID to be exactly `expected` (the TLS server name is not used).
+/// SPIFFE ID to be exactly `expected` (the TLS server name is not used). Signatures go through
+/// the process-wide [`crate::verifier::shared`] cache.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     anchors: Vec<Vec<u8>>,
@@ -170,7 +171,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             peer: PeerName::SpiffeId(id),
             ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
         };
-        path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
+        path::verify(end_entity.as_ref(), &ints, &bundle, shared(), &options)
             .map(|_| ServerCertVerified::assertion())
             .map_err(|e| {
                 let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
@@ -184,4 +185,50 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 
     handshake_signatures!(tls12_and_13);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+        ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+
+    use super::*;
+
+    const ID: &str = "spiffe://example.org/ns/dapr-system/dapr-sentry";
+
+    /// Sentry's client checks the server through the process-wide cache: a second handshake
+    /// with the same chain verifies no signature again.
+    #[test]
+    fn server_verifier_uses_the_shared_cache() {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "example.org");
+        ca.distinguished_name = dn;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name = DistinguishedName::new();
+        leaf.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &root)
+            .unwrap();
+        let verifier = SpiffeServerVerifier::new(vec![root.der().to_vec()], ID.into()).unwrap();
+        let name = ServerName::try_from("dapr-sentry").unwrap();
+        let check = || {
+            verifier
+                .verify_server_cert(leaf.der(), &[], &name, &[], UnixTime::now())
+                .unwrap();
+        };
+        check();
+        let before = shared().stats();
+        check();
+        let after = shared().stats();
+        // Other tests share the cache: at least this handshake's one signature was a hit.
+        assert!(after.hits > before.hits, "{before:?} -> {after:?}");
+    }
 }

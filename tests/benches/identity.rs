@@ -4,7 +4,13 @@
 //! - CSR build: sigil (RustCrypto P-256) vs rcgen (ring);
 //! - certificate parse: sigil vs rustls-webpki (`EndEntityCert::try_from`);
 //! - a 3-certificate P-256 chain with a SPIFFE leaf: sigil with the ring verifier and with the
-//!   RustCrypto verifier vs rustls-webpki (ring), at the same time and usage.
+//!   RustCrypto verifier vs rustls-webpki (ring), at the same time and usage;
+//! - the same chain through the host's caching verifier (`CachingVerifier` on ring, as the
+//!   sidecars and the Sentry client use it): cold (cache emptied before every validation) and
+//!   warm (a new peer leaf every time, from a pool larger than the cache, so only the
+//!   issuer -> root signature is remembered: 1 ECDSA verification against webpki's 2), and,
+//!   for reference, the same peer again (both signatures remembered). webpki validates the
+//!   same leaves in the same order.
 //!
 //! Criterion measures each; a summary at the end prints the ratios (sigil / baseline, lower
 //! is faster) from a second, interleaved measurement of the same closures.
@@ -25,7 +31,7 @@ use sigil_core::key::SoftwareKey;
 use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
-use sigil_host::verifier::RingVerifier;
+use sigil_host::verifier::{CachingVerifier, RingVerifier, DEFAULT_CACHE_ENTRIES};
 use sigil_tests::fixtures::{ca_params, workload_params};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
@@ -35,7 +41,12 @@ struct Fixture {
     root: Vec<u8>,
     issuer: Vec<u8>,
     leaf: Vec<u8>,
+    /// Other leaves of the same issuer: more than the cache holds.
+    peers: Vec<Vec<u8>>,
 }
+
+/// Leaves in the warm measurement's pool: twice the cache, so no leaf is ever remembered.
+const PEERS: usize = 2 * DEFAULT_CACHE_ENTRIES;
 
 /// 2029-01-01 and 2031-01-01 (the CAs), 2029-06-01 and 2030-06-01 (the leaf).
 const CA_FROM: u64 = 1_861_920_000;
@@ -58,14 +69,26 @@ fn fixture() -> Fixture {
     .unwrap();
     let p = workload_params(ID, LEAF_FROM, LEAF_UNTIL);
     let leaf = p.signed_by(&key(), &issuer).unwrap();
+    let peers = (0..PEERS)
+        .map(|_| p.signed_by(&key(), &issuer).unwrap().der().to_vec())
+        .collect();
     Fixture {
         root: root.der().to_vec(),
         issuer: issuer.der().to_vec(),
         leaf: leaf.der().to_vec(),
+        peers,
     }
 }
 
 fn sigil_verify(f: &Fixture, verifier: &impl sigil_core::crypto::SignatureVerifier) {
+    sigil_verify_leaf(f, &f.leaf, verifier);
+}
+
+fn sigil_verify_leaf(
+    f: &Fixture,
+    leaf: &[u8],
+    verifier: &impl sigil_core::crypto::SignatureVerifier,
+) {
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     bundle.add(&f.root).unwrap();
     let id = SpiffeId::parse(ID).unwrap();
@@ -74,13 +97,17 @@ fn sigil_verify(f: &Fixture, verifier: &impl sigil_core::crypto::SignatureVerifi
         peer: PeerName::SpiffeId(id),
         ..Options::new(UnixTime::from_secs(NOW))
     };
-    path::verify(&f.leaf, &[&f.issuer], &bundle, verifier, &options).unwrap();
+    path::verify(leaf, &[&f.issuer], &bundle, verifier, &options).unwrap();
 }
 
 fn webpki_verify(f: &Fixture) {
+    webpki_verify_leaf(f, &f.leaf);
+}
+
+fn webpki_verify_leaf(f: &Fixture, leaf: &[u8]) {
     let root = CertificateDer::from(f.root.as_slice());
     let anchors = [webpki::anchor_from_trusted_cert(&root).unwrap()];
-    let leaf = CertificateDer::from(f.leaf.as_slice());
+    let leaf = CertificateDer::from(leaf);
     let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
     let ints = [CertificateDer::from(f.issuer.as_slice())];
     ee.verify_for_usage(
@@ -144,6 +171,20 @@ fn main() {
         b.iter(|| sigil_verify(&f, &RustCryptoVerifier))
     });
     g.bench_function("webpki_ring", |b| b.iter(|| webpki_verify(&f)));
+    let cache = CachingVerifier::new(RingVerifier, DEFAULT_CACHE_ENTRIES);
+    g.bench_function("sigil_ring_cache_cold", |b| {
+        b.iter(|| {
+            cache.clear();
+            sigil_verify(&f, &cache)
+        })
+    });
+    let mut next = 0;
+    g.bench_function("sigil_ring_cache_warm_new_leaf", |b| {
+        b.iter(|| {
+            next = (next + 1) % PEERS;
+            sigil_verify_leaf(&f, &f.peers[next], &cache)
+        })
+    });
     g.finish();
     c.final_summary();
 
@@ -155,7 +196,7 @@ fn main() {
     let ratio = |name: &str, a: &mut dyn FnMut(), b: &mut dyn FnMut()| {
         let (ta, tb) = interleaved(a, b);
         println!(
-            "  {name:<44} {:>9.2} us vs {:>9.2} us   ratio {:.2}",
+            "  {name:<58} {:>9.2} us vs {:>9.2} us   ratio {:.2}",
             ta * 1e6,
             tb * 1e6,
             ta / tb
@@ -192,6 +233,45 @@ fn main() {
     ratio(
         "chain_verify: sigil(rustcrypto) / webpki(ring)",
         &mut || sigil_verify(&f, &RustCryptoVerifier),
+        &mut || webpki_verify(&f),
+    );
+    let cache = CachingVerifier::new(RingVerifier, DEFAULT_CACHE_ENTRIES);
+    ratio(
+        "chain_verify cold: sigil(ring+cache) / webpki(ring)",
+        &mut || {
+            cache.clear();
+            sigil_verify(&f, &cache);
+        },
+        &mut || webpki_verify(&f),
+    );
+    let (mut ours, mut theirs) = (0, 0);
+    let before = cache.stats();
+    ratio(
+        "chain_verify warm: sigil(ring+cache) / webpki(ring)",
+        &mut || {
+            ours = (ours + 1) % PEERS;
+            sigil_verify_leaf(&f, &f.peers[ours], &cache);
+        },
+        &mut || {
+            theirs = (theirs + 1) % PEERS;
+            webpki_verify_leaf(&f, &f.peers[theirs]);
+        },
+    );
+    // Warm means one signature remembered (the issuer's) and one verified (the leaf's).
+    let after = cache.stats();
+    let (hits, misses) = (after.hits - before.hits, after.misses - before.misses);
+    println!(
+        "  (warm: {hits} cache hits, {misses} misses, {} entries)",
+        after.entries
+    );
+    assert!(
+        hits + 1 >= misses && misses + 1 >= hits,
+        "{hits} hits, {misses} misses"
+    );
+    assert!(after.entries <= DEFAULT_CACHE_ENTRIES);
+    ratio(
+        "chain_verify same peer: sigil(ring+cache) / webpki(ring)",
+        &mut || sigil_verify(&f, &cache),
         &mut || webpki_verify(&f),
     );
 }

@@ -29,7 +29,7 @@ use sigil_core::spiffe::SpiffeId;
 
 use super::identity::IdentityState;
 use crate::tls::other as refused;
-use crate::verifier::RingVerifier;
+use crate::verifier::shared;
 
 /// Presents the identity installed last (see the module doc); the certified key is built once
 /// per generation.
@@ -111,7 +111,7 @@ fn validate(
         peer,
         ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
     };
-    path::verify(end_entity.as_ref(), &ints, &bundle, &RingVerifier, &options)
+    path::verify(end_entity.as_ref(), &ints, &bundle, shared(), &options)
         .map(|_| ())
         .map_err(|e| {
             let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
