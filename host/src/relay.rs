@@ -132,7 +132,8 @@ impl RelayOptions {
     ///
     /// [`RelayError::Anchors`] or [`RelayError::Config`].
     pub fn validate(&self) -> Result<Vec<Vec<u8>>, RelayError> {
-        let anchors = pki::read_certificates(&self.anchors_file).map_err(RelayError::Anchors)?;
+        let (anchors, _) = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&self.anchors_file)
+            .map_err(RelayError::Anchors)?;
         crate::tls::SpiffeServerVerifier::new(anchors.clone(), self.sentry_id.clone())
             .map_err(RelayError::Config)?;
         Ok(anchors)
@@ -617,10 +618,12 @@ impl SignContext {
             },
             _ => req.token,
         };
-        let anchors = pki::read_certificates(&self.opts.anchors_file).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
-            self.anchors.clone()
-        });
+        let anchors = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&self.opts.anchors_file)
+            .map(|(a, _)| a)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
+                self.anchors.clone()
+            });
         // The issued certificate must hold the CSR's key. A CSR the relay cannot parse still
         // goes to Sentry, which refuses it with Dapr's code and message; should Sentry issue
         // for it anyway, the empty key matches nothing and the answer is INTERNAL.

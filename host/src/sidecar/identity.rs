@@ -33,7 +33,6 @@ use zeroize::Zeroizing;
 
 use crate::ca::key::CaKey;
 use crate::client::{self, ClientError, SentryClient, SentryTarget, SignRequest};
-use crate::verifier::RingVerifier;
 
 /// Bytes of certificate DER an identity's chain may hold.
 pub const CHAIN_BYTES: usize = 8 * 1024;
@@ -225,7 +224,19 @@ fn read_anchors(source: &AnchorSource) -> Result<Vec<Vec<u8>>, IdentityError> {
             ders.len()
         )));
     }
-    Ok(ders)
+    // Certificates the core cannot use as anchors are skipped with a warning naming them.
+    let name = match source {
+        AnchorSource::Pem(_) => "DAPR_TRUST_ANCHORS".to_owned(),
+        AnchorSource::File(f) => f.display().to_string(),
+    };
+    let (usable, skipped) = crate::pki::usable_anchors::<ANCHORS>(&name, ders);
+    if usable.is_empty() {
+        return Err(IdentityError::Anchors(format!(
+            "{name}: no usable trust anchor ({} skipped)",
+            skipped.len()
+        )));
+    }
+    Ok(usable)
 }
 
 /// What a signing round ended with.
@@ -299,7 +310,7 @@ pub async fn drive(
                 match outcome {
                     Outcome::Signed(id, chain) => {
                         let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
-                        machine.handle_response(t, id, &refs, &RingVerifier);
+                        machine.handle_response(t, id, &refs, crate::verifier::shared());
                     }
                     Outcome::Failed(id, e) if machine.is_in_flight(id) => {
                         tracing::warn!(error = %e, "identity request failed");
@@ -330,7 +341,7 @@ pub async fn drive(
                         let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
                         let t = now();
                         machine.handle_wall_time(t, wall());
-                        match machine.handle_trust_bundle(t, &refs, &RingVerifier) {
+                        match machine.handle_trust_bundle(t, &refs, crate::verifier::shared()) {
                             Ok(()) => {
                                 tracing::info!(anchors = new.len(), "trust anchors replaced");
                                 state.anchors.store(Arc::new(new));
