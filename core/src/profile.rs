@@ -53,15 +53,48 @@ impl core::fmt::Display for Error {
             Self::IsCa => f.write_str("workload certificate is a CA"),
             Self::MissingEku(which) => write!(f, "extKeyUsage lacks {which}"),
             Self::MissingDigitalSignature => f.write_str("keyUsage lacks digitalSignature"),
-            Self::UnexpectedId => f.write_str("SPIFFE ID is not the one requested"),
+            Self::UnexpectedId => f.write_str("SPIFFE ID is not this workload's"),
         }
     }
 }
 
 impl core::error::Error for Error {}
 
+/// The identity a workload expects the CA to have issued it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected<'a> {
+    /// Exactly this SPIFFE ID (a device that asked for it in its CSR).
+    Id(SpiffeId<'a>),
+    /// Dapr's `spiffe://<any trust domain>/ns/<namespace>/<app_id>`: a sidecar sends an empty
+    /// CSR and Sentry picks the trust domain, so only the path is the workload's to check.
+    DaprWorkload {
+        /// The workload's namespace.
+        namespace: &'a str,
+        /// The workload's app ID.
+        app_id: &'a str,
+    },
+}
+
+impl Expected<'_> {
+    /// Whether `id` is the identity expected.
+    pub fn matches(&self, id: &SpiffeId<'_>) -> bool {
+        match self {
+            Self::Id(want) => want == id,
+            Self::DaprWorkload { namespace, app_id } => id
+                .dapr()
+                .is_some_and(|d| d.namespace() == *namespace && d.app_id() == *app_id),
+        }
+    }
+}
+
+impl<'a> From<SpiffeId<'a>> for Expected<'a> {
+    fn from(id: SpiffeId<'a>) -> Self {
+        Self::Id(id)
+    }
+}
+
 /// Checks `leaf` against the workload profile for a workload holding `key`; returns its
-/// SPIFFE ID. If `expected` is given, the ID must equal it.
+/// SPIFFE ID. If `expected` is given, the ID must match it.
 ///
 /// # Errors
 ///
@@ -69,7 +102,7 @@ impl core::error::Error for Error {}
 pub fn check_workload<'a>(
     leaf: &Certificate<'a>,
     key: PublicKey<'_>,
-    expected: Option<SpiffeId<'_>>,
+    expected: Option<Expected<'_>>,
 ) -> Result<SpiffeId<'a>, Error> {
     let cert_key = leaf.public_key().map_err(|_| Error::UnsupportedKey)?;
     if !cert_key.same_key(&key) {
@@ -109,7 +142,7 @@ pub fn check_workload<'a>(
     {
         return Err(Error::MissingDigitalSignature);
     }
-    if expected.is_some_and(|want| want != id) {
+    if expected.is_some_and(|want| !want.matches(&id)) {
         return Err(Error::UnexpectedId);
     }
     Ok(id)

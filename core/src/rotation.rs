@@ -91,10 +91,10 @@ use core::time::Duration;
 
 use crate::bundle::OwnedTrustBundle;
 use crate::cert::Certificate;
-use crate::crypto::{SignatureVerifier, Signer};
+use crate::crypto::{PublicKey, SignatureVerifier, Signer};
 use crate::csr;
 use crate::path::{self, Options, Usage};
-use crate::profile;
+use crate::profile::{self, Expected};
 use crate::spiffe::SpiffeId;
 use crate::time::{Instant, UnixTime};
 
@@ -265,6 +265,20 @@ pub enum Rejection {
     Profile(profile::Error),
 }
 
+impl core::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Stale => f.write_str("answer to a request no longer in flight"),
+            Self::NoWallTime => f.write_str("no wall-clock time to validate at yet"),
+            Self::BadShape => f.write_str("no certificate, or more than fit"),
+            Self::Path(e) => write!(f, "chain does not validate: {e}"),
+            Self::Profile(e) => write!(f, "not this workload's certificate: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for Rejection {}
+
 /// Why the driver reports a failed request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -363,7 +377,8 @@ pub struct Rotation<'id, K, const CHAIN: usize, const ANCHORS: usize, const ANCH
     policy: Policy,
     clock: Clock,
     jitter: Jitter,
-    spiffe_id: Option<SpiffeId<'id>>,
+    /// The identity the answer must carry (and, if exact, that the CSR asks for).
+    expected: Option<Expected<'id>>,
     bundle: OwnedTrustBundle<ANCHORS, ANCHOR_BYTES>,
     state: State,
     current: Option<Identity<K, CHAIN>>,
@@ -383,7 +398,8 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
     Rotation<'id, K, CHAIN, ANCHORS, ANCHOR_BYTES>
 {
     /// A machine with no identity yet. `seed` drives jitter: give each workload its own.
-    /// `spiffe_id`, if given, is asked for in the CSR and required of the answer.
+    /// `spiffe_id`, if given, is asked for in the CSR and required of the answer (see
+    /// [`Rotation::expecting`] for a sidecar's check).
     pub fn new(
         policy: Policy,
         clock: Clock,
@@ -395,7 +411,7 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
             policy,
             clock,
             jitter: Jitter::new(seed),
-            spiffe_id,
+            expected: spiffe_id.map(Expected::Id),
             bundle,
             state: State::Idle,
             current: None,
@@ -409,6 +425,14 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
             wall: None,
             actions: heapless::Deque::new(),
         }
+    }
+
+    /// Requires answers to carry `expected` instead (a sidecar: Dapr's
+    /// `/ns/<namespace>/<app-id>` in whatever trust domain Sentry chose).
+    #[must_use]
+    pub const fn expecting(mut self, expected: Expected<'id>) -> Self {
+        self.expected = Some(expected);
+        self
     }
 
     /// The current state.
@@ -501,9 +525,9 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         if !self.request_outstanding {
             return Err(RequestError::NotRequested);
         }
-        let builder = match self.spiffe_id {
-            Some(id) => csr::Builder::new().with_spiffe_id(id),
-            None => csr::Builder::new(),
+        let builder = match self.expected {
+            Some(Expected::Id(id)) => csr::Builder::new().with_spiffe_id(id),
+            _ => csr::Builder::new(),
         };
         let der = builder.build(&mut key, buf).map_err(RequestError::Csr)?;
         self.pending = Some(key);
@@ -652,7 +676,7 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         chain: &[&[u8]],
         verifier: &impl SignatureVerifier,
     ) -> Result<(), Rejection> {
-        let (leaf_der, rest) = chain.split_first().ok_or(Rejection::BadShape)?;
+        let leaf_der = chain.first().ok_or(Rejection::BadShape)?;
         if chain.len() > 4 || chain.iter().map(|c| c.len()).sum::<usize>() > CHAIN {
             return Err(Rejection::BadShape);
         }
@@ -675,15 +699,15 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
             }
         };
         let pending = self.pending.as_ref().ok_or(Rejection::Stale)?;
-        let options = Options {
-            skew: self.policy.validation_skew,
-            usage: Usage::ClientAndServer,
-            ..Options::new(wall)
-        };
-        path::verify(leaf_der, rest, &self.bundle.as_bundle(), verifier, &options)
-            .map_err(Rejection::Path)?;
-        profile::check_workload(&leaf, pending.public_key(), self.spiffe_id)
-            .map_err(Rejection::Profile)?;
+        check_issued(
+            chain,
+            &self.bundle.as_bundle(),
+            pending.public_key(),
+            self.expected,
+            wall,
+            self.policy.validation_skew,
+            verifier,
+        )?;
 
         // Install: copy the chain, fix the deadlines on the monotonic clock.
         let mut stored: heapless::Vec<u8, CHAIN> = heapless::Vec::new();
@@ -729,4 +753,39 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         });
         Ok(())
     }
+}
+
+/// The judgement on a chain the CA issued (DER, leaf first, then its issuers): it validates
+/// against `bundle` at `wall` (with `skew`) for both client and server use, and its leaf fits
+/// the workload profile for `key` and `expected`. The rotation machine judges every answer
+/// with it, and so does every host tool that obtains a certificate (`sigil sign`), so one
+/// answer gets one verdict everywhere.
+///
+/// # Errors
+///
+/// [`Rejection::BadShape`] for an empty chain, [`Rejection::Path`] or [`Rejection::Profile`].
+pub fn check_issued<const N: usize>(
+    chain: &[&[u8]],
+    bundle: &path::TrustBundle<'_, N>,
+    key: PublicKey<'_>,
+    expected: Option<Expected<'_>>,
+    wall: UnixTime,
+    skew: Duration,
+    verifier: &impl SignatureVerifier,
+) -> Result<(), Rejection> {
+    let (leaf_der, rest) = chain.split_first().ok_or(Rejection::BadShape)?;
+    let leaf = Certificate::parse(leaf_der).map_err(|e| {
+        Rejection::Path(path::Error {
+            cert: path::Position::Leaf,
+            kind: path::ErrorKind::Malformed(e),
+        })
+    })?;
+    let options = Options {
+        skew,
+        usage: Usage::ClientAndServer,
+        ..Options::new(wall)
+    };
+    path::verify(leaf_der, rest, bundle, verifier, &options).map_err(Rejection::Path)?;
+    profile::check_workload(&leaf, key, expected).map_err(Rejection::Profile)?;
+    Ok(())
 }

@@ -1,16 +1,19 @@
 //! The Sentry client: dials Sentry over TLS, checks its serving certificate against the trust
 //! anchors with the core's path validation and authorizes it by SPIFFE ID (no host-name
-//! check, as Dapr's sidecar), sends a CSR, and returns the chain only after validating it
-//! against the same anchors for client and server use, with the workload profile and the key.
+//! check, as Dapr's sidecar), sends a CSR and returns the answer. [`SentryClient::request`]
+//! is transport only: the issued chain is judged by whoever holds the key, with the core's
+//! one judgement ([`sigil_core::rotation::check_issued`]) — the rotation machine on a sidecar
+//! or a device, [`check_issued`] for tools (`sigil sign`), so the same answer gets the same
+//! verdict, reason and metric everywhere.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;
-use sigil_core::cert::Certificate;
 use sigil_core::crypto::PublicKey;
-use sigil_core::path::{self, Options, Usage};
-use sigil_core::{pem, profile};
+use sigil_core::pem;
+use sigil_core::profile::Expected;
+use sigil_core::rotation::{self, Rejection};
 use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
 
@@ -46,12 +49,9 @@ pub enum ClientError {
     /// The answer is not a usable certificate response.
     #[error("unusable answer from Sentry: {0}")]
     Garbled(String),
-    /// The issued chain does not validate against the trust anchors.
-    #[error("issued chain does not validate: {0}")]
-    Invalid(path::Error),
-    /// The issued certificate does not fit the workload profile or the key.
+    /// The issued chain was refused by the core's judgement (path, profile, key, identity).
     #[error("issued certificate refused: {0}")]
-    Profile(profile::Error),
+    Rejected(Rejection),
 }
 
 impl ClientError {
@@ -61,7 +61,7 @@ impl ClientError {
             Self::Config(_) | Self::Connect { .. } => "sentry_conn",
             Self::Refused { .. } => "sign",
             Self::NoValidUntil => "invalid_ts",
-            Self::Garbled(_) | Self::Invalid(_) | Self::Profile(_) => "invalid_cert",
+            Self::Garbled(_) | Self::Rejected(_) => "invalid_cert",
         }
     }
 }
@@ -126,8 +126,9 @@ impl SentryClient {
         })
     }
 
-    /// Sends `req` and returns the issued chain after validating it for `key` (the key the
-    /// CSR was made with).
+    /// Sends `req` and returns the issued chain after judging it ([`check_issued`]) for `key`
+    /// (the key the CSR was made with), in any trust domain: for tools and tests that hold no
+    /// rotation machine.
     ///
     /// # Errors
     ///
@@ -137,6 +138,24 @@ impl SentryClient {
         req: &SignRequest,
         key: PublicKey<'_>,
     ) -> Result<Signed, ClientError> {
+        let signed = self.request(req).await?;
+        check_issued(
+            &signed.chain,
+            &self.target.anchors,
+            key,
+            None,
+            SystemTime::now(),
+        )?;
+        Ok(signed)
+    }
+
+    /// Sends `req` and returns Sentry's answer, not judged (see the module doc): the chain
+    /// parsed from PEM, the trust bundle, `valid_until`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] other than [`ClientError::Rejected`].
+    pub async fn request(&mut self, req: &SignRequest) -> Result<Signed, ClientError> {
         let csr_pem = crate::pki::to_pem(pem::Label::CertificateRequest, &req.csr_der);
         let message = pb::SignCertificateRequest {
             id: req.id.clone(),
@@ -180,7 +199,11 @@ impl SentryClient {
                     .map_err(|e| ClientError::Garbled(format!("trust_chain_certificates: {e}")))?,
             );
         }
-        validate_identity(&chain, &self.target.anchors, key, SystemTime::now())?;
+        if chain.is_empty() {
+            return Err(ClientError::Garbled(
+                "workload_certificate: no certificate".into(),
+            ));
+        }
         Ok(Signed {
             chain,
             trust_bundle,
@@ -240,37 +263,49 @@ pub async fn connect_channel(
         })
 }
 
-/// Validates an issued chain (DER, leaf first) against `anchors` at `now`: the path for client
-/// and server use (with Dapr's 15 min skew), then the workload profile and the key. Anchors
-/// the core cannot use are skipped ([`crate::pki::anchor_bundle`]); signatures go through the
-/// process-wide [`crate::verifier::shared`] cache (the issuer's, the same every renewal).
+/// The core's judgement ([`sigil_core::rotation::check_issued`]) on an issued chain (DER, leaf
+/// first) at `now`: the path against `anchors` for client and server use (with Dapr's 15 min
+/// skew), the workload profile, the key and, if given, the identity expected. Anchors the core
+/// cannot use are skipped ([`crate::pki::anchor_bundle`]); signatures go through the
+/// process-wide [`crate::verifier::shared`] cache.
 ///
 /// # Errors
 ///
-/// [`ClientError::Invalid`] or [`ClientError::Profile`] or [`ClientError::Garbled`].
+/// [`ClientError::Rejected`].
+pub fn check_issued(
+    chain: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    key: PublicKey<'_>,
+    expected: Option<Expected<'_>>,
+    now: SystemTime,
+) -> Result<(), ClientError> {
+    let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(anchors);
+    let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    rotation::check_issued(
+        &chain,
+        &bundle,
+        key,
+        expected,
+        sigil_core::UnixTime::from_secs(secs),
+        Duration::from_secs(15 * 60),
+        crate::verifier::shared(),
+    )
+    .map_err(ClientError::Rejected)
+}
+
+/// [`check_issued`] with no identity expected.
+///
+/// # Errors
+///
+/// [`ClientError::Rejected`].
 pub fn validate_identity(
     chain: &[Vec<u8>],
     anchors: &[Vec<u8>],
     key: PublicKey<'_>,
     now: SystemTime,
 ) -> Result<(), ClientError> {
-    let (leaf, rest) = chain
-        .split_first()
-        .ok_or_else(|| ClientError::Garbled("no certificate".into()))?;
-    // Anchors the core cannot use are skipped (warned about where they were loaded).
-    let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(anchors);
-    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let options = Options {
-        usage: Usage::ClientAndServer,
-        skew: Duration::from_secs(15 * 60),
-        ..Options::new(sigil_core::UnixTime::from_secs(secs))
-    };
-    path::verify(leaf, &ints, &bundle, crate::verifier::shared(), &options)
-        .map_err(ClientError::Invalid)?;
-    let cert = Certificate::parse(leaf).map_err(|e| ClientError::Garbled(e.to_string()))?;
-    profile::check_workload(&cert, key, None).map_err(ClientError::Profile)?;
-    Ok(())
+    check_issued(chain, anchors, key, None, now)
 }
 
 /// Every CERTIFICATE block of a PEM byte string, DER.

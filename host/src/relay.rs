@@ -48,8 +48,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sigil_core::crypto::PublicKey;
-use sigil_core::csr::Csr;
 use sigil_core::link::{self, Answer, Deframer, Event, Frame, MAX_FRAME, MAX_PAYLOAD};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -624,11 +622,6 @@ impl SignContext {
                 tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
                 self.anchors.clone()
             });
-        // The issued certificate must hold the CSR's key. A CSR the relay cannot parse still
-        // goes to Sentry, which refuses it with Dapr's code and message; should Sentry issue
-        // for it anyway, the empty key matches nothing and the answer is INTERNAL.
-        let parsed = Csr::parse(&req.csr).ok();
-        let key = parsed.map_or(PublicKey::EcP256(&[]), |c| c.public_key());
         let target = SentryTarget {
             address: self.opts.sentry.clone(),
             anchors: anchors.clone(),
@@ -644,24 +637,16 @@ impl SignContext {
             trust_domain: self.opts.trust_domain.clone(),
             csr_der: req.csr.clone(),
         };
+        // Transport only: the device's rotation machine is the one judge of the chain (the
+        // path against its anchors, the profile, its key, its SPIFFE ID), as on a sidecar.
         let signed = match SentryClient::connect(target).await {
-            Ok(mut client) => client.sign(&request, key).await,
+            Ok(mut client) => client.request(&request).await,
             Err(e) => Err(e),
         };
         let signed = match signed {
             Ok(s) => s,
             Err(e) => return Reply::from(e),
         };
-        let leaf = signed.chain.first().map(Vec::as_slice).unwrap_or_default();
-        if !crate::sidecar::identity::names_workload(leaf, &request.namespace, &request.id) {
-            return Reply::refused(
-                Code::Internal,
-                format!(
-                    "issued certificate does not name spiffe://<trust domain>/ns/{}/{}",
-                    request.namespace, request.id
-                ),
-            );
-        }
         // Leaf and intermediates; a root (configured or sent by Sentry) is not sent on.
         let is_root = |c: &Vec<u8>| anchors.contains(c) || signed.trust_bundle.contains(c);
         let certs = signed
@@ -687,9 +672,8 @@ impl SignContext {
 /// Codes (gRPC's): Sentry's own when it refuses (Dapr's: `INVALID_ARGUMENT` 3 for the CSR or
 /// the validator choice, `PERMISSION_DENIED` 7 for the validator, `INTERNAL` 13 for issuance);
 /// `UNAVAILABLE` 14 when Sentry cannot be reached or the token file read; `INTERNAL` 13 when
-/// the answer fails the relay's checks (chain validation against the anchors, the workload
-/// profile, the CSR's key, the SPIFFE ID, the frame size); `RESOURCE_EXHAUSTED` 8 when too
-/// many requests are in flight.
+/// Sentry's answer cannot be decoded or does not fit a frame (the chain itself is judged by the
+/// device); `RESOURCE_EXHAUSTED` 8 when too many requests are in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Reply {
     /// The chain payload (`link::encode_chain`), leaf first.

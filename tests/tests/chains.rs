@@ -594,7 +594,7 @@ fn workload_profile() {
     let leaf = p.signed_by(&leaf_key, &root).unwrap();
     let cert = sigil_core::cert::Certificate::parse(leaf.der()).unwrap();
     let mine = PublicKey::EcP256(leaf_key.public_key_raw());
-    let id = check_workload(&cert, mine, Some(SpiffeId::parse(ID).unwrap())).unwrap();
+    let id = check_workload(&cert, mine, Some(SpiffeId::parse(ID).unwrap().into())).unwrap();
     assert_eq!(id.as_str(), ID);
     let other = key();
     assert_eq!(
@@ -605,7 +605,11 @@ fn workload_profile() {
         check_workload(
             &cert,
             mine,
-            Some(SpiffeId::parse("spiffe://example.org/ns/default/x").unwrap())
+            Some(
+                SpiffeId::parse("spiffe://example.org/ns/default/x")
+                    .unwrap()
+                    .into()
+            )
         ),
         Err(Error::UnexpectedId)
     );
@@ -667,7 +671,7 @@ fn ed25519_chain_as_dapr_1_18_issues() {
     sigil_core::profile::check_workload(
         &cert,
         sigil_core::crypto::PublicKey::Ed25519(key),
-        Some(id),
+        Some(id.into()),
     )
     .unwrap();
     // A tampered Ed25519 signature is refused by both verifiers.

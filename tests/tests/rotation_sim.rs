@@ -540,7 +540,7 @@ impl<'s> Sim<'s> {
         }
         let leaf = Certificate::parse(chain[0]).unwrap();
         let key = PublicKey::EcP256(ident.key().public_point());
-        sigil_core::profile::check_workload(&leaf, key, Some(SpiffeId::parse(ID).unwrap()))
+        sigil_core::profile::check_workload(&leaf, key, Some(SpiffeId::parse(ID).unwrap().into()))
             .unwrap();
         assert_eq!(ident.key().public_key(), leaf.public_key().unwrap());
     }

@@ -4,9 +4,15 @@
 //! stack (and, optionally, as files for the app).
 //!
 //! - **Requests**: on `Action::Request` a fresh P-256 key (ring) and an empty CSR, as daprd
-//!   sends; one new connection to Sentry per request (as daprd), checked against the trust
-//!   anchors in force and Sentry's SPIFFE ID. The answer goes to the machine, which installs it
-//!   only if it validates against the current bundle and carries the key.
+//!   sends, through a [`Transport`]: in production [`SentryTransport`], one new connection to
+//!   Sentry per request (as daprd), checked against the trust anchors in force and Sentry's
+//!   SPIFFE ID. The answer goes to the machine unjudged: the machine is the only judge (the
+//!   path against its bundle, the workload profile, the key, and Dapr's
+//!   `/ns/<namespace>/<app-id>` in any trust domain), so a bad answer is the same refusal, with
+//!   the same backoff and metric (`invalid_cert`), on a sidecar and on a device.
+//! - **Time is injected**: the monotonic clock is tokio's (so tests run under paused time) and
+//!   the wall clock a [`WallClock`]; [`drive_with`] takes both the transport and the clock, and
+//!   the rotation, outage and backoff tests run in virtual time.
 //! - **A failed first fetch is not fatal**: the machine retries with backoff; readiness says
 //!   whether an identity is held ([`IdentityState::is_ready`]).
 //! - **Trust anchors at run time**: from `DAPR_TRUST_ANCHORS` (PEM in the environment) or a
@@ -26,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use sigil_core::bundle::OwnedTrustBundle;
+use sigil_core::profile::Expected;
 use sigil_core::rotation::{Action, Clock, Failure, Policy, Rejection, RequestId, Rotation};
 use sigil_core::{pem, Instant, UnixTime};
 use tokio::sync::mpsc;
@@ -41,7 +48,7 @@ pub const ANCHORS: usize = crate::ca::MAX_ANCHORS;
 /// Bytes of anchor DER the bundle may hold.
 pub const ANCHOR_BYTES: usize = 32 * 1024;
 
-type Machine = Rotation<'static, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
+type Machine<'c> = Rotation<'c, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
 
 /// Where the trust anchors come from.
 #[derive(Clone, Debug)]
@@ -166,6 +173,7 @@ pub struct IdentityState {
     ready: AtomicBool,
     ever_installed: AtomicBool,
     metrics: RuntimeMetrics,
+    last_rejection: Mutex<Option<Rejection>>,
 }
 
 impl IdentityState {
@@ -178,7 +186,13 @@ impl IdentityState {
             ready: AtomicBool::new(true),
             ever_installed: AtomicBool::new(true),
             metrics: RuntimeMetrics::default(),
+            last_rejection: Mutex::new(None),
         }
+    }
+
+    /// Why the machine refused Sentry's last refused answer, if it refused one.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection.lock().ok().and_then(|r| *r)
     }
 
     /// The identity in use, if any.
@@ -239,6 +253,64 @@ fn read_anchors(source: &AnchorSource) -> Result<Vec<Vec<u8>>, IdentityError> {
     Ok(usable)
 }
 
+/// The answer to one identity request: the chain (DER, leaf first), not judged yet.
+pub type Answer = Result<Vec<Vec<u8>>, ClientError>;
+
+/// Where the driver's identity requests go: Sentry over gRPC ([`SentryTransport`]) in
+/// production, a CA in the test's own process in virtual-time tests.
+pub trait Transport: Send + Sync + 'static {
+    /// One signing round for `req`, trusting Sentry through `anchors` (the anchors in force).
+    fn sign(
+        &self,
+        req: SignRequest,
+        anchors: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+}
+
+/// Sentry over gRPC: a new connection per request, as daprd (Sentry's chain and SPIFFE ID
+/// checked by the client); the answer is returned unjudged.
+#[derive(Clone, Debug)]
+pub struct SentryTransport {
+    /// `host:port`.
+    pub address: String,
+    /// Sentry's SPIFFE ID.
+    pub sentry_id: String,
+}
+
+impl Transport for SentryTransport {
+    fn sign(
+        &self,
+        req: SignRequest,
+        anchors: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
+        let target = SentryTarget {
+            address: self.address.clone(),
+            anchors,
+            sentry_id: self.sentry_id.clone(),
+        };
+        Box::pin(async move {
+            let mut client = SentryClient::connect(target).await?;
+            Ok(client.request(&req).await?.chain)
+        })
+    }
+}
+
+/// The wall clock certificates are validated at.
+pub trait WallClock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemWall;
+
+impl WallClock for SystemWall {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// What a signing round ended with.
 enum Outcome {
     Signed(RequestId, Vec<Vec<u8>>),
@@ -255,6 +327,25 @@ pub async fn drive(
     state: Arc<IdentityState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IdentityError> {
+    let transport = Arc::new(SentryTransport {
+        address: config.sentry_address.clone(),
+        sentry_id: config.sentry_id.clone(),
+    });
+    drive_with(config, state, transport, Arc::new(SystemWall), shutdown).await
+}
+
+/// [`drive`] with the transport and the wall clock given (the monotonic clock is tokio's).
+///
+/// # Errors
+///
+/// [`IdentityError`] if the trust anchors cannot be read at start.
+pub async fn drive_with(
+    config: IdentityConfig,
+    state: Arc<IdentityState>,
+    transport: Arc<dyn Transport>,
+    wall_clock: Arc<dyn WallClock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), IdentityError> {
     tokio::pin!(shutdown);
     let anchors = read_anchors(&config.anchors)?;
     let mut bundle = OwnedTrustBundle::new();
@@ -264,7 +355,12 @@ pub async fn drive(
         .map_err(|e| IdentityError::Anchors(format!("{e:?}")))?;
     state.anchors.store(Arc::new(anchors));
     let seed = u64::from_le_bytes(ring_seed());
-    let mut machine: Machine = Rotation::new(config.policy, Clock::Wall, seed, None, bundle);
+    // The only judge of Sentry's answers: Dapr's ID for this workload, in any trust domain.
+    let mut machine: Machine<'_> = Rotation::new(config.policy, Clock::Wall, seed, None, bundle)
+        .expecting(Expected::DaprWorkload {
+            namespace: &config.namespace,
+            app_id: &config.app_id,
+        });
 
     let origin = tokio::time::Instant::now();
     let now = move || {
@@ -272,7 +368,8 @@ pub async fn drive(
     };
     let wall = || {
         UnixTime::from_secs(
-            SystemTime::now()
+            wall_clock
+                .now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         )
@@ -286,7 +383,7 @@ pub async fn drive(
 
     loop {
         while let Some(action) = machine.poll_action() {
-            handle_action(action, &mut machine, &config, &state, &done_tx);
+            handle_action(action, &mut machine, &config, &state, &transport, &done_tx);
         }
         let deadline = machine
             .poll_timeout()
@@ -324,7 +421,7 @@ pub async fn drive(
                         let failure = match e {
                             ClientError::Connect { .. } | ClientError::Config(_) => Failure::Unreachable,
                             ClientError::Refused { .. } => Failure::Refused,
-                            _ => Failure::Garbled,
+                            ClientError::NoValidUntil | ClientError::Garbled(_) | ClientError::Rejected(_) => Failure::Garbled,
                         };
                         machine.handle_failure(t, id, failure);
                     }
@@ -371,9 +468,10 @@ fn ring_seed() -> [u8; 8] {
 
 fn handle_action(
     action: Action,
-    machine: &mut Machine,
+    machine: &mut Machine<'_>,
     config: &IdentityConfig,
     state: &Arc<IdentityState>,
+    transport: &Arc<dyn Transport>,
     done: &mpsc::Sender<Outcome>,
 ) {
     match action {
@@ -385,7 +483,6 @@ fn handle_action(
                     return;
                 }
             };
-            let point = key.public_point().to_vec();
             let mut buf = [0u8; 1024];
             let (id, csr) = match machine.start_request(key, &mut buf) {
                 Ok((id, csr)) => (id, csr.to_vec()),
@@ -393,11 +490,6 @@ fn handle_action(
                     tracing::error!(error = ?e, "building the CSR");
                     return;
                 }
-            };
-            let target = SentryTarget {
-                address: config.sentry_address.clone(),
-                anchors: state.anchors().to_vec(),
-                sentry_id: config.sentry_id.clone(),
             };
             let token = match &config.token_file {
                 Some(f) => std::fs::read_to_string(f)
@@ -423,8 +515,9 @@ fn handle_action(
                 token_validator: if config.token_file.is_some() { 3 } else { 0 },
                 csr_der: csr,
             };
+            let answer = transport.sign(req, state.anchors().to_vec());
             tokio::spawn(async move {
-                let outcome = match sign(target, req, point).await {
+                let outcome = match answer.await {
                     Ok(chain) => Outcome::Signed(id, chain),
                     Err(e) => Outcome::Failed(id, e),
                 };
@@ -437,7 +530,10 @@ fn handle_action(
         } => install(machine, config, state, generation, not_after),
         Action::Rejected(Rejection::Stale) => tracing::debug!("late answer ignored"),
         Action::Rejected(r) => {
-            tracing::warn!(reason = ?r, "Sentry's answer refused; the identity in use keeps serving");
+            tracing::warn!(reason = %r, "Sentry's answer refused; the identity in use keeps serving");
+            if let Ok(mut last) = state.last_rejection.lock() {
+                *last = Some(r);
+            }
             let map = if state.ever_installed.load(Ordering::Relaxed) {
                 &state.metrics.rotated_fail
             } else {
@@ -454,42 +550,8 @@ fn handle_action(
     }
 }
 
-/// One signing round: a new connection, the CSR, the chain (leaf first) validated for the key
-/// with the public point `point` (the machine validates again against its own bundle).
-async fn sign(
-    target: SentryTarget,
-    req: SignRequest,
-    point: Vec<u8>,
-) -> Result<Vec<Vec<u8>>, ClientError> {
-    let mut client = SentryClient::connect(target).await?;
-    let signed = client
-        .sign(&req, sigil_core::crypto::PublicKey::EcP256(&point))
-        .await?;
-    let leaf = signed.chain.first().map(Vec::as_slice).unwrap_or_default();
-    if !names_workload(leaf, &req.namespace, &req.id) {
-        return Err(ClientError::Profile(
-            sigil_core::profile::Error::UnexpectedId,
-        ));
-    }
-    Ok(signed.chain)
-}
-
-/// Whether `leaf`'s SPIFFE ID is this workload's: `spiffe://<any td>/ns/<namespace>/<app_id>`
-/// (Sentry picks the trust domain; the path must be ours).
-pub fn names_workload(leaf: &[u8], namespace: &str, app_id: &str) -> bool {
-    sigil_core::cert::Certificate::parse(leaf).is_ok_and(|c| {
-        let mut ids = c.spiffe_ids();
-        match (ids.next(), ids.next()) {
-            (Some(id), None) => id
-                .dapr()
-                .is_some_and(|d| d.namespace() == namespace && d.app_id() == app_id),
-            _ => false,
-        }
-    })
-}
-
 fn install(
-    machine: &Machine,
+    machine: &Machine<'_>,
     config: &IdentityConfig,
     state: &IdentityState,
     generation: u32,
@@ -617,57 +679,268 @@ pub fn sentry_id(control_plane_trust_domain: &str, control_plane_namespace: &str
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::time::SystemTime;
+    //! The driver in virtual time: tokio's paused clock, a wall clock that follows it, and a CA
+    //! in this process that really signs (the host's issuance code) behind the transport, with
+    //! faults on demand. Days of rotations run in milliseconds.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    #[test]
-    fn only_a_certificate_for_this_workload_is_taken() {
-        let (creds, _) = crate::ca::Credentials::generate(
-            "localhost",
-            "spiffe://localhost/ns/default/dapr-sentry",
-            SystemTime::now(),
-            Duration::ZERO,
-        )
-        .unwrap();
-        let key = CaKey::generate().unwrap();
-        let issue = |id: &str| {
-            creds
+    use super::*;
+    use crate::ca::Credentials;
+    use sigil_core::crypto::PublicKey;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Follows tokio's (paused) clock from a fixed start.
+    struct VirtualWall {
+        start: SystemTime,
+        origin: tokio::time::Instant,
+    }
+
+    impl WallClock for VirtualWall {
+        fn now(&self) -> SystemTime {
+            self.start + self.origin.elapsed()
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Mode {
+        Serve,
+        Down,
+        WrongId,
+        ForeignRoot,
+    }
+
+    /// A CA in the test's process: issues for what the CSR's key asks, at the virtual time.
+    struct TestCa {
+        creds: Credentials,
+        foreign: Credentials,
+        wall: Arc<VirtualWall>,
+        ttl: Duration,
+        mode: Mutex<Mode>,
+        requests: AtomicUsize,
+    }
+
+    impl TestCa {
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+
+        fn answer(&self, req: &SignRequest) -> Answer {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mode = *self.mode.lock().unwrap();
+            if mode == Mode::Down {
+                return Err(ClientError::Connect {
+                    address: "test".into(),
+                    reason: "down".into(),
+                });
+            }
+            let csr = sigil_core::csr::Csr::parse(&req.csr_der).unwrap();
+            let PublicKey::EcP256(point) = csr.public_key() else {
+                panic!("P-256 CSR expected");
+            };
+            let (creds, app) = match mode {
+                Mode::WrongId => (&self.creds, "someone-else"),
+                Mode::ForeignRoot => (&self.foreign, req.id.as_str()),
+                _ => (&self.creds, req.id.as_str()),
+            };
+            let id = format!("spiffe://public/ns/{}/{app}", req.namespace);
+            let issued = creds
                 .issue_workload(
-                    sigil_core::crypto::PublicKey::EcP256(key.public_point()),
-                    id,
+                    PublicKey::EcP256(point),
+                    &id,
                     &[],
-                    SystemTime::now(),
-                    Duration::from_secs(60),
+                    self.wall.now(),
+                    self.ttl,
                     Duration::ZERO,
                 )
-                .unwrap()
-                .der
+                .unwrap();
+            let mut chain = vec![issued.der];
+            chain.extend(creds.issuer_chain().iter().cloned());
+            Ok(chain)
+        }
+    }
+
+    struct Transported(Arc<TestCa>);
+
+    impl Transport for Transported {
+        fn sign(
+            &self,
+            req: SignRequest,
+            _anchors: Vec<Vec<u8>>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
+            let answer = self.0.answer(&req);
+            Box::pin(async move { answer })
+        }
+    }
+
+    struct Running {
+        ca: Arc<TestCa>,
+        state: Arc<IdentityState>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), IdentityError>>,
+    }
+
+    impl Running {
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.task.await.unwrap().unwrap();
+        }
+
+        fn generation(&self) -> u32 {
+            self.state.current().map_or(0, |c| c.generation)
+        }
+    }
+
+    fn start(ttl: Duration, mode: Mode) -> Running {
+        let start = SystemTime::now();
+        let wall = Arc::new(VirtualWall {
+            start,
+            origin: tokio::time::Instant::now(),
+        });
+        let sentry = "spiffe://public/ns/default/dapr-sentry";
+        let (creds, files) =
+            Credentials::generate("public", sentry, start, Duration::ZERO).unwrap();
+        let (foreign, _) = Credentials::generate("public", sentry, start, Duration::ZERO).unwrap();
+        let ca = Arc::new(TestCa {
+            creds,
+            foreign,
+            wall: wall.clone(),
+            ttl,
+            mode: Mutex::new(mode),
+            requests: AtomicUsize::new(0),
+        });
+        let config = IdentityConfig {
+            app_id: "cart".into(),
+            namespace: "shop".into(),
+            sentry_address: "unused".into(),
+            sentry_id: sentry.into(),
+            token_file: None,
+            anchors: AnchorSource::Pem(files.ca),
+            output_dir: None,
+            policy: Policy::default(),
         };
-        assert!(names_workload(
-            &issue("spiffe://public/ns/shop/cart"),
-            "shop",
-            "cart"
+        let state = Arc::new(IdentityState::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(drive_with(
+            config,
+            state.clone(),
+            Arc::new(Transported(ca.clone())),
+            wall,
+            async move {
+                let _ = rx.await;
+            },
         ));
-        assert!(names_workload(
-            &issue("spiffe://other.td/ns/shop/cart"),
-            "shop",
-            "cart"
-        ));
-        assert!(!names_workload(
-            &issue("spiffe://public/ns/shop/checkout"),
-            "shop",
-            "cart"
-        ));
-        assert!(!names_workload(
-            &issue("spiffe://public/ns/default/cart"),
-            "shop",
-            "cart"
-        ));
-        assert!(!names_workload(
-            &issue("spiffe://public/cart"),
-            "shop",
-            "cart"
-        ));
-        assert!(!names_workload(b"garbage", "shop", "cart"));
+        Running {
+            ca,
+            state,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn failures(state: &IdentityState, reason: &str) -> u64 {
+        let text = state.metrics().render();
+        text.lines()
+            .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_day_of_hourly_certificates_rotates_without_a_gap() {
+        let r = start(Duration::from_secs(3600), Mode::Serve);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(r.state.is_ready());
+        let mut last = r.generation();
+        for _ in 0..(24 * 60) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            // Never without a valid identity, and never two installs in a minute.
+            let current = r.state.current().expect("an identity at every minute");
+            assert!(current.not_after > r.ca.wall.now());
+            assert!(current.generation <= last + 1);
+            last = current.generation;
+        }
+        // Renewal at 50 % ± 20 % of an hour: between 24 and 80 rotations in a day.
+        let rotations = r.state.metrics().rotations();
+        assert!((24..=80).contains(&rotations), "{rotations} rotations");
+        assert_eq!(failures(&r.state, "invalid_cert"), 0);
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_backs_off_keeps_the_identity_and_renewal_resumes() {
+        let r = start(Duration::from_secs(24 * 3600), Mode::Serve);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(r.generation(), 1);
+        // Sentry goes down before the first renewal (30 % of the life at the earliest) and
+        // stays down past the latest one (70 %), until 20 h: short of the urgent last 10 %.
+        tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+        r.ca.set(Mode::Down);
+        let before = r.ca.requests.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(14 * 3600)).await;
+        let during = r.ca.requests.load(Ordering::Relaxed) - before;
+        // The first identity keeps serving; retries back off to waits of 2.5-5 minutes (the
+        // cap's upper half): at most 24 an hour, where Dapr's fixed 10 s would make 5,040.
+        assert_eq!(r.generation(), 1);
+        assert!(r.state.is_ready());
+        assert!(during <= 14 * 24 + 12, "{during} requests in the outage");
+        assert_eq!(
+            failures(&r.state, "sentry_conn"),
+            u64::try_from(during).unwrap()
+        );
+        // Back: the renewal lands within the backoff cap.
+        r.ca.set(Mode::Serve);
+        tokio::time::sleep(Duration::from_secs(5 * 60 + 1)).await;
+        assert_eq!(r.generation(), 2);
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_fetch_that_fails_is_retried_and_readiness_follows() {
+        let r = start(Duration::from_secs(3600), Mode::Down);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!r.state.is_ready());
+        let tries = r.ca.requests.load(Ordering::Relaxed);
+        // Backoff from 1 s, capped at 10 s while there is no identity (urgent).
+        assert!((3..=12).contains(&tries), "{tries} tries in 30 s");
+        assert_eq!(
+            failures(&r.state, "sentry_conn"),
+            u64::try_from(tries).unwrap()
+        );
+        r.ca.set(Mode::Serve);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(r.state.is_ready());
+        r.stop().await;
+    }
+
+    /// The machine is the only judge: a certificate for another app, or from a foreign root,
+    /// is refused by the core with its reason, counted as `invalid_cert`, and retried with
+    /// backoff; nothing is installed.
+    #[tokio::test(start_paused = true)]
+    async fn bad_answers_are_refused_by_the_machine_with_its_reason() {
+        for (mode, expected) in [
+            (
+                Mode::WrongId,
+                Rejection::Profile(sigil_core::profile::Error::UnexpectedId),
+            ),
+            (
+                Mode::ForeignRoot,
+                Rejection::Path(sigil_core::path::Error {
+                    cert: sigil_core::path::Position::Intermediate(0),
+                    kind: sigil_core::path::ErrorKind::AuthorityKeyIdMismatch,
+                }),
+            ),
+        ] {
+            let r = start(Duration::from_secs(3600), mode);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(!r.state.is_ready(), "{mode:?}");
+            assert_eq!(r.state.last_rejection(), Some(expected), "{mode:?}");
+            let tries = r.ca.requests.load(Ordering::Relaxed);
+            assert!((3..=12).contains(&tries), "{mode:?}: {tries} tries in 30 s");
+            assert_eq!(
+                failures(&r.state, "invalid_cert"),
+                u64::try_from(tries).unwrap()
+            );
+            r.stop().await;
+        }
     }
 }
