@@ -18,6 +18,10 @@
 //! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
 //!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
 //! - [`link`]: the device ↔ relay framing over a UART (check-then-parse, length limit, CRC).
+//! - [`agent`]: the device agent, the sans-IO machine a device runs over the link: the
+//!   rotation machine, its sign requests (fresh key, CSR) and the answers matched to them,
+//!   the identity slot; [`status`]: the one mapping between gRPC codes and rotation failures,
+//!   shared with the relay.
 //! - [`drbg`]: HMAC-DRBG behind an [`drbg::EntropySource`] (a TRNG, or a provisioned seed).
 //! - [`slot`]: the double-buffered, critical-section-protected holder of the identity in use,
 //!   read by a TLS stack or an interrupt handler while rotation swaps it.
@@ -45,6 +49,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::as_conversions, clippy::cast_possible_truncation))]
 
+pub mod agent;
 pub mod bundle;
 pub mod cert;
 pub mod crypto;
@@ -60,6 +65,7 @@ pub mod profile;
 pub mod rotation;
 pub mod slot;
 pub mod spiffe;
+pub mod status;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -49,6 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sigil_core::link::{self, Answer, Deframer, Event, Frame, MAX_FRAME, MAX_PAYLOAD};
+use sigil_core::rotation::Failure;
+use sigil_core::status;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -611,7 +613,7 @@ impl SignContext {
                 Err(e) => {
                     // Transient, as a projected token that is not written yet: retry later.
                     let why = format!("token file {}: {e}", file.display());
-                    return Reply::refused(Code::Unavailable, why);
+                    return Reply::failed(Failure::Unreachable, why);
                 }
             },
             _ => req.token,
@@ -659,8 +661,8 @@ impl SignContext {
         let mut payload = vec![0u8; MAX_PAYLOAD - 5];
         match link::encode_chain(certs, &mut payload) {
             Ok(chain) => Reply::Chain(chain.to_vec()),
-            Err(e) => Reply::refused(
-                Code::Internal,
+            Err(e) => Reply::failed(
+                Failure::Garbled,
                 format!("issued chain does not fit a link frame: {e}"),
             ),
         }
@@ -673,7 +675,9 @@ impl SignContext {
 /// the validator choice, `PERMISSION_DENIED` 7 for the validator, `INTERNAL` 13 for issuance);
 /// `UNAVAILABLE` 14 when Sentry cannot be reached or the token file read; `INTERNAL` 13 when
 /// Sentry's answer cannot be decoded or does not fit a frame (the chain itself is judged by the
-/// device); `RESOURCE_EXHAUSTED` 8 when too many requests are in flight.
+/// device); `RESOURCE_EXHAUSTED` 8 when too many requests are in flight. Failures without a
+/// code of Sentry's get theirs from [`sigil_core::status`], the table the device reads them
+/// back with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Reply {
     /// The chain payload (`link::encode_chain`), leaf first.
@@ -694,6 +698,11 @@ impl Reply {
         }
     }
 
+    /// A failure without a code of Sentry's: the core's code for its kind.
+    fn failed(failure: Failure, message: impl Into<String>) -> Self {
+        Self::refused(Code::from(i32::from(status::code(failure))), message)
+    }
+
     /// The `SignAnswer` frame for request `request`.
     fn to_frame(&self, request: u32) -> Vec<u8> {
         let answer = match self {
@@ -709,7 +718,7 @@ impl Reply {
             encode(&Frame::SignAnswer {
                 request,
                 answer: Answer::Refused {
-                    code: 13,
+                    code: status::code(Failure::Garbled),
                     message: "answer not encoded",
                 },
             })
@@ -723,9 +732,9 @@ impl From<ClientError> for Reply {
         match e {
             ClientError::Refused { code, message } => Self::refused(code, message),
             e @ (ClientError::Config(_) | ClientError::Connect { .. }) => {
-                Self::refused(Code::Unavailable, e.to_string())
+                Self::failed(Failure::Unreachable, e.to_string())
             }
-            e => Self::refused(Code::Internal, e.to_string()),
+            e => Self::failed(Failure::Garbled, e.to_string()),
         }
     }
 }

@@ -6,8 +6,9 @@
 //!    repetition-count health test and a timeout guard the raw bytes;
 //! 2. generate a P-256 key and build a CSR for `spiffe://example.org/ns/default/device`, then
 //!    parse it back and check its self-signature;
-//! 3. run the core's rotation machine once on monotonic time only (SysTick, 1 ms): it asks for
-//!    an identity and builds the request's CSR for a fresh key;
+//! 3. run the core's device agent once on monotonic time only (SysTick, 1 ms): its rotation
+//!    machine asks for an identity and the agent sends the request, a fresh key's CSR in a
+//!    link frame;
 //! 4. validate the fixture chain (root → issuer → SPIFFE leaf) held in flash, at a pinned
 //!    time, as a TLS client would validate its server (exact SPIFFE ID).
 //!
@@ -25,13 +26,15 @@ use cortex_m::interrupt::{self, Mutex};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
 use rand_core::RngCore as _;
+use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{EntropySource, HmacDrbg};
 use sigil_core::key::SoftwareKey;
+use sigil_core::link::Frame;
 use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
-use sigil_core::rotation::{Action, Clock, Policy, Rotation, State};
+use sigil_core::rotation::{Clock, Policy, Rotation, State};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::{Instant, UnixTime};
 
@@ -211,34 +214,44 @@ fn csr_step(rng: &mut HmacDrbg) -> Result<(), ()> {
     }
 }
 
-/// The rotation machine, driven once on the monotonic clock: it asks for an identity and
-/// builds the request for a fresh key. (No CA is reachable from this image; the QEMU board
-/// runs the rest of the cycle against the fixtures.)
+/// The core's device agent, driven once on the monotonic clock: its rotation machine asks for
+/// an identity and the agent sends the sign request, a fresh key's CSR in a link frame. (No
+/// CA is reachable from this image; the QEMU board runs the rest of the cycle against a real
+/// Sentry.)
 #[inline(never)]
 fn rotation_step(rng: &mut HmacDrbg) -> Result<(), ()> {
     let id = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
     let mut bundle = OwnedTrustBundle::new();
     bundle.replace(&[ROOT]).map_err(drop)?;
-    let mut m: Rotation<'_, SoftwareKey, 1024, 2, 1024> = Rotation::new(
+    let rotation = Rotation::new(
         Policy::default(),
         Clock::Monotonic,
         rng.next_u64(),
         Some(id),
         bundle,
     );
-    m.handle_timeout(now());
-    if m.poll_action() != Some(Action::Request) {
+    let workload = Workload {
+        app_id: "device",
+        namespace: "default",
+        token: "",
+    };
+    let mut agent: DeviceAgent<'_, SoftwareKey, RustCryptoVerifier, 1024, 2, 1024> =
+        DeviceAgent::new(rotation, workload, RustCryptoVerifier);
+    agent.handle_timeout(now());
+    let mut frame = [0u8; 640];
+    let sent = agent.poll_transmit(rng, &mut frame).ok_or(())?;
+    let Ok((Frame::SignRequest { request, csr, .. }, _)) = Frame::parse(sent) else {
         return Err(());
-    }
-    let mut csr_buf = [0u8; 320];
-    let (_request, der) = m
-        .start_request(SoftwareKey::generate(rng), &mut csr_buf)
-        .map_err(drop)?;
-    Csr::parse(der)
+    };
+    Csr::parse(csr)
         .map_err(drop)?
         .verify_signature(&RustCryptoVerifier)
         .map_err(drop)?;
-    if matches!(m.state(), State::Awaiting(_)) && m.identity().is_none() {
+    let awaiting = matches!(agent.rotation().state(), State::Awaiting(_));
+    if agent.poll_event() == Some(Event::Requested { request })
+        && awaiting
+        && agent.rotation().identity().is_none()
+    {
         Ok(())
     } else {
         Err(())

@@ -14,6 +14,7 @@
 
 use embedded_io::Write as _;
 use sigil_core::link::{self, Deframer, Event, Frame, HEADER_LEN, MAX_FRAME};
+use sigil_core::Instant;
 
 use crate::clock;
 use crate::uart::Uart;
@@ -96,9 +97,27 @@ impl<'b> Link<'b> {
     pub fn send(&mut self, frame: &Frame<'_>) -> Result<(), LinkError> {
         let mut out = [0u8; MAX_SEND];
         let bytes = frame.emit(&mut out).map_err(LinkError::Encode)?;
-        let _ = self.uart.write_all(bytes);
-        self.sent += bytes.len();
+        self.write(bytes);
         Ok(())
+    }
+
+    /// Sends the bytes of a frame already encoded (the device agent's).
+    pub fn write(&mut self, frame: &[u8]) {
+        let _ = self.uart.write_all(frame);
+        self.sent += frame.len();
+    }
+
+    /// Sleeps (`wfi`) until `deadline` or a byte on the UART, whichever comes first. The UART
+    /// raises no interrupt here, so a byte is noticed at the next 1 ms tick; hence no sleep at
+    /// all while a frame is arriving (bytes of it are buffered), which would cost a tick per
+    /// byte.
+    pub fn idle_until(&mut self, deadline: Instant) {
+        if self.rx.buffered() > 0 {
+            return;
+        }
+        while clock::now() < deadline && !self.uart.has_byte() {
+            cortex_m::asm::wfi();
+        }
     }
 
     /// Reads what the UART has and returns the next whole frame, if there is one. Never waits.

@@ -41,6 +41,11 @@ impl Uart {
         Some(Self(()))
     }
 
+    /// Whether a received byte is waiting.
+    pub fn has_byte(&self) -> bool {
+        read(STATE) & STATE_RX_FULL != 0
+    }
+
     /// A received byte, if one is waiting.
     pub fn try_read_byte(&mut self) -> Option<u8> {
         (read(STATE) & STATE_RX_FULL != 0).then(|| read(DATA).to_le_bytes()[0])

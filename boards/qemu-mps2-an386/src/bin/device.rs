@@ -1,23 +1,30 @@
 //! The edge device, end to end: the firmware `ci/qemu-e2e.sh` runs under QEMU against a real
 //! Sentry, relay, sidecar and app on the host.
 //!
-//! 1. The core's rotation machine (no real-time clock: [`Clock::Monotonic`], wall time taken
-//!    from the certificates) asks for an identity; each request is a fresh P-256 key from the
-//!    DRBG and a CSR, sent to the relay in a `SignRequest` frame over the UART; the relay asks
-//!    Sentry.
-//! 2. The answer's chain is validated against the anchors provisioned in flash and the
-//!    workload profile, then installed and published to the identity slot.
-//! 3. After each install the device opens an embedded-tls TLS 1.3 session through the relay
-//!    to the sidecar of app `PEER_APP`, presenting its leaf from the slot and verifying the
-//!    sidecar with the core's path validation and SPIFFE authorization
-//!    ([`sigil_core::tls::Provider`]); it calls `GET /<METHOD>` and checks that the app answers
-//!    200 and names the device's SPIFFE ID (which the sidecar took from the handshake).
-//! 4. After the first identity and [`ROTATIONS`] renewals, each with its call, it prints
-//!    [`SWAP_MARKER`]: the test swaps the relay for one backed by a foreign Sentry. The next
-//!    renewal's chain must be refused (`Rejected(Path)`), the old identity must stay installed,
-//!    and a call with it must still succeed.
-//! 5. It prints a summary with the emulated times from boot to the first identity and to the
-//!    first successful mTLS call, and the stack peak, and exits 0 only if all of this held.
+//! The core's device agent ([`DeviceAgent`]) does the identity work: its rotation machine (no
+//! real-time clock: [`Clock::Monotonic`], wall time taken from the certificates) asks for an
+//! identity, each request a fresh P-256 key from the DRBG and a CSR in a `SignRequest` frame;
+//! answers are matched to their request, validated against the anchors provisioned in flash
+//! and the workload profile, installed, and published to the identity slot. This image is its
+//! driver and the scenario:
+//!
+//! - **Driver**: frames from the UART go to [`DeviceAgent::handle_frame`], the frames it
+//!   returns from [`DeviceAgent::poll_transmit`] go to the UART, and one deadline, armed from
+//!   [`DeviceAgent::poll_timeout`], calls [`DeviceAgent::handle_timeout`]; between them the
+//!   core sleeps (`wfi`) until the deadline or a byte on the UART.
+//! - **Scenario**, on the agent's events only:
+//!   1. after each install the device opens an embedded-tls TLS 1.3 session through the relay
+//!      to the sidecar of app `PEER_APP`, presenting its leaf from the slot and verifying the
+//!      sidecar with the core's path validation and SPIFFE authorization
+//!      ([`sigil_core::tls::Provider`]); it calls `GET /<METHOD>` and checks that the app
+//!      answers 200 and names the device's SPIFFE ID (which the sidecar took from the
+//!      handshake);
+//!   2. after the first identity and [`ROTATIONS`] renewals, each with its call, it prints
+//!      [`SWAP_MARKER`]: the test swaps the relay for one backed by a foreign Sentry. The next
+//!      renewal's chain must be refused ([`Event::Rejected`] with a path error), the old
+//!      identity must stay installed and in the slot, and a call with it must still succeed;
+//!   3. it prints a summary with the emulated times from boot to the first identity and to the
+//!      first successful mTLS call, and the stack peak, and exits 0 only if all of this held.
 #![no_std]
 #![no_main]
 
@@ -29,15 +36,16 @@ use cortex_m_semihosting::hprintln;
 use embedded_io::Write as _;
 use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
 use rand_core::RngCore as _;
-use sigil_board_qemu_mps2_an386::link::{Link, LinkError};
+use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
 use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
+use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::crypto::RustCryptoVerifier;
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
-use sigil_core::link::{Answer, Frame, MAX_FRAME};
+use sigil_core::link::MAX_FRAME;
 use sigil_core::path::{Options, PeerName};
-use sigil_core::rotation::{Action, Clock, Failure, Policy, Rejection, RequestId, Rotation};
+use sigil_core::rotation::{Clock, Policy, Rejection, Rotation};
 use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::tls::{Provider, Refusal, ServerVerifier};
@@ -73,7 +81,8 @@ const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 
 static SLOT: IdentitySlot<SoftwareKey, CHAIN> = IdentitySlot::new();
 
-type Machine<'id> = Rotation<'id, SoftwareKey, CHAIN, ANCHOR_COUNT, ANCHOR_BYTES>;
+type Agent<'a> =
+    DeviceAgent<'a, SoftwareKey, RustCryptoVerifier, CHAIN, ANCHOR_COUNT, ANCHOR_BYTES>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -81,16 +90,6 @@ enum Phase {
     Positive,
     /// Waiting for the foreign relay's answer to be refused.
     Negative,
-}
-
-#[derive(Default)]
-struct Report {
-    installed_ms: Option<u64>,
-    first_call_ms: Option<u64>,
-    installs: u32,
-    calls: u32,
-    foreign_refused: u32,
-    requests: u32,
 }
 
 #[entry]
@@ -113,6 +112,7 @@ fn dapr_id<'a>(
     SpiffeId::parse(out.as_str()).map_err(|_| "provisioned SPIFFE ID does not parse")
 }
 
+/// The driver: frames in, frames out, one timer; the scenario sees only the agent's events.
 fn run() -> Result<(), &'static str> {
     let mut rng = HmacDrbg::new(
         &mut ProvisionedSeed {
@@ -127,6 +127,58 @@ fn run() -> Result<(), &'static str> {
     let peer_id = dapr_id(&mut peer, PEER_APP)?;
     hprintln!("device: {} calling {} via the relay", own_id, peer_id);
 
+    // The jitter seed from the DRBG, not the seed itself: renewal timing is visible on the
+    // network.
+    let mut agent = agent(own_id, rng.next_u64())?;
+
+    let uart = Uart::take().ok_or("UART taken twice")?;
+    let mut rx = [0u8; MAX_FRAME];
+    let mut link = Link::new(uart, &mut rx);
+    let mut scenario = Scenario {
+        phase: Phase::Positive,
+        report: Report::default(),
+        kept: None,
+        calls: Calls {
+            session: 0,
+            peer: peer_id,
+            own: own_id,
+        },
+    };
+    let limit = Instant::ZERO.saturating_add(RUN_LIMIT);
+
+    loop {
+        let now = clock::now();
+        if now >= limit {
+            hprintln!("timeout in phase {:?}", scenario.phase);
+            return Err("scenario did not finish in time");
+        }
+        // In: a frame (TLS frames outside a session are late ones: the agent ignores them),
+        // and the timer.
+        match link.poll() {
+            Ok(Some(frame)) => agent.handle_frame(now, frame),
+            Ok(None) => {}
+            Err(e) => hprintln!("link: {}", e),
+        }
+        if agent.poll_timeout().is_some_and(|t| now >= t) {
+            agent.handle_timeout(now);
+        }
+        // Out: frames, then events.
+        transmit(&mut agent, &mut link, &mut rng);
+        while let Some(event) = agent.poll_event() {
+            if scenario.on_event(event, &agent, &mut link, &mut rng)? {
+                return Ok(());
+            }
+        }
+        // Sleep until the timer or a byte.
+        link.idle_until(agent.poll_timeout().unwrap_or(limit).min(limit));
+    }
+}
+
+/// The device agent: the provisioned anchors and identity, the policy for this link, no
+/// real-time clock. Out of line, so that the machine is built in place in the caller's frame
+/// and its temporaries are not on the stack later.
+#[inline(never)]
+fn agent(own_id: SpiffeId<'_>, jitter_seed: u64) -> Result<Agent<'_>, &'static str> {
     let mut bundle = OwnedTrustBundle::new();
     bundle
         .replace(ANCHORS)
@@ -137,193 +189,168 @@ fn run() -> Result<(), &'static str> {
         issuer_skew: Duration::from_secs(ISSUER_SKEW_SECS),
         ..Policy::default()
     };
-    // From the DRBG, not the seed itself: renewal timing is visible on the network.
-    let jitter_seed = rng.next_u64();
-    let mut m: Machine<'_> =
-        Rotation::new(policy, Clock::Monotonic, jitter_seed, Some(own_id), bundle);
-
-    let uart = Uart::take().ok_or("UART taken twice")?;
-    let mut rx = [0u8; MAX_FRAME];
-    let mut link = Link::new(uart, &mut rx);
-    let mut report = Report::default();
-    let mut phase = Phase::Positive;
-    let mut outstanding: Option<RequestId> = None;
-    let mut calls = Calls {
-        session: 0,
-        peer: peer_id,
-        own: own_id,
+    let rotation = Rotation::new(policy, Clock::Monotonic, jitter_seed, Some(own_id), bundle);
+    let workload = Workload {
+        app_id: APP_ID,
+        namespace: NAMESPACE,
+        token: "",
     };
-    // The identity the negative phase must keep: generation, notAfter, install instant.
-    let mut kept: Option<(u32, UnixTime, Instant)> = None;
-    let limit = Instant::ZERO.saturating_add(RUN_LIMIT);
+    Ok(DeviceAgent::new(rotation, workload, RustCryptoVerifier).with_slot(&SLOT))
+}
 
-    loop {
-        let now = clock::now();
-        if now >= limit {
-            hprintln!("timeout in phase {:?}", phase);
-            return Err("scenario did not finish in time");
-        }
-        m.handle_timeout(now);
-        while let Some(action) = m.poll_action() {
-            match action {
-                Action::Request => {
-                    let key = SoftwareKey::generate(&mut rng);
-                    let mut csr = [0u8; 320];
-                    let (id, der) = m
-                        .start_request(key, &mut csr)
-                        .map_err(|_| "CSR for the request")?;
-                    link.send(&Frame::SignRequest {
-                        request: id.get(),
-                        id: APP_ID,
-                        namespace: NAMESPACE,
-                        token: "",
-                        csr: der,
-                    })
-                    .map_err(|_| "sign request does not fit a frame")?;
-                    report.requests += 1;
-                    outstanding = Some(id);
-                    hprintln!("[{} ms] sign request {} sent", now.as_millis(), id.get());
-                }
-                Action::Installed {
+/// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
+/// here, the CSR and the key's signing in the agent) are not on the stack during a TLS call.
+#[inline(never)]
+fn transmit(agent: &mut Agent<'_>, link: &mut Link<'_>, rng: &mut HmacDrbg) {
+    let mut out = [0u8; MAX_SEND];
+    while let Some(frame) = agent.poll_transmit(rng, &mut out) {
+        link.write(frame);
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    installed_ms: Option<u64>,
+    first_call_ms: Option<u64>,
+    installs: u32,
+    calls: u32,
+    foreign_refused: u32,
+    requests: u32,
+}
+
+/// What the scenario has seen, and what it must see next.
+struct Scenario<'a> {
+    phase: Phase,
+    report: Report,
+    /// The identity the negative phase must keep: generation, notAfter, install instant.
+    kept: Option<(u32, UnixTime, Instant)>,
+    calls: Calls<'a>,
+}
+
+impl Scenario<'_> {
+    /// Checks one event and acts on it (calls after an install); `Ok(true)` once the scenario
+    /// has passed.
+    fn on_event(
+        &mut self,
+        event: Event,
+        agent: &Agent<'_>,
+        link: &mut Link<'_>,
+        rng: &mut HmacDrbg,
+    ) -> Result<bool, &'static str> {
+        let ms = clock::now().as_millis();
+        match event {
+            Event::Requested { request } => {
+                self.report.requests += 1;
+                hprintln!("[{} ms] sign request {} sent", ms, request);
+            }
+            Event::Installed {
+                generation,
+                not_after,
+            } => {
+                let identity = agent
+                    .rotation()
+                    .identity()
+                    .ok_or("installed identity missing")?;
+                self.report.installs += 1;
+                self.report.installed_ms.get_or_insert(ms);
+                hprintln!(
+                    "[{} ms] identity {} installed, notAfter {} (unix)",
+                    ms,
                     generation,
-                    not_after,
-                } => {
-                    let identity = m.identity().ok_or("installed identity missing")?;
-                    SLOT.publish(
-                        identity.chain(),
-                        identity.key().clone(),
-                        identity.not_after(),
-                    )
-                    .map_err(|_| "identity does not fit the slot")?;
-                    report.installs += 1;
-                    report.installed_ms.get_or_insert(clock::now().as_millis());
-                    hprintln!(
-                        "[{} ms] identity {} installed, notAfter {} (unix)",
-                        clock::now().as_millis(),
-                        generation,
-                        not_after.as_secs()
-                    );
-                    let this = (generation, identity.not_after(), identity.installed());
-                    if phase == Phase::Negative {
-                        // The foreign relay was not in place yet: a genuine renewal.
-                        hprintln!("renewed before the relay swap; still waiting");
-                        kept = Some(this);
-                        hprintln!("{}", SWAP_MARKER);
-                        continue;
+                    not_after.as_secs()
+                );
+                let this = (generation, identity.not_after(), identity.installed());
+                if self.phase == Phase::Negative {
+                    // The foreign relay was not in place yet: a genuine renewal.
+                    hprintln!("renewed before the relay swap; still waiting");
+                } else {
+                    self.calls.call(link, rng, agent, &mut self.report)?;
+                    if self.report.installs <= ROTATIONS {
+                        return Ok(false);
                     }
-                    calls.call(&mut link, &mut rng, &m, &mut report)?;
-                    if report.installs > ROTATIONS {
-                        phase = Phase::Negative;
-                        kept = Some(this);
-                        hprintln!("{}", SWAP_MARKER);
-                    }
+                    self.phase = Phase::Negative;
                 }
-                Action::Rejected(Rejection::Path(e)) => {
-                    hprintln!("[{} ms] answer refused: {}", clock::now().as_millis(), e);
-                    if phase != Phase::Negative {
-                        return Err("a chain from Sentry was refused in the positive phase");
-                    }
-                    report.foreign_refused += 1;
-                    // The machine still holds the very identity installed before (same
-                    // notAfter, same install instant), and the slot still publishes it.
-                    let now_holding = m
-                        .identity()
-                        .map(|i| (i.not_after(), i.installed(), i.leaf()));
-                    let slot_leaf_matches = |leaf: &[u8]| {
-                        SLOT.lease()
-                            .and_then(|l| l.with(|id| Some(id.leaf() == leaf)))
-                            .unwrap_or(false)
-                    };
-                    let held = match (kept, now_holding) {
-                        (Some((generation, not_after, installed)), Some((na, at, leaf))) => {
-                            na == not_after
-                                && at == installed
-                                && SLOT.generation() == Some(generation)
-                                && slot_leaf_matches(leaf)
-                        }
-                        _ => false,
-                    };
-                    if !held {
-                        return Err("the old identity was not kept after a foreign chain");
-                    }
-                    let generation = kept.map_or(0, |k| k.0);
-                    hprintln!("old identity {} kept; calling with it", generation);
-                    calls.call(&mut link, &mut rng, &m, &mut report)?;
-                    hprintln!(
-                        "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} link_rx={} link_tx={} frames_skipped={}",
-                        report.installs,
-                        report.installs.saturating_sub(1),
-                        report.calls,
-                        report.foreign_refused,
-                        report.requests,
-                        link.received,
-                        link.sent,
-                        link.skipped
-                    );
-                    hprintln!(
-                        "e2e: timing boot_to_identity_ms={} boot_to_first_mtls_call_ms={} (QEMU, not cycle-accurate)",
-                        report.installed_ms.unwrap_or(0),
-                        report.first_call_ms.unwrap_or(0)
-                    );
-                    return Ok(());
-                }
-                Action::Rejected(r) => {
-                    hprintln!("[{} ms] answer refused: {:?}", clock::now().as_millis(), r);
-                }
-                Action::Expired => return Err("the identity expired: rotation failed"),
-                _ => {}
+                self.kept = Some(this);
+                hprintln!("{}", SWAP_MARKER);
             }
+            Event::Rejected {
+                reason: Rejection::Path(e),
+                ..
+            } => {
+                hprintln!("[{} ms] answer refused: {}", ms, e);
+                if self.phase != Phase::Negative {
+                    return Err("a chain from Sentry was refused in the positive phase");
+                }
+                self.report.foreign_refused += 1;
+                self.check_kept(agent)?;
+                let generation = self.kept.map_or(0, |k| k.0);
+                hprintln!("old identity {} kept; calling with it", generation);
+                self.calls.call(link, rng, agent, &mut self.report)?;
+                let r = &self.report;
+                hprintln!(
+                    "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} link_rx={} link_tx={} frames_skipped={}",
+                    r.installs,
+                    r.installs.saturating_sub(1),
+                    r.calls,
+                    r.foreign_refused,
+                    r.requests,
+                    link.received,
+                    link.sent,
+                    link.skipped
+                );
+                hprintln!(
+                    "e2e: timing boot_to_identity_ms={} boot_to_first_mtls_call_ms={} (QEMU, not cycle-accurate)",
+                    r.installed_ms.unwrap_or(0),
+                    r.first_call_ms.unwrap_or(0)
+                );
+                return Ok(true);
+            }
+            // The agent has backed off (refusals, other rejections) or changed nothing
+            // (answers to requests no longer in flight).
+            Event::Refused { request, code, .. } => {
+                hprintln!("[{} ms] request {} refused, code {}", ms, request, code);
+            }
+            Event::Rejected { request, .. } => {
+                hprintln!("[{} ms] answer to request {} refused", ms, request);
+            }
+            Event::Dropped { request } => {
+                hprintln!(
+                    "[{} ms] answer to request {} dropped: not in flight",
+                    ms,
+                    request
+                );
+            }
+            Event::Expired => return Err("the identity expired: rotation failed"),
+            _ => return Err("a sign request could not be sent"),
         }
+        Ok(false)
+    }
 
-        match link.poll() {
-            Ok(Some(frame)) => {
-                if let Frame::SignAnswer { request, answer } = frame {
-                    let now = clock::now();
-                    // Only the answer to the request in flight counts; one to a request the
-                    // machine gave up on (timed out, superseded) is dropped.
-                    let current = outstanding.filter(|id| id.get() == request);
-                    if current.is_some() {
-                        outstanding = None;
-                    }
-                    match (current, answer) {
-                        (Some(id), Answer::Chain(_)) => {
-                            let mut chain: heapless::Vec<&[u8], 4> = heapless::Vec::new();
-                            for cert in answer.certificates() {
-                                if chain.push(cert).is_err() {
-                                    break;
-                                }
-                            }
-                            hprintln!("[{} ms] chain of {} received", now.as_millis(), chain.len());
-                            m.handle_response(now, id, &chain, &RustCryptoVerifier);
-                        }
-                        (Some(id), Answer::Refused { code, message }) => {
-                            hprintln!(
-                                "[{} ms] Sentry refused ({}): {}",
-                                now.as_millis(),
-                                code,
-                                message
-                            );
-                            let why = if code == 14 {
-                                Failure::Unreachable
-                            } else {
-                                Failure::Refused
-                            };
-                            m.handle_failure(now, id, why);
-                        }
-                        (None, _) => {
-                            hprintln!("answer to request {} ignored (not in flight)", request)
-                        }
-                    }
-                }
+    /// The agent still holds the very identity installed before the foreign chain (same
+    /// notAfter, same install instant), and the slot still publishes it.
+    fn check_kept(&self, agent: &Agent<'_>) -> Result<(), &'static str> {
+        let now_holding = agent
+            .rotation()
+            .identity()
+            .map(|i| (i.not_after(), i.installed(), i.leaf()));
+        let slot_leaf_matches = |leaf: &[u8]| {
+            SLOT.lease()
+                .and_then(|l| l.with(|id| Some(id.leaf() == leaf)))
+                .unwrap_or(false)
+        };
+        let held = match (self.kept, now_holding) {
+            (Some((generation, not_after, installed)), Some((na, at, leaf))) => {
+                na == not_after
+                    && at == installed
+                    && SLOT.generation() == Some(generation)
+                    && slot_leaf_matches(leaf)
             }
-            Ok(None) => {
-                if outstanding.is_none() {
-                    // Idle until the next tick; the UART is polled, so only when nothing is
-                    // expected on it.
-                    cortex_m::asm::wfi();
-                }
-            }
-            Err(e) => hprintln!("link: {}", e),
+            _ => false,
+        };
+        if held {
+            Ok(())
+        } else {
+            Err("the old identity was not kept after a foreign chain")
         }
     }
 }
@@ -338,7 +365,6 @@ enum CallError {
     BadAnswer,
 }
 
-/// One mTLS call to the peer's sidecar with the identity in the slot.
 /// The mTLS calls to the peer's sidecar: whom to call, as whom, and the session numbers.
 struct Calls<'a> {
     /// The last session's number (each call is a new session).
@@ -353,12 +379,12 @@ impl Calls<'_> {
         &mut self,
         link: &mut Link<'_>,
         rng: &mut HmacDrbg,
-        m: &Machine<'_>,
+        agent: &Agent<'_>,
         report: &mut Report,
     ) -> Result<(), &'static str> {
         self.session = self.session.wrapping_add(1);
         let started = clock::now();
-        match call_once(link, self.session, rng, m, self.peer, self.own) {
+        match call_once(link, self.session, rng, agent, self.peer, self.own) {
             Ok((generation, status)) => {
                 report.calls += 1;
                 report.first_call_ms.get_or_insert(clock::now().as_millis());
@@ -392,7 +418,7 @@ fn call_once(
     link: &mut Link<'_>,
     session: u16,
     rng: &mut HmacDrbg,
-    m: &Machine<'_>,
+    agent: &Agent<'_>,
     peer: SpiffeId<'_>,
     own: SpiffeId<'_>,
 ) -> Result<(u32, heapless::String<16>), CallError> {
@@ -402,14 +428,21 @@ fn call_once(
     let mut leaf = [0u8; 1024];
     let n = lease.copy_cert(0, &mut leaf).ok_or(CallError::NoIdentity)?;
     let leaf = leaf.get(..n).ok_or(CallError::NoIdentity)?;
-    let wall: UnixTime = m.wall_time(clock::now()).ok_or(CallError::NoWallTime)?;
+    let wall: UnixTime = agent
+        .rotation()
+        .wall_time(clock::now())
+        .ok_or(CallError::NoWallTime)?;
 
     let options = Options {
         skew: PEER_SKEW,
         peer: PeerName::SpiffeId(peer),
         ..Options::new(wall)
     };
-    let verifier = ServerVerifier::new(m.bundle().as_bundle(), options, RustCryptoVerifier);
+    let verifier = ServerVerifier::new(
+        agent.rotation().bundle().as_bundle(),
+        options,
+        RustCryptoVerifier,
+    );
     let mut provider = Provider::new(rng, Some((leaf, key)), verifier);
     let config = TlsConfig::new();
     let mut rx = [0u8; TLS_RX];
