@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::pb;
-use crate::tls::{SpiffeServerVerifier, MAX_ANCHORS};
+use crate::tls::SpiffeServerVerifier;
+use crate::trust::Anchors;
 
 /// Why a signing round failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +140,7 @@ impl SentryClient {
         key: PublicKey<'_>,
     ) -> Result<Signed, ClientError> {
         let signed = self.request(req).await?;
-        check_issued(
-            &signed.chain,
-            &self.target.anchors,
-            key,
-            None,
-            SystemTime::now(),
-        )?;
+        validate_identity(&signed.chain, &self.target.anchors, key, SystemTime::now())?;
         Ok(signed)
     }
 
@@ -221,7 +216,9 @@ impl SentryClient {
 pub async fn connect_channel(
     target: &SentryTarget,
 ) -> Result<tonic::transport::Channel, ClientError> {
-    let verifier = SpiffeServerVerifier::new(target.anchors.clone(), target.sentry_id.clone())
+    let anchors = Anchors::from_ders("trust anchors for Sentry", target.anchors.clone())
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let verifier = SpiffeServerVerifier::new(Arc::new(anchors), target.sentry_id.clone())
         .map_err(ClientError::Config)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
@@ -266,7 +263,7 @@ pub async fn connect_channel(
 /// The core's judgement ([`sigil_core::rotation::check_issued`]) on an issued chain (DER, leaf
 /// first) at `now`: the path against `anchors` for client and server use (with Dapr's 15 min
 /// skew), the workload profile, the key and, if given, the identity expected. Anchors the core
-/// cannot use are skipped ([`crate::pki::anchor_bundle`]); signatures go through the
+/// cannot use were skipped when `anchors` was loaded ([`Anchors`]); signatures go through the
 /// process-wide [`crate::verifier::shared`] cache.
 ///
 /// # Errors
@@ -274,12 +271,12 @@ pub async fn connect_channel(
 /// [`ClientError::Rejected`].
 pub fn check_issued(
     chain: &[Vec<u8>],
-    anchors: &[Vec<u8>],
+    anchors: &Anchors,
     key: PublicKey<'_>,
     expected: Option<Expected<'_>>,
     now: SystemTime,
 ) -> Result<(), ClientError> {
-    let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(anchors);
+    let bundle = anchors.bundle();
     let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     rotation::check_issued(
@@ -305,7 +302,9 @@ pub fn validate_identity(
     key: PublicKey<'_>,
     now: SystemTime,
 ) -> Result<(), ClientError> {
-    check_issued(chain, anchors, key, None, now)
+    let anchors = Anchors::from_ders("trust anchors", anchors.to_vec())
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    check_issued(chain, &anchors, key, None, now)
 }
 
 /// Every CERTIFICATE block of a PEM byte string, DER.

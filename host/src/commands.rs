@@ -8,16 +8,13 @@ use std::time::Duration;
 use sigil_core::cert::Certificate;
 use sigil_core::csr;
 use sigil_core::key::{SoftwareKey, PKCS8_DER_LEN};
-use sigil_core::path::{self, Options, PeerName, Usage};
+use sigil_core::path::{self, PeerName, Usage};
 use sigil_core::pem::Label;
 use sigil_core::spiffe::{SpiffeId, TrustDomain};
 use sigil_core::UnixTime;
 
 use crate::pki::{self, InputError};
 use crate::verifier::RingVerifier;
-
-/// Most trust anchors `sigil cert verify` loads from one file.
-pub const MAX_ANCHORS: usize = 32;
 
 /// Errors of `sigil csr new`.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +146,9 @@ pub enum VerifyError {
     /// A file problem.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The trust anchors are unusable.
+    #[error(transparent)]
+    Anchors(#[from] crate::trust::TrustError),
     /// The expected name given is not valid.
     #[error("{0}")]
     BadName(String),
@@ -163,12 +163,12 @@ pub enum VerifyError {
 ///
 /// [`VerifyError`] when the input is unusable; an invalid chain is `Ok(Invalid)`.
 pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
-    // Anchors the core cannot use are skipped with a warning (the host's one rule,
-    // pki::anchor_bundle); a file with none usable is unusable input. Intermediates that do
+    // Anchors the core cannot use are skipped with a warning (the host's one owner of trust,
+    // trust::Anchors); a file with none usable, or more than it holds, is unusable input. Intermediates that do
     // not parse are left to path building, which skips them. A leaf whose DER is garbage is
     // unusable; one that parses as DER but breaks a rule of X.509 (an unknown critical
     // extension, say) is invalid, and path validation says so.
-    let anchors_der = pki::read_pem_blocks(&args.anchors, Label::Certificate)?;
+    let anchors = crate::trust::Anchors::read(&args.anchors)?;
     let intermediates_der = match &args.intermediates {
         Some(p) => pki::read_pem_blocks(p, Label::Certificate)?,
         None => Vec::new(),
@@ -183,15 +183,8 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
         .into());
     }
 
-    let (bundle, skipped) = pki::anchor_bundle::<MAX_ANCHORS>(&anchors_der);
-    if bundle.is_empty() {
-        return Err(InputError::NoUsableAnchor {
-            path: args.anchors.clone(),
-            skipped,
-        }
-        .into());
-    }
-    let warnings: String = skipped
+    let warnings: String = anchors
+        .skipped()
         .iter()
         .map(|s| format!("warning: {}: {s}\n", args.anchors.display()))
         .collect();
@@ -230,14 +223,16 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
             PeerName::Ip(&ip_bytes)
         }
     };
-    let options = Options {
+    let policy = crate::trust::Policy {
         skew: args.skew,
-        usage: args.usage,
         peer,
         max_depth: args.max_depth,
-        ..Options::new(args.at)
+        ..crate::trust::Policy::new(
+            args.usage,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(args.at.as_secs()),
+        )
     };
-    match path::verify(&leaf_der, &ints, &bundle, &RingVerifier, &options) {
+    match anchors.verify(&leaf_der, &ints, &policy, &RingVerifier) {
         Ok(found) => {
             let mut s = format!(
                 "{warnings}valid at {} (usage {}, skew {}s)\n",
@@ -258,15 +253,13 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
                 );
             }
             // Numbered as in the file, skipped anchors included.
-            let anchor = bundle.anchors().get(found.anchor()).map(|a| {
-                let der = a.certificate().der();
-                let index = anchors_der.iter().position(|d| d.as_slice() == der);
-                (
-                    index.unwrap_or(found.anchor()),
-                    pki::summary(a.certificate()),
-                )
-            });
-            let (index, summary) = anchor.unwrap_or_default();
+            let summary = anchors
+                .ders()
+                .get(found.anchor())
+                .and_then(|d| Certificate::parse(d).ok())
+                .map(|c| pki::summary(&c))
+                .unwrap_or_default();
+            let index = anchors.index_given(found.anchor());
             let _ = writeln!(s, "  trust anchor #{index}: {summary}");
             Ok(VerifyOutcome::Valid(s))
         }
@@ -350,7 +343,8 @@ pub struct SignArgs {
 pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use sigil_core::crypto::Signer as _;
-    let (anchors, skipped) = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&args.anchors)?;
+    let anchors = crate::trust::Anchors::read(&args.anchors)?;
+    let skipped = anchors.skipped().to_vec();
     let key_path = args.out_dir.join("key.pem");
     if key_path.exists() && !args.force {
         anyhow::bail!("{} exists; pass --force to replace it", key_path.display());
@@ -370,7 +364,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         .to_vec();
     let target = crate::client::SentryTarget {
         address: args.sentry.clone(),
-        anchors: anchors.clone(),
+        anchors: anchors.ders().to_vec(),
         sentry_id: args.sentry_id.clone(),
     };
     let mut client = crate::client::SentryClient::connect(target).await?;
@@ -396,7 +390,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
     {
         signed.trust_bundle.clone()
     } else {
-        anchors
+        anchors.ders().to_vec()
     };
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;

@@ -17,6 +17,7 @@ pub mod relay;
 pub mod sentry;
 pub mod sidecar;
 pub mod tls;
+pub mod trust;
 pub mod verifier;
 
 /// The gRPC messages and services of Dapr's Sentry API, generated from `proto/`.

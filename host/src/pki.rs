@@ -66,22 +66,6 @@ pub enum InputError {
     /// The file exists and overwriting was not asked for.
     #[error("{0}: already exists (use --force to replace it)")]
     Exists(PathBuf),
-    /// A file of trust anchors held none the core can use.
-    #[error("{path}: no usable trust anchor ({})", list(.skipped))]
-    NoUsableAnchor {
-        /// The file.
-        path: PathBuf,
-        /// Every certificate in it, and why it was skipped.
-        skipped: Vec<SkippedAnchor>,
-    },
-}
-
-fn list(skipped: &[SkippedAnchor]) -> String {
-    skipped
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A certificate left out of a trust bundle, and why.
@@ -136,52 +120,6 @@ fn anchor_subject(der: &[u8]) -> String {
             |c| c.tbs_certificate.subject.to_string(),
         ),
     }
-}
-
-/// The usable trust anchors among `ders` by [`anchor_bundle`]'s rule, with the skipped ones,
-/// each also logged as a warning naming `source` (a file, or where the anchors came from).
-pub fn usable_anchors<const N: usize>(
-    source: &str,
-    ders: Vec<Vec<u8>>,
-) -> (Vec<Vec<u8>>, Vec<SkippedAnchor>) {
-    let (_, skipped) = anchor_bundle::<N>(&ders);
-    for s in &skipped {
-        // The subject is text the certificate's maker chose: logged escaped.
-        tracing::warn!(
-            source,
-            index = s.index,
-            subject = ?s.subject,
-            reason = %s.reason,
-            "trust anchor skipped"
-        );
-    }
-    let usable = ders
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !skipped.iter().any(|s| s.index == *i))
-        .map(|(_, d)| d)
-        .collect();
-    (usable, skipped)
-}
-
-/// The trust anchors in the PEM file at `path`: the usable ones (DER) and the skipped ones,
-/// by [`usable_anchors`]' rule (at most `N` kept).
-///
-/// # Errors
-///
-/// As [`read_pem_blocks`], plus [`InputError::NoUsableAnchor`] when none is usable.
-pub fn read_anchors<const N: usize>(
-    path: &Path,
-) -> Result<(Vec<Vec<u8>>, Vec<SkippedAnchor>), InputError> {
-    let ders = read_pem_blocks(path, pem::Label::Certificate)?;
-    let (usable, skipped) = usable_anchors::<N>(&path.display().to_string(), ders);
-    if usable.is_empty() {
-        return Err(InputError::NoUsableAnchor {
-            path: path.to_owned(),
-            skipped,
-        });
-    }
-    Ok((usable, skipped))
 }
 
 /// Every block labelled `label` in the PEM file at `path`, decoded.

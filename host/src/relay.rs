@@ -59,7 +59,6 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
-use crate::pki;
 
 /// Bytes read from the peer at a time: each read becomes one `TlsData` frame, kept well under
 /// [`MAX_PAYLOAD`] so a device with small buffers gets small frames.
@@ -132,11 +131,11 @@ impl RelayOptions {
     ///
     /// [`RelayError::Anchors`] or [`RelayError::Config`].
     pub fn validate(&self) -> Result<Vec<Vec<u8>>, RelayError> {
-        let (anchors, _) = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&self.anchors_file)
-            .map_err(RelayError::Anchors)?;
-        crate::tls::SpiffeServerVerifier::new(anchors.clone(), self.sentry_id.clone())
-            .map_err(RelayError::Config)?;
-        Ok(anchors)
+        let anchors =
+            crate::trust::Anchors::read(&self.anchors_file).map_err(RelayError::Anchors)?;
+        sigil_core::spiffe::SpiffeId::parse(&self.sentry_id)
+            .map_err(|e| RelayError::Config(format!("{:?}: {e}", self.sentry_id)))?;
+        Ok(anchors.ders().to_vec())
     }
 }
 
@@ -159,7 +158,7 @@ pub enum RelayError {
     Serial(std::io::Error),
     /// The trust anchors file is unusable.
     #[error("trust anchors: {0}")]
-    Anchors(pki::InputError),
+    Anchors(crate::trust::TrustError),
     /// Another option is unusable.
     #[error("relay configuration: {0}")]
     Config(String),
@@ -618,8 +617,8 @@ impl SignContext {
             },
             _ => req.token,
         };
-        let anchors = pki::read_anchors::<{ crate::ca::MAX_ANCHORS }>(&self.opts.anchors_file)
-            .map(|(a, _)| a)
+        let anchors = crate::trust::Anchors::read(&self.opts.anchors_file)
+            .map(|a| a.ders().to_vec())
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
                 self.anchors.clone()

@@ -9,12 +9,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, OtherError};
-use sigil_core::path::{self, Options, PeerName, Usage};
+use sigil_core::path::{PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
+use crate::trust::{Anchors, Policy};
 use crate::verifier::shared;
-
-pub use crate::ca::MAX_ANCHORS;
 
 /// The handshake-signature methods every rustls verifier here shares (the traits require them
 /// on each): `ring`'s algorithms from the verifier's `provider` field; TLS 1.3 always, TLS 1.2
@@ -98,30 +97,19 @@ pub fn certified_key(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<CertifiedKey, 
 /// the process-wide [`crate::verifier::shared`] cache.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    anchors: Vec<Vec<u8>>,
+    anchors: Arc<Anchors>,
     expected: String,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeServerVerifier {
-    /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors` (DER). Anchors the
-    /// core cannot use are skipped with a warning ([`crate::pki::usable_anchors`]).
+    /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors`.
     ///
     /// # Errors
     ///
-    /// A description if `expected` is not a SPIFFE ID or no anchor is usable.
-    pub fn new(anchors: Vec<Vec<u8>>, expected: String) -> Result<Self, String> {
+    /// A description if `expected` is not a SPIFFE ID.
+    pub fn new(anchors: Arc<Anchors>, expected: String) -> Result<Self, String> {
         SpiffeId::parse(&expected).map_err(|e| format!("{expected:?}: {e}"))?;
-        let given = anchors.len();
-        let (anchors, skipped) =
-            crate::pki::usable_anchors::<MAX_ANCHORS>("trust anchors for Sentry", anchors);
-        if anchors.is_empty() {
-            let why: Vec<String> = skipped.iter().map(ToString::to_string).collect();
-            return Err(format!(
-                "no usable trust anchor among {given} ({})",
-                why.join("; ")
-            ));
-        }
         Ok(Self {
             anchors,
             expected,
@@ -163,15 +151,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let (bundle, _) = crate::pki::anchor_bundle::<MAX_ANCHORS>(&self.anchors);
         let id = SpiffeId::parse(&self.expected).map_err(|e| other(e.to_string()))?;
         let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
-        let options = Options {
-            usage: Usage::ServerAuth,
+        let policy = Policy {
             peer: PeerName::SpiffeId(id),
-            ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
+            ..Policy::new(
+                Usage::ServerAuth,
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()),
+            )
         };
-        path::verify(end_entity.as_ref(), &ints, &bundle, shared(), &options)
+        self.anchors
+            .verify(end_entity.as_ref(), &ints, &policy, shared())
             .map(|_| ServerCertVerified::assertion())
             .map_err(|e| {
                 let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
@@ -217,7 +207,8 @@ mod tests {
         let leaf = leaf
             .signed_by(&KeyPair::generate().unwrap(), &root)
             .unwrap();
-        let verifier = SpiffeServerVerifier::new(vec![root.der().to_vec()], ID.into()).unwrap();
+        let anchors = Anchors::from_ders("test", vec![root.der().to_vec()]).unwrap();
+        let verifier = SpiffeServerVerifier::new(Arc::new(anchors), ID.into()).unwrap();
         let name = ServerName::try_from("dapr-sentry").unwrap();
         let check = || {
             verifier

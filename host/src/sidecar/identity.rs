@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::profile::Expected;
 use sigil_core::rotation::{Action, Clock, Failure, Policy, Rejection, RequestId, Rotation};
@@ -39,14 +39,15 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::ca::key::CaKey;
-use crate::client::{self, ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::trust::Anchors;
 
 /// Bytes of certificate DER an identity's chain may hold.
 pub const CHAIN_BYTES: usize = 8 * 1024;
-/// Trust anchors the bundle may hold.
-pub const ANCHORS: usize = crate::ca::MAX_ANCHORS;
+/// Trust anchors the bundle may hold: the host's one capacity.
+pub const ANCHORS: usize = crate::trust::CAPACITY;
 /// Bytes of anchor DER the bundle may hold.
-pub const ANCHOR_BYTES: usize = 32 * 1024;
+pub const ANCHOR_BYTES: usize = 64 * 1024;
 
 type Machine<'c> = Rotation<'c, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
 
@@ -169,7 +170,7 @@ impl RuntimeMetrics {
 #[derive(Debug, Default)]
 pub struct IdentityState {
     current: ArcSwapOption<Current>,
-    anchors: ArcSwap<Vec<Vec<u8>>>,
+    anchors: ArcSwapOption<Anchors>,
     ready: AtomicBool,
     ever_installed: AtomicBool,
     metrics: RuntimeMetrics,
@@ -179,10 +180,10 @@ pub struct IdentityState {
 impl IdentityState {
     /// A state holding a fixed identity and anchors (no rotation): for tools and tests that
     /// present an identity made elsewhere.
-    pub fn fixed(current: Current, anchors: Vec<Vec<u8>>) -> Self {
+    pub fn fixed(current: Current, anchors: Anchors) -> Self {
         Self {
             current: ArcSwapOption::from_pointee(current),
-            anchors: ArcSwap::from_pointee(anchors),
+            anchors: ArcSwapOption::from_pointee(anchors),
             ready: AtomicBool::new(true),
             ever_installed: AtomicBool::new(true),
             metrics: RuntimeMetrics::default(),
@@ -200,8 +201,8 @@ impl IdentityState {
         self.current.load_full()
     }
 
-    /// The trust anchors in force (DER).
-    pub fn anchors(&self) -> Arc<Vec<Vec<u8>>> {
+    /// The trust anchors in force (none before the driver has loaded them).
+    pub fn anchors(&self) -> Option<Arc<Anchors>> {
         self.anchors.load_full()
     }
 
@@ -225,32 +226,12 @@ pub enum IdentityError {
     Anchors(String),
 }
 
-fn read_anchors(source: &AnchorSource) -> Result<Vec<Vec<u8>>, IdentityError> {
-    let text = match source {
-        AnchorSource::Pem(p) => p.clone(),
-        AnchorSource::File(f) => std::fs::read_to_string(f)
-            .map_err(|e| IdentityError::Anchors(format!("{}: {e}", f.display())))?,
-    };
-    let ders = client::pem_certificates(text.as_bytes()).map_err(IdentityError::Anchors)?;
-    if ders.len() > ANCHORS {
-        return Err(IdentityError::Anchors(format!(
-            "{} certificates; at most {ANCHORS}",
-            ders.len()
-        )));
+fn read_anchors(source: &AnchorSource) -> Result<Anchors, IdentityError> {
+    match source {
+        AnchorSource::Pem(p) => Anchors::from_pem("DAPR_TRUST_ANCHORS", p.as_bytes()),
+        AnchorSource::File(f) => Anchors::read(f),
     }
-    // Certificates the core cannot use as anchors are skipped with a warning naming them.
-    let name = match source {
-        AnchorSource::Pem(_) => "DAPR_TRUST_ANCHORS".to_owned(),
-        AnchorSource::File(f) => f.display().to_string(),
-    };
-    let (usable, skipped) = crate::pki::usable_anchors::<ANCHORS>(&name, ders);
-    if usable.is_empty() {
-        return Err(IdentityError::Anchors(format!(
-            "{name}: no usable trust anchor ({} skipped)",
-            skipped.len()
-        )));
-    }
-    Ok(usable)
+    .map_err(|e| IdentityError::Anchors(e.to_string()))
 }
 
 /// The answer to one identity request: the chain (DER, leaf first), not judged yet.
@@ -349,11 +330,11 @@ pub async fn drive_with(
     tokio::pin!(shutdown);
     let anchors = read_anchors(&config.anchors)?;
     let mut bundle = OwnedTrustBundle::new();
-    let refs: Vec<&[u8]> = anchors.iter().map(Vec::as_slice).collect();
+    let refs: Vec<&[u8]> = anchors.ders().iter().map(Vec::as_slice).collect();
     bundle
         .replace(&refs)
-        .map_err(|e| IdentityError::Anchors(format!("{e:?}")))?;
-    state.anchors.store(Arc::new(anchors));
+        .map_err(|e| IdentityError::Anchors(e.to_string()))?;
+    state.anchors.store(Some(Arc::new(anchors)));
     let seed = u64::from_le_bytes(ring_seed());
     // The only judge of Sentry's answers: Dapr's ID for this workload, in any trust domain.
     let mut machine: Machine<'_> = Rotation::new(config.policy, Clock::Wall, seed, None, bundle)
@@ -433,18 +414,19 @@ pub async fn drive_with(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while anchors_rx.try_recv().is_ok() {}
                 match read_anchors(&config.anchors) {
-                    Ok(new) if *state.anchors() == new => {}
+                    Ok(new) if state.anchors().is_some_and(|a| a.ders() == new.ders()) => {}
                     Ok(new) => {
-                        let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
+                        let refs: Vec<&[u8]> = new.ders().iter().map(Vec::as_slice).collect();
                         let t = now();
                         machine.handle_wall_time(t, wall());
                         match machine.handle_trust_bundle(t, &refs, crate::verifier::shared()) {
-                            Ok(()) => {
-                                tracing::info!(anchors = new.len(), "trust anchors replaced");
-                                state.anchors.store(Arc::new(new));
+                            Ok(_) => {
+                                tracing::info!(anchors = new.ders().len(), "trust anchors replaced");
+                                let new = Arc::new(new);
+                                state.anchors.store(Some(new.clone()));
                                 // The app's copy follows at once, not at the next rotation.
                                 if let (Some(dir), Some(current)) = (&config.output_dir, state.current()) {
-                                    if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, &state.anchors()) {
+                                    if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, new.ders()) {
                                         tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
                                     }
                                 }
@@ -515,7 +497,11 @@ fn handle_action(
                 token_validator: if config.token_file.is_some() { 3 } else { 0 },
                 csr_der: csr,
             };
-            let answer = transport.sign(req, state.anchors().to_vec());
+            let anchors = state
+                .anchors()
+                .map(|a| a.ders().to_vec())
+                .unwrap_or_default();
+            let answer = transport.sign(req, anchors);
             tokio::spawn(async move {
                 let outcome = match answer.await {
                     Ok(chain) => Outcome::Signed(id, chain),
@@ -568,7 +554,11 @@ fn install(
     let not_after = UNIX_EPOCH + Duration::from_secs(not_after.as_secs());
     let key_pkcs8 = Zeroizing::new(identity.key().pkcs8_der().to_vec());
     if let Some(dir) = &config.output_dir {
-        if let Err(e) = write_files(dir, &chain, &key_pkcs8, &state.anchors()) {
+        let anchors = state
+            .anchors()
+            .map(|a| a.ders().to_vec())
+            .unwrap_or_default();
+        if let Err(e) = write_files(dir, &chain, &key_pkcs8, &anchors) {
             tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
         }
     }

@@ -24,11 +24,12 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, SignatureScheme};
-use sigil_core::path::{self, Options, PeerName, Usage};
+use sigil_core::path::{PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
 use super::identity::IdentityState;
 use crate::tls::other as refused;
+use crate::trust::Policy;
 use crate::verifier::shared;
 
 /// Presents the identity installed last (see the module doc); the certified key is built once
@@ -93,8 +94,9 @@ fn validate(
     usage: Usage,
     peer: PeerName<'_>,
 ) -> Result<(), rustls::Error> {
-    let anchors = state.anchors();
-    let (bundle, _) = crate::pki::anchor_bundle::<{ crate::ca::MAX_ANCHORS }>(&anchors);
+    let anchors = state
+        .anchors()
+        .ok_or_else(|| refused("no trust anchors loaded yet".to_owned()))?;
     let own = state.current();
     let mut ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
     if let Some(own) = own.as_ref() {
@@ -106,12 +108,15 @@ fn validate(
         }
     }
     // No skew for peers: Sentry back-dates notBefore already, and an expired peer is expired.
-    let options = Options {
-        usage,
+    let policy = Policy {
         peer,
-        ..Options::new(sigil_core::UnixTime::from_secs(now.as_secs()))
+        ..Policy::new(
+            usage,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()),
+        )
     };
-    path::verify(end_entity.as_ref(), &ints, &bundle, shared(), &options)
+    anchors
+        .verify(end_entity.as_ref(), &ints, &policy, shared())
         .map(|_| ())
         .map_err(|e| {
             let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())

@@ -365,7 +365,7 @@ async fn main() {
             not_after: SystemTime::now() + Duration::from_secs(3600),
             generation: 1,
         },
-        root.clone(),
+        sigil_host::trust::Anchors::from_ders("bench", root.clone()).expect("anchors"),
     ));
     let ours = tls_server(
         sigil_host::sidecar::mtls::server_config(state, Default::default()).expect("config"),

@@ -1,0 +1,300 @@
+//! Where trust lives on a host: one type, [`Anchors`], owns a set of trust anchors, and one
+//! entry point, [`Anchors::verify`], is what every host check of a certificate chain goes
+//! through — Sentry's serving chain seen by the Sentry client, the sidecars' rustls verifiers
+//! (both directions), the issued chain judged for tools (`sigil sign`), `sigil cert verify` —
+//! each caller stating its [`Policy`] (usage, peer name, skew, time). The rotation machine
+//! (sidecar and device) holds its own copy of the same DER in the core's owned bundle.
+//!
+//! - **Loaded once, when they change**: a certificate the core cannot use as an anchor (it does
+//!   not parse, has an unknown critical extension, or a key signatures cannot be verified with,
+//!   such as RSA) is skipped with a warning naming it, once, at load; the others keep working.
+//!   No usable anchor at all is an error. A handshake never re-reads or re-judges the set.
+//! - **One capacity**, [`CAPACITY`], for the CLI, the sidecar, the relay and the Sentry
+//!   client: a bundle with more certificates is refused at load with an error naming the
+//!   count, never truncated.
+//! - **Swapped atomically**: holders keep an `Arc<Anchors>` (in an `ArcSwap` where the set
+//!   changes at run time); a check runs against one set from start to end.
+//!
+//! The core's [`TrustBundle`] borrows the DER it was made from, so a check builds it from the
+//! stored DER: the anchors were judged at load, and parsing a certificate costs about 0.1 µs
+//! (0.15 % of a chain check).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_core::crypto::SignatureVerifier;
+use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::pem;
+
+use crate::pki::{InputError, SkippedAnchor};
+
+/// Most certificates an anchors bundle may hold (usable or not).
+pub const CAPACITY: usize = 64;
+
+/// Why a set of anchors was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The bundle could not be read.
+    #[error(transparent)]
+    Read(#[from] InputError),
+    /// Anchors given as text that is not PEM certificates.
+    #[error("{origin}: {reason}")]
+    NotPem {
+        /// Where they came from.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+    /// More certificates than [`CAPACITY`].
+    #[error("{origin}: {count} certificates; at most {CAPACITY} trust anchors are supported")]
+    TooMany {
+        /// Where they came from.
+        origin: String,
+        /// How many there are.
+        count: usize,
+    },
+    /// None of the certificates can be an anchor.
+    #[error("{origin}: no usable trust anchor among {count} certificates ({})", describe(.skipped))]
+    NoneUsable {
+        /// Where they came from.
+        origin: String,
+        /// How many there are.
+        count: usize,
+        /// Why each was skipped.
+        skipped: Vec<SkippedAnchor>,
+    },
+}
+
+fn describe(skipped: &[SkippedAnchor]) -> String {
+    skipped
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a caller asks of a chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'p> {
+    /// The use the leaf must allow.
+    pub usage: Usage,
+    /// The name the leaf must carry.
+    pub peer: PeerName<'p>,
+    /// Clock skew allowed on validity periods.
+    pub skew: Duration,
+    /// The time to validate at.
+    pub at: SystemTime,
+    /// Most intermediates that are not self-issued ([`path::DEFAULT_MAX_DEPTH`] unless said).
+    pub max_depth: usize,
+}
+
+impl Policy<'_> {
+    /// A policy for `usage` at `at`, any name, no skew.
+    pub const fn new(usage: Usage, at: SystemTime) -> Self {
+        Self {
+            usage,
+            peer: PeerName::Unchecked,
+            skew: Duration::ZERO,
+            at,
+            max_depth: path::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+/// A set of trust anchors, judged once (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchors {
+    source: String,
+    ders: Vec<Vec<u8>>,
+    skipped: Vec<SkippedAnchor>,
+}
+
+impl Anchors {
+    /// The anchors among `ders` (DER certificates) from `source` (a file name, an environment
+    /// variable, "Sentry's answer"), skipping the unusable ones with a warning each.
+    ///
+    /// # Errors
+    ///
+    /// [`TrustError::TooMany`] or [`TrustError::NoneUsable`].
+    pub fn from_ders(source: &str, ders: Vec<Vec<u8>>) -> Result<Self, TrustError> {
+        let count = ders.len();
+        if count > CAPACITY {
+            return Err(TrustError::TooMany {
+                origin: source.to_owned(),
+                count,
+            });
+        }
+        let (_, skipped) = bundle_of(&ders);
+        for s in &skipped {
+            // The subject is text the certificate's maker chose: logged escaped.
+            tracing::warn!(
+                source,
+                index = s.index,
+                subject = ?s.subject,
+                reason = %s.reason,
+                "trust anchor skipped"
+            );
+        }
+        let ders: Vec<Vec<u8>> = ders
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !skipped.iter().any(|s| s.index == *i))
+            .map(|(_, d)| d)
+            .collect();
+        if ders.is_empty() {
+            return Err(TrustError::NoneUsable {
+                origin: source.to_owned(),
+                count,
+                skipped,
+            });
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            ders,
+            skipped,
+        })
+    }
+
+    /// The anchors in PEM `text` from `source`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrustError::Read`] if it is not PEM certificates, or as [`Anchors::from_ders`].
+    pub fn from_pem(source: &str, text: &[u8]) -> Result<Self, TrustError> {
+        let ders = crate::client::pem_certificates(text).map_err(|reason| TrustError::NotPem {
+            origin: source.to_owned(),
+            reason,
+        })?;
+        Self::from_ders(source, ders)
+    }
+
+    /// The anchors in the PEM file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrustError::Read`], or as [`Anchors::from_ders`].
+    pub fn read(path: &Path) -> Result<Self, TrustError> {
+        let ders = crate::pki::read_pem_blocks(path, pem::Label::Certificate)?;
+        Self::from_ders(&path.display().to_string(), ders)
+    }
+
+    /// Where the anchors came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The usable anchors (DER), in the order given.
+    pub fn ders(&self) -> &[Vec<u8>] {
+        &self.ders
+    }
+
+    /// The certificates skipped at load, and why.
+    pub fn skipped(&self) -> &[SkippedAnchor] {
+        &self.skipped
+    }
+
+    /// The one check: `leaf` with `intermediates` (DER) must chain to one of these anchors
+    /// under `policy`, with signatures through `verifier`. The path found names its anchor by
+    /// its index in [`Anchors::ders`] (see [`Anchors::index_given`]).
+    ///
+    /// # Errors
+    ///
+    /// The core's [`path::Error`]: which certificate, which rule.
+    pub fn verify(
+        &self,
+        leaf: &[u8],
+        intermediates: &[&[u8]],
+        policy: &Policy<'_>,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<path::VerifiedPath, path::Error> {
+        let (bundle, _) = bundle_of(&self.ders);
+        let options = Options {
+            usage: policy.usage,
+            peer: policy.peer,
+            skew: policy.skew,
+            max_depth: policy.max_depth,
+            ..Options::new(unix(policy.at))
+        };
+        path::verify(leaf, intermediates, &bundle, verifier, &options)
+    }
+
+    /// The position, among the certificates given at load (skipped ones counted), of the
+    /// usable anchor at `index` in [`Anchors::ders`].
+    pub fn index_given(&self, index: usize) -> usize {
+        let mut usable = 0;
+        for given in 0.. {
+            if self.skipped.iter().any(|s| s.index == given) {
+                continue;
+            }
+            if usable == index {
+                return given;
+            }
+            usable += 1;
+        }
+        index
+    }
+
+    /// The core's bundle of these anchors, for a check that is not a path (the rotation
+    /// machine's judgement, see [`crate::client::check_issued`]).
+    pub fn bundle(&self) -> TrustBundle<'_, CAPACITY> {
+        bundle_of(&self.ders).0
+    }
+}
+
+/// The core's bundle of `ders` and the ones it refused ([`TrustBundle::add`]'s rule).
+fn bundle_of(ders: &[Vec<u8>]) -> (TrustBundle<'_, CAPACITY>, Vec<SkippedAnchor>) {
+    crate::pki::anchor_bundle::<CAPACITY>(ders)
+}
+
+/// Seconds since the Unix epoch, for the core.
+pub fn unix(t: SystemTime) -> sigil_core::UnixTime {
+    sigil_core::UnixTime::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn root(tag: &str) -> Vec<u8> {
+        let (creds, _) = crate::ca::Credentials::generate(
+            tag,
+            &format!("spiffe://{tag}/ns/default/dapr-sentry"),
+            SystemTime::now(),
+            Duration::ZERO,
+        )
+        .unwrap();
+        creds.anchors().first().unwrap().clone()
+    }
+
+    #[test]
+    fn more_than_the_capacity_is_refused_with_the_count_never_truncated() {
+        let one = root("a.example");
+        let e = Anchors::from_ders("f.pem", vec![one.clone(); CAPACITY + 1]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{} certificates", CAPACITY + 1)),
+            "{e}"
+        );
+        assert_eq!(
+            Anchors::from_ders("f.pem", vec![one; CAPACITY])
+                .unwrap()
+                .ders()
+                .len(),
+            CAPACITY
+        );
+    }
+
+    #[test]
+    fn unusable_certificates_are_skipped_and_none_usable_is_an_error() {
+        let good = root("b.example");
+        let a = Anchors::from_ders("f.pem", vec![b"garbage".to_vec(), good.clone()]).unwrap();
+        assert_eq!(a.ders(), [good]);
+        assert_eq!(a.skipped().len(), 1);
+        assert_eq!(a.skipped().first().unwrap().index, 0);
+        let e = Anchors::from_ders("f.pem", vec![b"garbage".to_vec()]).unwrap_err();
+        assert!(matches!(e, TrustError::NoneUsable { count: 1, .. }), "{e}");
+    }
+}
