@@ -13,7 +13,8 @@ use hyper_util::rt::TokioIo;
 use sigil_core::crypto::PublicKey;
 use sigil_core::pem;
 use sigil_core::profile::Expected;
-use sigil_core::rotation::{self, Rejection};
+use sigil_core::rotation::{self, Failure, Rejection};
+use sigil_core::status;
 use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
 
@@ -56,6 +57,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The rotation machine's kind for this failure, by the core's one table
+    /// ([`sigil_core::status`]): the device reads the same kind from the code the relay sends.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Config(_) | Self::Connect { .. } => Failure::Unreachable,
+            Self::Refused { code, .. } => {
+                status::failure(u8::try_from(i32::from(*code)).unwrap_or(status::UNKNOWN))
+            }
+            Self::NoValidUntil | Self::Garbled(_) | Self::Rejected(_) => Failure::Garbled,
+        }
+    }
+
     /// Dapr's metric reason for this failure (`sentry_conn`, `sign`, `invalid_ts`, ...).
     pub const fn reason(&self) -> &'static str {
         match self {

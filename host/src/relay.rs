@@ -730,10 +730,7 @@ impl From<ClientError> for Reply {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Refused { code, message } => Self::refused(code, message),
-            e @ (ClientError::Config(_) | ClientError::Connect { .. }) => {
-                Self::failed(Failure::Unreachable, e.to_string())
-            }
-            e => Self::failed(Failure::Garbled, e.to_string()),
+            e => Self::failed(e.failure(), e.to_string()),
         }
     }
 }

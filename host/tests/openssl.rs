@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -1030,4 +1032,22 @@ fn key_identifiers() {
         Verdict::Invalid,
         "foreign authorityKeyIdentifier",
     );
+}
+
+/// `sigil cert verify` with an anchors file of 40 certificates (an RSA root first, the right
+/// root last): valid through the 40th, the first named as skipped; openssl agrees.
+#[test]
+fn forty_anchors_rsa_first_the_right_root_last() {
+    let pki = standard(&[], INT_EXT, "");
+    let at = mid(&pki);
+    let right = std::fs::read_to_string(pki.path().join("root.pem")).unwrap();
+    let forty = common::forty_anchors(pki.path(), &right);
+    std::fs::copy(&forty, pki.path().join("anchors.pem")).unwrap();
+    let (o, s, why) = both(&pki, at, "any", &[]);
+    assert_eq!((o, s), (Verdict::Valid, Verdict::Valid), "{why}");
+    assert!(
+        why.contains("certificate #0 (CN=an RSA root) skipped"),
+        "{why}"
+    );
+    assert!(why.contains("trust anchor #39"), "{why}");
 }

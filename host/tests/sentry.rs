@@ -816,3 +816,32 @@ async fn sigil_sign_writes_a_validated_identity_and_never_overwrites_a_key() {
         String::from_utf8_lossy(&wrong.stderr)
     );
 }
+
+/// `sigil sign` with an anchors file of 40 certificates (an RSA root first, Sentry's root
+/// last): the RSA root is skipped with a warning, Sentry is trusted through the last one.
+#[tokio::test]
+async fn sigil_sign_with_forty_anchors_rsa_first_the_right_root_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentry = start(sentry_command(&dir.path().join("creds"))).unwrap();
+    let right = std::fs::read_to_string(dir.path().join("creds/ca.crt")).unwrap();
+    let anchors = common::forty_anchors(dir.path(), &right);
+    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["sign", "--sentry", &sentry.grpc, "--id", "checkout"])
+        .arg("--anchors")
+        .arg(&anchors)
+        .arg("--out-dir")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("spiffe://public/ns/default/checkout"),
+        "{text}"
+    );
+    assert!(text.contains("#0 (CN=an RSA root) skipped"), "{text}");
+}

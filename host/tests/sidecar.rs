@@ -200,3 +200,20 @@ fn first_fetch_retried_rotations_outage_and_anchors_at_run_time() {
     assert_eq!(health(&sc.http), 204);
     drop(sentry);
 }
+
+/// A sidecar given an anchors file of 40 certificates (an RSA root first, Sentry's root last)
+/// gets its identity: the RSA root is skipped, nothing is truncated.
+#[test]
+fn forty_anchors_rsa_first_the_right_root_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentry = start(sentry_command(&dir.path().join("creds"))).unwrap();
+    let right = std::fs::read_to_string(dir.path().join("creds/ca.crt")).unwrap();
+    let anchors = common::forty_anchors(dir.path(), &right);
+    let s = sidecar(&sentry.grpc, &anchors, &dir.path().join("identity"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(&s.http) != 204 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&s.metrics, "dapr_runtime_mtls_init_total"), 1);
+}

@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::profile::Expected;
-use sigil_core::rotation::{Action, Clock, Failure, Policy, Rejection, RequestId, Rotation};
+use sigil_core::rotation::{Action, Clock, Policy, Rejection, RequestId, Rotation};
 use sigil_core::{pem, Instant, UnixTime};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -399,12 +399,7 @@ pub async fn drive_with(
                         } else {
                             RuntimeMetrics::bump(&state.metrics.rotated_fail, reason);
                         }
-                        let failure = match e {
-                            ClientError::Connect { .. } | ClientError::Config(_) => Failure::Unreachable,
-                            ClientError::Refused { .. } => Failure::Refused,
-                            ClientError::NoValidUntil | ClientError::Garbled(_) | ClientError::Rejected(_) => Failure::Garbled,
-                        };
-                        machine.handle_failure(t, id, failure);
+                        machine.handle_failure(t, id, e.failure());
                     }
                     Outcome::Failed(..) => {}
                 }

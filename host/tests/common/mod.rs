@@ -17,6 +17,7 @@ pub struct Sentry {
     pub child: Child,
     pub grpc: String,
     pub metrics: String,
+    pub healthz: String,
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -87,6 +88,7 @@ pub fn start(mut cmd: Command) -> Result<Sentry, String> {
                     return Ok(Sentry {
                         grpc: field("grpc="),
                         metrics: field("metrics="),
+                        healthz: field("healthz="),
                         child,
                         stderr,
                     });
@@ -205,4 +207,36 @@ pub fn sidecar_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
         .find(|l| l.starts_with("sidecar: app"))
         .expect("the sidecar's ready line");
     Proc { child, line }
+}
+
+/// An anchors file of 40 certificates in `dir`: an RSA root first (openssl makes it; the core
+/// cannot use it), 38 other P-256 roots, and `right` (PEM, the root that matters) last.
+pub fn forty_anchors(dir: &Path, right: &str) -> std::path::PathBuf {
+    let rsa = dir.join("rsa-root.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=an RSA root", "-keyout"])
+        .arg(dir.join("rsa-root.key"))
+        .arg("-out")
+        .arg(&rsa)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl made no RSA root");
+    let mut pem = std::fs::read_to_string(&rsa).unwrap();
+    let now = std::time::SystemTime::now();
+    for i in 0..38 {
+        let td = format!("other{i}.example");
+        let id = format!("spiffe://{td}/ns/default/dapr-sentry");
+        let (creds, _) =
+            sigil_host::ca::Credentials::generate(&td, &id, now, Duration::ZERO).unwrap();
+        pem.push_str(creds.anchors_pem());
+    }
+    pem.push_str(right);
+    let path = dir.join("forty-anchors.pem");
+    std::fs::write(&path, pem).unwrap();
+    assert_eq!(read_certs(&path).len(), 40);
+    path
 }
