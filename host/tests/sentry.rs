@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,43 +203,43 @@ async fn credentials_replaced_five_times_under_load_fail_no_request() {
     assert!(metric(&sentry.metrics, "dapr_sentry_issuercert_changed_total") >= 5);
 }
 
+/// A first-start generation stopped after each of its steps, as a kill -9 there would leave
+/// it (`store::interrupt_generation`), then a real Sentry started on the directory: it rolls
+/// forward or back, serves, and leaves no journal behind.
 #[tokio::test]
-async fn kill_9_during_first_start_generation_leaves_a_consistent_store() {
-    for stage in ["staged", "marked", "moved"] {
+async fn a_crash_at_each_generation_step_leaves_a_consistent_store() {
+    use sigil_host::ca::store::{self, Step, StorePaths};
+    for step in [Step::Staged, Step::Marked, Step::Moved] {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = sentry_command(dir.path());
-        cmd.env("SIGIL_TEST_HOLD_GENERATION", stage);
-        let mut child = cmd.spawn().unwrap();
-        let err = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(err).lines();
-        let held = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains(&format!("holding credential generation at stage {stage}")));
-        assert!(held, "{stage}: the hold line never came");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        store::interrupt_generation(
+            &StorePaths::in_dir(dir.path()),
+            "localhost",
+            common::SENTRY_ID,
+            std::time::SystemTime::now(),
+            step,
+        )
+        .unwrap();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let before = names();
         assert!(
-            names.iter().any(|n| n.ends_with(".sigil-new")),
-            "{stage}: {names:?}"
+            before.iter().any(|n| n.ends_with(".sigil-new")),
+            "{step:?}: {before:?}"
         );
 
         let sentry = start(sentry_command(dir.path())).unwrap();
         let anchors = read_certs(&dir.path().join("ca.crt"));
         sign_once(&sentry.grpc, anchors).await.unwrap();
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let after = names();
         assert!(
-            !names
+            !after
                 .iter()
                 .any(|n| n.ends_with(".sigil-new") || n == ".sigil-generated"),
-            "{stage}: journal left behind: {names:?}"
+            "{step:?}: journal left behind: {after:?}"
         );
     }
 }

@@ -28,9 +28,18 @@ const LOCK: &str = ".sigil-sentry.lock";
 const MARKER: &str = ".sigil-generated";
 const STAGED: &str = ".sigil-new";
 
-/// Test hook: `SIGIL_TEST_HOLD_GENERATION=staged|marked|moved` makes generation stop for 60 s
-/// at that point (after printing a line to stderr), so a test can kill the process there.
-const HOLD_ENV: &str = "SIGIL_TEST_HOLD_GENERATION";
+/// The steps of a generation, in order. A crash after any of them is recovered at the next
+/// start (see the module doc); [`interrupt_generation`] stops there, as a crash would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// The three files are written beside their targets, no marker yet (rolls back).
+    Staged,
+    /// The journal marker is written (rolls forward).
+    Marked,
+    /// The first file is in place, the others still staged (rolls forward).
+    Moved,
+}
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -179,18 +188,48 @@ pub fn load_or_generate(
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
-    let result = locked(paths, trust_domain, sentry_id, skew, now);
+    let result = locked(paths, trust_domain, sentry_id, skew, now, None);
     let _ = lock.unlock();
-    result
+    result.map(|(creds, origin)| (creds, origin.unwrap_or(Origin::Generated)))
 }
 
+/// Runs a first-start generation in `paths`' empty directory and stops right after `step`,
+/// leaving the directory as a crash (kill -9, power loss) at that point would: for crash
+/// tests of the recovery, which the next [`load_or_generate`] performs. Nothing else stops a
+/// generation half way.
+///
+/// # Errors
+///
+/// As [`load_or_generate`].
+pub fn interrupt_generation(
+    paths: &StorePaths,
+    trust_domain: &str,
+    sentry_id: &str,
+    now: SystemTime,
+    step: Step,
+) -> Result<(), StoreError> {
+    fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    locked(
+        paths,
+        trust_domain,
+        sentry_id,
+        Duration::ZERO,
+        now,
+        Some(step),
+    )
+    .map(|_| ())
+}
+
+/// The generation under the lock; `stop` ends it after that step (the result's origin is
+/// `None` then).
 fn locked(
     paths: &StorePaths,
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
     now: SystemTime,
-) -> Result<(Credentials, Origin), StoreError> {
+    stop: Option<Step>,
+) -> Result<(Credentials, Option<Origin>), StoreError> {
     recover(paths)?;
     // A dangling symlink or an unreadable entry counts as present: never generate over it.
     let (present, missing): (Vec<&Path>, Vec<&Path>) = paths
@@ -198,7 +237,7 @@ fn locked(
         .into_iter()
         .partition(|p| fs::symlink_metadata(p).is_ok());
     if missing.is_empty() {
-        return load(paths, now, sentry_id).map(|c| (c, Origin::Loaded));
+        return load(paths, now, sentry_id).map(|c| (c, Some(Origin::Loaded)));
     }
     if !present.is_empty() {
         return Err(StoreError::Partial {
@@ -221,7 +260,9 @@ fn locked(
     for (path, bytes, mode) in contents {
         write_synced(&staged(path), bytes, mode)?;
     }
-    hold("staged");
+    if stop == Some(Step::Staged) {
+        return Ok((creds, None));
+    }
     let marker = paths.dir.join(MARKER);
     write_synced(
         &marker,
@@ -229,9 +270,13 @@ fn locked(
         0o600,
     )?;
     sync_dirs(paths)?;
-    hold("marked");
-    roll_forward(paths)?;
-    Ok((creds, Origin::Generated))
+    if stop == Some(Step::Marked) {
+        return Ok((creds, None));
+    }
+    if !roll_forward(paths, stop == Some(Step::Moved))? {
+        return Ok((creds, None));
+    }
+    Ok((creds, Some(Origin::Generated)))
 }
 
 fn staged(path: &Path) -> PathBuf {
@@ -243,7 +288,7 @@ fn staged(path: &Path) -> PathBuf {
 /// Finishes or undoes an interrupted generation.
 fn recover(paths: &StorePaths) -> Result<(), StoreError> {
     if paths.dir.join(MARKER).exists() {
-        return roll_forward(paths);
+        return roll_forward(paths, false).map(|_| ());
     }
     for f in paths.files() {
         let s = staged(f);
@@ -254,8 +299,9 @@ fn recover(paths: &StorePaths) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn roll_forward(paths: &StorePaths) -> Result<(), StoreError> {
-    let mut moved = false;
+/// Moves the staged files into place and removes the marker; with `stop_after_first`, stops
+/// after the first file moved (returns `false` then).
+fn roll_forward(paths: &StorePaths, stop_after_first: bool) -> Result<bool, StoreError> {
     for f in paths.files() {
         let s = staged(f);
         if !s.exists() {
@@ -278,16 +324,17 @@ fn roll_forward(paths: &StorePaths) -> Result<(), StoreError> {
                 },
             })?;
             fs::remove_file(&s).map_err(io_err(&s))?;
-            if !moved {
-                moved = true;
-                hold("moved");
+            if stop_after_first {
+                sync_dirs(paths)?;
+                return Ok(false);
             }
         }
     }
     sync_dirs(paths)?;
     let marker = paths.dir.join(MARKER);
     fs::remove_file(&marker).map_err(io_err(&marker))?;
-    sync_dirs(paths)
+    sync_dirs(paths)?;
+    Ok(true)
 }
 
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
@@ -309,13 +356,6 @@ fn sync_dirs(paths: &StorePaths) -> Result<(), StoreError> {
             .map_err(io_err(&d))?;
     }
     Ok(())
-}
-
-fn hold(stage: &str) {
-    if std::env::var(HOLD_ENV).is_ok_and(|v| v == stage) {
-        eprintln!("sigil: holding credential generation at stage {stage}");
-        std::thread::sleep(Duration::from_secs(60));
-    }
 }
 
 #[cfg(test)]
