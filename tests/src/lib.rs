@@ -72,4 +72,17 @@ pub mod fixtures {
         p.use_authority_key_identifier_extension = true;
         p
     }
+
+    /// A raw P-256 point (uncompressed SEC1, as a CSR carries it) as rcgen's public-key input,
+    /// so a fake CA can issue for the key a workload asked with.
+    pub struct Point(pub Vec<u8>);
+
+    impl rcgen::PublicKeyData for Point {
+        fn der_bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &PKCS_ECDSA_P256_SHA256
+        }
+    }
 }

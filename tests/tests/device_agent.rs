@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rcgen::{CertifiedIssuer, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
+use rcgen::{CertifiedIssuer, KeyPair};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::crypto::{PublicKey, RustCryptoVerifier};
@@ -21,7 +21,7 @@ use sigil_core::rotation::{Clock, Failure, Policy, Rotation};
 use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::Instant;
-use sigil_tests::fixtures::{ca_params, p256_key, workload_params};
+use sigil_tests::fixtures::{ca_params, p256_key, workload_params, Point};
 
 const ID: &str = "spiffe://example.org/ns/default/device";
 const WORKLOAD: Workload<'static> = Workload {
@@ -35,18 +35,6 @@ const SKEW: Duration = Duration::from_secs(15 * 60);
 const LATENCY: Duration = Duration::from_millis(50);
 
 type Agent = DeviceAgent<'static, SoftwareKey, RustCryptoVerifier, 2048, 2, 1024>;
-
-/// A raw P-256 point as rcgen's public-key input.
-struct Point(Vec<u8>);
-
-impl PublicKeyData for Point {
-    fn der_bytes(&self) -> &[u8] {
-        &self.0
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &PKCS_ECDSA_P256_SHA256
-    }
-}
 
 struct Ca {
     root: Vec<u8>,

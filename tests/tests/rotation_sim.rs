@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use rcgen::{CertifiedIssuer, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
+use rcgen::{CertifiedIssuer, KeyPair};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::cert::Certificate;
 use sigil_core::crypto::{PublicKey, Signer as _};
@@ -38,7 +38,7 @@ use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::{Instant, UnixTime};
 use sigil_host::verifier::RingVerifier;
-use sigil_tests::fixtures::{ca_params, p256_key, workload_params};
+use sigil_tests::fixtures::{ca_params, p256_key, workload_params, Point};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
 const WALL0: u64 = 1_893_456_000; // 2030-01-01
@@ -50,18 +50,6 @@ const LATENCY: Duration = Duration::from_millis(50);
 type Answer = Result<Vec<Vec<u8>>, ()>;
 
 type Machine = Rotation<'static, SoftwareKey, 2048, 2, 1024>;
-
-/// A raw P-256 point as rcgen's public-key input.
-struct Point(Vec<u8>);
-
-impl PublicKeyData for Point {
-    fn der_bytes(&self) -> &[u8] {
-        &self.0
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &PKCS_ECDSA_P256_SHA256
-    }
-}
 
 struct Ca {
     root: Vec<u8>,
