@@ -459,12 +459,31 @@ def insecure_checks(s, csrs, workdir):
         expect_status(s, "INVALID_ARGUMENT", dict(base, certificate_signing_request=body))
     check("insecure: 20 KB (valid) CSR -> INVALID_ARGUMENT", twenty_kb)
 
-    # --- SPIFFE ID that cannot be formed
-    SIGN = "failed to sign certificate"
-    check("insecure: namespace with '/' -> INTERNAL",
-          expect_status, s, "INTERNAL", dict(base, namespace="a/b"), startswith=SIGN)
-    check("insecure: id with a space -> INTERNAL",
-          expect_status, s, "INTERNAL", dict(base, id="a b"), startswith=SIGN)
+    # --- names that cannot be SPIFFE path segments: refused before the validator (Sigil's own
+    # check; Dapr lets them through and fails issuance with INTERNAL)
+    check("insecure: namespace with '/' -> INVALID_ARGUMENT",
+          expect_status, s, "INVALID_ARGUMENT", dict(base, namespace="a/b"), startswith="namespace")
+    check("insecure: id with a space -> INVALID_ARGUMENT",
+          expect_status, s, "INVALID_ARGUMENT", dict(base, id="a b"), startswith="app ID")
+    check("insecure: 64-character namespace -> INVALID_ARGUMENT",
+          expect_status, s, "INVALID_ARGUMENT", dict(base, namespace="n" * 64), startswith="namespace")
+    check("insecure: namespace with a newline -> INVALID_ARGUMENT",
+          expect_status, s, "INVALID_ARGUMENT", dict(base, namespace="ns\nfake"), startswith="namespace")
+    check("insecure: 63-character namespace accepted",
+          lambda: expect_spiffe(sign_ok(s, dict(base, namespace="n" * 63)), f"spiffe://public/ns/{'n' * 63}/myapp"))
+
+    # --- control-plane IDs: Sentry's own never, the others only in its namespace and trust domain
+    check("insecure: id dapr-sentry -> PERMISSION_DENIED",
+          expect_status, s, "PERMISSION_DENIED", dict(base, id="dapr-sentry", trust_domain=SENTRY_TD),
+          contains="never issued")
+    check("insecure: id dapr-operator in another namespace -> PERMISSION_DENIED",
+          expect_status, s, "PERMISSION_DENIED", dict(base, id="dapr-operator", namespace="shop", trust_domain=SENTRY_TD),
+          contains="control-plane")
+    check("insecure: id dapr-placement in the public trust domain -> PERMISSION_DENIED",
+          expect_status, s, "PERMISSION_DENIED", dict(base, id="dapr-placement"), contains="control-plane")
+    check("insecure: id dapr-placement in Sentry's namespace and trust domain accepted",
+          lambda: expect_spiffe(sign_ok(s, dict(base, id="dapr-placement", trust_domain=SENTRY_TD)),
+                                f"spiffe://{SENTRY_TD}/ns/default/dapr-placement"))
     # A trust domain cannot smuggle path segments in (spiffe://evil/ns/x/ns/default/myapp).
     check("insecure: trust domain with '/' -> PERMISSION_DENIED",
           expect_status, s, "PERMISSION_DENIED", dict(base, trust_domain="evil/ns/x"),
@@ -561,9 +580,10 @@ def jwks_checks(s, csrs, key):
     # Dapr refuses an empty token before parsing it ("the request does not contain a token").
     check("jwks: empty token -> PERMISSION_DENIED", expect_status, s, "PERMISSION_DENIED", req(""))
 
-    # Dapr forms the expected subject with spiffeid.FromSegments, which refuses a "/" in a segment.
-    check("jwks: namespace with '/' (token sub spiffe://public/ns/a/b/myapp) -> PERMISSION_DENIED",
-          expect_status, s, "PERMISSION_DENIED", req(token(sub="spiffe://public/ns/a/b/myapp"), namespace="a/b"))
+    # Dapr forms the expected subject with spiffeid.FromSegments, which refuses a "/" in a segment
+    # (PERMISSION_DENIED there); Sigil refuses the name before any validator runs.
+    check("jwks: namespace with '/' (token sub spiffe://public/ns/a/b/myapp) -> INVALID_ARGUMENT",
+          expect_status, s, "INVALID_ARGUMENT", req(token(sub="spiffe://public/ns/a/b/myapp"), namespace="a/b"))
 
     # Order: the validator runs before the CSR checks.
     check("jwks: bad token with a garbage CSR -> PERMISSION_DENIED (validator first)",

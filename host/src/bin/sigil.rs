@@ -128,12 +128,23 @@ struct SentryCli {
     /// Metrics port (/metrics, Prometheus text).
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
-    /// Metrics listen address.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Metrics listen address: loopback unless you ask otherwise (metrics name workloads and
+    /// their rates; Dapr's default is all interfaces).
+    #[arg(long, default_value = "127.0.0.1")]
     metrics_listen_address: String,
     /// Serve metrics.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     enable_metrics: bool,
+    /// Most gRPC connections at once (lowered to fit the open-file limit); when nearly full,
+    /// the connections idle the longest are closed for new ones.
+    #[arg(long, default_value_t = sigil_host::sentry::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most gRPC connections from one client address (IPv4 address or IPv6 /64).
+    #[arg(long, default_value_t = sigil_host::sentry::MAX_CONNECTIONS_PER_ADDRESS)]
+    max_connections_per_ip: usize,
+    /// A gRPC connection with no request in flight for this long is closed (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    connection_idle_timeout: Duration,
     /// standalone, or kubernetes (the kubernetes token validator on, and the default).
     #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
     mode: String,
@@ -205,9 +216,13 @@ struct SidecarCli {
     /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
     #[arg(long)]
     allowed_origins: Option<String>,
-    /// Metrics port (loopback).
+    /// Metrics port.
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
+    /// Metrics listen address: loopback unless you ask otherwise (metrics name workloads and
+    /// their rates).
+    #[arg(long, default_value = "127.0.0.1")]
+    metrics_listen_address: String,
     /// Log as JSON.
     #[arg(long)]
     log_as_json: bool,
@@ -530,7 +545,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         };
         let http = bind(args.dapr_listen_address, args.dapr_http_port).await?;
         let internal = bind(args.dapr_internal_address, args.dapr_internal_port).await?;
-        let metrics = bind("127.0.0.1".into(), args.metrics_port).await?;
+        let metrics = bind(args.metrics_listen_address, args.metrics_port).await?;
         println!(
             "sidecar: app {} listening http={} internal={} metrics={} mtls={}",
             config.app_id,
@@ -618,6 +633,12 @@ fn sentry(args: SentryCli) -> ExitCode {
         metrics: args
             .enable_metrics
             .then_some((args.metrics_listen_address, args.metrics_port)),
+        limits: sigil_host::net::admission::Limits {
+            max_connections: args.max_connections,
+            per_address: args.max_connections_per_ip,
+            idle: args.connection_idle_timeout,
+            ..sigil_host::sentry::default_limits()
+        },
         kubernetes: (args.mode == "kubernetes").then_some(KubeOptions {
             api_server: args.kube_api_server,
             ca_file: args.kube_ca_file,

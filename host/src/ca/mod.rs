@@ -56,6 +56,19 @@ pub enum CredentialsError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A trust anchor's key or signature algorithm is not one Sigil can verify with.
+    #[error(
+        "ca.crt: certificate #{index} has an unsupported {what}: {algorithm} \
+         (supported: ECDSA P-256 with SHA-256, Ed25519)"
+    )]
+    UnsupportedAnchor {
+        /// Position in ca.crt, from 1.
+        index: usize,
+        /// `key` or `signature algorithm`.
+        what: &'static str,
+        /// The algorithm found, e.g. `RSA 1024-bit`, `ECDSA P-192`.
+        algorithm: String,
+    },
     /// More anchors than fit.
     #[error("ca.crt holds {count} certificates; at most {MAX_ANCHORS} are supported")]
     TooManyAnchors {
@@ -192,6 +205,82 @@ fn is_self_signed(c: &Certificate<'_>) -> bool {
             .is_ok()
 }
 
+/// A certificate's public-key algorithm for a message (`RSA 1024-bit`, `ECDSA P-192`, `Ed448`,
+/// or the OID).
+fn key_algorithm(der: &[u8]) -> String {
+    use x509_cert::der::asn1::{ObjectIdentifier, UintRef};
+    use x509_cert::der::{Decode as _, Reader as _, SliceReader};
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return "an unreadable key".to_owned();
+    };
+    let info = &cert.tbs_certificate.subject_public_key_info;
+    match info.algorithm.oid.to_string().as_str() {
+        "1.2.840.113549.1.1.1" => {
+            // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+            let modulus =
+                SliceReader::new(info.subject_public_key.raw_bytes()).and_then(|mut r| {
+                    r.sequence(|r| {
+                        let n = UintRef::decode(r)?;
+                        UintRef::decode(r)?;
+                        Ok(n.as_bytes().to_vec())
+                    })
+                });
+            match modulus.ok().as_deref() {
+                Some([first, rest @ ..]) => format!(
+                    "RSA {}-bit",
+                    rest.len() * 8 + 8 - usize::try_from(first.leading_zeros()).unwrap_or(0)
+                ),
+                _ => "RSA".to_owned(),
+            }
+        }
+        "1.2.840.10045.2.1" => {
+            let curve = info
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .map(|oid| oid.to_string());
+            let name = match curve.as_deref() {
+                Some("1.2.840.10045.3.1.1") => "P-192",
+                Some("1.3.132.0.33") => "P-224",
+                Some("1.2.840.10045.3.1.7") => "P-256",
+                Some("1.3.132.0.34") => "P-384",
+                Some("1.3.132.0.35") => "P-521",
+                Some("1.3.132.0.10") => "secp256k1",
+                Some(other) => return format!("ECDSA on curve {other}"),
+                None => return "ECDSA with explicit curve parameters".to_owned(),
+            };
+            format!("ECDSA {name}")
+        }
+        "1.3.101.112" => "Ed25519".to_owned(),
+        "1.3.101.113" => "Ed448".to_owned(),
+        "1.2.840.10040.4.1" => "DSA".to_owned(),
+        "1.2.840.113549.1.1.10" => "RSASSA-PSS".to_owned(),
+        other => format!("key algorithm {other}"),
+    }
+}
+
+/// A certificate's signature algorithm for a message.
+fn signature_algorithm(der: &[u8]) -> String {
+    use x509_cert::der::Decode as _;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return "an unreadable algorithm".to_owned();
+    };
+    let oid = cert.signature_algorithm.oid.to_string();
+    let name = match oid.as_str() {
+        "1.2.840.113549.1.1.5" => "sha1WithRSAEncryption",
+        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
+        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
+        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
+        "1.2.840.113549.1.1.10" => "RSASSA-PSS",
+        "1.2.840.10045.4.1" => "ecdsa-with-SHA1",
+        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
+        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
+        _ => return oid,
+    };
+    name.to_owned()
+}
+
 fn pem_of(ders: &[Vec<u8>]) -> String {
     ders.iter()
         .map(|d| crate::pki::to_pem(pem::Label::Certificate, d))
@@ -229,6 +318,22 @@ impl Credentials {
                 return Err(CredentialsError::BadAnchor {
                     index: i + 1,
                     reason: "not a CA",
+                });
+            }
+            // An algorithm the verifier lacks would fail the self-signature check below: say
+            // which algorithm it is instead.
+            if c.public_key().is_err() {
+                return Err(CredentialsError::UnsupportedAnchor {
+                    index: i + 1,
+                    what: "key",
+                    algorithm: key_algorithm(der),
+                });
+            }
+            if c.signature_scheme().is_err() {
+                return Err(CredentialsError::UnsupportedAnchor {
+                    index: i + 1,
+                    what: "signature algorithm",
+                    algorithm: signature_algorithm(der),
                 });
             }
             if !is_self_signed(&c) {

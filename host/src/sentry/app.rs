@@ -39,8 +39,14 @@ pub struct SentryOptions {
     pub port: u16,
     /// `--healthz-listen-address` and `--healthz-port` (0: a free port).
     pub healthz: Option<(String, u16)>,
-    /// `--metrics-listen-address` and `--metrics-port`.
+    /// `--metrics-listen-address` and `--metrics-port`. The address defaults to loopback, not
+    /// Dapr's all interfaces: metrics name workloads and their rates, so exposing them is the
+    /// operator's choice.
     pub metrics: Option<(String, u16)>,
+    /// `--max-connections`, `--max-connections-per-ip`, `--connection-idle-timeout` (and the
+    /// fixed handshake and first-request deadlines): the gRPC port's connection table. The
+    /// table is made smaller if the open-file limit would not hold it.
+    pub limits: crate::net::admission::Limits,
     /// `--mode kubernetes`: the kubernetes validator on, and the default.
     pub kubernetes: Option<KubeOptions>,
 }
@@ -69,7 +75,8 @@ impl Default for SentryOptions {
             listen_address: String::new(),
             port: 50001,
             healthz: Some((String::new(), 8080)),
-            metrics: Some(("0.0.0.0".into(), 9090)),
+            metrics: Some(("127.0.0.1".into(), 9090)),
+            limits: super::default_limits(),
             kubernetes: None,
         }
     }
@@ -135,6 +142,29 @@ fn kube_config(k: &KubeOptions, s: &Settings) -> anyhow::Result<KubeConfig> {
     })
 }
 
+/// File descriptors kept for everything but gRPC connections: the listeners, the health and
+/// metrics ports' connections ([`crate::net::HTTP_LIMITS`], two ports), the credential
+/// watcher, the Kubernetes API client, logs.
+const OTHER_FILES: u64 = 128;
+
+/// Raises the open-file limit as far as allowed and lowers `limits.max_connections` to fit in
+/// it (a table bigger than the descriptors would run out of sockets before it fills, and its
+/// shedding would never start). Returns the limits and the open-file limit.
+fn fit_to_open_files(
+    limits: crate::net::admission::Limits,
+) -> (crate::net::admission::Limits, u64) {
+    let open_files = crate::net::raise_open_files_limit();
+    let fits =
+        usize::try_from(open_files.saturating_sub(OTHER_FILES).max(16)).unwrap_or(usize::MAX);
+    let max = limits.max_connections.min(fits).max(1);
+    let fitted = crate::net::admission::Limits {
+        max_connections: max,
+        per_address: limits.per_address.clamp(1, max),
+        ..limits
+    };
+    (fitted, open_files)
+}
+
 /// Loads (or generates) the credentials, reads the configuration and binds the listeners.
 ///
 /// # Errors
@@ -145,11 +175,13 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         Some(p) => SentryConfig::load(p)?,
         None => SentryConfig::default(),
     };
+    let (limits, open_files) = fit_to_open_files(opts.limits);
     let settings = Settings {
         trust_domain: opts.trust_domain.clone(),
         namespace: opts.namespace.clone(),
         ttl: config.workload_cert_ttl,
         skew: config.allowed_clock_skew,
+        limits,
     };
     sigil_core::spiffe::SpiffeId::parse(&settings.sentry_id())
         .map_err(|e| anyhow::anyhow!("trust domain {:?}: {e}", opts.trust_domain))?;
@@ -228,6 +260,23 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         Some((h, p)) => Some(bind(h, *p).await?),
         None => None,
     };
+    report.push(format!(
+        "connections: at most {} ({} per address{}), idle ones closed after {} (TLS handshake {}, \
+         first request {})",
+        limits.max_connections,
+        limits.per_address,
+        if limits.max_connections < opts.limits.max_connections {
+            format!(
+                "; lowered from {} to fit {open_files} open files",
+                opts.limits.max_connections
+            )
+        } else {
+            String::new()
+        },
+        humantime::format_duration(limits.idle),
+        humantime::format_duration(limits.handshake),
+        humantime::format_duration(limits.first_request),
+    ));
     report.push(format!(
         "listening grpc={} healthz={} metrics={}",
         local(&grpc),

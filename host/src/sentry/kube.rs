@@ -418,7 +418,7 @@ impl KubeValidator {
     pub async fn validate(&self, id: &str, namespace: &str, token: &str) -> Result<String, String> {
         match self.check(id, namespace, token).await {
             Ok(td) => {
-                tracing::debug!(id, namespace, trust_domain = %td, "kubernetes token validated");
+                tracing::debug!(id, namespace, trust_domain = ?td, "kubernetes token validated");
                 Ok(td)
             }
             Err(reason) => {
@@ -427,7 +427,8 @@ impl KubeValidator {
                 } else {
                     reason.replace(token, "<redacted>")
                 };
-                tracing::debug!(id, namespace, %reason, "kubernetes token refused");
+                // `?`: the reason quotes the token's claims and the API server's answer.
+                tracing::debug!(id, namespace, ?reason, "kubernetes token refused");
                 Err(reason)
             }
         }

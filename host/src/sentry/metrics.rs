@@ -1,14 +1,18 @@
 //! Sentry's metrics in the Prometheus text format, with Dapr's names
 //! (`dapr_sentry_cert_sign_request_received_total`, `..._success_total`,
 //! `..._failure_total{reason}`, `dapr_sentry_issuercert_changed_total`,
-//! `dapr_sentry_issuercert_expiry_timestamp`) and Sigil's own: a signing-latency histogram and
-//! refused credential reloads. Counters are atomics; rendering takes a snapshot.
+//! `dapr_sentry_issuercert_expiry_timestamp`) and Sigil's own: a signing-latency histogram,
+//! refused credential reloads, and the gRPC port's connection table (open connections, and
+//! how many were refused, shed for room, or closed at a deadline). Counters are atomics;
+//! rendering takes a snapshot.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::net::admission::Stats;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -56,7 +60,7 @@ impl Metrics {
         }
     }
 
-    /// The credential files changed (or were generated).
+    /// A new credential set was swapped in (files replaced and validated), or generated.
     pub fn issuer_changed(&self) {
         self.issuer_changed.fetch_add(1, Ordering::Relaxed);
     }
@@ -71,8 +75,8 @@ impl Metrics {
         self.issuer_expiry.store(unix_secs, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with the gRPC port's connection counters `conns`.
+    pub fn render(&self, conns: &Stats) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -109,7 +113,7 @@ impl Metrics {
         counter(
             &mut out,
             "dapr_sentry_issuercert_changed_total",
-            "Credential changes seen (files replaced, or generated).",
+            "Credential sets swapped in (replaced files that validated), or generated.",
             get(&self.issuer_changed),
         );
         counter(
@@ -124,6 +128,33 @@ impl Metrics {
              # TYPE dapr_sentry_issuercert_expiry_timestamp gauge\n\
              dapr_sentry_issuercert_expiry_timestamp {}",
             get(&self.issuer_expiry)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sigil_sentry_connections Open gRPC connections.\n\
+             # TYPE sigil_sentry_connections gauge\n\
+             sigil_sentry_connections {}",
+            conns.open
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sigil_sentry_connections_refused_total New connections refused, by reason.\n\
+             # TYPE sigil_sentry_connections_refused_total counter\n\
+             sigil_sentry_connections_refused_total{{reason=\"address\"}} {}\n\
+             sigil_sentry_connections_refused_total{{reason=\"full\"}} {}",
+            conns.refused_address, conns.refused_full
+        );
+        counter(
+            &mut out,
+            "sigil_sentry_connections_shed_total",
+            "Idle connections closed to make room for new ones.",
+            conns.shed,
+        );
+        counter(
+            &mut out,
+            "sigil_sentry_connections_timed_out_total",
+            "Connections closed at a deadline (handshake, first request, idle).",
+            conns.timed_out,
         );
         let name = "sigil_sentry_cert_sign_latency_seconds";
         let _ = writeln!(
@@ -155,7 +186,12 @@ mod tests {
         m.success(Duration::from_micros(700));
         m.failure("csr");
         m.set_issuer_expiry(42);
-        let t = m.render();
+        let conns = Stats {
+            open: 3,
+            refused_full: 2,
+            ..Stats::default()
+        };
+        let t = m.render(&conns);
         assert!(
             t.contains("dapr_sentry_cert_sign_request_received_total 2\n"),
             "{t}"
@@ -166,5 +202,7 @@ mod tests {
         assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_bucket{le=\"0.0005\"} 0\n"));
         assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_bucket{le=\"0.001\"} 1\n"));
         assert!(t.contains("sigil_sentry_cert_sign_latency_seconds_count 1\n"));
+        assert!(t.contains("sigil_sentry_connections 3\n"));
+        assert!(t.contains("sigil_sentry_connections_refused_total{reason=\"full\"} 2\n"));
     }
 }

@@ -9,6 +9,12 @@
 //!   its own task; new connections get the current serving certificate, in-flight requests
 //!   are never cut), the health and metrics endpoints, the credential watcher and the serving
 //!   certificate's renewal, until `shutdown` resolves; then it drains in-flight requests.
+//! - Connections go through a connection table ([`crate::net::admission`]): a handshake, a
+//!   first request and the time between requests each have a deadline, a full table closes
+//!   its idlest idle connections for newcomers, and one address holds at most a share of it,
+//!   so connections that send nothing cannot stop issuance; `/healthz` answers 503 when the
+//!   table could not take a new client. A connection gets its HTTP/2 state (about 24 KiB of
+//!   buffers) only once the client's first bytes arrive, so idle TLS connections stay small.
 
 pub mod app;
 pub mod config;
@@ -37,6 +43,7 @@ use tonic::{Request, Response, Status};
 use crate::ca::key::CaKey;
 use crate::ca::store::StorePaths;
 use crate::ca::Credentials;
+use crate::net::admission::{self, Admission, ConnState, Expiry, Limits};
 use crate::pb;
 use crate::verifier::RingVerifier;
 use metrics::Metrics;
@@ -49,15 +56,41 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How long in-flight requests get to finish after shutdown begins; then the remaining
 /// connections are closed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Most client connections at once (further ones wait in the listen backlog).
+/// Most client connections at once, by default (`--max-connections`; lowered to fit the
+/// process's open-file limit). When the table is nearly full, the connections idle the
+/// longest are closed for newcomers; only when every connection is busy is a newcomer refused.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Most connections from one client address (an IPv4 address or an IPv6 /64), by default
+/// (`--max-connections-per-ip`): a sixteenth of the table, so busy connections from fewer than
+/// 16 addresses cannot fill it, while hundreds of sidecars behind one NAT address still fit
+/// (daprd opens one connection per request and closes it).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// A TLS handshake not finished this long after accept is cut. Real clients need a round trip
+/// or two; 3 s leaves room for slow links, and a connection that sends nothing goes quickly.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection that sends no request this long after its handshake is closed (daprd sends
+/// its one request at once).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection with no request in flight for this long is closed, by default
+/// (`--connection-idle-timeout`). Reusing clients reconnect; daprd dials per request anyway.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most concurrent requests on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 /// A request not answered in this time is cancelled.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections are closed gracefully after this long (so idle ones cannot hold every slot;
-/// daprd dials per request anyway, reusing clients reconnect).
+/// Connections are closed gracefully after this long, busy or not (reusing clients reconnect).
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// Sentry's default connection limits (see the constants above).
+pub fn default_limits() -> Limits {
+    Limits {
+        max_connections: MAX_CONNECTIONS,
+        per_address: MAX_CONNECTIONS_PER_ADDRESS,
+        handshake: HANDSHAKE_TIMEOUT,
+        first_request: FIRST_REQUEST_TIMEOUT,
+        idle: IDLE_TIMEOUT,
+    }
+}
 
 /// What a Sentry is.
 #[derive(Clone, Debug)]
@@ -70,6 +103,8 @@ pub struct Settings {
     pub ttl: Duration,
     /// NotBefore back-dating.
     pub skew: Duration,
+    /// The gRPC port's connection limits ([`default_limits`]).
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -121,6 +156,7 @@ pub struct Sentry {
     validators: Validators,
     metrics: Metrics,
     serving_up: AtomicBool,
+    connections: Arc<Admission>,
 }
 
 /// A refused request: the metric reason and the gRPC status.
@@ -141,7 +177,9 @@ impl Sentry {
         let (serving, not_after) = issue_serving(&creds, &settings, &sentry_id)?;
         let metrics = Metrics::default();
         metrics.set_issuer_expiry(unix_secs(creds.issuer_not_after()));
+        let connections = Admission::new(settings.limits);
         Ok(Arc::new(Self {
+            connections,
             settings,
             sentry_id,
             creds: ArcSwap::from_pointee(creds),
@@ -207,11 +245,18 @@ impl Sentry {
         Ok(not_after)
     }
 
-    /// Whether Sentry can do its job (for `/healthz`): the gRPC server is serving and the
-    /// issuer has not expired.
+    /// Whether Sentry can do its job (for `/healthz`): the gRPC server is serving, the issuer
+    /// has not expired, and a new client would get a connection (the table has room or an idle
+    /// connection to close, and accepting has not just failed).
     pub fn is_ready(&self) -> bool {
         self.serving_up.load(Ordering::Relaxed)
             && SystemTime::now() < self.creds.load().issuer_not_after()
+            && self.connections.has_room()
+    }
+
+    /// The gRPC port's connection table counters.
+    pub fn connection_stats(&self) -> admission::Stats {
+        self.connections.stats()
     }
 
     /// Handles one SignCertificate request at `now`.
@@ -233,6 +278,10 @@ impl Sentry {
             .validators
             .select(req.token_validator)
             .map_err(|r| refused("validator", r))?;
+        // Malformed names are refused before any validator sees them (the kubernetes validator
+        // would put them in API paths) and before they could fail issuance as INTERNAL.
+        validator::check_names(&req.id, &req.namespace)
+            .map_err(|m| ("request", Status::invalid_argument(m)))?;
         let vreq = validator::Request {
             id: &req.id,
             token: &req.token,
@@ -245,6 +294,16 @@ impl Sentry {
             .validate(kind, &vreq, now)
             .await
             .map_err(|r| refused("validator", r))?;
+        // Whatever the validator: Sentry's own ID is never issued, and the other control-plane
+        // IDs only in Sentry's namespace and trust domain.
+        validator::check_control_plane(
+            &req.id,
+            &req.namespace,
+            &trust_domain,
+            &self.settings.namespace,
+            &self.settings.trust_domain,
+        )
+        .map_err(|r| refused("validator", r))?;
 
         let csr_der = decode_csr(&req.certificate_signing_request).map_err(|s| ("csr", s))?;
         let csr = Csr::parse(&csr_der).map_err(|e| {
@@ -400,6 +459,8 @@ impl pb::ca_server::Ca for Service {
             }
             Err((reason, status)) => {
                 sentry.metrics.failure(reason);
+                // The message quotes the request: `clip` escapes its control characters, so
+                // what a peer chose cannot start a log line of its own.
                 tracing::info!(
                     code = ?status.code(),
                     reason,
@@ -412,18 +473,46 @@ impl pb::ca_server::Ca for Service {
     }
 }
 
-/// A client connection: the TLS stream and its slot under [`MAX_CONNECTIONS`], freed when
-/// the connection ends.
+/// A client connection handed to the gRPC server: the TLS stream, the bytes already read from
+/// it (the start of the client's HTTP/2 preface, read before the server existed, see [`open`]),
+/// and its place in the connection table. Every read and write first asks the table whether
+/// the connection must close (shed, or idle past its deadline): then it fails, and the server
+/// drops the connection. Nothing is cut while a request is in flight.
 struct Conn {
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    early: Vec<u8>,
+    early_at: usize,
+    expiry: Expiry,
+    peer: Option<SocketAddr>,
+}
+
+/// What the gRPC server knows of a connection; [`Track`] marks its requests busy with it.
+#[derive(Clone, Debug)]
+struct ConnInfo {
+    state: Arc<ConnState>,
+    _peer: Option<SocketAddr>,
 }
 
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = Option<SocketAddr>;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tls.get_ref().0.peer_addr().ok()
+        ConnInfo {
+            state: self.expiry.slot().state().clone(),
+            _peer: self.peer,
+        }
+    }
+}
+
+impl Conn {
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        match self.expiry.poll_expired(cx) {
+            std::task::Poll::Ready(why) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                why.to_string(),
+            )),
+            std::task::Poll::Pending => Ok(()),
+        }
     }
 }
 
@@ -433,7 +522,15 @@ impl tokio::io::AsyncRead for Conn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
+        self.check(cx)?;
+        let this = &mut *self;
+        if let Some(early) = this.early.get(this.early_at..).filter(|e| !e.is_empty()) {
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(early.get(..n).unwrap_or_default());
+            this.early_at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.tls).poll_read(cx, buf)
     }
 }
 
@@ -443,6 +540,7 @@ impl tokio::io::AsyncWrite for Conn {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
         std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
@@ -450,6 +548,7 @@ impl tokio::io::AsyncWrite for Conn {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
         std::pin::Pin::new(&mut self.tls).poll_flush(cx)
     }
 
@@ -465,11 +564,105 @@ impl tokio::io::AsyncWrite for Conn {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
         std::pin::Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.tls.is_write_vectored()
+    }
+}
+
+/// Takes an admitted connection up to the point where HTTP/2 can start, each step within the
+/// connection's deadline ([`Expiry`]): the client's first bytes (no TLS state is made for a
+/// socket that sends nothing), the TLS handshake, and the client's first bytes after it (no
+/// HTTP/2 state, whose buffers are most of an idle connection's memory, is made before
+/// them). Then hands the connection to the gRPC server.
+async fn open(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: admission::Slot,
+    acceptor: tokio_rustls::TlsAcceptor,
+    to_server: mpsc::Sender<std::io::Result<Conn>>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let mut expiry = Expiry::new(slot);
+    let readable = tokio::select! {
+        r = tcp.readable() => r,
+        why = expiry.expired() => {
+            tracing::debug!(%peer, %why, "connection closed before its TLS handshake");
+            return;
+        }
+    };
+    if readable.is_err() {
+        return;
+    }
+    let mut tls = tokio::select! {
+        r = acceptor.accept(tcp) => match r {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(%peer, error = ?e.to_string(), "TLS handshake failed");
+                return;
+            }
+        },
+        why = expiry.expired() => {
+            tracing::debug!(%peer, %why, "TLS handshake cut");
+            return;
+        }
+    };
+    expiry.slot().established();
+    // The HTTP/2 client preface is 24 bytes; whatever part of it has come is replayed.
+    let mut early = vec![0u8; 24];
+    let n = tokio::select! {
+        r = tls.read(&mut early) => match r {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        },
+        why = expiry.expired() => {
+            tracing::debug!(%peer, %why, "connection closed before its first request");
+            return;
+        }
+    };
+    early.truncate(n);
+    let conn = Conn {
+        tls,
+        early,
+        early_at: 0,
+        expiry,
+        peer: Some(peer),
+    };
+    let _ = to_server.send(Ok(conn)).await;
+}
+
+/// Marks each request busy on its connection ([`ConnState::begin`]) from its headers to its
+/// answer, so the connection's idle deadlines pause while it works.
+#[derive(Clone, Debug)]
+struct Track<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for Track<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let busy = req.extensions().get::<ConnInfo>().map(|c| c.state.begin());
+        let answer = self.0.call(req);
+        Box::pin(async move {
+            let r = answer.await;
+            drop(busy);
+            r
+        })
     }
 }
 
@@ -509,24 +702,20 @@ pub async fn run(
         tasks.spawn(reload::watch(sentry.clone(), paths, stopped()));
     }
     tasks.spawn(renew_serving_loop(sentry.clone(), stopped()));
+    // The gRPC listener is bound: from here on, clients are queued and served.
+    sentry.serving_up.store(true, Ordering::Relaxed);
     if let Some(l) = listeners.healthz {
         let app = axum::Router::new()
             .route("/healthz", axum::routing::get(healthz))
             .with_state(sentry.clone());
-        let stop = stopped();
-        tasks.spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(stop).await;
-        });
+        tasks.spawn(crate::net::serve_http1(l, app, stopped()));
     }
     if let Some(l) = listeners.metrics {
         let app = axum::Router::new()
             .route("/metrics", axum::routing::get(metrics_text))
             .route("/", axum::routing::get(metrics_text))
             .with_state(sentry.clone());
-        let stop = stopped();
-        tasks.spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(stop).await;
-        });
+        tasks.spawn(crate::net::serve_http1(l, app, stopped()));
     }
 
     let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
@@ -539,32 +728,25 @@ pub async fn run(
     let (conn_tx, conn_rx) = mpsc::channel(256);
     let grpc = listeners.grpc;
     let accept_stop = stopped();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let table = sentry.connections.clone();
     tasks.spawn(async move {
         tokio::pin!(accept_stop);
+        let refusals = crate::logs::Throttle::new(Duration::from_secs(10));
         loop {
-            let permit = tokio::select! {
-                () = &mut accept_stop => break,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let (tcp, peer) = tokio::select! {
                 () = &mut accept_stop => break,
-                c = crate::net::accept(&grpc) => c,
+                c = crate::net::accept_or(&grpc, || table.accept_failed()) => c,
             };
-            let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let conn = Conn { tls, _slot: permit };
-                        let _ = tx.send(Ok::<_, std::io::Error>(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            match table.admit(peer) {
+                Ok(slot) => {
+                    tokio::spawn(open(tcp, peer, slot, acceptor.clone(), conn_tx.clone()));
                 }
-            });
+                Err(why) => {
+                    if let Some(held_back) = refusals.admit(std::time::Instant::now()) {
+                        tracing::warn!(%peer, %why, held_back, "connection refused");
+                    }
+                }
+            }
         }
     });
 
@@ -576,7 +758,6 @@ pub async fn run(
     });
     let service = pb::ca_server::CaServer::new(Service(sentry.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    sentry.serving_up.store(true, Ordering::Relaxed);
     let serve = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION)
         .max_concurrent_streams(u32::try_from(MAX_STREAMS_PER_CONNECTION).ok())
@@ -588,6 +769,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
+        .layer(tower::layer::layer_fn(Track))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), serve_stop);
     let grace = stopped();
@@ -642,7 +824,7 @@ async fn metrics_text(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        sentry.metrics.render(),
+        sentry.metrics.render(&sentry.connections.stats()),
     )
 }
 

@@ -113,7 +113,6 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
             continue;
         }
         last = now;
-        sentry.metrics().issuer_changed();
         let sentry_id = sentry.sentry_id().to_owned();
         let loaded = {
             let (p, id) = (paths.clone(), sentry_id.clone());
@@ -123,6 +122,8 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
             Ok(Ok(creds)) => {
                 let roots = creds.anchors().len();
                 sentry.swap_credentials(creds);
+                // Counted only when a set went in: a refused one changes nothing.
+                sentry.metrics().issuer_changed();
                 tracing::info!(roots, %sentry_id, "credentials replaced: new requests use the new set");
             }
             Ok(Err(e)) => {

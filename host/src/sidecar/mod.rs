@@ -12,23 +12,18 @@ use tokio::net::TcpListener;
 
 use identity::IdentityState;
 
-/// Serves the sidecar's metrics (Dapr's runtime names) on `listener` until `stopped`.
-///
-/// # Errors
-///
-/// The listener's I/O error.
+/// Serves the sidecar's metrics (Dapr's runtime names) on `listener` until `stopped`, with the
+/// small ports' limits ([`crate::net::serve_http1`]: a few connections, a header deadline).
 pub async fn serve_metrics(
     state: Arc<IdentityState>,
     listener: TcpListener,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics_text))
         .route("/", axum::routing::get(metrics_text))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
+    crate::net::serve_http1(listener, app, stopped).await;
 }
 
 async fn metrics_text(
@@ -82,10 +77,7 @@ pub async fn run(
         }
     });
     if let Some(l) = listeners.metrics {
-        let m = serve_metrics(state.clone(), l, stopped());
-        tasks.spawn(async move {
-            let _ = m.await;
-        });
+        tasks.spawn(serve_metrics(state.clone(), l, stopped()));
     }
     let driving = identity::drive(identity, state, stopped());
     tokio::pin!(shutdown);
