@@ -91,6 +91,17 @@ pub struct SentryTarget {
     pub sentry_id: String,
 }
 
+/// The validator a workload asks for, as daprd chooses it: `JWKS` when it sends a token (a
+/// token file is configured), otherwise `UNKNOWN`, which lets Sentry use its default.
+pub fn token_validator(has_token: bool) -> i32 {
+    use crate::pb::sign_certificate_request::TokenValidator;
+    i32::from(if has_token {
+        TokenValidator::Jwks
+    } else {
+        TokenValidator::Unknown
+    })
+}
+
 /// One signing request.
 #[derive(Clone, Debug, Default)]
 pub struct SignRequest {

@@ -373,7 +373,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         namespace: args.namespace.clone(),
         token,
         trust_domain: args.trust_domain.clone(),
-        token_validator: if args.token_file.is_some() { 3 } else { 0 },
+        token_validator: crate::client::token_validator(args.token_file.is_some()),
         csr_der: csr,
     };
     let signed = client.sign(&req, key.public_key()).await?;

@@ -631,7 +631,7 @@ impl SignContext {
         let request = SignRequest {
             // A token selects the JWKS validator, as daprd's token file does; without one
             // Sentry's default validator decides.
-            token_validator: if token.is_empty() { 0 } else { 3 },
+            token_validator: crate::client::token_validator(!token.is_empty()),
             id: req.id,
             namespace: req.namespace,
             token,

@@ -489,7 +489,7 @@ fn handle_action(
                 namespace: config.namespace.clone(),
                 token,
                 trust_domain: String::new(),
-                token_validator: if config.token_file.is_some() { 3 } else { 0 },
+                token_validator: crate::client::token_validator(config.token_file.is_some()),
                 csr_der: csr,
             };
             let anchors = state
