@@ -14,10 +14,11 @@
 //!    keyed from a public JWKS), ES512 and anything else are refused with
 //!    [`JwtError::UnsupportedAlgorithm`].
 //! 4. The header has no `crit` member (no extension is understood, so any is
-//!    refused). `typ` and `cty` are **ignored**: Dapr (jwx) does not check
-//!    `typ`, and SPIFFE JWT-SVIDs may carry `"JOSE"`, so checking it would
-//!    refuse tokens Dapr accepts. Embedded key hints (`jwk`, `jku`, `x5u`,
-//!    `x5c`) are ignored: keys come from the configured [`Jwks`] only.
+//!    refused). `typ` and `cty` are not checked: Dapr (jwx) does not check
+//!    `typ`, and SPIFFE JWT-SVIDs may carry `"JOSE"`. Embedded key hints
+//!    (`jwk`, `jku`, `x5u`, `x5c`) are never used: keys come from the
+//!    configured [`Jwks`] only. Registered header members must have their
+//!    registered JSON types, and a header member given twice is refused.
 //! 5. Some key of the set verifies the signature. If the header has `kid`,
 //!    only keys with that exact `kid` are tried, otherwise every key is. A key
 //!    is tried only if it suits `alg` (EC P-256 for ES256, EC P-384 for ES384,
@@ -25,21 +26,35 @@
 //!    `alg`, that equals the header's. No such key →
 //!    [`JwtError::UnknownKey`]; keys tried but none verifies →
 //!    [`JwtError::BadSignature`].
-//! 6. Claims (checked in this order, after the signature):
-//!    * `exp` is **required** — a token without an expiry is refused — and is
-//!      a JSON number (integer or fractional seconds; fractions round toward
-//!      the stricter side). Refused when `now > exp + leeway`.
+//! 6. Claims (after the signature; a claim given twice is refused):
+//!    * `exp`, `aud` and `sub` are **required**; a token without an expiry is
+//!      refused.
+//!    * `aud` is a string or an array of strings and must contain
+//!      [`Expectations::audience`] exactly; `sub` is a string equal to
+//!      [`Expectations::subject`] exactly.
+//!    * `exp` is a non-negative JSON number (integer or fractional seconds;
+//!      fractions round toward the stricter side). Refused when
+//!      `now > exp + leeway`.
 //!    * `nbf` is optional; refused when `now + leeway < nbf`.
 //!    * `iat` is optional; refused when `now + leeway < iat` (issued in the
 //!      future). This mirrors jwx, which Dapr uses.
-//!    * `aud` is required, a string or an array of strings, and must contain
-//!      [`Expectations::audience`] exactly.
-//!    * `sub` is required, a string, and must equal [`Expectations::subject`]
-//!      exactly.
 //!    * `iss`, if present, must be a string; it is returned, not checked.
 //!
 //! The caller supplies the clock and the leeway (Dapr uses
 //! [`DEFAULT_LEEWAY_SECS`], 5 minutes) through [`Expectations`].
+//!
+//! # Who does what
+//!
+//! The `jsonwebtoken` crate decodes the token, checks the signature with the
+//! key this module picks, and validates `aud`, `sub` and the presence and type
+//! of `exp`, `aud` and `sub`. Its signatures are checked by `ring` (the host's
+//! one crypto library) through [`RING_PROVIDER`], which this module installs
+//! as `jsonwebtoken`'s process-wide provider on first use; if another provider
+//! was installed first, every token is refused ([`JwtError::ForeignProvider`]).
+//! This module adds what the crate lacks: the size limit, refusals that name
+//! the algorithm or the `crit` member, key selection over a set, the times
+//! (`jsonwebtoken` reads the system clock itself and ignores `iat`) and
+//! Dapr's JWKS loading.
 //!
 //! # JWKS
 //!
@@ -53,11 +68,13 @@
 //! a supported type that is malformed (missing member, bad base64url, wrong
 //! length, `alg` inconsistent with its type) makes the whole set
 //! [`JwtError::BadJwks`], as does a set with no usable key. Private members
-//! (`d`, `p`, `q`, ...) are ignored and never stored.
+//! (`d`, `p`, `q`, ...) are ignored and never stored. (`jsonwebtoken`'s own JWK
+//! model is not used: it reads a malformed key of a supported type as an
+//! unknown one, which would turn a refusal into a skip.)
 //!
-//! Signature checks are done by `ring`. EC points and RSA public keys are
-//! validated by `ring` when a signature is checked, so an invalid point in the
-//! set surfaces as [`JwtError::BadSignature`], not at load time.
+//! EC points and RSA public keys are validated by `ring` when a signature is
+//! checked, so an invalid point in the set surfaces as
+//! [`JwtError::BadSignature`], not at load time.
 //!
 //! The code never panics on input and contains no `unsafe`.
 
@@ -65,17 +82,30 @@ use std::io::Read;
 use std::path::Path;
 
 use base64ct::{Base64, Base64UrlUnpadded, Encoding};
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use jsonwebtoken::crypto::{CryptoProvider, JwtVerifier, KeyUtils};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
 /// Largest token [`verify`] and [`decode_unverified`] accept, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// The clock-skew allowance Dapr's Sentry uses for `exp`/`nbf`, in seconds.
+/// The clock-skew allowance Dapr's Sentry uses for `exp`/`nbf`/`iat`, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 5 * 60;
 
 /// Largest JWKS file [`Jwks::load`] reads, in bytes.
 const MAX_JWKS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The claims `jsonwebtoken` must find.
+const REQUIRED_CLAIMS: [&str; 3] = ["exp", "aud", "sub"];
+
+/// The registered claims `jsonwebtoken` reads by type, with the JSON type each must have.
+const CLAIM_TYPES: [(&str, &str); 4] = [
+    ("exp", "a non-negative number of seconds"),
+    ("nbf", "a non-negative number of seconds"),
+    ("aud", "a string or an array of strings"),
+    ("sub", "a string"),
+];
 
 /// Why a token or a JWKS was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,75 +200,101 @@ pub enum JwtError {
     /// The JWKS (or its source) is unusable.
     #[error("invalid JWKS: {0}")]
     BadJwks(String),
+    /// Another crypto provider was installed as `jsonwebtoken`'s process default before
+    /// [`RING_PROVIDER`]; signatures are checked by `ring` or not at all.
+    #[error("jsonwebtoken's process-wide crypto provider is not Sigil's ring provider")]
+    ForeignProvider,
 }
 
-/// A JWS algorithm this module verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// ECDSA P-256 SHA-256, raw `r||s` signature.
-    Es256,
-    /// ECDSA P-384 SHA-384, raw `r||s` signature.
-    Es384,
-    /// RSASSA-PKCS1-v1_5 SHA-256.
-    Rs256,
-    /// RSASSA-PKCS1-v1_5 SHA-384.
-    Rs384,
-    /// RSASSA-PKCS1-v1_5 SHA-512.
-    Rs512,
-    /// RSASSA-PSS SHA-256 (MGF1 SHA-256, salt length 32).
-    Ps256,
-    /// RSASSA-PSS SHA-384 (MGF1 SHA-384, salt length 48).
-    Ps384,
-    /// RSASSA-PSS SHA-512 (MGF1 SHA-512, salt length 64).
-    Ps512,
-    /// EdDSA over Ed25519.
-    EdDsa,
+/// The JWS algorithms accepted: never HMAC (a public JWKS cannot key it), never `none`.
+const ACCEPTED: [Algorithm; 9] = [
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
+
+/// Looks up a JWA `alg` name (case-sensitive); `None` for anything not [`ACCEPTED`].
+fn algorithm(name: &str) -> Option<Algorithm> {
+    let alg = name.parse().ok()?;
+    ACCEPTED.contains(&alg).then_some(alg)
 }
 
-impl Algorithm {
-    /// Looks up a JWA `alg` name (case-sensitive); `None` for anything unsupported.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "ES256" => Self::Es256,
-            "ES384" => Self::Es384,
-            "RS256" => Self::Rs256,
-            "RS384" => Self::Rs384,
-            "RS512" => Self::Rs512,
-            "PS256" => Self::Ps256,
-            "PS384" => Self::Ps384,
-            "PS512" => Self::Ps512,
-            "EdDSA" => Self::EdDsa,
-            _ => return None,
-        })
-    }
-
-    /// The JWA name of the algorithm.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Es256 => "ES256",
-            Self::Es384 => "ES384",
-            Self::Rs256 => "RS256",
-            Self::Rs384 => "RS384",
-            Self::Rs512 => "RS512",
-            Self::Ps256 => "PS256",
-            Self::Ps384 => "PS384",
-            Self::Ps512 => "PS512",
-            Self::EdDsa => "EdDSA",
+/// `jsonwebtoken`'s crypto backend in Sigil: signatures checked by `ring` (the host's one
+/// crypto library), for the nine accepted algorithms only; no signing. Its JWK utilities
+/// (thumbprints, keys from private keys) panic, and nothing in Sigil calls them: this
+/// module parses JWKS itself.
+pub static RING_PROVIDER: CryptoProvider = CryptoProvider {
+    signer_factory: |_, _| {
+        Err(ErrorKind::Provider("Sigil's JWT provider only verifies".into()).into())
+    },
+    verifier_factory: |alg, key| {
+        if alg.family() != key.family() || key.family() == AlgorithmFamily::Hmac {
+            return Err(ErrorKind::InvalidAlgorithm.into());
         }
-    }
+        Ok(Box::new(RingVerifier {
+            alg: *alg,
+            key: key.clone(),
+        }))
+    },
+    key_utils: KeyUtils::new_unimplemented(),
+};
 
-    /// Whether a key of this type can verify this algorithm.
-    fn suits(self, key: &KeyMaterial) -> bool {
-        match (self, key) {
-            (Self::Es256, KeyMaterial::Ec { curve, .. }) => *curve == EcCurve::P256,
-            (Self::Es384, KeyMaterial::Ec { curve, .. }) => *curve == EcCurve::P384,
-            (
-                Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512,
-                KeyMaterial::Rsa { .. },
-            ) => true,
-            (Self::EdDsa, KeyMaterial::Ed25519 { .. }) => true,
-            _ => false,
+/// Installs [`RING_PROVIDER`] (once per process) and checks it is the one in use.
+fn ring_provider() -> Result<(), JwtError> {
+    let _ = RING_PROVIDER.install_default();
+    match CryptoProvider::try_get_default() {
+        Some(provider) if std::ptr::eq(provider, &RING_PROVIDER) => Ok(()),
+        _ => Err(JwtError::ForeignProvider),
+    }
+}
+
+/// One public key and the algorithm it is used with, for [`RING_PROVIDER`].
+struct RingVerifier {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl jsonwebtoken::signature::Verifier<Vec<u8>> for RingVerifier {
+    fn verify(&self, message: &[u8], sig: &Vec<u8>) -> Result<(), jsonwebtoken::signature::Error> {
+        use ring::signature as r;
+        use Algorithm as A;
+        let rsa = |params: &'static r::RsaParameters| match self.key.kind() {
+            DecodingKeyKind::RsaModulusExponent { n, e } => {
+                r::RsaPublicKeyComponents { n, e }.verify(params, message, sig)
+            }
+            DecodingKeyKind::SecretOrDer(_) => Err(ring::error::Unspecified),
+        };
+        let point = |alg: &'static dyn r::VerificationAlgorithm| match self.key.kind() {
+            DecodingKeyKind::SecretOrDer(bytes) => {
+                r::UnparsedPublicKey::new(alg, bytes).verify(message, sig)
+            }
+            DecodingKeyKind::RsaModulusExponent { .. } => Err(ring::error::Unspecified),
+        };
+        match self.alg {
+            A::ES256 => point(&r::ECDSA_P256_SHA256_FIXED),
+            A::ES384 => point(&r::ECDSA_P384_SHA384_FIXED),
+            A::EdDSA => point(&r::ED25519),
+            A::RS256 => rsa(&r::RSA_PKCS1_2048_8192_SHA256),
+            A::RS384 => rsa(&r::RSA_PKCS1_2048_8192_SHA384),
+            A::RS512 => rsa(&r::RSA_PKCS1_2048_8192_SHA512),
+            A::PS256 => rsa(&r::RSA_PSS_2048_8192_SHA256),
+            A::PS384 => rsa(&r::RSA_PSS_2048_8192_SHA384),
+            A::PS512 => rsa(&r::RSA_PSS_2048_8192_SHA512),
+            _ => Err(ring::error::Unspecified),
         }
+        .map_err(|_| jsonwebtoken::signature::Error::new())
+    }
+}
+
+impl JwtVerifier for RingVerifier {
+    fn algorithm(&self) -> Algorithm {
+        self.alg
     }
 }
 
@@ -260,55 +316,24 @@ enum KeyMaterial {
 }
 
 impl KeyMaterial {
-    fn verifies(&self, alg: Algorithm, message: &[u8], sig: &[u8]) -> bool {
-        let rsa = |params: &'static signature::RsaParameters, n: &[u8], e: &[u8]| {
-            RsaPublicKeyComponents { n, e }
-                .verify(params, message, sig)
-                .is_ok()
-        };
-        match (alg, self) {
-            (
-                Algorithm::Es256,
-                Self::Ec {
-                    curve: EcCurve::P256,
-                    point,
-                },
-            ) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                .verify(message, sig)
-                .is_ok(),
-            (
-                Algorithm::Es384,
-                Self::Ec {
-                    curve: EcCurve::P384,
-                    point,
-                },
-            ) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
-                .verify(message, sig)
-                .is_ok(),
-            (Algorithm::Rs256, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA256, n, e)
-            }
-            (Algorithm::Rs384, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA384, n, e)
-            }
-            (Algorithm::Rs512, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA512, n, e)
-            }
-            (Algorithm::Ps256, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA256, n, e)
-            }
-            (Algorithm::Ps384, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA384, n, e)
-            }
-            (Algorithm::Ps512, Self::Rsa { n, e }) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA512, n, e)
-            }
-            (Algorithm::EdDsa, Self::Ed25519 { x }) => {
-                UnparsedPublicKey::new(&signature::ED25519, x)
-                    .verify(message, sig)
-                    .is_ok()
-            }
-            _ => false,
+    /// Whether a key of this type can verify this algorithm.
+    fn suits(&self, alg: Algorithm) -> bool {
+        match self {
+            Self::Ec { curve, .. } => match curve {
+                EcCurve::P256 => alg == Algorithm::ES256,
+                EcCurve::P384 => alg == Algorithm::ES384,
+            },
+            Self::Rsa { .. } => alg.family() == AlgorithmFamily::Rsa,
+            Self::Ed25519 { .. } => alg == Algorithm::EdDSA,
+        }
+    }
+
+    /// The key as `jsonwebtoken` carries it to [`RING_PROVIDER`].
+    fn decoding_key(&self) -> DecodingKey {
+        match self {
+            Self::Ec { point, .. } => DecodingKey::from_ec_der(point),
+            Self::Rsa { n, e } => DecodingKey::from_rsa_raw_components(n, e),
+            Self::Ed25519 { x } => DecodingKey::from_ed_der(x),
         }
     }
 }
@@ -372,7 +397,6 @@ impl Jwks {
         }
         Ok(Self { keys })
     }
-
     /// Dapr's `source` option: inline JSON (starts with '{'), base64-encoded JSON, or a path to a file holding either.
     ///
     /// Resolution order: leading/trailing whitespace is trimmed; a source
@@ -504,8 +528,8 @@ fn parse_jwk(obj: &Map<String, Value>) -> Result<Option<Jwk>, String> {
     }
     let alg = match opt_str(obj, "alg")? {
         None => None,
-        Some(name) => match Algorithm::from_name(name) {
-            Some(alg) => Some(alg),
+        Some(name) => match algorithm(name) {
+            Some(alg) => Some((alg, name)),
             None => return Ok(None),
         },
     };
@@ -557,13 +581,16 @@ fn parse_jwk(obj: &Map<String, Value>) -> Result<Option<Jwk>, String> {
         },
         _ => return Ok(None),
     };
-    match alg {
-        Some(alg) if !alg.suits(&material) => Err(format!(
-            "\"alg\" {} does not fit a {kty} key of this type",
-            alg.name()
-        )),
-        _ => Ok(Some(Jwk { kid, alg, material })),
+    if let Some((_, name)) = alg.filter(|(alg, _)| !material.suits(*alg)) {
+        return Err(format!(
+            "\"alg\" {name} does not fit a {kty} key of this type"
+        ));
     }
+    Ok(Some(Jwk {
+        kid,
+        alg: alg.map(|(alg, _)| alg),
+        material,
+    }))
 }
 
 /// What the validator requires of a token.
@@ -598,15 +625,8 @@ pub struct Claims {
     pub extra: Map<String, Value>,
 }
 
-/// The three segments of a compact JWS, still encoded.
-struct Segments<'a> {
-    signing_input: &'a str,
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
-}
-
-fn split_token(token: &str) -> Result<Segments<'_>, JwtError> {
+/// The encoded header and payload segments, after the size and shape checks.
+fn split_token(token: &str) -> Result<(&str, &str), JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::TooLarge {
             len: token.len(),
@@ -614,17 +634,12 @@ fn split_token(token: &str) -> Result<Segments<'_>, JwtError> {
         });
     }
     let shape = || JwtError::Malformed("expected three '.'-separated segments".into());
-    let (signing_input, signature) = token.rsplit_once('.').ok_or_else(shape)?;
+    let (signing_input, _signature) = token.rsplit_once('.').ok_or_else(shape)?;
     let (header, payload) = signing_input.split_once('.').ok_or_else(shape)?;
     if payload.contains('.') {
         return Err(shape());
     }
-    Ok(Segments {
-        signing_input,
-        header,
-        payload,
-        signature,
-    })
+    Ok((header, payload))
 }
 
 fn decode_segment(segment: &str, what: &str) -> Result<Vec<u8>, JwtError> {
@@ -642,15 +657,14 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, JwtError>
     }
 }
 
-/// The protected header of a token whose signature verified.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Header {
-    /// The header's `alg`.
-    pub(crate) alg: Algorithm,
-    /// The header's `kid`, if any.
-    pub(crate) kid: Option<String>,
-    /// All header members.
-    pub(crate) fields: Map<String, Value>,
+/// What key selection needs from the protected header, read before `jsonwebtoken` sees the
+/// token so that a refused `alg` or a `crit` is named in the refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    alg: Algorithm,
+    /// `alg` as the header spells it (one of the [`ACCEPTED`] names).
+    name: String,
+    kid: Option<String>,
 }
 
 fn parse_header(segment: &str) -> Result<Header, JwtError> {
@@ -660,8 +674,8 @@ fn parse_header(segment: &str) -> Result<Header, JwtError> {
         Some(_) => return Err(JwtError::Malformed("header \"alg\" is not a string".into())),
         None => return Err(JwtError::Malformed("header has no \"alg\"".into())),
     };
-    let alg = Algorithm::from_name(alg_name)
-        .ok_or_else(|| JwtError::UnsupportedAlgorithm(alg_name.to_owned()))?;
+    let alg =
+        algorithm(alg_name).ok_or_else(|| JwtError::UnsupportedAlgorithm(alg_name.to_owned()))?;
     if let Some(crit) = fields.get("crit") {
         return Err(JwtError::CriticalHeader(crit.to_string()));
     }
@@ -670,38 +684,121 @@ fn parse_header(segment: &str) -> Result<Header, JwtError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(JwtError::Malformed("header \"kid\" is not a string".into())),
     };
-    Ok(Header { alg, kid, fields })
+    let name = alg_name.to_owned();
+    Ok(Header { alg, name, kid })
 }
 
-/// Verifies the signature only, returning the header and the raw payload.
-///
-/// Claims are **not** checked; [`verify`] is the entry point for tokens.
-pub(crate) fn verify_signature(token: &str, jwks: &Jwks) -> Result<(Header, Vec<u8>), JwtError> {
-    let seg = split_token(token)?;
-    let header = parse_header(seg.header)?;
-    let payload = decode_segment(seg.payload, "payload")?;
-    let sig = decode_segment(seg.signature, "signature")?;
+/// Runs `attempt` with each key of the set that may have signed a token with this header,
+/// in the set's order, until one gives something other than [`JwtError::BadSignature`].
+fn try_keys<T>(
+    jwks: &Jwks,
+    header: &Header,
+    mut attempt: impl FnMut(&DecodingKey) -> Result<T, JwtError>,
+) -> Result<T, JwtError> {
+    ring_provider()?;
     let mut tried = false;
     for key in jwks.keys.iter().filter(|k| {
         (header.kid.is_none() || k.kid == header.kid)
             && k.alg.is_none_or(|a| a == header.alg)
-            && header.alg.suits(&k.material)
+            && k.material.suits(header.alg)
     }) {
         tried = true;
-        if key
-            .material
-            .verifies(header.alg, seg.signing_input.as_bytes(), &sig)
-        {
-            return Ok((header, payload));
+        match attempt(&key.material.decoding_key()) {
+            Err(JwtError::BadSignature) => {}
+            done => return done,
         }
     }
-    if tried {
-        Err(JwtError::BadSignature)
+    Err(if tried {
+        JwtError::BadSignature
     } else {
-        Err(JwtError::UnknownKey {
-            kid: header.kid,
-            alg: header.alg.name().to_owned(),
-        })
+        JwtError::UnknownKey {
+            kid: header.kid.clone(),
+            alg: header.name.clone(),
+        }
+    })
+}
+
+/// Verifies a compact JWS (header.payload.signature) against the set and checks the claims.
+///
+/// See the module documentation for every rule; `exp` is mandatory.
+pub fn verify(token: &str, jwks: &Jwks, expect: &Expectations<'_>) -> Result<Claims, JwtError> {
+    let (header, payload) = split_token(token)?;
+    let header = parse_header(header)?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_required_spec_claims(&REQUIRED_CLAIMS);
+    // The times are checked below against the caller's clock, not the system's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_audience(&[expect.audience]);
+    validation.sub = Some(expect.subject.to_owned());
+    let claims = try_keys(jwks, &header, |key| {
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| refusal(e, payload, expect))
+    })?;
+    check_times(claims, expect)
+}
+
+/// Turns `jsonwebtoken`'s refusal into ours, reading the claims it names for the message.
+fn refusal(e: jsonwebtoken::errors::Error, payload: &str, expect: &Expectations<'_>) -> JwtError {
+    // Claim errors come after the signature verified: the payload is the signer's. (A JSON
+    // error may be the header's; the refusal stands either way.)
+    let mut claims = decode_segment(payload, "payload")
+        .and_then(|json| json_object(&json, "payload"))
+        .unwrap_or_default();
+    let mistyped = |claims: &Map<String, Value>, name: &str| {
+        let (claim, wanted) = CLAIM_TYPES.into_iter().find(|(c, _)| *c == name)?;
+        let reason = format!("expected {wanted}, got {}", claims.get(claim)?);
+        Some(JwtError::InvalidClaim { claim, reason })
+    };
+    match e.into_kind() {
+        ErrorKind::InvalidSignature => JwtError::BadSignature,
+        // jsonwebtoken names one of several missing claims at random; name the first.
+        ErrorKind::MissingRequiredClaim(name) | ErrorKind::InvalidClaimFormat(name) => {
+            match REQUIRED_CLAIMS
+                .into_iter()
+                .find(|c| !claims.contains_key(*c))
+            {
+                Some(absent) => JwtError::MissingClaim(absent),
+                None => mistyped(&claims, &name)
+                    .unwrap_or_else(|| JwtError::Malformed(format!("claim {name:?} is invalid"))),
+            }
+        }
+        // jsonwebtoken reads an array or an object where it wants a number or a string as
+        // a JSON syntax error; name the claim instead.
+        ErrorKind::Json(json) => ["exp", "nbf", "sub"]
+            .into_iter()
+            .find(|c| {
+                claims
+                    .get(*c)
+                    .is_some_and(|v| v.is_array() || v.is_object())
+            })
+            .and_then(|c| mistyped(&claims, c))
+            .unwrap_or_else(|| JwtError::Malformed(format!("JSON error: {json}"))),
+        ErrorKind::InvalidAudience => JwtError::AudienceMismatch {
+            expected: expect.audience.to_owned(),
+            found: claims.remove("aud").map(audiences).unwrap_or_default(),
+        },
+        ErrorKind::InvalidSubject => JwtError::SubjectMismatch {
+            expected: expect.subject.to_owned(),
+            found: match claims.remove("sub") {
+                Some(Value::String(s)) => s,
+                other => other.map(|v| v.to_string()).unwrap_or_default(),
+            },
+        },
+        other => JwtError::Malformed(jsonwebtoken::errors::Error::from(other).to_string()),
+    }
+}
+
+/// `aud` as a list (a single string becomes one element).
+fn audiences(aud: Value) -> Vec<String> {
+    let text = |v: Value| match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    match aud {
+        Value::Array(items) => items.into_iter().map(text).collect(),
+        other => vec![text(other)],
     }
 }
 
@@ -725,79 +822,26 @@ fn numeric_date(value: &Value, claim: &'static str, round_up: bool) -> Result<u6
     Ok(rounded as u64)
 }
 
-fn check_claims(
-    mut map: Map<String, Value>,
-    expect: &Expectations<'_>,
-) -> Result<Claims, JwtError> {
+/// The time checks on claims `jsonwebtoken` accepted, against the caller's clock.
+fn check_times(mut map: Map<String, Value>, expect: &Expectations<'_>) -> Result<Claims, JwtError> {
     let (now, leeway) = (expect.now, expect.leeway);
-
-    let exp = numeric_date(
-        &map.remove("exp").ok_or(JwtError::MissingClaim("exp"))?,
-        "exp",
-        false,
-    )?;
+    let mut date = |claim: &'static str, round_up: bool| {
+        map.remove(claim)
+            .map(|v| numeric_date(&v, claim, round_up))
+            .transpose()
+    };
+    let exp = date("exp", false)?.ok_or(JwtError::MissingClaim("exp"))?;
     if now > exp.saturating_add(leeway) {
         return Err(JwtError::Expired { exp, now, leeway });
     }
-    let nbf = map
-        .remove("nbf")
-        .map(|v| numeric_date(&v, "nbf", true))
-        .transpose()?;
-    match nbf {
-        Some(nbf) if now.saturating_add(leeway) < nbf => {
-            return Err(JwtError::NotYetValid { nbf, now, leeway });
-        }
-        _ => {}
+    let nbf = date("nbf", true)?;
+    if let Some(nbf) = nbf.filter(|nbf| now.saturating_add(leeway) < *nbf) {
+        return Err(JwtError::NotYetValid { nbf, now, leeway });
     }
-    let iat = map
-        .remove("iat")
-        .map(|v| numeric_date(&v, "iat", true))
-        .transpose()?;
-    match iat {
-        Some(iat) if now.saturating_add(leeway) < iat => {
-            return Err(JwtError::IssuedInFuture { iat, now, leeway });
-        }
-        _ => {}
+    let iat = date("iat", true)?;
+    if let Some(iat) = iat.filter(|iat| now.saturating_add(leeway) < *iat) {
+        return Err(JwtError::IssuedInFuture { iat, now, leeway });
     }
-
-    let aud_invalid = |reason: &str| JwtError::InvalidClaim {
-        claim: "aud",
-        reason: reason.to_owned(),
-    };
-    let aud = match map.remove("aud").ok_or(JwtError::MissingClaim("aud"))? {
-        Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(aud_invalid("array holds a non-string")),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        _ => return Err(aud_invalid("expected a string or an array of strings")),
-    };
-    if !aud.iter().any(|a| a == expect.audience) {
-        return Err(JwtError::AudienceMismatch {
-            expected: expect.audience.to_owned(),
-            found: aud,
-        });
-    }
-
-    let sub = match map.remove("sub").ok_or(JwtError::MissingClaim("sub"))? {
-        Value::String(s) => s,
-        _ => {
-            return Err(JwtError::InvalidClaim {
-                claim: "sub",
-                reason: "expected a string".into(),
-            });
-        }
-    };
-    if sub != expect.subject {
-        return Err(JwtError::SubjectMismatch {
-            expected: expect.subject.to_owned(),
-            found: sub,
-        });
-    }
-
     let iss = match map.remove("iss") {
         None => None,
         Some(Value::String(s)) => Some(s),
@@ -808,10 +852,10 @@ fn check_claims(
             });
         }
     };
-
+    map.remove("sub");
     Ok(Claims {
-        sub,
-        aud,
+        sub: expect.subject.to_owned(),
+        aud: map.remove("aud").map(audiences).unwrap_or_default(),
         exp,
         nbf,
         iat,
@@ -820,22 +864,14 @@ fn check_claims(
     })
 }
 
-/// Verifies a compact JWS (header.payload.signature) against the set and checks the claims.
-///
-/// See the module documentation for every rule; `exp` is mandatory.
-pub fn verify(token: &str, jwks: &Jwks, expect: &Expectations<'_>) -> Result<Claims, JwtError> {
-    let (_header, payload) = verify_signature(token, jwks)?;
-    check_claims(json_object(&payload, "payload")?, expect)
-}
-
 /// Decodes the claims WITHOUT verifying (the Kubernetes validator reads a pod name from a token the API server already reviewed).
 ///
 /// Only the shape is checked: size limit, three segments, a base64url JSON
 /// object payload. Never use the result for an authorisation decision unless
 /// the token was verified by other means.
 pub fn decode_unverified(token: &str) -> Result<Map<String, Value>, JwtError> {
-    let seg = split_token(token)?;
-    json_object(&decode_segment(seg.payload, "payload")?, "payload")
+    let (_header, payload) = split_token(token)?;
+    json_object(&decode_segment(payload, "payload")?, "payload")
 }
 
 #[cfg(test)]
@@ -843,8 +879,24 @@ pub fn decode_unverified(token: &str) -> Result<Map<String, Value>, JwtError> {
 mod tests {
     use super::*;
     use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
     use serde_json::json;
+
+    /// Verifies the signature only (the published vectors' payloads are not Sentry's claims),
+    /// through the same key selection and provider as [`verify`].
+    fn verify_signature(token: &str, jwks: &Jwks) -> Result<(Header, Vec<u8>), JwtError> {
+        let (header, payload) = split_token(token)?;
+        let header = parse_header(header)?;
+        let (message, signature) = token.rsplit_once('.').unwrap_or_default();
+        try_keys(jwks, &header, |key| {
+            match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, header.alg) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(JwtError::BadSignature),
+                Err(e) => Err(JwtError::Malformed(e.to_string())),
+            }
+        })?;
+        Ok((header, decode_segment(payload, "payload")?))
+    }
 
     // ---- Published vectors ----
 
@@ -927,11 +979,20 @@ mod tests {
     fn rfc7515_a3_es256() {
         let jwks = Jwks::from_json(RFC7515_A3_JWKS.as_bytes()).unwrap();
         let (header, payload) = verify_signature(RFC7515_A3_TOKEN, &jwks).unwrap();
-        assert_eq!(header.alg, Algorithm::Es256);
+        assert_eq!(header.alg, Algorithm::ES256);
         assert_eq!(header.kid, None);
         assert_eq!(payload, RFC7515_PAYLOAD);
         assert_eq!(
             verify_signature(&flip_signature_bit(RFC7515_A3_TOKEN), &jwks).unwrap_err(),
+            JwtError::BadSignature
+        );
+        // Through verify (jsonwebtoken's decode): the signature passes, the claims do not.
+        assert_eq!(
+            verify(RFC7515_A3_TOKEN, &jwks, &expect()).unwrap_err(),
+            JwtError::MissingClaim("aud")
+        );
+        assert_eq!(
+            verify(&flip_signature_bit(RFC7515_A3_TOKEN), &jwks, &expect()).unwrap_err(),
             JwtError::BadSignature
         );
     }
@@ -940,10 +1001,18 @@ mod tests {
     fn rfc7515_a2_rs256() {
         let jwks = rsa_jwks(RFC7515_A2_N, None);
         let (header, payload) = verify_signature(RFC7515_A2_TOKEN, &jwks).unwrap();
-        assert_eq!(header.alg, Algorithm::Rs256);
+        assert_eq!(header.alg, Algorithm::RS256);
         assert_eq!(payload, RFC7515_PAYLOAD);
         assert_eq!(
             verify_signature(&flip_signature_bit(RFC7515_A2_TOKEN), &jwks).unwrap_err(),
+            JwtError::BadSignature
+        );
+        assert_eq!(
+            verify(RFC7515_A2_TOKEN, &jwks, &expect()).unwrap_err(),
+            JwtError::MissingClaim("aud")
+        );
+        assert_eq!(
+            verify(&flip_signature_bit(RFC7515_A2_TOKEN), &jwks, &expect()).unwrap_err(),
             JwtError::BadSignature
         );
         // A modulus with a leading zero octet is the same key.
@@ -964,7 +1033,7 @@ mod tests {
     fn rfc8037_a4_ed25519() {
         let jwks = Jwks::from_json(RFC8037_A2_JWKS.as_bytes()).unwrap();
         let (header, payload) = verify_signature(RFC8037_A4_TOKEN, &jwks).unwrap();
-        assert_eq!(header.alg, Algorithm::EdDsa);
+        assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(payload, b"Example of Ed25519 signing");
         assert_eq!(
             verify_signature(&flip_signature_bit(RFC8037_A4_TOKEN), &jwks).unwrap_err(),
@@ -982,7 +1051,7 @@ mod tests {
         let jwks = rsa_jwks(OPENSSL_N, Some("openssl-rsa"));
         for (alg, token) in OPENSSL_TOKENS {
             let (header, _) = verify_signature(token, &jwks).unwrap();
-            assert_eq!(header.alg.name(), alg);
+            assert_eq!(header.name, alg);
             assert_eq!(header.kid.as_deref(), Some("openssl-rsa"));
             let claims = verify(token, &jwks, &expect()).unwrap();
             assert_eq!(claims.exp, 4_102_444_800);
@@ -1084,6 +1153,8 @@ mod tests {
             let jwks = jwks_of(&[signer.jwk("k1")]);
             let token = signer.sign("k1", &good_claims());
             let claims = verify(&token, &jwks, &expect()).unwrap();
+            let provider = CryptoProvider::try_get_default().unwrap();
+            assert!(std::ptr::eq(provider, &RING_PROVIDER));
             assert_eq!(claims.sub, SUB);
             assert_eq!(claims.aud, vec![AUD.to_owned()]);
             assert_eq!(claims.exp, NOW + 600);
@@ -1150,10 +1221,21 @@ mod tests {
                 .exp,
             NOW + 10
         );
-        assert!(matches!(
-            check(with(&[("exp", json!(-5))], &[])),
-            Err(JwtError::Expired { exp: 0, .. })
-        ));
+        // Negative or beyond u64 (once read as "never expires"): not a usable expiry.
+        for exp in [
+            json!(-5),
+            json!(1e30),
+            json!([NOW + 600]),
+            json!({"at": NOW + 600}),
+        ] {
+            assert!(
+                matches!(
+                    check(with(&[("exp", exp.clone())], &[])),
+                    Err(JwtError::InvalidClaim { claim: "exp", .. })
+                ),
+                "{exp}"
+            );
+        }
         assert_eq!(
             check(with(&[], &["exp"])).unwrap_err(),
             JwtError::MissingClaim("exp")
@@ -1237,9 +1319,81 @@ mod tests {
             check(with(&[], &["sub"])).unwrap_err(),
             JwtError::MissingClaim("sub")
         );
+        for sub in [json!([SUB]), json!({"id": SUB}), json!(5), json!(null)] {
+            assert!(
+                matches!(
+                    check(with(&[("sub", sub.clone())], &[])),
+                    Err(JwtError::InvalidClaim { claim: "sub", .. })
+                ),
+                "{sub}"
+            );
+        }
+    }
+
+    #[test]
+    fn claim_types_and_duplicates() {
+        // Missing claims are named in a fixed order, whatever jsonwebtoken reports first.
+        assert_eq!(
+            check(with(&[], &["sub", "aud"])).unwrap_err(),
+            JwtError::MissingClaim("aud")
+        );
+        assert_eq!(
+            check(with(&[("aud", json!(7))], &["sub"])).unwrap_err(),
+            JwtError::MissingClaim("sub")
+        );
+        assert_eq!(
+            check(with(&[("nbf", json!([NOW]))], &[])).unwrap_err(),
+            JwtError::InvalidClaim {
+                claim: "nbf",
+                reason: format!("expected a non-negative number of seconds, got [{NOW}]")
+            }
+        );
+        assert_eq!(
+            check(with(&[("aud", json!({"id": AUD}))], &[])).unwrap_err(),
+            JwtError::InvalidClaim {
+                claim: "aud",
+                reason: format!(
+                    "expected a string or an array of strings, got {{\"id\":\"{AUD}\"}}"
+                )
+            }
+        );
         assert!(matches!(
-            check(with(&[("sub", json!(["x"]))], &[])),
-            Err(JwtError::InvalidClaim { claim: "sub", .. })
+            check(with(&[("iss", json!(["x"]))], &[])),
+            Err(JwtError::InvalidClaim { claim: "iss", .. })
+        ));
+        // A member given twice is ambiguous: refused in the payload and in the header.
+        let signer = Signer::es256();
+        let jwks = jwks_of(&[signer.jwk("k1")]);
+        let exp = NOW + 600;
+        let twice = format!(r#"{{"sub":"{SUB}x","aud":"{AUD}","exp":{exp},"sub":"{SUB}"}}"#);
+        let header = json!({"alg": "ES256", "kid": "k1"});
+        assert!(matches!(
+            verify(&signer.sign_raw(&header, twice.as_bytes()), &jwks, &expect()),
+            Err(JwtError::Malformed(msg)) if msg.contains("duplicate")
+        ));
+        let input = format!(
+            "{}.{}",
+            b64u(br#"{"alg":"ES256","kid":"k1","kid":"k1"}"#),
+            b64u(good_claims().to_string().as_bytes())
+        );
+        let sig = match &signer {
+            Signer::Es256(kp) => kp.sign(&SystemRandom::new(), input.as_bytes()).unwrap(),
+            _ => unreachable!(),
+        };
+        let token = format!("{input}.{}", b64u(sig.as_ref()));
+        assert!(matches!(
+            verify(&token, &jwks, &expect()),
+            Err(JwtError::Malformed(_))
+        ));
+        // Registered header members must have their registered types.
+        let typ = json!({"alg": "ES256", "kid": "k1", "typ": 1});
+        assert!(matches!(
+            verify(
+                &signer.sign_raw(&typ, good_claims().to_string().as_bytes()),
+                &jwks,
+                &expect()
+            ),
+            Err(JwtError::Malformed(_))
         ));
     }
 
@@ -1357,6 +1511,15 @@ mod tests {
         );
         assert!(matches!(
             verify(&crit, &jwks, &expect()),
+            Err(JwtError::CriticalHeader(_))
+        ));
+        // Even the one extension jsonwebtoken understands (RFC 7797 b64, here a no-op).
+        let b64 = a.sign_raw(
+            &json!({"alg": "ES256", "kid": "a", "crit": ["b64"], "b64": true}),
+            good_claims().to_string().as_bytes(),
+        );
+        assert!(matches!(
+            verify(&b64, &jwks, &expect()),
             Err(JwtError::CriticalHeader(_))
         ));
         // typ is ignored (documented choice).
