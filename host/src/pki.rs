@@ -2,11 +2,11 @@
 //! atomically with mode 0600 and never over an existing file unless asked; certificates
 //! described for people.
 //!
-//! Trust anchors go through one loader, [`anchor_bundle`] (and [`usable_anchors`] /
-//! [`read_anchors`] around it): a certificate the core cannot use as an anchor (it does not
-//! parse, has an unknown critical extension, or a key signatures cannot be verified with, such
-//! as RSA) is skipped with a warning naming it, and the others are kept, so one such
-//! certificate in a bundle never makes validation through the others fail.
+//! The rule for trust anchors is [`anchor_bundle`]: a certificate the core cannot use as an
+//! anchor (it does not parse, has an unknown critical extension, or a key signatures cannot be
+//! verified with, such as RSA) is skipped and the others are kept, so one such certificate in a
+//! bundle never makes validation through the others fail. [`crate::trust::Anchors`] applies
+//! it once per set of anchors and warns about each skipped one.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -92,9 +92,8 @@ impl std::fmt::Display for SkippedAnchor {
 /// The host's one rule for trust anchors: a bundle of the certificates in `ders` the core can
 /// use as anchors ([`TrustBundle::add`]), in order, and the ones skipped: a certificate that
 /// does not parse, has an unknown critical extension or a key signatures cannot be verified
-/// with (RSA, P-384, ...), or does not fit the capacity `N`. Nothing is logged here: callers
-/// that load anchors from a file or a CA log the skipped ones once ([`usable_anchors`]);
-/// callers that build a bundle per handshake ignore them.
+/// with (RSA, P-384, ...), or does not fit the capacity `N`. Nothing is logged here:
+/// [`crate::trust::Anchors`] logs the skipped ones once, when it loads them.
 pub fn anchor_bundle<const N: usize>(ders: &[Vec<u8>]) -> (TrustBundle<'_, N>, Vec<SkippedAnchor>) {
     let mut bundle = TrustBundle::new();
     let mut skipped = Vec::new();

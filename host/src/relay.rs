@@ -260,33 +260,56 @@ struct Relay {
 }
 
 /// One resynchronisation episode: the bad input skipped between two good frames. It is logged
-/// as one line when the next good frame arrives (or the link ends), and at most every
-/// [`SKIP_LOG_INTERVAL`] while it lasts, never once per candidate byte: garbage on the line
-/// (4 MB of it has thousands of false magic bytes) must not become megabytes of log.
-#[derive(Debug, Default)]
+/// as one line when the next good frame arrives, the link ends or the device has been quiet
+/// for [`SKIP_QUIET`], and at most every [`SKIP_LOG_INTERVAL`] while it lasts, never once per
+/// candidate byte: garbage on the line (4 MB of it has thousands of false magic bytes) must not
+/// become megabytes of log. Episode lines themselves go through a [`crate::logs::Throttle`]
+/// ([`SKIP_LINE_INTERVAL`]): a device alternating garbage and good frames writes one line a
+/// second, with the number of episodes held back.
+#[derive(Debug)]
 struct Skipped {
     /// Since when (the episode's start or its last line), bytes skipped, candidate frames
-    /// refused, the first and the last reason.
-    open: Option<(Instant, usize, u64, String, String)>,
+    /// refused, the first and the last reason, and when the last bytes were skipped.
+    open: Option<(Instant, usize, u64, String, String, Instant)>,
+    lines: crate::logs::Throttle,
+}
+
+impl Default for Skipped {
+    fn default() -> Self {
+        Self {
+            open: None,
+            lines: crate::logs::Throttle::new(SKIP_LINE_INTERVAL),
+        }
+    }
 }
 
 /// How often a resynchronisation that goes on is reported.
 const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one episode line per this long (the rest are counted into the next line).
+const SKIP_LINE_INTERVAL: Duration = Duration::from_secs(1);
+/// A device quiet this long after bad input ends its episode.
+const SKIP_QUIET: Duration = Duration::from_secs(1);
 
 impl Skipped {
     fn add(&mut self, bytes: usize, why: impl std::fmt::Display) {
         let now = Instant::now();
         let why = why.to_string();
-        let (since, total, candidates, _, last) = self
+        let (since, total, candidates, _, last, at) = self
             .open
-            .get_or_insert_with(|| (now, 0, 0, why.clone(), String::new()));
+            .get_or_insert_with(|| (now, 0, 0, why.clone(), String::new(), now));
         *total += bytes;
         *candidates += 1;
         *last = why.clone();
+        *at = now;
         if now.duration_since(*since) >= SKIP_LOG_INTERVAL {
             self.report("bad input from the device; still resynchronising");
-            self.open = Some((now, 0, 0, why.clone(), why));
+            self.open = Some((now, 0, 0, why.clone(), why, now));
         }
+    }
+
+    /// When the open episode ends for want of more bytes, if one is open.
+    fn quiet_deadline(&self) -> Option<Instant> {
+        self.open.as_ref().map(|(.., at)| *at + SKIP_QUIET)
     }
 
     fn finish(&mut self) {
@@ -294,14 +317,17 @@ impl Skipped {
     }
 
     fn report(&mut self, message: &str) {
-        if let Some((_, bytes, candidates, first, last)) = self.open.take() {
-            tracing::warn!(
-                bytes_skipped = bytes,
-                candidates,
-                first_error = %first,
-                last_error = %last,
-                "{message}"
-            );
+        if let Some((_, bytes, candidates, first, last, _)) = self.open.take() {
+            if let Some(held_back) = self.lines.admit(Instant::now()) {
+                tracing::warn!(
+                    bytes_skipped = bytes,
+                    candidates,
+                    first_error = %first,
+                    last_error = %last,
+                    episodes_held_back = held_back,
+                    "{message}"
+                );
+            }
         }
     }
 }
@@ -326,6 +352,7 @@ impl Relay {
             // Time spent handling frames does not count toward a stall.
             link.handle_ready(clock.now());
             let stall = link.poll_timeout().map(|t| clock.deadline(t));
+            let quiet = self.skipped.quiet_deadline();
             tokio::select! {
                 // Bytes that are there win over the stall timer.
                 biased;
@@ -344,6 +371,9 @@ impl Relay {
                 // The deframer skips the stalled frame at the next poll.
                 () = tokio::time::sleep_until(stall.unwrap_or_else(tokio::time::Instant::now)),
                     if stall.is_some() => {}
+                // Bad input followed by silence: the episode is over.
+                () = tokio::time::sleep_until(quiet.map_or_else(tokio::time::Instant::now, Into::into)),
+                    if quiet.is_some() => self.skipped.finish(),
                 Some(r) = self.signs.join_next() => log_join("sign", r),
                 Some(r) = self.sessions.join_next() => log_join("peer session", r),
             }
@@ -375,12 +405,12 @@ impl Relay {
                         Code::ResourceExhausted,
                         format!("{MAX_SIGNS_IN_FLIGHT} sign requests already in flight"),
                     );
-                    tracing::warn!(request, %reply, "sign request refused");
+                    tracing::warn!(request, reply = ?reply.to_string(), "sign request refused");
                     send(&self.out, reply.to_frame(request)).await;
                     return;
                 }
                 if let Some(reply) = self.sign.opts.pinned_refusal(id, namespace) {
-                    tracing::warn!(request, ?id, ?namespace, %reply, "sign request refused");
+                    tracing::warn!(request, ?id, ?namespace, reply = ?reply.to_string(), "sign request refused");
                     send(&self.out, reply.to_frame(request)).await;
                     return;
                 }
@@ -394,7 +424,7 @@ impl Relay {
                 let (ctx, out) = (self.sign.clone(), self.out.clone());
                 self.signs.spawn(async move {
                     let reply = ctx.answer(request).await;
-                    tracing::info!(request = number, %reply, "sign answer");
+                    tracing::info!(request = number, reply = ?reply.to_string(), "sign answer");
                     send(&out, reply.to_frame(number)).await;
                 });
             }

@@ -617,6 +617,27 @@ fn megabytes_of_garbage_write_one_log_line() {
         &logs[..logs.len().min(2000)]
     );
     assert!(logs.len() < 64 * 1024, "{} bytes of log", logs.len());
+
+    // Garbage and good frames alternating: episodes are summarised, not one line each.
+    let mut bytes = Vec::new();
+    for i in 0..200u16 {
+        bytes.extend_from_slice(&[link::MAGIC, 9, 0, 0]);
+        bytes.extend_from_slice(&wire(&Frame::TlsClose { session: i }));
+    }
+    relay.device.send_raw(&bytes);
+    // Then garbage and silence: the open episode is reported without a next frame.
+    relay.device.send_raw(&[link::MAGIC, 9, 0, 0, 1, 2, 3]);
+    std::thread::sleep(Duration::from_millis(2500));
+    relay.assert_alive();
+    let logs = relay.logs();
+    let after = logs.lines().filter(|l| l.contains("resynchronis")).count() - resyncs;
+    assert!((1..=4).contains(&after), "{after} lines for 201 episodes");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("episodes_held_back") && !l.contains("episodes_held_back=0")),
+        "{}",
+        &logs[logs.len().saturating_sub(3000)..]
+    );
 }
 
 #[test]

@@ -295,6 +295,9 @@ async fn a_wave_at_the_default_limits() {
     println!("{w:#?}");
     assert!(w.slowest_sign < Duration::from_secs(1), "{w:?}");
     assert!(w.open_on_sentry <= 4096, "{w:?}");
+    // Memory is bounded by the table, not given back (glibc keeps freed pages): measured
+    // 56 MiB (release) and 62 MiB (debug) after the wave; the bound leaves room for both.
+    assert!(w.rss_after_mib <= 96.0, "{w:?}");
 }
 
 /// Each idle phase has its deadline: a socket that sends nothing is cut at the handshake

@@ -261,29 +261,38 @@ impl Admission {
         millis(self.epoch.elapsed())
     }
 
-    /// Closes up to `n` of the longest-idle connections (of `address` only, if given); returns
-    /// how many. One pass over the table.
+    /// Closes up to `n` idle connections (of `address` only, if given); returns how many.
+    /// Victims come first from the addresses holding the most connections, the longest-idle
+    /// first within an address: a flood from a few addresses, however fast it churns, sheds
+    /// its own connections before a lone client's. One pass over the table.
     fn shed(&self, table: &mut Table, address: Option<IpAddr>, n: usize) -> usize {
-        let mut idle: Vec<(u64, u64)> = table
+        let held = |a: &IpAddr| table.per_address.get(a).copied().unwrap_or(0);
+        let mut idle: Vec<(std::cmp::Reverse<usize>, u64, u64)> = table
             .conns
             .iter()
             .filter(|(_, e)| address.is_none_or(|a| e.address == a) && e.state.is_idle())
-            .map(|(id, e)| (e.state.since_ms.load(Ordering::Relaxed), *id))
+            .map(|(id, e)| {
+                (
+                    std::cmp::Reverse(held(&e.address)),
+                    e.state.since_ms.load(Ordering::Relaxed),
+                    *id,
+                )
+            })
             .collect();
         if idle.len() > n {
             idle.select_nth_unstable(n);
             idle.truncate(n);
         }
-        for (_, id) in &idle {
-            if let Some(entry) = table.remove(*id) {
-                entry.state.close();
+        let mut closed = 0usize;
+        for (_, _, id) in &idle {
+            let closes = table.conns.get(id).is_some_and(|e| e.state.try_close());
+            if closes && table.remove(*id).is_some() {
+                closed += 1;
             }
         }
-        self.shed.fetch_add(
-            u64::try_from(idle.len()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        idle.len()
+        self.shed
+            .fetch_add(u64::try_from(closed).unwrap_or(u64::MAX), Ordering::Relaxed);
+        closed
     }
 }
 
@@ -335,7 +344,9 @@ impl ConnState {
     /// A request started; the connection is busy until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.requested.store(true, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with `try_close`: of a request beginning and a shed racing, at least one sees
+        // the other; a request that began is never cut ([`Slot::deadline`] waits for it).
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
 
@@ -343,9 +354,16 @@ impl ConnState {
         self.in_flight.load(Ordering::Acquire) == 0 && !self.closing.load(Ordering::Relaxed)
     }
 
-    fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+    /// Marks an idle connection closing; `false` (and nothing changed) if a request is in
+    /// flight. A request that begins after the check finishes before the connection closes.
+    fn try_close(&self) -> bool {
+        self.closing.store(true, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            self.closing.store(false, Ordering::SeqCst);
+            return false;
+        }
         self.wake();
+        true
     }
 
     fn wake(&self) {
@@ -379,8 +397,10 @@ pub struct Busy(Arc<ConnState>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.since_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        // The idle clock restarts before the count drops: a connection seen with no request
+        // in flight never has a stale start (which would close it at once as idle).
+        self.0.since_ms.store(self.0.now_ms(), Ordering::Release);
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.wake();
         }
     }
@@ -412,11 +432,12 @@ impl Slot {
     /// while it is busy.
     fn deadline(&self) -> Result<Option<(Instant, Closed)>, Closed> {
         let s = &self.state;
-        if s.closing.load(Ordering::Acquire) {
-            return Err(Closed::Shed);
-        }
-        if s.in_flight.load(Ordering::Acquire) > 0 {
+        // Busy first: a connection shed while a request began finishes that request.
+        if s.in_flight.load(Ordering::SeqCst) > 0 {
             return Ok(None);
+        }
+        if s.closing.load(Ordering::SeqCst) {
+            return Err(Closed::Shed);
         }
         let limits = &self.admission.limits;
         let (wait, why) = if !s.established.load(Ordering::Relaxed) {
@@ -426,7 +447,7 @@ impl Slot {
         } else {
             (limits.idle, Closed::Idle)
         };
-        let since = Duration::from_millis(s.since_ms.load(Ordering::Relaxed));
+        let since = Duration::from_millis(s.since_ms.load(Ordering::Acquire));
         Ok(Some((s.epoch + since + wait, why)))
     }
 }
@@ -626,5 +647,64 @@ mod tests {
         tokio::task::yield_now().await;
         let _second = t.admit(peer(3)).unwrap();
         assert_eq!(waiting.await.unwrap(), Closed::Shed);
+    }
+
+    /// A connection quiet for 29 s then busy for 2 s is not closed when its request ends: the
+    /// idle clock restarts at the end of the request (it is set before the count drops).
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_restarts_when_the_last_request_ends() {
+        let t = Admission::new(limits(8, 8));
+        let mut e = Expiry::new(t.admit(peer(2)).unwrap());
+        e.slot().established();
+        drop(e.slot().state().begin());
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        let busy = e.slot().state().begin();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(busy);
+        let ended = tokio::time::Instant::now();
+        assert_eq!(e.expired().await, Closed::Idle);
+        assert_eq!(ended.elapsed(), Duration::from_secs(30));
+    }
+
+    /// A request that begins on a connection being shed finishes: the connection closes only
+    /// when it is idle again, and a busy connection is never shed.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_began_is_never_cut_by_shedding() {
+        let t = Admission::new(limits(2, 2));
+        let first = t.admit(peer(2)).unwrap();
+        first.established();
+        // Shed while busy: refused, the connection stays.
+        let busy = first.state().begin();
+        assert!(!first.state().try_close());
+        assert!(matches!(first.deadline(), Ok(None)));
+        // Marked closing, then a request begins (the race's other order): it is served.
+        drop(busy);
+        assert!(first.state().try_close());
+        let late = first.state().begin();
+        assert!(matches!(first.deadline(), Ok(None)));
+        drop(late);
+        assert!(matches!(first.deadline(), Err(Closed::Shed)));
+    }
+
+    /// A full table sheds from the address holding the most connections first, even when a
+    /// lone client's connection has been idle longer.
+    #[test]
+    fn shedding_starts_with_the_biggest_address() {
+        let t = Admission::new(limits(16, 12));
+        let lone = t.admit(peer(2)).unwrap();
+        let flood: Vec<Slot> = (0..12).map(|_| t.admit(peer(3)).unwrap()).collect();
+        let other = t.admit(peer(4)).unwrap();
+        let _more = t.admit(peer(5)).unwrap();
+        // The 16th place is the reserve: one idle connection goes, from the flood.
+        let _newcomer = t.admit(peer(6)).unwrap();
+        assert!(!lone.state.closing.load(Ordering::Relaxed));
+        assert!(!other.state.closing.load(Ordering::Relaxed));
+        assert_eq!(
+            flood
+                .iter()
+                .filter(|s| s.state.closing.load(Ordering::Relaxed))
+                .count(),
+            1
+        );
     }
 }

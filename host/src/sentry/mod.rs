@@ -464,7 +464,7 @@ impl pb::ca_server::Ca for Service {
                 tracing::info!(
                     code = ?status.code(),
                     reason,
-                    message = %validator::clip(status.message()),
+                    message = ?validator::clip(status.message()),
                     "sign request refused"
                 );
                 Err(status)

@@ -151,12 +151,12 @@ fn full(body: impl Into<Bytes>) -> Body {
 /// names (RFC 9110 §7.6.1: a sender lists there the headers meant for this hop only, so a
 /// proxy that forwards them lets a client smuggle headers the next hop treats as its own).
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Split the raw bytes: a value with a byte outside visible ASCII still names its headers.
     let named: Vec<hyper::header::HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for h in named {
         headers.remove(h);
@@ -656,6 +656,14 @@ async fn serve_peer_connection(
                         .ok()
                         .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
                 });
+            // The verifier accepted a SPIFFE ID; should none be read back, the connection is
+            // closed rather than served as if nothing were proved (which would pass the
+            // request's own caller headers).
+            let Some(caller) = caller else {
+                tracing::warn!(%peer, "verified peer without a readable SPIFFE ID; closed");
+                return;
+            };
+            let caller = Some(caller);
             let service = hyper::service::service_fn(move |req| {
                 let (invoker, caller) = (invoker.clone(), caller.clone());
                 async move { Ok::<_, Infallible>(invoker.handle_peer(req, caller).await) }
@@ -698,6 +706,11 @@ mod tests {
             ("x-kept", "3"),
             ("te", "trailers"),
         ]);
+        h.append(
+            "connection",
+            HeaderValue::from_bytes(b"x-third, \xe9t\xe9").unwrap(),
+        );
+        h.append("x-third", HeaderValue::from_static("3"));
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(hyper::header::HeaderName::as_str).collect();
         assert_eq!(names, ["x-kept"]);
