@@ -362,14 +362,7 @@ async fn sigterm_stops_sentry_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentry_on_one_core_serves_concurrent_requests_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let plain = sentry_command(dir.path());
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"])
-        .arg(plain.get_program())
-        .args(plain.get_args())
-        .env_remove("NAMESPACE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let cmd = common::sentry_command_under(dir.path(), &["taskset", "-c", "0"]);
     let sentry = start(cmd).unwrap();
     let affinity = Command::new("taskset")
         .args(["-p", &sentry.child.id().to_string()])

@@ -529,15 +529,10 @@ async fn half_sent_requests_on_the_metrics_ports_are_closed_and_scrapes_still_wo
 async fn few_file_descriptors_and_a_flooded_metrics_port_do_not_stop_signing() {
     sigil_host::net::raise_open_files_limit();
     let dir = tempfile::tempdir().unwrap();
-    let plain = sentry_command(dir.path());
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
-        .arg(plain.get_program())
-        .args(plain.get_args())
-        .env_remove("NAMESPACE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let cmd = common::sentry_command_under(
+        dir.path(),
+        &["sh", "-c", "ulimit -n 256 && exec \"$0\" \"$@\""],
+    );
     let sentry = start(cmd).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", sentry.child.id())).unwrap();
     assert!(

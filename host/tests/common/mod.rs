@@ -54,6 +54,22 @@ pub fn sentry_command(dir: &Path) -> Command {
     c
 }
 
+/// [`sentry_command`] run under a wrapper (`taskset -c 0`, `sh -c 'ulimit …; exec "$0" "$@"'`):
+/// `wrapper` comes first, then Sentry's program and arguments, with the same environment and
+/// pipes.
+pub fn sentry_command_under(dir: &Path, wrapper: &[&str]) -> Command {
+    let plain = sentry_command(dir);
+    let (program, args) = wrapper.split_first().expect("a wrapper program");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_remove("NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
 #[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
 pub fn start(mut cmd: Command) -> Result<Sentry, String> {
