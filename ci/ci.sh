@@ -93,7 +93,7 @@ job_e2e() {
 
 job_fuzz() {
   local secs="${FUZZ_SECONDS:-20}"
-  for target in cert csr pem path link deframer; do
+  for target in cert csr pem chain link deframer; do
     local corpus
     corpus="$(mktemp -d)"
     cp core/fuzz/seeds/"$target"/* "$corpus"/

@@ -35,10 +35,10 @@
 
 use rand_core::CryptoRngCore;
 
+use crate::chain;
 use crate::crypto::{SignatureVerifier, Signer};
 use crate::key::SoftwareKey;
 use crate::link::{self, Answer, Frame};
-use crate::path;
 use crate::rotation::{Action, Failure, Rejection, RequestError, RequestId, Rotation};
 use crate::slot::{IdentitySlot, MAX_CHAIN_CERTS};
 use crate::status;
@@ -242,7 +242,7 @@ impl<
         &mut self,
         now: Instant,
         anchors: &[&[u8]],
-    ) -> Result<(), path::BundleError> {
+    ) -> Result<(), chain::BundleError> {
         let r = self
             .rotation
             .handle_trust_bundle(now, anchors, &self.verifier);

@@ -2,7 +2,7 @@
 //! answer or a watched file) without a restart: the DER lives in a fixed buffer, and a borrowed
 //! [`TrustBundle`] is made from it when a path is validated.
 
-use crate::path::{BundleError, TrustAnchor, TrustBundle};
+use crate::chain::{BundleError, TrustAnchor, TrustBundle};
 
 /// Up to `N` anchors in at most `BYTES` bytes of DER.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@
 //! rejects the certificate. After `parse` succeeds no accessor can fail or panic.
 //!
 //! Parsing does not judge trust: signatures, validity at a time and the CA rules are the
-//! business of [`crate::path`].
+//! business of [`crate::chain`].
 
 use crate::crypto::{AlgorithmError, PublicKey, Scheme};
 use crate::der::{self, oid, tag, DerError, Reader};

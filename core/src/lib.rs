@@ -12,8 +12,8 @@
 //! - [`csr`]: PKCS#10 requests built into a caller buffer and parsed with their self-signature
 //!   checked.
 //! - [`cert`]: zero-copy, checked X.509 v3 parsing with the extensions Dapr and SPIFFE use.
-//! - [`path`]: RFC 5280 path building and validation with a work budget, against a
-//!   fixed-capacity [`path::TrustBundle`].
+//! - [`chain`]: RFC 5280 path building and validation with a work budget, against a
+//!   fixed-capacity [`chain::TrustBundle`].
 //! - [`profile`]: the checks a workload runs on the certificate Sentry issues it.
 //! - [`rotation`]: the sans-IO machine that obtains, validates and renews an identity, and
 //!   [`bundle`]: a trust bundle that owns its anchors so they can change at run time.
@@ -33,7 +33,7 @@
 //! - **Fixed memory**: no allocator. Encoders write into `&mut [u8]` and name the size needed
 //!   when it is too small; collections are `heapless` with const capacities.
 //! - **No panics on input**: every parser has one checked constructor; after it, accessors
-//!   cannot panic. Path building is bounded by a [`path::Budget`] and a depth cap.
+//!   cannot panic. Path building is bounded by a [`chain::Budget`] and a depth cap.
 //! - **Crypto is a trait boundary**: [`crypto::SignatureVerifier`] and [`crypto::Signer`].
 //!   [`crypto::RustCryptoVerifier`] and [`key::SoftwareKey`] are the defaults here; the host
 //!   adds a `ring` verifier.
@@ -43,7 +43,7 @@
 //! | feature   | default | what it adds                                             |
 //! |-----------|---------|----------------------------------------------------------|
 //! | `ed25519` | no      | Ed25519 signatures in [`crypto::RustCryptoVerifier`]     |
-//! | `tls`     | no      | embedded-tls 0.19 glue: the device's mTLS `CryptoProvider` (`tls`) |
+//! | `tls`     | no      | embedded-tls 0.19 glue: the device's mTLS `CryptoProvider` (`device_tls`) |
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -52,14 +52,16 @@
 pub mod agent;
 pub mod bundle;
 pub mod cert;
+pub mod chain;
 pub mod crypto;
 pub mod csr;
 mod der;
+#[cfg(feature = "tls")]
+pub mod device_tls;
 pub mod drbg;
 pub mod key;
 pub mod link;
 pub mod names;
-pub mod path;
 pub mod pem;
 pub mod profile;
 pub mod rotation;
@@ -67,7 +69,5 @@ pub mod slot;
 pub mod spiffe;
 pub mod status;
 pub mod time;
-#[cfg(feature = "tls")]
-pub mod tls;
 
 pub use time::{Instant, UnixTime};

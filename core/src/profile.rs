@@ -1,5 +1,5 @@
 //! The workload profile: what a sidecar or device checks on the certificate Sentry issued it,
-//! beyond path validation (which [`crate::path`] does).
+//! beyond path validation (which [`crate::chain`] does).
 //!
 //! An X.509-SVID for a Dapr workload: the key is the one the workload generated (so the
 //! identity can actually be used), exactly one URI SAN holding a valid SPIFFE ID, not a CA,

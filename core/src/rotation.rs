@@ -91,9 +91,9 @@ use core::time::Duration;
 
 use crate::bundle::OwnedTrustBundle;
 use crate::cert::Certificate;
+use crate::chain::{self, Options, Usage};
 use crate::crypto::{PublicKey, SignatureVerifier, Signer};
 use crate::csr;
-use crate::path::{self, Options, Usage};
 use crate::profile::{self, Expected};
 use crate::spiffe::SpiffeId;
 use crate::time::{Instant, UnixTime};
@@ -260,7 +260,7 @@ pub enum Rejection {
     /// The response held no certificate, or more than fit.
     BadShape,
     /// The chain does not validate against the current trust bundle.
-    Path(path::Error),
+    Path(chain::Error),
     /// The leaf does not fit the workload profile (including the key check).
     Profile(profile::Error),
 }
@@ -593,7 +593,7 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         now: Instant,
         anchors: &[&[u8]],
         verifier: &impl SignatureVerifier,
-    ) -> Result<(), path::BundleError> {
+    ) -> Result<(), chain::BundleError> {
         self.bundle.replace(anchors)?;
         let still_trusted = match &self.current {
             Some(c) if !self.expired_reported => {
@@ -609,7 +609,7 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
                     skew: self.policy.validation_skew,
                     ..Options::new(wall)
                 };
-                path::verify(leaf, rest, &self.bundle.as_bundle(), verifier, &options).is_ok()
+                chain::verify(leaf, rest, &self.bundle.as_bundle(), verifier, &options).is_ok()
             }
             _ => true,
         };
@@ -681,9 +681,9 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
             return Err(Rejection::BadShape);
         }
         let leaf = Certificate::parse(leaf_der).map_err(|e| {
-            Rejection::Path(path::Error {
-                cert: path::Position::Leaf,
-                kind: path::ErrorKind::Malformed(e),
+            Rejection::Path(chain::Error {
+                cert: chain::Position::Leaf,
+                kind: chain::ErrorKind::Malformed(e),
             })
         })?;
         // Wall time to validate at: the clock, or (no clock) the floor the certificates give.
@@ -766,7 +766,7 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
 /// [`Rejection::BadShape`] for an empty chain, [`Rejection::Path`] or [`Rejection::Profile`].
 pub fn check_issued<const N: usize>(
     chain: &[&[u8]],
-    bundle: &path::TrustBundle<'_, N>,
+    bundle: &chain::TrustBundle<'_, N>,
     key: PublicKey<'_>,
     expected: Option<Expected<'_>>,
     wall: UnixTime,
@@ -775,9 +775,9 @@ pub fn check_issued<const N: usize>(
 ) -> Result<(), Rejection> {
     let (leaf_der, rest) = chain.split_first().ok_or(Rejection::BadShape)?;
     let leaf = Certificate::parse(leaf_der).map_err(|e| {
-        Rejection::Path(path::Error {
-            cert: path::Position::Leaf,
-            kind: path::ErrorKind::Malformed(e),
+        Rejection::Path(chain::Error {
+            cert: chain::Position::Leaf,
+            kind: chain::ErrorKind::Malformed(e),
         })
     })?;
     let options = Options {
@@ -785,7 +785,7 @@ pub fn check_issued<const N: usize>(
         usage: Usage::ClientAndServer,
         ..Options::new(wall)
     };
-    path::verify(leaf_der, rest, bundle, verifier, &options).map_err(Rejection::Path)?;
+    chain::verify(leaf_der, rest, bundle, verifier, &options).map_err(Rejection::Path)?;
     profile::check_workload(&leaf, key, expected).map_err(Rejection::Profile)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::pb;
-use crate::tls::SpiffeServerVerifier;
+use crate::rustls_glue::SpiffeServerVerifier;
 use crate::trust::Anchors;
 
 /// Why a signing round failed.
@@ -244,7 +244,7 @@ pub async fn connect_channel(
         .map_err(|e| ClientError::Config(e.to_string()))?;
     let verifier = SpiffeServerVerifier::new(Arc::new(anchors), target.sentry_id.clone())
         .map_err(ClientError::Config)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::rustls_glue::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Config(e.to_string()))?
         .dangerous()
@@ -288,7 +288,7 @@ pub async fn connect_channel(
 /// first) at `now`: the path against `anchors` for client and server use (with Dapr's 15 min
 /// skew), the workload profile, the key and, if given, the identity expected. Anchors the core
 /// cannot use were skipped when `anchors` was loaded ([`Anchors`]); signatures go through the
-/// process-wide [`crate::verifier::shared`] cache.
+/// process-wide [`crate::signature::shared`] cache.
 ///
 /// # Errors
 ///
@@ -310,7 +310,7 @@ pub fn check_issued(
         expected,
         sigil_core::UnixTime::from_secs(secs),
         Duration::from_secs(15 * 60),
-        crate::verifier::shared(),
+        crate::signature::shared(),
     )
     .map_err(ClientError::Rejected)
 }

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sigil_core::cert::Certificate;
+use sigil_core::chain::{self, PeerName, Usage};
 use sigil_core::csr;
 use sigil_core::key::{SoftwareKey, PKCS8_DER_LEN};
-use sigil_core::path::{self, PeerName, Usage};
 use sigil_core::pem::Label;
 use sigil_core::spiffe::{SpiffeId, TrustDomain};
 use sigil_core::UnixTime;
 
 use crate::pki::{self, InputError};
-use crate::verifier::RingVerifier;
+use crate::signature::RingSignatureVerifier;
 
 /// Errors of `sigil csr new`.
 #[derive(Debug, thiserror::Error)]
@@ -189,10 +189,10 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
         .map(|s| format!("warning: {}: {s}\n", args.anchors.display()))
         .collect();
     let ints: Vec<&[u8]> = intermediates_der.iter().map(Vec::as_slice).collect();
-    if ints.len() > path::MAX_INTERMEDIATES {
+    if ints.len() > chain::MAX_INTERMEDIATES {
         return Err(VerifyError::TooMany(format!(
             "at most {} intermediates are accepted, {} given",
-            path::MAX_INTERMEDIATES,
+            chain::MAX_INTERMEDIATES,
             ints.len()
         )));
     }
@@ -232,7 +232,7 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(args.at.as_secs()),
         )
     };
-    match anchors.verify(&leaf_der, &ints, &policy, &RingVerifier) {
+    match anchors.verify(&leaf_der, &ints, &policy, &RingSignatureVerifier) {
         Ok(found) => {
             let mut s = format!(
                 "{warnings}valid at {} (usage {}, skew {}s)\n",
@@ -265,7 +265,7 @@ pub fn cert_verify(args: &VerifyArgs) -> Result<VerifyOutcome, VerifyError> {
         }
         Err(e) => {
             let mut reason = format!("{warnings}invalid: {e}");
-            if let path::ErrorKind::PeerNameMismatch(_) = e.kind {
+            if let chain::ErrorKind::PeerNameMismatch(_) = e.kind {
                 // Say what the leaf carries, next to what was asked for.
                 if let Ok(leaf) = Certificate::parse(&leaf_der) {
                     let names = leaf

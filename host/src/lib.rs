@@ -1,8 +1,8 @@
 //! Sigil on a std host: the library behind the `sigil` binary.
 //!
-//! - [`verifier::RingVerifier`]: the core's signature-verifier trait on `ring`; and
-//!   [`verifier::CachingVerifier`], the bounded cache of verified signatures the TLS verifiers
-//!   share ([`verifier::shared`]).
+//! - [`signature::RingSignatureVerifier`]: the core's signature-verifier trait on `ring`; and
+//!   [`signature::CachingSignatureVerifier`], the bounded cache of verified signatures the TLS verifiers
+//!   share ([`signature::shared`]).
 //! - [`pki`]: reading PEM files into owned DER, and describing certificates for people.
 //! - [`commands`]: what each `sigil` subcommand does; the binary only parses arguments.
 
@@ -14,11 +14,11 @@ pub mod logs;
 pub mod net;
 pub mod pki;
 pub mod relay;
+pub mod rustls_glue;
 pub mod sentry;
 pub mod sidecar;
-pub mod tls;
+pub mod signature;
 pub mod trust;
-pub mod verifier;
 
 /// The gRPC messages and services of Dapr's Sentry API, generated from `proto/`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]

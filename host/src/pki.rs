@@ -14,8 +14,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use sigil_core::cert::{Certificate, Purpose};
+use sigil_core::chain::{BundleError, TrustBundle};
 use sigil_core::names::GeneralName;
-use sigil_core::path::{BundleError, TrustBundle};
 use sigil_core::pem;
 
 /// Why an input could not be used at all (as opposed to being invalid).

@@ -22,8 +22,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::SignatureVerifier;
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::pem;
 
 use crate::pki::{InputError, SkippedAnchor};
@@ -85,7 +85,7 @@ pub struct Policy<'p> {
     pub skew: Duration,
     /// The time to validate at.
     pub at: SystemTime,
-    /// Most intermediates that are not self-issued ([`path::DEFAULT_MAX_DEPTH`] unless said).
+    /// Most intermediates that are not self-issued ([`chain::DEFAULT_MAX_DEPTH`] unless said).
     pub max_depth: usize,
 }
 
@@ -97,7 +97,7 @@ impl Policy<'_> {
             peer: PeerName::Unchecked,
             skew: Duration::ZERO,
             at,
-            max_depth: path::DEFAULT_MAX_DEPTH,
+            max_depth: chain::DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -200,14 +200,14 @@ impl Anchors {
     ///
     /// # Errors
     ///
-    /// The core's [`path::Error`]: which certificate, which rule.
+    /// The core's [`chain::Error`]: which certificate, which rule.
     pub fn verify(
         &self,
         leaf: &[u8],
         intermediates: &[&[u8]],
         policy: &Policy<'_>,
         verifier: &impl SignatureVerifier,
-    ) -> Result<path::VerifiedPath, path::Error> {
+    ) -> Result<chain::VerifiedPath, chain::Error> {
         let (bundle, _) = bundle_of(&self.ders);
         let options = Options {
             usage: policy.usage,
@@ -216,7 +216,7 @@ impl Anchors {
             max_depth: policy.max_depth,
             ..Options::new(unix(policy.at))
         };
-        path::verify(leaf, intermediates, &bundle, verifier, &options)
+        chain::verify(leaf, intermediates, &bundle, verifier, &options)
     }
 
     /// The position, among the certificates given at load (skipped ones counted), of the

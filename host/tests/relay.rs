@@ -277,7 +277,7 @@ fn sign_request<'a>(request: u32, id: &'a str, csr: &'a [u8]) -> Frame<'a> {
 /// Checks a chain answer: leaf first, for `key`, naming `id`, valid against `anchors` now, and
 /// without the roots.
 fn assert_workload_chain(chain: &[Vec<u8>], anchors: &[Vec<u8>], key: &SoftwareKey, id: &str) {
-    use sigil_core::path::{self, Options, TrustBundle, Usage};
+    use sigil_core::chain::{self, Options, TrustBundle, Usage};
     let (leaf, rest) = chain.split_first().expect("a certificate");
     assert!(
         !rest.is_empty(),
@@ -303,11 +303,11 @@ fn assert_workload_chain(chain: &[Vec<u8>], anchors: &[Vec<u8>], key: &SoftwareK
         usage: Usage::ClientAndServer,
         ..Options::new(sigil_core::UnixTime::from_secs(secs))
     };
-    path::verify(
+    chain::verify(
         leaf,
         &ints,
         &bundle,
-        &sigil_host::verifier::RingVerifier,
+        &sigil_host::signature::RingSignatureVerifier,
         &options,
     )
     .unwrap();

@@ -426,7 +426,7 @@ async fn fake_kubernetes_api() -> (String, String) {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(sigil_host::tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(sigil_host::rustls_glue::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

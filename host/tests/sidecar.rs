@@ -85,7 +85,7 @@ fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
 
 /// Whether `chain` (leaf first) validates to one of `roots` now.
 fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
-    use sigil_core::path::{self, Options, TrustBundle};
+    use sigil_core::chain::{self, Options, TrustBundle};
     let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
     for r in roots {
         bundle.add(r).unwrap();
@@ -99,11 +99,11 @@ fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
         .unwrap()
         .as_secs();
     let options = Options::new(sigil_core::UnixTime::from_secs(secs));
-    path::verify(
+    chain::verify(
         leaf,
         &ints,
         &bundle,
-        &sigil_host::verifier::RingVerifier,
+        &sigil_host::signature::RingSignatureVerifier,
         &options,
     )
     .is_ok()

@@ -5,7 +5,7 @@
 //! - certificate parse: sigil vs rustls-webpki (`EndEntityCert::try_from`);
 //! - a 3-certificate P-256 chain with a SPIFFE leaf: sigil with the ring verifier and with the
 //!   RustCrypto verifier vs rustls-webpki (ring), at the same time and usage;
-//! - the same chain through the host's caching verifier (`CachingVerifier` on ring, as the
+//! - the same chain through the host's caching verifier (`CachingSignatureVerifier` on ring, as the
 //!   sidecars and the Sentry client use it): cold (cache emptied before every validation) and
 //!   warm (a new peer leaf every time, from a pool larger than the cache, so only the
 //!   issuer -> root signature is remembered: 1 ECDSA verification against webpki's 2), and,
@@ -25,13 +25,15 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime as PkiTime};
 use sigil_core::cert::Certificate;
+use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::RustCryptoVerifier;
 use sigil_core::csr;
 use sigil_core::key::SoftwareKey;
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
-use sigil_host::verifier::{CachingVerifier, RingVerifier, DEFAULT_CACHE_ENTRIES};
+use sigil_host::signature::{
+    CachingSignatureVerifier, RingSignatureVerifier, DEFAULT_CACHE_ENTRIES,
+};
 use sigil_tests::fixtures::{ca_params, workload_params};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
@@ -97,7 +99,7 @@ fn sigil_verify_leaf(
         peer: PeerName::SpiffeId(id),
         ..Options::new(UnixTime::from_secs(NOW))
     };
-    path::verify(leaf, &[&f.issuer], &bundle, verifier, &options).unwrap();
+    chain::verify(leaf, &[&f.issuer], &bundle, verifier, &options).unwrap();
 }
 
 fn webpki_verify(f: &Fixture) {
@@ -166,12 +168,14 @@ fn main() {
     g.finish();
 
     let mut g = c.benchmark_group("chain_verify_3_p256_spiffe");
-    g.bench_function("sigil_ring", |b| b.iter(|| sigil_verify(&f, &RingVerifier)));
+    g.bench_function("sigil_ring", |b| {
+        b.iter(|| sigil_verify(&f, &RingSignatureVerifier))
+    });
     g.bench_function("sigil_rustcrypto", |b| {
         b.iter(|| sigil_verify(&f, &RustCryptoVerifier))
     });
     g.bench_function("webpki_ring", |b| b.iter(|| webpki_verify(&f)));
-    let cache = CachingVerifier::new(RingVerifier, DEFAULT_CACHE_ENTRIES);
+    let cache = CachingSignatureVerifier::new(RingSignatureVerifier, DEFAULT_CACHE_ENTRIES);
     g.bench_function("sigil_ring_cache_cold", |b| {
         b.iter(|| {
             cache.clear();
@@ -227,7 +231,7 @@ fn main() {
     );
     ratio(
         "chain_verify: sigil(ring) / webpki(ring)",
-        &mut || sigil_verify(&f, &RingVerifier),
+        &mut || sigil_verify(&f, &RingSignatureVerifier),
         &mut || webpki_verify(&f),
     );
     ratio(
@@ -235,7 +239,7 @@ fn main() {
         &mut || sigil_verify(&f, &RustCryptoVerifier),
         &mut || webpki_verify(&f),
     );
-    let cache = CachingVerifier::new(RingVerifier, DEFAULT_CACHE_ENTRIES);
+    let cache = CachingSignatureVerifier::new(RingSignatureVerifier, DEFAULT_CACHE_ENTRIES);
     ratio(
         "chain_verify cold: sigil(ring+cache) / webpki(ring)",
         &mut || {

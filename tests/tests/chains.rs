@@ -8,13 +8,13 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose,
     NameConstraints, SanType, PKCS_ECDSA_P256_SHA256,
 };
-use sigil_core::crypto::{RustCryptoVerifier, SignatureVerifier};
-use sigil_core::path::{
+use sigil_core::chain::{
     self, ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle, Usage,
 };
+use sigil_core::crypto::{RustCryptoVerifier, SignatureVerifier};
 use sigil_core::spiffe::{SpiffeId, TrustDomain};
 use sigil_core::UnixTime;
-use sigil_host::verifier::RingVerifier;
+use sigil_host::signature::RingSignatureVerifier;
 
 /// 2030-01-01T00:00:00Z: every fixture is valid 2029–2031 unless a case says otherwise.
 const NOW: u64 = 1_893_456_000;
@@ -100,13 +100,13 @@ fn verify_both(
     ints: &[&[u8]],
     anchors: &[&[u8]],
     options: &Options<'_>,
-) -> Result<path::VerifiedPath, path::Error> {
+) -> Result<chain::VerifiedPath, chain::Error> {
     let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
     for a in anchors {
         bundle.add(a).unwrap();
     }
-    let ours = path::verify(leaf, ints, &bundle, &RustCryptoVerifier, options);
-    let ring = path::verify(leaf, ints, &bundle, &RingVerifier, options);
+    let ours = chain::verify(leaf, ints, &bundle, &RustCryptoVerifier, options);
+    let ring = chain::verify(leaf, ints, &bundle, &RingSignatureVerifier, options);
     assert_eq!(ours, ring, "the two verifiers disagree");
     ours
 }
@@ -178,7 +178,7 @@ fn spiffe_and_dns_and_ip_peer_names() {
     ] {
         assert_eq!(
             mismatch(peer),
-            path::Error {
+            chain::Error {
                 cert: Position::Leaf,
                 kind: ErrorKind::PeerNameMismatch(want)
             }
@@ -249,7 +249,7 @@ fn intermediate_must_be_a_ca_with_key_cert_sign() {
     let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Intermediate(0),
             kind: ErrorKind::NotCa
         }
@@ -264,7 +264,7 @@ fn intermediate_must_be_a_ca_with_key_cert_sign() {
     let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Intermediate(0),
             kind: ErrorKind::MissingKeyCertSign
         }
@@ -325,7 +325,7 @@ fn foreign_root_and_rotation_overlap() {
     let e = verify_both(&a.leaf, &[&a.intermediate], &[other.der()], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Intermediate(0),
             kind: ErrorKind::UnknownIssuer
         }
@@ -420,7 +420,7 @@ fn name_constraints_dns_ip_dn() {
         let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
         assert_eq!(
             e,
-            path::Error {
+            chain::Error {
                 cert: Position::Intermediate(0),
                 kind: ErrorKind::NameConstraintViolation
             },
@@ -464,7 +464,7 @@ fn name_constraints_dns_ip_dn() {
     let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Anchor(0),
             kind: ErrorKind::NameConstraintViolation
         }
@@ -503,9 +503,9 @@ fn depth_cap_and_budget() {
     )
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::MaxDepthExceeded { max: 2 });
-    let tight = path::Budget {
+    let tight = chain::Budget {
         signatures: 2,
-        ..path::Budget::default()
+        ..chain::Budget::default()
     };
     let e = verify_both(
         leaf.der(),
@@ -519,7 +519,7 @@ fn depth_cap_and_budget() {
     .unwrap_err();
     assert_eq!(
         e.kind,
-        ErrorKind::BudgetExceeded(path::BudgetKind::Signatures)
+        ErrorKind::BudgetExceeded(chain::BudgetKind::Signatures)
     );
 }
 
@@ -571,7 +571,7 @@ fn csrs_from_rcgen_parse_and_verify() {
         let req = p.serialize_request(&k).unwrap();
         let csr = Csr::parse(req.der()).unwrap();
         csr.verify_signature(&RustCryptoVerifier).unwrap();
-        csr.verify_signature(&RingVerifier).unwrap();
+        csr.verify_signature(&RingSignatureVerifier).unwrap();
         assert_eq!(csr.public_key().as_bytes(), k.public_key_raw());
         let uris: Vec<_> = csr
             .subject_alt_names()
@@ -719,8 +719,8 @@ fn rsa_root(org: &str) -> Vec<u8> {
 fn unusable_anchors_are_skipped_and_the_rest_kept() {
     use sigil_core::bundle::OwnedTrustBundle;
     use sigil_core::cert::Error as CertError;
+    use sigil_core::chain::BundleError;
     use sigil_core::crypto::AlgorithmError;
-    use sigil_core::path::BundleError;
 
     let c = chain();
     let rsa = rsa_root("RSA Root");
@@ -778,7 +778,14 @@ fn unusable_anchors_are_skipped_and_the_rest_kept() {
         "certificate #0 (O=RSA Root) skipped: trust anchor key: unsupported algorithm or curve \
          (only ECDSA P-256/SHA-256 and Ed25519)"
     );
-    let found = path::verify(&c.leaf, &[&c.intermediate], &bundle, &RingVerifier, &opts()).unwrap();
+    let found = chain::verify(
+        &c.leaf,
+        &[&c.intermediate],
+        &bundle,
+        &RingSignatureVerifier,
+        &opts(),
+    )
+    .unwrap();
     assert_eq!(found.anchor(), 0);
 
     // webpki takes the RSA and the critical-extension roots as anchors (it ignores an anchor's
@@ -875,7 +882,7 @@ fn self_issued_intermediates_do_not_count() {
         .unwrap();
     let mut ints: Vec<&[u8]> = vec![i.der()];
     ints.extend(chain.iter().map(|c| c.der().as_ref()));
-    assert_eq!(ints.len(), path::MAX_INTERMEDIATES);
+    assert_eq!(ints.len(), chain::MAX_INTERMEDIATES);
     verify_both(deep.der(), &ints, &[root.der()], &one).unwrap();
 
     // Controls: an intermediate that is not self-issued counts for both rules.
@@ -965,7 +972,7 @@ fn wildcard_dns_san_against_subtrees() {
             let e = ours.expect_err(&case);
             assert_eq!(
                 e,
-                path::Error {
+                chain::Error {
                     cert: Position::Intermediate(0),
                     kind: ErrorKind::NameConstraintViolation
                 },
@@ -1070,7 +1077,7 @@ fn malformed_names_under_name_constraints() {
     let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Leaf,
             kind: ErrorKind::Malformed(sigil_core::cert::Error::BadExtension(
                 sigil_core::cert::Extension::SubjectAltName
@@ -1109,7 +1116,7 @@ fn key_identifiers_rule_candidates_out_never_in() {
     let e = verify_both(&c.leaf, &[&c.intermediate], &[&c.root], &opts()).unwrap_err();
     assert_eq!(
         e,
-        path::Error {
+        chain::Error {
             cert: Position::Leaf,
             kind: ErrorKind::AuthorityKeyIdMismatch
         }
@@ -1121,9 +1128,9 @@ fn key_identifiers_rule_candidates_out_never_in() {
     let a = chain();
     let b = chain();
     let two = Options {
-        budget: path::Budget {
+        budget: chain::Budget {
             signatures: 2,
-            ..path::Budget::default()
+            ..chain::Budget::default()
         },
         ..opts()
     };

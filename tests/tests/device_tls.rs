@@ -1,4 +1,4 @@
-//! The device's mutual-TLS glue (`sigil_core::tls`, feature `tls`) against an independent peer:
+//! The device's mutual-TLS glue (`sigil_core::device_tls`, feature `tls`) against an independent peer:
 //! an embedded-tls 0.19 blocking client using [`Provider`] talks to a rustls 0.23 (ring) server
 //! over real loopback TCP. The PKI comes from rcgen (root → issuer → leaves, ECDSA P-256).
 //!
@@ -30,11 +30,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use sigil_core::chain::{ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle};
 use sigil_core::crypto::{PublicKey, RustCryptoVerifier, Scheme, SignError, Signer};
+use sigil_core::device_tls::{Provider, ServerRefusal, ServerVerifier};
 use sigil_core::key::SoftwareKey;
-use sigil_core::path::{ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle};
 use sigil_core::spiffe::SpiffeId;
-use sigil_core::tls::{Provider, Refusal, ServerVerifier};
 use sigil_core::UnixTime;
 use sigil_tests::fixtures::{ca_params, p256_key, workload_params};
 
@@ -260,7 +260,7 @@ struct Outcome {
     /// The "ping" → "pong" round trip, if `open` succeeded: the bytes read, or the first error.
     reply: Option<Result<Vec<u8>, TlsError>>,
     /// What the device's verifier concluded (filled in by [`dial_device`]).
-    refusal: Option<Refusal>,
+    refusal: Option<ServerRefusal>,
     verified: bool,
 }
 
@@ -457,7 +457,7 @@ fn wrong_server_id_is_refused() {
         "{outcome:?}"
     );
     assert!(!outcome.verified);
-    let Some(Refusal::Path(e)) = outcome.refusal else {
+    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
         panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.cert, Position::Leaf);
@@ -482,7 +482,7 @@ fn foreign_root_is_refused() {
         "{outcome:?}"
     );
     assert!(!outcome.verified);
-    let Some(Refusal::Path(e)) = outcome.refusal else {
+    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
         panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.kind, ErrorKind::UnknownIssuer, "{e:?}");
@@ -507,7 +507,7 @@ fn impostor_root_with_the_same_name_is_refused() {
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    let Some(Refusal::Path(e)) = outcome.refusal else {
+    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
         panic!("{:?}", outcome.refusal);
     };
     assert_eq!(e.cert, Position::Intermediate(0), "{e:?}");
@@ -531,7 +531,7 @@ fn expired_server_certificate_is_refused() {
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    let Some(Refusal::Path(e)) = provider.verifier().refusal() else {
+    let Some(ServerRefusal::Path(e)) = provider.verifier().refusal() else {
         panic!("{:?}", provider.verifier().refusal());
     };
     assert_eq!(e.cert, Position::Leaf);
@@ -579,7 +579,7 @@ fn certificate_verify_by_another_key_is_refused() {
         "{outcome:?}"
     );
     assert!(!outcome.verified);
-    assert_eq!(outcome.refusal, Some(Refusal::BadSignature));
+    assert_eq!(outcome.refusal, Some(ServerRefusal::BadSignature));
     assert_device_hung_up(&server.finish());
 }
 
@@ -939,7 +939,7 @@ fn open_only(
 
 /// Runs `flight` against a device expecting the echo server; returns `open`'s result and the
 /// device's verifier state (verified, refusal).
-fn against_raw(flight: Flight) -> (Result<(), TlsError>, bool, Option<Refusal>) {
+fn against_raw(flight: Flight) -> (Result<(), TlsError>, bool, Option<ServerRefusal>) {
     let pki = pki();
     let (addr, server) = serve_raw(&pki, flight);
     let mut rng = OsRng;
@@ -991,7 +991,7 @@ fn certificate_verify_before_certificate_is_refused() {
         "{open:?}"
     );
     assert!(!verified);
-    assert_eq!(refusal, Some(Refusal::NoVerifiedCertificate));
+    assert_eq!(refusal, Some(ServerRefusal::NoVerifiedCertificate));
 }
 
 #[test]
@@ -1033,6 +1033,9 @@ fn a_verifier_without_a_peer_name_refuses_every_server() {
         matches!(outcome.open, Err(TlsError::InvalidCertificate)),
         "{outcome:?}"
     );
-    assert_eq!(provider.verifier().refusal(), Some(Refusal::NoPeerName));
+    assert_eq!(
+        provider.verifier().refusal(),
+        Some(ServerRefusal::NoPeerName)
+    );
     assert_device_hung_up(&server.finish());
 }

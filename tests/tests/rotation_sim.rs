@@ -28,16 +28,16 @@ use proptest::prelude::*;
 use rcgen::{CertifiedIssuer, KeyPair};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::cert::Certificate;
+use sigil_core::chain::{self, Options, TrustBundle, Usage};
 use sigil_core::crypto::{PublicKey, Signer as _};
 use sigil_core::key::SoftwareKey;
-use sigil_core::path::{self, Options, TrustBundle, Usage};
 use sigil_core::rotation::{
     Action, Clock, Failure, Jitter, Policy, Rejection, RequestId, Rotation, State,
 };
 use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::{Instant, UnixTime};
-use sigil_host::verifier::RingVerifier;
+use sigil_host::signature::RingSignatureVerifier;
 use sigil_tests::fixtures::{ca_params, p256_key, workload_params, Point};
 
 const ID: &str = "spiffe://example.org/ns/default/app";
@@ -316,7 +316,8 @@ impl<'s> Sim<'s> {
             match answer {
                 Ok(chain) => {
                     let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
-                    self.m.handle_response(self.now, id, &refs, &RingVerifier);
+                    self.m
+                        .handle_response(self.now, id, &refs, &RingSignatureVerifier);
                 }
                 Err(()) => self.m.handle_failure(self.now, id, Failure::Unreachable),
             }
@@ -393,12 +394,16 @@ impl<'s> Sim<'s> {
             self.rotated = true;
             self.active = &cas().b;
             self.m
-                .handle_trust_bundle(self.now, &[&cas().a.root, &cas().b.root], &RingVerifier)
+                .handle_trust_bundle(
+                    self.now,
+                    &[&cas().a.root, &cas().b.root],
+                    &RingSignatureVerifier,
+                )
                 .unwrap();
             true
         } else if self.rotated && t >= at + 2 * TTL.as_secs() && self.m.bundle().len() == 2 {
             self.m
-                .handle_trust_bundle(self.now, &[&cas().b.root], &RingVerifier)
+                .handle_trust_bundle(self.now, &[&cas().b.root], &RingSignatureVerifier)
                 .unwrap();
             true
         } else {
@@ -523,7 +528,7 @@ impl<'s> Sim<'s> {
                 usage,
                 ..Options::new(wall)
             };
-            path::verify(chain[0], &chain[1..], &anchors, &RingVerifier, &o)
+            chain::verify(chain[0], &chain[1..], &anchors, &RingSignatureVerifier, &o)
                 .expect("installed chain validates");
         }
         let leaf = Certificate::parse(chain[0]).unwrap();
@@ -695,7 +700,11 @@ fn a_forward_jump_does_not_expire_the_identity_or_trigger_renewal() {
     // A trust-bundle update re-checks the identity on its own clock: still trusted, so no
     // renewal storm because the wall clock is wrong.
     sim.m
-        .handle_trust_bundle(sim.now, &[&cas().a.root, &cas().b.root], &RingVerifier)
+        .handle_trust_bundle(
+            sim.now,
+            &[&cas().a.root, &cas().b.root],
+            &RingSignatureVerifier,
+        )
         .unwrap();
     assert!(matches!(sim.m.state(), State::Valid(_)));
     assert_eq!(sim.m.poll_action(), None);
@@ -751,7 +760,7 @@ fn a_response_for_an_unknown_request_is_stale_and_harmless() {
     let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
     let state = sim.m.state();
     sim.m
-        .handle_response(sim.now, RequestId::default(), &refs, &RingVerifier);
+        .handle_response(sim.now, RequestId::default(), &refs, &RingSignatureVerifier);
     assert_eq!(
         sim.m.poll_action(),
         Some(Action::Rejected(Rejection::Stale))

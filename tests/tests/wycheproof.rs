@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use sigil_core::crypto::{PublicKey, RustCryptoVerifier, Scheme, SignatureVerifier};
-use sigil_host::verifier::RingVerifier;
+use sigil_host::signature::RingSignatureVerifier;
 
 #[derive(Deserialize)]
 struct File {
@@ -50,7 +50,10 @@ fn run(name: &str, scheme: Scheme) {
                     "rustcrypto",
                     RustCryptoVerifier.verify(scheme, key, &msg, &sig),
                 ),
-                ("ring", RingVerifier.verify(scheme, key, &msg, &sig)),
+                (
+                    "ring",
+                    RingSignatureVerifier.verify(scheme, key, &msg, &sig),
+                ),
             ] {
                 assert_eq!(
                     got.is_ok(),

@@ -28,12 +28,12 @@ use cortex_m_rt::{entry, exception};
 use rand_core::RngCore as _;
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
+use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{EntropySource, HmacDrbg};
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::Frame;
-use sigil_core::path::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::rotation::{Clock, Policy, Rotation, State};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::{Instant, UnixTime};
@@ -269,7 +269,7 @@ fn chain_step() -> Result<(), ()> {
     };
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     bundle.add(ROOT).map_err(drop)?;
-    match path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options) {
+    match chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options) {
         Ok(p) if p.intermediates() == [0] => Ok(()),
         _ => Err(()),
     }

@@ -22,11 +22,11 @@ use cortex_m_rt::entry;
 use cortex_m_semihosting::hprintln;
 #[cfg(feature = "rotation")]
 use rand_core::RngCore as _;
+use sigil_core::chain::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
-use sigil_core::path::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
 
@@ -118,7 +118,7 @@ fn options() -> Result<Options<'static>, &'static str> {
 fn chain_step() -> Result<(), &'static str> {
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     bundle.add(ROOT).map_err(|_| "load trust anchor")?;
-    let found = path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options()?);
+    let found = chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options()?);
     check(
         matches!(&found, Ok(p) if p.intermediates() == [0]),
         "chain root -> issuer -> leaf validates",
@@ -131,11 +131,11 @@ fn refusals_step() -> Result<(), &'static str> {
     let options = options()?;
     let mut foreign: TrustBundle<'_, 1> = TrustBundle::new();
     foreign.add(FOREIGN).map_err(|_| "load foreign anchor")?;
-    let e = path::verify(LEAF, &[ISSUER], &foreign, &RustCryptoVerifier, &options);
+    let e = chain::verify(LEAF, &[ISSUER], &foreign, &RustCryptoVerifier, &options);
     check(
         matches!(
             e,
-            Err(path::Error {
+            Err(chain::Error {
                 kind: ErrorKind::BadSignature(_)
                     | ErrorKind::UnknownIssuer
                     | ErrorKind::AuthorityKeyIdMismatch,
@@ -151,11 +151,11 @@ fn refusals_step() -> Result<(), &'static str> {
     tampered.copy_from_slice(LEAF);
     let last = tampered.len() - 3;
     tampered[last] ^= 0x01;
-    let e = path::verify(tampered, &[ISSUER], &bundle, &RustCryptoVerifier, &options);
+    let e = chain::verify(tampered, &[ISSUER], &bundle, &RustCryptoVerifier, &options);
     check(
         matches!(
             e,
-            Err(path::Error {
+            Err(chain::Error {
                 kind: ErrorKind::BadSignature(_),
                 ..
             })
@@ -166,11 +166,11 @@ fn refusals_step() -> Result<(), &'static str> {
         time: UnixTime::from_secs(2_524_608_000),
         ..options
     }; // 2050
-    let e = path::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &late);
+    let e = chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &late);
     check(
         matches!(
             e,
-            Err(path::Error {
+            Err(chain::Error {
                 kind: ErrorKind::Expired { .. },
                 ..
             })

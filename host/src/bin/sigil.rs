@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sigil_core::path::Usage;
+use sigil_core::chain::Usage;
 use sigil_core::UnixTime;
 use sigil_host::commands::{self, ExpectedName, VerifyArgs, VerifyOutcome};
 use sigil_host::sentry::app::{KubeOptions, SentryOptions};
@@ -330,7 +330,7 @@ struct VerifyCli {
     #[arg(long, group = "name")]
     ip: Option<std::net::IpAddr>,
     /// Most intermediates in a path.
-    #[arg(long, default_value_t = sigil_core::path::DEFAULT_MAX_DEPTH)]
+    #[arg(long, default_value_t = sigil_core::chain::DEFAULT_MAX_DEPTH)]
     max_depth: usize,
 }
 

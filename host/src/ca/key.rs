@@ -167,7 +167,7 @@ impl Signer for CaKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verifier::RingVerifier;
+    use crate::signature::RingSignatureVerifier;
     use sigil_core::crypto::SignatureVerifier as _;
 
     #[test]
@@ -176,7 +176,7 @@ mod tests {
         let again = CaKey::from_pem(&key.to_pem()).unwrap();
         assert_eq!(key.public_point(), again.public_point());
         let sig = again.sign(b"hello").unwrap();
-        RingVerifier
+        RingSignatureVerifier
             .verify(Scheme::EcdsaP256Sha256, key.public_key(), b"hello", &sig)
             .unwrap();
         assert!(!format!("{key:?}").contains(&crate::pki::hex(&key.pkcs8)));

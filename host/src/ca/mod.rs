@@ -14,12 +14,12 @@ pub mod x509;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::cert::Certificate;
+use sigil_core::chain::{self, Options, TrustBundle, Usage};
 use sigil_core::crypto::{PublicKey, SignatureVerifier as _};
-use sigil_core::path::{self, Options, TrustBundle, Usage};
 use sigil_core::pem;
 use sigil_core::UnixTime;
 
-use crate::verifier::RingVerifier;
+use crate::signature::RingSignatureVerifier;
 use key::{CaKey, KeyError};
 use x509::{Profile, X509Error};
 
@@ -200,7 +200,7 @@ fn is_self_signed(c: &Certificate<'_>) -> bool {
         return false;
     };
     c.is_self_issued()
-        && RingVerifier
+        && RingSignatureVerifier
             .verify(scheme, key, c.tbs(), c.signature())
             .is_ok()
 }
@@ -447,9 +447,15 @@ impl Credentials {
             usage: Usage::ClientAndServer,
             ..Options::new(unix(now))
         };
-        path::verify(&leaf, &intermediates, &bundle, &RingVerifier, &options)
-            .map(|_| ())
-            .map_err(|e| CredentialsError::Chain(e.to_string()))
+        chain::verify(
+            &leaf,
+            &intermediates,
+            &bundle,
+            &RingSignatureVerifier,
+            &options,
+        )
+        .map(|_| ())
+        .map_err(|e| CredentialsError::Chain(e.to_string()))
     }
 
     /// Generates a new root (self-signed, `O=<trust_domain>`) and an issuer signed by it

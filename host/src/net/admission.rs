@@ -73,7 +73,7 @@ impl Limits {
 /// Why a connection was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Refusal {
+pub enum NotAdmitted {
     /// Its address holds its whole share, every connection of it busy.
     #[error("too many connections from this address, all busy")]
     Address,
@@ -173,8 +173,8 @@ impl Admission {
     ///
     /// # Errors
     ///
-    /// [`Refusal`] when the room would have to come from busy connections.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, Refusal> {
+    /// [`NotAdmitted`] when the room would have to come from busy connections.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Slot, NotAdmitted> {
         let address = address_key(peer.ip());
         let now = self.now_ms();
         let limits = &self.limits;
@@ -183,7 +183,7 @@ impl Admission {
             let n = self.shed(&mut table, Some(address), (limits.per_address / 4).max(1));
             if n == 0 {
                 self.refused_address.fetch_add(1, Ordering::Relaxed);
-                return Err(Refusal::Address);
+                return Err(NotAdmitted::Address);
             }
         }
         let soft = limits.max_connections.saturating_sub(limits.reserve());
@@ -192,7 +192,7 @@ impl Admission {
         }
         if table.conns.len() >= limits.max_connections {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::Full);
+            return Err(NotAdmitted::Full);
         }
         let id = table.next_id;
         table.next_id += 1;
@@ -565,7 +565,7 @@ mod tests {
             .collect();
         let last = t.admit(peer(4)).unwrap();
         let _b = last.state.begin();
-        assert_eq!(t.admit(peer(5)).unwrap_err(), Refusal::Full);
+        assert_eq!(t.admit(peer(5)).unwrap_err(), NotAdmitted::Full);
         assert!(!t.has_room());
         drop(busy);
         assert!(t.has_room());
@@ -582,7 +582,7 @@ mod tests {
         assert!(!other.state.closing.load(Ordering::Relaxed));
         let _busy: Vec<Busy> = mine[1..].iter().map(|s| s.state.begin()).collect();
         let _b = fifth.state.begin();
-        assert_eq!(t.admit(peer(2)).unwrap_err(), Refusal::Address);
+        assert_eq!(t.admit(peer(2)).unwrap_err(), NotAdmitted::Address);
         // Another address is not affected, nor one in the same IPv6 /64's neighbour.
         t.admit(peer(3)).unwrap();
         assert_eq!(
@@ -605,7 +605,7 @@ mod tests {
         let a = t.admit(peer(2)).unwrap();
         let b = t.admit(peer(2)).unwrap();
         let (_x, _y) = (a.state.begin(), b.state.begin());
-        assert_eq!(t.admit(peer(2)).unwrap_err(), Refusal::Address);
+        assert_eq!(t.admit(peer(2)).unwrap_err(), NotAdmitted::Address);
         drop(a);
         assert_eq!(t.stats().open, 1);
         t.admit(peer(2)).unwrap();

@@ -237,7 +237,7 @@ pub static RING_PROVIDER: CryptoProvider = CryptoProvider {
         if alg.family() != key.family() || key.family() == AlgorithmFamily::Hmac {
             return Err(ErrorKind::InvalidAlgorithm.into());
         }
-        Ok(Box::new(RingVerifier {
+        Ok(Box::new(RingSignatureVerifier {
             alg: *alg,
             key: key.clone(),
         }))
@@ -255,12 +255,12 @@ fn ring_provider() -> Result<(), JwtError> {
 }
 
 /// One public key and the algorithm it is used with, for [`RING_PROVIDER`].
-struct RingVerifier {
+struct RingSignatureVerifier {
     alg: Algorithm,
     key: DecodingKey,
 }
 
-impl jsonwebtoken::signature::Verifier<Vec<u8>> for RingVerifier {
+impl jsonwebtoken::signature::Verifier<Vec<u8>> for RingSignatureVerifier {
     fn verify(&self, message: &[u8], sig: &Vec<u8>) -> Result<(), jsonwebtoken::signature::Error> {
         use ring::signature as r;
         use Algorithm as A;
@@ -292,7 +292,7 @@ impl jsonwebtoken::signature::Verifier<Vec<u8>> for RingVerifier {
     }
 }
 
-impl JwtVerifier for RingVerifier {
+impl JwtVerifier for RingSignatureVerifier {
     fn algorithm(&self) -> Algorithm {
         self.alg
     }

@@ -45,9 +45,9 @@ use crate::ca::store::StorePaths;
 use crate::ca::Credentials;
 use crate::net::admission::{self, Admission, ConnState, Expiry, Limits};
 use crate::pb;
-use crate::verifier::RingVerifier;
+use crate::signature::RingSignatureVerifier;
 use metrics::Metrics;
-use validator::{Refusal, Validators};
+use validator::{ValidationError, Validators};
 
 /// Largest CSR accepted (PEM bytes); larger ones are refused as `InvalidArgument`.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -270,9 +270,9 @@ impl Sentry {
         req: &pb::SignCertificateRequest,
         now: SystemTime,
     ) -> Result<pb::SignCertificateResponse, Refused> {
-        let refused = |reason, r: Refusal| match r {
-            Refusal::Selection(m) => (reason, Status::invalid_argument(m)),
-            Refusal::Denied(m) => (reason, Status::permission_denied(m)),
+        let refused = |reason, r: ValidationError| match r {
+            ValidationError::Selection(m) => (reason, Status::invalid_argument(m)),
+            ValidationError::Denied(m) => (reason, Status::permission_denied(m)),
         };
         let kind = self
             .validators
@@ -321,7 +321,7 @@ impl Sentry {
                 )),
             )
         })?;
-        csr.verify_signature(&RingVerifier)
+        csr.verify_signature(&RingSignatureVerifier)
             .map_err(|_| ("csr", Status::invalid_argument("invalid signature")))?;
 
         let id = validator::workload_id(&trust_domain, &req.namespace, &req.id).map_err(|e| {
@@ -424,7 +424,7 @@ fn issue_serving(
     let mut chain = vec![issued.der];
     chain.extend(creds.issuer_chain().iter().cloned());
     Ok((
-        crate::tls::certified_key(chain, key.pkcs8_der())?,
+        crate::rustls_glue::certified_key(chain, key.pkcs8_der())?,
         issued.not_after,
     ))
 }
@@ -718,7 +718,7 @@ pub async fn run(
         tasks.spawn(crate::net::serve_http1(l, app, stopped()));
     }
 
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::rustls_glue::provider())
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
         .with_no_client_auth()

@@ -58,7 +58,7 @@ pub struct Request<'a> {
 
 /// Why a request was refused before its CSR was looked at.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ValidationError {
     /// The validator choice is wrong (`InvalidArgument`).
     #[error("{0}")]
     Selection(&'static str),
@@ -112,18 +112,22 @@ impl Validators {
     ///
     /// # Errors
     ///
-    /// [`Refusal::Selection`] with Dapr's message.
-    pub fn select(&self, requested: i32) -> Result<Kind, Refusal> {
+    /// [`ValidationError::Selection`] with Dapr's message.
+    pub fn select(&self, requested: i32) -> Result<Kind, ValidationError> {
         let kind = match requested {
             0 => {
-                return self.default.ok_or(Refusal::Selection(
+                return self.default.ok_or(ValidationError::Selection(
                     "a validator name must be specified in this environment",
                 ))
             }
             1 => Kind::Insecure,
             2 => Kind::Kubernetes,
             3 => Kind::Jwks,
-            _ => return Err(Refusal::Selection("the requested validator is not enabled")),
+            _ => {
+                return Err(ValidationError::Selection(
+                    "the requested validator is not enabled",
+                ))
+            }
         };
         let enabled = match kind {
             Kind::Insecure => self.insecure,
@@ -133,7 +137,9 @@ impl Validators {
         if enabled {
             Ok(kind)
         } else {
-            Err(Refusal::Selection("the requested validator is not enabled"))
+            Err(ValidationError::Selection(
+                "the requested validator is not enabled",
+            ))
         }
     }
 
@@ -141,14 +147,14 @@ impl Validators {
     ///
     /// # Errors
     ///
-    /// [`Refusal::Denied`] with the reason.
+    /// [`ValidationError::Denied`] with the reason.
     pub async fn validate(
         &self,
         kind: Kind,
         req: &Request<'_>,
         now: SystemTime,
-    ) -> Result<String, Refusal> {
-        let not_enabled = Refusal::Selection("the requested validator is not enabled");
+    ) -> Result<String, ValidationError> {
+        let not_enabled = ValidationError::Selection("the requested validator is not enabled");
         match kind {
             Kind::Insecure => common_checks(req),
             Kind::Jwks => self.jwks.as_ref().ok_or(not_enabled)?.validate(req, now),
@@ -156,18 +162,18 @@ impl Validators {
                 let kube = self.kubernetes.as_ref().ok_or(not_enabled)?;
                 common_checks(req)?;
                 if req.token.is_empty() {
-                    return Err(Refusal::Denied("token is required".to_owned()));
+                    return Err(ValidationError::Denied("token is required".to_owned()));
                 }
                 kube.validate(req.id, req.namespace, req.token)
                     .await
-                    .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))
+                    .map_err(|e| ValidationError::Denied(format!("token validation failed: {e}")))
             }
         }
     }
 }
 
 /// Dapr's common checks; all failures joined into one message.
-fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
+fn common_checks(req: &Request<'_>) -> Result<String, ValidationError> {
     let mut problems = Vec::new();
     if req.id.is_empty() {
         problems.push("app ID is required".to_owned());
@@ -196,7 +202,7 @@ fn common_checks(req: &Request<'_>) -> Result<String, Refusal> {
     if problems.is_empty() {
         Ok(trust_domain(req).to_owned())
     } else {
-        Err(Refusal::Denied(format!(
+        Err(ValidationError::Denied(format!(
             "invalid request: {}",
             problems.join("; ")
         )))
@@ -286,23 +292,23 @@ pub fn check_names(id: &str, namespace: &str) -> Result<(), String> {
 ///
 /// # Errors
 ///
-/// [`Refusal::Denied`] naming the rule.
+/// [`ValidationError::Denied`] naming the rule.
 pub fn check_control_plane(
     id: &str,
     namespace: &str,
     trust_domain: &str,
     sentry_namespace: &str,
     sentry_trust_domain: &str,
-) -> Result<(), Refusal> {
+) -> Result<(), ValidationError> {
     if id == SENTRY_APP_ID {
-        return Err(Refusal::Denied(format!(
+        return Err(ValidationError::Denied(format!(
             "the app ID {SENTRY_APP_ID} is Sentry's own and is never issued"
         )));
     }
     if CONTROL_PLANE_IDS.contains(&id)
         && (namespace != sentry_namespace || trust_domain != sentry_trust_domain)
     {
-        return Err(Refusal::Denied(format!(
+        return Err(ValidationError::Denied(format!(
             "{id} is a control-plane ID: it is issued only in namespace {sentry_namespace:?} \
              and trust domain {sentry_trust_domain:?}"
         )));
@@ -344,13 +350,13 @@ struct JwksValidator {
 }
 
 impl JwksValidator {
-    fn validate(&self, req: &Request<'_>, now: SystemTime) -> Result<String, Refusal> {
+    fn validate(&self, req: &Request<'_>, now: SystemTime) -> Result<String, ValidationError> {
         if req.token.is_empty() {
-            return Err(Refusal::Denied("token is required".to_owned()));
+            return Err(ValidationError::Denied("token is required".to_owned()));
         }
         let td = common_checks(req)?;
         let subject = workload_id(&td, req.namespace, req.id)
-            .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))?;
+            .map_err(|e| ValidationError::Denied(format!("token validation failed: {e}")))?;
         let expect = Expectations {
             audience: &self.sentry_id,
             subject: &subject,
@@ -359,7 +365,7 @@ impl JwksValidator {
         };
         jwt::verify(req.token, &self.jwks, &expect)
             .map(|_| td)
-            .map_err(|e| Refusal::Denied(format!("token validation failed: {e}")))
+            .map_err(|e| ValidationError::Denied(format!("token validation failed: {e}")))
     }
 }
 
@@ -450,7 +456,9 @@ mod tests {
         for n in [2, 3, -1, 7] {
             assert_eq!(
                 v.select(n),
-                Err(Refusal::Selection("the requested validator is not enabled"))
+                Err(ValidationError::Selection(
+                    "the requested validator is not enabled"
+                ))
             );
         }
     }
@@ -464,7 +472,7 @@ mod tests {
                 .await,
             Ok("public".into())
         );
-        let Err(Refusal::Denied(m)) = v
+        let Err(ValidationError::Denied(m)) = v
             .validate(Kind::Insecure, &req("a.b", "", false), now)
             .await
         else {
@@ -481,7 +489,7 @@ mod tests {
         };
         assert!(matches!(
             v.validate(Kind::Insecure, &bad_td, now).await,
-            Err(Refusal::Denied(m)) if m.contains("trust domain")
+            Err(ValidationError::Denied(m)) if m.contains("trust domain")
         ));
         let long = "a".repeat(65);
         assert!(v

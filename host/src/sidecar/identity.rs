@@ -388,7 +388,7 @@ pub async fn drive_with(
                 match outcome {
                     Outcome::Signed(id, chain) => {
                         let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
-                        machine.handle_response(t, id, &refs, crate::verifier::shared());
+                        machine.handle_response(t, id, &refs, crate::signature::shared());
                     }
                     Outcome::Failed(id, e) if machine.is_in_flight(id) => {
                         tracing::warn!(error = %e, "identity request failed");
@@ -414,7 +414,7 @@ pub async fn drive_with(
                         let refs: Vec<&[u8]> = new.ders().iter().map(Vec::as_slice).collect();
                         let t = now();
                         machine.handle_wall_time(t, wall());
-                        match machine.handle_trust_bundle(t, &refs, crate::verifier::shared()) {
+                        match machine.handle_trust_bundle(t, &refs, crate::signature::shared()) {
                             Ok(_) => {
                                 tracing::info!(anchors = new.ders().len(), "trust anchors replaced");
                                 let new = Arc::new(new);
@@ -909,9 +909,9 @@ mod tests {
             ),
             (
                 Mode::ForeignRoot,
-                Rejection::Path(sigil_core::path::Error {
-                    cert: sigil_core::path::Position::Intermediate(0),
-                    kind: sigil_core::path::ErrorKind::AuthorityKeyIdMismatch,
+                Rejection::Path(sigil_core::chain::Error {
+                    cert: sigil_core::chain::Position::Intermediate(0),
+                    kind: sigil_core::chain::ErrorKind::AuthorityKeyIdMismatch,
                 }),
             ),
         ] {

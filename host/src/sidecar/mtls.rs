@@ -24,13 +24,13 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, SignatureScheme};
-use sigil_core::path::{PeerName, Usage};
+use sigil_core::chain::{PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
 use super::identity::IdentityState;
-use crate::tls::other as refused;
+use crate::rustls_glue::other as refused;
+use crate::signature::shared;
 use crate::trust::Policy;
-use crate::verifier::shared;
 
 /// Presents the identity installed last (see the module doc); the certified key is built once
 /// per generation.
@@ -57,8 +57,9 @@ impl IdentityResolver {
                 return Some(key.clone());
             }
         }
-        let key =
-            Arc::new(crate::tls::certified_key(current.chain.clone(), &current.key_pkcs8).ok()?);
+        let key = Arc::new(
+            crate::rustls_glue::certified_key(current.chain.clone(), &current.key_pkcs8).ok()?,
+        );
         *cache = Some((current.generation, key.clone()));
         Some(key)
     }
@@ -206,7 +207,7 @@ impl ClientCertVerifier for SidecarClientVerifier {
         .map(|()| ClientCertVerified::assertion())
     }
 
-    crate::tls::handshake_signatures!(tls13_only);
+    crate::rustls_glue::handshake_signatures!(tls13_only);
 }
 
 /// Checks the called sidecar: `spiffe://<any td>/ns/<namespace>/<app_id>`.
@@ -248,7 +249,7 @@ impl ServerCertVerifier for PeerServerVerifier {
         .map(|()| ServerCertVerified::assertion())
     }
 
-    crate::tls::handshake_signatures!(tls13_only);
+    crate::rustls_glue::handshake_signatures!(tls13_only);
 }
 
 /// The mTLS server configuration: TLS 1.3, client certificates required and checked, this
@@ -261,7 +262,7 @@ pub fn server_config(
     state: Arc<IdentityState>,
     callers: CallerPolicy,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = crate::tls::provider();
+    let provider = crate::rustls_glue::provider();
     let verifier = SidecarClientVerifier {
         state: state.clone(),
         callers,
@@ -289,7 +290,7 @@ pub fn client_config(
     namespace: &str,
     app_id: &str,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = crate::tls::provider();
+    let provider = crate::rustls_glue::provider();
     let verifier = PeerServerVerifier {
         state: state.clone(),
         namespace: namespace.to_owned(),

@@ -356,7 +356,7 @@ async fn main() {
     let root = creds.anchors().to_vec();
     let (server_chain, server_key) = mint(&creds, "spiffe://public/ns/default/server");
     let (client_chain, client_key) = mint(&creds, "spiffe://public/ns/default/client");
-    let provider = sigil_host::tls::provider();
+    let provider = sigil_host::rustls_glue::provider();
     let state = Arc::new(IdentityState::fixed(
         Current {
             chain: server_chain.clone(),

@@ -16,7 +16,7 @@
 //!   1. after each install the device opens an embedded-tls TLS 1.3 session through the relay
 //!      to the sidecar of app `PEER_APP`, presenting its leaf from the slot and verifying the
 //!      sidecar with the core's path validation and SPIFFE authorization
-//!      ([`sigil_core::tls::Provider`]); it calls `GET /<METHOD>` and checks that the app
+//!      ([`sigil_core::device_tls::Provider`]); it calls `GET /<METHOD>` and checks that the app
 //!      answers 200 and names the device's SPIFFE ID (which the sidecar took from the
 //!      handshake);
 //!   2. after the first identity and [`ROTATIONS`] renewals, each with its call, it prints
@@ -40,15 +40,15 @@ use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
 use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
+use sigil_core::chain::{Options, PeerName};
 use sigil_core::crypto::RustCryptoVerifier;
+use sigil_core::device_tls::{Provider, ServerRefusal, ServerVerifier};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::MAX_FRAME;
-use sigil_core::path::{Options, PeerName};
 use sigil_core::rotation::{Clock, Policy, Rejection, Rotation};
 use sigil_core::slot::IdentitySlot;
 use sigil_core::spiffe::SpiffeId;
-use sigil_core::tls::{Provider, Refusal, ServerVerifier};
 use sigil_core::{Instant, UnixTime};
 
 mod provision {
@@ -360,7 +360,7 @@ impl Scenario<'_> {
 enum CallError {
     NoIdentity,
     NoWallTime,
-    Handshake(TlsError, Option<Refusal>),
+    Handshake(TlsError, Option<ServerRefusal>),
     Io(TlsError),
     BadAnswer,
 }

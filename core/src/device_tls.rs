@@ -3,7 +3,7 @@
 //! [`Provider`] is the [`CryptoProvider`] a device hands to `TlsConnection::open`:
 //!
 //! - its [`verifier`](CryptoProvider::verifier) is a [`ServerVerifier`]: the server's chain goes
-//!   through this crate's [`path::verify`] (the same function Sentry, the sidecar and the
+//!   through this crate's [`chain::verify`] (the same function Sentry, the sidecar and the
 //!   rotation machine use) for `serverAuth`, and the leaf must carry the expected SPIFFE
 //!   identity ([`PeerName`]); then the server's CertificateVerify signature is checked over the
 //!   handshake transcript with the leaf's key. embedded-tls's default `verifier()` returns
@@ -23,7 +23,7 @@
 //! - **After `open()` returns `Ok`, check [`ServerVerifier::is_verified`]** (through
 //!   [`Provider::verifier`]). embedded-tls does not require the server to send Certificate and
 //!   CertificateVerify at all: a server that skips them gets a successful `open()` without
-//!   this verifier ever finishing (and with no [`Refusal`] either). Only `is_verified()` says
+//!   this verifier ever finishing (and with no [`ServerRefusal`] either). Only `is_verified()` says
 //!   the server proved its identity.
 //! - As with any TLS 1.3 client, a server's refusal of *our* certificate arrives after the
 //!   handshake: a connection is authenticated only after its first application round trip.
@@ -40,8 +40,8 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest as _, Sha256};
 
 use crate::cert;
+use crate::chain::{self, Options, PeerName, TrustBundle, Usage, MAX_INTERMEDIATES};
 use crate::crypto::{PublicKey, Scheme, SignatureVerifier, Signer, MAX_SIGNATURE_LEN};
-use crate::path::{self, Options, PeerName, TrustBundle, Usage, MAX_INTERMEDIATES};
 
 /// The context string of a server's CertificateVerify (RFC 8446 §4.4.3).
 const SERVER_CONTEXT: &[u8] = b"TLS 1.3, server CertificateVerify\0";
@@ -49,7 +49,7 @@ const SERVER_CONTEXT: &[u8] = b"TLS 1.3, server CertificateVerify\0";
 /// Why the server was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Refusal {
+pub enum ServerRefusal {
     /// The server sent no certificate.
     NoCertificate,
     /// The server sent a raw public key, not an X.509 certificate.
@@ -57,7 +57,7 @@ pub enum Refusal {
     /// More intermediates than [`MAX_INTERMEDIATES`].
     TooManyCertificates,
     /// The chain does not validate, or the leaf is not the expected peer.
-    Path(path::Error),
+    Path(chain::Error),
     /// The leaf's key could not be read.
     BadKey,
     /// CertificateVerify arrived before a certificate was accepted.
@@ -71,7 +71,7 @@ pub enum Refusal {
     BadSignature,
 }
 
-impl core::fmt::Display for Refusal {
+impl core::fmt::Display for ServerRefusal {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NoCertificate => f.write_str("server sent no certificate"),
@@ -90,7 +90,7 @@ impl core::fmt::Display for Refusal {
     }
 }
 
-impl core::error::Error for Refusal {}
+impl core::error::Error for ServerRefusal {}
 
 /// The server's leaf key, copied out of the handshake record between the two verifier calls.
 #[derive(Clone, Copy)]
@@ -130,7 +130,7 @@ pub struct ServerVerifier<'a, V, const N: usize> {
     verifier: V,
     transcript: Option<Sha256>,
     key: Option<LeafKey>,
-    refusal: Option<Refusal>,
+    refusal: Option<ServerRefusal>,
     verified: bool,
 }
 
@@ -138,7 +138,7 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
     /// A verifier accepting servers whose chain leads to `anchors` under `options` (the time,
     /// skew, budget and — above all — `options.peer`: pass [`PeerName::SpiffeId`] for one
     /// server, [`PeerName::TrustDomain`] for any in a trust domain; with
-    /// [`PeerName::Unchecked`] every server is refused with [`Refusal::NoPeerName`]). The usage
+    /// [`PeerName::Unchecked`] every server is refused with [`ServerRefusal::NoPeerName`]). The usage
     /// is always `serverAuth`. Each handshake starts from a clean state (see
     /// [`ServerVerifier::begin`]).
     pub fn new(anchors: TrustBundle<'a, N>, options: Options<'a>, verifier: V) -> Self {
@@ -167,7 +167,7 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
     }
 
     /// Why the last server was refused, if it was.
-    pub const fn refusal(&self) -> Option<Refusal> {
+    pub const fn refusal(&self) -> Option<ServerRefusal> {
         self.refusal
     }
 
@@ -183,7 +183,7 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
         &self.options.peer
     }
 
-    fn refuse(&mut self, why: Refusal, error: TlsError) -> Result<(), TlsError> {
+    fn refuse(&mut self, why: ServerRefusal, error: TlsError) -> Result<(), TlsError> {
         self.refusal = Some(why);
         self.verified = false;
         self.key = None;
@@ -191,29 +191,30 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
         Err(error)
     }
 
-    fn check_certificate(&self, cert: &CertificateRef<'_>) -> Result<LeafKey, Refusal> {
+    fn check_certificate(&self, cert: &CertificateRef<'_>) -> Result<LeafKey, ServerRefusal> {
         if matches!(self.options.peer, PeerName::Unchecked) {
-            return Err(Refusal::NoPeerName);
+            return Err(ServerRefusal::NoPeerName);
         }
         let mut der: heapless::Vec<&[u8], { MAX_INTERMEDIATES + 1 }> = heapless::Vec::new();
         for entry in &cert.entries {
             let CertificateEntryRef::X509(bytes) = entry else {
-                return Err(Refusal::NotX509);
+                return Err(ServerRefusal::NotX509);
             };
-            der.push(bytes).map_err(|_| Refusal::TooManyCertificates)?;
+            der.push(bytes)
+                .map_err(|_| ServerRefusal::TooManyCertificates)?;
         }
-        let (leaf, intermediates) = der.split_first().ok_or(Refusal::NoCertificate)?;
-        path::verify(
+        let (leaf, intermediates) = der.split_first().ok_or(ServerRefusal::NoCertificate)?;
+        chain::verify(
             leaf,
             intermediates,
             &self.anchors,
             &self.verifier,
             &self.options,
         )
-        .map_err(Refusal::Path)?;
-        let parsed = cert::Certificate::parse(leaf).map_err(|_| Refusal::BadKey)?;
-        let key = parsed.public_key().map_err(|_| Refusal::BadKey)?;
-        LeafKey::copy(key).ok_or(Refusal::BadKey)
+        .map_err(ServerRefusal::Path)?;
+        let parsed = cert::Certificate::parse(leaf).map_err(|_| ServerRefusal::BadKey)?;
+        let key = parsed.public_key().map_err(|_| ServerRefusal::BadKey)?;
+        LeafKey::copy(key).ok_or(ServerRefusal::BadKey)
     }
 }
 
@@ -247,20 +248,31 @@ impl<V: SignatureVerifier, const N: usize> TlsVerifier<Aes128GcmSha256>
 
     fn verify_signature(&mut self, verify: CertificateVerifyRef<'_>) -> Result<(), TlsError> {
         let (Some(transcript), Some(key)) = (self.transcript.take(), self.key.take()) else {
-            return self.refuse(Refusal::NoVerifiedCertificate, TlsError::InvalidCertificate);
+            return self.refuse(
+                ServerRefusal::NoVerifiedCertificate,
+                TlsError::InvalidCertificate,
+            );
         };
         let code = verify.signature_scheme.as_u16();
         let scheme = match verify.signature_scheme {
             SignatureScheme::EcdsaSecp256r1Sha256 => Scheme::EcdsaP256Sha256,
             SignatureScheme::Ed25519 => Scheme::Ed25519,
-            _ => return self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature),
+            _ => {
+                return self.refuse(
+                    ServerRefusal::UnsupportedScheme(code),
+                    TlsError::InvalidSignature,
+                )
+            }
         };
         let Some(public) = key.get() else {
-            return self.refuse(Refusal::BadKey, TlsError::InvalidCertificate);
+            return self.refuse(ServerRefusal::BadKey, TlsError::InvalidCertificate);
         };
         // The scheme must be the leaf key's, whatever the signature verifier checks itself.
         if !scheme.fits(public) {
-            return self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature);
+            return self.refuse(
+                ServerRefusal::UnsupportedScheme(code),
+                TlsError::InvalidSignature,
+            );
         }
         let mut message = [0u8; 64 + SERVER_CONTEXT.len() + 32];
         let (pad, rest) = message.split_at_mut(64);
@@ -279,8 +291,11 @@ impl<V: SignatureVerifier, const N: usize> TlsVerifier<Aes128GcmSha256>
             Err(
                 crate::crypto::SignatureError::BadKey
                 | crate::crypto::SignatureError::UnsupportedScheme(_),
-            ) => self.refuse(Refusal::UnsupportedScheme(code), TlsError::InvalidSignature),
-            Err(_) => self.refuse(Refusal::BadSignature, TlsError::InvalidSignature),
+            ) => self.refuse(
+                ServerRefusal::UnsupportedScheme(code),
+                TlsError::InvalidSignature,
+            ),
+            Err(_) => self.refuse(ServerRefusal::BadSignature, TlsError::InvalidSignature),
         }
     }
 }

@@ -4,7 +4,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sigil_core::crypto::RustCryptoVerifier;
-use sigil_core::path::{self, Options, TrustBundle};
+use sigil_core::chain::{self, Options, TrustBundle};
 use sigil_core::UnixTime;
 
 fn split(mut data: &[u8]) -> Vec<&[u8]> {
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         }
         ints.push(*p);
     }
-    let _ = path::verify(
+    let _ = chain::verify(
         leaf,
         &ints,
         &bundle,

@@ -9,11 +9,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, OtherError};
-use sigil_core::path::{PeerName, Usage};
+use sigil_core::chain::{PeerName, Usage};
 use sigil_core::spiffe::SpiffeId;
 
+use crate::signature::shared;
 use crate::trust::{Anchors, Policy};
-use crate::verifier::shared;
 
 /// The handshake-signature methods every rustls verifier here shares (the traits require them
 /// on each): `ring`'s algorithms from the verifier's `provider` field; TLS 1.3 always, TLS 1.2
@@ -31,7 +31,7 @@ macro_rules! handshake_signatures {
                 rustls::PeerIncompatible::Tls12NotOffered,
             ))
         }
-        $crate::tls::handshake_signatures!(@tls13);
+        $crate::rustls_glue::handshake_signatures!(@tls13);
     };
     (tls12_and_13) => {
         fn verify_tls12_signature(
@@ -47,7 +47,7 @@ macro_rules! handshake_signatures {
                 &self.provider.signature_verification_algorithms,
             )
         }
-        $crate::tls::handshake_signatures!(@tls13);
+        $crate::rustls_glue::handshake_signatures!(@tls13);
     };
     (@tls13) => {
         fn verify_tls13_signature(
@@ -94,7 +94,7 @@ pub fn certified_key(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<CertifiedKey, 
 
 /// Checks a server's chain against `anchors` with the core's path validation and requires its
 /// SPIFFE ID to be exactly `expected` (the TLS server name is not used). Signatures go through
-/// the process-wide [`crate::verifier::shared`] cache.
+/// the process-wide [`crate::signature::shared`] cache.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     anchors: Arc<Anchors>,
@@ -119,25 +119,25 @@ impl SpiffeServerVerifier {
 }
 
 /// A refusal as a sentence (rustls shows its `Debug`, so both are the sentence).
-pub(crate) struct Refusal(String);
+pub(crate) struct VerifyError(String);
 
-impl std::fmt::Debug for Refusal {
+impl std::fmt::Debug for VerifyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for VerifyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for VerifyError {}
 
 /// A certificate refusal rustls reports with `message`.
 pub(crate) fn other(message: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refusal(
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(VerifyError(
         message,
     )))))
 }

@@ -1,5 +1,5 @@
-//! [`SignatureVerifier`]s for hosts: [`RingVerifier`], the same checks as the core's RustCrypto
-//! verifier on `ring`, faster; and [`CachingVerifier`], which remembers the signatures it has
+//! [`SignatureVerifier`]s for hosts: [`RingSignatureVerifier`], the same checks as the core's RustCrypto
+//! verifier on `ring`, faster; and [`CachingSignatureVerifier`], which remembers the signatures it has
 //! verified, so that the issuer certificate a mesh presents on every handshake costs one
 //! signature check per process rather than one per handshake.
 
@@ -15,9 +15,9 @@ use sigil_core::crypto::{PublicKey, Scheme, SignatureError, SignatureVerifier};
 /// `ring` accepts only uncompressed P-256 points; a compressed key fails as
 /// [`SignatureError::Invalid`], as does any malformed signature (ring does not say which).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RingVerifier;
+pub struct RingSignatureVerifier;
 
-impl SignatureVerifier for RingVerifier {
+impl SignatureVerifier for RingSignatureVerifier {
     fn verify(
         &self,
         scheme: Scheme,
@@ -49,9 +49,11 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 256;
 /// The process-wide caching verifier on `ring` ([`DEFAULT_CACHE_ENTRIES`] entries) that the
 /// rustls verifiers (Sentry's client, the sidecars' mTLS) and the Sentry client's check of
 /// issued chains share.
-pub fn shared() -> &'static CachingVerifier<RingVerifier> {
-    static SHARED: LazyLock<CachingVerifier<RingVerifier>> =
-        LazyLock::new(|| CachingVerifier::new(RingVerifier, DEFAULT_CACHE_ENTRIES));
+pub fn shared() -> &'static CachingSignatureVerifier<RingSignatureVerifier> {
+    static SHARED: LazyLock<CachingSignatureVerifier<RingSignatureVerifier>> =
+        LazyLock::new(|| {
+            CachingSignatureVerifier::new(RingSignatureVerifier, DEFAULT_CACHE_ENTRIES)
+        });
     &SHARED
 }
 
@@ -69,7 +71,7 @@ pub fn shared() -> &'static CachingVerifier<RingVerifier> {
 /// - **Thread-safe**: one mutex, held for a map lookup or insertion, never during `inner`'s
 ///   verification.
 #[derive(Debug)]
-pub struct CachingVerifier<V> {
+pub struct CachingSignatureVerifier<V> {
     inner: V,
     capacity: usize,
     state: Mutex<State>,
@@ -84,7 +86,7 @@ struct State {
     misses: u64,
 }
 
-/// A [`CachingVerifier`]'s counters.
+/// A [`CachingSignatureVerifier`]'s counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     /// Verifications answered from the cache.
@@ -95,7 +97,7 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
-impl<V> CachingVerifier<V> {
+impl<V> CachingSignatureVerifier<V> {
     /// A cache of at most `capacity` entries in front of `inner` (0: nothing is cached).
     pub fn new(inner: V, capacity: usize) -> Self {
         Self {
@@ -150,7 +152,7 @@ fn entry(scheme: Scheme, key: PublicKey<'_>, message: &[u8], sig: &[u8]) -> Opti
     h.finish().as_ref().try_into().ok()
 }
 
-impl<V: SignatureVerifier> SignatureVerifier for CachingVerifier<V> {
+impl<V: SignatureVerifier> SignatureVerifier for CachingSignatureVerifier<V> {
     fn verify(
         &self,
         scheme: Scheme,
@@ -220,18 +222,18 @@ mod tests {
 
     const KEY: [u8; 65] = [4; 65];
 
-    fn calls(c: &CachingVerifier<Counting>) -> usize {
+    fn calls(c: &CachingSignatureVerifier<Counting>) -> usize {
         c.inner.0.load(Ordering::SeqCst)
     }
 
-    fn check(c: &CachingVerifier<Counting>, key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    fn check(c: &CachingSignatureVerifier<Counting>, key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         c.verify(Scheme::EcdsaP256Sha256, PublicKey::EcP256(key), msg, sig)
             .is_ok()
     }
 
     #[test]
     fn a_hit_skips_the_inner_verifier() {
-        let c = CachingVerifier::new(Counting::default(), 4);
+        let c = CachingSignatureVerifier::new(Counting::default(), 4);
         assert!(check(&c, &KEY, b"abc", b"cba"));
         assert!(check(&c, &KEY, b"abc", b"cba"));
         assert_eq!(calls(&c), 1);
@@ -247,7 +249,7 @@ mod tests {
 
     #[test]
     fn any_byte_changed_misses() {
-        let c = CachingVerifier::new(Counting::default(), 16);
+        let c = CachingSignatureVerifier::new(Counting::default(), 16);
         assert!(check(&c, &KEY, b"abc", b"cba"));
         let mut other_key = KEY;
         other_key[64] ^= 1;
@@ -272,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_refused_signature_is_never_cached() {
-        let c = CachingVerifier::new(Counting::default(), 16);
+        let c = CachingSignatureVerifier::new(Counting::default(), 16);
         for _ in 0..3 {
             assert_eq!(
                 c.verify(
@@ -290,7 +292,7 @@ mod tests {
 
     #[test]
     fn bounded_and_least_recently_used_goes() {
-        let c = CachingVerifier::new(Counting::default(), 3);
+        let c = CachingSignatureVerifier::new(Counting::default(), 3);
         let msg = |i: u8| [i, 0xff];
         let sig = |i: u8| [0xff, i];
         for i in 0..3 {
@@ -316,7 +318,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_caches_nothing() {
-        let c = CachingVerifier::new(Counting::default(), 0);
+        let c = CachingSignatureVerifier::new(Counting::default(), 0);
         assert!(check(&c, &KEY, b"abc", b"cba"));
         assert!(check(&c, &KEY, b"abc", b"cba"));
         assert_eq!(calls(&c), 2);
@@ -324,7 +326,7 @@ mod tests {
 
     #[test]
     fn shared_between_threads() {
-        let c = std::sync::Arc::new(CachingVerifier::new(Counting::default(), 8));
+        let c = std::sync::Arc::new(CachingSignatureVerifier::new(Counting::default(), 8));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let c = c.clone();
@@ -356,7 +358,7 @@ mod tests {
             .unwrap();
         let sig = kp.sign(&rng, b"tbs").unwrap();
         let key = PublicKey::EcP256(kp.public_key().as_ref());
-        let c = CachingVerifier::new(RingVerifier, 4);
+        let c = CachingSignatureVerifier::new(RingSignatureVerifier, 4);
         for _ in 0..2 {
             c.verify(Scheme::EcdsaP256Sha256, key, b"tbs", sig.as_ref())
                 .unwrap();
