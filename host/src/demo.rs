@@ -256,7 +256,7 @@ pub async fn run(
             app_id: name.into(),
             namespace: "default".into(),
             sentry_address: sentry_addr.clone(),
-            sentry_id: crate::sidecar::identity::sentry_id("localhost", "default"),
+            sentry_id: crate::dapr::sentry_id("localhost", "default"),
             token_file: None,
             anchors: AnchorSource::File(anchors.clone()),
             output_dir: None,
@@ -422,7 +422,7 @@ impl Replacement {
             Self::NotYet if started().elapsed() >= ROOT_REPLACEMENT_AT => {
                 let (_, new) = Credentials::generate(
                     "localhost",
-                    &crate::sidecar::identity::sentry_id("localhost", "default"),
+                    &crate::dapr::sentry_id("localhost", "default"),
                     SystemTime::now(),
                     Duration::ZERO,
                 )?;

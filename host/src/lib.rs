@@ -9,6 +9,7 @@
 pub mod ca;
 pub mod client;
 pub mod commands;
+pub mod dapr;
 pub mod demo;
 pub mod logs;
 pub mod net;

@@ -50,6 +50,25 @@ impl Throttle {
     }
 }
 
+/// Request text echoed in a message: cut to a readable length, and with control characters
+/// (and Unicode line and paragraph separators) escaped, so no echo can break a log line.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -68,5 +87,11 @@ mod tests {
         assert_eq!(t.admit(t0 + Duration::from_secs(10)), Some(1000));
         assert_eq!(t.admit(t0 + Duration::from_secs(11)), None);
         assert_eq!(t.admit(t0 + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn clip_cuts_and_escapes() {
+        assert_eq!(clip("a\nb\u{1b}[31m\u{2028}"), "a\\nb\\u{1b}[31m\\u{2028}");
+        assert_eq!(clip(&"x".repeat(100)), format!("{}…", "x".repeat(80)));
     }
 }

@@ -167,27 +167,8 @@ struct SentryCli {
 
 #[derive(Args)]
 struct SidecarCli {
-    /// The app's ID.
-    #[arg(long)]
-    app_id: String,
-    /// The app's port on 127.0.0.1 (used by service invocation).
-    #[arg(long)]
-    app_port: Option<u16>,
-    /// Sentry's address, host:port.
-    #[arg(long)]
-    sentry_address: String,
-    /// Sentry's trust domain.
-    #[arg(long, default_value = "localhost")]
-    control_plane_trust_domain: String,
-    /// Sentry's namespace.
-    #[arg(long, default_value = "default")]
-    control_plane_namespace: String,
-    /// PEM trust anchors file, watched and applied at run time (else DAPR_TRUST_ANCHORS).
-    #[arg(long)]
-    trust_anchors_file: Option<PathBuf>,
-    /// Where to write key.pem (0600), cert.pem and ca.pem for the app, rewritten at rotation.
-    #[arg(long)]
-    identity_dir: Option<PathBuf>,
+    #[command(flatten)]
+    flags: sigil_host::sidecar::Flags,
     /// App-facing HTTP port (Dapr's HTTP API: invocation, health).
     #[arg(long, default_value_t = 3500)]
     dapr_http_port: u16,
@@ -200,22 +181,6 @@ struct SidecarCli {
     /// Address the internal port binds.
     #[arg(long, default_value = "0.0.0.0")]
     dapr_internal_address: String,
-    /// Name resolution file: app ID -> that app's sidecar internal address (YAML or JSON map).
-    #[arg(long)]
-    resolution_file: Option<PathBuf>,
-    /// Dapr Configuration file (spec.mtls.enabled; mutual TLS is on without one).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Accept only these caller SPIFFE IDs (repeat; default: any that chains to the anchors).
-    #[arg(long = "allow-spiffe-id")]
-    allow_spiffe_id: Vec<String>,
-    /// Accept only callers in these trust domains (repeat; default: any that chains to the
-    /// anchors, as Dapr).
-    #[arg(long = "allow-trust-domain")]
-    allow_trust_domain: Vec<String>,
-    /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
-    #[arg(long)]
-    allowed_origins: Option<String>,
     /// Metrics port.
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
@@ -459,54 +424,13 @@ fn init_logs(level: &str, json: bool) {
 }
 
 fn sidecar(args: SidecarCli) -> ExitCode {
-    use sigil_host::sidecar::identity::{self, AnchorSource, IdentityConfig, IdentityState};
-    use sigil_host::sidecar::invoke::InvokeConfig;
     init_logs(&args.log_level, args.log_as_json);
-    let anchors = match (args.trust_anchors_file, std::env::var("DAPR_TRUST_ANCHORS")) {
-        (Some(f), _) => AnchorSource::File(f),
-        (None, Ok(pem)) if !pem.trim().is_empty() => AnchorSource::Pem(pem),
-        _ => {
-            eprintln!(
-                "error: trust anchors are required: --trust-anchors-file or DAPR_TRUST_ANCHORS"
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let token_file = match std::env::var("DAPR_SENTRY_TOKEN_FILE") {
-        Ok(f) if f.is_empty() => {
-            eprintln!("error: DAPR_SENTRY_TOKEN_FILE is set but empty");
-            return ExitCode::from(2);
-        }
-        Ok(f) => Some(PathBuf::from(f)),
-        Err(_) => None,
-    };
-    let callers = match sigil_host::sidecar::mtls::CallerPolicy::new(
-        args.allow_spiffe_id,
-        args.allow_trust_domain,
-    ) {
-        Ok(c) => c,
+    let settings = match args.flags.resolve(|k| std::env::var(k).ok()) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-    };
-    let namespace = std::env::var("NAMESPACE").unwrap_or_else(|_| "default".into());
-    if let Err(e) = sigil_host::sentry::validator::workload_id("public", &namespace, &args.app_id) {
-        eprintln!("error: app ID and namespace must be single SPIFFE path segments: {e}");
-        return ExitCode::from(2);
-    }
-    let config = IdentityConfig {
-        app_id: std::env::var("SENTRY_LOCAL_IDENTITY").unwrap_or_else(|_| args.app_id.clone()),
-        namespace,
-        sentry_address: args.sentry_address,
-        sentry_id: identity::sentry_id(
-            &args.control_plane_trust_domain,
-            &args.control_plane_namespace,
-        ),
-        token_file,
-        anchors,
-        output_dir: args.identity_dir,
-        policy: sigil_core::rotation::Policy::default(),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -514,28 +438,6 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let mtls = match &args.config {
-        Some(p) => match sigil_host::sentry::config::SentryConfig::load(p) {
-            Ok(c) => c.mtls_enabled,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => true,
-    };
-    let invoke_config = InvokeConfig {
-        app_id: config.app_id.clone(),
-        namespace: config.namespace.clone(),
-        app_port: args.app_port,
-        resolution: args.resolution_file,
-        mtls,
-        callers,
-        allowed_origins: args
-            .allowed_origins
-            .filter(|o| !o.is_empty())
-            .map(|o| o.split(',').map(|s| s.trim().to_owned()).collect()),
     };
     let result = rt.block_on(async move {
         let bind = |host: String, port: u16| async move {
@@ -548,20 +450,20 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         let metrics = bind(args.metrics_listen_address, args.metrics_port).await?;
         println!(
             "sidecar: app {} listening http={} internal={} metrics={} mtls={}",
-            config.app_id,
+            settings.identity.app_id,
             http.local_addr()?,
             internal.local_addr()?,
             metrics.local_addr()?,
-            if mtls { "on" } else { "off" },
+            if settings.invoke.mtls { "on" } else { "off" },
         );
         let listeners = sigil_host::sidecar::Listeners {
             http,
             internal,
             metrics: Some(metrics),
         };
-        let state = std::sync::Arc::new(IdentityState::default());
-        sigil_host::sidecar::run(config, invoke_config, listeners, state, shutdown_signal())
-            .await?;
+        let state = std::sync::Arc::new(sigil_host::sidecar::identity::IdentityState::default());
+        let sigil_host::sidecar::Settings { identity, invoke } = settings;
+        sigil_host::sidecar::run(identity, invoke, listeners, state, shutdown_signal()).await?;
         anyhow::Ok(())
     });
     match result {
@@ -700,7 +602,7 @@ fn relay(args: RelayCli) -> ExitCode {
     init_logs(&args.log_level, false);
     let opts = RelayOptions {
         sentry_id: args.sentry_id.unwrap_or_else(|| {
-            sigil_host::sidecar::identity::sentry_id(
+            sigil_host::dapr::sentry_id(
                 &args.control_plane_trust_domain,
                 &args.control_plane_namespace,
             )
@@ -765,9 +667,9 @@ fn sign(args: SignCli) -> ExitCode {
         namespace: args.namespace,
         token_file: args.token_file,
         trust_domain: args.trust_domain,
-        sentry_id: format!(
-            "spiffe://{}/ns/{}/dapr-sentry",
-            args.control_plane_trust_domain, args.control_plane_namespace
+        sentry_id: sigil_host::dapr::sentry_id(
+            &args.control_plane_trust_domain,
+            &args.control_plane_namespace,
         ),
         out_dir: args.out_dir,
         force: args.force,

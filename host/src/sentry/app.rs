@@ -10,11 +10,11 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use super::config::SentryConfig;
 use super::kube::{KubeConfig, KubeValidator};
 use super::validator::Validators;
 use super::{jwt, Listeners, Sentry, Settings};
 use crate::ca::store::{self, Origin, StorePaths};
+use crate::dapr::config::SentryConfig;
 
 /// Sentry's options (the CLI fills them; see `sigil sentry --help`).
 #[derive(Clone, Debug)]

@@ -17,7 +17,6 @@
 //!   buffers) only once the client's first bytes arrive, so idle TLS connections stay small.
 
 pub mod app;
-pub mod config;
 pub mod jwt;
 pub mod kube;
 pub mod metrics;
@@ -43,6 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::ca::key::CaKey;
 use crate::ca::store::StorePaths;
 use crate::ca::Credentials;
+use crate::dapr;
 use crate::net::admission::{self, Admission, ConnState, Expiry, Limits};
 use crate::pb;
 use crate::signature::RingSignatureVerifier;
@@ -110,10 +110,7 @@ pub struct Settings {
 impl Settings {
     /// Sentry's SPIFFE ID: `spiffe://<td>/ns/<namespace>/dapr-sentry`.
     pub fn sentry_id(&self) -> String {
-        format!(
-            "spiffe://{}/ns/{}/dapr-sentry",
-            self.trust_domain, self.namespace
-        )
+        crate::dapr::sentry_id(&self.trust_domain, &self.namespace)
     }
 
     /// DNS names on Sentry's serving certificate, beside its SPIFFE ID, for clients that check
@@ -280,7 +277,7 @@ impl Sentry {
             .map_err(|r| refused("validator", r))?;
         // Malformed names are refused before any validator sees them (the kubernetes validator
         // would put them in API paths) and before they could fail issuance as INTERNAL.
-        validator::check_names(&req.id, &req.namespace)
+        dapr::check_names(&req.id, &req.namespace)
             .map_err(|m| ("request", Status::invalid_argument(m)))?;
         let vreq = validator::Request {
             id: &req.id,
@@ -296,14 +293,14 @@ impl Sentry {
             .map_err(|r| refused("validator", r))?;
         // Whatever the validator: Sentry's own ID is never issued, and the other control-plane
         // IDs only in Sentry's namespace and trust domain.
-        validator::check_control_plane(
+        dapr::check_control_plane(
             &req.id,
             &req.namespace,
             &trust_domain,
             &self.settings.namespace,
             &self.settings.trust_domain,
         )
-        .map_err(|r| refused("validator", r))?;
+        .map_err(|m| refused("validator", ValidationError::Denied(m)))?;
 
         let csr_der = decode_csr(&req.certificate_signing_request).map_err(|s| ("csr", s))?;
         let csr = Csr::parse(&csr_der).map_err(|e| {
@@ -324,13 +321,18 @@ impl Sentry {
         csr.verify_signature(&RingSignatureVerifier)
             .map_err(|_| ("csr", Status::invalid_argument("invalid signature")))?;
 
-        let id = validator::workload_id(&trust_domain, &req.namespace, &req.id).map_err(|e| {
+        let id = dapr::workload_id(&trust_domain, &req.namespace, &req.id).map_err(|e| {
             (
                 "sign",
                 Status::internal(format!("failed to sign certificate: {e}")),
             )
         })?;
-        let dns = self.special_dns(&req.id, &req.namespace);
+        let dns = dapr::control_plane_dns(
+            &req.id,
+            &req.namespace,
+            &self.settings.namespace,
+            &self.settings.trust_domain,
+        );
         let creds = self.creds.load();
         let issued = creds
             .issue_workload(
@@ -359,27 +361,6 @@ impl Sentry {
             jwt: None,
             per_audience_jwts: Default::default(),
         })
-    }
-
-    /// Dapr's DNS names for control-plane IDs in Sentry's own namespace.
-    fn special_dns(&self, id: &str, namespace: &str) -> Vec<String> {
-        if namespace != self.settings.namespace {
-            return Vec::new();
-        }
-        let ns = namespace;
-        match id {
-            "dapr-injector" => vec![format!("dapr-sidecar-injector.{ns}.svc")],
-            "dapr-operator" => vec![format!("dapr-webhook.{ns}.svc")],
-            "dapr-scheduler" => (0..3)
-                .map(|i| {
-                    format!(
-                        "dapr-scheduler-server-{i}.dapr-scheduler-server.{ns}.svc.{}",
-                        self.settings.trust_domain
-                    )
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
     }
 }
 
@@ -464,7 +445,7 @@ impl pb::ca_server::Ca for Service {
                 tracing::info!(
                     code = ?status.code(),
                     reason,
-                    message = ?validator::clip(status.message()),
+                    message = ?crate::logs::clip(status.message()),
                     "sign request refused"
                 );
                 Err(status)

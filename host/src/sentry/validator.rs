@@ -5,11 +5,11 @@
 //! missing choice where there is no default are `InvalidArgument`; every validator failure,
 //! including a missing CSR or namespace or an over-long ID, is `PermissionDenied`.
 //!
-//! Two checks are Sigil's own, on every request whatever the validator:
-//! - [`check_names`], before the validator: an app ID or namespace that could never be a
+//! Two checks are Sigil's own, on every request whatever the validator (in [`crate::dapr`]):
+//! - [`check_names`](crate::dapr::check_names), before the validator: an app ID or namespace that could never be a
 //!   SPIFFE path segment, or a namespace longer than Kubernetes allows, is `InvalidArgument`
 //!   (Dapr lets it through and fails issuance with `Internal`).
-//! - [`check_control_plane`], after it: Sentry's own ID (`dapr-sentry`, the ID clients
+//! - [`check_control_plane`](crate::dapr::check_control_plane), after it: Sentry's own ID (`dapr-sentry`, the ID clients
 //!   authenticate Sentry by) is never issued, and the other control-plane IDs only in Sentry's
 //!   namespace and trust domain (`PermissionDenied`, as Dapr's kubernetes validator refuses
 //!   control-plane pods elsewhere).
@@ -18,6 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::jwt::{self, Expectations, Jwks};
 use super::kube::KubeValidator;
+use crate::dapr::workload_id;
+use crate::logs::clip;
 
 /// A validator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,132 +211,6 @@ fn common_checks(req: &Request<'_>) -> Result<String, ValidationError> {
     }
 }
 
-/// Dapr's workload ID `spiffe://<td>/ns/<namespace>/<id>`, each part a single valid SPIFFE
-/// path segment (so a namespace like `a/b` can never add segments), as Dapr's
-/// `spiffeid.FromSegments`.
-///
-/// # Errors
-///
-/// The SPIFFE rule the ID breaks.
-pub fn workload_id(td: &str, namespace: &str, id: &str) -> Result<String, String> {
-    sigil_core::spiffe::TrustDomain::parse(td)
-        .map_err(|e| format!("trust domain {:?} is invalid: {e}", clip(td)))?;
-    let mut buf = vec![0u8; td.len() + namespace.len() + id.len() + 16];
-    sigil_core::spiffe::write_dapr_id(td, namespace, id, &mut buf)
-        .map(|i| i.as_str().to_owned())
-        .map_err(|e| {
-            format!(
-                "spiffe://{}/ns/{}/{} is not a valid SPIFFE ID: {e}",
-                clip(td),
-                clip(namespace),
-                clip(id)
-            )
-        })
-}
-
-/// Longest namespace accepted: a Kubernetes namespace is a DNS label, at most 63 characters.
-pub const MAX_NAMESPACE_LEN: usize = 63;
-
-/// The app ID Sentry serves under; never issued to anyone.
-pub const SENTRY_APP_ID: &str = "dapr-sentry";
-
-/// Dapr's other control-plane IDs: issued only in Sentry's namespace and trust domain.
-pub const CONTROL_PLANE_IDS: [&str; 4] = [
-    "dapr-injector",
-    "dapr-operator",
-    "dapr-placement",
-    "dapr-scheduler",
-];
-
-/// Checks the characters of a request's app ID and namespace, and the namespace's length,
-/// before any validator runs. The rule: each is made of SPIFFE path-segment characters
-/// (`A-Z a-z 0-9 . - _`) and is not `.` or `..`, so it can become one segment of
-/// `spiffe://<td>/ns/<namespace>/<id>`; the namespace is at most [`MAX_NAMESPACE_LEN`]. That
-/// admits every Kubernetes namespace (lower-case DNS labels) and every name self-hosted Dapr
-/// could issue for, and nothing else. Dapr's own rules are left to its common checks, with its
-/// codes (`PermissionDenied`): an empty ID or namespace, a dot in the ID, an ID over 64
-/// characters.
-///
-/// # Errors
-///
-/// The rule broken, for `InvalidArgument`; names are quoted clipped and escaped.
-pub fn check_names(id: &str, namespace: &str) -> Result<(), String> {
-    let segment_chars = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    };
-    if !namespace.is_empty() && (!segment_chars(namespace) || namespace == "." || namespace == "..")
-    {
-        return Err(format!(
-            "namespace {:?} is invalid: only A-Z a-z 0-9 . - _ are allowed, and not . or ..",
-            clip(namespace)
-        ));
-    }
-    if namespace.len() > MAX_NAMESPACE_LEN {
-        return Err(format!(
-            "namespace must be at most {MAX_NAMESPACE_LEN} characters (it has {})",
-            namespace.len()
-        ));
-    }
-    // A dot in the ID (so `.` and `..` too) is Dapr's own refusal (common checks).
-    if !segment_chars(id) {
-        return Err(format!(
-            "app ID {:?} is invalid: only A-Z a-z 0-9 - _ are allowed",
-            clip(id)
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses Sentry's own ID for anyone, and the other control-plane IDs ([`CONTROL_PLANE_IDS`])
-/// outside Sentry's namespace and trust domain. `trust_domain` is the one the validator chose
-/// for the certificate.
-///
-/// # Errors
-///
-/// [`ValidationError::Denied`] naming the rule.
-pub fn check_control_plane(
-    id: &str,
-    namespace: &str,
-    trust_domain: &str,
-    sentry_namespace: &str,
-    sentry_trust_domain: &str,
-) -> Result<(), ValidationError> {
-    if id == SENTRY_APP_ID {
-        return Err(ValidationError::Denied(format!(
-            "the app ID {SENTRY_APP_ID} is Sentry's own and is never issued"
-        )));
-    }
-    if CONTROL_PLANE_IDS.contains(&id)
-        && (namespace != sentry_namespace || trust_domain != sentry_trust_domain)
-    {
-        return Err(ValidationError::Denied(format!(
-            "{id} is a control-plane ID: it is issued only in namespace {sentry_namespace:?} \
-             and trust domain {sentry_trust_domain:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// Request text echoed in a message: cut to a readable length, and with control characters
-/// (and Unicode line and paragraph separators) escaped, so no echo can break a log line.
-pub fn clip(s: &str) -> String {
-    const MAX: usize = 80;
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn trust_domain<'a>(req: &Request<'a>) -> &'a str {
     if req.trust_domain.is_empty() {
         "public"
@@ -381,71 +257,6 @@ mod tests {
             namespace: ns,
             has_csr,
         }
-    }
-
-    #[test]
-    fn workload_ids_are_single_segments() {
-        assert_eq!(
-            workload_id("public", "default", "app").as_deref(),
-            Ok("spiffe://public/ns/default/app")
-        );
-        for (ns, id) in [
-            ("a/b", "app"),
-            ("default", "a/b"),
-            ("..", "app"),
-            ("ns", "a b"),
-            ("", "x"),
-        ] {
-            assert!(workload_id("public", ns, id).is_err(), "{ns} {id}");
-        }
-    }
-
-    #[test]
-    fn names_are_checked_before_the_validator() {
-        for (id, ns) in [
-            ("app", "default"),
-            ("My_App-2", "kube-system"),
-            ("a.b", "default"), // Dapr's dot rule: PermissionDenied later, not here
-            ("", ""),           // Dapr's required fields: PermissionDenied later
-            ("app", &"n".repeat(63)),
-            (&"a".repeat(65), "ns"), // Dapr's length rule
-        ] {
-            assert_eq!(check_names(id, ns), Ok(()), "{id} {ns}");
-        }
-        for (id, ns) in [
-            ("app", "a/b"),
-            ("app", ".."),
-            ("app", "a b"),
-            ("app", &"n".repeat(64)),
-            ("app", "ns\nFAKE"),
-            ("a b", "default"),
-            ("a/b", "default"),
-            ("é", "default"),
-        ] {
-            assert!(check_names(id, ns).is_err(), "{id:?} {ns:?}");
-        }
-        let m = check_names("app", "ns\nINFO fake line").unwrap_err();
-        assert!(!m.contains('\n') && m.contains("\\n"), "{m}");
-    }
-
-    #[test]
-    fn control_plane_ids_only_in_sentrys_namespace_and_trust_domain() {
-        let check = |id, ns, td| check_control_plane(id, ns, td, "dapr-system", "cluster.local");
-        assert!(check("dapr-sentry", "dapr-system", "cluster.local").is_err());
-        assert!(check("dapr-sentry", "shop", "public").is_err());
-        for id in CONTROL_PLANE_IDS {
-            assert_eq!(check(id, "dapr-system", "cluster.local"), Ok(()));
-            assert!(check(id, "shop", "cluster.local").is_err());
-            assert!(check(id, "dapr-system", "public").is_err());
-        }
-        assert_eq!(check("app", "shop", "public"), Ok(()));
-        assert_eq!(check("app", "dapr-system", "cluster.local"), Ok(()));
-    }
-
-    #[test]
-    fn clip_cuts_and_escapes() {
-        assert_eq!(clip("a\nb\u{1b}[31m\u{2028}"), "a\\nb\\u{1b}[31m\\u{2028}");
-        assert_eq!(clip(&"x".repeat(100)), format!("{}…", "x".repeat(80)));
     }
 
     #[test]

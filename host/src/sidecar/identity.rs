@@ -657,11 +657,6 @@ fn watch_file(file: PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
     Some(watcher)
 }
 
-/// Sentry's SPIFFE ID from the control-plane trust domain and namespace.
-pub fn sentry_id(control_plane_trust_domain: &str, control_plane_namespace: &str) -> String {
-    format!("spiffe://{control_plane_trust_domain}/ns/{control_plane_namespace}/dapr-sentry")
-}
-
 #[cfg(test)]
 mod tests {
     //! The driver in virtual time: tokio's paused clock, a wall clock that follows it, and a CA

@@ -6,11 +6,136 @@ pub mod identity;
 pub mod invoke;
 pub mod mtls;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use identity::IdentityState;
+use identity::{AnchorSource, IdentityConfig, IdentityState};
+use invoke::InvokeConfig;
+
+/// The sidecar's settings as its command line gives them (`sigil sidecar --help` shows these
+/// and the listeners'); [`Flags::resolve`] adds Dapr's environment variables and checks them.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Flags {
+    /// The app's ID.
+    #[arg(long)]
+    pub app_id: String,
+    /// The app's port on 127.0.0.1 (used by service invocation).
+    #[arg(long)]
+    pub app_port: Option<u16>,
+    /// Sentry's address, host:port.
+    #[arg(long)]
+    pub sentry_address: String,
+    /// Sentry's trust domain.
+    #[arg(long, default_value = "localhost")]
+    pub control_plane_trust_domain: String,
+    /// Sentry's namespace.
+    #[arg(long, default_value = "default")]
+    pub control_plane_namespace: String,
+    /// PEM trust anchors file, watched and applied at run time (else DAPR_TRUST_ANCHORS).
+    #[arg(long)]
+    pub trust_anchors_file: Option<PathBuf>,
+    /// Where to write key.pem (0600), cert.pem and ca.pem for the app, rewritten at rotation.
+    #[arg(long)]
+    pub identity_dir: Option<PathBuf>,
+    /// Name resolution file: app ID -> that app's sidecar internal address (YAML or JSON map).
+    #[arg(long)]
+    pub resolution_file: Option<PathBuf>,
+    /// Dapr Configuration file (spec.mtls.enabled; mutual TLS is on without one).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Accept only these caller SPIFFE IDs (repeat; default: any that chains to the anchors).
+    #[arg(long = "allow-spiffe-id")]
+    pub allow_spiffe_id: Vec<String>,
+    /// Accept only callers in these trust domains (repeat; default: any that chains to the
+    /// anchors, as Dapr).
+    #[arg(long = "allow-trust-domain")]
+    pub allow_trust_domain: Vec<String>,
+    /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
+    #[arg(long)]
+    pub allowed_origins: Option<String>,
+}
+
+/// What [`Flags::resolve`] makes of the flags and the environment.
+#[derive(Debug)]
+pub struct Settings {
+    /// The identity driver's settings.
+    pub identity: IdentityConfig,
+    /// Service invocation's settings.
+    pub invoke: InvokeConfig,
+}
+
+impl Flags {
+    /// Adds Dapr's environment (`DAPR_TRUST_ANCHORS` when there is no anchors file,
+    /// `DAPR_SENTRY_TOKEN_FILE`, `NAMESPACE` (default `default`), `SENTRY_LOCAL_IDENTITY` in
+    /// place of the app ID) read through `env`, reads the Configuration file, and checks what
+    /// the sidecar could not run with.
+    ///
+    /// # Errors
+    ///
+    /// What is missing or invalid, in words for the operator: no trust anchors, an empty
+    /// token-file variable, an app ID or namespace that is not one SPIFFE path segment, an
+    /// invalid caller policy, an unreadable Configuration.
+    pub fn resolve(self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let anchors = match (self.trust_anchors_file, env("DAPR_TRUST_ANCHORS")) {
+            (Some(f), _) => AnchorSource::File(f),
+            (None, Some(pem)) if !pem.trim().is_empty() => AnchorSource::Pem(pem),
+            _ => {
+                return Err(
+                    "trust anchors are required: --trust-anchors-file or DAPR_TRUST_ANCHORS"
+                        .to_owned(),
+                )
+            }
+        };
+        let token_file = match env("DAPR_SENTRY_TOKEN_FILE") {
+            Some(f) if f.is_empty() => {
+                return Err("DAPR_SENTRY_TOKEN_FILE is set but empty".to_owned())
+            }
+            f => f.map(PathBuf::from),
+        };
+        let callers = mtls::CallerPolicy::new(self.allow_spiffe_id, self.allow_trust_domain)?;
+        let namespace = env("NAMESPACE").unwrap_or_else(|| "default".to_owned());
+        let app_id = env("SENTRY_LOCAL_IDENTITY").unwrap_or(self.app_id);
+        crate::dapr::workload_id("public", &namespace, &app_id).map_err(|e| {
+            format!("app ID and namespace must be single SPIFFE path segments: {e}")
+        })?;
+        let mtls = match &self.config {
+            Some(p) => {
+                crate::dapr::config::SentryConfig::load(p)
+                    .map_err(|e| e.to_string())?
+                    .mtls_enabled
+            }
+            None => true,
+        };
+        let identity = IdentityConfig {
+            app_id: app_id.clone(),
+            namespace: namespace.clone(),
+            sentry_address: self.sentry_address,
+            sentry_id: crate::dapr::sentry_id(
+                &self.control_plane_trust_domain,
+                &self.control_plane_namespace,
+            ),
+            token_file,
+            anchors,
+            output_dir: self.identity_dir,
+            policy: sigil_core::rotation::Policy::default(),
+        };
+        let invoke = InvokeConfig {
+            app_id,
+            namespace,
+            app_port: self.app_port,
+            resolution: self.resolution_file,
+            mtls,
+            callers,
+            allowed_origins: self
+                .allowed_origins
+                .filter(|o| !o.is_empty())
+                .map(|o| o.split(',').map(|s| s.trim().to_owned()).collect()),
+        };
+        Ok(Settings { identity, invoke })
+    }
+}
 
 /// Serves the sidecar's metrics (Dapr's runtime names) on `listener` until `stopped`, with the
 /// small ports' limits ([`crate::net::serve_http1`]: a few connections, a header deadline).
@@ -89,4 +214,91 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     driven
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            app_id: "checkout".into(),
+            sentry_address: "127.0.0.1:50001".into(),
+            control_plane_trust_domain: "cluster.local".into(),
+            control_plane_namespace: "dapr-system".into(),
+            trust_anchors_file: Some("ca.crt".into()),
+            ..Flags::default()
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn flags_and_daprs_environment() {
+        let s = flags().resolve(env(&[])).unwrap();
+        assert_eq!(s.identity.namespace, "default");
+        assert_eq!(
+            s.identity.sentry_id,
+            "spiffe://cluster.local/ns/dapr-system/dapr-sentry"
+        );
+        assert!(s.invoke.mtls, "mutual TLS is on without a Configuration");
+        assert!(s.identity.token_file.is_none());
+
+        let vars = [
+            ("NAMESPACE", "shop"),
+            ("SENTRY_LOCAL_IDENTITY", "cart"),
+            ("DAPR_SENTRY_TOKEN_FILE", "/var/run/token"),
+        ];
+        let s = flags().resolve(env(&vars)).unwrap();
+        assert_eq!(
+            (s.identity.app_id.as_str(), s.invoke.app_id.as_str()),
+            ("cart", "cart")
+        );
+        assert_eq!(s.invoke.namespace, "shop");
+        assert_eq!(s.identity.token_file, Some(PathBuf::from("/var/run/token")));
+
+        let f = Flags {
+            trust_anchors_file: None,
+            ..flags()
+        };
+        let s = f
+            .resolve(env(&[("DAPR_TRUST_ANCHORS", "-----BEGIN")]))
+            .unwrap();
+        assert!(matches!(s.identity.anchors, AnchorSource::Pem(_)));
+    }
+
+    #[test]
+    fn what_a_sidecar_cannot_run_with_is_refused() {
+        let no_anchors = Flags {
+            trust_anchors_file: None,
+            ..flags()
+        };
+        let e = no_anchors.resolve(env(&[("DAPR_TRUST_ANCHORS", " \n")]));
+        assert!(e.unwrap_err().contains("trust anchors are required"));
+        let e = flags().resolve(env(&[("DAPR_SENTRY_TOKEN_FILE", "")]));
+        assert!(e.unwrap_err().contains("DAPR_SENTRY_TOKEN_FILE"));
+        let e = flags().resolve(env(&[("NAMESPACE", "a/b")]));
+        assert!(e.unwrap_err().contains("single SPIFFE path segments"));
+        let bad_caller = Flags {
+            allow_trust_domain: vec!["Not A Domain".into()],
+            ..flags()
+        };
+        assert!(bad_caller
+            .resolve(env(&[]))
+            .unwrap_err()
+            .contains("--allow-trust-domain"));
+        let missing_config = Flags {
+            config: Some("/nonexistent/config.yaml".into()),
+            ..flags()
+        };
+        assert!(missing_config.resolve(env(&[])).is_err());
+    }
 }
