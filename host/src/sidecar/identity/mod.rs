@@ -22,11 +22,13 @@
 //!   `dapr_runtime_mtls_init_fail_total{reason}`, `dapr_runtime_mtls_workload_cert_rotated_total`
 //!   (which Dapr never increments; this does), `..._rotated_fail_total{reason}`, and the
 //!   certificate's expiry.
+//!
+//! This file is the driver; [`anchors`] reads and watches the trust anchors, [`transport`] is
+//! where requests go and what time it is, `files` writes the identity for the app, and
+//! [`metrics`] counts.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,13 +36,24 @@ use arc_swap::ArcSwapOption;
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::profile::Expected;
 use sigil_core::rotation::{Action, Clock, Policy, Rejection, RequestId, Rotation};
-use sigil_core::{pem, Instant, UnixTime};
+use sigil_core::{Instant, UnixTime};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::ca::key::CaKey;
-use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::client::{ClientError, SignRequest};
 use crate::trust::Anchors;
+
+pub mod anchors;
+mod files;
+pub mod metrics;
+pub mod transport;
+
+pub use anchors::AnchorSource;
+use anchors::{read_anchors, watch_file};
+use files::write_files;
+pub use metrics::RuntimeMetrics;
+pub use transport::{Answer, SentryTransport, SystemWall, Transport, WallClock};
 
 /// Bytes of certificate DER an identity's chain may hold.
 pub const CHAIN_BYTES: usize = 8 * 1024;
@@ -50,15 +63,6 @@ pub const ANCHORS: usize = crate::trust::CAPACITY;
 pub const ANCHOR_BYTES: usize = 64 * 1024;
 
 type Machine<'c> = Rotation<'c, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
-
-/// Where the trust anchors come from.
-#[derive(Clone, Debug)]
-pub enum AnchorSource {
-    /// PEM text (`DAPR_TRUST_ANCHORS`), fixed for the process's life.
-    Pem(String),
-    /// A PEM file, re-read when it changes.
-    File(PathBuf),
-}
 
 /// What the identity driver needs.
 #[derive(Clone, Debug)]
@@ -94,76 +98,6 @@ pub struct Current {
     pub not_after: SystemTime,
     /// Counts installs from 1.
     pub generation: u32,
-}
-
-/// Dapr's runtime mTLS counters.
-#[derive(Debug, Default)]
-pub struct RuntimeMetrics {
-    init: AtomicU64,
-    init_fail: Mutex<BTreeMap<&'static str, u64>>,
-    rotated: AtomicU64,
-    rotated_fail: Mutex<BTreeMap<&'static str, u64>>,
-    expiry: AtomicU64,
-}
-
-impl RuntimeMetrics {
-    fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {
-        if let Ok(mut m) = map.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            "dapr_runtime_mtls_init_total",
-            "First identities obtained.",
-            get(&self.init),
-        );
-        counter(
-            "dapr_runtime_mtls_workload_cert_rotated_total",
-            "Identities renewed and installed.",
-            get(&self.rotated),
-        );
-        for (name, map) in [
-            ("dapr_runtime_mtls_init_fail_total", &self.init_fail),
-            (
-                "dapr_runtime_mtls_workload_cert_rotated_fail_total",
-                &self.rotated_fail,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} Failed attempts, by reason.\n# TYPE {name} counter"
-            );
-            if let Ok(m) = map.lock() {
-                for (reason, n) in m.iter() {
-                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sigil_runtime_workload_cert_expiry_timestamp Unix time the identity in use expires.\n\
-             # TYPE sigil_runtime_workload_cert_expiry_timestamp gauge\n\
-             sigil_runtime_workload_cert_expiry_timestamp {}",
-            get(&self.expiry)
-        );
-        out
-    }
-
-    /// Rotations so far.
-    pub fn rotations(&self) -> u64 {
-        self.rotated.load(Ordering::Relaxed)
-    }
 }
 
 /// The identity a sidecar holds, shared with its TLS stack, health and metrics.
@@ -224,72 +158,6 @@ pub enum IdentityError {
     /// The trust anchors are unusable.
     #[error("trust anchors: {0}")]
     Anchors(String),
-}
-
-fn read_anchors(source: &AnchorSource) -> Result<Anchors, IdentityError> {
-    match source {
-        AnchorSource::Pem(p) => Anchors::from_pem("DAPR_TRUST_ANCHORS", p.as_bytes()),
-        AnchorSource::File(f) => Anchors::read(f),
-    }
-    .map_err(|e| IdentityError::Anchors(e.to_string()))
-}
-
-/// The answer to one identity request: the chain (DER, leaf first), not judged yet.
-pub type Answer = Result<Vec<Vec<u8>>, ClientError>;
-
-/// Where the driver's identity requests go: Sentry over gRPC ([`SentryTransport`]) in
-/// production, a CA in the test's own process in virtual-time tests.
-pub trait Transport: Send + Sync + 'static {
-    /// One signing round for `req`, trusting Sentry through `anchors` (the anchors in force).
-    fn sign(
-        &self,
-        req: SignRequest,
-        anchors: Vec<Vec<u8>>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
-}
-
-/// Sentry over gRPC: a new connection per request, as daprd (Sentry's chain and SPIFFE ID
-/// checked by the client); the answer is returned unjudged.
-#[derive(Clone, Debug)]
-pub struct SentryTransport {
-    /// `host:port`.
-    pub address: String,
-    /// Sentry's SPIFFE ID.
-    pub sentry_id: String,
-}
-
-impl Transport for SentryTransport {
-    fn sign(
-        &self,
-        req: SignRequest,
-        anchors: Vec<Vec<u8>>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
-        let target = SentryTarget {
-            address: self.address.clone(),
-            anchors,
-            sentry_id: self.sentry_id.clone(),
-        };
-        Box::pin(async move {
-            let mut client = SentryClient::connect(target).await?;
-            Ok(client.request(&req).await?.chain)
-        })
-    }
-}
-
-/// The wall clock certificates are validated at.
-pub trait WallClock: Send + Sync + 'static {
-    /// Now.
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemWall;
-
-impl WallClock for SystemWall {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
 }
 
 /// What a signing round ended with.
@@ -392,13 +260,8 @@ pub async fn drive_with(
                     }
                     Outcome::Failed(id, e) if machine.is_in_flight(id) => {
                         tracing::warn!(error = %e, "identity request failed");
-                        let first = !state.ever_installed.load(Ordering::Relaxed);
-                        let reason = e.reason();
-                        if first {
-                            RuntimeMetrics::bump(&state.metrics.init_fail, reason);
-                        } else {
-                            RuntimeMetrics::bump(&state.metrics.rotated_fail, reason);
-                        }
+                        let installed_before = state.ever_installed.load(Ordering::Relaxed);
+                        state.metrics.failed(installed_before, e.reason());
                         machine.handle_failure(t, id, e.failure());
                     }
                     Outcome::Failed(..) => {}
@@ -515,12 +378,8 @@ fn handle_action(
             if let Ok(mut last) = state.last_rejection.lock() {
                 *last = Some(r);
             }
-            let map = if state.ever_installed.load(Ordering::Relaxed) {
-                &state.metrics.rotated_fail
-            } else {
-                &state.metrics.init_fail
-            };
-            RuntimeMetrics::bump(map, "invalid_cert");
+            let installed_before = state.ever_installed.load(Ordering::Relaxed);
+            state.metrics.failed(installed_before, "invalid_cert");
         }
         Action::Expired => {
             tracing::error!("the identity expired before a new one could be installed");
@@ -566,95 +425,13 @@ fn install(
         generation,
     })));
     state.ready.store(true, Ordering::Relaxed);
-    state.metrics.expiry.store(
-        not_after
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        Ordering::Relaxed,
-    );
-    if first {
-        state.metrics.init.fetch_add(1, Ordering::Relaxed);
-    } else {
-        state.metrics.rotated.fetch_add(1, Ordering::Relaxed);
-    }
+    state.metrics.installed(first, not_after);
     tracing::info!(
         %spiffe_id,
         generation,
         not_after = %humantime::format_rfc3339_seconds(not_after),
         "identity installed"
     );
-}
-
-fn write_files(
-    dir: &std::path::Path,
-    chain: &[Vec<u8>],
-    key_pkcs8: &[u8],
-    anchors: &[Vec<u8>],
-) -> Result<(), crate::pki::InputError> {
-    let pem_all = |ders: &[Vec<u8>]| -> String {
-        ders.iter()
-            .map(|d| crate::pki::to_pem(pem::Label::Certificate, d))
-            .collect()
-    };
-    std::fs::create_dir_all(dir).map_err(|source| crate::pki::InputError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let key = Zeroizing::new(crate::pki::to_pem(pem::Label::PrivateKey, key_pkcs8));
-    // The key first, then the chain that matches it (an app reading both in between sees the
-    // old chain with the new key only for an instant; it should re-read on failure).
-    crate::pki::write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600, true)?;
-    crate::pki::write_atomic(
-        &dir.join("cert.pem"),
-        pem_all(chain).as_bytes(),
-        0o644,
-        true,
-    )?;
-    crate::pki::write_atomic(
-        &dir.join("ca.pem"),
-        pem_all(anchors).as_bytes(),
-        0o644,
-        true,
-    )
-}
-
-/// Watches `file`'s directory and signals changes to it; `None` if watching is impossible (the
-/// anchors then stay as loaded).
-fn watch_file(file: PathBuf, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let dir = file
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                p
-            }
-        })?
-        .to_owned();
-    let name = file.file_name()?.to_owned();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if crate::sentry::reload::changes(&ev.kind)
-                && ev.paths.iter().any(|p| {
-                    p.file_name() == Some(name.as_os_str())
-                        || p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("..data"))
-                })
-            {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch the trust anchors; they stay as loaded"))
-    .ok()?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the trust anchors; they stay as loaded");
-        })
-        .ok()?;
-    Some(watcher)
 }
 
 #[cfg(test)]
