@@ -209,12 +209,12 @@ impl SentryClient {
             .and_then(|t| u64::try_from(t.seconds).ok())
             .map(|s| UNIX_EPOCH + Duration::from_secs(s))
             .ok_or(ClientError::NoValidUntil)?;
-        let chain = pem_certificates(&resp.workload_certificate)
+        let chain = crate::pki::pem_certificates(&resp.workload_certificate)
             .map_err(|e| ClientError::Garbled(format!("workload_certificate: {e}")))?;
         let mut trust_bundle = Vec::new();
         for b in &resp.trust_chain_certificates {
             trust_bundle.extend(
-                pem_certificates(b)
+                crate::pki::pem_certificates(b)
                     .map_err(|e| ClientError::Garbled(format!("trust_chain_certificates: {e}")))?,
             );
         }
@@ -329,28 +329,6 @@ pub fn validate_identity(
     let anchors = Anchors::from_ders("trust anchors", anchors.to_vec())
         .map_err(|e| ClientError::Config(e.to_string()))?;
     check_issued(chain, &anchors, key, None, now)
-}
-
-/// Every CERTIFICATE block of a PEM byte string, DER.
-///
-/// # Errors
-///
-/// A description if it is not PEM or holds no certificate.
-pub fn pem_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 PEM".to_owned())?;
-    let mut out = Vec::new();
-    for block in pem::blocks(text) {
-        let block = block.map_err(|e| e.to_string())?;
-        if block.label_str() != "CERTIFICATE" {
-            continue;
-        }
-        let mut buf = vec![0u8; block.decoded_len_max()];
-        out.push(block.decode(&mut buf).map_err(|e| e.to_string())?.to_vec());
-    }
-    if out.is_empty() {
-        return Err("no certificate".into());
-    }
-    Ok(out)
 }
 
 /// An error and its sources, one line.

@@ -440,7 +440,7 @@ impl Replacement {
                 crate::pki::write_atomic(&paths.issuer_key, new.key.as_bytes(), 0o600, true)?;
                 write(&paths.ca, &format!("{}{old}", new.ca))?;
                 say("root replacement 2/3: Sentry's credentials replaced; it reloads them without a restart");
-                let new_root = crate::client::pem_certificates(new.ca.as_bytes())
+                let new_root = crate::pki::pem_certificates(new.ca.as_bytes())
                     .map_err(|e| anyhow::anyhow!(e))?;
                 Self::Switched {
                     new_root,

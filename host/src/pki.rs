@@ -121,7 +121,60 @@ fn anchor_subject(der: &[u8]) -> String {
     }
 }
 
-/// Every block labelled `label` in the PEM file at `path`, decoded.
+/// A malformed PEM block: which (1-based, counting the blocks of the label looked for that
+/// came before it), and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PEM block #{index}: {source}")]
+pub struct PemError {
+    /// The block's position.
+    pub index: usize,
+    /// The core's reason.
+    pub source: pem::Error,
+}
+
+/// The one PEM reader of the host: every block labelled `label` in `text`, decoded, in order;
+/// blocks with other labels are passed over.
+///
+/// # Errors
+///
+/// [`PemError`] for the first malformed block.
+pub fn decode_pem(text: &str, label: pem::Label) -> Result<Vec<Vec<u8>>, PemError> {
+    let mut out = Vec::new();
+    for block in pem::blocks(text) {
+        let index = out.len() + 1;
+        let decoded = block.and_then(|block| {
+            if block.label() != Some(label) {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; block.decoded_len_max()];
+            let len = block.decode(&mut buf)?.len();
+            buf.truncate(len);
+            Ok(Some(buf))
+        });
+        match decoded {
+            Ok(Some(der)) => out.push(der),
+            Ok(None) => {}
+            Err(source) => return Err(PemError { index, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// Every certificate in PEM `bytes` (a file's contents, a gRPC field), DER.
+///
+/// # Errors
+///
+/// A description if it is not UTF-8 PEM, a block is malformed, or it holds no certificate.
+pub fn pem_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 PEM".to_owned())?;
+    let out = decode_pem(text, pem::Label::Certificate).map_err(|e| e.to_string())?;
+    if out.is_empty() {
+        return Err("no certificate".into());
+    }
+    Ok(out)
+}
+
+/// Every block labelled `label` in the PEM file at `path`, decoded ([`decode_pem`]).
 ///
 /// # Errors
 ///
@@ -131,26 +184,10 @@ pub fn read_pem_blocks(path: &Path, label: pem::Label) -> Result<Vec<Vec<u8>>, I
         path: path.to_owned(),
         source,
     })?;
-    let mut out = Vec::new();
-    for block in pem::blocks(&text) {
-        let block = block.map_err(|source| InputError::Pem {
-            path: path.to_owned(),
-            source,
-        })?;
-        if block.label() != Some(label) {
-            continue;
-        }
-        let mut buf = vec![0u8; block.decoded_len_max()];
-        let len = block
-            .decode(&mut buf)
-            .map_err(|source| InputError::Pem {
-                path: path.to_owned(),
-                source,
-            })?
-            .len();
-        buf.truncate(len);
-        out.push(buf);
-    }
+    let out = decode_pem(&text, label).map_err(|e| InputError::Pem {
+        path: path.to_owned(),
+        source: e.source,
+    })?;
     if out.is_empty() {
         return Err(InputError::NoBlock {
             path: path.to_owned(),
@@ -158,23 +195,6 @@ pub fn read_pem_blocks(path: &Path, label: pem::Label) -> Result<Vec<Vec<u8>>, I
         });
     }
     Ok(out)
-}
-
-/// Every certificate in the PEM file at `path`, each checked to parse.
-///
-/// # Errors
-///
-/// As [`read_pem_blocks`], plus [`InputError::Certificate`] for one that does not parse.
-pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, InputError> {
-    let certs = read_pem_blocks(path, pem::Label::Certificate)?;
-    for (index, der) in certs.iter().enumerate() {
-        Certificate::parse(der).map_err(|source| InputError::Certificate {
-            path: path.to_owned(),
-            index,
-            source,
-        })?;
-    }
-    Ok(certs)
 }
 
 /// PEM text for `der` under `label`.

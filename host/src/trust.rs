@@ -162,7 +162,7 @@ impl Anchors {
     ///
     /// [`TrustError::Read`] if it is not PEM certificates, or as [`Anchors::from_ders`].
     pub fn from_pem(source: &str, text: &[u8]) -> Result<Self, TrustError> {
-        let ders = crate::client::pem_certificates(text).map_err(|reason| TrustError::NotPem {
+        let ders = crate::pki::pem_certificates(text).map_err(|reason| TrustError::NotPem {
             origin: source.to_owned(),
             reason,
         })?;

@@ -91,7 +91,7 @@ async fn credentials_replaced_five_times_under_load_fail_no_request() {
     // checked against the roots Sentry sent with it.
     let all_roots: Vec<Vec<u8>> = sets
         .iter()
-        .flat_map(|s| client::pem_certificates(s.ca.as_bytes()).unwrap())
+        .flat_map(|s| sigil_host::pki::pem_certificates(s.ca.as_bytes()).unwrap())
         .collect();
 
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -166,7 +166,7 @@ async fn credentials_replaced_five_times_under_load_fail_no_request() {
             .await
             .unwrap();
         // Wait until Sentry issues from the new root.
-        let root = client::pem_certificates(set.ca.as_bytes())
+        let root = sigil_host::pki::pem_certificates(set.ca.as_bytes())
             .unwrap()
             .remove(0);
         let deadline = Instant::now() + Duration::from_secs(10);

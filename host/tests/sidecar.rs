@@ -186,7 +186,7 @@ fn first_fetch_retried_rotations_outage_and_anchors_at_run_time() {
     std::fs::write(creds.join("issuer.crt"), &fresh.issuer).unwrap();
     std::fs::write(creds.join("ca.crt"), &fresh.ca).unwrap();
     std::fs::write(&anchors, &fresh.ca).unwrap();
-    let new_root = sigil_host::client::pem_certificates(fresh.ca.as_bytes()).unwrap();
+    let new_root = sigil_host::pki::pem_certificates(fresh.ca.as_bytes()).unwrap();
     wait_until(
         "an identity under the new root",
         Duration::from_secs(20),

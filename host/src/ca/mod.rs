@@ -161,33 +161,21 @@ fn unix(t: SystemTime) -> UnixTime {
     UnixTime::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
-/// Reads every CERTIFICATE block of `text` into DER.
+/// Reads every CERTIFICATE block of `text` into DER, each checked to parse.
 fn certificates(text: &str, file: &'static str) -> Result<Vec<Vec<u8>>, CredentialsError> {
-    let mut out = Vec::new();
-    for block in pem::blocks(text) {
-        let index = out.len() + 1;
-        let block = block.map_err(|e| CredentialsError::Malformed {
+    let out = crate::pki::decode_pem(text, pem::Label::Certificate).map_err(|e| {
+        CredentialsError::Malformed {
             file,
-            index,
-            reason: e.to_string(),
-        })?;
-        if block.label_str() != "CERTIFICATE" {
-            continue;
+            index: e.index,
+            reason: e.source.to_string(),
         }
-        let mut buf = vec![0u8; block.decoded_len_max()];
-        let der = block
-            .decode(&mut buf)
-            .map_err(|e| CredentialsError::Malformed {
-                file,
-                index,
-                reason: e.to_string(),
-            })?;
+    })?;
+    for (i, der) in out.iter().enumerate() {
         Certificate::parse(der).map_err(|e| CredentialsError::Malformed {
             file,
-            index,
+            index: i + 1,
             reason: e.to_string(),
         })?;
-        out.push(der.to_vec());
     }
     if out.is_empty() {
         return Err(CredentialsError::NoCertificate { file });

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sigil_host::client;
 
 pub const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
 
@@ -145,7 +144,7 @@ pub fn key_and_csr() -> (sigil_core::key::SoftwareKey, Vec<u8>) {
 }
 
 pub fn read_certs(path: &Path) -> Vec<Vec<u8>> {
-    client::pem_certificates(&std::fs::read(path).unwrap()).unwrap()
+    sigil_host::pki::pem_certificates(&std::fs::read(path).unwrap()).unwrap()
 }
 
 pub fn metric(addr: &str, name: &str) -> u64 {

@@ -191,7 +191,7 @@ fn main() {
             .stdout(Stdio::null())
             .status();
     }
-    let anchors = client::pem_certificates(&std::fs::read(dir.join("ca.crt")).expect("ca.crt"))
+    let anchors = sigil_host::pki::pem_certificates(&std::fs::read(dir.join("ca.crt")).expect("ca.crt"))
         .expect("anchors");
     let target = Arc::new(SentryTarget {
         address: grpc,

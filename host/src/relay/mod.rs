@@ -42,15 +42,16 @@
 //! `PERMISSION_DENIED` 7, `INTERNAL` 13), `UNAVAILABLE` 14 when it cannot be reached, and
 //! `INTERNAL` 13 when its answer fails the relay's checks. Only the serial link ending (or the
 //! shutdown future) ends the relay.
+//!
+//! This file is the reader and the writer; [`sign`]'s tasks talk to Sentry and [`session`]'s
+//! to the peer.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sigil_core::link::{self, Answer, Deframer, Event, Frame, MAX_FRAME, MAX_PAYLOAD};
-use sigil_core::rotation::Failure;
-use sigil_core::status;
+use sigil_core::link::{self, Deframer, Event, Frame, MAX_FRAME};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -58,11 +59,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+mod session;
+mod sign;
 
-/// Bytes read from the peer at a time: each read becomes one `TlsData` frame, kept well under
-/// [`MAX_PAYLOAD`] so a device with small buffers gets small frames.
-pub const PEER_READ_LEN: usize = 2048;
+pub use session::{PEER_CONNECT_TIMEOUT, PEER_READ_LEN};
+use session::{session, SESSION_QUEUE};
+use sign::{DeviceRequest, Reply, SignContext};
 
 /// Sign requests handled at once; further ones are refused with `RESOURCE_EXHAUSTED` (8).
 pub const MAX_SIGNS_IN_FLIGHT: usize = 4;
@@ -71,14 +73,8 @@ pub const MAX_SIGNS_IN_FLIGHT: usize = 4;
 /// then it is dropped as corrupt. A whole frame takes under half a second at 115,200 baud.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long connecting to the peer may take before the device gets `TlsClose`.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Frames queued for the serial writer.
 const OUT_QUEUE: usize = 64;
-
-/// Device bytes queued for one peer session.
-const SESSION_QUEUE: usize = 32;
 
 /// How long the writer may take to flush queued frames when the relay stops.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -109,21 +105,6 @@ pub struct RelayOptions {
 }
 
 impl RelayOptions {
-    /// The refusal for a request outside the pinned app ID and namespace, if any.
-    fn pinned_refusal(&self, id: &str, namespace: &str) -> Option<Reply> {
-        let pinned = |pin: &Option<String>, asked: &str| pin.as_deref().is_some_and(|p| p != asked);
-        (pinned(&self.app_id, id) || pinned(&self.namespace, namespace)).then(|| {
-            Reply::refused(
-                Code::PermissionDenied,
-                format!(
-                    "this relay signs for app ID {} in namespace {} only",
-                    self.app_id.as_deref().unwrap_or("(any)"),
-                    self.namespace.as_deref().unwrap_or("(any)")
-                ),
-            )
-        })
-    }
-
     /// Checks that the options are usable, so a misconfigured relay fails before it waits for
     /// the device: reads the anchors and checks Sentry's SPIFFE ID.
     ///
@@ -508,14 +489,14 @@ fn log_join(what: &str, r: Result<(), tokio::task::JoinError>) {
 }
 
 /// Queues one frame for the device; if the writer is gone the serial link is closing anyway.
-async fn send(out: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) {
+pub(super) async fn send(out: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) {
     if out.send(frame).await.is_err() {
         tracing::debug!("serial writer gone; frame dropped");
     }
 }
 
 /// A frame's bytes.
-fn encode(frame: &Frame<'_>) -> Result<Vec<u8>, link::Error> {
+pub(super) fn encode(frame: &Frame<'_>) -> Result<Vec<u8>, link::Error> {
     let mut out = vec![0u8; frame.buffer_len()];
     let len = frame.emit(&mut out)?.len();
     out.truncate(len);
@@ -534,254 +515,3 @@ async fn write_frames(mut write: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<
     let _ = write.shutdown().await;
 }
 
-/// One TLS session to the peer: connects, then copies the device's bytes (from `rx`) to the
-/// peer and the peer's bytes to the device as `TlsData` frames, the two directions
-/// independently (neither waits for the other, so a peer that writes before it reads cannot
-/// deadlock the session). Ends when the device closes (`rx` closed: the peer connection is
-/// shut down, nothing is sent) or the peer does (the device gets `TlsClose`).
-async fn session(
-    peer: String,
-    number: u16,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    out: mpsc::Sender<Vec<u8>>,
-) {
-    let stream = match tokio::time::timeout(PEER_CONNECT_TIMEOUT, TcpStream::connect(&peer)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("connecting to {peer}: {e}");
-            return peer_closed(number, &mut rx, &out, &why).await;
-        }
-        Err(_) => {
-            let why = format!("connecting to {peer}: timed out");
-            return peer_closed(number, &mut rx, &out, &why).await;
-        }
-    };
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set on the peer socket");
-    }
-    tracing::debug!(%peer, "TLS session opened");
-    let (mut peer_read, mut peer_write) = stream.into_split();
-    let to_peer = async {
-        while let Some(bytes) = rx.recv().await {
-            if let Err(e) = peer_write.write_all(&bytes).await {
-                return Some(format!("writing to {peer}: {e}"));
-            }
-        }
-        let _ = peer_write.shutdown().await;
-        None
-    };
-    let from_peer = async {
-        let mut buf = [0u8; PEER_READ_LEN];
-        loop {
-            match peer_read.read(&mut buf).await {
-                Ok(0) => return "closed by the peer".to_owned(),
-                Ok(n) => match encode(&Frame::TlsData {
-                    session: number,
-                    data: buf.get(..n).unwrap_or_default(),
-                }) {
-                    Ok(frame) => send(&out, frame).await,
-                    // Unreachable: PEER_READ_LEN is under MAX_PAYLOAD.
-                    Err(e) => tracing::error!(error = %e, "TlsData frame not encoded"),
-                },
-                Err(e) => return format!("reading from {peer}: {e}"),
-            }
-        }
-    };
-    // `None`: the device closed the session.
-    let peer_end = tokio::select! {
-        end = to_peer => end,
-        end = from_peer => Some(end),
-    };
-    match peer_end {
-        Some(why) => peer_closed(number, &mut rx, &out, &why).await,
-        None => tracing::debug!(%peer, "TLS session closed by the device"),
-    }
-}
-
-/// Ends session `number` from the peer's side: closes `rx` first, so that bytes the device
-/// sends for it after this find the session gone (and are dropped), then sends `TlsClose`.
-async fn peer_closed(
-    number: u16,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
-    out: &mpsc::Sender<Vec<u8>>,
-    why: &str,
-) {
-    rx.close();
-    tracing::debug!(
-        session = number,
-        reason = why,
-        "TLS session ended; TlsClose to the device"
-    );
-    match encode(&Frame::TlsClose { session: number }) {
-        Ok(frame) => send(out, frame).await,
-        Err(e) => tracing::error!(error = %e, "TlsClose frame not encoded"),
-    }
-}
-
-/// A sign request, owned (it outlives the receive buffer).
-struct DeviceRequest {
-    id: String,
-    namespace: String,
-    token: String,
-    csr: Vec<u8>,
-}
-
-/// What sign tasks share.
-struct SignContext {
-    opts: RelayOptions,
-    /// The anchors read at start, used if the file cannot be re-read.
-    anchors: Vec<Vec<u8>>,
-}
-
-impl SignContext {
-    /// Asks Sentry for a certificate for `req` and turns the outcome into an answer.
-    async fn answer(&self, req: DeviceRequest) -> Reply {
-        let token = match (&self.opts.token_file, req.token.is_empty()) {
-            (Some(file), true) => match std::fs::read_to_string(file) {
-                Ok(t) => t.trim().to_owned(),
-                Err(e) => {
-                    // Transient, as a projected token that is not written yet: retry later.
-                    let why = format!("token file {}: {e}", file.display());
-                    return Reply::failed(Failure::Unreachable, why);
-                }
-            },
-            _ => req.token,
-        };
-        let anchors = crate::trust::Anchors::read(&self.opts.anchors_file)
-            .map(|a| a.ders().to_vec())
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
-                self.anchors.clone()
-            });
-        let target = SentryTarget {
-            address: self.opts.sentry.clone(),
-            anchors: anchors.clone(),
-            sentry_id: self.opts.sentry_id.clone(),
-        };
-        let request = SignRequest {
-            // A token selects the JWKS validator, as daprd's token file does; without one
-            // Sentry's default validator decides.
-            token_validator: crate::client::token_validator(!token.is_empty()),
-            id: req.id,
-            namespace: req.namespace,
-            token,
-            trust_domain: self.opts.trust_domain.clone(),
-            csr_der: req.csr.clone(),
-        };
-        // Transport only: the device's rotation machine is the one judge of the chain (the
-        // path against its anchors, the profile, its key, its SPIFFE ID), as on a sidecar.
-        let signed = match SentryClient::connect(target).await {
-            Ok(mut client) => client.request(&request).await,
-            Err(e) => Err(e),
-        };
-        let signed = match signed {
-            Ok(s) => s,
-            Err(e) => return Reply::from(e),
-        };
-        // Leaf and intermediates; a root (configured or sent by Sentry) is not sent on.
-        let is_root = |c: &Vec<u8>| anchors.contains(c) || signed.trust_bundle.contains(c);
-        let certs = signed
-            .chain
-            .iter()
-            .enumerate()
-            .filter(|&(i, c)| i == 0 || !is_root(c))
-            .map(|(_, c)| c.as_slice());
-        // The answer's payload: request number (4), status (1), then the chain.
-        let mut payload = vec![0u8; MAX_PAYLOAD - 5];
-        match link::encode_chain(certs, &mut payload) {
-            Ok(chain) => Reply::Chain(chain.to_vec()),
-            Err(e) => Reply::failed(
-                Failure::Garbled,
-                format!("issued chain does not fit a link frame: {e}"),
-            ),
-        }
-    }
-}
-
-/// The answer to a sign request.
-///
-/// Codes (gRPC's): Sentry's own when it refuses (Dapr's: `INVALID_ARGUMENT` 3 for the CSR or
-/// the validator choice, `PERMISSION_DENIED` 7 for the validator, `INTERNAL` 13 for issuance);
-/// `UNAVAILABLE` 14 when Sentry cannot be reached or the token file read; `INTERNAL` 13 when
-/// Sentry's answer cannot be decoded or does not fit a frame (the chain itself is judged by the
-/// device); `RESOURCE_EXHAUSTED` 8 when too many requests are in flight. Failures without a
-/// code of Sentry's get theirs from [`sigil_core::status`], the table the device reads them
-/// back with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    /// The chain payload (`link::encode_chain`), leaf first.
-    Chain(Vec<u8>),
-    /// A refusal: gRPC code (never 0) and message (fits a frame).
-    Refused { code: u8, message: String },
-}
-
-impl Reply {
-    fn refused(code: Code, message: impl Into<String>) -> Self {
-        let code = u8::try_from(i32::from(code))
-            .ok()
-            .filter(|&c| c != 0)
-            .unwrap_or(2); // UNKNOWN
-        Self::Refused {
-            code,
-            message: clip(message.into(), MAX_PAYLOAD - 5),
-        }
-    }
-
-    /// A failure without a code of Sentry's: the core's code for its kind.
-    fn failed(failure: Failure, message: impl Into<String>) -> Self {
-        Self::refused(Code::from(i32::from(status::code(failure))), message)
-    }
-
-    /// The `SignAnswer` frame for request `request`.
-    fn to_frame(&self, request: u32) -> Vec<u8> {
-        let answer = match self {
-            Self::Chain(c) => Answer::Chain(c),
-            Self::Refused { code, message } => Answer::Refused {
-                code: *code,
-                message,
-            },
-        };
-        encode(&Frame::SignAnswer { request, answer }).unwrap_or_else(|e| {
-            // Unreachable: chains and messages are sized to fit above.
-            tracing::error!(error = %e, "sign answer not encoded");
-            encode(&Frame::SignAnswer {
-                request,
-                answer: Answer::Refused {
-                    code: status::code(Failure::Garbled),
-                    message: "answer not encoded",
-                },
-            })
-            .unwrap_or_default()
-        })
-    }
-}
-
-impl From<ClientError> for Reply {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Refused { code, message } => Self::refused(code, message),
-            e => Self::failed(e.failure(), e.to_string()),
-        }
-    }
-}
-
-impl core::fmt::Display for Reply {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Chain(c) => write!(f, "chain of {} bytes", c.len()),
-            Self::Refused { code, message } => write!(f, "refused ({code}): {message}"),
-        }
-    }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-fn clip(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-    s
-}
