@@ -85,8 +85,8 @@ impl ClientError {
 pub struct SentryTarget {
     /// `host:port`.
     pub address: String,
-    /// Trust anchors (DER).
-    pub anchors: Vec<Vec<u8>>,
+    /// The trust anchors Sentry's serving chain must chain to (loaded once, shared).
+    pub anchors: Arc<Anchors>,
     /// Sentry's SPIFFE ID: `spiffe://<control-plane td>/ns/<control-plane ns>/dapr-sentry`.
     pub sentry_id: String,
 }
@@ -164,7 +164,13 @@ impl SentryClient {
         key: PublicKey<'_>,
     ) -> Result<Signed, ClientError> {
         let signed = self.request(req).await?;
-        validate_identity(&signed.chain, &self.target.anchors, key, SystemTime::now())?;
+        check_issued(
+            &signed.chain,
+            &self.target.anchors,
+            key,
+            None,
+            SystemTime::now(),
+        )?;
         Ok(signed)
     }
 
@@ -240,9 +246,7 @@ impl SentryClient {
 pub async fn connect_channel(
     target: &SentryTarget,
 ) -> Result<tonic::transport::Channel, ClientError> {
-    let anchors = Anchors::from_ders("trust anchors for Sentry", target.anchors.clone())
-        .map_err(|e| ClientError::Config(e.to_string()))?;
-    let verifier = SpiffeServerVerifier::new(Arc::new(anchors), target.sentry_id.clone())
+    let verifier = SpiffeServerVerifier::new(target.anchors.clone(), target.sentry_id.clone())
         .map_err(ClientError::Config)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crate::rustls_glue::provider())
         .with_safe_default_protocol_versions()

@@ -364,7 +364,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         .to_vec();
     let target = crate::client::SentryTarget {
         address: args.sentry.clone(),
-        anchors: anchors.ders().to_vec(),
+        anchors: std::sync::Arc::new(anchors.clone()),
         sentry_id: args.sentry_id.clone(),
     };
     let mut client = crate::client::SentryClient::connect(target).await?;

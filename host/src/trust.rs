@@ -19,7 +19,8 @@
 //! stored DER: the anchors were judged at load, and parsing a certificate costs about 0.1 µs
 //! (0.15 % of a chain check).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
@@ -247,6 +248,60 @@ fn bundle_of(ders: &[Vec<u8>]) -> (TrustBundle<'_, CAPACITY>, Vec<SkippedAnchor>
     crate::pki::anchor_bundle::<CAPACITY>(ders)
 }
 
+/// A PEM anchors file read again only when it changes (its modification time or length),
+/// for a holder that asks for the anchors per request instead of watching the file (the
+/// relay). An unreadable or unusable replacement is logged and the last good set kept.
+#[derive(Debug)]
+pub struct AnchorsFile {
+    path: PathBuf,
+    /// The file's (modification time, length) when `anchors` was read, and the set.
+    loaded: Mutex<(Option<Stamp>, Arc<Anchors>)>,
+}
+
+impl AnchorsFile {
+    /// Reads the anchors at `path`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Anchors::read`].
+    pub fn open(path: &Path) -> Result<Self, TrustError> {
+        let stamp = stamp(path);
+        let anchors = Arc::new(Anchors::read(path)?);
+        Ok(Self {
+            path: path.to_owned(),
+            loaded: Mutex::new((stamp, anchors)),
+        })
+    }
+
+    /// The anchors in force: read again if the file has changed since the last read.
+    pub fn current(&self) -> Arc<Anchors> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = stamp(&self.path);
+        if now.is_some() && now != loaded.0 {
+            match Anchors::read(&self.path) {
+                Ok(new) => *loaded = (now, Arc::new(new)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "trust anchors not re-read; the last good set stays");
+                    // Not retried until the file changes again.
+                    loaded.0 = now;
+                }
+            }
+        }
+        loaded.1.clone()
+    }
+}
+
+/// A file's modification time and length.
+type Stamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 /// Seconds since the Unix epoch, for the core.
 pub fn unix(t: SystemTime) -> sigil_core::UnixTime {
     sigil_core::UnixTime::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
@@ -296,5 +351,20 @@ mod tests {
         assert_eq!(a.skipped().first().unwrap().index, 0);
         let e = Anchors::from_ders("f.pem", vec![b"garbage".to_vec()]).unwrap_err();
         assert!(matches!(e, TrustError::NoneUsable { count: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn an_anchors_file_is_read_again_when_it_changes_and_a_bad_one_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let pem = |der: &[u8]| crate::pki::to_pem(pem::Label::Certificate, der);
+        let (a, b) = (root("a.example"), root("b.example"));
+        std::fs::write(&path, pem(&a)).unwrap();
+        let file = AnchorsFile::open(&path).unwrap();
+        assert_eq!(file.current().ders(), std::slice::from_ref(&a));
+        std::fs::write(&path, pem(&a) + &pem(&b)).unwrap();
+        assert_eq!(file.current().ders(), [a.clone(), b]);
+        std::fs::write(&path, "not PEM at all, and longer than before.........").unwrap();
+        assert_eq!(file.current().ders().len(), 2, "the last good set stays");
     }
 }

@@ -20,6 +20,10 @@ use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
 
 use common::{key_and_csr, metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
 
+fn shared_anchors(ders: Vec<Vec<u8>>) -> Arc<sigil_host::trust::Anchors> {
+    Arc::new(sigil_host::trust::Anchors::from_ders("ca.crt", ders).unwrap())
+}
+
 fn request(csr: Vec<u8>) -> SignRequest {
     SignRequest {
         id: "app".into(),
@@ -35,7 +39,7 @@ async fn sign_once(
 ) -> Result<client::Signed, client::ClientError> {
     let target = SentryTarget {
         address: addr.to_owned(),
-        anchors,
+        anchors: shared_anchors(anchors),
         sentry_id: SENTRY_ID.into(),
     };
     let mut c = SentryClient::connect(target).await?;
@@ -112,7 +116,7 @@ async fn credentials_replaced_five_times_under_load_fail_no_request() {
             let reuse = w % 2 == 0;
             let target = SentryTarget {
                 address: addr.clone(),
-                anchors: anchors.clone(),
+                anchors: shared_anchors(anchors.clone()),
                 sentry_id: SENTRY_ID.into(),
             };
             let mut conn = None;
@@ -519,7 +523,7 @@ async fn kubernetes_mode_validates_tokens_with_the_api_server() {
     let anchors = read_certs(&dir.path().join("creds/ca.crt"));
     let target = SentryTarget {
         address: sentry.grpc.clone(),
-        anchors,
+        anchors: shared_anchors(anchors),
         sentry_id: SENTRY_ID.into(),
     };
     let mut c = SentryClient::connect(target).await.unwrap();

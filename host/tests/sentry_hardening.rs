@@ -27,7 +27,9 @@ type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 fn target(addr: &str, anchors: &[Vec<u8>]) -> SentryTarget {
     SentryTarget {
         address: addr.to_owned(),
-        anchors: anchors.to_vec(),
+        anchors: std::sync::Arc::new(
+            sigil_host::trust::Anchors::from_ders("ca.crt", anchors.to_vec()).unwrap(),
+        ),
         sentry_id: SENTRY_ID.into(),
     }
 }

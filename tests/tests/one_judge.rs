@@ -142,7 +142,7 @@ impl Transport for BadSentry {
     fn sign(
         &self,
         req: SignRequest,
-        _anchors: Vec<Vec<u8>>,
+        _anchors: std::sync::Arc<sigil_host::trust::Anchors>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SidecarAnswer> + Send>> {
         *self.asked.lock().unwrap() += 1;
         let csr = Csr::parse(&req.csr_der).unwrap();

@@ -62,8 +62,8 @@ use tonic::Code;
 mod session;
 mod sign;
 
-pub use session::{PEER_CONNECT_TIMEOUT, PEER_READ_LEN};
 use session::{session, SESSION_QUEUE};
+pub use session::{PEER_CONNECT_TIMEOUT, PEER_READ_LEN};
 use sign::{DeviceRequest, Reply, SignContext};
 
 /// Sign requests handled at once; further ones are refused with `RESOURCE_EXHAUSTED` (8).
@@ -85,8 +85,8 @@ pub struct RelayOptions {
     /// Sentry's gRPC address, `host:port`.
     pub sentry: String,
     /// PEM file of Sentry's trust anchors (`ca.crt`): Sentry's serving certificate and every
-    /// issued chain are checked against them. Re-read for each sign request (a rotated root is
-    /// picked up); if it cannot be read then, the anchors read at start are used.
+    /// issued chain are checked against them. Read again when it changes (a rotated root is
+    /// picked up); an unusable replacement leaves the last good set in force.
     pub anchors_file: PathBuf,
     /// Sentry's SPIFFE ID, e.g. `spiffe://localhost/ns/default/dapr-sentry`.
     pub sentry_id: String,
@@ -111,12 +111,12 @@ impl RelayOptions {
     /// # Errors
     ///
     /// [`RelayError::Anchors`] or [`RelayError::Config`].
-    pub fn validate(&self) -> Result<Vec<Vec<u8>>, RelayError> {
+    pub fn validate(&self) -> Result<crate::trust::AnchorsFile, RelayError> {
         let anchors =
-            crate::trust::Anchors::read(&self.anchors_file).map_err(RelayError::Anchors)?;
+            crate::trust::AnchorsFile::open(&self.anchors_file).map_err(RelayError::Anchors)?;
         sigil_core::spiffe::SpiffeId::parse(&self.sentry_id)
             .map_err(|e| RelayError::Config(format!("{:?}: {e}", self.sentry_id)))?;
-        Ok(anchors.ders().to_vec())
+        Ok(anchors)
     }
 }
 
@@ -514,4 +514,3 @@ async fn write_frames(mut write: OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<
     }
     let _ = write.shutdown().await;
 }
-

@@ -38,8 +38,9 @@ pub(super) struct DeviceRequest {
 /// What sign tasks share.
 pub(super) struct SignContext {
     pub(super) opts: RelayOptions,
-    /// The anchors read at start, used if the file cannot be re-read.
-    pub(super) anchors: Vec<Vec<u8>>,
+    /// The anchors file, read again when it changes (a rotated root is picked up); the last
+    /// good set is used if a replacement is unusable.
+    pub(super) anchors: crate::trust::AnchorsFile,
 }
 
 impl SignContext {
@@ -56,12 +57,7 @@ impl SignContext {
             },
             _ => req.token,
         };
-        let anchors = crate::trust::Anchors::read(&self.opts.anchors_file)
-            .map(|a| a.ders().to_vec())
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "trust anchors not re-read; using those read at start");
-                self.anchors.clone()
-            });
+        let anchors = self.anchors.current();
         let target = SentryTarget {
             address: self.opts.sentry.clone(),
             anchors: anchors.clone(),
@@ -88,7 +84,7 @@ impl SignContext {
             Err(e) => return Reply::from(e),
         };
         // Leaf and intermediates; a root (configured or sent by Sentry) is not sent on.
-        let is_root = |c: &Vec<u8>| anchors.contains(c) || signed.trust_bundle.contains(c);
+        let is_root = |c: &Vec<u8>| anchors.ders().contains(c) || signed.trust_bundle.contains(c);
         let certs = signed
             .chain
             .iter()

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 pub const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
 
 /// A running `sigil sentry`.

@@ -191,8 +191,7 @@ fn main() {
             .stdout(Stdio::null())
             .status();
     }
-    let anchors = sigil_host::pki::pem_certificates(&std::fs::read(dir.join("ca.crt")).expect("ca.crt"))
-        .expect("anchors");
+    let anchors = Arc::new(sigil_host::trust::Anchors::read(&dir.join("ca.crt")).expect("ca.crt"));
     let target = Arc::new(SentryTarget {
         address: grpc,
         anchors,

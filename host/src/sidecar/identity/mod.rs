@@ -355,10 +355,11 @@ fn handle_action(
                 token_validator: crate::client::token_validator(config.token_file.is_some()),
                 csr_der: csr,
             };
-            let anchors = state
-                .anchors()
-                .map(|a| a.ders().to_vec())
-                .unwrap_or_default();
+            // The driver loads the anchors before the machine asks for anything.
+            let Some(anchors) = state.anchors() else {
+                tracing::error!("no trust anchors loaded; identity request not sent");
+                return;
+            };
             let answer = transport.sign(req, anchors);
             tokio::spawn(async move {
                 let outcome = match answer.await {
@@ -522,7 +523,7 @@ mod tests {
         fn sign(
             &self,
             req: SignRequest,
-            _anchors: Vec<Vec<u8>>,
+            _anchors: Arc<Anchors>,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
             let answer = self.0.answer(&req);
             Box::pin(async move { answer })

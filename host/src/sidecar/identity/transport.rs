@@ -3,9 +3,11 @@
 //! [`SystemWall`]; the virtual-time tests put a CA in their own process and a clock that
 //! follows tokio's paused one.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::trust::Anchors;
 
 /// The answer to one identity request: the chain (DER, leaf first), not judged yet.
 pub type Answer = Result<Vec<Vec<u8>>, ClientError>;
@@ -17,7 +19,7 @@ pub trait Transport: Send + Sync + 'static {
     fn sign(
         &self,
         req: SignRequest,
-        anchors: Vec<Vec<u8>>,
+        anchors: Arc<Anchors>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
 }
 
@@ -35,7 +37,7 @@ impl Transport for SentryTransport {
     fn sign(
         &self,
         req: SignRequest,
-        anchors: Vec<Vec<u8>>,
+        anchors: Arc<Anchors>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
         let target = SentryTarget {
             address: self.address.clone(),
