@@ -156,7 +156,7 @@ fn chains_to(node: &Node, roots: &[Vec<u8>]) -> bool {
         return false;
     };
     let anchors_only = roots.to_vec();
-    let Ok(key) = crate::ca::key::CaKey::from_pkcs8_der(&c.key_pkcs8) else {
+    let Ok(key) = crate::key::P256Key::from_pkcs8_der(&c.key_pkcs8) else {
         return false;
     };
     crate::client::validate_identity(

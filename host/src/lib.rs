@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod dapr;
 pub mod demo;
+pub mod key;
 pub mod logs;
 pub mod net;
 pub mod pki;

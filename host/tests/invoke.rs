@@ -15,8 +15,8 @@ use common::{free_port, sentry_command, sidecar_process, start, Proc, Sentry};
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use sigil_core::crypto::PublicKey;
-use sigil_host::ca::key::CaKey;
 use sigil_host::ca::store::{self, StorePaths};
+use sigil_host::key::P256Key;
 
 fn sidecar(app_id: &str, sentry: &str, dir: &Path, internal: u16, extra: &[&str]) -> Proc {
     let mut args: Vec<std::ffi::OsString> = ["--app-id", app_id, "--sentry-address", sentry]
@@ -346,7 +346,7 @@ async fn a_peer_unreachable_or_without_mtls_gives_a_clear_error_not_a_hang() {
 fn mint(dir: &Path, id: &str, not_before: SystemTime, not_after: SystemTime) -> (PathBuf, PathBuf) {
     let paths = StorePaths::in_dir(&dir.join("creds"));
     let creds = store::load(&paths, SystemTime::now(), common::SENTRY_ID).unwrap();
-    let key = CaKey::generate().unwrap();
+    let key = P256Key::generate().unwrap();
     let leaf = sigil_host::ca::x509::issue(
         sigil_host::ca::x509::Profile::Workload {
             spiffe_id: id,

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sigil_core::crypto::{PublicKey, Signer as _};
-use sigil_host::ca::key::CaKey;
 use sigil_host::ca::x509::{self, Profile};
 use sigil_host::ca::Credentials;
 use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
+use sigil_host::key::P256Key;
 
 use common::{key_and_csr, metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
 
@@ -270,8 +270,8 @@ async fn racing_sentrys_on_an_empty_directory_agree_on_one_root() {
 
 /// A valid root and an issuer signed by it that expired a day ago.
 fn expired_set(dir: &Path) {
-    let root_key = CaKey::generate().unwrap();
-    let issuer_key = CaKey::generate().unwrap();
+    let root_key = P256Key::generate().unwrap();
+    let issuer_key = P256Key::generate().unwrap();
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
     let root = x509::issue(

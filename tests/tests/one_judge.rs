@@ -16,9 +16,9 @@ use sigil_core::link::{self, Answer, Frame, MAX_FRAME};
 use sigil_core::rotation::{Clock, Policy, Rejection, Rotation};
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::Instant;
-use sigil_host::ca::key::CaKey;
 use sigil_host::ca::Credentials;
 use sigil_host::client::{ClientError, SignRequest};
+use sigil_host::key::P256Key;
 use sigil_host::sidecar::identity::{
     self, AnchorSource, Answer as SidecarAnswer, IdentityConfig, IdentityState, Transport,
 };
@@ -39,7 +39,7 @@ enum Bad {
 struct Cas {
     ours: Credentials,
     foreign: Credentials,
-    other_key: CaKey,
+    other_key: P256Key,
 }
 
 impl Cas {
@@ -53,7 +53,7 @@ impl Cas {
         Self {
             ours: ca(),
             foreign: ca(),
-            other_key: CaKey::generate().unwrap(),
+            other_key: P256Key::generate().unwrap(),
         }
     }
 

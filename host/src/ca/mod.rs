@@ -7,7 +7,6 @@
 //! keyCertSign, path length, name constraints, validity). So an expired issuer, a foreign
 //! chain or a wrong key can never be loaded, at start or at a reload.
 
-pub mod key;
 pub mod store;
 pub mod x509;
 
@@ -19,8 +18,8 @@ use sigil_core::crypto::{PublicKey, SignatureVerifier as _};
 use sigil_core::pem;
 use sigil_core::UnixTime;
 
+use crate::key::{KeyError, P256Key};
 use crate::signature::RingSignatureVerifier;
-use key::{CaKey, KeyError};
 use x509::{Profile, X509Error};
 
 /// Most trust anchors a credential set holds.
@@ -140,7 +139,7 @@ pub struct Issued {
 pub struct Credentials {
     anchors: Vec<Vec<u8>>,
     issuer_chain: Vec<Vec<u8>>,
-    key: CaKey,
+    key: P256Key,
     issuer_subject: Vec<u8>,
     issuer_key_id: Option<Vec<u8>>,
     issuer_not_before: SystemTime,
@@ -341,7 +340,7 @@ impl Credentials {
         {
             chain.pop();
         }
-        let key = CaKey::from_pem(key)?;
+        let key = P256Key::from_pem(key)?;
         let (subject, key_id, not_before, not_after) = {
             let first = chain
                 .first()
@@ -408,7 +407,7 @@ impl Credentials {
     /// Issues a short probe certificate and validates it through the chain to the anchors: the
     /// one check that covers signatures, CA constraints and validity of the whole chain.
     fn probe(&self, now: SystemTime, probe_id: &str) -> Result<(), CredentialsError> {
-        let probe_key = CaKey::generate()?;
+        let probe_key = P256Key::generate()?;
         let nb = (now - Duration::from_secs(60)).max(self.issuer_not_before);
         let na = (now + Duration::from_secs(60)).min(self.issuer_not_after);
         let leaf = x509::issue(
@@ -459,8 +458,8 @@ impl Credentials {
         now: SystemTime,
         skew: Duration,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
-        let root_key = CaKey::generate()?;
-        let issuer_key = CaKey::generate()?;
+        let root_key = P256Key::generate()?;
+        let issuer_key = P256Key::generate()?;
         let nb = now - skew;
         let na = now + CA_TTL;
         let root = x509::issue(

@@ -24,7 +24,7 @@ use x509_cert::spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicK
 use x509_cert::time::{Time, Validity};
 use x509_cert::{TbsCertificate, Version};
 
-use super::key::CaKey;
+use crate::key::P256Key;
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -83,7 +83,7 @@ pub struct Signer<'a> {
     /// Its subjectKeyIdentifier, if it has one (becomes the authorityKeyIdentifier).
     pub key_id: Option<&'a [u8]>,
     /// Its key.
-    pub key: &'a CaKey,
+    pub key: &'a P256Key,
 }
 
 /// Makes a certificate of `profile` for `subject_key`, valid over `[not_before, not_after]`,
@@ -98,7 +98,7 @@ pub fn issue(
     not_before: SystemTime,
     not_after: SystemTime,
     signer: Option<Signer<'_>>,
-    self_key: &CaKey,
+    self_key: &P256Key,
 ) -> Result<Vec<u8>, X509Error> {
     if not_after <= not_before {
         return Err(X509Error::EmptyValidity);

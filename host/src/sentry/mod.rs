@@ -39,10 +39,10 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::ca::key::CaKey;
 use crate::ca::store::StorePaths;
 use crate::ca::Credentials;
 use crate::dapr;
+use crate::key::P256Key;
 use crate::net::admission::{self, Admission, ConnState, Expiry, Limits};
 use crate::pb;
 use crate::signature::RingSignatureVerifier;
@@ -135,7 +135,7 @@ pub enum ServingError {
     Issue(#[from] crate::ca::IssueError),
     /// The key did not load.
     #[error("Sentry's serving key: {0}")]
-    Key(#[from] crate::ca::key::KeyError),
+    Key(#[from] crate::key::KeyError),
     /// rustls refused the key.
     #[error("Sentry's serving key: {0}")]
     Tls(#[from] rustls::Error),
@@ -393,7 +393,7 @@ fn issue_serving(
     settings: &Settings,
     sentry_id: &str,
 ) -> Result<(CertifiedKey, SystemTime), ServingError> {
-    let key = CaKey::generate()?;
+    let key = P256Key::generate()?;
     let issued = creds.issue_workload(
         sigil_core::crypto::PublicKey::EcP256(key.public_point()),
         sentry_id,

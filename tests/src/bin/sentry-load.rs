@@ -17,8 +17,8 @@ use ring::signature::{
     EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
     ECDSA_P256_SHA256_ASN1_SIGNING,
 };
-use sigil_host::ca::key::CaKey;
 use sigil_host::client::{self, SentryTarget};
+use sigil_host::key::P256Key;
 use sigil_host::pb;
 use sigil_tests::peak_rss_mb;
 
@@ -200,7 +200,7 @@ fn main() {
     // CSRs made up front (keys on ring), so the client side measures Sentry, not itself.
     let csrs: Vec<Vec<u8>> = (0..512)
         .map(|_| {
-            let mut key = CaKey::generate().expect("key");
+            let mut key = P256Key::generate().expect("key");
             let mut buf = [0u8; 512];
             let der = sigil_core::csr::Builder::new()
                 .build(&mut key, &mut buf)

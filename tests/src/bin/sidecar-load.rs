@@ -20,9 +20,9 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use sigil_core::crypto::PublicKey;
-use sigil_host::ca::key::CaKey;
 use sigil_host::ca::store::{self, StorePaths};
 use sigil_host::ca::Credentials;
+use sigil_host::key::P256Key;
 use sigil_host::sidecar::identity::{Current, IdentityState};
 use sigil_tests::peak_rss_mb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -148,7 +148,7 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 
 /// A workload identity from `creds`: (chain DER, key PKCS#8).
 fn mint(creds: &Credentials, id: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
-    let key = CaKey::generate().expect("key");
+    let key = P256Key::generate().expect("key");
     let now = SystemTime::now();
     let issued = creds
         .issue_workload(

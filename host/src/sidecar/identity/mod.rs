@@ -40,8 +40,8 @@ use sigil_core::{Instant, UnixTime};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::ca::key::CaKey;
 use crate::client::{ClientError, SignRequest};
+use crate::key::P256Key;
 use crate::trust::Anchors;
 
 pub mod anchors;
@@ -62,7 +62,7 @@ pub const ANCHORS: usize = crate::trust::CAPACITY;
 /// Bytes of anchor DER the bundle may hold.
 pub const ANCHOR_BYTES: usize = 64 * 1024;
 
-type Machine<'c> = Rotation<'c, CaKey, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
+type Machine<'c> = Rotation<'c, P256Key, CHAIN_BYTES, ANCHORS, ANCHOR_BYTES>;
 
 /// What the identity driver needs.
 #[derive(Clone, Debug)]
@@ -316,7 +316,7 @@ fn handle_action(
 ) {
     match action {
         Action::Request => {
-            let key = match CaKey::generate() {
+            let key = match P256Key::generate() {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::error!(error = %e, "no key for the identity request");

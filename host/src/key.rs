@@ -1,5 +1,6 @@
-//! The CA's signing key: ECDSA P-256 on `ring`, loaded from PKCS#8 or SEC1 PEM (as Dapr and
-//! openssl write them) and written as PKCS#8 (as Dapr does). The secret never leaves this type
+//! The host's private key: ECDSA P-256 on `ring`, for the CA (root, issuer, serving key) and
+//! for a sidecar's workload identity alike; loaded from PKCS#8 or SEC1 PEM (as Dapr and openssl
+//! write them) and written as PKCS#8 (as Dapr does). The secret never leaves this type
 //! except as the PEM written to a 0600 file, and `Debug` shows only the public key.
 
 use ring::rand::SystemRandom;
@@ -30,21 +31,21 @@ pub enum KeyError {
 }
 
 /// An ECDSA P-256 signing key on `ring`.
-pub struct CaKey {
+pub struct P256Key {
     pair: EcdsaKeyPair,
     pkcs8: Zeroizing<Vec<u8>>,
     rng: SystemRandom,
 }
 
-impl std::fmt::Debug for CaKey {
+impl std::fmt::Debug for P256Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaKey")
+        f.debug_struct("P256Key")
             .field("public", &crate::pki::hex(self.public_point()))
             .finish_non_exhaustive()
     }
 }
 
-impl CaKey {
+impl P256Key {
     /// A fresh key from the system RNG.
     ///
     /// # Errors
@@ -145,7 +146,7 @@ impl CaKey {
     }
 }
 
-impl Signer for CaKey {
+impl Signer for P256Key {
     fn scheme(&self) -> Scheme {
         Scheme::EcdsaP256Sha256
     }
@@ -155,7 +156,7 @@ impl Signer for CaKey {
     }
 
     fn sign<'b>(&mut self, message: &[u8], out: &'b mut [u8]) -> Result<&'b [u8], SignError> {
-        let sig = CaKey::sign(self, message).map_err(|_| SignError::Failed)?;
+        let sig = P256Key::sign(self, message).map_err(|_| SignError::Failed)?;
         let out = out
             .get_mut(..sig.len())
             .ok_or(SignError::BufferTooSmall { needed: sig.len() })?;
@@ -172,8 +173,8 @@ mod tests {
 
     #[test]
     fn generated_key_round_trips_through_pem_and_signs() {
-        let key = CaKey::generate().unwrap();
-        let again = CaKey::from_pem(&key.to_pem()).unwrap();
+        let key = P256Key::generate().unwrap();
+        let again = P256Key::from_pem(&key.to_pem()).unwrap();
         assert_eq!(key.public_point(), again.public_point());
         let sig = again.sign(b"hello").unwrap();
         RingSignatureVerifier
@@ -184,10 +185,10 @@ mod tests {
 
     #[test]
     fn refusals_are_named() {
-        assert!(matches!(CaKey::from_pem("nothing"), Err(KeyError::NoKey)));
+        assert!(matches!(P256Key::from_pem("nothing"), Err(KeyError::NoKey)));
         let rsa = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n";
-        assert!(matches!(CaKey::from_pem(rsa), Err(KeyError::Rsa)));
+        assert!(matches!(P256Key::from_pem(rsa), Err(KeyError::Rsa)));
         let junk = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        assert!(matches!(CaKey::from_pem(junk), Err(KeyError::NotP256)));
+        assert!(matches!(P256Key::from_pem(junk), Err(KeyError::NotP256)));
     }
 }
