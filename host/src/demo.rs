@@ -19,7 +19,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpListener;
 
-use crate::ca::Credentials;
+use crate::ca::replace::RootReplacement;
+use crate::ca::store::StorePaths;
 use crate::sentry::app::{start, SentryOptions};
 use crate::sidecar::identity::{AnchorSource, IdentityConfig, IdentityState};
 use crate::sidecar::invoke::InvokeConfig;
@@ -333,7 +334,7 @@ pub async fn run(
                 }
             }
         }
-        replacement = replacement.advance(&paths, &anchors, &nodes).await?;
+        replacement = replacement.advance(&paths, &anchors, &nodes)?;
         if last_report.elapsed() >= Duration::from_secs(3) {
             last_report = Instant::now();
             let (ok, failed) = (
@@ -394,76 +395,42 @@ pub async fn run(
     Ok(held && ok_so_far)
 }
 
-/// The root replacement's steps.
+/// The demo's progress through the root replacement ([`RootReplacement`]'s three steps).
 enum Replacement {
     NotYet,
-    /// The new root is in the anchors; Sentry will switch next.
-    Added {
-        new: Box<crate::ca::GeneratedPem>,
-        old: String,
-        at: Instant,
-    },
-    /// Sentry issues from the new root; waiting for both sidecars to hold it.
-    Switched {
-        new_root: Vec<Vec<u8>>,
-        new_ca: String,
-    },
+    /// Step 1 taken: the new root is in the anchors; Sentry switches next.
+    Published(Box<RootReplacement>, Instant),
+    /// Step 2 taken: Sentry issues from the new root; waiting for both sidecars to hold it.
+    Activated(Box<RootReplacement>),
     Done,
 }
 
 impl Replacement {
-    async fn advance(
-        self,
-        paths: &crate::ca::store::StorePaths,
-        anchors: &Path,
-        nodes: &[Node],
-    ) -> anyhow::Result<Self> {
+    fn advance(self, paths: &StorePaths, anchors: &Path, nodes: &[Node]) -> anyhow::Result<Self> {
         Ok(match self {
             Self::NotYet if started().elapsed() >= ROOT_REPLACEMENT_AT => {
-                let (_, new) = Credentials::generate(
+                let r = RootReplacement::prepare(
                     "localhost",
                     &crate::dapr::sentry_id("localhost", "default"),
                     SystemTime::now(),
-                    Duration::ZERO,
                 )?;
-                let old = std::fs::read_to_string(anchors)?;
-                write(anchors, &format!("{old}{}", new.ca))?;
+                r.publish(anchors)?;
                 say("root replacement 1/3: a new root added to the trust anchors (both roots trusted)");
-                Self::Added {
-                    new: Box::new(new),
-                    old,
-                    at: Instant::now(),
-                }
+                Self::Published(Box::new(r), Instant::now())
             }
-            Self::Added { new, old, at } if at.elapsed() >= Duration::from_secs(1) => {
-                std::fs::write(&paths.issuer_cert, &new.issuer)?;
-                crate::pki::write_atomic(&paths.issuer_key, new.key.as_bytes(), 0o600, true)?;
-                write(&paths.ca, &format!("{}{old}", new.ca))?;
+            Self::Published(r, at) if at.elapsed() >= Duration::from_secs(1) => {
+                r.activate(paths)?;
                 say("root replacement 2/3: Sentry's credentials replaced; it reloads them without a restart");
-                let new_root = crate::pki::pem_certificates(new.ca.as_bytes())
-                    .map_err(|e| anyhow::anyhow!(e))?;
-                Self::Switched {
-                    new_root,
-                    new_ca: new.ca.clone(),
-                }
+                Self::Activated(r)
             }
-            Self::Switched { new_root, new_ca }
-                if nodes.iter().all(|n| chains_to(n, &new_root)) =>
-            {
-                write(anchors, &new_ca)?;
-                write(&paths.ca, &new_ca)?;
+            Self::Activated(r) if nodes.iter().all(|n| chains_to(n, r.new_root())) => {
+                r.retire(paths, anchors)?;
                 say("root replacement 3/3: both sidecars renewed under the new root; the old root removed");
                 Self::Done
             }
             other => other,
         })
     }
-}
-
-/// Replaces a PEM file atomically (a watcher never reads half of it).
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    crate::pki::write_atomic(path, text.as_bytes(), 0o644, true)?;
-    Ok(())
 }
 
 struct Cleanup(PathBuf);
