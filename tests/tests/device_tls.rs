@@ -259,7 +259,7 @@ struct Outcome {
     open: Result<(), TlsError>,
     /// The "ping" → "pong" round trip, if `open` succeeded: the bytes read, or the first error.
     reply: Option<Result<Vec<u8>, TlsError>>,
-    /// What the device's verifier concluded (filled in by [`dial_device`]).
+    /// What the device's verifier concluded (filled in by [`dial_as`]).
     refusal: Option<ServerRefusal>,
     verified: bool,
 }
@@ -270,33 +270,35 @@ impl Outcome {
     }
 }
 
-/// Connects to `addr` as a device with `provider`, and on success sends "ping" and reads the
-/// answer (4 bytes, or until an error or end of stream).
-fn dial(addr: SocketAddr, provider: impl CryptoProvider<CipherSuite = Aes128GcmSha256>) -> Outcome {
+type DeviceConnection<'a> = TlsConnection<'a, FromStd<TcpStream>, Aes128GcmSha256>;
+
+/// Connects to `addr` as a device with `provider`, runs `TlsConnection::open` and hands its
+/// result and the connection to `then`.
+fn open_then<T>(
+    addr: SocketAddr,
+    provider: impl CryptoProvider<CipherSuite = Aes128GcmSha256>,
+    then: impl FnOnce(Result<(), TlsError>, &mut DeviceConnection<'_>) -> T,
+) -> T {
     let sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut rx = [0u8; 4096 + 64];
     let mut tx = [0u8; 2048];
-    let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(FromStd::new(sock), &mut rx, &mut tx);
+    let mut conn = DeviceConnection::new(FromStd::new(sock), &mut rx, &mut tx);
     let config = TlsConfig::new();
     let open = conn.open(TlsContext::new(&config, provider));
-    if open.is_err() {
-        return Outcome {
-            open,
-            reply: None,
-            refusal: None,
-            verified: false,
-        };
-    }
-    let reply = round_trip(&mut conn);
-    Outcome {
+    then(open, &mut conn)
+}
+
+/// Connects to `addr` as a device with `provider`, and on success sends "ping" and reads the
+/// answer (4 bytes, or until an error or end of stream).
+fn dial(addr: SocketAddr, provider: impl CryptoProvider<CipherSuite = Aes128GcmSha256>) -> Outcome {
+    open_then(addr, provider, |open, conn| Outcome {
+        reply: open.is_ok().then(|| round_trip(conn)),
         open,
-        reply: Some(reply),
         refusal: None,
         verified: false,
-    }
+    })
 }
 
 /// The device verified the server, and the ping/pong round trip worked.
@@ -306,20 +308,19 @@ fn assert_accepted(outcome: &Outcome) {
     assert!(outcome.got_pong(), "{outcome:?}");
 }
 
-/// [`dial`] as the device with the test PKI's client identity, expecting `server_id` at `time`
-/// against `anchors`; the outcome carries the verifier's conclusion.
-fn dial_device(
+/// [`dial`] as a device presenting `identity` (its leaf and key, or none), checking the server
+/// against `anchors` with `options`; the outcome carries the verifier's conclusion.
+fn dial_as<K: Signer>(
     addr: SocketAddr,
-    pki: &Pki,
+    identity: Option<(&[u8], K)>,
     anchors: TrustBundle<'_, ANCHORS>,
-    server_id: &str,
-    time: u64,
+    options: Options<'_>,
 ) -> Outcome {
     let mut rng = OsRng;
     let mut provider = Provider::new(
         &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(pki))),
-        verifier(anchors, server_id, time),
+        identity,
+        ServerVerifier::new(anchors, options, RustCryptoVerifier),
     );
     let outcome = dial(addr, &mut provider);
     Outcome {
@@ -329,9 +330,29 @@ fn dial_device(
     }
 }
 
-fn round_trip(
-    conn: &mut TlsConnection<'_, FromStd<TcpStream>, Aes128GcmSha256>,
-) -> Result<Vec<u8>, TlsError> {
+/// Serves one connection with `config` and dials it as the device with the test PKI's client
+/// identity, checking the server against `anchors` (DER) with `options`. Returns the device's
+/// outcome and what the server saw.
+fn meet(
+    config: ServerConfig,
+    pki: &Pki,
+    anchors: &[&[u8]],
+    options: Options<'_>,
+) -> (Outcome, Report) {
+    let server = serve(config);
+    let identity = Some((pki.client_leaf.as_slice(), client_key(pki)));
+    let outcome = dial_as(server.addr, identity, bundle(anchors), options);
+    (outcome, server.finish())
+}
+
+/// [`meet`] with the usual device: it trusts the test PKI's root and expects the echo server
+/// now. The server presents the certificate from `resolver`, or its own leaf and key.
+fn meet_server(pki: &Pki, resolver: Option<Arc<dyn ResolvesServerCert>>) -> (Outcome, Report) {
+    let options = expecting(SERVER_ID, now_secs());
+    meet(server_config(pki, resolver), pki, &[&pki.root], options)
+}
+
+fn round_trip(conn: &mut DeviceConnection<'_>) -> Result<Vec<u8>, TlsError> {
     let mut sent = 0;
     while sent < 4 {
         sent += conn.write(&b"ping"[sent..])?;
@@ -357,17 +378,21 @@ fn bundle<'a>(anchors: &[&'a [u8]]) -> TrustBundle<'a, ANCHORS> {
     bundle
 }
 
+/// The device's options: expects `server_id`, validates at `time`.
+fn expecting(server_id: &str, time: u64) -> Options<'_> {
+    Options {
+        peer: PeerName::SpiffeId(SpiffeId::parse(server_id).unwrap()),
+        ..Options::new(UnixTime::from_secs(time))
+    }
+}
+
 /// The device's view: expects `server_id`, validates at `time`.
 fn verifier<'a>(
     anchors: TrustBundle<'a, ANCHORS>,
     server_id: &'a str,
     time: u64,
 ) -> ServerVerifier<'a, RustCryptoVerifier, ANCHORS> {
-    let options = Options {
-        peer: PeerName::SpiffeId(SpiffeId::parse(server_id).unwrap()),
-        ..Options::new(UnixTime::from_secs(time))
-    };
-    ServerVerifier::new(anchors, options, RustCryptoVerifier)
+    ServerVerifier::new(anchors, expecting(server_id, time), RustCryptoVerifier)
 }
 
 fn client_key(pki: &Pki) -> SoftwareKey {
@@ -381,7 +406,6 @@ fn assert_client_seen(report: &Report) {
     }
 }
 
-/// The server refused the handshake: it did not accept any client.
 /// The device gave up on the server mid-handshake: the server saw it hang up (embedded-tls sends
 /// no alert) and accepted no client.
 fn assert_device_hung_up(report: &Report) {
@@ -395,98 +419,69 @@ fn assert_device_hung_up(report: &Report) {
     }
 }
 
+/// The device refused the server's certificate: `open` failed with `InvalidCertificate`, the
+/// device did not verify the server, and the server saw it hang up. Returns the verifier's
+/// refusal.
+fn certificate_refusal(outcome: &Outcome, seen: &Report) -> Option<ServerRefusal> {
+    assert!(
+        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
+        "{outcome:?}"
+    );
+    assert!(!outcome.verified);
+    assert_device_hung_up(seen);
+    outcome.refusal
+}
+
+/// [`certificate_refusal`] for a chain that failed path validation: the validation error.
+fn path_refusal(outcome: &Outcome, seen: &Report) -> sigil_core::chain::Error {
+    match certificate_refusal(outcome, seen) {
+        Some(ServerRefusal::Path(e)) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
 #[test]
 fn mutual_tls_handshake_and_round_trip() {
     let pki = pki();
-    let server = serve(server_config(&pki, None));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&pki.root]),
-        SERVER_ID,
-        now_secs(),
-    );
-    assert!(outcome.open.is_ok(), "{outcome:?}: {:?}", outcome.refusal);
-    assert!(outcome.verified);
+    let (outcome, seen) = meet_server(&pki, None);
+    assert_accepted(&outcome);
     assert_eq!(outcome.refusal, None);
-    assert!(outcome.got_pong(), "{outcome:?}");
-    assert_client_seen(&server.finish());
+    assert_client_seen(&seen);
 }
 
 #[test]
 fn trust_domain_peer_accepts_the_server() {
     let pki = pki();
-    let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
     let options = Options {
         peer: PeerName::TrustDomain(SpiffeId::parse(SERVER_ID).unwrap().trust_domain()),
         ..Options::new(UnixTime::from_secs(now_secs()))
     };
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        ServerVerifier::new(bundle(&[&pki.root]), options, RustCryptoVerifier),
-    );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        outcome.open.is_ok(),
-        "{outcome:?}: {:?}",
-        provider.verifier().refusal()
-    );
-    assert!(provider.verifier().is_verified());
-    assert!(outcome.got_pong(), "{outcome:?}");
-    assert_client_seen(&server.finish());
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&pki.root], options);
+    assert_accepted(&outcome);
+    assert_client_seen(&seen);
 }
 
 #[test]
 fn wrong_server_id_is_refused() {
     let pki = pki();
-    let server = serve(server_config(&pki, None));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&pki.root]),
-        OTHER_ID,
-        now_secs(),
-    );
-    assert!(
-        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
-        "{outcome:?}"
-    );
-    assert!(!outcome.verified);
-    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
-        panic!("{:?}", outcome.refusal);
-    };
+    let options = expecting(OTHER_ID, now_secs());
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&pki.root], options);
+    let e = path_refusal(&outcome, &seen);
     assert_eq!(e.cert, Position::Leaf);
     assert_eq!(e.kind, ErrorKind::PeerNameMismatch(NameMismatch::SpiffeId));
-    assert_device_hung_up(&server.finish());
 }
 
 #[test]
 fn foreign_root_is_refused() {
     let pki = pki();
     let foreign = foreign_root();
-    let server = serve(server_config(&pki, None));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&foreign]),
-        SERVER_ID,
-        now_secs(),
-    );
-    assert!(
-        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
-        "{outcome:?}"
-    );
-    assert!(!outcome.verified);
-    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
-        panic!("{:?}", outcome.refusal);
-    };
+    let options = expecting(SERVER_ID, now_secs());
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&foreign], options);
+    let e = path_refusal(&outcome, &seen);
     assert_eq!(e.kind, ErrorKind::UnknownIssuer, "{e:?}");
-    assert_device_hung_up(&server.finish());
 }
 
 #[test]
@@ -501,39 +496,20 @@ fn impostor_root_with_the_same_name_is_refused() {
             .unwrap()
             .der()
             .to_vec();
-    let server = serve(server_config(&pki, None));
-    let outcome = dial_device(server.addr, &pki, bundle(&[&impostor]), SERVER_ID, now);
-    assert!(
-        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
-        "{outcome:?}"
-    );
-    let Some(ServerRefusal::Path(e)) = outcome.refusal else {
-        panic!("{:?}", outcome.refusal);
-    };
+    let options = expecting(SERVER_ID, now);
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&impostor], options);
+    let e = path_refusal(&outcome, &seen);
     assert_eq!(e.cert, Position::Intermediate(0), "{e:?}");
     assert_eq!(e.kind, ErrorKind::AuthorityKeyIdMismatch, "{e:?}");
-    assert_device_hung_up(&server.finish());
 }
 
 #[test]
 fn expired_server_certificate_is_refused() {
     let pki = pki();
-    let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
     let time = pki.server_not_after + 1;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, time),
-    );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
-        "{outcome:?}"
-    );
-    let Some(ServerRefusal::Path(e)) = provider.verifier().refusal() else {
-        panic!("{:?}", provider.verifier().refusal());
-    };
+    let options = expecting(SERVER_ID, time);
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&pki.root], options);
+    let e = path_refusal(&outcome, &seen);
     assert_eq!(e.cert, Position::Leaf);
     assert_eq!(
         e.kind,
@@ -543,60 +519,44 @@ fn expired_server_certificate_is_refused() {
             skew_secs: 0,
         }
     );
-    assert_device_hung_up(&server.finish());
 }
 
 #[test]
 fn certificate_verify_by_the_certificate_key_is_accepted() {
     // The control for the next test: the same custom resolver, with the right key.
     let pki = pki();
-    let server = serve(server_config(&pki, Some(fixed_cert(&pki, &pki.server_key))));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&pki.root]),
-        SERVER_ID,
-        now_secs(),
-    );
+    let (outcome, seen) = meet_server(&pki, Some(fixed_cert(&pki, &pki.server_key)));
     assert_accepted(&outcome);
-    assert_client_seen(&server.finish());
+    assert_client_seen(&seen);
 }
 
 #[test]
 fn certificate_verify_by_another_key_is_refused() {
     let pki = pki();
     let wrong = p256_key().serialize_der();
-    let server = serve(server_config(&pki, Some(fixed_cert(&pki, &wrong))));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&pki.root]),
-        SERVER_ID,
-        now_secs(),
-    );
+    let (outcome, seen) = meet_server(&pki, Some(fixed_cert(&pki, &wrong)));
     assert!(
         matches!(outcome.open, Err(TlsError::InvalidSignature)),
         "{outcome:?}"
     );
     assert!(!outcome.verified);
     assert_eq!(outcome.refusal, Some(ServerRefusal::BadSignature));
-    assert_device_hung_up(&server.finish());
+    assert_device_hung_up(&seen);
 }
 
 #[test]
 fn device_without_identity_is_refused_by_the_server() {
     let pki = pki();
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
+    let outcome = dial_as(
+        server.addr,
         None::<(&[u8], SoftwareKey)>,
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+        bundle(&[&pki.root]),
+        expecting(SERVER_ID, now_secs()),
     );
-    let outcome = dial(server.addr, &mut provider);
     // The device did verify the server; TLS 1.3 tells it of its own refusal only afterwards.
-    assert!(provider.verifier().is_verified());
-    assert_eq!(provider.verifier().refusal(), None);
+    assert!(outcome.verified);
+    assert_eq!(outcome.refusal, None);
     if outcome.open.is_ok() {
         // An error (the server's alert, a reset or a broken pipe), or at most an end of stream.
         let failed = match &outcome.reply {
@@ -651,39 +611,23 @@ impl Signer for Ed25519Key {
 #[test]
 fn ed25519_server_is_verified() {
     let pki = pki_with(&PKCS_ED25519, &PKCS_ECDSA_P256_SHA256);
-    let server = serve(server_config(&pki, None));
-    let outcome = dial_device(
-        server.addr,
-        &pki,
-        bundle(&[&pki.root]),
-        SERVER_ID,
-        now_secs(),
-    );
+    let (outcome, seen) = meet_server(&pki, None);
     assert_accepted(&outcome);
-    assert_client_seen(&server.finish());
+    assert_client_seen(&seen);
 }
 
 #[test]
 fn ed25519_device_is_accepted() {
     let pki = pki_with(&PKCS_ECDSA_P256_SHA256, &PKCS_ED25519);
     let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((
-            pki.client_leaf.as_slice(),
-            Ed25519Key::from_pkcs8(&pki.client_key),
-        )),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    let key = Ed25519Key::from_pkcs8(&pki.client_key);
+    let outcome = dial_as(
+        server.addr,
+        Some((pki.client_leaf.as_slice(), key)),
+        bundle(&[&pki.root]),
+        expecting(SERVER_ID, now_secs()),
     );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        outcome.open.is_ok(),
-        "{outcome:?}: {:?}",
-        provider.verifier().refusal()
-    );
-    assert!(provider.verifier().is_verified());
-    assert!(outcome.got_pong(), "{outcome:?}");
+    assert_accepted(&outcome);
     assert_client_seen(&server.finish());
 }
 
@@ -927,14 +871,20 @@ fn open_only(
     addr: SocketAddr,
     provider: impl CryptoProvider<CipherSuite = Aes128GcmSha256>,
 ) -> Result<(), TlsError> {
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut rx = [0u8; 4096 + 64];
-    let mut tx = [0u8; 2048];
-    let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(FromStd::new(sock), &mut rx, &mut tx);
-    let config = TlsConfig::new();
-    conn.open(TlsContext::new(&config, provider))
+    open_then(addr, provider, |open, _| open)
+}
+
+/// The device with the test PKI's client identity, trusting its root and expecting the echo
+/// server now.
+fn device_provider<'a>(
+    rng: &'a mut OsRng,
+    pki: &'a Pki,
+) -> Provider<'a, OsRng, SoftwareKey, RustCryptoVerifier, ANCHORS> {
+    Provider::new(
+        rng,
+        Some((pki.client_leaf.as_slice(), client_key(pki))),
+        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    )
 }
 
 /// Runs `flight` against a device expecting the echo server; returns `open`'s result and the
@@ -943,11 +893,7 @@ fn against_raw(flight: Flight) -> (Result<(), TlsError>, bool, Option<ServerRefu
     let pki = pki();
     let (addr, server) = serve_raw(&pki, flight);
     let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
-    );
+    let mut provider = device_provider(&mut rng, &pki);
     let open = open_only(addr, &mut provider);
     server.join().unwrap();
     let v = provider.verifier();
@@ -1001,11 +947,7 @@ fn a_reused_provider_never_carries_a_verdict_into_the_next_handshake() {
     // reported as verified on the strength of the first.
     let pki = pki();
     let mut rng = OsRng;
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
-    );
+    let mut provider = device_provider(&mut rng, &pki);
     let (addr, server) = serve_raw(&pki, Flight::Honest);
     open_only(addr, &mut provider).unwrap();
     server.join().unwrap();
@@ -1020,22 +962,10 @@ fn a_reused_provider_never_carries_a_verdict_into_the_next_handshake() {
 #[test]
 fn a_verifier_without_a_peer_name_refuses_every_server() {
     let pki = pki();
-    let server = serve(server_config(&pki, None));
-    let mut rng = OsRng;
     let options = Options::new(UnixTime::from_secs(now_secs()));
-    let mut provider = Provider::new(
-        &mut rng,
-        Some((pki.client_leaf.as_slice(), client_key(&pki))),
-        ServerVerifier::new(bundle(&[&pki.root]), options, RustCryptoVerifier),
-    );
-    let outcome = dial(server.addr, &mut provider);
-    assert!(
-        matches!(outcome.open, Err(TlsError::InvalidCertificate)),
-        "{outcome:?}"
-    );
+    let (outcome, seen) = meet(server_config(&pki, None), &pki, &[&pki.root], options);
     assert_eq!(
-        provider.verifier().refusal(),
+        certificate_refusal(&outcome, &seen),
         Some(ServerRefusal::NoPeerName)
     );
-    assert_device_hung_up(&server.finish());
 }
