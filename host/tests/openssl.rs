@@ -49,6 +49,26 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `openssl req` arguments that make a fresh P-256 key (unencrypted, written to `key`) and write
+/// `out` for `subject`: a self-signed certificate with `kind` `-x509`, a CSR with `-new`.
+fn p256_request<'a>(kind: &'a str, key: &'a str, out: &'a str, subject: &'a str) -> Vec<&'a str> {
+    vec![
+        "req",
+        kind,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ]
+}
+
 /// A directory of openssl-made keys and certificates.
 struct Pki {
     dir: tempfile::TempDir,
@@ -77,23 +97,8 @@ impl Pki {
     fn root(&self, name: &str, subject: &str, exts: &[&str]) {
         let key = format!("{name}.key");
         let crt = format!("{name}.pem");
-        let mut args = vec![
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-subj",
-            subject,
-            "-days",
-            "3650",
-        ];
+        let mut args = p256_request("-x509", &key, &crt, subject);
+        args.extend(["-days", "3650"]);
         let mut all = vec![
             "basicConstraints=critical,CA:true",
             "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
@@ -115,6 +120,32 @@ impl Pki {
         openssl_ok(self.path(), &args);
     }
 
+    /// A self-signed RSA-2048 root `name` (CA:true), whose key the core cannot use.
+    fn rsa_root(&self, name: &str, subject: &str) {
+        let key = format!("{name}.key");
+        let crt = format!("{name}.pem");
+        openssl_ok(
+            self.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-subj",
+                subject,
+                "-days",
+                "3650",
+                "-addext",
+                "basicConstraints=critical,CA:true",
+            ],
+        );
+    }
+
     /// A certificate `name` for a fresh key, signed by `issuer`, with the extensions in `ext`
     /// (an openssl extfile body) and `days` of validity from now.
     fn issue(&self, name: &str, subject: &str, issuer: &str, ext: &str, days: u32) {
@@ -123,24 +154,7 @@ impl Pki {
         let crt = format!("{name}.pem");
         let extfile = format!("{name}.ext");
         self.write(&extfile, ext);
-        openssl_ok(
-            self.path(),
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                subject,
-            ],
-        );
+        openssl_ok(self.path(), &p256_request("-new", &key, &csr, subject));
         let (ca, ca_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
         let days = days.to_string();
         openssl_ok(
@@ -221,6 +235,11 @@ fn standard(root_exts: &[&str], int_ext: &str, leaf_extra: &str) -> Pki {
     pki
 }
 
+/// [`standard`] without overrides: a chain both tools accept.
+fn usual_chain() -> Pki {
+    standard(&[], INT_EXT, "")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
     Valid,
@@ -231,6 +250,29 @@ fn rfc3339(t: UnixTime) -> String {
     t.to_string()
 }
 
+/// `openssl verify` of leaf.pem against anchors.pem (trusted) and ints.pem (untrusted) at `at`,
+/// with the further `options`.
+fn openssl_verify(pki: &Pki, at: UnixTime, options: &[&str]) -> Output {
+    let epoch = at.as_secs().to_string();
+    let mut args = vec!["verify", "-attime", &epoch];
+    args.extend_from_slice(options);
+    args.extend([
+        "-CAfile",
+        "anchors.pem",
+        "-untrusted",
+        "ints.pem",
+        "leaf.pem",
+    ]);
+    openssl(pki.path(), &args)
+}
+
+/// `sigil cert verify --anchors <anchors> --leaf <leaf>` with the further `options`.
+fn sigil_verify(pki: &Pki, anchors: &str, leaf: &str, options: &[&str]) -> Output {
+    let mut args = vec!["cert", "verify", "--anchors", anchors, "--leaf", leaf];
+    args.extend_from_slice(options);
+    sigil(pki.path(), &args)
+}
+
 /// Both tools' verdicts on (anchors.pem, ints.pem, leaf.pem) at `at`.
 fn both(
     pki: &Pki,
@@ -238,22 +280,7 @@ fn both(
     purpose: &str,
     sigil_extra: &[&str],
 ) -> (Verdict, Verdict, String) {
-    let epoch = at.as_secs().to_string();
-    let o = openssl(
-        pki.path(),
-        &[
-            "verify",
-            "-attime",
-            &epoch,
-            "-purpose",
-            purpose,
-            "-CAfile",
-            "anchors.pem",
-            "-untrusted",
-            "ints.pem",
-            "leaf.pem",
-        ],
-    );
+    let o = openssl_verify(pki, at, &["-purpose", purpose]);
     let usage = match purpose {
         "sslserver" => "server",
         "sslclient" => "client",
@@ -302,9 +329,14 @@ fn mid(pki: &Pki) -> UnixTime {
     UnixTime::from_secs(nb.as_secs() + 3600)
 }
 
+/// [`expect`] at [`mid`], for any purpose.
+fn expect_mid(pki: &Pki, want: Verdict, case: &str) {
+    expect(pki, mid(pki), "any", want, case);
+}
+
 #[test]
 fn valid_chain_and_peer_names() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let at = mid(&pki);
     for purpose in ["sslserver", "sslclient", "any"] {
         expect(&pki, at, purpose, Verdict::Valid, purpose);
@@ -331,22 +363,7 @@ fn valid_chain_and_peer_names() {
             "--ip" => "-verify_ip",
             _ => continue,
         };
-        let epoch = at.as_secs().to_string();
-        let o = openssl(
-            pki.path(),
-            &[
-                "verify",
-                "-attime",
-                &epoch,
-                openssl_flag,
-                value,
-                "-CAfile",
-                "anchors.pem",
-                "-untrusted",
-                "ints.pem",
-                "leaf.pem",
-            ],
-        );
+        let o = openssl_verify(&pki, at, &[openssl_flag, value]);
         assert_eq!(
             o.status.success(),
             want,
@@ -358,7 +375,7 @@ fn valid_chain_and_peer_names() {
 
 #[test]
 fn validity_and_skew() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let (nb, na) = pki.cert("leaf");
     expect(
         &pki,
@@ -438,13 +455,13 @@ fn issuer_rules() {
     ];
     for (case, int_ext, root_exts) in cases {
         let pki = standard(root_exts, int_ext, "");
-        expect(&pki, mid(&pki), "any", Verdict::Invalid, case);
+        expect_mid(&pki, Verdict::Invalid, case);
     }
 }
 
 #[test]
 fn foreign_root_and_rotation_overlap() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let at = mid(&pki);
     // Root B (another name), its own issuer and leaf.
     pki.root("rootb", "/O=example.org rotated", &[]);
@@ -514,7 +531,7 @@ fn name_constraints() {
         ),
     ] {
         let pki = standard(&[], &nc(constraint), leaf_extra);
-        expect(&pki, mid(&pki), "any", want, case);
+        expect_mid(&pki, want, case);
     }
     // directoryName: the leaf's subject O=Bad under a CA permitting O=Good.
     let pki = Pki::new();
@@ -530,46 +547,22 @@ fn name_constraints() {
     pki.issue("leaf", "/O=Bad/CN=app", "int", &leaf_ext(""), 1);
     pki.cat("anchors.pem", &["root"]);
     pki.cat("ints.pem", &["int"]);
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Invalid,
-        "directoryName outside permitted",
-    );
+    expect_mid(&pki, Verdict::Invalid, "directoryName outside permitted");
     pki.issue("leaf", "/O=Good/CN=app", "int", &leaf_ext(""), 1);
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Valid,
-        "directoryName inside permitted",
-    );
+    expect_mid(&pki, Verdict::Valid, "directoryName inside permitted");
 }
 
 #[test]
 fn unknown_critical_extension() {
     let pki = standard(&[], INT_EXT, "1.2.3.4=critical,DER:05:00");
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Invalid,
-        "unknown critical extension",
-    );
+    expect_mid(&pki, Verdict::Invalid, "unknown critical extension");
     let pki = standard(&[], INT_EXT, "1.2.3.4=DER:05:00");
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Valid,
-        "unknown non-critical extension",
-    );
+    expect_mid(&pki, Verdict::Valid, "unknown non-critical extension");
 }
 
 #[test]
 fn bad_signature() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let at = mid(&pki);
     // Flip a bit near the end of the DER: inside the signature's BIT STRING.
     openssl_ok(
@@ -593,7 +586,7 @@ fn bad_signature() {
 
 #[test]
 fn unusable_input_exits_2() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     pki.write(
         "garbage.pem",
         "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
@@ -604,10 +597,7 @@ fn unusable_input_exits_2() {
         ("anchors.pem", "text.txt"),
         ("anchors.pem", "garbage.pem"),
     ] {
-        let out = sigil(
-            pki.path(),
-            &["cert", "verify", "--anchors", anchors, "--leaf", leaf],
-        );
+        let out = sigil_verify(&pki, anchors, leaf, &[]);
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -616,19 +606,7 @@ fn unusable_input_exits_2() {
         );
         assert!(!text(&out).is_empty());
     }
-    let out = sigil(
-        pki.path(),
-        &[
-            "cert",
-            "verify",
-            "--anchors",
-            "anchors.pem",
-            "--leaf",
-            "leaf.pem",
-            "--at",
-            "yesterday",
-        ],
-    );
+    let out = sigil_verify(&pki, "anchors.pem", "leaf.pem", &["--at", "yesterday"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -805,28 +783,9 @@ fn inspect_lists_every_certificate() {
 /// openssl accepts, and so does sigil, naming each one it skipped.
 #[test]
 fn anchors_the_core_cannot_use_are_skipped() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let at = mid(&pki);
-    openssl_ok(
-        pki.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "rsa.key",
-            "-out",
-            "rsa.pem",
-            "-subj",
-            "/O=RSA Root",
-            "-days",
-            "3650",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-        ],
-    );
+    pki.rsa_root("rsa", "/O=RSA Root");
     pki.root("crit", "/O=Critical Root", &["1.2.3.4=critical,DER:05:00"]);
     pki.cat("anchors.pem", &["rsa", "crit", "root"]);
     let (o, s, why) = both(&pki, at, "any", &[]);
@@ -852,17 +811,7 @@ fn anchors_the_core_cannot_use_are_skipped() {
     );
     // Nothing usable at all is unusable input.
     pki.cat("anchors.pem", &["rsa", "crit"]);
-    let out = sigil(
-        pki.path(),
-        &[
-            "cert",
-            "verify",
-            "--anchors",
-            "anchors.pem",
-            "--leaf",
-            "leaf.pem",
-        ],
-    );
+    let out = sigil_verify(&pki, "anchors.pem", "leaf.pem", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("no usable trust anchor"),
@@ -886,20 +835,14 @@ fn self_issued_intermediates_do_not_count() {
     pki.issue("leaf", "/", "int", &leaf_ext(""), 1);
     pki.cat("anchors.pem", &["root"]);
     pki.cat("ints.pem", &["int"]);
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Valid,
-        "self-issued under pathlen:0",
-    );
+    expect_mid(&pki, Verdict::Valid, "self-issued under pathlen:0");
     // Another name under pathlen:0: both refuse.
     pki.issue("int", "/O=Other", "root", INT_EXT, 3000);
     pki.issue("leaf", "/", "int", &leaf_ext(""), 1);
-    expect(&pki, mid(&pki), "any", Verdict::Invalid, "not self-issued");
+    expect_mid(&pki, Verdict::Invalid, "not self-issued");
 
     // root -> I -> I' (self-issued) -> leaf, with a cap of one intermediate.
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     pki.issue("int2", "/O=I", "root", INT_EXT, 3000);
     pki.issue("int3", "/O=I", "int2", INT_EXT, 3000);
     pki.issue("leaf", "/", "int3", &leaf_ext(""), 1);
@@ -908,22 +851,7 @@ fn self_issued_intermediates_do_not_count() {
     let (o, s, why) = both(&pki, at, "any", &["--max-depth", "1"]);
     assert_eq!(s, Verdict::Valid, "{why}");
     assert_eq!(o, Verdict::Valid, "openssl without a depth limit: {why}");
-    let epoch = at.as_secs().to_string();
-    let o = openssl(
-        pki.path(),
-        &[
-            "verify",
-            "-attime",
-            &epoch,
-            "-verify_depth",
-            "1",
-            "-CAfile",
-            "anchors.pem",
-            "-untrusted",
-            "ints.pem",
-            "leaf.pem",
-        ],
-    );
+    let o = openssl_verify(&pki, at, &["-verify_depth", "1"]);
     assert!(!o.status.success(), "openssl -verify_depth 1: {}", text(&o));
 }
 
@@ -1019,26 +947,20 @@ fn key_identifiers() {
             text(&out)
         );
     }
-    expect(&pki, mid(&pki), "any", Verdict::Valid, "no key identifiers");
+    expect_mid(&pki, Verdict::Valid, "no key identifiers");
     let pki = standard(
         &[],
         INT_EXT,
         "authorityKeyIdentifier=none\n2.5.29.35=DER:30:16:80:14:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14",
     );
-    expect(
-        &pki,
-        mid(&pki),
-        "any",
-        Verdict::Invalid,
-        "foreign authorityKeyIdentifier",
-    );
+    expect_mid(&pki, Verdict::Invalid, "foreign authorityKeyIdentifier");
 }
 
 /// `sigil cert verify` with an anchors file of 40 certificates (an RSA root first, the right
 /// root last): valid through the 40th, the first named as skipped; openssl agrees.
 #[test]
 fn forty_anchors_rsa_first_the_right_root_last() {
-    let pki = standard(&[], INT_EXT, "");
+    let pki = usual_chain();
     let at = mid(&pki);
     let right = std::fs::read_to_string(pki.path().join("root.pem")).unwrap();
     let forty = common::forty_anchors(pki.path(), &right);
