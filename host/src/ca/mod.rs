@@ -11,20 +11,20 @@ pub mod replace;
 pub mod store;
 pub mod x509;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::cert::Certificate;
-use sigil_core::chain::{self, Options, TrustBundle, Usage};
+use sigil_core::chain::Usage;
 use sigil_core::crypto::{PublicKey, SignatureVerifier as _};
 use sigil_core::pem;
 use sigil_core::UnixTime;
 
 use crate::key::{KeyError, P256Key};
 use crate::signature::RingSignatureVerifier;
+use crate::trust::{Anchors, Policy};
 use x509::{Profile, X509Error};
 
-/// Most trust anchors a credential set holds.
-pub const MAX_ANCHORS: usize = 16;
 /// Lifetime of a generated root and issuer (Dapr's `defaultCATTL`).
 pub const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -69,8 +69,19 @@ pub enum CredentialsError {
         /// The algorithm found, e.g. `RSA 1024-bit`, `ECDSA P-192`.
         algorithm: String,
     },
+    /// A trust anchor the path validation cannot use (an unknown critical extension, say).
+    #[error("ca.crt: certificate #{index} cannot be a trust anchor: {reason}")]
+    UnusableAnchor {
+        /// Position in ca.crt, from 1.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// More anchors than fit.
-    #[error("ca.crt holds {count} certificates; at most {MAX_ANCHORS} are supported")]
+    #[error(
+        "ca.crt holds {count} certificates; at most {} are supported",
+        crate::trust::CAPACITY
+    )]
     TooManyAnchors {
         /// How many.
         count: usize,
@@ -138,7 +149,9 @@ pub struct Issued {
 /// A validated credential set (see the module doc).
 #[derive(Debug)]
 pub struct Credentials {
-    anchors: Vec<Vec<u8>>,
+    /// Every certificate of ca.crt, each checked above to be a usable root: the same
+    /// [`Anchors`] type every other host check goes through.
+    anchors: Arc<Anchors>,
     issuer_chain: Vec<Vec<u8>>,
     key: P256Key,
     issuer_subject: Vec<u8>,
@@ -155,10 +168,6 @@ fn rfc3339(t: SystemTime) -> String {
 
 fn system_time(t: UnixTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(t.as_secs())
-}
-
-fn unix(t: SystemTime) -> UnixTime {
-    UnixTime::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
 /// Reads every CERTIFICATE block of `text` into DER, each checked to parse.
@@ -291,7 +300,8 @@ impl Credentials {
         probe_id: &str,
     ) -> Result<Self, CredentialsError> {
         let anchors = certificates(ca, "ca.crt")?;
-        if anchors.len() > MAX_ANCHORS {
+        // The host's one capacity ([`crate::trust::CAPACITY`]), as every holder of ca.crt.
+        if anchors.len() > crate::trust::CAPACITY {
             return Err(CredentialsError::TooManyAnchors {
                 count: anchors.len(),
             });
@@ -390,10 +400,24 @@ impl Credentials {
                 na,
             )
         };
+        let anchors_pem = pem_of(&anchors);
+        let anchors = Anchors::from_ders("ca.crt", anchors).map_err(|e| {
+            CredentialsError::UnusableAnchor {
+                index: 1,
+                reason: e.to_string(),
+            }
+        })?;
+        // Sentry is strict about its own roots: one the others would skip is refused here.
+        if let Some(skipped) = anchors.skipped().first() {
+            return Err(CredentialsError::UnusableAnchor {
+                index: skipped.index + 1,
+                reason: skipped.reason.to_string(),
+            });
+        }
         let creds = Self {
-            anchors_pem: pem_of(&anchors),
+            anchors_pem,
             issuer_chain_pem: pem_of(&chain),
-            anchors,
+            anchors: Arc::new(anchors),
             issuer_chain: chain,
             key,
             issuer_subject: subject,
@@ -422,28 +446,14 @@ impl Credentials {
             Some(self.signer()),
             &self.key,
         )?;
-        let mut bundle: TrustBundle<'_, MAX_ANCHORS> = TrustBundle::new();
-        for a in &self.anchors {
-            bundle
-                .add(a)
-                .map_err(|e| CredentialsError::Chain(format!("{e:?}")))?;
-        }
         let intermediates: Vec<&[u8]> = self.issuer_chain.iter().map(Vec::as_slice).collect();
         // Client and server use, as workloads will use what this issuer signs: an issuer whose
         // extKeyUsage forbids either is refused now, not discovered by every peer later.
-        let options = Options {
-            usage: Usage::ClientAndServer,
-            ..Options::new(unix(now))
-        };
-        chain::verify(
-            &leaf,
-            &intermediates,
-            &bundle,
-            &RingSignatureVerifier,
-            &options,
-        )
-        .map(|_| ())
-        .map_err(|e| CredentialsError::Chain(e.to_string()))
+        let policy = Policy::new(Usage::ClientAndServer, now);
+        self.anchors
+            .verify(&leaf, &intermediates, &policy, &RingSignatureVerifier)
+            .map(|_| ())
+            .map_err(|e| CredentialsError::Chain(e.to_string()))
     }
 
     /// Generates a new root (self-signed, `O=<trust_domain>`) and an issuer signed by it
@@ -544,7 +554,7 @@ impl Credentials {
 
     /// The trust anchors, DER.
     pub fn anchors(&self) -> &[Vec<u8>] {
-        &self.anchors
+        self.anchors.ders()
     }
 
     /// The trust anchors as concatenated PEM (what `trust_chain_certificates` carries).
@@ -577,4 +587,29 @@ pub struct GeneratedPem {
     pub issuer: String,
     /// `issuer.key` (PKCS#8).
     pub key: zeroize::Zeroizing<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn ca_crt_holds_up_to_the_hosts_one_capacity_and_more_is_refused_with_the_count() {
+        let now = SystemTime::now();
+        let id = crate::dapr::sentry_id("localhost", "default");
+        let (_, set) = Credentials::generate("localhost", &id, now, Duration::ZERO).unwrap();
+        let (_, other) = Credentials::generate("other", &id, now, Duration::ZERO).unwrap();
+        // 40 roots, the right one last (the old limit was 16).
+        let forty = other.ca.repeat(39) + &set.ca;
+        let creds = Credentials::from_pem(&forty, &set.issuer, &set.key, now, &id).unwrap();
+        assert_eq!(creds.anchors().len(), 40);
+        let too_many = other.ca.repeat(crate::trust::CAPACITY) + &set.ca;
+        let e = Credentials::from_pem(&too_many, &set.issuer, &set.key, now, &id).unwrap_err();
+        assert!(
+            matches!(e, CredentialsError::TooManyAnchors { count } if count == crate::trust::CAPACITY + 1),
+            "{e}"
+        );
+    }
 }
