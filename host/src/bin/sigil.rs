@@ -432,14 +432,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
+    match run(async move {
         let bind = |host: String, port: u16| async move {
             tokio::net::TcpListener::bind((host.as_str(), port))
                 .await
@@ -465,29 +458,18 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         let sigil_host::sidecar::Settings { identity, invoke } = settings;
         sigil_host::sidecar::run(identity, invoke, listeners, state, shutdown_signal()).await?;
         anyhow::Ok(())
-    });
-    match result {
+    }) {
         Ok(()) => {
             println!("sidecar: stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
 fn demo(once: bool) -> ExitCode {
     init_logs("error", false);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(sigil_host::demo::run(once, shutdown_signal())) {
+    match run(sigil_host::demo::run(once, shutdown_signal())) {
         Ok(true) => {
             println!("demo: all steps held");
             ExitCode::SUCCESS
@@ -496,11 +478,21 @@ fn demo(once: bool) -> ExitCode {
             println!("demo: FAILED");
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
+}
+
+/// Runs `work` to completion on a new runtime ([`runtime`]); a failure to start the runtime
+/// or an error from `work` is printed, and the exit code for it returned.
+fn run<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
+    let rt = runtime().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    rt.block_on(work).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 /// The tokio runtime: one thread per core this process may run on; on a single core (a
@@ -548,14 +540,7 @@ fn sentry(args: SentryCli) -> ExitCode {
         }),
         ..SentryOptions::default()
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
+    match run(async {
         let started = sigil_host::sentry::app::start(&opts).await?;
         for line in &started.report {
             println!("sentry: {line}");
@@ -568,16 +553,12 @@ fn sentry(args: SentryCli) -> ExitCode {
         )
         .await?;
         anyhow::Ok(())
-    });
-    match result {
+    }) {
         Ok(()) => {
             println!("sentry: stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
@@ -619,18 +600,14 @@ fn relay(args: RelayCli) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async move {
+    match run(async move {
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         let serial = tokio::select! {
-            s = relay::connect_serial(&args.serial, Duration::from_secs(30)) => s?,
+            // The relay's errors name their cause already: printed once, not as a chain.
+            s = relay::connect_serial(&args.serial, Duration::from_secs(30)) => {
+                s.map_err(|e| anyhow::anyhow!("{e}"))?
+            }
             () = &mut shutdown => return Ok(()),
         };
         println!(
@@ -638,28 +615,19 @@ fn relay(args: RelayCli) -> ExitCode {
             args.serial, opts.sentry, opts.peer
         );
         let _ = std::io::Write::flush(&mut std::io::stdout());
-        relay::run(serial, opts, shutdown).await
-    });
-    match result {
+        relay::run(serial, opts, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }) {
         Ok(()) => {
             println!("relay: stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
 fn sign(args: SignCli) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let req = commands::SignArgs {
         sentry: args.sentry,
         anchors: args.anchors,
@@ -674,14 +642,11 @@ fn sign(args: SignCli) -> ExitCode {
         out_dir: args.out_dir,
         force: args.force,
     };
-    match rt.block_on(commands::sign(&req)) {
+    match run(commands::sign(&req)) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
