@@ -1,10 +1,17 @@
-//! Sigil on a std host: the library behind the `sigil` binary.
+//! Sigil on a std host: the library behind the `sigil` binary (which only parses arguments).
 //!
-//! - [`signature::RingSignatureVerifier`]: the core's signature-verifier trait on `ring`; and
-//!   [`signature::CachingSignatureVerifier`], the bounded cache of verified signatures the TLS verifiers
-//!   share ([`signature::shared`]).
-//! - [`pki`]: reading PEM files into owned DER, and describing certificates for people.
-//! - [`commands`]: what each `sigil` subcommand does; the binary only parses arguments.
+//! - [`sentry`] and [`ca`]: Sentry, the certificate authority (Dapr's gRPC API, validators,
+//!   credentials, issuance, hot reload; [`ca::replace`] the manual root replacement).
+//! - [`dapr`]: Dapr's conventions (Sentry's ID, workload IDs, name rules, the Configuration).
+//! - [`trust`]: the one owner of trust anchors and the entry point of every certificate check.
+//! - [`client`]: the Sentry client (transport; [`client::check_issued`] for tools).
+//! - [`sidecar`]: identity driver, mutual TLS between sidecars, service invocation.
+//! - [`relay`]: the bridge between a device's UART and Sentry and a sidecar.
+//! - [`rustls_glue`]: rustls on the core's checks; [`signature`]: the core's
+//!   signature-verifier trait on `ring` and its bounded cache; [`key`]: the P-256 key.
+//! - [`pki`]: PEM files read into owned DER and written atomically; certificates described.
+//! - [`net`]: the connection table and the small HTTP servers; [`logs`]: summarised logs.
+//! - [`commands`]: what each `sigil` subcommand does; [`demo`]: `sigil demo`.
 
 pub mod ca;
 pub mod client;

@@ -43,7 +43,7 @@
 //! `INTERNAL` 13 when its answer fails the relay's checks. Only the serial link ending (or the
 //! shutdown future) ends the relay.
 //!
-//! This file is the reader and the writer; [`sign`]'s tasks talk to Sentry and [`session`]'s
+//! This file is the reader and the writer; `sign.rs`'s tasks talk to Sentry and `session.rs`'s
 //! to the peer.
 
 use std::future::Future;

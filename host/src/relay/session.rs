@@ -12,7 +12,7 @@ use sigil_core::link::Frame;
 use super::{encode, send};
 
 /// Bytes read from the peer at a time: each read becomes one `TlsData` frame, kept well under
-/// [`MAX_PAYLOAD`] so a device with small buffers gets small frames.
+/// [`MAX_PAYLOAD`](sigil_core::link::MAX_PAYLOAD) so a device with small buffers gets small frames.
 pub const PEER_READ_LEN: usize = 2048;
 
 /// How long connecting to the peer may take before the device gets `TlsClose`.
