@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -45,6 +45,11 @@ struct Device {
 impl Device {
     fn send(&mut self, frame: &Frame<'_>) {
         self.send_raw(&wire(frame));
+    }
+
+    /// Sends `data` on TLS session `session`.
+    fn send_tls(&mut self, session: u16, data: &[u8]) {
+        self.send(&Frame::TlsData { session, data });
     }
 
     fn send_raw(&mut self, bytes: &[u8]) {
@@ -123,6 +128,17 @@ impl Relay {
         }
     }
 
+    /// The next frame answers `request` with a workload chain for `key` as `device`, valid
+    /// against `anchors` (see [`assert_workload_chain`]).
+    fn expect_chain(&mut self, request: u32, anchors: &[Vec<u8>], key: &SoftwareKey) {
+        match self.recv() {
+            Got::Chain(r, chain) if r == request => {
+                assert_workload_chain(&chain, anchors, key, "device");
+            }
+            other => panic!("{other:?}; relay log: {}", self.logs()),
+        }
+    }
+
     fn logs(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
@@ -181,21 +197,7 @@ fn start_relay_at(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let lines = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (stderr, rx) = common::read_output(&mut child);
     let listener = listener();
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -249,6 +251,17 @@ fn sentry() -> (Sentry, tempfile::TempDir) {
     (sentry, dir)
 }
 
+/// A relay (started with `extra`, no TLS peer) to a running Sentry. Also returns that Sentry
+/// with its credentials directory (hold them for as long as the relay is needed) and the
+/// anchors it publishes.
+fn relay_to_sentry(extra: &[&str]) -> ((Sentry, tempfile::TempDir), Vec<Vec<u8>>, Relay) {
+    let (sentry, dir) = sentry();
+    let anchors_file = dir.path().join("ca.crt");
+    let anchors = read_certs(&anchors_file);
+    let relay = start_relay_with(&sentry.grpc, &anchors_file, &nowhere(), extra);
+    ((sentry, dir), anchors, relay)
+}
+
 /// An address where nothing listens.
 fn nowhere() -> String {
     format!("127.0.0.1:{}", free_port())
@@ -277,7 +290,7 @@ fn sign_request<'a>(request: u32, id: &'a str, csr: &'a [u8]) -> Frame<'a> {
 /// Checks a chain answer: leaf first, for `key`, naming `id`, valid against `anchors` now, and
 /// without the roots.
 fn assert_workload_chain(chain: &[Vec<u8>], anchors: &[Vec<u8>], key: &SoftwareKey, id: &str) {
-    use sigil_core::chain::{self, Options, TrustBundle, Usage};
+    use sigil_core::chain::Usage;
     let (leaf, rest) = chain.split_first().expect("a certificate");
     assert!(
         !rest.is_empty(),
@@ -290,54 +303,24 @@ fn assert_workload_chain(chain: &[Vec<u8>], anchors: &[Vec<u8>], key: &SoftwareK
     let ids: Vec<String> = cert.spiffe_ids().map(|i| i.to_string()).collect();
     assert_eq!(ids, [format!("spiffe://localhost/ns/default/{id}")]);
     assert!(cert.public_key().unwrap().same_key(&key.public_key()));
-    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
-    for a in anchors {
-        bundle.add(a).unwrap();
-    }
-    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let options = Options {
-        usage: Usage::ClientAndServer,
-        ..Options::new(sigil_core::UnixTime::from_secs(secs))
-    };
-    chain::verify(
-        leaf,
-        &ints,
-        &bundle,
-        &sigil_host::signature::RingSignatureVerifier,
-        &options,
-    )
-    .unwrap();
+    common::verify_now(chain, anchors, Usage::ClientAndServer).unwrap();
 }
 
 #[test]
 fn sign_request_gets_a_valid_workload_chain() {
-    let (sentry, dir) = sentry();
-    let anchors_file = dir.path().join("ca.crt");
-    let anchors = read_certs(&anchors_file);
-    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+    let (_sentry, anchors, mut relay) = relay_to_sentry(&[]);
     let (key, csr) = key_and_csr();
     relay.device.send(&sign_request(1, "device", &csr));
-    match relay.recv() {
-        Got::Chain(1, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(1, &anchors, &key);
     // A second request on the same link (a renewal) is answered too.
     let (key, csr) = key_and_csr();
     relay.device.send(&sign_request(2, "device", &csr));
-    match relay.recv() {
-        Got::Chain(2, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(2, &anchors, &key);
 }
 
 #[test]
 fn sentry_refusals_reach_the_device_with_dapr_codes() {
-    let (sentry, dir) = sentry();
-    let mut relay = start_relay(&sentry.grpc, &dir.path().join("ca.crt"), &nowhere());
+    let (_sentry, _, mut relay) = relay_to_sentry(&[]);
     // A CSR that is not one: Sentry's INVALID_ARGUMENT.
     relay
         .device
@@ -360,11 +343,8 @@ fn sentry_refusals_reach_the_device_with_dapr_codes() {
 
 #[test]
 fn a_pinned_relay_signs_only_for_its_device() {
-    let (sentry, dir) = sentry();
-    let anchors_file = dir.path().join("ca.crt");
-    let anchors = read_certs(&anchors_file);
     let pins = ["--app-id", "device", "--namespace", "default"];
-    let mut relay = start_relay_with(&sentry.grpc, &anchors_file, &nowhere(), &pins);
+    let ((sentry, _dir), anchors, mut relay) = relay_to_sentry(&pins);
     // Another app ID, or the right one in another namespace: refused by the relay itself
     // (Sentry's insecure validator would have signed both).
     let (_, csr) = key_and_csr();
@@ -392,10 +372,7 @@ fn a_pinned_relay_signs_only_for_its_device() {
     // The pinned identity is signed.
     let (key, csr) = key_and_csr();
     relay.device.send(&sign_request(3, "device", &csr));
-    match relay.recv() {
-        Got::Chain(3, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(3, &anchors, &key);
     relay.assert_alive();
 }
 
@@ -412,18 +389,12 @@ fn unreachable_sentry_and_peer_are_reported_not_fatal() {
     }
     assert!(asked.elapsed() < Duration::from_secs(10));
     // A TLS session to a peer that is not there is closed at once.
-    relay.device.send(&Frame::TlsData {
-        session: 1,
-        data: b"\x16\x03\x01 client hello",
-    });
+    relay.device.send_tls(1, b"\x16\x03\x01 client hello");
     assert_eq!(relay.recv(), Got::TlsClose(1));
     // And both keep working (a second try gets the same answers; the relay lives on).
     relay.device.send(&sign_request(6, "device", &csr));
     assert!(matches!(relay.recv(), Got::Refused(6, 14, _)));
-    relay.device.send(&Frame::TlsData {
-        session: 2,
-        data: b"again",
-    });
+    relay.device.send_tls(2, b"again");
     assert_eq!(relay.recv(), Got::TlsClose(2));
     relay.assert_alive();
 }
@@ -474,6 +445,23 @@ fn recv_tls(relay: &mut Relay, session: u16, len: usize) -> Vec<u8> {
     got
 }
 
+/// The echo of `sent` comes back whole on `session`, then the peer closes the echo server's
+/// connection number `connection` (reported on `ends`) and the device is told.
+fn echoed_then_closed(
+    relay: &mut Relay,
+    session: u16,
+    sent: &[u8],
+    ends: &mpsc::Receiver<String>,
+    connection: usize,
+) {
+    assert_eq!(recv_tls(relay, session, sent.len()), sent);
+    assert_eq!(relay.recv(), Got::TlsClose(session));
+    assert_eq!(
+        ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
+        format!("{connection}: closed after {}", sent.len())
+    );
+}
+
 #[test]
 fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
     let first: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
@@ -485,40 +473,21 @@ fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
     // Session 1: 9,000 bytes in frames of up to MAX_PAYLOAD; the echo comes back whole, then
     // the peer closes and the device is told.
     for data in first.chunks(MAX_PAYLOAD - 2) {
-        relay.device.send(&Frame::TlsData { session: 1, data });
+        relay.device.send_tls(1, data);
     }
-    assert_eq!(recv_tls(&mut relay, 1, first.len()), first);
-    assert_eq!(relay.recv(), Got::TlsClose(1));
-    assert_eq!(
-        ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
-        format!("0: closed after {}", first.len())
-    );
+    echoed_then_closed(&mut relay, 1, &first, &ends, 0);
 
     // Late bytes of session 1 (a close_notify after the peer's close) are dropped: they open
     // no connection (the echo server's next accept is session 2's, checked below).
-    relay.device.send(&Frame::TlsData {
-        session: 1,
-        data: b"late alert",
-    });
+    relay.device.send_tls(1, b"late alert");
     relay.device.send(&Frame::TlsClose { session: 1 });
 
     // Session 2 opens a new connection.
-    relay.device.send(&Frame::TlsData {
-        session: 2,
-        data: &second,
-    });
-    assert_eq!(recv_tls(&mut relay, 2, second.len()), second);
-    assert_eq!(relay.recv(), Got::TlsClose(2));
-    assert_eq!(
-        ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
-        format!("1: closed after {}", second.len())
-    );
+    relay.device.send_tls(2, &second);
+    echoed_then_closed(&mut relay, 2, &second, &ends, 1);
 
     // Session 3: the device closes; the peer sees EOF and the device hears nothing more.
-    relay.device.send(&Frame::TlsData {
-        session: 3,
-        data: b"third",
-    });
+    relay.device.send_tls(3, b"third");
     assert_eq!(recv_tls(&mut relay, 3, 5), b"third");
     relay.device.send(&Frame::TlsClose { session: 3 });
     assert_eq!(ends.recv_timeout(ANSWER_TIMEOUT).unwrap(), "2: eof after 5");
@@ -528,10 +497,7 @@ fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
 
 #[test]
 fn corrupt_input_is_skipped_and_the_link_resynchronises() {
-    let (sentry, dir) = sentry();
-    let anchors_file = dir.path().join("ca.crt");
-    let anchors = read_certs(&anchors_file);
-    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+    let (_sentry, anchors, mut relay) = relay_to_sentry(&[]);
 
     // Line noise (no magic byte), a request with a flipped CRC byte, an unknown kind, a
     // SignAnswer (only the relay may send those), then a valid request: one answer.
@@ -553,10 +519,7 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
     }));
     bytes.extend_from_slice(&wire(&sign_request(8, "device", &csr)));
     relay.device.send_raw(&bytes);
-    match relay.recv() {
-        Got::Chain(8, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(8, &anchors, &key);
 
     // A header whose length was corrupted upwards swallows the next frame; once the device is
     // silent the relay drops it and finds the request inside.
@@ -564,10 +527,7 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
     let mut bytes = vec![0x53, 3, 0x0f, 0xff];
     bytes.extend_from_slice(&wire(&sign_request(9, "device", &csr)));
     relay.device.send_raw(&bytes);
-    match relay.recv() {
-        Got::Chain(9, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(9, &anchors, &key);
 
     // Nothing else was answered, and the relay logged what it skipped: one line per
     // resynchronisation, with what it skipped and why.
@@ -586,10 +546,7 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
 
 #[test]
 fn megabytes_of_garbage_write_one_log_line() {
-    let (sentry, dir) = sentry();
-    let anchors_file = dir.path().join("ca.crt");
-    let anchors = read_certs(&anchors_file);
-    let mut relay = start_relay(&sentry.grpc, &anchors_file, &nowhere());
+    let (_sentry, anchors, mut relay) = relay_to_sentry(&[]);
 
     // 4 MB of noise dense with false magic bytes (and headers that parse), then a request.
     let mut garbage = Vec::with_capacity(4 << 20);
@@ -604,10 +561,7 @@ fn megabytes_of_garbage_write_one_log_line() {
     let (key, csr) = key_and_csr();
     garbage.extend_from_slice(&wire(&sign_request(11, "device", &csr)));
     relay.device.send_raw(&garbage);
-    match relay.recv() {
-        Got::Chain(11, chain) => assert_workload_chain(&chain, &anchors, &key, "device"),
-        other => panic!("{other:?}; relay log: {}", relay.logs()),
-    }
+    relay.expect_chain(11, &anchors, &key);
     relay.assert_alive();
     let logs = relay.logs();
     let resyncs = logs.lines().filter(|l| l.contains("resynchronis")).count();

@@ -12,8 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, http_get, metric, read_certs, sentry_command, sidecar_process, start, Proc, Sentry,
+    file_mode, free_port, health, http_get, metric, read_certs, sentry_command, sidecar_process,
+    start, verify_now, wait_until, Proc, Sentry,
 };
+use sigil_core::chain::Usage;
 
 fn sidecar(sentry_addr: &str, anchors: &Path, identity_dir: &Path) -> Sidecar {
     let p = sidecar_process(&[
@@ -43,14 +45,6 @@ struct Sidecar {
     _proc: Proc,
     http: String,
     metrics: String,
-}
-
-fn health(addr: &str) -> u16 {
-    http_get(addr, "/v1.0/healthz")
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
@@ -85,36 +79,7 @@ fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
 
 /// Whether `chain` (leaf first) validates to one of `roots` now.
 fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
-    use sigil_core::chain::{self, Options, TrustBundle};
-    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
-    for r in roots {
-        bundle.add(r).unwrap();
-    }
-    let Some((leaf, rest)) = chain.split_first() else {
-        return false;
-    };
-    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let options = Options::new(sigil_core::UnixTime::from_secs(secs));
-    chain::verify(
-        leaf,
-        &ints,
-        &bundle,
-        &sigil_host::signature::RingSignatureVerifier,
-        &options,
-    )
-    .is_ok()
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    !chain.is_empty() && verify_now(chain, roots, Usage::Any).is_ok()
 }
 
 #[test]
@@ -140,13 +105,7 @@ fn first_fetch_retried_rotations_outage_and_anchors_at_run_time() {
         health(&sc.http) == 204
     });
     assert_eq!(metric(&sc.metrics, "dapr_runtime_mtls_init_total"), 1);
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(id_dir.join("key.pem"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(file_mode(&id_dir.join("key.pem")), 0o600);
     let first_cert = std::fs::read(id_dir.join("cert.pem")).unwrap();
     wait_until("three rotations", Duration::from_secs(20), || {
         metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") >= 3
@@ -210,10 +169,8 @@ fn forty_anchors_rsa_first_the_right_root_last() {
     let right = std::fs::read_to_string(dir.path().join("creds/ca.crt")).unwrap();
     let anchors = common::forty_anchors(dir.path(), &right);
     let s = sidecar(&sentry.grpc, &anchors, &dir.path().join("identity"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health(&s.http) != 204 {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("readiness", Duration::from_secs(15), || {
+        health(&s.http) == 204
+    });
     assert_eq!(metric(&s.metrics, "dapr_runtime_mtls_init_total"), 1);
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,10 +68,9 @@ pub fn sentry_command_under(dir: &Path, wrapper: &[&str]) -> Command {
     cmd
 }
 
-/// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
-#[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
-pub fn start(mut cmd: Command) -> Result<Sentry, String> {
-    let mut child = cmd.spawn().unwrap();
+/// Reads a child's piped output in the background: its stderr lines are collected (the first
+/// value), its stdout lines sent down the channel (the second).
+pub fn read_output(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let err_lines = stderr.clone();
     let err = child.stderr.take().unwrap();
@@ -87,6 +86,14 @@ pub fn start(mut cmd: Command) -> Result<Sentry, String> {
             let _ = tx.send(line);
         }
     });
+    (stderr, rx)
+}
+
+/// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
+#[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
+pub fn start(mut cmd: Command) -> Result<Sentry, String> {
+    let mut child = cmd.spawn().unwrap();
+    let (stderr, rx) = read_output(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -165,6 +172,72 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
+}
+
+/// Runs `cmd` to completion and asserts that it succeeded (showing its stderr if not).
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A file's permission bits (e.g. 0o600).
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The status code of a sidecar's `/v1.0/healthz` at `http` (0 if no status line came back).
+pub fn health(http: &str) -> u16 {
+    http_get(http, "/v1.0/healthz")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `ok` holds, checking every 100 ms; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Validates `chain` (leaf first, then intermediates) against `anchors` now, for `usage`.
+pub fn verify_now(
+    chain: &[Vec<u8>],
+    anchors: &[Vec<u8>],
+    usage: sigil_core::chain::Usage,
+) -> Result<(), sigil_core::chain::Error> {
+    use sigil_core::chain::{self, Options, TrustBundle};
+    let (leaf, rest) = chain.split_first().expect("a certificate");
+    let mut bundle: TrustBundle<'_, 4> = TrustBundle::new();
+    for a in anchors {
+        bundle.add(a).unwrap();
+    }
+    let ints: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let options = Options {
+        usage,
+        ..Options::new(sigil_core::UnixTime::from_secs(secs))
+    };
+    chain::verify(
+        leaf,
+        &ints,
+        &bundle,
+        &sigil_host::signature::RingSignatureVerifier,
+        &options,
+    )
+    .map(|_| ())
 }
 
 /// A free port on loopback (for a process that must come back on the same one).
