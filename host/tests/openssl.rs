@@ -637,13 +637,7 @@ fn csr_new_is_accepted_by_openssl() {
             assert!(t.contains(&format!("URI:{id}")), "{t}");
         }
         // The key file: 0600, readable by openssl, and the CSR's key.
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(d.join(&key))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
+        assert_eq!(common::file_mode(&d.join(&key)), 0o600);
         let from_key = openssl(d, &["pkey", "-in", &key, "-pubout"]);
         let from_csr = openssl(d, &["req", "-in", &csr, "-noout", "-pubkey"]);
         assert!(from_key.status.success());

@@ -571,16 +571,7 @@ async fn kubernetes_mode_validates_tokens_with_the_api_server() {
 }
 
 fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(Command::new("openssl").args(args).current_dir(dir));
 }
 
 /// Credentials as openssl (and Dapr's docs) make them: a root, an issuer with Dapr's subject,
@@ -593,38 +584,27 @@ fn openssl_credentials(dir: &Path, sec1: bool) {
         "ec_paramgen_curve:P-256",
         "-nodes",
     ];
-    let mut root = vec!["req", "-x509"];
-    root.extend(ec);
-    root.extend([
-        "-keyout",
-        "root.key",
-        "-out",
-        "root.pem",
-        "-subj",
+    // A self-signed CA certificate `name`.pem (key `name`.key) for a year, with CA:true and the
+    // `more` extensions.
+    let self_signed = |name: &str, subject: &str, more: &[&str]| {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout", &key, "-out", &pem, "-subj", subject, "-days", "365",
+        ]);
+        args.extend(["-addext", "basicConstraints=critical,CA:true"]);
+        for e in more {
+            args.extend(["-addext", e]);
+        }
+        openssl(&args, dir);
+    };
+    self_signed(
+        "root",
         "/O=localhost",
-        "-days",
-        "365",
-        "-addext",
-        "basicConstraints=critical,CA:true",
-        "-addext",
-        "keyUsage=critical,digitalSignature,keyCertSign,cRLSign",
-    ]);
-    openssl(&root, dir);
-    let mut other = vec!["req", "-x509"];
-    other.extend(ec);
-    other.extend([
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.pem",
-        "-subj",
-        "/O=other",
-        "-days",
-        "365",
-        "-addext",
-        "basicConstraints=critical,CA:true",
-    ]);
-    openssl(&other, dir);
+        &["keyUsage=critical,digitalSignature,keyCertSign,cRLSign"],
+    );
+    self_signed("other", "/O=other", &[]);
     let mut csr = vec!["req", "-new"];
     csr.extend(ec);
     csr.extend([
@@ -776,13 +756,7 @@ async fn sigil_sign_writes_a_validated_identity_and_never_overwrites_a_key() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(String::from_utf8_lossy(&first.stdout).contains("spiffe://public/ns/shop/checkout"));
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(out.join("key.pem"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(common::file_mode(&out.join("key.pem")), 0o600);
     let v = Command::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(out.join("ca.pem"))

@@ -715,25 +715,20 @@ fn roots_with_unsupported_keys_are_refused_by_name() {
         let good = Credentials::generate("localhost", SENTRY_ID, SystemTime::now(), Duration::ZERO)
             .unwrap()
             .1;
-        let out = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-nodes",
-                "-subj",
-                "/O=localhost",
-                "-days",
-                "30",
-            ])
-            .args(newkey)
-            .args(["-keyout", "root.key", "-out", "ca.crt"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-nodes",
+                    "-subj",
+                    "/O=localhost",
+                    "-days",
+                    "30",
+                ])
+                .args(newkey)
+                .args(["-keyout", "root.key", "-out", "ca.crt"])
+                .current_dir(dir.path()),
         );
         std::fs::write(dir.path().join("issuer.crt"), &good.issuer).unwrap();
         std::fs::write(dir.path().join("issuer.key"), good.key.as_str()).unwrap();
