@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{free_port, sentry_command, sidecar_process, start, Proc, Sentry};
+use common::{free_port, health, short_ttl_sentry, sidecar_process, wait_until, Proc, Sentry};
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use sigil_core::crypto::PublicKey;
@@ -113,35 +113,23 @@ impl Mesh {
         format!("127.0.0.1:{}", self.sentry_port)
     }
 
-    fn start_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
-        std::fs::write(
-            dir.join("config.yaml"),
-            format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {ttl}\n    allowedClockSkew: 0s\n"),
-        )
-        .unwrap();
-        let base = sentry_command(&dir.join("creds"));
-        let mut cmd = Command::new(base.get_program());
-        let mut it = base.get_args();
-        while let Some(a) = it.next() {
-            cmd.arg(a);
-            if a == "--port" {
-                it.next();
-                cmd.arg(port.to_string());
-            }
-        }
-        cmd.arg("--config")
-            .arg(dir.join("config.yaml"))
-            .env_remove("NAMESPACE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        start(cmd).unwrap()
-    }
-
     /// Sentry, sidecar `a` (no app) and sidecar `b` in front of `app_port`.
     fn new(app_port: u16, ttl: &str, b_extra: &[&str]) -> Self {
+        Self::in_dir(tempfile::tempdir().unwrap(), app_port, ttl, b_extra)
+    }
+
+    /// A mesh whose sidecar `b` runs with mutual TLS off; also the Configuration saying so.
+    fn with_b_mtls_off(app_port: u16) -> (Self, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
+        let off = mtls_off_config(dir.path());
+        let mesh = Self::in_dir(dir, app_port, "1h", &["--config", off.to_str().unwrap()]);
+        (mesh, off)
+    }
+
+    /// [`Mesh::new`] in `dir`.
+    fn in_dir(dir: tempfile::TempDir, app_port: u16, ttl: &str, b_extra: &[&str]) -> Self {
         let sentry_port = free_port();
-        let sentry = Self::start_sentry(dir.path(), sentry_port, ttl);
+        let sentry = short_ttl_sentry(dir.path(), sentry_port, ttl);
         std::fs::copy(
             dir.path().join("creds/ca.crt"),
             dir.path().join("anchors.pem"),
@@ -167,26 +155,33 @@ impl Mesh {
             b,
         };
         for p in [&mesh.a, &mesh.b] {
-            let http = p.field("http=");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while common::http_get(&http, "/v1.0/healthz")
-                .split_whitespace()
-                .nth(1)
-                != Some("204")
-            {
-                assert!(Instant::now() < deadline, "sidecar never ready");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_ready(&p.field("http="));
         }
         mesh
     }
 }
 
-fn client() -> hyper_util::client::legacy::Client<
+/// Waits (15 s at most) until the sidecar serving `http` is ready.
+fn wait_ready(http: &str) {
+    wait_until("the sidecar's readiness", Duration::from_secs(15), || {
+        health(http) == 204
+    });
+}
+
+type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
-> {
+>;
+
+fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GET `url`, without a body, through `c`.
+async fn get(c: &Client, url: String) -> hyper::Response<Incoming> {
+    c.request(hyper::Request::get(url).body(empty()).unwrap())
+        .await
+        .unwrap()
 }
 
 fn empty() -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
@@ -261,14 +256,7 @@ async fn invocation_passes_everything_through_and_streams_50_mb() {
     }
 
     // Dapr-style errors: an unknown app.
-    let resp = c
-        .request(
-            hyper::Request::get(format!("http://{a}/v1.0/invoke/nobody/method/x"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get(&c, format!("http://{a}/v1.0/invoke/nobody/method/x")).await;
     assert_eq!(resp.status(), 404);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -296,20 +284,11 @@ fn futures_stream<I: Iterator + Unpin>(it: I) -> impl tokio_stream::Stream<Item 
 async fn a_peer_unreachable_or_without_mtls_gives_a_clear_error_not_a_hang() {
     let app = echo_app().await;
     // b runs with mutual TLS off: a (on) cannot talk to it, and says why.
-    let dir_cfg = tempfile::tempdir().unwrap();
-    let off = mtls_off_config(dir_cfg.path());
-    let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
+    let (mesh, _) = Mesh::with_b_mtls_off(app);
     let a = mesh.a.field("http=");
     let c = client();
     let started = Instant::now();
-    let resp = c
-        .request(
-            hyper::Request::get(format!("http://{a}/v1.0/invoke/b/method/status/200"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get(&c, format!("http://{a}/v1.0/invoke/b/method/status/200")).await;
     assert_eq!(resp.status(), 502);
     assert!(started.elapsed() < Duration::from_secs(10));
     let body = String::from_utf8(
@@ -331,14 +310,7 @@ async fn a_peer_unreachable_or_without_mtls_gives_a_clear_error_not_a_hang() {
         format!("b: 127.0.0.1:{}\n", free_port()),
     )
     .unwrap();
-    let resp = c
-        .request(
-            hyper::Request::get(format!("http://{a}/v1.0/invoke/b/method/x"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = get(&c, format!("http://{a}/v1.0/invoke/b/method/x")).await;
     assert_eq!(resp.status(), 502);
 }
 
@@ -371,6 +343,12 @@ fn mint(dir: &Path, id: &str, not_before: SystemTime, not_after: SystemTime) -> 
     )
     .unwrap();
     (k, c)
+}
+
+/// [`mint`] valid from an hour ago to an hour from now.
+fn mint_valid(dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let (now, hour) = (SystemTime::now(), Duration::from_secs(3600));
+    mint(dir, id, now - hour, now + hour)
 }
 
 /// One HTTP request over `openssl s_client` with an optional client certificate; the output.
@@ -420,7 +398,7 @@ async fn openssl_s_client_refusals_and_acceptance() {
     let hour = Duration::from_secs(3600);
 
     // Accepted: a valid certificate for an allowed ID, leaf only (as embedded-tls sends).
-    let (k, c) = mint(dir, allowed, now - hour, now + hour);
+    let (k, c) = mint_valid(dir, allowed);
     let ok = s_client(&b, Some((&k, &c)));
     assert!(
         ok.starts_with("HTTP/1.1 200"),
@@ -438,18 +416,13 @@ async fn openssl_s_client_refusals_and_acceptance() {
         now,
     )
     .unwrap();
-    let (k, c) = mint(foreign.path(), allowed, now - hour, now + hour);
+    let (k, c) = mint_valid(foreign.path(), allowed);
     assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
     // Refused: expired.
     let (k, c) = mint(dir, allowed, now - 3 * hour, now - 2 * hour);
     assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
     // Refused: valid, but not on the allow-list.
-    let (k, c) = mint(
-        dir,
-        "spiffe://public/ns/default/stranger",
-        now - hour,
-        now + hour,
-    );
+    let (k, c) = mint_valid(dir, "spiffe://public/ns/default/stranger");
     assert!(!s_client(&b, Some((&k, &c))).contains("HTTP/1.1"));
 }
 
@@ -462,8 +435,6 @@ async fn caller_headers_come_from_the_handshake_and_trust_domains_can_be_restric
     let mesh = Mesh::new(app, "1h", &["--allow-trust-domain", "public"]);
     let b = mesh.b.field("internal=");
     let dir = mesh.dir.path();
-    let now = SystemTime::now();
-    let hour = Duration::from_secs(3600);
     let forged = "GET /status/200 HTTP/1.1\r\nHost: b\r\n\
         dapr-caller-app-id: admin\r\ndapr-caller-namespace: default\r\n\
         dapr-callee-app-id: other\r\n\
@@ -480,12 +451,7 @@ async fn caller_headers_come_from_the_handshake_and_trust_domains_can_be_restric
     };
 
     // Another namespace, the same app ID: the app sees the namespace the certificate proves.
-    let (k, c) = mint(
-        dir,
-        "spiffe://public/ns/attacker-ns/checkout",
-        now - hour,
-        now + hour,
-    );
+    let (k, c) = mint_valid(dir, "spiffe://public/ns/attacker-ns/checkout");
     let out = s_client_request(&b, Some((&k, &c)), forged);
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     assert_eq!(header(&out, "x-caller"), "checkout");
@@ -499,12 +465,7 @@ async fn caller_headers_come_from_the_handshake_and_trust_domains_can_be_restric
     assert_eq!(header(&out, "x-seen-hop"), "");
 
     // Another trust domain: refused by --allow-trust-domain public.
-    let (k, c) = mint(
-        dir,
-        "spiffe://evil.org/ns/default/checkout",
-        now - hour,
-        now + hour,
-    );
+    let (k, c) = mint_valid(dir, "spiffe://evil.org/ns/default/checkout");
     let out = s_client_request(&b, Some((&k, &c)), forged);
     assert!(!out.contains("HTTP/1.1"), "{out:?}");
 
@@ -558,6 +519,35 @@ async fn the_app_port_is_loopback_only() {
     let _ = mesh.sentry_addr();
 }
 
+/// Calls a → b in the background until stopped.
+struct Calls {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Calls {
+    /// Starts calling b through the sidecar serving HTTP at `a`.
+    fn start(a: String) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = call_stream(a, stop.clone());
+        Self { stop, task }
+    }
+
+    /// Stops calling; asserts that no call failed and returns how many succeeded.
+    async fn stop_without_failures(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self.task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of {} calls failed, first: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            failed.first()
+        );
+        ok
+    }
+}
+
 /// Calls a → b until `stop`, counting successes and failures (status other than 200).
 fn call_stream(
     a: String,
@@ -604,8 +594,7 @@ async fn sixty_seconds_of_calls_across_rotations_and_a_root_replacement_never_fa
     let app = echo_app().await;
     let mesh = Mesh::new(app, "4s", &[]);
     let dir = mesh.dir.path().to_owned();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls = call_stream(mesh.a.field("http="), stop.clone());
+    let calls = Calls::start(mesh.a.field("http="));
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(15)).await;
 
@@ -638,15 +627,7 @@ async fn sixty_seconds_of_calls_across_rotations_and_a_root_replacement_never_fa
 
     let rest = Duration::from_secs(62).saturating_sub(started.elapsed());
     tokio::time::sleep(rest).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = calls.await.unwrap();
-    assert!(
-        failed.is_empty(),
-        "{} of {} calls failed, first: {:?}",
-        failed.len(),
-        ok + failed.len() as u64,
-        failed.first()
-    );
+    let ok = calls.stop_without_failures().await;
     assert!(ok > 1000, "only {ok} calls");
     for p in [&mesh.a, &mesh.b] {
         assert!(rotations(p) >= 10, "{} rotations", rotations(p));
@@ -657,35 +638,25 @@ async fn sixty_seconds_of_calls_across_rotations_and_a_root_replacement_never_fa
 async fn calls_keep_working_while_sentry_is_down_and_renewal_resumes() {
     let app = echo_app().await;
     let mut mesh = Mesh::new(app, "12s", &[]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls = call_stream(mesh.a.field("http="), stop.clone());
+    let calls = Calls::start(mesh.a.field("http="));
     tokio::time::sleep(Duration::from_secs(1)).await;
     mesh._sentry = None; // Sentry stopped
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = rotations(&mesh.a);
-    mesh._sentry = Some(Mesh::start_sentry(mesh.dir.path(), mesh.sentry_port, "12s"));
+    mesh._sentry = Some(short_ttl_sentry(mesh.dir.path(), mesh.sentry_port, "12s"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while rotations(&mesh.a) <= before {
         assert!(Instant::now() < deadline, "renewal did not resume");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = calls.await.unwrap();
-    assert!(
-        failed.is_empty(),
-        "{} calls failed: {:?}",
-        failed.len(),
-        failed.first()
-    );
+    let ok = calls.stop_without_failures().await;
     assert!(ok > 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_tcp_when_mtls_is_off_on_both_sides_and_cors_as_configured() {
     let app = echo_app().await;
-    let dir_cfg = tempfile::tempdir().unwrap();
-    let off = mtls_off_config(dir_cfg.path());
-    let mesh = Mesh::new(app, "1h", &["--config", off.to_str().unwrap()]);
+    let (mesh, off) = Mesh::with_b_mtls_off(app);
     // A caller sidecar with mTLS off too, and a CORS list.
     let dir = mesh.dir.path();
     let sentry = format!("127.0.0.1:{}", mesh.sentry_port);
@@ -703,15 +674,7 @@ async fn plain_tcp_when_mtls_is_off_on_both_sides_and_cors_as_configured() {
     );
     assert!(a_off.line.contains("mtls=off"), "{}", a_off.line);
     let http = a_off.field("http=");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while common::http_get(&http, "/v1.0/healthz")
-        .split_whitespace()
-        .nth(1)
-        != Some("204")
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&http);
     let c = client();
     let call = |origin: Option<&'static str>| {
         let mut b = hyper::Request::get(format!("http://{http}/v1.0/invoke/b/method/status/200"));

@@ -8,12 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    file_mode, free_port, health, http_get, metric, read_certs, sentry_command, sidecar_process,
-    start, verify_now, wait_until, Proc, Sentry,
+    file_mode, free_port, health, http_get, metric, read_certs, sentry_command, short_ttl_sentry,
+    sidecar_process, start, verify_now, wait_until, Proc,
 };
 use sigil_core::chain::Usage;
 
@@ -45,36 +44,6 @@ struct Sidecar {
     _proc: Proc,
     http: String,
     metrics: String,
-}
-
-fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {ttl}\n    allowedClockSkew: 0s\n"),
-    )
-    .unwrap();
-    let mut cmd = sentry_command(&dir.join("creds"));
-    cmd.arg("--config").arg(&config);
-    // A fixed port, so a restarted Sentry is where the sidecar dials.
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let mut fixed = Command::new(cmd.get_program());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        fixed.arg(a);
-        if a == "--port" {
-            it.next();
-            fixed.arg(port.to_string());
-        }
-    }
-    fixed
-        .env_remove("NAMESPACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    start(fixed).unwrap()
 }
 
 /// Whether `chain` (leaf first) validates to one of `roots` now.

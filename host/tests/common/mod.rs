@@ -89,6 +89,34 @@ pub fn read_output(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, mpsc::Receive
     (stderr, rx)
 }
 
+/// Starts Sentry on a fixed `port` (so that a restarted one is where the sidecars dial) with its
+/// credentials in `dir`/creds and a Configuration, `dir`/config.yaml, giving workload
+/// certificates a lifetime of `ttl` and no clock skew.
+pub fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: {ttl}\n    allowedClockSkew: 0s\n"),
+    )
+    .unwrap();
+    let base = sentry_command(&dir.join("creds"));
+    let mut cmd = Command::new(base.get_program());
+    let mut it = base.get_args();
+    while let Some(a) = it.next() {
+        cmd.arg(a);
+        if a == "--port" {
+            it.next();
+            cmd.arg(port.to_string());
+        }
+    }
+    cmd.arg("--config")
+        .arg(&config)
+        .env_remove("NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    start(cmd).unwrap()
+}
+
 /// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
 #[allow(clippy::zombie_processes)] // the child is reaped by `Sentry::drop` or waited on here
 pub fn start(mut cmd: Command) -> Result<Sentry, String> {
