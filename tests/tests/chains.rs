@@ -41,6 +41,20 @@ fn ca_params(org: &str, constraint: BasicConstraints) -> CertificateParams {
     p
 }
 
+/// A CA certificate with its key, able to issue.
+type Ca = CertifiedIssuer<'static, KeyPair>;
+
+/// A self-signed root `O=<org>` (no path length limit) with `key`.
+fn root_ca(org: &str, key: KeyPair) -> Ca {
+    CertifiedIssuer::self_signed(ca_params(org, BasicConstraints::Unconstrained), key).unwrap()
+}
+
+/// An issuer `O=<org>` (no path length limit) with `key`, signed by `parent`.
+fn issuer_ca(org: &str, key: KeyPair, parent: &Ca) -> Ca {
+    CertifiedIssuer::signed_by(ca_params(org, BasicConstraints::Unconstrained), key, parent)
+        .unwrap()
+}
+
 fn leaf_params() -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name = DistinguishedName::new();
@@ -319,9 +333,7 @@ fn foreign_root_and_rotation_overlap() {
     assert_eq!(e.kind, ErrorKind::AuthorityKeyIdMismatch, "{e}");
     assert!(webpki_server(&a.leaf, &[&a.intermediate], &b.root, NOW).is_err());
     // A foreign root with another name: no candidate at all.
-    let other =
-        CertifiedIssuer::self_signed(ca_params("Other", BasicConstraints::Unconstrained), key())
-            .unwrap();
+    let other = root_ca("Other", key());
     let e = verify_both(&a.leaf, &[&a.intermediate], &[other.der()], &opts()).unwrap_err();
     assert_eq!(
         e,
@@ -474,20 +486,10 @@ fn name_constraints_dns_ip_dn() {
 #[test]
 fn depth_cap_and_budget() {
     // root → i1 → i2 → i3 → leaf
-    let root = CertifiedIssuer::self_signed(ca_params("R", BasicConstraints::Unconstrained), key())
-        .unwrap();
-    let i1 = CertifiedIssuer::signed_by(
-        ca_params("I1", BasicConstraints::Unconstrained),
-        key(),
-        &root,
-    )
-    .unwrap();
-    let i2 =
-        CertifiedIssuer::signed_by(ca_params("I2", BasicConstraints::Unconstrained), key(), &i1)
-            .unwrap();
-    let i3 =
-        CertifiedIssuer::signed_by(ca_params("I3", BasicConstraints::Unconstrained), key(), &i2)
-            .unwrap();
+    let root = root_ca("R", key());
+    let i1 = issuer_ca("I1", key(), &root);
+    let i2 = issuer_ca("I2", key(), &i1);
+    let i3 = issuer_ca("I3", key(), &i2);
     let leaf = leaf_params().signed_by(&key(), &i3).unwrap();
     let ints: Vec<&[u8]> = vec![i1.der(), i3.der(), i2.der()];
     let found = verify_both(leaf.der(), &ints, &[root.der()], &opts()).unwrap();
@@ -527,23 +529,10 @@ fn depth_cap_and_budget() {
 fn many_same_named_intermediates_stay_within_budget() {
     // Eight intermediates all named like the leaf's issuer and each other, none valid: the
     // search must end with an error, not loop, and within the default budget.
-    let root =
-        CertifiedIssuer::self_signed(ca_params("Loop", BasicConstraints::Unconstrained), key())
-            .unwrap();
-    let cas: Vec<_> = (0..8)
-        .map(|_| {
-            CertifiedIssuer::signed_by(
-                ca_params("Loop", BasicConstraints::Unconstrained),
-                key(),
-                &root,
-            )
-            .unwrap()
-        })
-        .collect();
+    let root = root_ca("Loop", key());
+    let cas: Vec<_> = (0..8).map(|_| issuer_ca("Loop", key(), &root)).collect();
     let leaf = leaf_params().signed_by(&key(), &cas[0]).unwrap();
-    let other_root =
-        CertifiedIssuer::self_signed(ca_params("Other", BasicConstraints::Unconstrained), key())
-            .unwrap();
+    let other_root = root_ca("Other", key());
     let ints: Vec<&[u8]> = cas.iter().map(|c| c.der().as_ref()).collect();
     let e = verify_both(leaf.der(), &ints, &[other_root.der()], &opts()).unwrap_err();
     assert!(
@@ -587,8 +576,7 @@ fn workload_profile() {
     use sigil_core::crypto::PublicKey;
     use sigil_core::profile::{check_workload, Error};
     let leaf_key = key();
-    let root = CertifiedIssuer::self_signed(ca_params("R", BasicConstraints::Unconstrained), key())
-        .unwrap();
+    let root = root_ca("R", key());
     let mut p = leaf_params();
     p.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
     let leaf = p.signed_by(&leaf_key, &root).unwrap();
@@ -641,17 +629,8 @@ fn assert_verifier<V: SignatureVerifier>(_: &V) {}
 fn ed25519_chain_as_dapr_1_18_issues() {
     // Dapr >= 1.18: Ed25519 root, issuer and workload keys.
     let ed = || KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let root = CertifiedIssuer::self_signed(
-        ca_params("example.org", BasicConstraints::Unconstrained),
-        ed(),
-    )
-    .unwrap();
-    let int = CertifiedIssuer::signed_by(
-        ca_params("issuer", BasicConstraints::Unconstrained),
-        ed(),
-        &root,
-    )
-    .unwrap();
+    let root = root_ca("example.org", ed());
+    let int = issuer_ca("issuer", ed(), &root);
     let leaf_key = ed();
     let leaf = leaf_params().signed_by(&leaf_key, &int).unwrap();
     let id = SpiffeId::parse(ID).unwrap();
@@ -847,8 +826,7 @@ fn self_issued_under(
 /// (host/tests/openssl.rs), rustls-webpki counts them against pathLenConstraint.
 #[test]
 fn self_issued_intermediates_do_not_count() {
-    let root = CertifiedIssuer::self_signed(ca_params("R", BasicConstraints::Unconstrained), key())
-        .unwrap();
+    let root = root_ca("R", key());
     // I allows no CA below it; I' is I re-keyed (subject = issuer = O=I).
     let i = CertifiedIssuer::signed_by(
         ca_params("I", BasicConstraints::Constrained(0)),
@@ -886,8 +864,7 @@ fn self_issued_intermediates_do_not_count() {
     verify_both(deep.der(), &ints, &[root.der()], &one).unwrap();
 
     // Controls: an intermediate that is not self-issued counts for both rules.
-    let j = CertifiedIssuer::signed_by(ca_params("J", BasicConstraints::Unconstrained), key(), &i)
-        .unwrap();
+    let j = issuer_ca("J", key(), &i);
     let leaf = leaf_params().signed_by(&key(), &j).unwrap();
     let ints: Vec<&[u8]> = vec![i.der(), j.der()];
     let e = verify_both(leaf.der(), &ints, &[root.der()], &opts()).unwrap_err();
@@ -898,18 +875,8 @@ fn self_issued_intermediates_do_not_count() {
             below: 1
         }
     );
-    let free = CertifiedIssuer::signed_by(
-        ca_params("I", BasicConstraints::Unconstrained),
-        key(),
-        &root,
-    )
-    .unwrap();
-    let j = CertifiedIssuer::signed_by(
-        ca_params("J", BasicConstraints::Unconstrained),
-        key(),
-        &free,
-    )
-    .unwrap();
+    let free = issuer_ca("I", key(), &root);
+    let j = issuer_ca("J", key(), &free);
     let leaf = leaf_params().signed_by(&key(), &j).unwrap();
     let ints: Vec<&[u8]> = vec![free.der(), j.der()];
     let e = verify_both(leaf.der(), &ints, &[root.der()], &one).unwrap_err();
