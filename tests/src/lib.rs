@@ -1,5 +1,7 @@
 //! Helpers shared by Sigil's cross-crate tests.
 
+pub mod load;
+
 /// A process's peak resident set (`VmHWM` in `/proc/<pid>/status`), in MB; 0 if unreadable.
 pub fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -20,14 +20,8 @@ use ring::signature::{
 use sigil_host::client::{self, SentryTarget};
 use sigil_host::key::P256Key;
 use sigil_host::pb;
+use sigil_tests::load::{arg, sigil_binary};
 use sigil_tests::peak_rss_mb;
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
 
 /// Raw ECDSA P-256 sign + verify pairs per second on this thread (ring), over `d`.
 fn raw_rate(d: Duration) -> f64 {
@@ -136,14 +130,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let clients = usize::try_from(arg(&args, "--clients", 16)).unwrap_or(16);
     let secs = arg(&args, "--seconds", 5);
-    let sigil = std::env::current_exe()
-        .expect("own path")
-        .with_file_name("sigil");
-    assert!(
-        sigil.exists(),
-        "{} is missing: cargo build --release -p sigil-host --bin sigil",
-        sigil.display()
-    );
+    let sigil = sigil_binary();
     let dir = std::env::temp_dir().join(format!("sigil-sentry-load-{}", std::process::id()));
     let taskset = Command::new("taskset").arg("--version").output().is_ok();
     let mut cmd = if taskset {

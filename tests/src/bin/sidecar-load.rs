@@ -24,18 +24,12 @@ use sigil_host::ca::store::{self, StorePaths};
 use sigil_host::ca::Credentials;
 use sigil_host::key::P256Key;
 use sigil_host::sidecar::identity::{Current, IdentityState};
+use sigil_tests::load::{arg, sigil_binary};
 use sigil_tests::peak_rss_mb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
 
 struct Proc(Child, String);
 
@@ -242,14 +236,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs = Duration::from_secs(arg(&args, "--seconds", 5));
     let clients = usize::try_from(arg(&args, "--clients", 16)).unwrap_or(16);
-    let sigil = std::env::current_exe()
-        .expect("exe")
-        .with_file_name("sigil");
-    assert!(
-        sigil.exists(),
-        "{} missing: cargo build --release -p sigil-host --bin sigil",
-        sigil.display()
-    );
+    let sigil = sigil_binary();
     let dir = std::env::temp_dir().join(format!("sigil-sidecar-load-{}", std::process::id()));
     let creds_dir = dir.join("creds");
     let s = |v: &str| v.to_owned();
