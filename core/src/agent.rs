@@ -407,7 +407,7 @@ mod tests {
 
     use super::*;
     use crate::bundle::OwnedTrustBundle;
-    use crate::crypto::{PublicKey, RustCryptoVerifier, Scheme, SignError};
+    use crate::crypto::{PublicKey, RustCryptoSignatureVerifier, Scheme, SignError};
     use crate::csr::Csr;
     use crate::rotation::{Clock, Policy, State};
     use crate::spiffe::SpiffeId;
@@ -449,14 +449,14 @@ mod tests {
         }
     }
 
-    type Agent<'a> = DeviceAgent<'a, FixtureKey, RustCryptoVerifier, 2048, 2, 2048>;
+    type Agent<'a> = DeviceAgent<'a, FixtureKey, RustCryptoSignatureVerifier, 2048, 2, 2048>;
 
     fn agent(slot: Option<&IdentitySlot<FixtureKey, 2048>>) -> Agent<'_> {
         let mut bundle = OwnedTrustBundle::new();
         bundle.replace(&[ROOT]).unwrap();
         let id = SpiffeId::parse(DEVICE_ID).unwrap();
         let rotation = Rotation::new(Policy::default(), Clock::Monotonic, 7, Some(id), bundle);
-        let agent = DeviceAgent::new(rotation, WORKLOAD, RustCryptoVerifier);
+        let agent = DeviceAgent::new(rotation, WORKLOAD, RustCryptoSignatureVerifier);
         match slot {
             Some(s) => agent.with_slot(s),
             None => agent,
@@ -534,7 +534,7 @@ mod tests {
             panic!("{sent:?}")
         };
         let csr = Csr::parse(csr).unwrap();
-        csr.verify_signature(&RustCryptoVerifier).unwrap();
+        csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
         assert!(csr
             .public_key()
             .same_key(&FixtureKey::generate(&mut rand_core::OsRng).public_key()));

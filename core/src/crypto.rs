@@ -1,7 +1,7 @@
 //! The crypto trait boundary: signature verification and signing.
 //!
 //! Certificates, CSRs and (later) tokens are checked through [`SignatureVerifier`]; requests
-//! and certificates are signed through [`Signer`]. [`RustCryptoVerifier`] is the pure-Rust
+//! and certificates are signed through [`Signer`]. [`RustCryptoSignatureVerifier`] is the pure-Rust
 //! default here (RustCrypto `p256`, plus `ed25519-dalek` behind the `ed25519` feature); the host
 //! plugs in a `ring` implementation behind the same trait.
 
@@ -229,9 +229,9 @@ pub trait SignatureVerifier {
 
 /// The pure-Rust verifier (RustCrypto `p256`; `ed25519-dalek` with the `ed25519` feature).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RustCryptoVerifier;
+pub struct RustCryptoSignatureVerifier;
 
-impl SignatureVerifier for RustCryptoVerifier {
+impl SignatureVerifier for RustCryptoSignatureVerifier {
     fn verify(
         &self,
         scheme: Scheme,

@@ -362,7 +362,7 @@ impl<'a> Csr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::RustCryptoVerifier;
+    use crate::crypto::RustCryptoSignatureVerifier;
     use crate::key::SoftwareKey;
     use crate::names::GeneralName;
     use proptest::prelude::*;
@@ -379,7 +379,7 @@ mod tests {
         let der = Builder::new().build(&mut k, &mut buf).unwrap().to_vec();
         assert!(der.len() <= MAX_CSR_LEN_NO_SAN);
         let csr = Csr::parse(&der).unwrap();
-        csr.verify_signature(&RustCryptoVerifier).unwrap();
+        csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
         assert_eq!(csr.subject(), &[0x30, 0x00]);
         assert!(csr.subject_alt_names().is_none());
         assert_eq!(csr.public_key(), k.public_key());
@@ -400,7 +400,7 @@ mod tests {
         bad[pos] = b'b';
         let csr = Csr::parse(&bad).unwrap();
         assert!(matches!(
-            csr.verify_signature(&RustCryptoVerifier),
+            csr.verify_signature(&RustCryptoSignatureVerifier),
             Err(Error::BadSignature(_))
         ));
     }
@@ -427,7 +427,7 @@ mod tests {
             let mut buf = vec![0u8; Builder::new().with_spiffe_id(id).buffer_len(k.public_key())];
             let der = Builder::new().with_spiffe_id(id).build(&mut k, &mut buf).unwrap();
             let csr = Csr::parse(der).unwrap();
-            csr.verify_signature(&RustCryptoVerifier).unwrap();
+            csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
             let names: Vec<_> = csr.subject_alt_names().unwrap().iter().collect();
             prop_assert_eq!(names, vec![GeneralName::Uri(id.as_str())]);
         }

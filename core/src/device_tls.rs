@@ -2,7 +2,7 @@
 //!
 //! [`Provider`] is the [`CryptoProvider`] a device hands to `TlsConnection::open`:
 //!
-//! - its [`verifier`](CryptoProvider::verifier) is a [`ServerVerifier`]: the server's chain goes
+//! - its [`verifier`](CryptoProvider::verifier) is a [`ServerCertVerifier`]: the server's chain goes
 //!   through this crate's [`chain::verify`] (the same function Sentry, the sidecar and the
 //!   rotation machine use) for `serverAuth`, and the leaf must carry the expected SPIFFE
 //!   identity ([`PeerName`]); then the server's CertificateVerify signature is checked over the
@@ -15,12 +15,12 @@
 //!   sidecar does: it validates leaf-only clients through its own intermediates).
 //! - its RNG is the caller's (the board's DRBG).
 //!
-//! embedded-tls reduces every refusal to one error code; [`ServerVerifier::refusal`] keeps the
+//! embedded-tls reduces every refusal to one error code; [`ServerCertVerifier::refusal`] keeps the
 //! precise reason.
 //!
 //! Two rules for the caller, both from embedded-tls 0.19's handshake:
 //!
-//! - **After `open()` returns `Ok`, check [`ServerVerifier::is_verified`]** (through
+//! - **After `open()` returns `Ok`, check [`ServerCertVerifier::is_verified`]** (through
 //!   [`Provider::verifier`]). embedded-tls does not require the server to send Certificate and
 //!   CertificateVerify at all: a server that skips them gets a successful `open()` without
 //!   this verifier ever finishing (and with no [`ServerRefusal`] either). Only `is_verified()` says
@@ -124,7 +124,7 @@ impl LeafKey {
 
 /// Verifies a TLS server for a device: path validation to the trust bundle for `serverAuth`,
 /// the peer's SPIFFE identity, and the CertificateVerify signature.
-pub struct ServerVerifier<'a, V, const N: usize> {
+pub struct ServerCertVerifier<'a, V, const N: usize> {
     anchors: TrustBundle<'a, N>,
     options: Options<'a>,
     verifier: V,
@@ -134,13 +134,13 @@ pub struct ServerVerifier<'a, V, const N: usize> {
     verified: bool,
 }
 
-impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
+impl<'a, V: SignatureVerifier, const N: usize> ServerCertVerifier<'a, V, N> {
     /// A verifier accepting servers whose chain leads to `anchors` under `options` (the time,
     /// skew, budget and — above all — `options.peer`: pass [`PeerName::SpiffeId`] for one
     /// server, [`PeerName::TrustDomain`] for any in a trust domain; with
     /// [`PeerName::Unchecked`] every server is refused with [`ServerRefusal::NoPeerName`]). The usage
     /// is always `serverAuth`. Each handshake starts from a clean state (see
-    /// [`ServerVerifier::begin`]).
+    /// [`ServerCertVerifier::begin`]).
     pub fn new(anchors: TrustBundle<'a, N>, options: Options<'a>, verifier: V) -> Self {
         Self {
             anchors,
@@ -219,7 +219,7 @@ impl<'a, V: SignatureVerifier, const N: usize> ServerVerifier<'a, V, N> {
 }
 
 impl<V: SignatureVerifier, const N: usize> TlsVerifier<Aes128GcmSha256>
-    for ServerVerifier<'_, V, N>
+    for ServerCertVerifier<'_, V, N>
 {
     /// The server is authorized by SPIFFE ID (`options.peer`), not by host name: a name set
     /// in the TLS config is sent as SNI only.
@@ -328,10 +328,10 @@ impl<K: Signer> signature::SignerMut<SignatureBytes> for TlsSigner<'_, K> {
 }
 
 /// The device's [`CryptoProvider`]: its RNG, its identity (leaf certificate and key) and a
-/// [`ServerVerifier`]. TLS 1.3 with AES-128-GCM/SHA-256 on P-256.
+/// [`ServerCertVerifier`]. TLS 1.3 with AES-128-GCM/SHA-256 on P-256.
 pub struct Provider<'a, R, K, V, const N: usize> {
     rng: &'a mut R,
-    verifier: ServerVerifier<'a, V, N>,
+    verifier: ServerCertVerifier<'a, V, N>,
     identity: Option<(&'a [u8], K)>,
 }
 
@@ -347,7 +347,7 @@ where
     pub fn new(
         rng: &'a mut R,
         identity: Option<(&'a [u8], K)>,
-        verifier: ServerVerifier<'a, V, N>,
+        verifier: ServerCertVerifier<'a, V, N>,
     ) -> Self {
         Self {
             rng,
@@ -356,8 +356,8 @@ where
         }
     }
 
-    /// The verifier, to read [`ServerVerifier::refusal`] after a failed handshake.
-    pub const fn verifier(&self) -> &ServerVerifier<'a, V, N> {
+    /// The verifier, to read [`ServerCertVerifier::refusal`] after a failed handshake.
+    pub const fn verifier(&self) -> &ServerCertVerifier<'a, V, N> {
         &self.verifier
     }
 }

@@ -189,7 +189,7 @@ impl Signer for SoftwareKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{RustCryptoVerifier, SignatureVerifier};
+    use crate::crypto::{RustCryptoSignatureVerifier, SignatureVerifier};
 
     #[test]
     fn pkcs8_round_trip_and_sign() {
@@ -201,11 +201,16 @@ mod tests {
         assert_eq!(back.public_point(), key.public_point());
         let mut sig = [0u8; 72];
         let sig = key.sign(b"hello", &mut sig).unwrap();
-        RustCryptoVerifier
+        RustCryptoSignatureVerifier
             .verify(Scheme::EcdsaP256Sha256, back.public_key(), b"hello", sig)
             .unwrap();
         assert_eq!(
-            RustCryptoVerifier.verify(Scheme::EcdsaP256Sha256, back.public_key(), b"hellO", sig),
+            RustCryptoSignatureVerifier.verify(
+                Scheme::EcdsaP256Sha256,
+                back.public_key(),
+                b"hellO",
+                sig
+            ),
             Err(crate::crypto::SignatureError::Invalid)
         );
         let mut small = [0u8; 10];

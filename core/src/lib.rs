@@ -35,14 +35,14 @@
 //! - **No panics on input**: every parser has one checked constructor; after it, accessors
 //!   cannot panic. Path building is bounded by a [`chain::Budget`] and a depth cap.
 //! - **Crypto is a trait boundary**: [`crypto::SignatureVerifier`] and [`crypto::Signer`].
-//!   [`crypto::RustCryptoVerifier`] and [`key::SoftwareKey`] are the defaults here; the host
+//!   [`crypto::RustCryptoSignatureVerifier`] and [`key::SoftwareKey`] are the defaults here; the host
 //!   adds a `ring` verifier.
 //!
 //! ## Features
 //!
 //! | feature   | default | what it adds                                             |
 //! |-----------|---------|----------------------------------------------------------|
-//! | `ed25519` | no      | Ed25519 signatures in [`crypto::RustCryptoVerifier`]     |
+//! | `ed25519` | no      | Ed25519 signatures in [`crypto::RustCryptoSignatureVerifier`]     |
 //! | `tls`     | no      | embedded-tls 0.19 glue: the device's mTLS `CryptoProvider` (`device_tls`) |
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

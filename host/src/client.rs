@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::pb;
-use crate::rustls_glue::SpiffeServerVerifier;
+use crate::rustls_glue::SentryCertVerifier;
 use crate::trust::Anchors;
 
 /// Why a signing round failed.
@@ -246,7 +246,7 @@ impl SentryClient {
 pub async fn connect_channel(
     target: &SentryTarget,
 ) -> Result<tonic::transport::Channel, ClientError> {
-    let verifier = SpiffeServerVerifier::new(target.anchors.clone(), target.sentry_id.clone())
+    let verifier = SentryCertVerifier::new(target.anchors.clone(), target.sentry_id.clone())
         .map_err(ClientError::Config)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crate::rustls_glue::provider())
         .with_safe_default_protocol_versions()

@@ -96,13 +96,13 @@ pub fn certified_key(chain: Vec<Vec<u8>>, pkcs8: &[u8]) -> Result<CertifiedKey, 
 /// SPIFFE ID to be exactly `expected` (the TLS server name is not used). Signatures go through
 /// the process-wide [`crate::signature::shared`] cache.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
+pub struct SentryCertVerifier {
     anchors: Arc<Anchors>,
     expected: String,
     provider: Arc<CryptoProvider>,
 }
 
-impl SpiffeServerVerifier {
+impl SentryCertVerifier {
     /// A verifier for `expected` (a SPIFFE ID) chaining to one of `anchors`.
     ///
     /// # Errors
@@ -142,7 +142,7 @@ pub(crate) fn other(message: String) -> rustls::Error {
     )))))
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for SentryCertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -208,7 +208,7 @@ mod tests {
             .signed_by(&KeyPair::generate().unwrap(), &root)
             .unwrap();
         let anchors = Anchors::from_ders("test", vec![root.der().to_vec()]).unwrap();
-        let verifier = SpiffeServerVerifier::new(Arc::new(anchors), ID.into()).unwrap();
+        let verifier = SentryCertVerifier::new(Arc::new(anchors), ID.into()).unwrap();
         let name = ServerName::try_from("dapr-sentry").unwrap();
         let check = || {
             verifier

@@ -677,7 +677,7 @@ fn csr_new_is_accepted_by_openssl() {
 
 #[test]
 fn openssl_keys_and_csrs_are_read() {
-    use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+    use sigil_core::crypto::{RustCryptoSignatureVerifier, Signer as _};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     openssl_ok(
@@ -736,13 +736,13 @@ fn openssl_keys_and_csrs_are_read() {
     );
     let der = std::fs::read(d.join("req.der")).unwrap();
     let csr = sigil_core::csr::Csr::parse(&der).unwrap();
-    csr.verify_signature(&RustCryptoVerifier).unwrap();
+    csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
     assert_eq!(csr.public_key(), a.public_key());
     let mut bad = der.clone();
     let pos = bad.windows(3).position(|w| w == b"app").unwrap();
     bad[pos] = b'b';
     let csr = sigil_core::csr::Csr::parse(&bad).unwrap();
-    assert!(csr.verify_signature(&RustCryptoVerifier).is_err());
+    assert!(csr.verify_signature(&RustCryptoSignatureVerifier).is_err());
 }
 
 #[test]

@@ -26,7 +26,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, UnixTime as PkiTime};
 use sigil_core::cert::Certificate;
 use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
-use sigil_core::crypto::RustCryptoVerifier;
+use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::csr;
 use sigil_core::key::SoftwareKey;
 use sigil_core::spiffe::SpiffeId;
@@ -172,7 +172,7 @@ fn main() {
         b.iter(|| sigil_verify(&f, &RingSignatureVerifier))
     });
     g.bench_function("sigil_rustcrypto", |b| {
-        b.iter(|| sigil_verify(&f, &RustCryptoVerifier))
+        b.iter(|| sigil_verify(&f, &RustCryptoSignatureVerifier))
     });
     g.bench_function("webpki_ring", |b| b.iter(|| webpki_verify(&f)));
     let cache = CachingSignatureVerifier::new(RingSignatureVerifier, DEFAULT_CACHE_ENTRIES);
@@ -236,7 +236,7 @@ fn main() {
     );
     ratio(
         "chain_verify: sigil(rustcrypto) / webpki(ring)",
-        &mut || sigil_verify(&f, &RustCryptoVerifier),
+        &mut || sigil_verify(&f, &RustCryptoSignatureVerifier),
         &mut || webpki_verify(&f),
     );
     let cache = CachingSignatureVerifier::new(RingSignatureVerifier, DEFAULT_CACHE_ENTRIES);

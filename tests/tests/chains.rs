@@ -11,7 +11,7 @@ use rcgen::{
 use sigil_core::chain::{
     self, ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle, Usage,
 };
-use sigil_core::crypto::{RustCryptoVerifier, SignatureVerifier};
+use sigil_core::crypto::{RustCryptoSignatureVerifier, SignatureVerifier};
 use sigil_core::spiffe::{SpiffeId, TrustDomain};
 use sigil_core::UnixTime;
 use sigil_host::signature::RingSignatureVerifier;
@@ -119,7 +119,7 @@ fn verify_both(
     for a in anchors {
         bundle.add(a).unwrap();
     }
-    let ours = chain::verify(leaf, ints, &bundle, &RustCryptoVerifier, options);
+    let ours = chain::verify(leaf, ints, &bundle, &RustCryptoSignatureVerifier, options);
     let ring = chain::verify(leaf, ints, &bundle, &RingSignatureVerifier, options);
     assert_eq!(ours, ring, "the two verifiers disagree");
     ours
@@ -559,7 +559,7 @@ fn csrs_from_rcgen_parse_and_verify() {
         }
         let req = p.serialize_request(&k).unwrap();
         let csr = Csr::parse(req.der()).unwrap();
-        csr.verify_signature(&RustCryptoVerifier).unwrap();
+        csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
         csr.verify_signature(&RingSignatureVerifier).unwrap();
         assert_eq!(csr.public_key().as_bytes(), k.public_key_raw());
         let uris: Vec<_> = csr

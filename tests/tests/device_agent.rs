@@ -13,7 +13,7 @@ use std::time::Duration;
 use rcgen::{CertifiedIssuer, KeyPair};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
-use sigil_core::crypto::{PublicKey, RustCryptoVerifier};
+use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier};
 use sigil_core::csr::Csr;
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::{self, Answer, Deframer, Frame, MAX_FRAME};
@@ -34,7 +34,7 @@ const WALL0: u64 = 1_893_456_000; // 2030-01-01
 const SKEW: Duration = Duration::from_secs(15 * 60);
 const LATENCY: Duration = Duration::from_millis(50);
 
-type Agent = DeviceAgent<'static, SoftwareKey, RustCryptoVerifier, 2048, 2, 1024>;
+type Agent = DeviceAgent<'static, SoftwareKey, RustCryptoSignatureVerifier, 2048, 2, 1024>;
 
 struct Ca {
     root: Vec<u8>,
@@ -91,7 +91,8 @@ impl Sim {
         };
         let id = SpiffeId::parse(ID).unwrap();
         let rotation = Rotation::new(policy, Clock::Monotonic, 42, Some(id), bundle);
-        let agent = DeviceAgent::new(rotation, WORKLOAD, RustCryptoVerifier).with_slot(slot);
+        let agent =
+            DeviceAgent::new(rotation, WORKLOAD, RustCryptoSignatureVerifier).with_slot(slot);
         let buf = Box::leak(Box::new([0u8; MAX_FRAME]));
         Self {
             agent,
@@ -201,7 +202,7 @@ impl Sim {
         };
         assert_eq!((id, namespace, token), ("device", "default", ""));
         let csr = Csr::parse(csr).unwrap();
-        csr.verify_signature(&RustCryptoVerifier).unwrap();
+        csr.verify_signature(&RustCryptoSignatureVerifier).unwrap();
         let PublicKey::EcP256(point) = csr.public_key() else {
             panic!("not a P-256 key")
         };

@@ -6,7 +6,7 @@
 //! `WebPkiClientVerifier` trusting the issuer (embedded-tls sends only the leaf). It reports
 //! what it saw of the client through a channel, then answers "ping" with "pong".
 //!
-//! Every refusal is asserted through [`ServerVerifier::refusal`], which keeps the precise reason
+//! Every refusal is asserted through [`ServerCertVerifier::refusal`], which keeps the precise reason
 //! embedded-tls reduces to one error code.
 //!
 //! A small hand-made TLS 1.3 server (ring primitives) sends the flights rustls never would: no
@@ -31,8 +31,8 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use sigil_core::chain::{ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle};
-use sigil_core::crypto::{PublicKey, RustCryptoVerifier, Scheme, SignError, Signer};
-use sigil_core::device_tls::{Provider, ServerRefusal, ServerVerifier};
+use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier, Scheme, SignError, Signer};
+use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal};
 use sigil_core::key::SoftwareKey;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
@@ -320,7 +320,7 @@ fn dial_as<K: Signer>(
     let mut provider = Provider::new(
         &mut rng,
         identity,
-        ServerVerifier::new(anchors, options, RustCryptoVerifier),
+        ServerCertVerifier::new(anchors, options, RustCryptoSignatureVerifier),
     );
     let outcome = dial(addr, &mut provider);
     Outcome {
@@ -391,8 +391,12 @@ fn verifier<'a>(
     anchors: TrustBundle<'a, ANCHORS>,
     server_id: &'a str,
     time: u64,
-) -> ServerVerifier<'a, RustCryptoVerifier, ANCHORS> {
-    ServerVerifier::new(anchors, expecting(server_id, time), RustCryptoVerifier)
+) -> ServerCertVerifier<'a, RustCryptoSignatureVerifier, ANCHORS> {
+    ServerCertVerifier::new(
+        anchors,
+        expecting(server_id, time),
+        RustCryptoSignatureVerifier,
+    )
 }
 
 fn client_key(pki: &Pki) -> SoftwareKey {
@@ -879,7 +883,7 @@ fn open_only(
 fn device_provider<'a>(
     rng: &'a mut OsRng,
     pki: &'a Pki,
-) -> Provider<'a, OsRng, SoftwareKey, RustCryptoVerifier, ANCHORS> {
+) -> Provider<'a, OsRng, SoftwareKey, RustCryptoSignatureVerifier, ANCHORS> {
     Provider::new(
         rng,
         Some((pki.client_leaf.as_slice(), client_key(pki))),

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
-use sigil_core::crypto::{PublicKey, RustCryptoVerifier};
+use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier};
 use sigil_core::csr::Csr;
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::{self, Answer, Frame, MAX_FRAME};
@@ -98,7 +98,7 @@ fn device_verdict(cas: &Cas, bad: Bad) -> Rejection {
         namespace: "default",
         token: "",
     };
-    let mut agent = DeviceAgent::new(rotation, workload, RustCryptoVerifier);
+    let mut agent = DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier);
     let now = Instant::from_millis(1);
     agent.handle_timeout(now);
     let mut buf = [0u8; MAX_FRAME];

@@ -2,7 +2,7 @@
 //! Sigil's signature verifiers: each vector must get exactly its expected verdict.
 
 use serde::Deserialize;
-use sigil_core::crypto::{PublicKey, RustCryptoVerifier, Scheme, SignatureVerifier};
+use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier, Scheme, SignatureVerifier};
 use sigil_host::signature::RingSignatureVerifier;
 
 #[derive(Deserialize)]
@@ -48,7 +48,7 @@ fn run(name: &str, scheme: Scheme) {
             for (name, got) in [
                 (
                     "rustcrypto",
-                    RustCryptoVerifier.verify(scheme, key, &msg, &sig),
+                    RustCryptoSignatureVerifier.verify(scheme, key, &msg, &sig),
                 ),
                 (
                     "ring",

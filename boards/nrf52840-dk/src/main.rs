@@ -29,7 +29,7 @@ use rand_core::RngCore as _;
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
-use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+use sigil_core::crypto::{RustCryptoSignatureVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{EntropySource, HmacDrbg};
 use sigil_core::key::SoftwareKey;
@@ -206,7 +206,9 @@ fn csr_step(rng: &mut HmacDrbg) -> Result<(), ()> {
         .build(&mut key, &mut csr_buf)
         .map_err(drop)?;
     let parsed = Csr::parse(der).map_err(drop)?;
-    parsed.verify_signature(&RustCryptoVerifier).map_err(drop)?;
+    parsed
+        .verify_signature(&RustCryptoSignatureVerifier)
+        .map_err(drop)?;
     if parsed.public_key() == key.public_key() {
         Ok(())
     } else {
@@ -235,8 +237,8 @@ fn rotation_step(rng: &mut HmacDrbg) -> Result<(), ()> {
         namespace: "default",
         token: "",
     };
-    let mut agent: DeviceAgent<'_, SoftwareKey, RustCryptoVerifier, 1024, 2, 1024> =
-        DeviceAgent::new(rotation, workload, RustCryptoVerifier);
+    let mut agent: DeviceAgent<'_, SoftwareKey, RustCryptoSignatureVerifier, 1024, 2, 1024> =
+        DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier);
     agent.handle_timeout(now());
     let mut frame = [0u8; 640];
     let sent = agent.poll_transmit(rng, &mut frame).ok_or(())?;
@@ -245,7 +247,7 @@ fn rotation_step(rng: &mut HmacDrbg) -> Result<(), ()> {
     };
     Csr::parse(csr)
         .map_err(drop)?
-        .verify_signature(&RustCryptoVerifier)
+        .verify_signature(&RustCryptoSignatureVerifier)
         .map_err(drop)?;
     let awaiting = matches!(agent.rotation().state(), State::Awaiting(_));
     if agent.poll_event() == Some(Event::Requested { request })
@@ -269,7 +271,13 @@ fn chain_step() -> Result<(), ()> {
     };
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     bundle.add(ROOT).map_err(drop)?;
-    match chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options) {
+    match chain::verify(
+        LEAF,
+        &[ISSUER],
+        &bundle,
+        &RustCryptoSignatureVerifier,
+        &options,
+    ) {
         Ok(p) if p.intermediates() == [0] => Ok(()),
         _ => Err(()),
     }

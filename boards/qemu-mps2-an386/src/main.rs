@@ -23,7 +23,7 @@ use cortex_m_semihosting::hprintln;
 #[cfg(feature = "rotation")]
 use rand_core::RngCore as _;
 use sigil_core::chain::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
-use sigil_core::crypto::{RustCryptoVerifier, Signer as _};
+use sigil_core::crypto::{RustCryptoSignatureVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
@@ -95,7 +95,9 @@ fn csr_step(rng: &mut HmacDrbg) -> Result<(), &'static str> {
     hprintln!("csr: {} bytes DER", der.len());
     let parsed = Csr::parse(der).map_err(|_| "parse own CSR")?;
     check(
-        parsed.verify_signature(&RustCryptoVerifier).is_ok(),
+        parsed
+            .verify_signature(&RustCryptoSignatureVerifier)
+            .is_ok(),
         "CSR self-signature verifies",
     )?;
     check(
@@ -118,7 +120,13 @@ fn options() -> Result<Options<'static>, &'static str> {
 fn chain_step() -> Result<(), &'static str> {
     let mut bundle: TrustBundle<'_, 2> = TrustBundle::new();
     bundle.add(ROOT).map_err(|_| "load trust anchor")?;
-    let found = chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &options()?);
+    let found = chain::verify(
+        LEAF,
+        &[ISSUER],
+        &bundle,
+        &RustCryptoSignatureVerifier,
+        &options()?,
+    );
     check(
         matches!(&found, Ok(p) if p.intermediates() == [0]),
         "chain root -> issuer -> leaf validates",
@@ -131,7 +139,13 @@ fn refusals_step() -> Result<(), &'static str> {
     let options = options()?;
     let mut foreign: TrustBundle<'_, 1> = TrustBundle::new();
     foreign.add(FOREIGN).map_err(|_| "load foreign anchor")?;
-    let e = chain::verify(LEAF, &[ISSUER], &foreign, &RustCryptoVerifier, &options);
+    let e = chain::verify(
+        LEAF,
+        &[ISSUER],
+        &foreign,
+        &RustCryptoSignatureVerifier,
+        &options,
+    );
     check(
         matches!(
             e,
@@ -151,7 +165,13 @@ fn refusals_step() -> Result<(), &'static str> {
     tampered.copy_from_slice(LEAF);
     let last = tampered.len() - 3;
     tampered[last] ^= 0x01;
-    let e = chain::verify(tampered, &[ISSUER], &bundle, &RustCryptoVerifier, &options);
+    let e = chain::verify(
+        tampered,
+        &[ISSUER],
+        &bundle,
+        &RustCryptoSignatureVerifier,
+        &options,
+    );
     check(
         matches!(
             e,
@@ -166,7 +186,13 @@ fn refusals_step() -> Result<(), &'static str> {
         time: UnixTime::from_secs(2_524_608_000),
         ..options
     }; // 2050
-    let e = chain::verify(LEAF, &[ISSUER], &bundle, &RustCryptoVerifier, &late);
+    let e = chain::verify(
+        LEAF,
+        &[ISSUER],
+        &bundle,
+        &RustCryptoSignatureVerifier,
+        &late,
+    );
     check(
         matches!(
             e,
@@ -210,7 +236,7 @@ fn rotation_step(seed: u64) -> Result<(), &'static str> {
         .start_request(key()?, &mut csr)
         .map_err(|_| "CSR for the request")?;
     let t1 = t0.saturating_add(Duration::from_millis(80));
-    m.handle_response(t1, request, &[LEAF, ISSUER], &RustCryptoVerifier);
+    m.handle_response(t1, request, &[LEAF, ISSUER], &RustCryptoSignatureVerifier);
     check(
         matches!(
             m.poll_action(),
@@ -238,13 +264,13 @@ fn rotation_step(seed: u64) -> Result<(), &'static str> {
 
     // Trust bundle at run time: adding an anchor keeps the identity; dropping its root does not.
     let t2 = t1.saturating_add(Duration::from_secs(60));
-    m.handle_trust_bundle(t2, &[ROOT, FOREIGN], &RustCryptoVerifier)
+    m.handle_trust_bundle(t2, &[ROOT, FOREIGN], &RustCryptoSignatureVerifier)
         .map_err(|_| "bundle with two anchors loads")?;
     check(
         m.poll_action().is_none(),
         "new anchor added, identity still trusted",
     )?;
-    m.handle_trust_bundle(t2, &[FOREIGN], &RustCryptoVerifier)
+    m.handle_trust_bundle(t2, &[FOREIGN], &RustCryptoSignatureVerifier)
         .map_err(|_| "bundle without the root loads")?;
     check(
         m.poll_action() == Some(Action::Request),
@@ -253,7 +279,7 @@ fn rotation_step(seed: u64) -> Result<(), &'static str> {
     let (request, _der) = m
         .start_request(key()?, &mut csr)
         .map_err(|_| "CSR for the renewal")?;
-    m.handle_response(t2, request, &[LEAF, ISSUER], &RustCryptoVerifier);
+    m.handle_response(t2, request, &[LEAF, ISSUER], &RustCryptoSignatureVerifier);
     check(
         matches!(m.poll_action(), Some(Action::Rejected(Rejection::Path(_)))),
         "answer that no longer chains refused",

@@ -3,7 +3,7 @@
 //! budget always ends the search.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sigil_core::crypto::RustCryptoVerifier;
+use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::chain::{self, Options, TrustBundle};
 use sigil_core::UnixTime;
 
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         leaf,
         &ints,
         &bundle,
-        &RustCryptoVerifier,
+        &RustCryptoSignatureVerifier,
         &Options::new(UnixTime::from_secs(1_893_456_000)),
     );
 });

@@ -174,13 +174,13 @@ impl CallerPolicy {
 
 /// Requires and checks client certificates (see the module doc).
 #[derive(Debug)]
-pub struct SidecarClientVerifier {
+pub struct PeerClientCertVerifier {
     state: Arc<IdentityState>,
     callers: CallerPolicy,
     provider: Arc<CryptoProvider>,
 }
 
-impl ClientCertVerifier for SidecarClientVerifier {
+impl ClientCertVerifier for PeerClientCertVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -212,14 +212,14 @@ impl ClientCertVerifier for SidecarClientVerifier {
 
 /// Checks the called sidecar: `spiffe://<any td>/ns/<namespace>/<app_id>`.
 #[derive(Debug)]
-pub struct PeerServerVerifier {
+pub struct PeerServerCertVerifier {
     state: Arc<IdentityState>,
     namespace: String,
     app_id: String,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PeerServerVerifier {
+impl ServerCertVerifier for PeerServerCertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -263,7 +263,7 @@ pub fn server_config(
     callers: CallerPolicy,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = crate::rustls_glue::provider();
-    let verifier = SidecarClientVerifier {
+    let verifier = PeerClientCertVerifier {
         state: state.clone(),
         callers,
         provider: provider.clone(),
@@ -291,7 +291,7 @@ pub fn client_config(
     app_id: &str,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = crate::rustls_glue::provider();
-    let verifier = PeerServerVerifier {
+    let verifier = PeerServerCertVerifier {
         state: state.clone(),
         namespace: namespace.to_owned(),
         app_id: app_id.to_owned(),

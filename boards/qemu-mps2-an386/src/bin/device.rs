@@ -41,8 +41,8 @@ use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::chain::{Options, PeerName};
-use sigil_core::crypto::RustCryptoVerifier;
-use sigil_core::device_tls::{Provider, ServerRefusal, ServerVerifier};
+use sigil_core::crypto::RustCryptoSignatureVerifier;
+use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::MAX_FRAME;
@@ -82,7 +82,7 @@ const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 static SLOT: IdentitySlot<SoftwareKey, CHAIN> = IdentitySlot::new();
 
 type Agent<'a> =
-    DeviceAgent<'a, SoftwareKey, RustCryptoVerifier, CHAIN, ANCHOR_COUNT, ANCHOR_BYTES>;
+    DeviceAgent<'a, SoftwareKey, RustCryptoSignatureVerifier, CHAIN, ANCHOR_COUNT, ANCHOR_BYTES>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -195,7 +195,7 @@ fn agent(own_id: SpiffeId<'_>, jitter_seed: u64) -> Result<Agent<'_>, &'static s
         namespace: NAMESPACE,
         token: "",
     };
-    Ok(DeviceAgent::new(rotation, workload, RustCryptoVerifier).with_slot(&SLOT))
+    Ok(DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier).with_slot(&SLOT))
 }
 
 /// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
@@ -438,10 +438,10 @@ fn call_once(
         peer: PeerName::SpiffeId(peer),
         ..Options::new(wall)
     };
-    let verifier = ServerVerifier::new(
+    let verifier = ServerCertVerifier::new(
         agent.rotation().bundle().as_bundle(),
         options,
-        RustCryptoVerifier,
+        RustCryptoSignatureVerifier,
     );
     let mut provider = Provider::new(rng, Some((leaf, key)), verifier);
     let config = TlsConfig::new();
