@@ -3,8 +3,8 @@
 //! budget always ends the search.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::chain::{self, Options, TrustBundle};
+use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::UnixTime;
 
 fn split(mut data: &[u8]) -> Vec<&[u8]> {
