@@ -219,11 +219,15 @@ pub async fn run(
         "Sentry on {sentry_addr}: a new root and issuer in {}; certificates live {TTL}",
         dir.join("creds").display()
     ));
-    let paths = sentry.paths.clone();
+    let paths = sentry
+        .store
+        .paths()
+        .cloned()
+        .context("the demo's Sentry keeps its credentials in files")?;
     let sentry_task = tokio::spawn(crate::sentry::run(
         sentry.sentry,
         sentry.listeners,
-        Some(sentry.paths),
+        Some(sentry.store),
         stopped(),
     ));
     let anchors = dir.join("anchors.pem");

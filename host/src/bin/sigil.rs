@@ -548,7 +548,7 @@ fn sentry(args: SentryCli) -> ExitCode {
         sigil_host::sentry::run(
             started.sentry,
             started.listeners,
-            Some(started.paths),
+            Some(started.store),
             shutdown_signal(),
         )
         .await?;

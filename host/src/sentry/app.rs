@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 
 use super::kube::{KubeConfig, KubeValidator};
 use super::validator::Validators;
-use super::{jwt, Listeners, Sentry, Settings};
+use super::{jwt, CredentialStore, Listeners, Sentry, Settings};
+use crate::ca::secret_store::{self, Published, SecretStore};
 use crate::ca::store::{self, Origin, StorePaths};
 use crate::dapr::config::SentryConfig;
 
@@ -99,7 +100,7 @@ pub struct Started {
     /// Its bound sockets.
     pub listeners: Listeners,
     /// The credential store (to watch).
-    pub paths: StorePaths,
+    pub store: CredentialStore,
     /// Lines for the log: where things are.
     pub report: Vec<String>,
 }
@@ -185,27 +186,69 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     sigil_core::spiffe::SpiffeId::parse(&settings.sentry_id())
         .map_err(|e| anyhow::anyhow!("trust domain {:?}: {e}", opts.trust_domain))?;
-    let dir = opts
-        .issuer_credentials
-        .clone()
-        .unwrap_or_else(default_credentials_dir);
-    let paths = StorePaths::new(
-        &dir,
-        &opts.ca_filename,
-        &opts.cert_filename,
-        &opts.key_filename,
-    );
-    let (creds, origin) = {
-        let (p, td, id, skew) = (
-            paths.clone(),
-            settings.trust_domain.clone(),
-            settings.sentry_id(),
-            settings.skew,
-        );
-        tokio::task::spawn_blocking(move || {
-            store::load_or_generate(&p, &td, &id, skew, SystemTime::now())
-        })
-        .await??
+    let kube = match &opts.kubernetes {
+        Some(k) => Some(kube_config(k, &settings)?),
+        None => None,
+    };
+    // Kubernetes mode keeps the credentials in the Secret, as Dapr does, unless the operator
+    // points Sentry at files (a mounted Secret, say) with --issuer-credentials.
+    let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
+        (Some(k), None) => {
+            let client = secret_store::client(&k.api_server, k.ca_pem.as_deref(), &k.token_file)
+                .map_err(anyhow::Error::msg)?;
+            let secrets = SecretStore::new(client, &settings.namespace);
+            let (creds, origin) = secrets
+                .load_or_generate(&settings.trust_domain, &settings.sentry_id(), settings.skew)
+                .await?;
+            match secrets.publish_anchors(creds.anchors_pem()).await? {
+                Published::Corrected => tracing::warn!(
+                    namespace = %settings.namespace,
+                    "the trust-bundle ConfigMap held other anchors than the Secret; corrected \
+                     (the Secret's set is kept, never regenerated)"
+                ),
+                Published::Created | Published::InStep => {}
+            }
+            let where_ = format!(
+                "Secret {ns}/{name} (ConfigMap {ns}/{name} publishes ca.crt)",
+                ns = settings.namespace,
+                name = secret_store::TRUST_BUNDLE
+            );
+            (
+                CredentialStore::Secret(Box::new(secrets)),
+                creds,
+                origin,
+                where_,
+            )
+        }
+        (_, dir) => {
+            let dir = dir.clone().unwrap_or_else(default_credentials_dir);
+            let paths = StorePaths::new(
+                &dir,
+                &opts.ca_filename,
+                &opts.cert_filename,
+                &opts.key_filename,
+            );
+            let (creds, origin) = {
+                let (p, td, id, skew) = (
+                    paths.clone(),
+                    settings.trust_domain.clone(),
+                    settings.sentry_id(),
+                    settings.skew,
+                );
+                tokio::task::spawn_blocking(move || {
+                    store::load_or_generate(&p, &td, &id, skew, SystemTime::now())
+                })
+                .await??
+            };
+            let where_ = format!(
+                "{}: ca {}, issuer {}, key {}",
+                dir.display(),
+                paths.ca.display(),
+                paths.issuer_cert.display(),
+                paths.issuer_key.display()
+            );
+            (CredentialStore::Files(paths), creds, origin, where_)
+        }
     };
     let jwks = match &config.jwks_source {
         Some(source) => {
@@ -213,9 +256,8 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         }
         None => None,
     };
-    let validators = match (&opts.kubernetes, jwks) {
-        (Some(k), jwks) => {
-            let kube = kube_config(k, &settings)?;
+    let validators = match (kube, jwks) {
+        (Some(kube), jwks) => {
             let validator = KubeValidator::new(kube).context("kubernetes validator")?;
             Validators::kubernetes(validator, jwks.map(|j| (j, settings.sentry_id())))
         }
@@ -229,15 +271,12 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         (None, None) => "insecure (default)",
     };
     let mut report = vec![format!(
-        "credentials: {} ({}): ca {}, issuer {}, key {}",
-        dir.display(),
+        "credentials: {} ({})",
+        where_,
         match origin {
             Origin::Generated => "generated a new root and issuer, valid 1 year",
             Origin::Loaded => "loaded and validated",
         },
-        paths.ca.display(),
-        paths.issuer_cert.display(),
-        paths.issuer_key.display(),
     )];
     report.push(format!(
         "trust domain {}; Sentry's ID {}; workload certificates {} back-dated {}; validators: {}",
@@ -290,7 +329,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             healthz,
             metrics,
         },
-        paths,
+        store,
         report,
     })
 }

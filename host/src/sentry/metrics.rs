@@ -27,6 +27,7 @@ pub struct Metrics {
     failures: Mutex<BTreeMap<&'static str, u64>>,
     issuer_changed: AtomicU64,
     reload_refused: AtomicU64,
+    bundle_mismatch: AtomicU64,
     issuer_expiry: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -68,6 +69,12 @@ impl Metrics {
     /// A changed credential set was refused; the old one keeps serving.
     pub fn reload_refused(&self) {
         self.reload_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The trust-bundle ConfigMap held other anchors than the Secret (corrected; the
+    /// Secret's set kept).
+    pub fn bundle_mismatch(&self) {
+        self.bundle_mismatch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The issuer in use expires at `unix_secs`.
@@ -121,6 +128,12 @@ impl Metrics {
             "sigil_sentry_credentials_reload_refused_total",
             "Replaced credentials refused (the previous set kept serving).",
             get(&self.reload_refused),
+        );
+        counter(
+            &mut out,
+            "sigil_sentry_trust_bundle_mismatch_total",
+            "Times the trust-bundle ConfigMap held other anchors than the Secret (corrected).",
+            get(&self.bundle_mismatch),
         );
         let _ = writeln!(
             out,

@@ -647,6 +647,25 @@ where
     }
 }
 
+/// Where Sentry's credentials live, and so what its reload watches.
+#[derive(Debug)]
+pub enum CredentialStore {
+    /// `ca.crt`, `issuer.crt` and `issuer.key` in a directory (`ca::store`).
+    Files(StorePaths),
+    /// The Secret `dapr-trust-bundle` and its ConfigMap (`ca::secret_store`, kubernetes mode).
+    Secret(Box<crate::ca::secret_store::SecretStore>),
+}
+
+impl CredentialStore {
+    /// The files, in file mode.
+    pub const fn paths(&self) -> Option<&StorePaths> {
+        match self {
+            Self::Files(p) => Some(p),
+            Self::Secret(_) => None,
+        }
+    }
+}
+
 /// The sockets Sentry serves on.
 #[derive(Debug)]
 pub struct Listeners {
@@ -667,7 +686,7 @@ pub struct Listeners {
 pub async fn run(
     sentry: Arc<Sentry>,
     listeners: Listeners,
-    watch_paths: Option<StorePaths>,
+    store: Option<CredentialStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -679,8 +698,14 @@ pub async fn run(
     };
     let mut tasks = tokio::task::JoinSet::new();
 
-    if let Some(paths) = watch_paths {
-        tasks.spawn(reload::watch(sentry.clone(), paths, stopped()));
+    match store {
+        Some(CredentialStore::Files(paths)) => {
+            tasks.spawn(reload::watch(sentry.clone(), paths, stopped()));
+        }
+        Some(CredentialStore::Secret(secrets)) => {
+            tasks.spawn(reload::watch_secret(sentry.clone(), *secrets, stopped()));
+        }
+        None => {}
     }
     tasks.spawn(renew_serving_loop(sentry.clone(), stopped()));
     // The gRPC listener is bound: from here on, clients are queued and served.

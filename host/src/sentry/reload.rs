@@ -15,6 +15,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::Sentry;
+use crate::ca::secret_store::SecretStore;
 use crate::ca::store::{self, StorePaths};
 
 /// Quiet time after the last event before the set is read.
@@ -133,6 +134,45 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
             Err(e) => tracing::error!(error = %e, "credential reload task failed"),
         }
     }
+}
+
+/// Kubernetes mode: watches the credentials Secret ([`SecretStore::watch`]) and swaps each
+/// changed set that validates into `sentry` until `stopped` resolves; a refused set is logged
+/// and counted, and the old one keeps serving.
+pub async fn watch_secret(
+    sentry: Arc<Sentry>,
+    secrets: SecretStore,
+    stopped: impl Future<Output = ()>,
+) {
+    let probe_id = sentry.sentry_id().to_owned();
+    let initial = sentry.credentials().anchors_pem().to_owned();
+    let swapping = sentry.clone();
+    let refusing = sentry.clone();
+    let mismatching = sentry.clone();
+    secrets
+        .watch(
+            probe_id,
+            initial,
+            move |creds| {
+                let roots = creds.anchors().len();
+                swapping.swap_credentials(creds);
+                swapping.metrics().issuer_changed();
+                tracing::info!(roots, "credentials Secret replaced: new requests use the new set");
+            },
+            move |e| {
+                refusing.metrics().reload_refused();
+                tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
+            },
+            move || {
+                mismatching.metrics().bundle_mismatch();
+                tracing::warn!(
+                    "the trust-bundle ConfigMap held other anchors than the Secret; corrected \
+                     (the Secret's set is kept, never regenerated)"
+                );
+            },
+            stopped,
+        )
+        .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,455 @@
+//! Sentry's credentials in Kubernetes, where Dapr keeps them: the Secret `dapr-trust-bundle`
+//! (keys `ca.crt`, `issuer.crt`, `issuer.key`) in Sentry's namespace, and the ConfigMap
+//! `dapr-trust-bundle` (key `ca.crt`) that sidecars mount as their trust anchors.
+//!
+//! The same guarantees as the file store ([`super::store`]):
+//!
+//! - **Never generates over a user's set**: a Secret with all three keys is loaded and
+//!   validated ([`Credentials::from_pem`]); one with none (Dapr's Helm chart creates it empty)
+//!   or no Secret at all gets a generated set; one with some of the keys is refused, naming them.
+//! - **One root for racing replicas**: the generated set is written with the API server's
+//!   optimistic concurrency — `create` for a missing Secret (`AlreadyExists`: another replica
+//!   won), `replace` at the resourceVersion read for an empty one (`Conflict`: likewise) — and a
+//!   replica that lost reads the winner's set. Nothing is ever overwritten.
+//! - **The ConfigMap follows the Secret**: after every load its `ca.crt` is made equal to the
+//!   Secret's (created if absent, replaced at the version read). A ConfigMap that differed is
+//!   reported (log, `sigil_sentry_trust_bundle_mismatch_total`) and corrected; Sentry never
+//!   regenerates because of it (Dapr does, dapr/dapr #9563).
+//! - **Hot reload** ([`SecretStore::watch`]): a watch on the Secret (kube-runtime's watcher:
+//!   re-list when the resourceVersion has expired, with backoff on errors) plus a periodic
+//!   re-read ([`RESYNC`]); a changed set is validated exactly as at start and swapped in, a set
+//!   that does not validate is refused with the reason and the old one keeps serving, and a
+//!   deleted Secret changes nothing (it is reported; Sentry does not recreate it over a user's
+//!   intent).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use kube_runtime::watcher;
+use zeroize::Zeroizing;
+
+use super::store::Origin;
+use super::{Credentials, CredentialsError};
+
+/// The name of the Secret and of the ConfigMap, as Dapr names them.
+pub const TRUST_BUNDLE: &str = "dapr-trust-bundle";
+/// The Secret's and the ConfigMap's key for the trust anchors.
+pub const CA_KEY: &str = "ca.crt";
+/// The Secret's key for the issuer chain.
+pub const ISSUER_CERT_KEY: &str = "issuer.crt";
+/// The Secret's key for the issuer's private key.
+pub const ISSUER_KEY_KEY: &str = "issuer.key";
+/// How often the Secret is read again even when the watch reports nothing.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// How many times a lost race is re-read before giving up (each read follows a write by
+/// another replica, so one is enough unless the Secret is being rewritten continuously).
+const RACE_RETRIES: usize = 5;
+
+/// Why the Secret store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretStoreError {
+    /// The API server refused or could not be reached.
+    #[error("{what} {namespace}/{TRUST_BUNDLE}: {source}")]
+    Api {
+        /// What was being done ("reading the Secret", …).
+        what: &'static str,
+        /// The namespace.
+        namespace: String,
+        /// kube's error.
+        source: kube::Error,
+    },
+    /// Some of the three keys are there and some are not: nothing is generated over them.
+    #[error(
+        "Secret {namespace}/{TRUST_BUNDLE} is incomplete: has {present:?} but not {missing:?}; \
+         refusing to generate over it (provide all three keys, or none to let Sentry generate)"
+    )]
+    Partial {
+        /// The namespace.
+        namespace: String,
+        /// The keys found.
+        present: Vec<&'static str>,
+        /// The keys missing.
+        missing: Vec<&'static str>,
+    },
+    /// The set in the Secret does not validate.
+    #[error("invalid credentials in Secret {namespace}/{TRUST_BUNDLE}: {source}")]
+    Invalid {
+        /// The namespace.
+        namespace: String,
+        /// What is wrong.
+        source: CredentialsError,
+    },
+    /// Another writer kept changing the Secret while this replica tried to settle on it.
+    #[error("Secret {namespace}/{TRUST_BUNDLE} kept changing under {RACE_RETRIES} attempts")]
+    Contended {
+        /// The namespace.
+        namespace: String,
+    },
+}
+
+/// What [`SecretStore::publish_anchors`] found in the ConfigMap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// It already held the anchors.
+    InStep,
+    /// There was none (or it had no `ca.crt`): created.
+    Created,
+    /// It held other anchors than the Secret: reported and corrected.
+    Corrected,
+}
+
+/// The three PEM texts of a set, as the Secret holds them.
+struct SetPem {
+    ca: String,
+    issuer: String,
+    key: Zeroizing<String>,
+}
+
+/// What the Secret holds.
+enum Contents {
+    /// No Secret.
+    Missing,
+    /// A Secret with none of the keys (its resourceVersion, to replace it at).
+    Empty(Option<String>),
+    /// All three keys.
+    Set(SetPem),
+}
+
+/// Sentry's credentials in a Secret and the ConfigMap that publishes its trust anchors.
+#[derive(Clone)]
+pub struct SecretStore {
+    secrets: Api<Secret>,
+    config_maps: Api<ConfigMap>,
+    namespace: String,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+    data.get(key)
+        .filter(|v| !v.0.is_empty())
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+/// Reads the Secret's keys: all three, none, or an error naming what is there.
+fn contents_of(secret: Secret, namespace: &str) -> Result<Contents, SecretStoreError> {
+    let data = secret.data.unwrap_or_default();
+    let keys = [CA_KEY, ISSUER_CERT_KEY, ISSUER_KEY_KEY];
+    let values = keys.map(|k| text(&data, k));
+    match values {
+        [Some(ca), Some(issuer), Some(key)] => Ok(Contents::Set(SetPem {
+            ca,
+            issuer,
+            key: Zeroizing::new(key),
+        })),
+        [None, None, None] => Ok(Contents::Empty(secret.metadata.resource_version)),
+        _ => {
+            let (present, missing): (Vec<_>, Vec<_>) =
+                keys.iter().zip(&values).partition(|(_, v)| v.is_some());
+            Err(SecretStoreError::Partial {
+                namespace: namespace.to_owned(),
+                present: present.into_iter().map(|(k, _)| *k).collect(),
+                missing: missing.into_iter().map(|(k, _)| *k).collect(),
+            })
+        }
+    }
+}
+
+fn secret_of(set: &SetPem, resource_version: Option<String>) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(TRUST_BUNDLE.to_owned()),
+            resource_version,
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (CA_KEY.to_owned(), bytes(&set.ca)),
+            (ISSUER_CERT_KEY.to_owned(), bytes(&set.issuer)),
+            (ISSUER_KEY_KEY.to_owned(), bytes(&set.key)),
+        ])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+impl SecretStore {
+    /// The store in `namespace` through `client`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            secrets: Api::namespaced(client.clone(), namespace),
+            config_maps: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    fn api(&self, what: &'static str) -> impl FnOnce(kube::Error) -> SecretStoreError + '_ {
+        move |source| SecretStoreError::Api {
+            what,
+            namespace: self.namespace.clone(),
+            source,
+        }
+    }
+
+    async fn read(&self) -> Result<Contents, SecretStoreError> {
+        match self
+            .secrets
+            .get_opt(TRUST_BUNDLE)
+            .await
+            .map_err(self.api("reading the Secret"))?
+        {
+            None => Ok(Contents::Missing),
+            Some(s) => contents_of(s, &self.namespace),
+        }
+    }
+
+    fn validate(&self, set: &SetPem, probe_id: &str) -> Result<Credentials, SecretStoreError> {
+        Credentials::from_pem(&set.ca, &set.issuer, &set.key, SystemTime::now(), probe_id).map_err(
+            |source| SecretStoreError::Invalid {
+                namespace: self.namespace.clone(),
+                source,
+            },
+        )
+    }
+
+    /// Loads the set in the Secret, or generates one and writes it if the Secret is missing or
+    /// empty (see the module doc), then brings the ConfigMap in step. Returns the credentials,
+    /// where they came from, and the anchors' PEM as published.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError`]; nothing is written over a set that is there.
+    pub async fn load_or_generate(
+        &self,
+        trust_domain: &str,
+        sentry_id: &str,
+        skew: Duration,
+    ) -> Result<(Credentials, Origin), SecretStoreError> {
+        for _ in 0..RACE_RETRIES {
+            let version = match self.read().await? {
+                Contents::Set(set) => {
+                    let creds = self.validate(&set, sentry_id)?;
+                    return Ok((creds, Origin::Loaded));
+                }
+                Contents::Missing => None,
+                Contents::Empty(version) => Some(version),
+            };
+            let (creds, pem) =
+                Credentials::generate(trust_domain, sentry_id, SystemTime::now(), skew).map_err(
+                    |source| SecretStoreError::Invalid {
+                        namespace: self.namespace.clone(),
+                        source,
+                    },
+                )?;
+            let set = SetPem {
+                ca: pem.ca,
+                issuer: pem.issuer,
+                key: pem.key,
+            };
+            let written = match version {
+                None => self
+                    .secrets
+                    .create(&PostParams::default(), &secret_of(&set, None))
+                    .await
+                    .map(|_| ()),
+                Some(rv) => self
+                    .secrets
+                    .replace(TRUST_BUNDLE, &PostParams::default(), &secret_of(&set, rv))
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok((creds, Origin::Generated)),
+                // Another replica wrote first: read its set on the next turn.
+                Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {
+                    tracing::info!(
+                        namespace = %self.namespace,
+                        "another Sentry created the credentials first; loading its set"
+                    );
+                }
+                Err(e) => return Err(self.api("writing the generated Secret")(e)),
+            }
+        }
+        Err(SecretStoreError::Contended {
+            namespace: self.namespace.clone(),
+        })
+    }
+
+    /// Makes the ConfigMap's `ca.crt` equal to `ca_pem`, and says what it found.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError::Api`] if it could not be read or written (a concurrent writer's
+    /// `Conflict` is retried from a fresh read).
+    pub async fn publish_anchors(&self, ca_pem: &str) -> Result<Published, SecretStoreError> {
+        for _ in 0..RACE_RETRIES {
+            let current = self
+                .config_maps
+                .get_opt(TRUST_BUNDLE)
+                .await
+                .map_err(self.api("reading the ConfigMap"))?;
+            let held = current
+                .as_ref()
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get(CA_KEY));
+            let found = match held {
+                Some(h) if h == ca_pem => return Ok(Published::InStep),
+                Some(_) => Published::Corrected,
+                None => Published::Created,
+            };
+            let mut map = current.clone().unwrap_or_else(|| ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(TRUST_BUNDLE.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ConfigMap::default()
+            });
+            map.data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(CA_KEY.to_owned(), ca_pem.to_owned());
+            let written = if current.is_some() {
+                self.config_maps
+                    .replace(TRUST_BUNDLE, &PostParams::default(), &map)
+                    .await
+            } else {
+                self.config_maps.create(&PostParams::default(), &map).await
+            };
+            match written {
+                Ok(_) => return Ok(found),
+                Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {}
+                Err(e) => return Err(self.api("writing the ConfigMap")(e)),
+            }
+        }
+        Err(SecretStoreError::Contended {
+            namespace: self.namespace.clone(),
+        })
+    }
+
+    /// Watches the Secret and hands each changed set that validates to `swap` (with its
+    /// anchors' PEM, after the ConfigMap has been brought in step), until `stopped` resolves;
+    /// `refused` hears of each set that does not validate. See the module doc.
+    pub async fn watch(
+        self,
+        probe_id: String,
+        initial_ca: String,
+        swap: impl Fn(Credentials) + Send,
+        refused: impl Fn(&SecretStoreError) + Send,
+        mismatch: impl Fn() + Send,
+        stopped: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(stopped);
+        let config = watcher::Config::default().fields(&format!("metadata.name={TRUST_BUNDLE}"));
+        let events = watcher(self.secrets.clone(), config);
+        tokio::pin!(events);
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.tick().await;
+        // The last set applied (or refused), by its PEM: an unchanged Secret is not re-judged.
+        let mut last: Option<(String, String, Zeroizing<String>)> = None;
+        let mut published = initial_ca;
+        loop {
+            let seen = tokio::select! {
+                () = &mut stopped => return,
+                event = events.next() => match event {
+                    Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => {
+                        Some(contents_of(s, &self.namespace))
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        tracing::warn!(
+                            namespace = %self.namespace,
+                            "the credentials Secret was deleted; the loaded set keeps serving"
+                        );
+                        None
+                    }
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching the credentials Secret; it retries");
+                        None
+                    }
+                    None => return,
+                },
+                _ = resync.tick() => match self.read().await {
+                    Ok(c) => Some(Ok(c)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading the credentials Secret");
+                        None
+                    }
+                },
+            };
+            let set = match seen {
+                Some(Ok(Contents::Set(set))) => set,
+                Some(Ok(Contents::Missing | Contents::Empty(_))) | None => continue,
+                Some(Err(e)) => {
+                    refused(&e);
+                    continue;
+                }
+            };
+            let key = (set.ca.clone(), set.issuer.clone(), set.key.clone());
+            if last.as_ref() == Some(&key) {
+                continue;
+            }
+            last = Some(key);
+            match self.validate(&set, &probe_id) {
+                Ok(creds) => {
+                    swap(creds);
+                    if set.ca != published {
+                        published.clone_from(&set.ca);
+                    }
+                }
+                Err(e) => {
+                    refused(&e);
+                    continue;
+                }
+            }
+            match self.publish_anchors(&published).await {
+                Ok(Published::Corrected) => mismatch(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "keeping the ConfigMap in step"),
+            }
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+/// A kube client for `api_server` (an `https://` URL), trusting the PEM roots `ca_pem` for its
+/// certificate and authenticating with the bearer token in `token_file` (re-read when it
+/// changes, as projected tokens rotate).
+///
+/// # Errors
+///
+/// A description of what is unusable.
+pub fn client(
+    api_server: &str,
+    ca_pem: Option<&str>,
+    token_file: &std::path::Path,
+) -> Result<kube::Client, String> {
+    let url: http::Uri = api_server
+        .parse()
+        .map_err(|e| format!("API server URL {api_server:?}: {e}"))?;
+    let mut config = kube::Config::new(url);
+    if let Some(pem) = ca_pem {
+        let roots = crate::pki::pem_certificates(pem.as_bytes())
+            .map_err(|e| format!("API server CA bundle: {e}"))?;
+        config.root_cert = Some(roots);
+    }
+    config.auth_info.token_file = Some(token_file.display().to_string());
+    // No read timeout: it would cut the Secret's watch; single calls carry their own.
+    config.connect_timeout = Some(Duration::from_secs(10));
+    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
