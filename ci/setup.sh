@@ -34,4 +34,12 @@ fi
 if ! command -v cargo-fuzz >/dev/null; then
   cargo +stable install cargo-fuzz --locked --quiet
 fi
+# A real Kubernetes API server for the kubernetes-mode tests (host/tests/kubernetes.rs):
+# built once from Debian's source package and cached outside the repository (about 5 min the
+# first time, nothing after). kubectl comes with this machine's image; Debian's client if not.
+if ! command -v kubectl >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq kubernetes-client >/dev/null
+fi
+bash ci/kube-setup.sh
 echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version))"

@@ -411,8 +411,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logs(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube logs a response it cannot decode at warn, and a TokenReview's response echoes the
+    // workload's token: its errors reach Sentry as values instead.
+    if let Ok(quiet) = "kube_client=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

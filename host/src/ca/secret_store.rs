@@ -123,11 +123,29 @@ enum Contents {
 }
 
 /// Sentry's credentials in a Secret and the ConfigMap that publishes its trust anchors.
-#[derive(Clone)]
 pub struct SecretStore {
     secrets: Api<Secret>,
     config_maps: Api<ConfigMap>,
     namespace: String,
+    /// The fingerprint of the set loaded or generated last, so the watch's first listing of
+    /// the same Secret is not taken for a change.
+    loaded: std::sync::Mutex<Option<Fingerprint>>,
+}
+
+/// SHA-256 over the three PEM texts (length-prefixed): which set, without keeping the key.
+type Fingerprint = [u8; 32];
+
+impl SetPem {
+    fn fingerprint(&self) -> Fingerprint {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [self.ca.as_str(), self.issuer.as_str(), self.key.as_str()] {
+            ctx.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -193,6 +211,7 @@ impl SecretStore {
             secrets: Api::namespaced(client.clone(), namespace),
             config_maps: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
+            loaded: std::sync::Mutex::new(None),
         }
     }
 
@@ -202,6 +221,13 @@ impl SecretStore {
             namespace: self.namespace.clone(),
             source,
         }
+    }
+
+    fn remember(&self, set: &SetPem) {
+        *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(set.fingerprint());
     }
 
     async fn read(&self) -> Result<Contents, SecretStoreError> {
@@ -242,6 +268,7 @@ impl SecretStore {
             let version = match self.read().await? {
                 Contents::Set(set) => {
                     let creds = self.validate(&set, sentry_id)?;
+                    self.remember(&set);
                     return Ok((creds, Origin::Loaded));
                 }
                 Contents::Missing => None,
@@ -272,7 +299,10 @@ impl SecretStore {
                     .map(|_| ()),
             };
             match written {
-                Ok(()) => return Ok((creds, Origin::Generated)),
+                Ok(()) => {
+                    self.remember(&set);
+                    return Ok((creds, Origin::Generated));
+                }
                 // Another replica wrote first: read its set on the next turn.
                 Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {
                     tracing::info!(
@@ -356,13 +386,16 @@ impl SecretStore {
         tokio::pin!(events);
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
-        // The last set applied (or refused), by its PEM: an unchanged Secret is not re-judged.
-        let mut last: Option<(String, String, Zeroizing<String>)> = None;
+        // The last set applied (or refused): an unchanged Secret is not judged again.
+        let mut last = *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut published = initial_ca;
         loop {
-            let seen = tokio::select! {
+            let (seen, resynced) = tokio::select! {
                 () = &mut stopped => return,
-                event = events.next() => match event {
+                event = events.next() => (match event {
                     Some(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => {
                         Some(contents_of(s, &self.namespace))
                     }
@@ -379,14 +412,14 @@ impl SecretStore {
                         None
                     }
                     None => return,
-                },
-                _ = resync.tick() => match self.read().await {
+                }, false),
+                _ = resync.tick() => (match self.read().await {
                     Ok(c) => Some(Ok(c)),
                     Err(e) => {
                         tracing::warn!(error = %e, "re-reading the credentials Secret");
                         None
                     }
-                },
+                }, true),
             };
             let set = match seen {
                 Some(Ok(Contents::Set(set))) => set,
@@ -396,21 +429,26 @@ impl SecretStore {
                     continue;
                 }
             };
-            let key = (set.ca.clone(), set.issuer.clone(), set.key.clone());
-            if last.as_ref() == Some(&key) {
-                continue;
-            }
-            last = Some(key);
-            match self.validate(&set, &probe_id) {
-                Ok(creds) => {
-                    swap(creds);
-                    if set.ca != published {
-                        published.clone_from(&set.ca);
-                    }
-                }
-                Err(e) => {
-                    refused(&e);
+            let fingerprint = set.fingerprint();
+            if last == Some(fingerprint) {
+                // Unchanged: only the periodic pass checks the ConfigMap again (someone may
+                // have edited it).
+                if !resynced {
                     continue;
+                }
+            } else {
+                last = Some(fingerprint);
+                match self.validate(&set, &probe_id) {
+                    Ok(creds) => {
+                        // Published as Sentry serves them (one encoding, whatever the
+                        // Secret's line endings).
+                        creds.anchors_pem().clone_into(&mut published);
+                        swap(creds);
+                    }
+                    Err(e) => {
+                        refused(&e);
+                        continue;
+                    }
                 }
             }
             match self.publish_anchors(&published).await {
@@ -447,6 +485,17 @@ pub fn client(
         let roots = crate::pki::pem_certificates(pem.as_bytes())
             .map_err(|e| format!("API server CA bundle: {e}"))?;
         config.root_cert = Some(roots);
+    }
+    // kube sends the file's bytes as they are (client-go trims them): a token written with a
+    // trailing newline would fail every call, so it is refused here, by name.
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("token file {}: {e}", token_file.display()))?;
+    if token.trim() != token || token.is_empty() {
+        return Err(format!(
+            "token file {}: empty, or has whitespace around the token (a trailing newline?); \
+             write the token alone",
+            token_file.display()
+        ));
     }
     config.auth_info.token_file = Some(token_file.display().to_string());
     // No read timeout: it would cut the Secret's watch; single calls carry their own.

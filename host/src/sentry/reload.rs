@@ -54,9 +54,14 @@ fn relevant(paths: &StorePaths, path: &Path) -> bool {
         || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("..data"))
 }
 
-/// Watches `paths` and swaps validated changes into `sentry` until `stopped` resolves.
-pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<Output = ()>) {
-    tokio::pin!(stopped);
+/// Watches `paths` and swaps validated changes into `sentry` until `stopped` resolves. The
+/// watch is registered when this is called, not when the future first runs: a change made
+/// once the caller has gone on (Sentry reported ready, say) is never missed.
+pub fn watch(
+    sentry: Arc<Sentry>,
+    paths: StorePaths,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watch_paths = paths.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -82,56 +87,61 @@ pub async fn watch(sentry: Arc<Sentry>, paths: StorePaths, stopped: impl Future<
         }
     }
     let mut last = fingerprint(&paths);
-    loop {
-        tokio::select! {
-            () = &mut stopped => return,
-            got = rx.recv() => {
-                if got.is_none() {
-                    // The watcher is gone: keep polling, still stoppable.
-                    tokio::select! {
-                        () = &mut stopped => return,
-                        () = tokio::time::sleep(POLL) => {}
-                    }
-                } else {
-                    // Debounce: wait until the files have been quiet for a while, but not
-                    // forever under a storm of events, and never past shutdown.
-                    let cap = tokio::time::sleep(MAX_DEBOUNCE);
-                    tokio::pin!(cap);
-                    loop {
+    async move {
+        // Kept alive as long as the loop runs.
+        let _watcher = watcher;
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                () = &mut stopped => return,
+                got = rx.recv() => {
+                    if got.is_none() {
+                        // The watcher is gone: keep polling, still stoppable.
                         tokio::select! {
                             () = &mut stopped => return,
-                            () = &mut cap => break,
-                            () = tokio::time::sleep(DEBOUNCE) => break,
-                            more = rx.recv() => if more.is_none() { break },
+                            () = tokio::time::sleep(POLL) => {}
+                        }
+                    } else {
+                        // Debounce: wait until the files have been quiet for a while, but not
+                        // forever under a storm of events, and never past shutdown.
+                        let cap = tokio::time::sleep(MAX_DEBOUNCE);
+                        tokio::pin!(cap);
+                        loop {
+                            tokio::select! {
+                                () = &mut stopped => return,
+                                () = &mut cap => break,
+                                () = tokio::time::sleep(DEBOUNCE) => break,
+                                more = rx.recv() => if more.is_none() { break },
+                            }
                         }
                     }
                 }
+                () = tokio::time::sleep(POLL) => {}
             }
-            () = tokio::time::sleep(POLL) => {}
-        }
-        let now = fingerprint(&paths);
-        if now == last {
-            continue;
-        }
-        last = now;
-        let sentry_id = sentry.sentry_id().to_owned();
-        let loaded = {
-            let (p, id) = (paths.clone(), sentry_id.clone());
-            tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
-        };
-        match loaded {
-            Ok(Ok(creds)) => {
-                let roots = creds.anchors().len();
-                sentry.swap_credentials(creds);
-                // Counted only when a set went in: a refused one changes nothing.
-                sentry.metrics().issuer_changed();
-                tracing::info!(roots, %sentry_id, "credentials replaced: new requests use the new set");
+            let now = fingerprint(&paths);
+            if now == last {
+                continue;
             }
-            Ok(Err(e)) => {
-                sentry.metrics().reload_refused();
-                tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
+            last = now;
+            let sentry_id = sentry.sentry_id().to_owned();
+            let loaded = {
+                let (p, id) = (paths.clone(), sentry_id.clone());
+                tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
+            };
+            match loaded {
+                Ok(Ok(creds)) => {
+                    let roots = creds.anchors().len();
+                    sentry.swap_credentials(creds);
+                    // Counted only when a set went in: a refused one changes nothing.
+                    sentry.metrics().issuer_changed();
+                    tracing::info!(roots, %sentry_id, "credentials replaced: new requests use the new set");
+                }
+                Ok(Err(e)) => {
+                    sentry.metrics().reload_refused();
+                    tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
+                }
+                Err(e) => tracing::error!(error = %e, "credential reload task failed"),
             }
-            Err(e) => tracing::error!(error = %e, "credential reload task failed"),
         }
     }
 }

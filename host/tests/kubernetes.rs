@@ -1,0 +1,529 @@
+//! Kubernetes mode against a real API server (kube-apiserver v1.20.2 and etcd, started per test
+//! by `ci/kube-up.sh` from the build `ci/kube-setup.sh` caches): the manifests under
+//! `host/deploy/kubernetes/` applied as they are, Sentry running with its own service
+//! account's token (never the admin's), workloads with real bound service-account tokens.
+//!
+//! The cluster is an API server and nothing else (no controllers, scheduler or kubelet): the
+//! Sentry replicas are `sigil sentry` processes on loopback, and pods are objects that stay
+//! Pending, which is all the kubernetes validator reads.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sigil_host::client::{SentryClient, SentryTarget, SignRequest};
+use sigil_host::pb::sign_certificate_request::TokenValidator;
+
+use common::{key_and_csr, metric, start, wait_until, Sentry};
+
+const NS: &str = "dapr-system";
+const TRUST_DOMAIN: &str = "cluster.local";
+const SENTRY_ID: &str = "spiffe://cluster.local/ns/dapr-system/dapr-sentry";
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+const KUBE_UP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/kube-up.sh");
+
+/// A throwaway API server; stopped (and its directory removed) when dropped.
+struct Cluster {
+    dir: String,
+    api: String,
+    ca: PathBuf,
+    kubeconfig: String,
+    work: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let out = Command::new("bash").arg(KUBE_UP).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ci/kube-up.sh failed (is the API server built? run `bash ci/kube-setup.sh`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(|v| v.trim_matches('\'').to_owned())
+                .unwrap_or_else(|| panic!("{name} not in {text}"))
+        };
+        Self {
+            dir: var("SIGIL_KUBE_DIR"),
+            api: var("SIGIL_KUBE_API"),
+            ca: PathBuf::from(var("SIGIL_KUBE_CA")),
+            kubeconfig: var("KUBECONFIG"),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl and returns its stdout; panics with its stderr if it failed.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    /// The control plane's manifests, as shipped: namespace, Configuration CRD, Sentry's RBAC.
+    fn install_control_plane(&self) {
+        for f in [
+            "00-namespace.yaml",
+            "05-configuration-crd.yaml",
+            "10-sentry-rbac.yaml",
+        ] {
+            self.apply(&std::fs::read_to_string(Path::new(DEPLOY).join(f)).unwrap());
+        }
+        // The CRD is served a moment after it is created.
+        wait_until("the Configuration CRD", Duration::from_secs(30), || {
+            self.kubectl_output(&["get", "configurations.dapr.io", "-A"], None)
+                .status
+                .success()
+        });
+    }
+
+    /// A token of Sentry's own service account, written to a file for `--kube-token-file`.
+    fn sentry_token(&self) -> PathBuf {
+        let token = self.kubectl(
+            &["create", "token", "dapr-sentry", "-n", NS, "--duration=2h"],
+            None,
+        );
+        let path = self.work.path().join("sentry-token");
+        std::fs::write(&path, token.trim()).unwrap();
+        path
+    }
+
+    /// A workload: namespace `ns`, service account `sa`, a pod `pod` annotated with `app_id`,
+    /// and a token bound to the pod for Sentry's audience (as daprd's projected token).
+    fn workload(&self, ns: &str, sa: &str, pod: &str, app_id: &str) -> String {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: {ns}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  \
+             annotations:\n    dapr.io/app-id: {app_id}\nspec:\n  serviceAccountName: {sa}\n  \
+             automountServiceAccountToken: false\n  containers:\n  - name: app\n    image: app\n"
+        ));
+        self.kubectl(
+            &[
+                "create",
+                "token",
+                sa,
+                "-n",
+                ns,
+                "--bound-object-kind=Pod",
+                &format!("--bound-object-name={pod}"),
+                "--audience=dapr.io/sentry",
+            ],
+            None,
+        )
+        .trim()
+        .to_owned()
+    }
+
+    /// A `sigil sentry` replica in kubernetes mode with Sentry's own token.
+    fn sentry_command(&self, token: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
+        c.args([
+            "sentry",
+            "--mode",
+            "kubernetes",
+            "--kube-api-server",
+            &self.api,
+        ])
+        .arg("--kube-ca-file")
+        .arg(&self.ca)
+        .arg("--kube-token-file")
+        .arg(token)
+        .args([
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--healthz-port",
+            "0",
+            "--healthz-listen-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+            "--metrics-listen-address",
+            "127.0.0.1",
+            "--log-level",
+            "info",
+        ])
+        .env("NAMESPACE", NS)
+        .env("HOME", self.work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    }
+
+    /// A key of an object's `data` (base64-decoded for a Secret).
+    fn data(&self, kind: &str, key: &str) -> String {
+        let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
+        let raw = self.kubectl(
+            &["get", kind, "dapr-trust-bundle", "-n", NS, "-o", &path],
+            None,
+        );
+        if kind == "secret" {
+            decode_b64(&raw)
+        } else {
+            raw
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args([KUBE_UP, "--down", &self.dir])
+            .status();
+    }
+}
+
+fn decode_b64(s: &str) -> String {
+    use base64ct::Encoding as _;
+    String::from_utf8(base64ct::Base64::decode_vec(s.trim()).unwrap()).unwrap()
+}
+
+/// One signing round as the workload holding `token`, checked against `anchors`.
+async fn sign(
+    addr: &str,
+    anchors: &str,
+    token: &str,
+    id: &str,
+    ns: &str,
+) -> Result<sigil_host::client::Signed, sigil_host::client::ClientError> {
+    let anchors = sigil_host::trust::Anchors::from_pem("ca.crt", anchors.as_bytes()).unwrap();
+    let target = SentryTarget {
+        address: addr.to_owned(),
+        anchors: Arc::new(anchors),
+        sentry_id: SENTRY_ID.into(),
+    };
+    let mut c = SentryClient::connect(target).await?;
+    let (key, csr) = key_and_csr();
+    let req = SignRequest {
+        id: id.into(),
+        namespace: ns.into(),
+        token: token.into(),
+        token_validator: i32::from(TokenValidator::Kubernetes),
+        csr_der: csr,
+        ..SignRequest::default()
+    };
+    c.sign(&req, sigil_core::crypto::Signer::public_key(&key))
+        .await
+}
+
+fn start_replicas(cluster: &Cluster, token: &Path, n: usize) -> Vec<Sentry> {
+    // All spawned before any is waited on: they race for the Secret.
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            std::thread::spawn({
+                let cmd = cluster.sentry_command(token);
+                move || start(cmd)
+            })
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_at_once_agree_on_one_root_in_the_secret_and_publish_it() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let replicas = start_replicas(&cluster, &token, 3);
+
+    // One root: exactly one replica generated (the others read the winner's Secret).
+    let generated: u64 = replicas
+        .iter()
+        .map(|s| metric(&s.metrics, "dapr_sentry_issuercert_changed_total"))
+        .sum();
+    assert_eq!(generated, 1, "roots created by the replicas");
+    let ca = cluster.data("secret", "ca.crt");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    assert!(cluster.data("secret", "issuer.key").contains("PRIVATE KEY"));
+    assert_eq!(cluster.data("configmap", "ca.crt"), ca, "ConfigMap in step");
+
+    // Every replica signs for a real workload under that root.
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    for s in &replicas {
+        let signed = sign(&s.grpc, &ca, &cart, "cart", "shop").await.unwrap();
+        assert_eq!(
+            signed.trust_bundle,
+            sigil_host::pki::pem_certificates(ca.as_bytes()).unwrap()
+        );
+    }
+    // The Secret was written once: a restart loads it, generates nothing.
+    drop(replicas);
+    let again = start(cluster.sentry_command(&token)).unwrap();
+    assert_eq!(
+        metric(&again.metrics, "dapr_sentry_issuercert_changed_total"),
+        0
+    );
+    assert_eq!(cluster.data("secret", "ca.crt"), ca);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_a_bad_one_is_refused() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let replicas = start_replicas(&cluster, &token, 2);
+    let old_ca = cluster.data("secret", "ca.crt");
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+
+    // The new set, trusted by clients alongside the old one (as a user replacing a root
+    // publishes the new root first).
+    let (_, new) = sigil_host::ca::Credentials::generate(
+        TRUST_DOMAIN,
+        SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let both = format!("{old_ca}{}", new.ca);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for s in &replicas {
+        let (addr, both, cart) = (s.grpc.clone(), both.clone(), cart.clone());
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match sign(&addr, &both, &cart, "cart", "shop").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("sign failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let secret = |ca: &str, issuer: &str, key: &str| {
+        let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: dapr-trust-bundle\n  namespace: {NS}\n\
+             type: Opaque\nstringData:\n  ca.crt: |\n{}  issuer.crt: |\n{}  issuer.key: |\n{}",
+            indent(ca),
+            indent(issuer),
+            indent(key)
+        )
+    };
+    cluster.apply(&secret(&new.ca, &new.issuer, &new.key));
+    let new_root = sigil_host::pki::pem_certificates(new.ca.as_bytes()).unwrap();
+    for s in &replicas {
+        let addr = s.grpc.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let signed = sign(&addr, &both, &cart, "cart", "shop").await.unwrap();
+            if signed.trust_bundle == new_root {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {addr} never took the new set"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        cluster.data("configmap", "ca.crt"),
+        new.ca,
+        "ConfigMap follows"
+    );
+
+    // A set whose key is not the issuer's: refused, the good set keeps serving.
+    let (_, other) = sigil_host::ca::Credentials::generate(
+        TRUST_DOMAIN,
+        SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    cluster.apply(&secret(&new.ca, &new.issuer, &other.key));
+    for s in &replicas {
+        let m = s.metrics.clone();
+        wait_until("the bad set refused", Duration::from_secs(30), || {
+            metric(&m, "sigil_sentry_credentials_reload_refused_total") >= 1
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let signed = sign(&replicas[0].grpc, &both, &cart, "cart", "shop")
+        .await
+        .unwrap();
+    assert_eq!(signed.trust_bundle, new_root, "the last good set serves");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("secret swaps under load: {ok} signed, {failed} failed");
+    assert!(ok > 10, "{ok} signed");
+    assert_eq!(failed, 0, "requests failed across the replacement");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_out_of_step_is_reported_and_corrected_never_regenerated() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let first = start(cluster.sentry_command(&token)).unwrap();
+    let ca = cluster.data("secret", "ca.crt");
+    drop(first);
+    let (_, other) = sigil_host::ca::Credentials::generate(
+        "elsewhere",
+        SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let indent: String = other.ca.lines().map(|l| format!("    {l}\n")).collect();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dapr-trust-bundle\n  namespace: {NS}\n\
+         data:\n  ca.crt: |\n{indent}"
+    ));
+    let again = start(cluster.sentry_command(&token)).unwrap();
+    assert_eq!(
+        metric(&again.metrics, "dapr_sentry_issuercert_changed_total"),
+        0
+    );
+    assert_eq!(
+        cluster.data("secret", "ca.crt"),
+        ca,
+        "the Secret is never regenerated"
+    );
+    assert_eq!(
+        cluster.data("configmap", "ca.crt"),
+        ca,
+        "the ConfigMap is corrected"
+    );
+    let logged = again.stderr.lock().unwrap().join("\n");
+    assert!(logged.contains("held other anchors"), "{logged}");
+}
+
+#[test]
+fn sentrys_role_is_least_privilege_and_workloads_cannot_read_the_secret() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    cluster.workload("shop", "cart", "cart-0", "cart");
+    let can = |who: &str, args: &[&str]| {
+        let mut all = vec!["auth", "can-i", "--as", who];
+        all.extend_from_slice(args);
+        let out = cluster.kubectl_output(&all, None);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let sentry = "system:serviceaccount:dapr-system:dapr-sentry";
+    let cart = "system:serviceaccount:shop:cart";
+    for verb in ["get", "watch", "update"] {
+        for kind in ["secrets", "configmaps"] {
+            let what = format!("{kind}/dapr-trust-bundle");
+            assert!(
+                can(sentry, &[verb, &what, "-n", NS]),
+                "sentry {verb} {what}"
+            );
+        }
+    }
+    assert!(can(sentry, &["create", "secrets", "-n", NS]));
+    assert!(can(
+        sentry,
+        &["create", "tokenreviews.authentication.k8s.io"]
+    ));
+    assert!(can(sentry, &["get", "pods", "-n", "shop"]));
+    assert!(can(
+        sentry,
+        &["get", "configurations.dapr.io", "-n", "shop"]
+    ));
+    // Nothing else.
+    assert!(!can(sentry, &["get", "secrets/other", "-n", NS]));
+    assert!(!can(sentry, &["list", "secrets", "-n", NS]));
+    assert!(!can(
+        sentry,
+        &["delete", "secrets/dapr-trust-bundle", "-n", NS]
+    ));
+    assert!(!can(sentry, &["get", "secrets", "-n", "shop"]));
+    assert!(!can(sentry, &["list", "pods", "-n", "shop"]));
+    // A workload cannot read Sentry's credentials.
+    assert!(!can(cart, &["get", "secrets/dapr-trust-bundle", "-n", NS]));
+    assert!(!can(cart, &["get", "secrets", "-n", "shop"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_validator_checks_real_bound_tokens() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let sentry = start(cluster.sentry_command(&token)).unwrap();
+    let ca = cluster.data("secret", "ca.crt");
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    let signed = sign(&sentry.grpc, &ca, &cart, "cart", "shop")
+        .await
+        .unwrap();
+    let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
+    assert_eq!(
+        leaf.spiffe_ids().next().unwrap().as_str(),
+        "spiffe://public/ns/shop/cart"
+    );
+    // Another app's ID, another namespace, a token for another audience: refused.
+    let denied = |r: Result<_, sigil_host::client::ClientError>| match r {
+        Err(sigil_host::client::ClientError::Refused { code, message }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+            message
+        }
+        other => panic!("not refused: {:?}", other.map(|_| ())),
+    };
+    let m = denied(sign(&sentry.grpc, &ca, &cart, "checkout", "shop").await);
+    assert!(m.contains("app-id mismatch"), "{m}");
+    denied(sign(&sentry.grpc, &ca, &cart, "cart", "default").await);
+    let wrong_audience = cluster
+        .kubectl(
+            &[
+                "create",
+                "token",
+                "cart",
+                "-n",
+                "shop",
+                "--bound-object-kind=Pod",
+                "--bound-object-name=cart-0",
+                "--audience=someone-else",
+            ],
+            None,
+        )
+        .trim()
+        .to_owned();
+    denied(sign(&sentry.grpc, &ca, &wrong_audience, "cart", "shop").await);
+}
