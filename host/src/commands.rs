@@ -321,8 +321,10 @@ pub struct SignArgs {
     pub id: String,
     /// Namespace.
     pub namespace: String,
-    /// Token file (selects the jwks validator).
+    /// Token file (selects the jwks validator unless `token_validator` says otherwise).
     pub token_file: Option<PathBuf>,
+    /// The validator asked for (`None`: jwks with a token file, else Sentry's default).
+    pub token_validator: Option<crate::pb::sign_certificate_request::TokenValidator>,
     /// Trust domain to ask for ("" for workloads).
     pub trust_domain: String,
     /// Sentry's expected SPIFFE ID.
@@ -373,7 +375,10 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         namespace: args.namespace.clone(),
         token,
         trust_domain: args.trust_domain.clone(),
-        token_validator: crate::client::token_validator(args.token_file.is_some()),
+        token_validator: args.token_validator.map_or_else(
+            || crate::client::token_validator(args.token_file.is_some()),
+            i32::from,
+        ),
         csr_der: csr,
     };
     let signed = client.sign(&req, key.public_key()).await?;

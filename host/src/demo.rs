@@ -263,6 +263,7 @@ pub async fn run(
             sentry_address: sentry_addr.clone(),
             sentry_id: crate::dapr::sentry_id("localhost", "default"),
             token_file: None,
+            token_validator: crate::pb::sign_certificate_request::TokenValidator::Unknown,
             anchors: AnchorSource::File(anchors.clone()),
             output_dir: None,
             policy: sigil_core::rotation::Policy::default(),

@@ -527,3 +527,240 @@ async fn the_kubernetes_validator_checks_real_bound_tokens() {
         .to_owned();
     denied(sign(&sentry.grpc, &ca, &wrong_audience, "cart", "shop").await);
 }
+
+/// The trust-bundle ConfigMap as kubelet mounts it: `dir/ca.crt` → `..data/ca.crt`, `..data` →
+/// a timestamped directory, replaced by swapping the `..data` symlink.
+struct Mount {
+    dir: PathBuf,
+    version: usize,
+}
+
+impl Mount {
+    fn new(dir: PathBuf, ca: &str) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Self { dir, version: 0 };
+        m.update(ca);
+        std::os::unix::fs::symlink("..data/ca.crt", m.dir.join("ca.crt")).unwrap();
+        m
+    }
+
+    /// What kubelet does when the ConfigMap changes: a new directory, then one rename of the
+    /// `..data` link onto it.
+    fn update(&mut self, ca: &str) {
+        self.version += 1;
+        let name = format!("..2026_11_29_{:04}", self.version);
+        std::fs::create_dir(self.dir.join(&name)).unwrap();
+        std::fs::write(self.dir.join(&name).join("ca.crt"), ca).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+/// A Secret manifest holding a credential set.
+fn secret_yaml(ca: &str, issuer: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: dapr-trust-bundle\n  namespace: {NS}\n\
+         type: Opaque\nstringData:\n  ca.crt: |\n{}  issuer.crt: |\n{}  issuer.key: |\n{}",
+        indent(ca),
+        indent(issuer),
+        indent(key)
+    )
+}
+
+#[test]
+fn a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fails_over() {
+    use std::io::BufRead as _;
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    // Short-lived certificates, so the sidecar renews every few seconds.
+    let config = cluster.work.path().join("sentry-config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprsystem\n\
+         spec:\n  mtls:\n    workloadCertTTL: 10s\n    allowedClockSkew: 0s\n",
+    )
+    .unwrap();
+    let mut replicas: Vec<Option<Sentry>> = (0..3)
+        .map(|_| {
+            let mut cmd = cluster.sentry_command(&token);
+            cmd.arg("--config").arg(&config);
+            Some(start(cmd).unwrap())
+        })
+        .collect();
+    let addresses: Vec<String> = replicas
+        .iter()
+        .map(|s| s.as_ref().unwrap().grpc.clone())
+        .collect();
+    let old_ca = cluster.data("secret", "ca.crt");
+
+    // The pod's token, and the ConfigMap mounted as kubelet would, kept in sync by a
+    // "kubelet" thread.
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    let token_file = cluster.work.path().join("cart-token");
+    std::fs::write(&token_file, &cart).unwrap();
+    let mount = Arc::new(std::sync::Mutex::new(Mount::new(
+        cluster.work.path().join("trust-bundle"),
+        &cluster.data("configmap", "ca.crt"),
+    )));
+    let anchors_file = mount.lock().unwrap().file();
+    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let kubelet = {
+        let (mount, syncing) = (mount.clone(), syncing.clone());
+        let kubeconfig = cluster.kubeconfig.clone();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            while syncing.load(Ordering::Relaxed) {
+                let out = Command::new("kubectl")
+                    .args(["get", "configmap", "dapr-trust-bundle", "-n", NS])
+                    .args(["-o", "jsonpath={.data.ca\\.crt}"])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .output()
+                    .unwrap();
+                let now = String::from_utf8(out.stdout).unwrap();
+                if out.status.success() && !now.is_empty() && now != seen {
+                    if !seen.is_empty() {
+                        mount.lock().unwrap().update(&now);
+                    }
+                    seen = now;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let identity_dir = cluster.work.path().join("identity");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["sidecar", "--mode", "kubernetes", "--app-id", "cart"])
+        .args(["--sentry-address", &addresses.join(",")])
+        .args(["--control-plane-trust-domain", TRUST_DOMAIN])
+        .args(["--control-plane-namespace", NS])
+        .arg("--trust-anchors-file")
+        .arg(&anchors_file)
+        .arg("--identity-dir")
+        .arg(&identity_dir)
+        .args(["--dapr-http-port", "0", "--dapr-internal-port", "0"])
+        .args([
+            "--dapr-internal-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+        ])
+        .env("NAMESPACE", "shop")
+        .env("DAPR_SENTRY_TOKEN_FILE", &token_file)
+        .env_remove("DAPR_TRUST_ANCHORS")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(cluster.work.path().join("sidecar.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sidecar: app"))
+        .expect("the sidecar's ready line");
+    let metrics_addr = ready
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("metrics="))
+        .unwrap()
+        .to_owned();
+    let sidecar_metric = |name: &str| {
+        common::http_get(&metrics_addr, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let no_failures = || {
+        let text = common::http_get(&metrics_addr, "/metrics");
+        assert!(
+            !text.contains("fail_total{"),
+            "a renewal failed: {}",
+            text.lines()
+                .filter(|l| l.contains("fail_total{"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    };
+    let log = cluster.work.path().join("sidecar.log");
+    std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("the sidecar exited {status}: {}", std::fs::read_to_string(&log).unwrap());
+    }
+    wait_until("the first identity", Duration::from_secs(30), || {
+        sidecar_metric("dapr_runtime_mtls_init_total") == 1
+    });
+
+    // One replica dies: renewals go to the others, none fails.
+    drop(replicas[0].take());
+    let rotated = sidecar_metric("dapr_runtime_mtls_workload_cert_rotated_total");
+    wait_until(
+        "two renewals after a replica died",
+        Duration::from_secs(60),
+        || sidecar_metric("dapr_runtime_mtls_workload_cert_rotated_total") >= rotated + 2,
+    );
+    no_failures();
+
+    // A root replaced as the procedure says: the new root published first (old issuer), then
+    // the new issuer. The mounted bundle follows the ConfigMap; no renewal fails.
+    let (_, new) = sigil_host::ca::Credentials::generate(
+        TRUST_DOMAIN,
+        SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let old_issuer = cluster.data("secret", "issuer.crt");
+    let old_key = cluster.data("secret", "issuer.key");
+    cluster.apply(&secret_yaml(
+        &format!("{old_ca}{}", new.ca),
+        &old_issuer,
+        &old_key,
+    ));
+    let both = sigil_host::pki::pem_certificates(format!("{old_ca}{}", new.ca).as_bytes()).unwrap();
+    wait_until(
+        "the mounted bundle holds both roots",
+        Duration::from_secs(30),
+        || {
+            std::fs::read(&anchors_file)
+                .ok()
+                .and_then(|b| sigil_host::pki::pem_certificates(&b).ok())
+                .is_some_and(|a| a.len() == both.len())
+        },
+    );
+    // The sidecar applies its anchors file after a short debounce.
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.apply(&secret_yaml(
+        &format!("{}{old_ca}", new.ca),
+        &new.issuer,
+        &new.key,
+    ));
+    let new_root = sigil_host::pki::pem_certificates(new.ca.as_bytes()).unwrap();
+    wait_until(
+        "the sidecar renewed under the new root",
+        Duration::from_secs(60),
+        || {
+            std::fs::read(identity_dir.join("cert.pem"))
+                .ok()
+                .and_then(|b| sigil_host::pki::pem_certificates(&b).ok())
+                .is_some_and(|chain| {
+                    common::verify_now(&chain, &new_root, sigil_core::chain::Usage::ClientAuth)
+                        .is_ok()
+                })
+        },
+    );
+    no_failures();
+    syncing.store(false, Ordering::Relaxed);
+    kubelet.join().unwrap();
+    println!(
+        "k8s sidecar: identities={} failovers=1",
+        sidecar_metric("dapr_runtime_mtls_workload_cert_rotated_total") + 1
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -162,6 +162,7 @@ async fn sidecar_verdict(cas: Arc<Cas>, bad: Bad) -> (Rejection, String) {
         sentry_address: "unused".into(),
         sentry_id: SENTRY.into(),
         token_file: None,
+        token_validator: sigil_host::pb::sign_certificate_request::TokenValidator::Unknown,
         anchors: AnchorSource::Pem(cas.ours.anchors_pem().to_owned()),
         output_dir: None,
         policy: Policy::default(),

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sigil_core::chain::Usage;
 use sigil_core::UnixTime;
 use sigil_host::commands::{self, ExpectedName, VerifyArgs, VerifyOutcome};
+use sigil_host::pb::sign_certificate_request::TokenValidator;
 use sigil_host::sentry::app::{KubeOptions, SentryOptions};
 
 /// Sigil: workload identity and mutual TLS, Dapr Sentry-compatible, from MCU to server.
@@ -210,9 +211,15 @@ struct SignCli {
     /// Namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
-    /// File holding the token for the validator (selects the jwks validator, as daprd does).
+    /// File holding the token for the validator (selects the jwks validator, as daprd does,
+    /// unless --token-validator says otherwise).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The validator to ask for: jwks, kubernetes (a service-account token, as daprd on
+    /// Kubernetes), insecure, or default (Sentry's). Default: jwks with a token file, else
+    /// Sentry's default.
+    #[arg(long, value_parser = ["default", "insecure", "kubernetes", "jwks"])]
+    token_validator: Option<String>,
     /// Trust domain to ask for (control-plane services only).
     #[arg(long, default_value = "")]
     trust_domain: String,
@@ -638,6 +645,12 @@ fn sign(args: SignCli) -> ExitCode {
         anchors: args.anchors,
         id: args.id,
         namespace: args.namespace,
+        token_validator: args.token_validator.as_deref().map(|v| match v {
+            "insecure" => TokenValidator::Insecure,
+            "kubernetes" => TokenValidator::Kubernetes,
+            "jwks" => TokenValidator::Jwks,
+            _ => TokenValidator::Unknown,
+        }),
         token_file: args.token_file,
         trust_domain: args.trust_domain,
         sentry_id: sigil_host::dapr::sentry_id(

@@ -6,13 +6,20 @@ pub mod identity;
 pub mod invoke;
 pub mod mtls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use identity::{AnchorSource, IdentityConfig, IdentityState};
 use invoke::InvokeConfig;
+
+use crate::pb::sign_certificate_request::TokenValidator;
+
+/// Where daprd finds its projected Sentry token on Kubernetes (audience: Sentry's SPIFFE ID).
+pub const KUBERNETES_TOKEN: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
+/// The service account's own token, daprd's fallback.
+pub const LEGACY_KUBERNETES_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// The sidecar's settings as its command line gives them (`sigil sidecar --help` shows these
 /// and the listeners'); [`Flags::resolve`] adds Dapr's environment variables and checks them.
@@ -24,9 +31,15 @@ pub struct Flags {
     /// The app's port on 127.0.0.1 (used by service invocation).
     #[arg(long)]
     pub app_port: Option<u16>,
-    /// Sentry's address, host:port.
+    /// Sentry's address, host:port; several comma-separated (or a name resolving to several)
+    /// for Sentry's replicas, tried in turn.
     #[arg(long)]
     pub sentry_address: String,
+    /// standalone, or kubernetes: the token is the projected service-account token
+    /// (DAPR_SENTRY_TOKEN_FILE, default /var/run/secrets/dapr.io/sentrytoken/token) and is sent
+    /// for Sentry's kubernetes validator, as daprd does on Kubernetes.
+    #[arg(long, default_value = "standalone", value_parser = ["standalone", "kubernetes"])]
+    pub mode: String,
     /// Sentry's trust domain.
     #[arg(long, default_value = "localhost")]
     pub control_plane_trust_domain: String,
@@ -94,6 +107,29 @@ impl Flags {
             }
             f => f.map(PathBuf::from),
         };
+        let kubernetes = self.mode == "kubernetes";
+        // As daprd: on Kubernetes the projected token for Sentry's audience (the legacy
+        // service-account token if that is all the pod has) and the kubernetes validator;
+        // elsewhere a token file selects the jwks validator.
+        let (token_file, token_validator) = if kubernetes {
+            let file = token_file.unwrap_or_else(|| {
+                let projected = PathBuf::from(KUBERNETES_TOKEN);
+                if !projected.exists() && Path::new(LEGACY_KUBERNETES_TOKEN).exists() {
+                    tracing::warn!(
+                        "no projected Sentry token at {KUBERNETES_TOKEN}; using the legacy \
+                         service-account token {LEGACY_KUBERNETES_TOKEN}"
+                    );
+                    PathBuf::from(LEGACY_KUBERNETES_TOKEN)
+                } else {
+                    projected
+                }
+            });
+            (Some(file), TokenValidator::Kubernetes)
+        } else if token_file.is_some() {
+            (token_file, TokenValidator::Jwks)
+        } else {
+            (None, TokenValidator::Unknown)
+        };
         let callers = mtls::CallerPolicy::new(self.allow_spiffe_id, self.allow_trust_domain)?;
         let namespace = env("NAMESPACE").unwrap_or_else(|| "default".to_owned());
         let app_id = env("SENTRY_LOCAL_IDENTITY").unwrap_or(self.app_id);
@@ -117,6 +153,7 @@ impl Flags {
                 &self.control_plane_namespace,
             ),
             token_file,
+            token_validator,
             anchors,
             output_dir: self.identity_dir,
             policy: sigil_core::rotation::Policy::default(),
@@ -229,6 +266,7 @@ mod tests {
             control_plane_trust_domain: "cluster.local".into(),
             control_plane_namespace: "dapr-system".into(),
             trust_anchors_file: Some("ca.crt".into()),
+            mode: "standalone".into(),
             ..Flags::default()
         }
     }
@@ -264,6 +302,7 @@ mod tests {
         );
         assert_eq!(s.invoke.namespace, "shop");
         assert_eq!(s.identity.token_file, Some(PathBuf::from("/var/run/token")));
+        assert_eq!(s.identity.token_validator, TokenValidator::Jwks);
 
         let f = Flags {
             trust_anchors_file: None,
@@ -273,6 +312,27 @@ mod tests {
             .resolve(env(&[("DAPR_TRUST_ANCHORS", "-----BEGIN")]))
             .unwrap();
         assert!(matches!(s.identity.anchors, AnchorSource::Pem(_)));
+    }
+
+    #[test]
+    fn on_kubernetes_the_token_goes_to_the_kubernetes_validator() {
+        let k = Flags {
+            mode: "kubernetes".into(),
+            ..flags()
+        };
+        let s = k.clone().resolve(env(&[])).unwrap();
+        assert_eq!(s.identity.token_validator, TokenValidator::Kubernetes);
+        assert!(
+            s.identity.token_file.is_some(),
+            "the projected token's path"
+        );
+        let s = k
+            .resolve(env(&[("DAPR_SENTRY_TOKEN_FILE", "/run/token")]))
+            .unwrap();
+        assert_eq!(s.identity.token_file, Some(PathBuf::from("/run/token")));
+        assert_eq!(s.identity.token_validator, TokenValidator::Kubernetes);
+        let s = flags().resolve(env(&[])).unwrap();
+        assert_eq!(s.identity.token_validator, TokenValidator::Unknown);
     }
 
     #[test]

@@ -71,12 +71,17 @@ pub struct IdentityConfig {
     pub app_id: String,
     /// `NAMESPACE`.
     pub namespace: String,
-    /// `--sentry-address`.
+    /// `--sentry-address`: one or more `host:port`, comma-separated (Sentry's replicas; a
+    /// name is resolved to all its addresses), tried in turn ([`SentryTransport`]).
     pub sentry_address: String,
     /// Sentry's SPIFFE ID (`--control-plane-trust-domain`, `--control-plane-namespace`).
     pub sentry_id: String,
-    /// `DAPR_SENTRY_TOKEN_FILE` (selects the jwks validator, as daprd does).
+    /// The token sent with each request, re-read for each (`DAPR_SENTRY_TOKEN_FILE`; on
+    /// Kubernetes the projected service-account token).
     pub token_file: Option<PathBuf>,
+    /// The validator asked for, as daprd chooses it ([`crate::sidecar::Flags::resolve`]):
+    /// `KUBERNETES` on Kubernetes, `JWKS` with a token file elsewhere, else Sentry's default.
+    pub token_validator: crate::pb::sign_certificate_request::TokenValidator,
     /// The trust anchors.
     pub anchors: AnchorSource,
     /// Where to write `key.pem` (0600), `cert.pem` and `ca.pem` for the app, if anywhere.
@@ -176,10 +181,13 @@ pub async fn drive(
     state: Arc<IdentityState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IdentityError> {
-    let transport = Arc::new(SentryTransport {
-        address: config.sentry_address.clone(),
-        sentry_id: config.sentry_id.clone(),
-    });
+    let addresses = config
+        .sentry_address
+        .split(',')
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let transport = Arc::new(SentryTransport::new(addresses, config.sentry_id.clone()));
     drive_with(config, state, transport, Arc::new(SystemWall), shutdown).await
 }
 
@@ -352,7 +360,7 @@ fn handle_action(
                 namespace: config.namespace.clone(),
                 token,
                 trust_domain: String::new(),
-                token_validator: crate::client::token_validator(config.token_file.is_some()),
+                token_validator: i32::from(config.token_validator),
                 csr_der: csr,
             };
             // The driver loads the anchors before the machine asks for anything.
@@ -572,6 +580,7 @@ mod tests {
             sentry_address: "unused".into(),
             sentry_id: sentry.into(),
             token_file: None,
+            token_validator: crate::pb::sign_certificate_request::TokenValidator::Unknown,
             anchors: AnchorSource::Pem(files.ca),
             output_dir: None,
             policy: Policy::default(),
