@@ -14,6 +14,8 @@
 #              host, identity, two rotations, mTLS calls, a foreign chain refused
 #   fuzz       a short cargo-fuzz run of every target (nightly), from its seeds and the corpus
 #              that ci/fuzz-long.sh minimised after 10 million executions
+#   k8s        Kubernetes mode against a real kube-apiserver (ci/k8s-e2e.sh): Secret store,
+#              racing replicas, replacement under load, RBAC, real tokens, sidecar failover
 #   size       the size report (flash, RAM, stack)
 # Environment: FUZZ_SECONDS (default 20 per target), ROTATION_SIM_CASES (default 1000),
 # PROPTEST_CASES (proptest's own).
@@ -42,7 +44,13 @@ trap 'rm -f "$test_log"' EXIT
 job_test() {
   set -o pipefail
   # The rotation simulation's property test runs 1,000 random fault schedules here.
-  ROTATION_SIM_CASES="${ROTATION_SIM_CASES:-1000}" cargo test --workspace --locked 2>&1 | tee "$test_log"
+  # The k8s_ tests need a real API server: the k8s job runs them.
+  ROTATION_SIM_CASES="${ROTATION_SIM_CASES:-1000}" cargo test --workspace --locked -- --skip k8s_ 2>&1 | tee "$test_log"
+}
+
+job_k8s() {
+  set -o pipefail
+  bash ci/k8s-e2e.sh 2>&1 | tee -a "$test_log"
 }
 
 # The closing line: every cargo test binary's counts, summed.
@@ -119,7 +127,7 @@ run() {
 [ $# -gt 0 ] || set -- all
 for job in "$@"; do
   if [ "$job" = all ]; then
-    for j in fmt clippy test fleet demo nostd qemu e2e fuzz size; do run "$j"; done
+    for j in fmt clippy test k8s fleet demo nostd qemu e2e fuzz size; do run "$j"; done
   else
     run "$job"
   fi

@@ -258,7 +258,7 @@ fn start_replicas(cluster: &Cluster, token: &Path, n: usize) -> Vec<Sentry> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_started_at_once_agree_on_one_root_in_the_secret_and_publish_it() {
+async fn k8s_replicas_started_at_once_agree_on_one_root_in_the_secret_and_publish_it() {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     let token = cluster.sentry_token();
@@ -284,6 +284,7 @@ async fn replicas_started_at_once_agree_on_one_root_in_the_secret_and_publish_it
             sigil_host::pki::pem_certificates(ca.as_bytes()).unwrap()
         );
     }
+    println!("k8s: replicas=3 roots_created={generated} identities=3");
     // The Secret was written once: a restart loads it, generates nothing.
     drop(replicas);
     let again = start(cluster.sentry_command(&token)).unwrap();
@@ -295,7 +296,8 @@ async fn replicas_started_at_once_agree_on_one_root_in_the_secret_and_publish_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_a_bad_one_is_refused() {
+async fn k8s_a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_a_bad_one_is_refused(
+) {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     let token = cluster.sentry_token();
@@ -392,13 +394,13 @@ async fn a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_a_ba
         .unwrap();
     assert_eq!(signed.trust_bundle, new_root, "the last good set serves");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("secret swaps under load: {ok} signed, {failed} failed");
+    println!("k8s: secret_swaps=1 identities={ok} calls_failed={failed}");
     assert!(ok > 10, "{ok} signed");
     assert_eq!(failed, 0, "requests failed across the replacement");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_configmap_out_of_step_is_reported_and_corrected_never_regenerated() {
+async fn k8s_a_configmap_out_of_step_is_reported_and_corrected_never_regenerated() {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     let token = cluster.sentry_token();
@@ -437,7 +439,7 @@ async fn a_configmap_out_of_step_is_reported_and_corrected_never_regenerated() {
 }
 
 #[test]
-fn sentrys_role_is_least_privilege_and_workloads_cannot_read_the_secret() {
+fn k8s_sentrys_role_is_least_privilege_and_workloads_cannot_read_the_secret() {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     cluster.workload("shop", "cart", "cart-0", "cart");
@@ -483,7 +485,7 @@ fn sentrys_role_is_least_privilege_and_workloads_cannot_read_the_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kubernetes_validator_checks_real_bound_tokens() {
+async fn k8s_the_kubernetes_validator_checks_real_bound_tokens() {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     let token = cluster.sentry_token();
@@ -574,7 +576,7 @@ fn secret_yaml(ca: &str, issuer: &str, key: &str) -> String {
 }
 
 #[test]
-fn a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fails_over() {
+fn k8s_a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fails_over() {
     use std::io::BufRead as _;
     let cluster = Cluster::start();
     cluster.install_control_plane();
@@ -690,7 +692,10 @@ fn a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fails_o
     let log = cluster.work.path().join("sidecar.log");
     std::thread::sleep(Duration::from_millis(500));
     if let Ok(Some(status)) = child.try_wait() {
-        panic!("the sidecar exited {status}: {}", std::fs::read_to_string(&log).unwrap());
+        panic!(
+            "the sidecar exited {status}: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
     }
     wait_until("the first identity", Duration::from_secs(30), || {
         sidecar_metric("dapr_runtime_mtls_init_total") == 1
@@ -758,7 +763,7 @@ fn a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fails_o
     syncing.store(false, Ordering::Relaxed);
     kubelet.join().unwrap();
     println!(
-        "k8s sidecar: identities={} failovers=1",
+        "k8s: identities={} failovers=1 secret_swaps=2 calls_failed=0",
         sidecar_metric("dapr_runtime_mtls_workload_cert_rotated_total") + 1
     );
     let _ = child.kill();
