@@ -769,3 +769,68 @@ fn k8s_a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fai
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Every manifest under `host/deploy/kubernetes` is accepted by the API server as it is,
+/// except one rewrite the old server needs: the PodDisruptionBudget's `policy/v1` (Kubernetes
+/// 1.21+) as `policy/v1beta1` (1.20). Nothing runs them here (no controllers, no kubelet):
+/// this proves the objects are valid and the RBAC, CRD and Configuration work, not the pods.
+#[test]
+fn k8s_the_manifests_apply_to_a_real_api_server() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let mut files: Vec<_> = std::fs::read_dir(DEPLOY)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    // A server-side dry run cannot create a namespace for the objects after it.
+    cluster.kubectl(&["create", "namespace", "shop"], None);
+    for f in &files {
+        let yaml = std::fs::read_to_string(f)
+            .unwrap()
+            .replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n");
+        // The server's own validation first, then for real.
+        cluster.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&yaml));
+        cluster.apply(&yaml);
+    }
+    let got = cluster.kubectl(
+        &[
+            "get",
+            "deployment,service,pdb,configmap",
+            "-n",
+            NS,
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    for want in [
+        "deployment.apps/dapr-sentry",
+        "service/dapr-sentry",
+        "poddisruptionbudget.policy/dapr-sentry",
+        "configmap/dapr-sentry-config",
+    ] {
+        assert!(got.contains(want), "{want} not in {got}");
+    }
+    let td = cluster.kubectl(
+        &[
+            "get",
+            "configurations.dapr.io",
+            "daprsystem",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.mtls.workloadCertTTL}",
+        ],
+        None,
+    );
+    assert_eq!(td, "24h");
+    assert!(cluster
+        .kubectl(
+            &["get", "deployment", "cart", "-n", "shop", "-o", "name"],
+            None
+        )
+        .contains("cart"));
+}
