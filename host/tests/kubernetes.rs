@@ -834,3 +834,50 @@ fn k8s_the_manifests_apply_to_a_real_api_server() {
         )
         .contains("cart"));
 }
+
+/// Issuance throughput with one, two and three replicas behind the same API server (printed,
+/// not asserted: the machine is shared). Each signing call is a new TLS connection, a
+/// TokenReview and a pod read, as daprd's are; on two cores the API server, etcd, the
+/// replicas and the clients share the same CPUs, so this shows the cost per call and that
+/// replicas add no failure, not how a cluster with a core per replica scales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_issuance_throughput_with_one_two_and_three_replicas() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let replicas = start_replicas(&cluster, &token, 3);
+    let ca = cluster.data("secret", "ca.crt");
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    for n in 1..=3 {
+        let addresses: Vec<String> = replicas.iter().take(n).map(|s| s.grpc.clone()).collect();
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let until = Instant::now() + Duration::from_secs(4);
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (addresses, ca, cart) = (addresses.clone(), ca.clone(), cart.clone());
+                let (ok, failed) = (ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut i = c;
+                    while Instant::now() < until {
+                        let addr = &addresses[i % addresses.len()];
+                        match sign(addr, &ca, &cart, "cart", "shop").await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.unwrap();
+        }
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        println!(
+            "k8s-throughput: replicas={n} signed_per_second={:.0} failed={failed}",
+            ok as f64 / 4.0
+        );
+        assert_eq!(failed, 0);
+        assert!(ok > 0);
+    }
+}
