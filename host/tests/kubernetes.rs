@@ -213,13 +213,26 @@ fn decode_b64(s: &str) -> String {
     String::from_utf8(base64ct::Base64::decode_vec(s.trim()).unwrap()).unwrap()
 }
 
-/// One signing round as the workload holding `token`, checked against `anchors`.
+/// One signing round as the workload holding `token`, checked against `anchors`, for the
+/// kubernetes validator.
 async fn sign(
     addr: &str,
     anchors: &str,
     token: &str,
     id: &str,
     ns: &str,
+) -> Result<sigil_host::client::Signed, sigil_host::client::ClientError> {
+    sign_with(addr, anchors, token, id, ns, TokenValidator::Kubernetes).await
+}
+
+/// [`sign`] asking for `validator`.
+async fn sign_with(
+    addr: &str,
+    anchors: &str,
+    token: &str,
+    id: &str,
+    ns: &str,
+    validator: TokenValidator,
 ) -> Result<sigil_host::client::Signed, sigil_host::client::ClientError> {
     let anchors = sigil_host::trust::Anchors::from_pem("ca.crt", anchors.as_bytes()).unwrap();
     let target = SentryTarget {
@@ -233,7 +246,7 @@ async fn sign(
         id: id.into(),
         namespace: ns.into(),
         token: token.into(),
-        token_validator: i32::from(TokenValidator::Kubernetes),
+        token_validator: i32::from(validator),
         csr_der: csr,
         ..SignRequest::default()
     };
@@ -492,9 +505,17 @@ async fn k8s_the_kubernetes_validator_checks_real_bound_tokens() {
     let sentry = start(cluster.sentry_command(&token)).unwrap();
     let ca = cluster.data("secret", "ca.crt");
     let cart = cluster.workload("shop", "cart", "cart-0", "cart");
-    let signed = sign(&sentry.grpc, &ca, &cart, "cart", "shop")
-        .await
-        .unwrap();
+    // Sentry's default validator in kubernetes mode is kubernetes.
+    let signed = sign_with(
+        &sentry.grpc,
+        &ca,
+        &cart,
+        "cart",
+        "shop",
+        TokenValidator::Unknown,
+    )
+    .await
+    .unwrap();
     let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
     assert_eq!(
         leaf.spiffe_ids().next().unwrap().as_str(),
@@ -527,7 +548,29 @@ async fn k8s_the_kubernetes_validator_checks_real_bound_tokens() {
         )
         .trim()
         .to_owned();
-    denied(sign(&sentry.grpc, &ca, &wrong_audience, "cart", "shop").await);
+    let m = denied(sign(&sentry.grpc, &ca, &wrong_audience, "cart", "shop").await);
+    assert!(
+        m.contains("not authenticated") || m.contains("audience"),
+        "{m}"
+    );
+    let m = denied(sign(&sentry.grpc, &ca, "not-a-token", "cart", "shop").await);
+    assert!(!m.contains("not-a-token"), "the token is never echoed: {m}");
+    // The insecure validator is off in kubernetes mode.
+    match sign_with(
+        &sentry.grpc,
+        &ca,
+        &cart,
+        "cart",
+        "shop",
+        TokenValidator::Insecure,
+    )
+    .await
+    {
+        Err(sigil_host::client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, tonic::Code::InvalidArgument);
+        }
+        other => panic!("insecure accepted: {:?}", other.map(|_| ())),
+    }
 }
 
 /// The trust-bundle ConfigMap as kubelet mounts it: `dir/ca.crt` → `..data/ca.crt`, `..data` →
@@ -880,4 +923,65 @@ async fn k8s_issuance_throughput_with_one_two_and_three_replicas() {
         assert_eq!(failed, 0);
         assert!(ok > 0);
     }
+}
+
+/// Sustained signing through the sidecar's transport (every replica's address, failover) while
+/// a replica is killed: no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_clients_fail_over_when_a_replica_dies_under_load() {
+    use sigil_host::sidecar::identity::{SentryTransport, Transport as _};
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let mut replicas: Vec<Option<Sentry>> = start_replicas(&cluster, &token, 3)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let addresses: Vec<String> = replicas
+        .iter()
+        .map(|s| s.as_ref().unwrap().grpc.clone())
+        .collect();
+    let ca = cluster.data("secret", "ca.crt");
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    let anchors = Arc::new(sigil_host::trust::Anchors::from_pem("ca.crt", ca.as_bytes()).unwrap());
+    let transport = Arc::new(SentryTransport::new(addresses, SENTRY_ID.into()));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let until = Instant::now() + Duration::from_secs(6);
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (transport, anchors, cart) = (transport.clone(), anchors.clone(), cart.clone());
+            let (ok, failed) = (ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let (_, csr) = key_and_csr();
+                    let req = SignRequest {
+                        id: "cart".into(),
+                        namespace: "shop".into(),
+                        token: cart.clone(),
+                        token_validator: i32::from(TokenValidator::Kubernetes),
+                        csr_der: csr,
+                        ..SignRequest::default()
+                    };
+                    match transport.sign(req, anchors.clone()).await {
+                        Ok(chain) if !chain.is_empty() => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("sign failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = ok.load(Ordering::Relaxed);
+    drop(replicas[0].take()); // killed, mid-request for some clients
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("k8s: failovers=1 identities={ok} calls_failed={failed}");
+    assert!(before > 0 && ok > before, "{before} then {ok}");
+    assert_eq!(failed, 0, "calls failed across the replica's death");
 }
