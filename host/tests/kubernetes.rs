@@ -148,40 +148,15 @@ impl Cluster {
 
     /// A `sigil sentry` replica in kubernetes mode with Sentry's own token.
     fn sentry_command(&self, token: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
-        c.args([
-            "sentry",
-            "--mode",
-            "kubernetes",
-            "--kube-api-server",
-            &self.api,
-        ])
-        .arg("--kube-ca-file")
-        .arg(&self.ca)
-        .arg("--kube-token-file")
-        .arg(token)
-        .args([
-            "--trust-domain",
-            TRUST_DOMAIN,
-            "--port",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
-            "--healthz-port",
-            "0",
-            "--healthz-listen-address",
-            "127.0.0.1",
-            "--metrics-port",
-            "0",
-            "--metrics-listen-address",
-            "127.0.0.1",
-            "--log-level",
-            "info",
-        ])
-        .env("NAMESPACE", NS)
-        .env("HOME", self.work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let mut c = common::sentry_on_loopback();
+        c.args(["--mode", "kubernetes", "--kube-api-server", &self.api])
+            .arg("--kube-ca-file")
+            .arg(&self.ca)
+            .arg("--kube-token-file")
+            .arg(token)
+            .args(["--trust-domain", TRUST_DOMAIN, "--log-level", "info"])
+            .env("NAMESPACE", NS)
+            .env("HOME", self.work.path());
         c
     }
 
@@ -255,11 +230,22 @@ async fn sign_with(
 }
 
 fn start_replicas(cluster: &Cluster, token: &Path, n: usize) -> Vec<Sentry> {
+    start_replicas_with(cluster, token, n, &[])
+}
+
+/// [`start_replicas`] with more arguments for each.
+fn start_replicas_with(
+    cluster: &Cluster,
+    token: &Path,
+    n: usize,
+    extra: &[&std::ffi::OsStr],
+) -> Vec<Sentry> {
     // All spawned before any is waited on: they race for the Secret.
     let children: Vec<_> = (0..n)
         .map(|_| {
             std::thread::spawn({
-                let cmd = cluster.sentry_command(token);
+                let mut cmd = cluster.sentry_command(token);
+                cmd.args(extra);
                 move || start(cmd)
             })
         })
@@ -268,6 +254,12 @@ fn start_replicas(cluster: &Cluster, token: &Path, n: usize) -> Vec<Sentry> {
         .into_iter()
         .map(|h| h.join().unwrap().unwrap())
         .collect()
+}
+
+/// Replicas that can be killed one by one (`take()`), and their addresses.
+fn killable(replicas: Vec<Sentry>) -> (Vec<Option<Sentry>>, Vec<String>) {
+    let addresses = replicas.iter().map(|s| s.grpc.clone()).collect();
+    (replicas.into_iter().map(Some).collect(), addresses)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,13 +312,7 @@ async fn k8s_a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_
 
     // The new set, trusted by clients alongside the old one (as a user replacing a root
     // publishes the new root first).
-    let (_, new) = sigil_host::ca::Credentials::generate(
-        TRUST_DOMAIN,
-        SENTRY_ID,
-        SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let new = credential_set(TRUST_DOMAIN);
     let both = format!("{old_ca}{}", new.ca);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -349,17 +335,7 @@ async fn k8s_a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let secret = |ca: &str, issuer: &str, key: &str| {
-        let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: dapr-trust-bundle\n  namespace: {NS}\n\
-             type: Opaque\nstringData:\n  ca.crt: |\n{}  issuer.crt: |\n{}  issuer.key: |\n{}",
-            indent(ca),
-            indent(issuer),
-            indent(key)
-        )
-    };
-    cluster.apply(&secret(&new.ca, &new.issuer, &new.key));
+    cluster.apply(&secret_yaml(&new.ca, &new.issuer, &new.key));
     let new_root = sigil_host::pki::pem_certificates(new.ca.as_bytes()).unwrap();
     for s in &replicas {
         let addr = s.grpc.clone();
@@ -383,14 +359,8 @@ async fn k8s_a_secret_replaced_by_kubectl_apply_under_load_fails_no_request_and_
     );
 
     // A set whose key is not the issuer's: refused, the good set keeps serving.
-    let (_, other) = sigil_host::ca::Credentials::generate(
-        TRUST_DOMAIN,
-        SENTRY_ID,
-        SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
-    cluster.apply(&secret(&new.ca, &new.issuer, &other.key));
+    let other = credential_set(TRUST_DOMAIN);
+    cluster.apply(&secret_yaml(&new.ca, &new.issuer, &other.key));
     for s in &replicas {
         let m = s.metrics.clone();
         wait_until("the bad set refused", Duration::from_secs(30), || {
@@ -420,13 +390,7 @@ async fn k8s_a_configmap_out_of_step_is_reported_and_corrected_never_regenerated
     let first = start(cluster.sentry_command(&token)).unwrap();
     let ca = cluster.data("secret", "ca.crt");
     drop(first);
-    let (_, other) = sigil_host::ca::Credentials::generate(
-        "elsewhere",
-        SENTRY_ID,
-        SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let other = credential_set("elsewhere");
     let indent: String = other.ca.lines().map(|l| format!("    {l}\n")).collect();
     cluster.apply(&format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dapr-trust-bundle\n  namespace: {NS}\n\
@@ -606,6 +570,18 @@ impl Mount {
     }
 }
 
+/// A new root, issuer and key (PEM), as a user would bring them.
+fn credential_set(trust_domain: &str) -> sigil_host::ca::GeneratedPem {
+    sigil_host::ca::Credentials::generate(
+        trust_domain,
+        SENTRY_ID,
+        SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap()
+    .1
+}
+
 /// A Secret manifest holding a credential set.
 fn secret_yaml(ca: &str, issuer: &str, key: &str) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
@@ -632,17 +608,12 @@ fn k8s_a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fai
          spec:\n  mtls:\n    workloadCertTTL: 10s\n    allowedClockSkew: 0s\n",
     )
     .unwrap();
-    let mut replicas: Vec<Option<Sentry>> = (0..3)
-        .map(|_| {
-            let mut cmd = cluster.sentry_command(&token);
-            cmd.arg("--config").arg(&config);
-            Some(start(cmd).unwrap())
-        })
-        .collect();
-    let addresses: Vec<String> = replicas
-        .iter()
-        .map(|s| s.as_ref().unwrap().grpc.clone())
-        .collect();
+    let (mut replicas, addresses) = killable(start_replicas_with(
+        &cluster,
+        &token,
+        3,
+        &["--config".as_ref(), config.as_os_str()],
+    ));
     let old_ca = cluster.data("secret", "ca.crt");
 
     // The pod's token, and the ConfigMap mounted as kubelet would, kept in sync by a
@@ -756,13 +727,7 @@ fn k8s_a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fai
 
     // A root replaced as the procedure says: the new root published first (old issuer), then
     // the new issuer. The mounted bundle follows the ConfigMap; no renewal fails.
-    let (_, new) = sigil_host::ca::Credentials::generate(
-        TRUST_DOMAIN,
-        SENTRY_ID,
-        SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let new = credential_set(TRUST_DOMAIN);
     let old_issuer = cluster.data("secret", "issuer.crt");
     let old_key = cluster.data("secret", "issuer.key");
     cluster.apply(&secret_yaml(
@@ -933,14 +898,7 @@ async fn k8s_clients_fail_over_when_a_replica_dies_under_load() {
     let cluster = Cluster::start();
     cluster.install_control_plane();
     let token = cluster.sentry_token();
-    let mut replicas: Vec<Option<Sentry>> = start_replicas(&cluster, &token, 3)
-        .into_iter()
-        .map(Some)
-        .collect();
-    let addresses: Vec<String> = replicas
-        .iter()
-        .map(|s| s.as_ref().unwrap().grpc.clone())
-        .collect();
+    let (mut replicas, addresses) = killable(start_replicas(&cluster, &token, 3));
     let ca = cluster.data("secret", "ca.crt");
     let cart = cluster.workload("shop", "cart", "cart-0", "cart");
     let anchors = Arc::new(sigil_host::trust::Anchors::from_pem("ca.crt", ca.as_bytes()).unwrap());

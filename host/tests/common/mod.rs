@@ -26,21 +26,19 @@ impl Drop for Sentry {
     }
 }
 
-pub fn sentry_command(dir: &Path) -> Command {
+/// `sigil sentry` on free loopback ports (gRPC, health, metrics) with piped output; the
+/// caller adds where the credentials are and the trust domain.
+pub fn sentry_on_loopback() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    c.args(["sentry", "--issuer-credentials"])
-        .arg(dir)
+    c.arg("sentry")
+        .args(["--port", "0", "--listen-address", "127.0.0.1"])
         .args([
-            "--trust-domain",
-            "localhost",
-            "--port",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
             "--healthz-port",
             "0",
             "--healthz-listen-address",
             "127.0.0.1",
+        ])
+        .args([
             "--metrics-port",
             "0",
             "--metrics-listen-address",
@@ -49,6 +47,15 @@ pub fn sentry_command(dir: &Path) -> Command {
         .env_remove("NAMESPACE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    c
+}
+
+/// [`sentry_on_loopback`] with its credentials in `dir`, trust domain `localhost`.
+pub fn sentry_command(dir: &Path) -> Command {
+    let mut c = sentry_on_loopback();
+    c.arg("--issuer-credentials")
+        .arg(dir)
+        .args(["--trust-domain", "localhost"]);
     c
 }
 
