@@ -502,3 +502,89 @@ pub fn client(
     config.connect_timeout = Some(Duration::from_secs(10));
     kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn secret(keys: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                resource_version: Some("7".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_holds_all_three_keys_none_or_is_refused_naming_them() {
+        let all = [
+            (CA_KEY, "ca"),
+            (ISSUER_CERT_KEY, "issuer"),
+            (ISSUER_KEY_KEY, "key"),
+        ];
+        match contents_of(secret(&all), "ns").unwrap() {
+            Contents::Set(s) => assert_eq!((s.ca.as_str(), s.issuer.as_str()), ("ca", "issuer")),
+            _ => panic!("a complete set"),
+        }
+        // Dapr's Helm chart creates it empty; an empty value counts as absent.
+        for empty in [secret(&[]), secret(&[(CA_KEY, "")]), Secret::default()] {
+            assert!(matches!(
+                contents_of(empty, "ns").unwrap(),
+                Contents::Empty(_)
+            ));
+        }
+        assert!(matches!(
+            contents_of(secret(&[]), "ns").unwrap(),
+            Contents::Empty(Some(v)) if v == "7"
+        ));
+        let Err(e) = contents_of(secret(&all[..2]), "dapr-system") else {
+            panic!("a partial set accepted");
+        };
+        assert!(
+            matches!(&e, SecretStoreError::Partial { present, missing, .. }
+                if present == &[CA_KEY, ISSUER_CERT_KEY] && missing == &[ISSUER_KEY_KEY]),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("dapr-system/dapr-trust-bundle"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_written_secret_holds_the_set_at_the_version_read() {
+        let set = SetPem {
+            ca: "ca".into(),
+            issuer: "issuer".into(),
+            key: Zeroizing::new("key".into()),
+        };
+        let s = secret_of(&set, Some("42".into()));
+        assert_eq!(s.metadata.name.as_deref(), Some(TRUST_BUNDLE));
+        assert_eq!(s.metadata.resource_version.as_deref(), Some("42"));
+        match contents_of(s, "ns").unwrap() {
+            Contents::Set(back) => assert_eq!(back.fingerprint(), set.fingerprint()),
+            _ => panic!("round trip"),
+        }
+    }
+
+    #[test]
+    fn a_token_file_with_a_newline_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "abc\n").unwrap();
+        let Err(e) = client("https://127.0.0.1:6443", None, &file) else {
+            panic!("a token with a newline accepted");
+        };
+        assert!(e.contains("whitespace"), "{e}");
+        assert!(client("not a url", None, &file).is_err());
+    }
+}
