@@ -413,6 +413,7 @@ async fn openssl_s_client_refusals_and_acceptance() {
         "localhost",
         common::SENTRY_ID,
         Duration::ZERO,
+        sigil_host::ca::Lifetimes::default(),
         now,
     )
     .unwrap();

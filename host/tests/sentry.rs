@@ -655,3 +655,57 @@ async fn sigil_sign_with_forty_anchors_rsa_first_the_right_root_last() {
     );
     assert!(text.contains("#0 (CN=an RSA root) skipped"), "{text}");
 }
+
+/// Issue 14, point 1: `--root-ttl` and `--issuer-ttl` set the lifetimes of what Sentry
+/// generates (Go durations); the issuer never outlives the root; nonsense is refused.
+#[test]
+fn generated_root_and_issuer_live_as_long_as_the_flags_say() {
+    let life = |pem: &Path| {
+        let der = read_certs(pem).remove(0);
+        let c = sigil_core::cert::Certificate::parse(&der).unwrap();
+        c.not_after().as_secs() - c.not_before().as_secs()
+    };
+    for (root, issuer, want_root, want_issuer) in [
+        ("2h", "1h", 7200, 3600),
+        ("1h", "3h", 3600, 3600), // the issuer is clamped to the root
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = sentry_command(dir.path());
+        cmd.args(["--root-ttl", root, "--issuer-ttl", issuer]);
+        let sentry = start(cmd).unwrap();
+        // Both are back-dated by the 15 min clock skew.
+        let skew = 15 * 60;
+        assert_eq!(life(&dir.path().join("ca.crt")), want_root + skew, "{root}");
+        let issuer_end = {
+            let der = read_certs(&dir.path().join("issuer.crt")).remove(0);
+            sigil_core::cert::Certificate::parse(&der)
+                .unwrap()
+                .not_after()
+        };
+        let root_end = {
+            let der = read_certs(&dir.path().join("ca.crt")).remove(0);
+            sigil_core::cert::Certificate::parse(&der)
+                .unwrap()
+                .not_after()
+        };
+        assert_eq!(
+            life(&dir.path().join("issuer.crt")),
+            want_issuer + skew,
+            "{issuer}"
+        );
+        assert!(issuer_end <= root_end);
+        drop(sentry);
+    }
+    for bad in ["10s", "a year", "-1h"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = sentry_command(dir.path())
+            .arg(format!("--root-ttl={bad}"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--root-ttl"),
+            "{bad}"
+        );
+    }
+}

@@ -114,6 +114,12 @@ struct SentryCli {
     /// Sentry's trust domain.
     #[arg(long, default_value = "localhost")]
     trust_domain: String,
+    /// Lifetime of a root Sentry generates (Go duration syntax).
+    #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+    root_ttl: Duration,
+    /// Lifetime of an issuer Sentry generates (Go duration; never past the root's notAfter).
+    #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+    issuer_ttl: Duration,
     /// gRPC port (0: any free port).
     #[arg(long, default_value_t = 50001)]
     port: u16,
@@ -311,6 +317,16 @@ enum UsageArg {
     Server,
     Client,
     Any,
+}
+
+/// A root or issuer lifetime: a Go duration of at least a minute.
+fn ca_ttl(s: &str) -> Result<Duration, String> {
+    let d = sigil_host::dapr::config::go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 8760h, 720h, 90m)"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{s:?} is shorter than a minute"));
+    }
+    Ok(d)
 }
 
 fn parse_time(s: &str) -> Result<UnixTime, String> {
@@ -544,6 +560,10 @@ fn sentry(args: SentryCli) -> ExitCode {
             per_address: args.max_connections_per_ip,
             idle: args.connection_idle_timeout,
             ..sigil_host::sentry::default_limits()
+        },
+        lifetimes: sigil_host::ca::Lifetimes {
+            root: args.root_ttl,
+            issuer: args.issuer_ttl,
         },
         kubernetes: (args.mode == "kubernetes").then_some(KubeOptions {
             api_server: args.kube_api_server,

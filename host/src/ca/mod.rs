@@ -29,6 +29,26 @@ use x509::{Profile, X509Error};
 /// Lifetime of a generated root and issuer (Dapr's `defaultCATTL`).
 pub const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long the root and the issuer Sigil generates live (`--root-ttl`, `--issuer-ttl`;
+/// [`CA_TTL`] each by default, as Dapr). The issuer never outlives the root: its notAfter is
+/// clamped to the root's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// The root's.
+    pub root: Duration,
+    /// The issuer's.
+    pub issuer: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            root: CA_TTL,
+            issuer: CA_TTL,
+        }
+    }
+}
+
 /// Why a credential set is refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -470,15 +490,32 @@ impl Credentials {
         now: SystemTime,
         skew: Duration,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
+        Self::generate_with(trust_domain, sentry_id, now, skew, Lifetimes::default())
+    }
+
+    /// [`Credentials::generate`] with the root and issuer living `lifetimes` (from `now`;
+    /// the issuer clamped to the root).
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialsError`] if making or (re)validating them fails.
+    pub fn generate_with(
+        trust_domain: &str,
+        sentry_id: &str,
+        now: SystemTime,
+        skew: Duration,
+        lifetimes: Lifetimes,
+    ) -> Result<(Self, GeneratedPem), CredentialsError> {
         let root_key = P256Key::generate()?;
         let issuer_key = P256Key::generate()?;
         let nb = now - skew;
-        let na = now + CA_TTL;
+        let root_na = now + lifetimes.root;
+        let issuer_na = (now + lifetimes.issuer).min(root_na);
         let root = x509::issue(
             Profile::Root { trust_domain },
             PublicKey::EcP256(root_key.public_point()),
             nb,
-            na,
+            root_na,
             None,
             &root_key,
         )?;
@@ -488,7 +525,7 @@ impl Credentials {
             Profile::Issuer { sentry_id },
             PublicKey::EcP256(issuer_key.public_point()),
             nb,
-            na,
+            issuer_na,
             Some(x509::Signer {
                 subject: root_cert.subject(),
                 key_id: root_cert.subject_key_id(),

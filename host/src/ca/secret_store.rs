@@ -35,7 +35,7 @@ use kube_runtime::watcher;
 use zeroize::Zeroizing;
 
 use super::store::Origin;
-use super::{Credentials, CredentialsError};
+use super::{Credentials, CredentialsError, Lifetimes};
 
 /// The name of the Secret and of the ConfigMap, as Dapr names them.
 pub const TRUST_BUNDLE: &str = "dapr-trust-bundle";
@@ -263,6 +263,7 @@ impl SecretStore {
         trust_domain: &str,
         sentry_id: &str,
         skew: Duration,
+        lifetimes: Lifetimes,
     ) -> Result<(Credentials, Origin), SecretStoreError> {
         for _ in 0..RACE_RETRIES {
             let version = match self.read().await? {
@@ -274,13 +275,17 @@ impl SecretStore {
                 Contents::Missing => None,
                 Contents::Empty(version) => Some(version),
             };
-            let (creds, pem) =
-                Credentials::generate(trust_domain, sentry_id, SystemTime::now(), skew).map_err(
-                    |source| SecretStoreError::Invalid {
-                        namespace: self.namespace.clone(),
-                        source,
-                    },
-                )?;
+            let (creds, pem) = Credentials::generate_with(
+                trust_domain,
+                sentry_id,
+                SystemTime::now(),
+                skew,
+                lifetimes,
+            )
+            .map_err(|source| SecretStoreError::Invalid {
+                namespace: self.namespace.clone(),
+                source,
+            })?;
             let set = SetPem {
                 ca: pem.ca,
                 issuer: pem.issuer,

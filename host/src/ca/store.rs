@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
-use super::{Credentials, CredentialsError};
+use super::{Credentials, CredentialsError, Lifetimes};
 
 const LOCK: &str = ".sigil-sentry.lock";
 const MARKER: &str = ".sigil-generated";
@@ -176,6 +176,7 @@ pub fn load_or_generate(
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
+    lifetimes: Lifetimes,
     now: SystemTime,
 ) -> Result<(Credentials, Origin), StoreError> {
     fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
@@ -188,7 +189,7 @@ pub fn load_or_generate(
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
-    let result = locked(paths, trust_domain, sentry_id, skew, now, None);
+    let result = locked(paths, trust_domain, sentry_id, skew, lifetimes, now, None);
     let _ = lock.unlock();
     result.map(|(creds, origin)| (creds, origin.unwrap_or(Origin::Generated)))
 }
@@ -214,6 +215,7 @@ pub fn interrupt_generation(
         trust_domain,
         sentry_id,
         Duration::ZERO,
+        Lifetimes::default(),
         now,
         Some(step),
     )
@@ -227,6 +229,7 @@ fn locked(
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
+    lifetimes: Lifetimes,
     now: SystemTime,
     stop: Option<Step>,
 ) -> Result<(Credentials, Option<Origin>), StoreError> {
@@ -245,12 +248,10 @@ fn locked(
             missing: missing.into_iter().map(Path::to_owned).collect(),
         });
     }
-    let (creds, files) =
-        Credentials::generate(trust_domain, sentry_id, now, skew).map_err(|source| {
-            StoreError::Invalid {
-                dir: paths.dir.clone(),
-                source,
-            }
+    let (creds, files) = Credentials::generate_with(trust_domain, sentry_id, now, skew, lifetimes)
+        .map_err(|source| StoreError::Invalid {
+            dir: paths.dir.clone(),
+            source,
         })?;
     let contents: [(&Path, &[u8], u32); 3] = [
         (&paths.ca, files.ca.as_bytes(), 0o644),
@@ -370,6 +371,7 @@ mod tests {
             "localhost",
             ID,
             Duration::from_secs(900),
+            Lifetimes::default(),
             SystemTime::now(),
         )
     }

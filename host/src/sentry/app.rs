@@ -50,6 +50,8 @@ pub struct SentryOptions {
     pub limits: crate::net::admission::Limits,
     /// `--mode kubernetes`: the kubernetes validator on, and the default.
     pub kubernetes: Option<KubeOptions>,
+    /// `--root-ttl`, `--issuer-ttl`: the lifetimes of credentials Sentry generates.
+    pub lifetimes: crate::ca::Lifetimes,
 }
 
 /// How Sentry reaches the Kubernetes API in `--mode kubernetes`.
@@ -79,6 +81,7 @@ impl Default for SentryOptions {
             metrics: Some(("127.0.0.1".into(), 9090)),
             limits: super::default_limits(),
             kubernetes: None,
+            lifetimes: crate::ca::Lifetimes::default(),
         }
     }
 }
@@ -198,7 +201,12 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 .map_err(anyhow::Error::msg)?;
             let secrets = SecretStore::new(client, &settings.namespace);
             let (creds, origin) = secrets
-                .load_or_generate(&settings.trust_domain, &settings.sentry_id(), settings.skew)
+                .load_or_generate(
+                    &settings.trust_domain,
+                    &settings.sentry_id(),
+                    settings.skew,
+                    opts.lifetimes,
+                )
                 .await?;
             match secrets.publish_anchors(creds.anchors_pem()).await? {
                 Published::Corrected => tracing::warn!(
@@ -229,6 +237,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 &opts.key_filename,
             );
             let (creds, origin) = {
+                let lifetimes = opts.lifetimes;
                 let (p, td, id, skew) = (
                     paths.clone(),
                     settings.trust_domain.clone(),
@@ -236,7 +245,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                     settings.skew,
                 );
                 tokio::task::spawn_blocking(move || {
-                    store::load_or_generate(&p, &td, &id, skew, SystemTime::now())
+                    store::load_or_generate(&p, &td, &id, skew, lifetimes, SystemTime::now())
                 })
                 .await??
             };
@@ -274,8 +283,12 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         "credentials: {} ({})",
         where_,
         match origin {
-            Origin::Generated => "generated a new root and issuer, valid 1 year",
-            Origin::Loaded => "loaded and validated",
+            Origin::Generated => format!(
+                "generated a new root valid {} and an issuer valid {}",
+                humantime::format_duration(opts.lifetimes.root),
+                humantime::format_duration(opts.lifetimes.issuer.min(opts.lifetimes.root)),
+            ),
+            Origin::Loaded => "loaded and validated".to_owned(),
         },
     )];
     report.push(format!(
