@@ -921,7 +921,9 @@ async fn k8s_clients_fail_over_when_a_replica_dies_under_load() {
                         ..SignRequest::default()
                     };
                     match transport.sign(req, anchors.clone()).await {
-                        Ok(chain) if !chain.is_empty() => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(signed) if !signed.chain.is_empty() => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         Ok(_) => failed.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             eprintln!("sign failed: {e}");

@@ -143,3 +143,80 @@ fn forty_anchors_rsa_first_the_right_root_last() {
     });
     assert_eq!(metric(&s.metrics, "dapr_runtime_mtls_init_total"), 1);
 }
+
+/// Issue 14, point 3: a sidecar given only the first root learns new roots from Sentry's
+/// answers (`trust_chain_certificates`), so a root change needs no file change and no restart:
+/// Sentry publishes the new root beside the old one (old issuer still signing), then switches
+/// to the new issuer, then drops the old root. The anchors file is never touched; no renewal
+/// fails; the app's `ca.pem` follows the set in force (the file's root stays in it).
+#[test]
+fn a_sidecar_adopts_sentrys_bundle_live_and_renews_across_a_root_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sentry = short_ttl_sentry(dir.path(), port, "4s");
+    let creds = dir.path().join("creds");
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::copy(creds.join("ca.crt"), &anchors).unwrap();
+    let file_before = std::fs::read(&anchors).unwrap();
+    let id_dir = dir.path().join("identity");
+    let sc = sidecar(&format!("127.0.0.1:{port}"), &anchors, &id_dir);
+    wait_until("an identity", Duration::from_secs(15), || {
+        health(&sc.http) == 204
+    });
+    let old_ca = std::fs::read_to_string(creds.join("ca.crt")).unwrap();
+    let old_root = read_certs(&creds.join("ca.crt"));
+    let (_, fresh) = sigil_host::ca::Credentials::generate(
+        "localhost",
+        common::SENTRY_ID,
+        std::time::SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let new_root = sigil_host::pki::pem_certificates(fresh.ca.as_bytes()).unwrap();
+    let replace = |name: &str, body: &str| {
+        let tmp = creds.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, creds.join(name)).unwrap();
+    };
+    let app_anchors = || read_certs(&id_dir.join("ca.pem"));
+
+    // 1. Publish: Sentry's bundle holds both roots; the old issuer still signs.
+    replace("ca.crt", &format!("{old_ca}{}", fresh.ca));
+    wait_until(
+        "the new root adopted from Sentry's answer",
+        Duration::from_secs(20),
+        || app_anchors().contains(&new_root[0]),
+    );
+    // 2. Activate: the new issuer signs (the new root first in Sentry's bundle).
+    replace("issuer.key", &fresh.key);
+    replace("issuer.crt", &fresh.issuer);
+    replace("ca.crt", &format!("{}{old_ca}", fresh.ca));
+    wait_until(
+        "an identity under the new root",
+        Duration::from_secs(20),
+        || chains_to(&read_certs(&id_dir.join("cert.pem")), &new_root),
+    );
+    // 3. Retire: Sentry's bundle holds the new root only; the file's (old) root stays in the
+    //    sidecar's set, since the user gave it.
+    replace("ca.crt", &fresh.ca);
+    let rotated = metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total");
+    wait_until(
+        "a renewal after the retirement",
+        Duration::from_secs(20),
+        || metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") > rotated,
+    );
+    let mut held = app_anchors();
+    held.sort();
+    let mut want = [old_root.clone(), new_root.clone()].concat();
+    want.sort();
+    assert_eq!(held, want, "the file's root and Sentry's bundle");
+    assert_eq!(
+        std::fs::read(&anchors).unwrap(),
+        file_before,
+        "the anchors file untouched"
+    );
+    let text = http_get(&sc.metrics, "/metrics");
+    assert!(!text.contains("fail_total{"), "a renewal failed: {text}");
+    assert_eq!(health(&sc.http), 204);
+    drop(sentry);
+}

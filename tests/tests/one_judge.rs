@@ -150,7 +150,13 @@ impl Transport for BadSentry {
             panic!("P-256");
         };
         let chain = self.cas.answer(self.bad, point, &req.id);
-        Box::pin(async move { Ok::<_, ClientError>(chain) })
+        // The bad answers carry no bundle: the chain alone is judged.
+        let signed = sigil_host::client::Signed {
+            chain,
+            trust_bundle: Vec::new(),
+            valid_until: std::time::SystemTime::now(),
+        };
+        Box::pin(async move { Ok::<_, ClientError>(signed) })
     }
 }
 

@@ -167,7 +167,7 @@ pub enum IdentityError {
 
 /// What a signing round ended with.
 enum Outcome {
-    Signed(RequestId, Vec<Vec<u8>>),
+    Signed(RequestId, crate::client::Signed),
     Failed(RequestId, ClientError),
 }
 
@@ -204,7 +204,11 @@ pub async fn drive_with(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IdentityError> {
     tokio::pin!(shutdown);
-    let anchors = read_anchors(&config.anchors)?;
+    // The set in force is the configured anchors (file or environment) plus the bundle the
+    // last authenticated Sentry answer carried (replaced whole by each answer that has one).
+    let mut configured = read_anchors(&config.anchors)?;
+    let mut from_sentry: Vec<Vec<u8>> = Vec::new();
+    let anchors = configured.clone();
     let mut bundle = OwnedTrustBundle::new();
     let refs: Vec<&[u8]> = anchors.ders().iter().map(Vec::as_slice).collect();
     bundle
@@ -262,8 +266,21 @@ pub async fn drive_with(
                 let t = now();
                 machine.handle_wall_time(t, wall());
                 match outcome {
-                    Outcome::Signed(id, chain) => {
-                        let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+                    Outcome::Signed(id, signed) => {
+                        // Sentry's bundle first (it was authenticated by the anchors held: its
+                        // serving chain validated against them), so a chain from a root it has
+                        // just published is judged against the set that holds it.
+                        if !signed.trust_bundle.is_empty() && signed.trust_bundle != from_sentry {
+                            match combined(&configured, &signed.trust_bundle) {
+                                Ok(new) => {
+                                    if apply_anchors(&mut machine, &state, &config, t, new, "Sentry's answer") {
+                                        from_sentry = signed.trust_bundle;
+                                    }
+                                }
+                                Err(e) => tracing::error!(error = %e, "Sentry's trust bundle refused; the anchors held stay"),
+                            }
+                        }
+                        let refs: Vec<&[u8]> = signed.chain.iter().map(Vec::as_slice).collect();
                         machine.handle_response(t, id, &refs, crate::signature::shared());
                     }
                     Outcome::Failed(id, e) if machine.is_in_flight(id) => {
@@ -279,25 +296,15 @@ pub async fn drive_with(
                 // Debounce a little: editors write in steps.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while anchors_rx.try_recv().is_ok() {}
-                match read_anchors(&config.anchors) {
-                    Ok(new) if state.anchors().is_some_and(|a| a.ders() == new.ders()) => {}
-                    Ok(new) => {
-                        let refs: Vec<&[u8]> = new.ders().iter().map(Vec::as_slice).collect();
+                match read_anchors(&config.anchors).and_then(|file| {
+                    let set = combined(&file, &from_sentry)?;
+                    Ok((file, set))
+                }) {
+                    Ok((file, new)) => {
                         let t = now();
                         machine.handle_wall_time(t, wall());
-                        match machine.handle_trust_bundle(t, &refs, crate::signature::shared()) {
-                            Ok(_) => {
-                                tracing::info!(anchors = new.ders().len(), "trust anchors replaced");
-                                let new = Arc::new(new);
-                                state.anchors.store(Some(new.clone()));
-                                // The app's copy follows at once, not at the next rotation.
-                                if let (Some(dir), Some(current)) = (&config.output_dir, state.current()) {
-                                    if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, new.ders()) {
-                                        tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::error!(error = ?e, "new trust anchors refused; the old ones stay"),
+                        if apply_anchors(&mut machine, &state, &config, t, new, "the anchors file") {
+                            configured = file;
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "new trust anchors refused; the old ones stay"),
@@ -305,6 +312,53 @@ pub async fn drive_with(
             }
         }
     }
+}
+
+/// The configured anchors plus Sentry's bundle, each certificate once.
+fn combined(configured: &Anchors, from_sentry: &[Vec<u8>]) -> Result<Anchors, IdentityError> {
+    let mut ders = configured.ders().to_vec();
+    for d in from_sentry {
+        if !ders.contains(d) {
+            ders.push(d.clone());
+        }
+    }
+    let source = if from_sentry.is_empty() {
+        configured.source().to_owned()
+    } else {
+        format!("{} and Sentry's trust bundle", configured.source())
+    };
+    Anchors::from_ders(&source, ders).map_err(|e| IdentityError::Anchors(e.to_string()))
+}
+
+/// Puts `new` in force if it differs from the set held: the machine's bundle (an identity that
+/// no longer chains is renewed at once), the TLS verifiers' set, the app's `ca.pem`. Returns
+/// whether it is in force (unchanged counts); a set the machine refuses leaves the old one.
+fn apply_anchors(
+    machine: &mut Machine<'_>,
+    state: &IdentityState,
+    config: &IdentityConfig,
+    t: Instant,
+    new: Anchors,
+    from: &str,
+) -> bool {
+    if state.anchors().is_some_and(|a| a.ders() == new.ders()) {
+        return true;
+    }
+    let refs: Vec<&[u8]> = new.ders().iter().map(Vec::as_slice).collect();
+    if let Err(e) = machine.handle_trust_bundle(t, &refs, crate::signature::shared()) {
+        tracing::error!(error = ?e, from, "new trust anchors refused; the old ones stay");
+        return false;
+    }
+    tracing::info!(anchors = new.ders().len(), from, "trust anchors replaced");
+    let new = Arc::new(new);
+    state.anchors.store(Some(new.clone()));
+    // The app's copy follows at once, not at the next rotation.
+    if let (Some(dir), Some(current)) = (&config.output_dir, state.current()) {
+        if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, new.ders()) {
+            tracing::error!(dir = %dir.display(), error = %e, "writing the identity files");
+        }
+    }
+    true
 }
 
 fn ring_seed() -> [u8; 8] {
@@ -371,7 +425,7 @@ fn handle_action(
             let answer = transport.sign(req, anchors);
             tokio::spawn(async move {
                 let outcome = match answer.await {
-                    Ok(chain) => Outcome::Signed(id, chain),
+                    Ok(signed) => Outcome::Signed(id, signed),
                     Err(e) => Outcome::Failed(id, e),
                 };
                 let _ = done.send(outcome).await;
@@ -521,7 +575,12 @@ mod tests {
                 .unwrap();
             let mut chain = vec![issued.der];
             chain.extend(creds.issuer_chain().iter().cloned());
-            Ok(chain)
+            // No bundle: these tests drive the anchors through the file.
+            Ok(crate::client::Signed {
+                chain,
+                trust_bundle: Vec::new(),
+                valid_until: issued.not_after,
+            })
         }
     }
 

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest};
+use crate::client::{ClientError, SentryClient, SentryTarget, SignRequest, Signed};
 use crate::trust::Anchors;
 
-/// The answer to one identity request: the chain (DER, leaf first), not judged yet.
-pub type Answer = Result<Vec<Vec<u8>>, ClientError>;
+/// The answer to one identity request: the chain (DER, leaf first, not judged yet) and the
+/// trust bundle Sentry sent.
+pub type Answer = Result<Signed, ClientError>;
 
 /// Where the driver's identity requests go: Sentry over gRPC ([`SentryTransport`]) in
 /// production, a CA in the test's own process in virtual-time tests.
@@ -110,7 +111,7 @@ impl Transport for SentryTransport {
                     sentry_id: sentry_id.clone(),
                 };
                 let answer = match SentryClient::connect(target).await {
-                    Ok(mut client) => client.request(&req).await.map(|s| s.chain),
+                    Ok(mut client) => client.request(&req).await,
                     Err(e) => Err(e),
                 };
                 match answer {
