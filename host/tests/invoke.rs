@@ -327,8 +327,7 @@ fn mint(dir: &Path, id: &str, not_before: SystemTime, not_after: SystemTime) -> 
         PublicKey::EcP256(key.public_point()),
         not_before,
         not_after,
-        Some(creds.signer()),
-        &key,
+        sigil_host::ca::x509::SignedBy::Issuer(creds.signer()),
     )
     .unwrap();
     let name = id.rsplit('/').next().unwrap();

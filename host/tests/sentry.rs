@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use sigil_core::crypto::{PublicKey, Signer as _};
+use sigil_core::crypto::Signer as _;
 use sigil_host::ca::x509::{self, Profile};
 use sigil_host::ca::Credentials;
 use sigil_host::client::{self, SentryClient, SentryTarget, SignRequest};
-use sigil_host::key::P256Key;
+use sigil_host::key::{CaKey, KeyAlgorithm};
 
 use common::{key_and_csr, metric, read_certs, sentry_command, start, Sentry, SENTRY_ID};
 
@@ -270,19 +270,18 @@ async fn racing_sentrys_on_an_empty_directory_agree_on_one_root() {
 
 /// A valid root and an issuer signed by it that expired a day ago.
 fn expired_set(dir: &Path) {
-    let root_key = P256Key::generate().unwrap();
-    let issuer_key = P256Key::generate().unwrap();
+    let root_key = CaKey::generate(KeyAlgorithm::P256).unwrap();
+    let issuer_key = CaKey::generate(KeyAlgorithm::P256).unwrap();
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
     let root = x509::issue(
         Profile::Root {
             trust_domain: "localhost",
         },
-        PublicKey::EcP256(root_key.public_point()),
+        root_key.public_key(),
         now - 30 * day,
         now + 300 * day,
-        None,
-        &root_key,
+        x509::SignedBy::Itself(&root_key),
     )
     .unwrap();
     let parsed = sigil_core::cert::Certificate::parse(&root).unwrap();
@@ -290,15 +289,14 @@ fn expired_set(dir: &Path) {
         Profile::Issuer {
             sentry_id: SENTRY_ID,
         },
-        PublicKey::EcP256(issuer_key.public_point()),
+        issuer_key.public_key(),
         now - 20 * day,
         now - day,
-        Some(x509::Signer {
+        x509::SignedBy::Issuer(x509::Signer {
             subject: parsed.subject(),
             key_id: parsed.subject_key_id(),
             key: &root_key,
         }),
-        &root_key,
     )
     .unwrap();
     let pem = |d: &[u8]| sigil_host::pki::to_pem(sigil_core::pem::Label::Certificate, d);
@@ -417,19 +415,28 @@ fn openssl(args: &[&str], dir: &Path) {
 /// Credentials as openssl (and Dapr's docs) make them: a root, an issuer with Dapr's subject,
 /// the key as SEC1 or PKCS#8, and ca.crt holding two roots.
 fn openssl_credentials(dir: &Path, sec1: bool) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+    openssl_credentials_with(dir, sec1, false);
+}
+
+/// [`openssl_credentials`], with Ed25519 keys (as Dapr 1.18 makes them) when `ed25519`.
+fn openssl_credentials_with(dir: &Path, sec1: bool, ed25519: bool) {
+    let ec: &[&str] = if ed25519 {
+        &["-newkey", "ed25519", "-nodes"]
+    } else {
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ]
+    };
     // A self-signed CA certificate `name`.pem (key `name`.key) for a year, with CA:true and the
     // `more` extensions.
     let self_signed = |name: &str, subject: &str, more: &[&str]| {
         let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
         let mut args = vec!["req", "-x509"];
-        args.extend(ec);
+        args.extend_from_slice(ec);
         args.extend([
             "-keyout", &key, "-out", &pem, "-subj", subject, "-days", "365",
         ]);
@@ -446,7 +453,7 @@ fn openssl_credentials(dir: &Path, sec1: bool) {
     );
     self_signed("other", "/O=other", &[]);
     let mut csr = vec!["req", "-new"];
-    csr.extend(ec);
+    csr.extend_from_slice(ec);
     csr.extend([
         "-keyout",
         "issuer.pk8",
@@ -492,6 +499,39 @@ fn openssl_credentials(dir: &Path, sec1: bool) {
     let roots = std::fs::read_to_string(dir.join("other.pem")).unwrap()
         + &std::fs::read_to_string(dir.join("root.pem")).unwrap();
     std::fs::write(dir.join("ca.crt"), roots).unwrap();
+}
+
+/// Issue 14, point 5: Ed25519 credentials (a root and an issuer as Dapr 1.18 makes them, here
+/// by openssl) load, sign workload certificates with Ed25519, and the chain verifies with
+/// `openssl verify` as well as Sigil's client.
+#[tokio::test]
+async fn ed25519_credentials_made_by_openssl_sign_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    openssl_credentials_with(dir.path(), false, true);
+    let key = std::fs::read_to_string(dir.path().join("issuer.key")).unwrap();
+    assert!(key.contains("BEGIN PRIVATE KEY"), "{key}");
+    let sentry = start(sentry_command(dir.path())).unwrap();
+    let anchors = read_certs(&dir.path().join("ca.crt"));
+    let signed = sign_once(&sentry.grpc, anchors).await.unwrap();
+    let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
+    assert_eq!(
+        leaf.signature_scheme().unwrap(),
+        sigil_core::crypto::Scheme::Ed25519
+    );
+    let pem = |d: &[u8]| sigil_host::pki::to_pem(sigil_core::pem::Label::Certificate, d);
+    std::fs::write(dir.path().join("leaf.pem"), pem(&signed.chain[0])).unwrap();
+    std::fs::write(dir.path().join("chain.pem"), pem(&signed.chain[1])).unwrap();
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "leaf.pem",
+        ],
+        dir.path(),
+    );
 }
 
 #[tokio::test]

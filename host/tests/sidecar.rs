@@ -220,3 +220,39 @@ fn a_sidecar_adopts_sentrys_bundle_live_and_renews_across_a_root_change() {
     assert_eq!(health(&sc.http), 204);
     drop(sentry);
 }
+
+/// Issue 14, point 5: a sidecar takes and renews an identity from a Sentry whose root and
+/// issuer are Ed25519 (Dapr 1.18's), validating the Ed25519 chain with the core.
+#[test]
+fn a_sidecar_renews_under_ed25519_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    let (_, pem) = sigil_host::ca::Credentials::generate_with(
+        "localhost",
+        common::SENTRY_ID,
+        std::time::SystemTime::now(),
+        Duration::ZERO,
+        sigil_host::ca::Lifetimes::default(),
+        sigil_host::key::KeyAlgorithm::Ed25519,
+    )
+    .unwrap();
+    std::fs::write(creds.join("ca.crt"), &pem.ca).unwrap();
+    std::fs::write(creds.join("issuer.crt"), &pem.issuer).unwrap();
+    std::fs::write(creds.join("issuer.key"), pem.key.as_bytes()).unwrap();
+    let port = free_port();
+    let sentry = short_ttl_sentry(dir.path(), port, "4s");
+    let id_dir = dir.path().join("identity");
+    let sc = sidecar(&format!("127.0.0.1:{port}"), &creds.join("ca.crt"), &id_dir);
+    wait_until("two renewals", Duration::from_secs(20), || {
+        metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") >= 2
+    });
+    let chain = read_certs(&id_dir.join("cert.pem"));
+    let leaf = sigil_core::cert::Certificate::parse(&chain[0]).unwrap();
+    assert_eq!(
+        leaf.signature_scheme().unwrap(),
+        sigil_core::crypto::Scheme::Ed25519
+    );
+    assert!(chains_to(&chain, &read_certs(&creds.join("ca.crt"))));
+    drop(sentry);
+}

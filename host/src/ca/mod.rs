@@ -21,7 +21,7 @@ use sigil_core::crypto::{PublicKey, SignatureVerifier as _};
 use sigil_core::pem;
 use sigil_core::UnixTime;
 
-use crate::key::{KeyError, P256Key};
+use crate::key::{CaKey, KeyAlgorithm, KeyError};
 use crate::signature::RingSignatureVerifier;
 use crate::trust::{Anchors, Policy};
 use x509::{Profile, X509Error};
@@ -174,7 +174,7 @@ pub struct Credentials {
     /// [`Anchors`] type every other host check goes through.
     anchors: Arc<Anchors>,
     issuer_chain: Vec<Vec<u8>>,
-    key: P256Key,
+    key: CaKey,
     issuer_subject: Vec<u8>,
     issuer_key_id: Option<Vec<u8>>,
     issuer_not_before: SystemTime,
@@ -372,7 +372,7 @@ impl Credentials {
         {
             chain.pop();
         }
-        let key = P256Key::from_pem(key)?;
+        let key = CaKey::from_pem(key)?;
         let (subject, key_id, not_before, not_after) = {
             let first = chain
                 .first()
@@ -382,9 +382,7 @@ impl Credentials {
                 index: 1,
                 reason: e.to_string(),
             })?;
-            let matches = c
-                .public_key()
-                .is_ok_and(|k| k.same_key(&PublicKey::EcP256(key.public_point())));
+            let matches = c.public_key().is_ok_and(|k| k.same_key(&key.public_key()));
             if !matches {
                 return Err(CredentialsError::KeyMismatch);
             }
@@ -453,7 +451,7 @@ impl Credentials {
     /// Issues a short probe certificate and validates it through the chain to the anchors: the
     /// one check that covers signatures, CA constraints and validity of the whole chain.
     fn probe(&self, now: SystemTime, probe_id: &str) -> Result<(), CredentialsError> {
-        let probe_key = P256Key::generate()?;
+        let probe_key = crate::key::P256Key::generate()?;
         let nb = (now - Duration::from_secs(60)).max(self.issuer_not_before);
         let na = (now + Duration::from_secs(60)).min(self.issuer_not_after);
         let leaf = x509::issue(
@@ -464,8 +462,7 @@ impl Credentials {
             PublicKey::EcP256(probe_key.public_point()),
             nb,
             na,
-            Some(self.signer()),
-            &self.key,
+            x509::SignedBy::Issuer(self.signer()),
         )?;
         let intermediates: Vec<&[u8]> = self.issuer_chain.iter().map(Vec::as_slice).collect();
         // Client and server use, as workloads will use what this issuer signs: an issuer whose
@@ -490,11 +487,18 @@ impl Credentials {
         now: SystemTime,
         skew: Duration,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
-        Self::generate_with(trust_domain, sentry_id, now, skew, Lifetimes::default())
+        Self::generate_with(
+            trust_domain,
+            sentry_id,
+            now,
+            skew,
+            Lifetimes::default(),
+            KeyAlgorithm::default(),
+        )
     }
 
     /// [`Credentials::generate`] with the root and issuer living `lifetimes` (from `now`;
-    /// the issuer clamped to the root).
+    /// the issuer clamped to the root), their keys of `algorithm`.
     ///
     /// # Errors
     ///
@@ -505,33 +509,32 @@ impl Credentials {
         now: SystemTime,
         skew: Duration,
         lifetimes: Lifetimes,
+        algorithm: KeyAlgorithm,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
-        let root_key = P256Key::generate()?;
-        let issuer_key = P256Key::generate()?;
+        let root_key = CaKey::generate(algorithm)?;
+        let issuer_key = CaKey::generate(algorithm)?;
         let nb = now - skew;
         let root_na = now + lifetimes.root;
         let issuer_na = (now + lifetimes.issuer).min(root_na);
         let root = x509::issue(
             Profile::Root { trust_domain },
-            PublicKey::EcP256(root_key.public_point()),
+            root_key.public_key(),
             nb,
             root_na,
-            None,
-            &root_key,
+            x509::SignedBy::Itself(&root_key),
         )?;
         let root_cert = Certificate::parse(&root)
             .map_err(|e| CredentialsError::Chain(format!("generated root: {e}")))?;
         let issuer = x509::issue(
             Profile::Issuer { sentry_id },
-            PublicKey::EcP256(issuer_key.public_point()),
+            issuer_key.public_key(),
             nb,
             issuer_na,
-            Some(x509::Signer {
+            x509::SignedBy::Issuer(x509::Signer {
                 subject: root_cert.subject(),
                 key_id: root_cert.subject_key_id(),
                 key: &root_key,
             }),
-            &root_key,
         )?;
         let files = GeneratedPem {
             ca: pem_of(std::slice::from_ref(&root)),
@@ -584,8 +587,7 @@ impl Credentials {
             subject_key,
             not_before,
             not_after,
-            Some(self.signer()),
-            &self.key,
+            x509::SignedBy::Issuer(self.signer()),
         )?;
         Ok(Issued { der, not_after })
     }
@@ -649,5 +651,54 @@ mod tests {
             matches!(e, CredentialsError::TooManyAnchors { count } if count == crate::trust::CAPACITY + 1),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ed25519_credentials_load_sign_and_their_chains_validate() {
+        let now = SystemTime::now();
+        let id = crate::dapr::sentry_id("cluster.local", "dapr-system");
+        let (_, pem) = Credentials::generate_with(
+            "cluster.local",
+            &id,
+            now,
+            Duration::ZERO,
+            Lifetimes::default(),
+            KeyAlgorithm::Ed25519,
+        )
+        .unwrap();
+        // As they would be read back from files (or made by Dapr 1.18).
+        let creds = Credentials::from_pem(&pem.ca, &pem.issuer, &pem.key, now, &id).unwrap();
+        let leaf_key = crate::key::P256Key::generate().unwrap();
+        let issued = creds
+            .issue_workload(
+                PublicKey::EcP256(leaf_key.public_point()),
+                "spiffe://public/ns/shop/cart",
+                &[],
+                now,
+                Duration::from_secs(3600),
+                Duration::ZERO,
+            )
+            .unwrap();
+        let leaf = Certificate::parse(&issued.der).unwrap();
+        assert_eq!(
+            leaf.signature_scheme().unwrap(),
+            sigil_core::crypto::Scheme::Ed25519
+        );
+        let anchors = Anchors::from_ders("ca.crt", creds.anchors().to_vec()).unwrap();
+        let ints: Vec<&[u8]> = creds.issuer_chain().iter().map(Vec::as_slice).collect();
+        anchors
+            .verify(
+                &issued.der,
+                &ints,
+                &Policy::new(Usage::ClientAndServer, now),
+                &RingSignatureVerifier,
+            )
+            .unwrap();
+        // A P-256 issuer certificate with an Ed25519 key file: the mismatch is named.
+        let (_, p256) = Credentials::generate("cluster.local", &id, now, Duration::ZERO).unwrap();
+        assert!(matches!(
+            Credentials::from_pem(&p256.ca, &p256.issuer, &pem.key, now, &id),
+            Err(CredentialsError::KeyMismatch)
+        ));
     }
 }

@@ -281,6 +281,7 @@ impl SecretStore {
                 SystemTime::now(),
                 skew,
                 lifetimes,
+                crate::key::KeyAlgorithm::default(),
             )
             .map_err(|source| SecretStoreError::Invalid {
                 namespace: self.namespace.clone(),

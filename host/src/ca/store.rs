@@ -248,11 +248,18 @@ fn locked(
             missing: missing.into_iter().map(Path::to_owned).collect(),
         });
     }
-    let (creds, files) = Credentials::generate_with(trust_domain, sentry_id, now, skew, lifetimes)
-        .map_err(|source| StoreError::Invalid {
-            dir: paths.dir.clone(),
-            source,
-        })?;
+    let (creds, files) = Credentials::generate_with(
+        trust_domain,
+        sentry_id,
+        now,
+        skew,
+        lifetimes,
+        crate::key::KeyAlgorithm::default(),
+    )
+    .map_err(|source| StoreError::Invalid {
+        dir: paths.dir.clone(),
+        source,
+    })?;
     let contents: [(&Path, &[u8], u32); 3] = [
         (&paths.ca, files.ca.as_bytes(), 0o644),
         (&paths.issuer_cert, files.issuer.as_bytes(), 0o644),

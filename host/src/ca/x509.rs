@@ -24,7 +24,7 @@ use x509_cert::spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicK
 use x509_cert::time::{Time, Validity};
 use x509_cert::{TbsCertificate, Version};
 
-use crate::key::P256Key;
+use crate::key::CaKey;
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -83,11 +83,20 @@ pub struct Signer<'a> {
     /// Its subjectKeyIdentifier, if it has one (becomes the authorityKeyIdentifier).
     pub key_id: Option<&'a [u8]>,
     /// Its key.
-    pub key: &'a P256Key,
+    pub key: &'a CaKey,
+}
+
+/// Who signs a certificate.
+#[derive(Clone, Copy, Debug)]
+pub enum SignedBy<'a> {
+    /// The certificate's own key (a root): issuer = subject, no authorityKeyIdentifier.
+    Itself(&'a CaKey),
+    /// An issuing certificate and its key.
+    Issuer(Signer<'a>),
 }
 
 /// Makes a certificate of `profile` for `subject_key`, valid over `[not_before, not_after]`,
-/// signed by `signer` (or self-signed with `self_key` for a root: pass `signer: None`).
+/// signed as `signed_by` says.
 ///
 /// # Errors
 ///
@@ -97,8 +106,7 @@ pub fn issue(
     subject_key: PublicKey<'_>,
     not_before: SystemTime,
     not_after: SystemTime,
-    signer: Option<Signer<'_>>,
-    self_key: &P256Key,
+    signed_by: SignedBy<'_>,
 ) -> Result<Vec<u8>, X509Error> {
     if not_after <= not_before {
         return Err(X509Error::EmptyValidity);
@@ -110,13 +118,13 @@ pub fn issue(
         Profile::Issuer { sentry_id } => organization(sentry_id)?,
         Profile::Workload { .. } => Name::default(),
     };
-    let (issuer, signing_key, aki) = match signer {
-        Some(s) => (
+    let (issuer, signing_key, aki) = match signed_by {
+        SignedBy::Issuer(s) => (
             Name::from_der(s.subject)?,
             s.key,
             s.key_id.map(<[u8]>::to_vec),
         ),
-        None => (subject.clone(), self_key, None),
+        SignedBy::Itself(key) => (subject.clone(), key, None),
     };
 
     let mut extensions = Vec::new();
@@ -174,8 +182,12 @@ pub fn issue(
         push(false, AuthorityKeyIdentifier::OID, aki.to_der()?)?;
     }
 
+    // ecdsa-with-SHA256 or Ed25519, both without parameters (RFC 5758 §3.2, RFC 8410 §3).
     let signature_algorithm = AlgorithmIdentifierOwned {
-        oid: ECDSA_WITH_SHA256,
+        oid: match signing_key {
+            CaKey::P256(_) => ECDSA_WITH_SHA256,
+            CaKey::Ed25519(_) => ID_ED25519,
+        },
         parameters: None,
     };
     let tbs = TbsCertificate {
