@@ -8,7 +8,7 @@
 //! - [`sidecar`]: identity driver, mutual TLS between sidecars, service invocation.
 //! - [`relay`]: the bridge between a device's UART and Sentry and a sidecar.
 //! - [`rustls_glue`]: rustls on the core's checks; [`signature`]: the core's
-//!   signature-verifier trait on `ring` and its bounded cache; [`key`]: the P-256 key.
+//!   signature-verifier trait on `ring` and its bounded cache; [`key`]: the P-256 and Ed25519 keys.
 //! - [`pki`]: PEM files read into owned DER and written atomically; certificates described.
 //! - [`net`]: the connection table and the small HTTP servers; [`logs`]: summarised logs.
 //! - [`commands`]: what each `sigil` subcommand does; [`demo`]: `sigil demo`.
