@@ -412,7 +412,7 @@ async fn openssl_s_client_refusals_and_acceptance() {
         "localhost",
         common::SENTRY_ID,
         Duration::ZERO,
-        sigil_host::ca::Lifetimes::default(),
+        sigil_host::ca::Generation::default(),
         now,
     )
     .unwrap();

@@ -233,8 +233,10 @@ fn a_sidecar_renews_under_ed25519_credentials() {
         common::SENTRY_ID,
         std::time::SystemTime::now(),
         Duration::ZERO,
-        sigil_host::ca::Lifetimes::default(),
-        sigil_host::key::KeyAlgorithm::Ed25519,
+        sigil_host::ca::Generation {
+            algorithm: sigil_host::key::KeyAlgorithm::Ed25519,
+            ..sigil_host::ca::Generation::default()
+        },
     )
     .unwrap();
     std::fs::write(creds.join("ca.crt"), &pem.ca).unwrap();

@@ -561,9 +561,10 @@ fn sentry(args: SentryCli) -> ExitCode {
             idle: args.connection_idle_timeout,
             ..sigil_host::sentry::default_limits()
         },
-        lifetimes: sigil_host::ca::Lifetimes {
+        generation: sigil_host::ca::Generation {
             root: args.root_ttl,
             issuer: args.issuer_ttl,
+            ..sigil_host::ca::Generation::default()
         },
         kubernetes: (args.mode == "kubernetes").then_some(KubeOptions {
             api_server: args.kube_api_server,

@@ -29,22 +29,25 @@ use x509::{Profile, X509Error};
 /// Lifetime of a generated root and issuer (Dapr's `defaultCATTL`).
 pub const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// How long the root and the issuer Sigil generates live (`--root-ttl`, `--issuer-ttl`;
-/// [`CA_TTL`] each by default, as Dapr). The issuer never outlives the root: its notAfter is
-/// clamped to the root's.
+/// What Sentry (or `sigil ca init`) generates: how long the root and the issuer live
+/// (`--root-ttl`, `--issuer-ttl`; [`CA_TTL`] each by default, as Dapr; the issuer's notAfter is
+/// clamped to the root's) and their key type (P-256 by default; Ed25519 as Dapr 1.18 makes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lifetimes {
-    /// The root's.
+pub struct Generation {
+    /// The root's lifetime.
     pub root: Duration,
-    /// The issuer's.
+    /// The issuer's lifetime.
     pub issuer: Duration,
+    /// The keys' type.
+    pub algorithm: KeyAlgorithm,
 }
 
-impl Default for Lifetimes {
+impl Default for Generation {
     fn default() -> Self {
         Self {
             root: CA_TTL,
             issuer: CA_TTL,
+            algorithm: KeyAlgorithm::P256,
         }
     }
 }
@@ -487,18 +490,11 @@ impl Credentials {
         now: SystemTime,
         skew: Duration,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
-        Self::generate_with(
-            trust_domain,
-            sentry_id,
-            now,
-            skew,
-            Lifetimes::default(),
-            KeyAlgorithm::default(),
-        )
+        Self::generate_with(trust_domain, sentry_id, now, skew, Generation::default())
     }
 
-    /// [`Credentials::generate`] with the root and issuer living `lifetimes` (from `now`;
-    /// the issuer clamped to the root), their keys of `algorithm`.
+    /// [`Credentials::generate`] with the root and issuer living as `generation` says (from `now`;
+    /// the issuer clamped to the root), with keys of its algorithm.
     ///
     /// # Errors
     ///
@@ -508,14 +504,13 @@ impl Credentials {
         sentry_id: &str,
         now: SystemTime,
         skew: Duration,
-        lifetimes: Lifetimes,
-        algorithm: KeyAlgorithm,
+        generation: Generation,
     ) -> Result<(Self, GeneratedPem), CredentialsError> {
-        let root_key = CaKey::generate(algorithm)?;
-        let issuer_key = CaKey::generate(algorithm)?;
+        let root_key = CaKey::generate(generation.algorithm)?;
+        let issuer_key = CaKey::generate(generation.algorithm)?;
         let nb = now - skew;
-        let root_na = now + lifetimes.root;
-        let issuer_na = (now + lifetimes.issuer).min(root_na);
+        let root_na = now + generation.root;
+        let issuer_na = (now + generation.issuer).min(root_na);
         let root = x509::issue(
             Profile::Root { trust_domain },
             root_key.public_key(),
@@ -662,8 +657,10 @@ mod tests {
             &id,
             now,
             Duration::ZERO,
-            Lifetimes::default(),
-            KeyAlgorithm::Ed25519,
+            Generation {
+                algorithm: KeyAlgorithm::Ed25519,
+                ..Generation::default()
+            },
         )
         .unwrap();
         // As they would be read back from files (or made by Dapr 1.18).

@@ -35,7 +35,7 @@ use kube_runtime::watcher;
 use zeroize::Zeroizing;
 
 use super::store::Origin;
-use super::{Credentials, CredentialsError, Lifetimes};
+use super::{Credentials, CredentialsError, Generation};
 
 /// The name of the Secret and of the ConfigMap, as Dapr names them.
 pub const TRUST_BUNDLE: &str = "dapr-trust-bundle";
@@ -263,7 +263,7 @@ impl SecretStore {
         trust_domain: &str,
         sentry_id: &str,
         skew: Duration,
-        lifetimes: Lifetimes,
+        generation: Generation,
     ) -> Result<(Credentials, Origin), SecretStoreError> {
         for _ in 0..RACE_RETRIES {
             let version = match self.read().await? {
@@ -280,8 +280,7 @@ impl SecretStore {
                 sentry_id,
                 SystemTime::now(),
                 skew,
-                lifetimes,
-                crate::key::KeyAlgorithm::default(),
+                generation,
             )
             .map_err(|source| SecretStoreError::Invalid {
                 namespace: self.namespace.clone(),

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
-use super::{Credentials, CredentialsError, Lifetimes};
+use super::{Credentials, CredentialsError, Generation};
 
 const LOCK: &str = ".sigil-sentry.lock";
 const MARKER: &str = ".sigil-generated";
@@ -176,7 +176,7 @@ pub fn load_or_generate(
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
-    lifetimes: Lifetimes,
+    generation: Generation,
     now: SystemTime,
 ) -> Result<(Credentials, Origin), StoreError> {
     fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
@@ -189,7 +189,7 @@ pub fn load_or_generate(
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
-    let result = locked(paths, trust_domain, sentry_id, skew, lifetimes, now, None);
+    let result = locked(paths, trust_domain, sentry_id, skew, generation, now, None);
     let _ = lock.unlock();
     result.map(|(creds, origin)| (creds, origin.unwrap_or(Origin::Generated)))
 }
@@ -215,7 +215,7 @@ pub fn interrupt_generation(
         trust_domain,
         sentry_id,
         Duration::ZERO,
-        Lifetimes::default(),
+        Generation::default(),
         now,
         Some(step),
     )
@@ -229,7 +229,7 @@ fn locked(
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
-    lifetimes: Lifetimes,
+    generation: Generation,
     now: SystemTime,
     stop: Option<Step>,
 ) -> Result<(Credentials, Option<Origin>), StoreError> {
@@ -248,18 +248,11 @@ fn locked(
             missing: missing.into_iter().map(Path::to_owned).collect(),
         });
     }
-    let (creds, files) = Credentials::generate_with(
-        trust_domain,
-        sentry_id,
-        now,
-        skew,
-        lifetimes,
-        crate::key::KeyAlgorithm::default(),
-    )
-    .map_err(|source| StoreError::Invalid {
-        dir: paths.dir.clone(),
-        source,
-    })?;
+    let (creds, files) = Credentials::generate_with(trust_domain, sentry_id, now, skew, generation)
+        .map_err(|source| StoreError::Invalid {
+            dir: paths.dir.clone(),
+            source,
+        })?;
     let contents: [(&Path, &[u8], u32); 3] = [
         (&paths.ca, files.ca.as_bytes(), 0o644),
         (&paths.issuer_cert, files.issuer.as_bytes(), 0o644),
@@ -378,7 +371,7 @@ mod tests {
             "localhost",
             ID,
             Duration::from_secs(900),
-            Lifetimes::default(),
+            Generation::default(),
             SystemTime::now(),
         )
     }

@@ -50,8 +50,8 @@ pub struct SentryOptions {
     pub limits: crate::net::admission::Limits,
     /// `--mode kubernetes`: the kubernetes validator on, and the default.
     pub kubernetes: Option<KubeOptions>,
-    /// `--root-ttl`, `--issuer-ttl`: the lifetimes of credentials Sentry generates.
-    pub lifetimes: crate::ca::Lifetimes,
+    /// `--root-ttl`, `--issuer-ttl`: the lifetimes (and key type) of credentials Sentry generates.
+    pub generation: crate::ca::Generation,
 }
 
 /// How Sentry reaches the Kubernetes API in `--mode kubernetes`.
@@ -81,7 +81,7 @@ impl Default for SentryOptions {
             metrics: Some(("127.0.0.1".into(), 9090)),
             limits: super::default_limits(),
             kubernetes: None,
-            lifetimes: crate::ca::Lifetimes::default(),
+            generation: crate::ca::Generation::default(),
         }
     }
 }
@@ -205,7 +205,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                     &settings.trust_domain,
                     &settings.sentry_id(),
                     settings.skew,
-                    opts.lifetimes,
+                    opts.generation,
                 )
                 .await?;
             match secrets.publish_anchors(creds.anchors_pem()).await? {
@@ -237,7 +237,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 &opts.key_filename,
             );
             let (creds, origin) = {
-                let lifetimes = opts.lifetimes;
+                let generation = opts.generation;
                 let (p, td, id, skew) = (
                     paths.clone(),
                     settings.trust_domain.clone(),
@@ -245,7 +245,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                     settings.skew,
                 );
                 tokio::task::spawn_blocking(move || {
-                    store::load_or_generate(&p, &td, &id, skew, lifetimes, SystemTime::now())
+                    store::load_or_generate(&p, &td, &id, skew, generation, SystemTime::now())
                 })
                 .await??
             };
@@ -285,8 +285,8 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         match origin {
             Origin::Generated => format!(
                 "generated a new root valid {} and an issuer valid {}",
-                humantime::format_duration(opts.lifetimes.root),
-                humantime::format_duration(opts.lifetimes.issuer.min(opts.lifetimes.root)),
+                humantime::format_duration(opts.generation.root),
+                humantime::format_duration(opts.generation.issuer.min(opts.generation.root)),
             ),
             Origin::Loaded => "loaded and validated".to_owned(),
         },
