@@ -749,3 +749,65 @@ fn generated_root_and_issuer_live_as_long_as_the_flags_say() {
         );
     }
 }
+
+/// Issue 14, point 4 (init, inspect, expiry, export): `sigil ca init` makes a directory Sentry
+/// runs on; `inspect` explains it while Sentry runs; `expiry` answers with its exit status;
+/// `export` gives the bundle openssl verifies the issuer against.
+#[tokio::test]
+async fn sigil_ca_init_inspect_expiry_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    let sigil = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .arg("ca")
+            .args(args)
+            .arg("--issuer-credentials")
+            .arg(&creds)
+            .output()
+            .unwrap()
+    };
+    let out = sigil(&[
+        "init",
+        "--trust-domain",
+        "localhost",
+        "--issuer-ttl",
+        "240h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::file_mode(&creds.join("issuer.key")), 0o600);
+    // Never over existing files.
+    let again = sigil(&["init"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exist"));
+
+    let sentry = start(sentry_command(&creds)).unwrap();
+    let anchors = read_certs(&creds.join("ca.crt"));
+    sign_once(&sentry.grpc, anchors.clone()).await.unwrap();
+    let inspect = sigil(&["inspect"]);
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.status.success() && text.contains("state: valid"),
+        "{text}"
+    );
+    assert!(text.contains(SENTRY_ID), "{text}");
+    // 10 days left on the issuer: within the 30-day warning, exit 1.
+    let expiry = sigil(&["expiry"]);
+    assert_eq!(expiry.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&expiry.stdout).contains("renew within 30 days"));
+    let export = sigil(&["export"]);
+    assert!(export.status.success());
+    assert_eq!(
+        sigil_host::pki::pem_certificates(&export.stdout).unwrap(),
+        anchors
+    );
+    std::fs::write(dir.path().join("bundle.pem"), &export.stdout).unwrap();
+    openssl(
+        &["verify", "-CAfile", "bundle.pem", "creds/issuer.crt"],
+        dir.path(),
+    );
+    drop(sentry);
+}

@@ -46,6 +46,10 @@ enum Command {
     /// Get a workload certificate from Sentry: make a P-256 key and CSR, send it, validate the
     /// answer, and write key.pem (0600), cert.pem (chain) and ca.pem to a directory.
     Sign(SignCli),
+    /// Operate a credentials directory (ca.crt, issuer.crt, issuer.key), stopped or in use by
+    /// a running Sentry: make one, explain it, check its expiry, export its trust bundle.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Bridge an edge device's UART (a TCP socket, as QEMU's -serial tcp:...) to the host:
     /// its sign requests go to Sentry, its TLS bytes to a sidecar's mTLS port. Exits 0 when
     /// the serial connection ends or on SIGTERM/Ctrl-C.
@@ -243,6 +247,65 @@ struct SignCli {
     force: bool,
 }
 
+/// Where the credentials are (as `sigil sentry` reads them).
+#[derive(Args)]
+struct CaDir {
+    /// Directory of ca.crt, issuer.crt and issuer.key [default: Sentry's data directory].
+    #[arg(long)]
+    issuer_credentials: Option<PathBuf>,
+}
+
+impl CaDir {
+    fn paths(&self) -> sigil_host::ca::store::StorePaths {
+        let dir = self
+            .issuer_credentials
+            .clone()
+            .unwrap_or_else(sigil_host::sentry::app::default_credentials_dir);
+        sigil_host::ca::store::StorePaths::in_dir(&dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a root and an issuer (never over existing files).
+    Init {
+        #[command(flatten)]
+        dir: CaDir,
+        /// The trust domain (the root's O=).
+        #[arg(long, default_value = "localhost")]
+        trust_domain: String,
+        /// Sentry's namespace (the issuer is named for spiffe://<td>/ns/<ns>/dapr-sentry).
+        #[arg(long, default_value = "default")]
+        sentry_namespace: String,
+        /// The root's lifetime (Go duration).
+        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+        root_ttl: Duration,
+        /// The issuer's lifetime (Go duration; never past the root's).
+        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+        issuer_ttl: Duration,
+        /// The keys' type.
+        #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
+        key_algorithm: String,
+    },
+    /// Explain what is there: each root, the issuer, whether Sentry would load the set, what to
+    /// do next.
+    Inspect {
+        #[command(flatten)]
+        dir: CaDir,
+    },
+    /// When the issuer and the root expire: one line, and exit 0 (more than 30 days left), 1
+    /// (less), 2 (expired or unreadable).
+    Expiry {
+        #[command(flatten)]
+        dir: CaDir,
+    },
+    /// Print the trust bundle (ca.crt's certificates) as PEM, to give to the holders.
+    Export {
+        #[command(flatten)]
+        dir: CaDir,
+    },
+}
+
 #[derive(Subcommand)]
 enum CsrCommand {
     /// Make a new ECDSA P-256 key (PKCS#8 PEM, mode 0600) and a CSR for it, with an empty
@@ -420,6 +483,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ca(command) => ca(command),
         Command::Cert(CertCommand::Inspect { file }) => match commands::cert_inspect(&file) {
             Ok(text) => {
                 print!("{text}");
@@ -430,6 +494,59 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn ca(command: CaCommand) -> ExitCode {
+    use sigil_host::commands::ca as admin;
+    let now = std::time::SystemTime::now();
+    let text = match command {
+        CaCommand::Init {
+            dir,
+            trust_domain,
+            sentry_namespace,
+            root_ttl,
+            issuer_ttl,
+            key_algorithm,
+        } => admin::init(
+            &dir.paths(),
+            &trust_domain,
+            &sigil_host::dapr::sentry_id(&trust_domain, &sentry_namespace),
+            sigil_host::ca::Generation {
+                root: root_ttl,
+                issuer: issuer_ttl,
+                algorithm: if key_algorithm == "ed25519" {
+                    sigil_host::key::KeyAlgorithm::Ed25519
+                } else {
+                    sigil_host::key::KeyAlgorithm::P256
+                },
+            },
+            now,
+        ),
+        CaCommand::Inspect { dir } => admin::inspect(&dir.paths(), now),
+        CaCommand::Export { dir } => admin::export(&dir.paths()),
+        CaCommand::Expiry { dir } => {
+            return match admin::expiry(&dir.paths(), now) {
+                Ok(e) => {
+                    println!("{}", e.line);
+                    ExitCode::from(e.status)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    match text {
+        Ok(t) => {
+            print!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -16,6 +16,8 @@ use sigil_core::UnixTime;
 use crate::pki::{self, InputError};
 use crate::signature::RingSignatureVerifier;
 
+pub mod ca;
+
 /// Errors of `sigil csr new`.
 #[derive(Debug, thiserror::Error)]
 pub enum CsrNewError {
