@@ -46,6 +46,18 @@ struct Sidecar {
     metrics: String,
 }
 
+/// A new root, issuer and key for Sentry's trust domain (PEM).
+fn fresh_set() -> sigil_host::ca::GeneratedPem {
+    sigil_host::ca::Credentials::generate(
+        "localhost",
+        common::SENTRY_ID,
+        std::time::SystemTime::now(),
+        Duration::ZERO,
+    )
+    .unwrap()
+    .1
+}
+
 /// Whether `chain` (leaf first) validates to one of `roots` now.
 fn chains_to(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
     !chain.is_empty() && verify_now(chain, roots, Usage::Any).is_ok()
@@ -99,13 +111,7 @@ fn first_fetch_retried_rotations_outage_and_anchors_at_run_time() {
     //    anchors file first gets both roots, then only the new one. The identity that chains to
     //    the old root is then renewed at once, under the new root, without a restart.
     let old_root = read_certs(&anchors);
-    let (_, fresh) = sigil_host::ca::Credentials::generate(
-        "localhost",
-        common::SENTRY_ID,
-        std::time::SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let fresh = fresh_set();
     let both = std::fs::read_to_string(&anchors).unwrap() + &fresh.ca;
     std::fs::write(&anchors, &both).unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -165,13 +171,7 @@ fn a_sidecar_adopts_sentrys_bundle_live_and_renews_across_a_root_change() {
     });
     let old_ca = std::fs::read_to_string(creds.join("ca.crt")).unwrap();
     let old_root = read_certs(&creds.join("ca.crt"));
-    let (_, fresh) = sigil_host::ca::Credentials::generate(
-        "localhost",
-        common::SENTRY_ID,
-        std::time::SystemTime::now(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let fresh = fresh_set();
     let new_root = sigil_host::pki::pem_certificates(fresh.ca.as_bytes()).unwrap();
     let replace = |name: &str, body: &str| {
         let tmp = creds.join(format!(".{name}.tmp"));
