@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
-use kube_runtime::watcher;
+use kube_runtime::{watcher, WatchStreamExt as _};
 use zeroize::Zeroizing;
 
 use super::store::Origin;
@@ -387,7 +387,9 @@ impl SecretStore {
     ) {
         tokio::pin!(stopped);
         let config = watcher::Config::default().fields(&format!("metadata.name={TRUST_BUNDLE}"));
-        let events = watcher(self.secrets.clone(), config);
+        // With kube-runtime's backoff: an API server that is down is retried with growing waits,
+        // not in a loop.
+        let events = watcher(self.secrets.clone(), config).default_backoff();
         tokio::pin!(events);
         let mut resync = tokio::time::interval(RESYNC);
         resync.tick().await;
