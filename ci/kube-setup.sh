@@ -4,7 +4,7 @@
 # No registry this machine reaches ships a kube-apiserver binary, so it is built from Debian
 # bookworm's source package `kubernetes` (1.20.5+really1.20.2, the last one carrying the whole
 # upstream tree with vendor/) with Debian's golang-go (1.19). etcd is Debian's etcd-server (3.4).
-# See /work/shared/notes/kubernetes.md for the measurements behind each step.
+# The project's shared notes on Kubernetes (notes/kubernetes.md) have the measurements behind each step.
 #
 #   ci/kube-setup.sh            build if needed; prints, last:
 #                               kube-setup: kube-apiserver <version> etcd <version> at <dir>
