@@ -2,6 +2,7 @@
 # Every check of the project, as jobs: `ci/ci.sh <job>...`, or `ci/ci.sh all`.
 #   fmt        rustfmt, check mode
 #   clippy     clippy -D warnings on every target of the workspace, the board and the fuzz crate
+#   doc        rustdoc -D warnings on the workspace (broken links, stray HTML in docs)
 #   test       the workspace's tests (unit, proptest, Wycheproof, rcgen/webpki and openssl
 #              differential tests, CLI tests)
 #   fleet      the fleet simulation (100,000 devices, 7 days): peak-to-mean CA load <= 1.5
@@ -36,6 +37,10 @@ job_clippy() {
   cargo clippy --workspace --all-targets --locked -- -D warnings
   (cd "$board" && cargo clippy --release --locked -- -D warnings)
   (cd "$mcu" && cargo clippy --release --locked -- -D warnings)
+}
+
+job_doc() {
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
 }
 
 test_log="$(mktemp)"
@@ -127,7 +132,7 @@ run() {
 [ $# -gt 0 ] || set -- all
 for job in "$@"; do
   if [ "$job" = all ]; then
-    for j in fmt clippy test k8s fleet demo nostd qemu e2e fuzz size; do run "$j"; done
+    for j in fmt clippy doc test k8s fleet demo nostd qemu e2e fuzz size; do run "$j"; done
   else
     run "$job"
   fi

@@ -70,8 +70,8 @@ struct RelayCli {
     /// A sidecar's mTLS (internal) port, host:port; the device's TLS bytes are forwarded there.
     #[arg(long)]
     peer: String,
-    /// Sentry's SPIFFE ID [default: spiffe://<control-plane trust domain>/ns/<control-plane
-    /// namespace>/dapr-sentry].
+    /// Sentry's SPIFFE ID [default: spiffe://CONTROL_PLANE_TRUST_DOMAIN/ns/
+    /// CONTROL_PLANE_NAMESPACE/dapr-sentry, from the two flags below].
     #[arg(long)]
     sentry_id: Option<String>,
     /// Sentry's trust domain (as the sidecar's flag).
@@ -274,7 +274,7 @@ enum CaCommand {
         /// The trust domain (the root's O=).
         #[arg(long, default_value = "localhost")]
         trust_domain: String,
-        /// Sentry's namespace (the issuer is named for spiffe://<td>/ns/<ns>/dapr-sentry).
+        /// Sentry's namespace (the issuer is named for Sentry's ID in it).
         #[arg(long, default_value = "default")]
         sentry_namespace: String,
         /// The root's lifetime (Go duration).

@@ -35,7 +35,7 @@
 //! 9. returns that trust domain.
 //!
 //! The rules (steps 1-3 and 5-8) are pure functions over the typed objects in
-//! [`rules`]; this module makes the three API calls with `kube` (typed
+//! `rules.rs`; this module makes the three API calls with `kube` (typed
 //! `TokenReview` and `Pod` from `k8s-openapi`, the Configuration as a
 //! `DynamicObject`) on the client [`crate::ca::secret_store::client`] builds.
 //!
