@@ -252,8 +252,8 @@ impl SecretStore {
     }
 
     /// Loads the set in the Secret, or generates one and writes it if the Secret is missing or
-    /// empty (see the module doc), then brings the ConfigMap in step. Returns the credentials,
-    /// where they came from, and the anchors' PEM as published.
+    /// empty (see the module doc). Returns the credentials and where they came from; the
+    /// caller then brings the ConfigMap in step ([`SecretStore::publish_anchors`]).
     ///
     /// # Errors
     ///
