@@ -258,3 +258,87 @@ fn a_sidecar_renews_under_ed25519_credentials() {
     assert!(chains_to(&chain, &read_certs(&creds.join("ca.crt"))));
     drop(sentry);
 }
+
+/// Issue 14, point 4: `sigil ca rotate prepare | activate | retire` on a running Sentry's
+/// directory; a sidecar given only the first root follows every step live with no failed
+/// renewal, and the steps that would break a holder are refused until it is safe.
+#[test]
+fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    let ca = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .arg("ca")
+            .args(args)
+            .arg("--issuer-credentials")
+            .arg(&creds)
+            .output()
+            .unwrap()
+    };
+    assert!(ca(&["init"]).status.success());
+    let first_root = read_certs(&creds.join("ca.crt"));
+    let port = free_port();
+    let sentry = short_ttl_sentry(dir.path(), port, "3s");
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::copy(creds.join("ca.crt"), &anchors).unwrap();
+    let id_dir = dir.path().join("identity");
+    let sc = sidecar(&format!("127.0.0.1:{port}"), &anchors, &id_dir);
+    wait_until("an identity", Duration::from_secs(15), || {
+        health(&sc.http) == 204
+    });
+    let times = ["--workload-ttl", "3s", "--skew", "0s"];
+
+    let out = ca(&["rotate", "prepare"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let roots = read_certs(&creds.join("ca.crt"));
+    let new_root: Vec<Vec<u8>> = roots
+        .iter()
+        .filter(|r| !first_root.contains(r))
+        .cloned()
+        .collect();
+    assert_eq!(new_root.len(), 1);
+    // Too early: holders may not have the new root yet.
+    let early = ca(&[&["rotate", "activate"][..], &times[..]].concat());
+    assert_eq!(early.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("too early"));
+    wait_until("the new root adopted", Duration::from_secs(20), || {
+        read_certs(&id_dir.join("ca.pem")).contains(&new_root[0])
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let out = ca(&[&["rotate", "activate"][..], &times[..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "an identity under the new root",
+        Duration::from_secs(20),
+        || chains_to(&read_certs(&id_dir.join("cert.pem")), &new_root),
+    );
+    let early = ca(&[&["rotate", "retire"][..], &times[..]].concat());
+    assert_eq!(early.status.code(), Some(2));
+    std::thread::sleep(Duration::from_secs(3));
+    let out = ca(&[&["rotate", "retire"][..], &times[..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_certs(&creds.join("ca.crt")), new_root);
+    let rotated = metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total");
+    wait_until(
+        "a renewal after retirement",
+        Duration::from_secs(20),
+        || metric(&sc.metrics, "dapr_runtime_mtls_workload_cert_rotated_total") > rotated,
+    );
+    let text = http_get(&sc.metrics, "/metrics");
+    assert!(!text.contains("fail_total{"), "a renewal failed: {text}");
+    let inspect = ca(&["inspect"]);
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("state: valid"));
+    drop(sentry);
+}

@@ -304,6 +304,72 @@ enum CaCommand {
         #[command(flatten)]
         dir: CaDir,
     },
+    /// Replace the root and issuer by hand, in three steps a running Sentry and its holders
+    /// follow live: prepare (publish a new root), activate (its issuer signs), retire (the old
+    /// root leaves). Each refuses when it would break a holder, unless --force.
+    Rotate {
+        #[command(subcommand)]
+        step: RotateStep,
+    },
+}
+
+/// What holders need for the timing of a rotation step.
+#[derive(Args)]
+struct HolderTimes {
+    /// The workload certificate TTL in force (spec.mtls.workloadCertTTL).
+    #[arg(long, default_value = "24h", value_parser = go_duration_arg)]
+    workload_ttl: Duration,
+    /// The clock skew allowed (spec.mtls.allowedClockSkew).
+    #[arg(long, default_value = "15m", value_parser = go_duration_arg)]
+    skew: Duration,
+    /// Take the step even if a holder could refuse what follows.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum RotateStep {
+    /// Make the next root and issuer, stage them, and publish the new root in ca.crt.
+    Prepare {
+        #[command(flatten)]
+        dir: CaDir,
+        /// The new root's lifetime (Go duration).
+        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+        root_ttl: Duration,
+        /// The new issuer's lifetime (Go duration).
+        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+        issuer_ttl: Duration,
+        /// The new keys' type.
+        #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
+        key_algorithm: String,
+    },
+    /// The staged issuer signs from now on (refused before one TTL plus skew after prepare).
+    Activate {
+        #[command(flatten)]
+        dir: CaDir,
+        #[command(flatten)]
+        times: HolderTimes,
+    },
+    /// The old root leaves ca.crt (refused before one TTL plus skew after activate).
+    Retire {
+        #[command(flatten)]
+        dir: CaDir,
+        #[command(flatten)]
+        times: HolderTimes,
+    },
+}
+
+fn go_duration_arg(s: &str) -> Result<Duration, String> {
+    sigil_host::dapr::config::go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 24h, 15m, 90s)"))
+}
+
+fn key_algorithm(name: &str) -> sigil_host::key::KeyAlgorithm {
+    if name == "ed25519" {
+        sigil_host::key::KeyAlgorithm::Ed25519
+    } else {
+        sigil_host::key::KeyAlgorithm::P256
+    }
 }
 
 #[derive(Subcommand)]
@@ -507,7 +573,7 @@ fn ca(command: CaCommand) -> ExitCode {
             sentry_namespace,
             root_ttl,
             issuer_ttl,
-            key_algorithm,
+            key_algorithm: algorithm,
         } => admin::init(
             &dir.paths(),
             &trust_domain,
@@ -515,14 +581,44 @@ fn ca(command: CaCommand) -> ExitCode {
             sigil_host::ca::Generation {
                 root: root_ttl,
                 issuer: issuer_ttl,
-                algorithm: if key_algorithm == "ed25519" {
-                    sigil_host::key::KeyAlgorithm::Ed25519
-                } else {
-                    sigil_host::key::KeyAlgorithm::P256
-                },
+                algorithm: key_algorithm(&algorithm),
             },
             now,
         ),
+        CaCommand::Rotate { step } => match step {
+            RotateStep::Prepare {
+                dir,
+                root_ttl,
+                issuer_ttl,
+                key_algorithm: algorithm,
+            } => admin::rotate_prepare(
+                &dir.paths(),
+                sigil_host::ca::Generation {
+                    root: root_ttl,
+                    issuer: issuer_ttl,
+                    algorithm: key_algorithm(&algorithm),
+                },
+                now,
+            ),
+            RotateStep::Activate { dir, times } => admin::rotate_activate(
+                &dir.paths(),
+                admin::Holders {
+                    workload_ttl: times.workload_ttl,
+                    skew: times.skew,
+                },
+                times.force,
+                now,
+            ),
+            RotateStep::Retire { dir, times } => admin::rotate_retire(
+                &dir.paths(),
+                admin::Holders {
+                    workload_ttl: times.workload_ttl,
+                    skew: times.skew,
+                },
+                times.force,
+                now,
+            ),
+        },
         CaCommand::Inspect { dir } => admin::inspect(&dir.paths(), now),
         CaCommand::Export { dir } => admin::export(&dir.paths()),
         CaCommand::Expiry { dir } => {
