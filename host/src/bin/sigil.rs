@@ -277,15 +277,8 @@ enum CaCommand {
         /// Sentry's namespace (the issuer is named for Sentry's ID in it).
         #[arg(long, default_value = "default")]
         sentry_namespace: String,
-        /// The root's lifetime (Go duration).
-        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
-        root_ttl: Duration,
-        /// The issuer's lifetime (Go duration; never past the root's).
-        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
-        issuer_ttl: Duration,
-        /// The keys' type.
-        #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
-        key_algorithm: String,
+        #[command(flatten)]
+        pair: NewPair,
     },
     /// Explain what is there: each root, the issuer, whether Sentry would load the set, what to
     /// do next.
@@ -333,15 +326,8 @@ enum RotateStep {
     Prepare {
         #[command(flatten)]
         dir: CaDir,
-        /// The new root's lifetime (Go duration).
-        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
-        root_ttl: Duration,
-        /// The new issuer's lifetime (Go duration).
-        #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
-        issuer_ttl: Duration,
-        /// The new keys' type.
-        #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
-        key_algorithm: String,
+        #[command(flatten)]
+        pair: NewPair,
     },
     /// The staged issuer signs from now on (refused before one TTL plus skew after prepare).
     Activate {
@@ -359,16 +345,45 @@ enum RotateStep {
     },
 }
 
+impl HolderTimes {
+    fn holders(&self) -> sigil_host::commands::ca::Holders {
+        sigil_host::commands::ca::Holders {
+            workload_ttl: self.workload_ttl,
+            skew: self.skew,
+        }
+    }
+}
+
 fn go_duration_arg(s: &str) -> Result<Duration, String> {
     sigil_host::dapr::config::go_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 24h, 15m, 90s)"))
 }
 
-fn key_algorithm(name: &str) -> sigil_host::key::KeyAlgorithm {
-    if name == "ed25519" {
-        sigil_host::key::KeyAlgorithm::Ed25519
-    } else {
-        sigil_host::key::KeyAlgorithm::P256
+/// The root and issuer `sigil ca init` and `rotate prepare` make.
+#[derive(Args)]
+struct NewPair {
+    /// The root's lifetime (Go duration).
+    #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+    root_ttl: Duration,
+    /// The issuer's lifetime (Go duration; never past the root's).
+    #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
+    issuer_ttl: Duration,
+    /// The keys' type.
+    #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
+    key_algorithm: String,
+}
+
+impl NewPair {
+    fn generation(&self) -> sigil_host::ca::Generation {
+        sigil_host::ca::Generation {
+            root: self.root_ttl,
+            issuer: self.issuer_ttl,
+            algorithm: if self.key_algorithm == "ed25519" {
+                sigil_host::key::KeyAlgorithm::Ed25519
+            } else {
+                sigil_host::key::KeyAlgorithm::P256
+            },
+        }
     }
 }
 
@@ -571,53 +586,24 @@ fn ca(command: CaCommand) -> ExitCode {
             dir,
             trust_domain,
             sentry_namespace,
-            root_ttl,
-            issuer_ttl,
-            key_algorithm: algorithm,
+            pair,
         } => admin::init(
             &dir.paths(),
             &trust_domain,
             &sigil_host::dapr::sentry_id(&trust_domain, &sentry_namespace),
-            sigil_host::ca::Generation {
-                root: root_ttl,
-                issuer: issuer_ttl,
-                algorithm: key_algorithm(&algorithm),
-            },
+            pair.generation(),
             now,
         ),
         CaCommand::Rotate { step } => match step {
-            RotateStep::Prepare {
-                dir,
-                root_ttl,
-                issuer_ttl,
-                key_algorithm: algorithm,
-            } => admin::rotate_prepare(
-                &dir.paths(),
-                sigil_host::ca::Generation {
-                    root: root_ttl,
-                    issuer: issuer_ttl,
-                    algorithm: key_algorithm(&algorithm),
-                },
-                now,
-            ),
-            RotateStep::Activate { dir, times } => admin::rotate_activate(
-                &dir.paths(),
-                admin::Holders {
-                    workload_ttl: times.workload_ttl,
-                    skew: times.skew,
-                },
-                times.force,
-                now,
-            ),
-            RotateStep::Retire { dir, times } => admin::rotate_retire(
-                &dir.paths(),
-                admin::Holders {
-                    workload_ttl: times.workload_ttl,
-                    skew: times.skew,
-                },
-                times.force,
-                now,
-            ),
+            RotateStep::Prepare { dir, pair } => {
+                admin::rotate_prepare(&dir.paths(), pair.generation(), now)
+            }
+            RotateStep::Activate { dir, times } => {
+                admin::rotate_activate(&dir.paths(), times.holders(), times.force, now)
+            }
+            RotateStep::Retire { dir, times } => {
+                admin::rotate_retire(&dir.paths(), times.holders(), times.force, now)
+            }
         },
         CaCommand::Inspect { dir } => admin::inspect(&dir.paths(), now),
         CaCommand::Export { dir } => admin::export(&dir.paths()),

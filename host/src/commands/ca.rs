@@ -75,6 +75,34 @@ fn mkdir(dir: &Path) -> Result<(), CaError> {
     })
 }
 
+fn remove_dir(dir: &Path) -> Result<(), CaError> {
+    std::fs::remove_dir_all(dir).map_err(|source| {
+        CaError::Input(pki::InputError::Write {
+            path: dir.to_owned(),
+            source,
+        })
+    })
+}
+
+/// Refuses a step taken before one workload TTL plus the skew after `since` (the step it
+/// waits for), unless `force`; `why(ready)` says what a holder would suffer.
+fn due(
+    since: SystemTime,
+    holders: Holders,
+    force: bool,
+    now: SystemTime,
+    why: impl FnOnce(SystemTime) -> String,
+) -> Result<(), CaError> {
+    let ready = since + holders.workload_ttl + holders.skew;
+    if now < ready && !force {
+        return Err(CaError::Refused(format!(
+            "too early: {} (--force to do it anyway)",
+            why(ready)
+        )));
+    }
+    Ok(())
+}
+
 fn read_text(p: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(p).map_err(|source| {
         CaError::Input(pki::InputError::Read {
@@ -170,15 +198,14 @@ pub fn rotate_activate(
     let published = stamped(&next).ok_or_else(|| {
         CaError::Refused("nothing is prepared: run `sigil ca rotate prepare` first".to_owned())
     })?;
-    let ready = published + holders.workload_ttl + holders.skew;
-    if now < ready && !force {
-        return Err(CaError::Refused(format!(
-            "too early: the new root was published at {}; holders that have not renewed since \
-             would refuse certificates from the new issuer until {} (--force to do it anyway)",
+    due(published, holders, force, now, |ready| {
+        format!(
+            "the new root was published at {}; holders that have not renewed since would \
+             refuse certificates from the new issuer until {}",
             rfc3339(published),
             rfc3339(ready)
-        )));
-    }
+        )
+    })?;
     let new_root = ders(&read_text(&next.join("ca.crt"))?);
     let current = ders(&read_text(&paths.ca)?);
     // The root the outgoing issuer chains to (by name): the one to retire later. Other roots
@@ -217,12 +244,7 @@ pub fn rotate_activate(
     pki::write_atomic(&paths.issuer_cert, issuer.as_bytes(), 0o644, true)?;
     let bundle = [new_root, retiring, others].concat();
     pki::write_atomic(&paths.ca, pem_of(&bundle).as_bytes(), 0o644, true)?;
-    std::fs::remove_dir_all(&next).map_err(|source| {
-        CaError::Input(pki::InputError::Write {
-            path: next.clone(),
-            source,
-        })
-    })?;
+    remove_dir(&next)?;
     Ok(
         "activated: the new issuer signs; retire the old root once no certificate from the old \
         issuer is left (one workload TTL plus the skew from now).\n"
@@ -246,26 +268,19 @@ pub fn rotate_retire(
     let activated = stamped(&old).ok_or_else(|| {
         CaError::Refused("nothing to retire: run `sigil ca rotate activate` first".to_owned())
     })?;
-    let ready = activated + holders.workload_ttl + holders.skew;
-    if now < ready && !force {
-        return Err(CaError::Refused(format!(
-            "too early: certificates from the old issuer may be valid until {} \
-             (--force to do it anyway)",
+    due(activated, holders, force, now, |ready| {
+        format!(
+            "certificates from the old issuer may be valid until {}",
             rfc3339(ready)
-        )));
-    }
+        )
+    })?;
     let retiring = ders(&read_text(&old.join("ca.crt"))?);
     let kept: Vec<Vec<u8>> = ders(&read_text(&paths.ca)?)
         .into_iter()
         .filter(|d| !retiring.contains(d))
         .collect();
     pki::write_atomic(&paths.ca, pem_of(&kept).as_bytes(), 0o644, true)?;
-    std::fs::remove_dir_all(&old).map_err(|source| {
-        CaError::Input(pki::InputError::Write {
-            path: old.clone(),
-            source,
-        })
-    })?;
+    remove_dir(&old)?;
     Ok(format!(
         "retired: {} root(s) left {}.\n",
         retiring.len(),
