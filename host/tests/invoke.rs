@@ -413,6 +413,7 @@ async fn openssl_s_client_refusals_and_acceptance() {
         common::SENTRY_ID,
         Duration::ZERO,
         sigil_host::ca::Generation::default(),
+        store::Rotation::Manual,
         now,
     )
     .unwrap();

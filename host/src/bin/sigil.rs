@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sigil_core::chain::Usage;
 use sigil_core::UnixTime;
+use sigil_host::ca::rotation::StepOptions;
 use sigil_host::commands::{self, ExpectedName, VerifyArgs, VerifyOutcome};
 use sigil_host::pb::sign_certificate_request::TokenValidator;
 use sigil_host::sentry::app::{KubeOptions, SentryOptions};
@@ -271,6 +272,10 @@ enum CaCommand {
     Init {
         #[command(flatten)]
         dir: CaDir,
+        /// Let Sentry rotate them automatically, as credentials it generates itself (without
+        /// it they are the operator's: `sigil ca rotate`).
+        #[arg(long)]
+        auto_rotate: bool,
         /// The trust domain (the root's O=).
         #[arg(long, default_value = "localhost")]
         trust_domain: String,
@@ -280,11 +285,13 @@ enum CaCommand {
         #[command(flatten)]
         pair: NewPair,
     },
-    /// Explain what is there: each root, the issuer, whether Sentry would load the set, what to
-    /// do next.
+    /// Explain what is there: each root and its slot (active, prepared, old), the issuer,
+    /// whether Sentry would load the set, who rotates it, and the next step and when.
     Inspect {
         #[command(flatten)]
         dir: CaDir,
+        #[command(flatten)]
+        policy: HolderPolicy,
     },
     /// When the issuer and the root expire: one line, and exit 0 (more than 30 days left), 1
     /// (less), 2 (expired or unreadable).
@@ -309,12 +316,8 @@ enum CaCommand {
 /// What holders need for the timing of a rotation step.
 #[derive(Args)]
 struct HolderTimes {
-    /// The workload certificate TTL in force (spec.mtls.workloadCertTTL).
-    #[arg(long, default_value = "24h", value_parser = go_duration_arg)]
-    workload_ttl: Duration,
-    /// The clock skew allowed (spec.mtls.allowedClockSkew).
-    #[arg(long, default_value = "15m", value_parser = go_duration_arg)]
-    skew: Duration,
+    #[command(flatten)]
+    policy: HolderPolicy,
     /// Take the step even if a holder could refuse what follows.
     #[arg(long)]
     force: bool,
@@ -328,6 +331,8 @@ enum RotateStep {
         dir: CaDir,
         #[command(flatten)]
         pair: NewPair,
+        #[command(flatten)]
+        times: HolderTimes,
     },
     /// The staged issuer signs from now on (refused before one TTL plus skew after prepare).
     Activate {
@@ -346,8 +351,30 @@ enum RotateStep {
 }
 
 impl HolderTimes {
-    fn holders(&self) -> sigil_host::commands::ca::Holders {
-        sigil_host::commands::ca::Holders {
+    fn options(&self, generation: sigil_host::ca::Generation) -> StepOptions {
+        StepOptions {
+            policy: self.policy.policy(),
+            generation,
+            force: self.force,
+            crash: None,
+        }
+    }
+}
+
+/// The holders' timing (what `inspect` plans with and rotation steps wait for).
+#[derive(Args)]
+struct HolderPolicy {
+    /// The workload certificate TTL in force (spec.mtls.workloadCertTTL).
+    #[arg(long, default_value = "24h", value_parser = go_duration_arg)]
+    workload_ttl: Duration,
+    /// The clock skew allowed (spec.mtls.allowedClockSkew).
+    #[arg(long, default_value = "15m", value_parser = go_duration_arg)]
+    skew: Duration,
+}
+
+impl HolderPolicy {
+    const fn policy(&self) -> sigil_host::ca::schedule::Policy {
+        sigil_host::ca::schedule::Policy {
             workload_ttl: self.workload_ttl,
             skew: self.skew,
         }
@@ -579,11 +606,13 @@ fn main() -> ExitCode {
 }
 
 fn ca(command: CaCommand) -> ExitCode {
+    use sigil_host::ca::schedule::Step;
     use sigil_host::commands::ca as admin;
     let now = std::time::SystemTime::now();
     let text = match command {
         CaCommand::Init {
             dir,
+            auto_rotate,
             trust_domain,
             sentry_namespace,
             pair,
@@ -592,20 +621,30 @@ fn ca(command: CaCommand) -> ExitCode {
             &trust_domain,
             &sigil_host::dapr::sentry_id(&trust_domain, &sentry_namespace),
             pair.generation(),
+            if auto_rotate {
+                sigil_host::ca::store::Rotation::Automatic
+            } else {
+                sigil_host::ca::store::Rotation::Manual
+            },
             now,
         ),
-        CaCommand::Rotate { step } => match step {
-            RotateStep::Prepare { dir, pair } => {
-                admin::rotate_prepare(&dir.paths(), pair.generation(), now)
-            }
-            RotateStep::Activate { dir, times } => {
-                admin::rotate_activate(&dir.paths(), times.holders(), times.force, now)
-            }
-            RotateStep::Retire { dir, times } => {
-                admin::rotate_retire(&dir.paths(), times.holders(), times.force, now)
-            }
-        },
-        CaCommand::Inspect { dir } => admin::inspect(&dir.paths(), now),
+        CaCommand::Rotate { step } => {
+            let (dir, step, opts) = match step {
+                RotateStep::Prepare { dir, pair, times } => {
+                    (dir, Step::Prepare, times.options(pair.generation()))
+                }
+                RotateStep::Activate { dir, times } => {
+                    (dir, Step::Activate, times.options(Default::default()))
+                }
+                RotateStep::Retire { dir, times } => {
+                    (dir, Step::Retire, times.options(Default::default()))
+                }
+            };
+            admin::rotate(&dir.paths(), step, &opts, now)
+        }
+        CaCommand::Inspect { dir, policy } => {
+            admin::inspect(&dir.paths(), Some(policy.policy()), now)
+        }
         CaCommand::Export { dir } => admin::export(&dir.paths()),
         CaCommand::Expiry { dir } => {
             return match admin::expiry(&dir.paths(), now) {
@@ -741,7 +780,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn sentry(args: SentryCli) -> ExitCode {
     init_logs(&args.log_level, args.log_as_json);
+    // Crash tests only: abort at a point of a CA rotation step, as kill -9 would.
+    let crash_at = match std::env::var("SIGIL_CRASH_AT") {
+        Ok(v) => match v.parse() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: SIGIL_CRASH_AT: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => None,
+    };
     let opts = SentryOptions {
+        crash_at,
         config: args.config,
         issuer_credentials: args.issuer_credentials,
         ca_filename: args.issuer_ca_filename,

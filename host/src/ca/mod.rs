@@ -8,6 +8,7 @@
 //! chain or a wrong key can never be loaded, at start or at a reload.
 
 pub mod replace;
+pub mod rotation;
 pub mod schedule;
 pub mod secret_store;
 pub mod store;

@@ -2,7 +2,8 @@
 //! (issue 14), modelled on SPIRE's prepared / active / old journal
 //! (`pkg/server/ca/manager/journal.go`) and adapted to a root + issuer pair. A pure function
 //! of what the journal records, and of the workload TTL and clock skew: no clock, no file.
-//! Not wired into Sentry yet; the journal file, its crash-safe steps and the lock are to come.
+//! [`crate::ca::rotation`] keeps the journal on disk and takes the steps;
+//! [`crate::sentry::rotate`] runs them in Sentry.
 //!
 //! The three steps, for the active pair's issuer valid over `[nb, na]` (its life `na − nb`):
 //!
@@ -90,6 +91,29 @@ pub fn activate_at(active: &Pair, published: SystemTime, policy: &Policy) -> Sys
 /// When the old pair's root may leave the bundle, its successor active since `activated`.
 pub fn retire_at(activated: SystemTime, policy: &Policy) -> SystemTime {
     activated + policy.workload_ttl + policy.skew
+}
+
+/// Whether a pair living `life` can be rotated with no holder refusing anything: the new
+/// root must be published for one TTL plus the skew before the old issuer expires, so the
+/// issuer must live more than twice that (prepare comes at half its life at the latest).
+///
+/// # Errors
+///
+/// Says what to change.
+pub fn check(life: Duration, policy: &Policy) -> Result<(), String> {
+    let needed = 2 * (policy.workload_ttl + policy.skew);
+    if life <= needed {
+        return Err(format!(
+            "an issuer living {} cannot be rotated without breaking holders: with workload \
+             certificates of {} and a clock skew of {}, it must live more than {} (raise \
+             --issuer-ttl and --root-ttl, or lower spec.mtls.workloadCertTTL or allowedClockSkew)",
+            humantime::format_duration(life),
+            humantime::format_duration(policy.workload_ttl),
+            humantime::format_duration(policy.skew),
+            humantime::format_duration(needed)
+        ));
+    }
+    Ok(())
 }
 
 /// The next step and when it is due (it may be in the past: run it now). `None` never

@@ -13,6 +13,10 @@
 //!   A start that finds the marker finishes the renames (roll forward); one that finds staged
 //!   files without it deletes them (roll back). So a kill at any point leaves either nothing
 //!   or the complete set, never a partial one that would block the next start.
+//! - **Generated credentials are marked for automatic rotation**: a generated set is staged
+//!   with `<dir>/.sigil-auto` (the SHA-256 of the issuer it was made with; see
+//!   [`super::rotation`]), so the marker and the set appear together; credentials the user
+//!   brought have no marker and are never rotated automatically.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -27,6 +31,54 @@ use super::{Credentials, CredentialsError, Generation};
 const LOCK: &str = ".sigil-sentry.lock";
 const MARKER: &str = ".sigil-generated";
 const STAGED: &str = ".sigil-new";
+/// The automatic-rotation marker (see [`super::rotation`]).
+pub const AUTO: &str = ".sigil-auto";
+
+/// The store's exclusive lock (`<dir>/.sigil-sentry.lock`), held until dropped: generation,
+/// recovery and every rotation step run under it, so Sentrys sharing a directory (and
+/// `sigil ca`) take them one at a time.
+#[derive(Debug)]
+pub struct StoreLock(File);
+
+impl StoreLock {
+    /// Takes the lock of `paths`' directory (creating the directory), waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if the directory or the lock file cannot be made or locked.
+    pub fn acquire(paths: &StorePaths) -> Result<Self, StoreError> {
+        fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+        let lock_path = paths.dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        Ok(Self(lock))
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// The automatic-rotation marker's content for an issuer chain's PEM: the hex SHA-256 of its
+/// first certificate's DER (a set replaced by hand no longer matches).
+pub fn auto_marker(issuer_pem: &str) -> String {
+    let first = crate::pki::pem_certificates(issuer_pem.as_bytes())
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &first);
+    let mut out: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    out.push('\n');
+    out
+}
 
 /// The steps of a generation, in order. A crash after any of them is recovered at the next
 /// start (see the module doc); [`interrupt_generation`] stops there, as a crash would.
@@ -72,6 +124,9 @@ pub enum StoreError {
         /// What is wrong.
         source: CredentialsError,
     },
+    /// An interrupted rotation step could not be finished or undone.
+    #[error("an interrupted CA rotation step could not be finished: {0}")]
+    Rotation(String),
     /// An interrupted generation left a staged file that differs from one in place.
     #[error(
         "{0} differs from the staged copy of an interrupted generation; refusing to replace it"
@@ -166,7 +221,18 @@ pub fn load(
     })
 }
 
-/// Loads the credentials, or generates them if none exist (see the module doc).
+/// Whether a generated set is rotated automatically (marked with [`AUTO`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// Sentry rotates it on the schedule (what Sentry generates).
+    Automatic,
+    /// Only `sigil ca rotate` does (what `sigil ca init` makes unless asked).
+    Manual,
+}
+
+/// Loads the credentials, or generates them if none exist (see the module doc); a generated
+/// set is marked for `rotation`. An interrupted rotation step is finished or undone first
+/// ([`super::rotation::recover`]).
 ///
 /// # Errors
 ///
@@ -177,20 +243,19 @@ pub fn load_or_generate(
     sentry_id: &str,
     skew: Duration,
     generation: Generation,
+    rotation: Rotation,
     now: SystemTime,
 ) -> Result<(Credentials, Origin), StoreError> {
-    fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
-    let lock_path = paths.dir.join(LOCK);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
-    lock.lock().map_err(io_err(&lock_path))?;
-    let result = locked(paths, trust_domain, sentry_id, skew, generation, now, None);
-    let _ = lock.unlock();
+    let _lock = StoreLock::acquire(paths)?;
+    let result = locked(
+        paths,
+        trust_domain,
+        sentry_id,
+        skew,
+        (generation, rotation),
+        now,
+        None,
+    );
     result.map(|(creds, origin)| (creds, origin.unwrap_or(Origin::Generated)))
 }
 
@@ -215,7 +280,7 @@ pub fn interrupt_generation(
         trust_domain,
         sentry_id,
         Duration::ZERO,
-        Generation::default(),
+        (Generation::default(), Rotation::Automatic),
         now,
         Some(step),
     )
@@ -229,11 +294,15 @@ fn locked(
     trust_domain: &str,
     sentry_id: &str,
     skew: Duration,
-    generation: Generation,
+    (generation, rotation): (Generation, Rotation),
     now: SystemTime,
     stop: Option<Step>,
 ) -> Result<(Credentials, Option<Origin>), StoreError> {
     recover(paths)?;
+    super::rotation::recover(paths, now).map_err(|e| match e {
+        super::rotation::RotationError::Store(s) => s,
+        other => StoreError::Rotation(other.to_string()),
+    })?;
     // A dangling symlink or an unreadable entry counts as present: never generate over it.
     let (present, missing): (Vec<&Path>, Vec<&Path>) = paths
         .files()
@@ -248,6 +317,11 @@ fn locked(
             missing: missing.into_iter().map(Path::to_owned).collect(),
         });
     }
+    // A marker left from credentials removed since would not match the new issuer.
+    let auto = paths.dir.join(AUTO);
+    if auto.exists() {
+        fs::remove_file(&auto).map_err(io_err(&auto))?;
+    }
     let (creds, files) = Credentials::generate_with(trust_domain, sentry_id, now, skew, generation)
         .map_err(|source| StoreError::Invalid {
             dir: paths.dir.clone(),
@@ -260,6 +334,9 @@ fn locked(
     ];
     for (path, bytes, mode) in contents {
         write_synced(&staged(path), bytes, mode)?;
+    }
+    if rotation == Rotation::Automatic {
+        write_synced(&staged(&auto), auto_marker(&files.issuer).as_bytes(), 0o644)?;
     }
     if stop == Some(Step::Staged) {
         return Ok((creds, None));
@@ -291,8 +368,8 @@ fn recover(paths: &StorePaths) -> Result<(), StoreError> {
     if paths.dir.join(MARKER).exists() {
         return roll_forward(paths, false).map(|_| ());
     }
-    for f in paths.files() {
-        let s = staged(f);
+    for f in generated(paths) {
+        let s = staged(&f);
         if s.exists() {
             fs::remove_file(&s).map_err(io_err(&s))?;
         }
@@ -300,10 +377,21 @@ fn recover(paths: &StorePaths) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The files a generation writes: the three, then the automatic-rotation marker.
+fn generated(paths: &StorePaths) -> [PathBuf; 4] {
+    [
+        paths.ca.clone(),
+        paths.issuer_cert.clone(),
+        paths.issuer_key.clone(),
+        paths.dir.join(AUTO),
+    ]
+}
+
 /// Moves the staged files into place and removes the marker; with `stop_after_first`, stops
 /// after the first file moved (returns `false` then).
 fn roll_forward(paths: &StorePaths, stop_after_first: bool) -> Result<bool, StoreError> {
-    for f in paths.files() {
+    for f in generated(paths) {
+        let f = f.as_path();
         let s = staged(f);
         if !s.exists() {
             continue;
@@ -372,6 +460,7 @@ mod tests {
             ID,
             Duration::from_secs(900),
             Generation::default(),
+            Rotation::Automatic,
             SystemTime::now(),
         )
     }

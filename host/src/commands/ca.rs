@@ -4,15 +4,17 @@
 //! answers for scripts (as `dapr mtls expiry`), `export` prints the trust bundle to distribute,
 //! and `rotate prepare | activate | retire` replaces the root and issuer by hand in the three
 //! steps of [`crate::ca::schedule`], each refusing (unless forced) when it would break a
-//! holder:
+//! holder. The steps, their journal and their crash safety are [`crate::ca::rotation`]'s, the
+//! same Sentry takes automatically for credentials it generated:
 //!
 //! - **prepare**: a new root and issuer are made and staged in `<dir>/.sigil-next/` (key 0600)
 //!   and the new root is appended to `ca.crt` (published: Sentry sends it in every answer and
 //!   sidecars adopt it) while the old issuer still signs;
 //! - **activate**: refused until one workload TTL plus the skew after publishing (so every
-//!   holder has renewed and holds the new root); the staged issuer and key replace the live
-//!   ones and `ca.crt` lists the new root first; the root the old issuer chains to is recorded
-//!   in `<dir>/.sigil-old/` (other roots the operator keeps in `ca.crt` stay);
+//!   holder has renewed and holds the new root) and while an old root is still retiring; the
+//!   staged issuer and key replace the live ones and `ca.crt` lists the new root first; the
+//!   root the old issuer chains to is recorded in `<dir>/.sigil-old/` (other roots the
+//!   operator keeps in `ca.crt` stay);
 //! - **retire**: refused until one workload TTL plus the skew after activation (no
 //!   certificate from the old issuer outlives that); the old root leaves `ca.crt`.
 
@@ -22,16 +24,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::cert::Certificate;
 
+use crate::ca::rotation::{self, Automatic, RotationError, StepOptions};
+use crate::ca::schedule::{Policy, Step};
 use crate::ca::store::{self, StorePaths};
 use crate::ca::{Credentials, Generation};
 use crate::pki;
 
-const NEXT: &str = ".sigil-next";
-const OLD: &str = ".sigil-old";
-const STAMP: &str = "since";
-
-/// How long before a notAfter `expiry` starts warning (Dapr's Sentry warns from 30 days).
-pub const WARN_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use crate::ca::rotation::WARN_BEFORE;
 
 /// Why a `sigil ca` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,246 +45,27 @@ pub enum CaError {
     /// A file could not be read.
     #[error(transparent)]
     Input(#[from] pki::InputError),
-    /// A rotation step is out of order or too early (say `--force` to do it anyway).
-    #[error("{0}")]
-    Refused(String),
-    /// Making the new pair failed.
+    /// A rotation step failed or was refused (out of order, or too early without `--force`).
     #[error(transparent)]
-    Credentials(#[from] crate::ca::CredentialsError),
+    Rotation(#[from] RotationError),
 }
 
-/// When a rotation step was taken (seconds since the epoch in `<dir>/<step dir>/since`).
-fn stamped(dir: &Path) -> Option<SystemTime> {
-    let text = std::fs::read_to_string(dir.join(STAMP)).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
-}
-
-fn stamp(dir: &Path, at: SystemTime) -> Result<(), CaError> {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    pki::write_atomic(&dir.join(STAMP), secs.to_string().as_bytes(), 0o644, true)?;
-    Ok(())
-}
-
-fn mkdir(dir: &Path) -> Result<(), CaError> {
-    std::fs::create_dir_all(dir).map_err(|source| {
-        CaError::Input(pki::InputError::Write {
-            path: dir.to_owned(),
-            source,
-        })
-    })
-}
-
-fn remove_dir(dir: &Path) -> Result<(), CaError> {
-    std::fs::remove_dir_all(dir).map_err(|source| {
-        CaError::Input(pki::InputError::Write {
-            path: dir.to_owned(),
-            source,
-        })
-    })
-}
-
-/// Refuses a step taken before one workload TTL plus the skew after `since` (the step it
-/// waits for), unless `force`; `why(ready)` says what a holder would suffer.
-fn due(
-    since: SystemTime,
-    holders: Holders,
-    force: bool,
-    now: SystemTime,
-    why: impl FnOnce(SystemTime) -> String,
-) -> Result<(), CaError> {
-    let ready = since + holders.workload_ttl + holders.skew;
-    if now < ready && !force {
-        return Err(CaError::Refused(format!(
-            "too early: {} (--force to do it anyway)",
-            why(ready)
-        )));
-    }
-    Ok(())
-}
-
-fn read_text(p: &Path) -> Result<String, CaError> {
-    std::fs::read_to_string(p).map_err(|source| {
-        CaError::Input(pki::InputError::Read {
-            path: p.to_owned(),
-            source,
-        })
-    })
-}
-
-/// The certificates of a PEM text, DER.
-fn ders(pem: &str) -> Vec<Vec<u8>> {
-    pki::pem_certificates(pem.as_bytes()).unwrap_or_default()
-}
-
-fn pem_of(ders: &[Vec<u8>]) -> String {
-    ders.iter()
-        .map(|d| pki::to_pem(sigil_core::pem::Label::Certificate, d))
-        .collect()
-}
-
-/// What holders need for the timing of `activate` and `retire`.
-#[derive(Clone, Copy, Debug)]
-pub struct Holders {
-    /// The workload certificate TTL (every holder renews within it).
-    pub workload_ttl: Duration,
-    /// The clock skew allowed.
-    pub skew: Duration,
-}
-
-/// `rotate prepare`: makes the next root and issuer (lifetimes and key type from
-/// `generation`, the trust domain and Sentry's ID of the current set), stages them and
-/// publishes the new root in `ca.crt`.
+/// A rotation step by hand: `prepare` makes the next root and issuer (lifetimes and key type
+/// from `opts.generation`) and publishes the new root; `activate` makes the prepared issuer
+/// sign; `retire` takes the old root out of `ca.crt`. See [`crate::ca::rotation`].
 ///
 /// # Errors
 ///
-/// [`CaError::Refused`] if a rotation is already under way.
-pub fn rotate_prepare(
+/// [`CaError::Rotation`]: out of order, too early (unless `opts.force`), or the store's error.
+pub fn rotate(
     paths: &StorePaths,
-    generation: Generation,
+    step: Step,
+    opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, CaError> {
-    let (next, old) = (paths.dir.join(NEXT), paths.dir.join(OLD));
-    if next.exists() || old.exists() {
-        return Err(CaError::Refused(format!(
-            "a rotation is under way ({} or {} exists): activate or retire it first",
-            next.display(),
-            old.display()
-        )));
-    }
-    let ca = read_text(&paths.ca)?;
-    let issuer = pki::read_pem_blocks(&paths.issuer_cert, sigil_core::pem::Label::Certificate)?;
-    let anchors = ders(&ca);
-    let sentry_id = sentry_id_of(issuer.first().map_or(&[][..], Vec::as_slice), &anchors);
-    let trust_domain = sentry_id
-        .strip_prefix("spiffe://")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or("localhost")
-        .to_owned();
-    let (_, pem) =
-        Credentials::generate_with(&trust_domain, &sentry_id, now, Duration::ZERO, generation)?;
-    mkdir(&next)?;
-    pki::write_atomic(&next.join("issuer.key"), pem.key.as_bytes(), 0o600, true)?;
-    pki::write_atomic(&next.join("issuer.crt"), pem.issuer.as_bytes(), 0o644, true)?;
-    pki::write_atomic(&next.join("ca.crt"), pem.ca.as_bytes(), 0o644, true)?;
-    stamp(&next, now)?;
-    // Published last: Sentry's reload sees the old issuer under both roots.
-    pki::write_atomic(
-        &paths.ca,
-        format!("{}{}", pem_of(&anchors), pem.ca).as_bytes(),
-        0o644,
-        true,
-    )?;
-    Ok(format!(
-        "prepared: a new root is published in {} beside the old one; the old issuer still signs. \
-         Activate once every holder has renewed (one workload TTL plus the skew from now).\n",
-        paths.ca.display()
-    ))
-}
-
-/// `rotate activate`: the staged issuer signs from now on. Refused (unless `force`) before one
-/// workload TTL plus the skew has passed since the new root was published.
-///
-/// # Errors
-///
-/// [`CaError::Refused`] if nothing is prepared or it is too early.
-pub fn rotate_activate(
-    paths: &StorePaths,
-    holders: Holders,
-    force: bool,
-    now: SystemTime,
-) -> Result<String, CaError> {
-    let next = paths.dir.join(NEXT);
-    let published = stamped(&next).ok_or_else(|| {
-        CaError::Refused("nothing is prepared: run `sigil ca rotate prepare` first".to_owned())
-    })?;
-    due(published, holders, force, now, |ready| {
-        format!(
-            "the new root was published at {}; holders that have not renewed since would \
-             refuse certificates from the new issuer until {}",
-            rfc3339(published),
-            rfc3339(ready)
-        )
-    })?;
-    let new_root = ders(&read_text(&next.join("ca.crt"))?);
-    let current = ders(&read_text(&paths.ca)?);
-    // The root the outgoing issuer chains to (by name): the one to retire later. Other roots
-    // the operator keeps in ca.crt stay.
-    let outgoing = pki::read_pem_blocks(&paths.issuer_cert, sigil_core::pem::Label::Certificate)?;
-    let top = outgoing
-        .last()
-        .and_then(|d| Certificate::parse(d).ok())
-        .map(|c| c.issuer().to_vec())
-        .unwrap_or_default();
-    let retiring: Vec<Vec<u8>> = current
-        .iter()
-        .filter(|d| !new_root.contains(d))
-        .filter(|d| Certificate::parse(d).is_ok_and(|c| c.subject() == top.as_slice()))
-        .cloned()
-        .collect();
-    let others: Vec<Vec<u8>> = current
-        .iter()
-        .filter(|d| !new_root.contains(d) && !retiring.contains(d))
-        .cloned()
-        .collect();
-    let old = paths.dir.join(OLD);
-    mkdir(&old)?;
-    pki::write_atomic(
-        &old.join("ca.crt"),
-        pem_of(&retiring).as_bytes(),
-        0o644,
-        true,
-    )?;
-    stamp(&old, now)?;
-    // The key, then the certificate that matches it, then the bundle with the new root first:
-    // a reload in between sees a mismatched set, refuses it and keeps the old one serving.
-    let key = zeroize::Zeroizing::new(read_text(&next.join("issuer.key"))?);
-    pki::write_atomic(&paths.issuer_key, key.as_bytes(), 0o600, true)?;
-    let issuer = read_text(&next.join("issuer.crt"))?;
-    pki::write_atomic(&paths.issuer_cert, issuer.as_bytes(), 0o644, true)?;
-    let bundle = [new_root, retiring, others].concat();
-    pki::write_atomic(&paths.ca, pem_of(&bundle).as_bytes(), 0o644, true)?;
-    remove_dir(&next)?;
-    Ok(
-        "activated: the new issuer signs; retire the old root once no certificate from the old \
-        issuer is left (one workload TTL plus the skew from now).\n"
-            .to_owned(),
-    )
-}
-
-/// `rotate retire`: the old root leaves `ca.crt`. Refused (unless `force`) before one workload
-/// TTL plus the skew has passed since activation.
-///
-/// # Errors
-///
-/// [`CaError::Refused`] if nothing was activated or it is too early.
-pub fn rotate_retire(
-    paths: &StorePaths,
-    holders: Holders,
-    force: bool,
-    now: SystemTime,
-) -> Result<String, CaError> {
-    let old = paths.dir.join(OLD);
-    let activated = stamped(&old).ok_or_else(|| {
-        CaError::Refused("nothing to retire: run `sigil ca rotate activate` first".to_owned())
-    })?;
-    due(activated, holders, force, now, |ready| {
-        format!(
-            "certificates from the old issuer may be valid until {}",
-            rfc3339(ready)
-        )
-    })?;
-    let retiring = ders(&read_text(&old.join("ca.crt"))?);
-    let kept: Vec<Vec<u8>> = ders(&read_text(&paths.ca)?)
-        .into_iter()
-        .filter(|d| !retiring.contains(d))
-        .collect();
-    pki::write_atomic(&paths.ca, pem_of(&kept).as_bytes(), 0o644, true)?;
-    remove_dir(&old)?;
-    Ok(format!(
-        "retired: {} root(s) left {}.\n",
-        retiring.len(),
-        paths.ca.display()
-    ))
+    let mut text = rotation::rotate(paths, step, opts, now)?;
+    text.push('\n');
+    Ok(text)
 }
 
 fn system_time(t: sigil_core::UnixTime) -> SystemTime {
@@ -322,6 +102,7 @@ pub fn init(
     trust_domain: &str,
     sentry_id: &str,
     generation: Generation,
+    automatic: store::Rotation,
     now: SystemTime,
 ) -> Result<String, CaError> {
     if let Some(p) = [&paths.ca, &paths.issuer_cert, &paths.issuer_key]
@@ -336,28 +117,10 @@ pub fn init(
         sentry_id,
         Duration::ZERO,
         generation,
+        automatic,
         now,
     )?;
-    inspect(paths, now)
-}
-
-/// The SPIFFE ID an issuer was made for: its subject's `O=` when that is a SPIFFE ID (Dapr's
-/// and Sigil's issuers), else Sentry's ID in the root's trust domain.
-fn sentry_id_of(issuer: &[u8], anchors: &[Vec<u8>]) -> String {
-    let from_issuer = Certificate::parse(issuer)
-        .ok()
-        .map(|c| pki::name_to_string(c.subject()))
-        .and_then(|n| n.strip_prefix("O=").map(str::to_owned))
-        .filter(|o| o.starts_with("spiffe://"));
-    from_issuer.unwrap_or_else(|| {
-        let td = anchors
-            .first()
-            .and_then(|a| Certificate::parse(a).ok())
-            .map(|c| pki::name_to_string(c.subject()))
-            .and_then(|n| n.strip_prefix("O=").map(str::to_owned))
-            .unwrap_or_else(|| "localhost".to_owned());
-        crate::dapr::sentry_id(&td, "default")
-    })
+    inspect(paths, None, now)
 }
 
 /// One certificate's lines: subject, key, validity and time left.
@@ -378,38 +141,85 @@ fn describe(out: &mut String, der: &[u8], now: SystemTime) {
     let _ = writeln!(out, "    not after:  {} ({})", rfc3339(na), left(na, now));
 }
 
-/// `inspect`: what is in `paths` and what it means: each root, the issuer (which signs), the
-/// key, whether the set validates as Sentry would load it, and what to do when.
+/// `inspect`: what is in `paths` and what it means: each root (and which slot of the
+/// rotation journal it belongs to), the issuer that signs now, the prepared and the retiring
+/// pair, whether the set validates as Sentry would load it, whether Sentry rotates it, and
+/// what the journal does next and when (`policy`: the holders' workload TTL and skew; the
+/// defaults, 24 h and 15 min, when `None`).
 ///
 /// # Errors
 ///
 /// [`CaError::Input`] if a file cannot be read or holds no certificate.
-pub fn inspect(paths: &StorePaths, now: SystemTime) -> Result<String, CaError> {
+pub fn inspect(
+    paths: &StorePaths,
+    policy: Option<Policy>,
+    now: SystemTime,
+) -> Result<String, CaError> {
+    let policy = policy.unwrap_or(Policy {
+        workload_ttl: Duration::from_secs(24 * 3600),
+        skew: Duration::from_secs(15 * 60),
+    });
     let anchors = pki::read_pem_blocks(&paths.ca, sigil_core::pem::Label::Certificate)?;
     let issuer = pki::read_pem_blocks(&paths.issuer_cert, sigil_core::pem::Label::Certificate)?;
+    let journal = rotation::read(paths)?;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|source| pki::InputError::Read {
             path: p.to_owned(),
             source,
         })
     };
+    // Which slot a root belongs to: the one whose issuer chains to it.
+    let slots = [
+        Some(("active", &journal.active)),
+        journal.prepared.as_ref().map(|s| ("prepared", s)),
+        journal.old.as_ref().map(|s| ("old", s)),
+    ];
+    let role_of = |der: &Vec<u8>| {
+        slots
+            .iter()
+            .flatten()
+            .find(|(_, slot)| rotation::roots_of(&slot.issuer, &anchors, &[]).contains(der))
+            .map(|(role, _)| *role)
+    };
     let mut out = String::new();
     let _ = writeln!(out, "credentials in {}", paths.dir.display());
     let _ = writeln!(out, "  roots ({}, {}):", paths.ca.display(), anchors.len());
     for (i, der) in anchors.iter().enumerate() {
-        let _ = writeln!(out, "  root #{}", i + 1);
+        let role = role_of(der).map_or_else(
+            || "kept by the operator".to_owned(),
+            |r| format!("{r} pair"),
+        );
+        let _ = writeln!(out, "  root #{} ({role})", i + 1);
         describe(&mut out, der, now);
     }
     let _ = writeln!(
         out,
-        "  issuer ({}; signs every workload certificate now):",
+        "  issuer ({}; active: signs every workload certificate now):",
         paths.issuer_cert.display()
     );
     if let Some(first) = issuer.first() {
         describe(&mut out, first, now);
     }
-    let sentry_id = sentry_id_of(issuer.first().map_or(&[][..], Vec::as_slice), &anchors);
+    let sentry_id = rotation::sentry_id_of(issuer.first().map_or(&[][..], Vec::as_slice), &anchors);
     let _ = writeln!(out, "    for Sentry: {sentry_id}");
+    for (name, slot, what) in [
+        (
+            "prepared",
+            journal.prepared.as_ref(),
+            "root published, issuer not signing yet",
+        ),
+        (
+            "old",
+            journal.old.as_ref(),
+            "root still in the bundle, issuer no longer signing",
+        ),
+    ] {
+        if let Some(slot) = slot {
+            let since = slot.since.map_or_else(|| "?".to_owned(), rfc3339);
+            let _ = writeln!(out, "  {name} issuer ({what}; since {since}):");
+            describe(&mut out, &slot.issuer, now);
+        }
+    }
     let state = Credentials::from_pem(
         &read(&paths.ca)?,
         &read(&paths.issuer_cert)?,
@@ -418,21 +228,51 @@ pub fn inspect(paths: &StorePaths, now: SystemTime) -> Result<String, CaError> {
         &sentry_id,
     );
     match &state {
-        Ok(creds) => {
-            let na = creds.issuer_not_after();
+        Ok(_) => {
             let _ = writeln!(out, "  state: valid (Sentry loads this set)");
-            let warn_from = na.checked_sub(WARN_BEFORE).unwrap_or(na);
-            let _ = writeln!(
-                out,
-                "  next: replace the root and issuer before {} (Sentry warns from {}; \
-                 `sigil ca expiry` says when)",
-                rfc3339(na),
-                rfc3339(warn_from)
-            );
         }
         Err(e) => {
             let _ = writeln!(out, "  state: INVALID: {e}");
         }
+    }
+    let _ = writeln!(
+        out,
+        "  rotation: {}",
+        match journal.automatic {
+            Automatic::Yes => "automatic (Sigil generated these; Sentry takes each step when due)",
+            Automatic::No => "by hand (credentials the user brought; `sigil ca rotate`)",
+            Automatic::Replaced =>
+                "by hand (Sigil generated a set, but the issuer was replaced since; `sigil ca rotate`)",
+        }
+    );
+    if let Some((step, at)) = journal.next(&policy) {
+        let verb = match step {
+            Step::Prepare => "prepare (make the next root and issuer, publish the new root)",
+            Step::Activate => "activate (the prepared issuer signs)",
+            Step::Retire => "retire (the old root leaves the bundle)",
+        };
+        let when = if at <= now {
+            "due now".to_owned()
+        } else {
+            format!("at {} ({})", rfc3339(at), left(at, now))
+        };
+        let _ = writeln!(
+            out,
+            "  next: {verb}, {when}; for workload certificates of {} and a skew of {}",
+            humantime::format_duration(policy.workload_ttl),
+            humantime::format_duration(policy.skew)
+        );
+    }
+    if journal.automatic != Automatic::Yes {
+        let na = journal.active.pair.not_after;
+        let warn_from = na.checked_sub(WARN_BEFORE).unwrap_or(na);
+        let _ = writeln!(
+            out,
+            "  expiry: replace the root and issuer before {} (Sentry warns from {}; \
+             `sigil ca expiry` says when)",
+            rfc3339(na),
+            rfc3339(warn_from)
+        );
     }
     Ok(out)
 }
@@ -519,12 +359,27 @@ mod tests {
             issuer: Duration::from_secs(20 * 86_400),
             algorithm: crate::key::KeyAlgorithm::Ed25519,
         };
-        let text = init(&paths, "cluster.local", &id, generation, now).unwrap();
+        let text = init(
+            &paths,
+            "cluster.local",
+            &id,
+            generation,
+            store::Rotation::Manual,
+            now,
+        )
+        .unwrap();
         assert!(text.contains("state: valid"), "{text}");
         assert!(text.contains("Ed25519"), "{text}");
         assert!(text.contains(&id), "{text}");
         assert!(matches!(
-            init(&paths, "cluster.local", &id, generation, now),
+            init(
+                &paths,
+                "cluster.local",
+                &id,
+                generation,
+                store::Rotation::Manual,
+                now
+            ),
             Err(CaError::Exists(_))
         ));
         // The issuer has 20 days: within the 30-day warning.
@@ -533,7 +388,7 @@ mod tests {
         assert!(e.line.contains("renew within 30 days"), "{}", e.line);
         let later = now + Duration::from_secs(21 * 86_400);
         assert_eq!(expiry(&paths, later).unwrap().status, 2);
-        assert!(inspect(&paths, later).unwrap().contains("INVALID"));
+        assert!(inspect(&paths, None, later).unwrap().contains("INVALID"));
         let bundle = export(&paths).unwrap();
         assert_eq!(
             crate::pki::pem_certificates(bundle.as_bytes()).unwrap(),
@@ -547,37 +402,61 @@ mod tests {
         let paths = StorePaths::in_dir(dir.path());
         let id = crate::dapr::sentry_id("localhost", "default");
         let now = SystemTime::now();
-        init(&paths, "localhost", &id, Generation::default(), now).unwrap();
+        init(
+            &paths,
+            "localhost",
+            &id,
+            Generation::default(),
+            store::Rotation::Manual,
+            now,
+        )
+        .unwrap();
         // Keep an unrelated root beside the CA's: retiring must not drop it.
         let (_, other) = Credentials::generate("other", &id, now, Duration::ZERO).unwrap();
-        let ca = read_text(&paths.ca).unwrap();
-        std::fs::write(&paths.ca, format!("{ca}{}", other.ca)).unwrap();
-        let first = ders(&read_text(&paths.ca).unwrap());
-        let holders = Holders {
-            workload_ttl: Duration::from_secs(3600),
-            skew: Duration::from_secs(900),
+        let text = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let ders = |p: &Path| pki::pem_certificates(text(p).as_bytes()).unwrap();
+        std::fs::write(&paths.ca, format!("{}{}", text(&paths.ca), other.ca)).unwrap();
+        let first = ders(&paths.ca);
+        let mut opts = StepOptions {
+            policy: Policy {
+                workload_ttl: Duration::from_secs(3600),
+                skew: Duration::from_secs(900),
+            },
+            generation: Generation::default(),
+            force: false,
+            crash: None,
         };
-        let refused = |r: Result<String, CaError>| matches!(r, Err(CaError::Refused(_)));
-        assert!(refused(rotate_activate(&paths, holders, false, now)));
-        assert!(refused(rotate_retire(&paths, holders, false, now)));
-        rotate_prepare(&paths, Generation::default(), now).unwrap();
-        assert!(refused(rotate_prepare(&paths, Generation::default(), now)));
-        assert_eq!(
-            ders(&read_text(&paths.ca).unwrap()).len(),
-            3,
-            "published beside"
-        );
-        assert!(refused(rotate_activate(&paths, holders, false, now)));
-        let later = now + Duration::from_secs(3600 + 900);
-        rotate_activate(&paths, holders, false, later).unwrap();
+        let refused = |r: Result<String, CaError>| {
+            matches!(r, Err(CaError::Rotation(RotationError::Refused(_))))
+        };
+        assert!(refused(rotate(&paths, Step::Activate, &opts, now)));
+        assert!(refused(rotate(&paths, Step::Retire, &opts, now)));
+        rotate(&paths, Step::Prepare, &opts, now).unwrap();
+        assert!(refused(rotate(&paths, Step::Prepare, &opts, now)));
+        assert_eq!(ders(&paths.ca).len(), 3, "published beside");
+        let shown = inspect(&paths, Some(opts.policy), now).unwrap();
+        assert!(shown.contains("prepared issuer"), "{shown}");
+        assert!(shown.contains("next: activate"), "{shown}");
+        assert!(shown.contains("by hand"), "{shown}");
+        assert!(refused(rotate(&paths, Step::Activate, &opts, now)));
+        // Stamps are whole seconds, rounded up.
+        let later = now + Duration::from_secs(3600 + 900 + 1);
+        rotate(&paths, Step::Activate, &opts, later).unwrap();
         // The new issuer loads with the bundle (new root first).
         store::load(&paths, later, &id).unwrap();
-        assert!(refused(rotate_retire(&paths, holders, false, later)));
-        rotate_retire(&paths, holders, true, later).unwrap();
-        let left = ders(&read_text(&paths.ca).unwrap());
+        let shown = inspect(&paths, Some(opts.policy), later).unwrap();
+        assert!(shown.contains("old issuer"), "{shown}");
+        assert!(shown.contains("next: retire"), "{shown}");
+        assert!(refused(rotate(&paths, Step::Retire, &opts, later)));
+        opts.force = true;
+        rotate(&paths, Step::Retire, &opts, later).unwrap();
+        let left = ders(&paths.ca);
         assert_eq!(left.len(), 2, "the old root went, the unrelated one stayed");
         assert!(left.contains(&first[1]));
         assert!(!left.contains(&first[0]));
         store::load(&paths, later, &id).unwrap();
+        assert!(inspect(&paths, None, later)
+            .unwrap()
+            .contains("next: prepare"));
     }
 }

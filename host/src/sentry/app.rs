@@ -50,8 +50,11 @@ pub struct SentryOptions {
     pub limits: crate::net::admission::Limits,
     /// `--mode kubernetes`: the kubernetes validator on, and the default.
     pub kubernetes: Option<KubeOptions>,
-    /// `--root-ttl`, `--issuer-ttl`: the lifetimes (and key type) of credentials Sentry generates.
+    /// `--root-ttl`, `--issuer-ttl`: the lifetimes (and key type) of credentials Sentry
+    /// generates, and of the pairs its automatic rotation makes.
     pub generation: crate::ca::Generation,
+    /// Crash tests only (`SIGIL_CRASH_AT`): abort at this point of a rotation step.
+    pub crash_at: Option<crate::ca::rotation::CrashPoint>,
 }
 
 /// How Sentry reaches the Kubernetes API in `--mode kubernetes`.
@@ -82,6 +85,7 @@ impl Default for SentryOptions {
             limits: super::default_limits(),
             kubernetes: None,
             generation: crate::ca::Generation::default(),
+            crash_at: None,
         }
     }
 }
@@ -186,6 +190,8 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         ttl: config.workload_cert_ttl,
         skew: config.allowed_clock_skew,
         limits,
+        generation: opts.generation,
+        crash_at: opts.crash_at,
     };
     sigil_core::spiffe::SpiffeId::parse(&settings.sentry_id())
         .map_err(|e| anyhow::anyhow!("trust domain {:?}: {e}", opts.trust_domain))?;
@@ -245,10 +251,35 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                     settings.skew,
                 );
                 tokio::task::spawn_blocking(move || {
-                    store::load_or_generate(&p, &td, &id, skew, generation, SystemTime::now())
+                    store::load_or_generate(
+                        &p,
+                        &td,
+                        &id,
+                        skew,
+                        generation,
+                        store::Rotation::Automatic,
+                        SystemTime::now(),
+                    )
                 })
                 .await??
             };
+            let journal = crate::ca::rotation::read(&paths)?;
+            if journal.automatic == crate::ca::rotation::Automatic::Yes {
+                let policy = crate::ca::schedule::Policy {
+                    workload_ttl: settings.ttl,
+                    skew: settings.skew,
+                };
+                let pair = journal.active.pair;
+                let life = pair
+                    .not_after
+                    .duration_since(pair.not_before)
+                    .unwrap_or_default();
+                crate::ca::schedule::check(
+                    life.min(opts.generation.issuer.min(opts.generation.root)),
+                    &policy,
+                )
+                .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))?;
+            }
             let where_ = format!(
                 "{}: ca {}, issuer {}, key {}",
                 dir.display(),

@@ -2,7 +2,9 @@
 //! (`dapr_sentry_cert_sign_request_received_total`, `..._success_total`,
 //! `..._failure_total{reason}`, `dapr_sentry_issuercert_changed_total`,
 //! `dapr_sentry_issuercert_expiry_timestamp`) and Sigil's own: a signing-latency histogram,
-//! refused credential reloads, and the gRPC port's connection table (open connections, and
+//! refused credential reloads, the CA rotation journal (each slot's issuer notAfter, steps
+//! taken and failed, the 30-day expiry warning for credentials the user brought), and the gRPC
+//! port's connection table (open connections, and
 //! how many were refused, shed for room, or closed at a deadline). Counters are atomics;
 //! rendering takes a snapshot.
 
@@ -29,6 +31,10 @@ pub struct Metrics {
     reload_refused: AtomicU64,
     bundle_mismatch: AtomicU64,
     issuer_expiry: AtomicU64,
+    slots: Mutex<[Option<u64>; 3]>,
+    rotation_steps: [AtomicU64; 3],
+    rotation_failures: AtomicU64,
+    expiring: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -80,6 +86,37 @@ impl Metrics {
     /// The issuer in use expires at `unix_secs`.
     pub fn set_issuer_expiry(&self, unix_secs: u64) {
         self.issuer_expiry.store(unix_secs, Ordering::Relaxed);
+    }
+
+    /// The rotation journal's slots: each pair's issuer notAfter (unix seconds), `None` for an
+    /// empty slot; in the order active, prepared, old.
+    pub fn set_slots(&self, slots: [Option<u64>; 3]) {
+        if let Ok(mut s) = self.slots.lock() {
+            *s = slots;
+        }
+    }
+
+    /// A rotation step was taken (0 prepare, 1 activate, 2 retire).
+    pub fn rotation_step(&self, step: crate::ca::schedule::Step) {
+        use crate::ca::schedule::Step;
+        let i = match step {
+            Step::Prepare => 0,
+            Step::Activate => 1,
+            Step::Retire => 2,
+        };
+        if let Some(c) = self.rotation_steps.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A rotation step failed (it is tried again).
+    pub fn rotation_failed(&self) {
+        self.rotation_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether credentials Sentry does not rotate expire within 30 days.
+    pub fn set_expiring(&self, expiring: bool) {
+        self.expiring.store(u64::from(expiring), Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with the gRPC port's connection counters `conns`.
@@ -141,6 +178,51 @@ impl Metrics {
              # TYPE dapr_sentry_issuercert_expiry_timestamp gauge\n\
              dapr_sentry_issuercert_expiry_timestamp {}",
             get(&self.issuer_expiry)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sigil_sentry_ca_slot_expiry_timestamp Unix time each rotation slot's issuer \
+             expires (active signs; prepared is published; old is retiring).\n\
+             # TYPE sigil_sentry_ca_slot_expiry_timestamp gauge"
+        );
+        if let Ok(slots) = self.slots.lock() {
+            for (name, at) in ["active", "prepared", "old"].iter().zip(slots.iter()) {
+                if let Some(at) = at {
+                    let _ = writeln!(
+                        out,
+                        "sigil_sentry_ca_slot_expiry_timestamp{{slot=\"{name}\"}} {at}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sigil_sentry_ca_rotation_steps_total CA rotation steps taken, by step.\n\
+             # TYPE sigil_sentry_ca_rotation_steps_total counter"
+        );
+        for (name, c) in ["prepare", "activate", "retire"]
+            .iter()
+            .zip(&self.rotation_steps)
+        {
+            let _ = writeln!(
+                out,
+                "sigil_sentry_ca_rotation_steps_total{{step=\"{name}\"}} {}",
+                get(c)
+            );
+        }
+        counter(
+            &mut out,
+            "sigil_sentry_ca_rotation_failures_total",
+            "CA rotation steps that failed (each is tried again).",
+            get(&self.rotation_failures),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sigil_sentry_ca_expiring 1 when credentials Sentry does not rotate (the \
+             user's) expire within 30 days.\n\
+             # TYPE sigil_sentry_ca_expiring gauge\n\
+             sigil_sentry_ca_expiring {}",
+            get(&self.expiring)
         );
         let _ = writeln!(
             out,

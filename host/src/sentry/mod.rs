@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod kube;
 pub mod metrics;
 pub mod reload;
+pub mod rotate;
 pub mod validator;
 
 use std::future::Future;
@@ -105,6 +106,10 @@ pub struct Settings {
     pub skew: Duration,
     /// The gRPC port's connection limits ([`default_limits`]).
     pub limits: Limits,
+    /// The lifetimes and key type of the pairs the automatic rotation makes.
+    pub generation: crate::ca::Generation,
+    /// Crash tests only: abort the process at this point of a rotation step (as kill -9).
+    pub crash_at: Option<crate::ca::rotation::CrashPoint>,
 }
 
 impl Settings {
@@ -700,7 +705,8 @@ pub async fn run(
 
     match store {
         Some(CredentialStore::Files(paths)) => {
-            tasks.spawn(reload::watch(sentry.clone(), paths, stopped()));
+            tasks.spawn(reload::watch(sentry.clone(), paths.clone(), stopped()));
+            tasks.spawn(rotate::rotate(sentry.clone(), paths, stopped()));
         }
         Some(CredentialStore::Secret(secrets)) => {
             tasks.spawn(reload::watch_secret(sentry.clone(), *secrets, stopped()));

@@ -123,25 +123,44 @@ pub fn watch(
                 continue;
             }
             last = now;
-            let sentry_id = sentry.sentry_id().to_owned();
-            let loaded = {
-                let (p, id) = (paths.clone(), sentry_id.clone());
-                tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
-            };
-            match loaded {
-                Ok(Ok(creds)) => {
-                    let roots = creds.anchors().len();
-                    sentry.swap_credentials(creds);
-                    // Counted only when a set went in: a refused one changes nothing.
-                    sentry.metrics().issuer_changed();
-                    tracing::info!(roots, %sentry_id, "credentials replaced: new requests use the new set");
-                }
-                Ok(Err(e)) => {
-                    sentry.metrics().reload_refused();
-                    tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
-                }
-                Err(e) => tracing::error!(error = %e, "credential reload task failed"),
+            load_and_swap(&sentry, &paths, "files changed").await;
+        }
+    }
+}
+
+/// Reads the files of `paths`, validates them as at start and swaps them into `sentry` unless
+/// they hold the set already in use (the rotation task swaps right after its step; the
+/// watcher then finds nothing new). Returns whether a set went in. A set that does not
+/// validate is logged and counted, and the old one keeps serving.
+pub async fn load_and_swap(sentry: &Sentry, paths: &StorePaths, why: &'static str) -> bool {
+    let sentry_id = sentry.sentry_id().to_owned();
+    let loaded = {
+        let (p, id) = (paths.clone(), sentry_id.clone());
+        tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
+    };
+    match loaded {
+        Ok(Ok(creds)) => {
+            let current = sentry.credentials();
+            if creds.anchors() == current.anchors()
+                && creds.issuer_chain() == current.issuer_chain()
+            {
+                return false;
             }
+            let roots = creds.anchors().len();
+            sentry.swap_credentials(creds);
+            // Counted only when a set went in: a refused one changes nothing.
+            sentry.metrics().issuer_changed();
+            tracing::info!(roots, %sentry_id, why, "credentials replaced: new requests use the new set");
+            true
+        }
+        Ok(Err(e)) => {
+            sentry.metrics().reload_refused();
+            tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "credential reload task failed");
+            false
         }
     }
 }

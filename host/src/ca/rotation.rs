@@ -1,0 +1,875 @@
+//! The CA rotation journal in a credentials directory, and its three steps: the one
+//! implementation behind Sentry's automatic rotation (of credentials it generated) and
+//! `sigil ca rotate` (by hand, for any). When a step is due is [`super::schedule`]'s answer;
+//! this module keeps the state on disk, takes the steps crash-safe under the store's lock,
+//! and refuses a step that would break a holder (unless forced).
+//!
+//! The journal is the directory itself, in Dapr's layout plus three entries:
+//!
+//! - `ca.crt`, `issuer.crt`, `issuer.key`: the active pair (the issuer that signs) and the
+//!   published roots (the active pair's, a prepared one's, a retiring one's, and any other
+//!   root the operator keeps there);
+//! - `.sigil-next/` (`ca.crt`, `issuer.crt`, `issuer.key`, `since`): the **prepared** pair and
+//!   when its root was published;
+//! - `.sigil-old/` (`ca.crt`, `issuer.crt`, `since`): the **old** pair's root, still in the
+//!   bundle, and when its successor was activated;
+//! - `.sigil-auto`: present for credentials Sigil generated, holding the SHA-256 of the issuer
+//!   it made; Sentry rotates automatically only while it matches `issuer.crt` (a set replaced
+//!   by hand is the user's from then on: warned about, never rotated).
+//!
+//! Each step has a commit point; a crash (kill -9, power loss) before it leaves nothing
+//! changed that matters and [`recover`] (run under the lock at every start and before every
+//! step) undoes the rest; a crash after it is rolled forward:
+//!
+//! - **prepare**: the new pair is staged in `.sigil-next/` (key 0600), *commit*: `since` is
+//!   written; then the new root is appended to `ca.crt`. Recovery: no `since`, the directory
+//!   goes; `since` but the root not in `ca.crt`, it is published (and `since` restamped: the
+//!   publication is what holders wait for).
+//! - **activate**: the outgoing issuer and its root are noted in `.sigil-next/`, *commit*:
+//!   `.sigil-next` is renamed `.sigil-activating`; then `.sigil-old/` is written, the marker
+//!   follows the new issuer, the key, the certificate and `ca.crt` (new root first) are
+//!   replaced and `.sigil-activating` goes. Recovery: `.sigil-activating` present, the steps
+//!   after the commit are done again (each is idempotent). Between the key and the
+//!   certificate the live set does not match; Sentry's reload refuses it and keeps signing
+//!   with the set it has until the certificate follows (no failed request).
+//! - **retire**: the old root leaves `ca.crt`, then `.sigil-old/` goes. Idempotent: a crash in
+//!   between is finished by the next retire, which is due at once.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_core::cert::Certificate;
+use sigil_core::pem::Label;
+
+use super::schedule::{self, Pair, Policy, Step};
+use super::store::{self, StoreError, StoreLock, StorePaths, AUTO};
+use super::{Credentials, CredentialsError, Generation};
+use crate::pki;
+
+/// How long before a notAfter credentials the user brought are warned about (Dapr's Sentry
+/// warns from 30 days).
+pub const WARN_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The prepared pair.
+pub const NEXT: &str = ".sigil-next";
+/// The prepared pair, being activated (the activation's commit point).
+pub const ACTIVATING: &str = ".sigil-activating";
+/// The old pair, retiring.
+pub const OLD: &str = ".sigil-old";
+const STAMP: &str = "since";
+const OUTGOING_CA: &str = "outgoing-ca.crt";
+const OUTGOING_ISSUER: &str = "outgoing-issuer.crt";
+
+/// Why a rotation step failed or was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotationError {
+    /// The store failed (lock, I/O, a refused set).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Input(#[from] pki::InputError),
+    /// The step is out of order or too early (`--force` does it anyway where that is allowed).
+    #[error("{0}")]
+    Refused(String),
+    /// Making the new pair failed.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// A crash test stopped the step here (see [`CrashPoint`]); the directory is as a crash
+    /// would leave it.
+    #[error("stopped at {0} for a crash test")]
+    Interrupted(CrashPoint),
+}
+
+/// A point inside a step where a crash test stops, leaving the directory as a kill -9 there
+/// would (Sentry's `SIGIL_CRASH_AT` aborts the process at it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The new pair is staged, not committed (rolls back).
+    PrepareStaged,
+    /// The prepared pair is committed, its root not published yet (rolls forward).
+    PrepareCommitted,
+    /// The activation is committed, nothing live changed (rolls forward).
+    ActivateCommitted,
+    /// The new key is live, the old certificate still (a mismatched set; rolls forward).
+    ActivateKey,
+    /// The new key and certificate are live, `ca.crt` not reordered (rolls forward).
+    ActivateCertificate,
+    /// The old root left `ca.crt`, `.sigil-old/` is still there (the next retire finishes).
+    RetirePublished,
+}
+
+impl CrashPoint {
+    /// Every point, in the order the steps reach them.
+    pub const ALL: [Self; 6] = [
+        Self::PrepareStaged,
+        Self::PrepareCommitted,
+        Self::ActivateCommitted,
+        Self::ActivateKey,
+        Self::ActivateCertificate,
+        Self::RetirePublished,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::PrepareStaged => "prepare:staged",
+            Self::PrepareCommitted => "prepare:committed",
+            Self::ActivateCommitted => "activate:committed",
+            Self::ActivateKey => "activate:key",
+            Self::ActivateCertificate => "activate:certificate",
+            Self::RetirePublished => "retire:published",
+        }
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CrashPoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown crash point {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// How steps are taken.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptions {
+    /// The workload TTL and clock skew (the holders' timing).
+    pub policy: Policy,
+    /// The lifetimes and key type of a prepared pair.
+    pub generation: Generation,
+    /// Take a step even when it is too early.
+    pub force: bool,
+    /// Stop inside a step, for crash tests.
+    pub crash: Option<CrashPoint>,
+}
+
+/// Whether the credentials are rotated automatically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Automatic {
+    /// Sigil generated them and they are unchanged since: Sentry rotates them.
+    Yes,
+    /// The user brought them: warned about from 30 days before expiry, rotated by hand.
+    No,
+    /// Sigil generated them but `issuer.crt` was replaced by hand since: the user's now.
+    Replaced,
+}
+
+/// One pair as the journal sees it.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// Its issuer certificate (DER; empty if unreadable).
+    pub issuer: Vec<u8>,
+    /// Its issuer's validity.
+    pub pair: Pair,
+    /// When the step that made this slot was taken (published, or activated for the old).
+    pub since: Option<SystemTime>,
+}
+
+/// What the directory holds.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    /// The pair whose issuer signs.
+    pub active: Slot,
+    /// The pair published beside it.
+    pub prepared: Option<Slot>,
+    /// The pair retiring.
+    pub old: Option<Slot>,
+    /// Whether Sentry rotates them.
+    pub automatic: Automatic,
+}
+
+impl Journal {
+    /// The planner's view.
+    pub fn schedule(&self) -> schedule::Journal {
+        let with_since = |s: &Slot| s.since.map(|at| (s.pair, at));
+        schedule::Journal {
+            active: self.active.pair,
+            prepared: self.prepared.as_ref().and_then(with_since),
+            old: self.old.as_ref().and_then(with_since),
+        }
+    }
+
+    /// The next step and when it is due.
+    pub fn next(&self, policy: &Policy) -> Option<(Step, SystemTime)> {
+        schedule::next(&self.schedule(), policy)
+    }
+}
+
+fn system_time(t: sigil_core::UnixTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(t.as_secs())
+}
+
+fn read_text(p: &Path) -> Result<String, RotationError> {
+    fs::read_to_string(p).map_err(|source| {
+        RotationError::Input(pki::InputError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    })
+}
+
+fn write(p: &Path, bytes: &[u8], mode: u32) -> Result<(), RotationError> {
+    pki::write_atomic(p, bytes, mode, true).map_err(RotationError::from)
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> RotationError + '_ {
+    move |source| {
+        RotationError::Input(pki::InputError::Write {
+            path: p.to_owned(),
+            source,
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RotationError> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dir))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), RotationError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(dir)(e)),
+    }
+    dir.parent().map_or(Ok(()), sync_dir)
+}
+
+/// The certificates of a PEM text, DER (none if it does not read).
+fn ders(pem: &str) -> Vec<Vec<u8>> {
+    pki::pem_certificates(pem.as_bytes()).unwrap_or_default()
+}
+
+fn pem_of(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pki::to_pem(Label::Certificate, d))
+        .collect()
+}
+
+/// When a step was taken (seconds since the epoch in `<dir>/since`).
+fn stamped(dir: &Path) -> Option<SystemTime> {
+    let text = fs::read_to_string(dir.join(STAMP)).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
+}
+
+fn stamp(dir: &Path, at: SystemTime) -> Result<(), RotationError> {
+    // Rounded up: a step that waits for this one never starts early.
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    write(&dir.join(STAMP), secs.to_string().as_bytes(), 0o644)
+}
+
+fn crash(opts: &StepOptions, here: CrashPoint) -> Result<(), RotationError> {
+    if opts.crash == Some(here) {
+        return Err(RotationError::Interrupted(here));
+    }
+    Ok(())
+}
+
+fn slot(issuer_pem: &str, since: Option<SystemTime>) -> Slot {
+    let issuer = ders(issuer_pem).into_iter().next().unwrap_or_default();
+    let pair = Certificate::parse(&issuer).map_or(
+        Pair {
+            not_before: UNIX_EPOCH,
+            not_after: UNIX_EPOCH,
+        },
+        |c| Pair {
+            not_before: system_time(c.not_before()),
+            not_after: system_time(c.not_after()),
+        },
+    );
+    Slot {
+        issuer,
+        pair,
+        since,
+    }
+}
+
+/// Reads the journal (no lock: a running step may be half way; take steps through
+/// [`rotate`] and [`run_due`]).
+///
+/// # Errors
+///
+/// [`RotationError::Input`] if `issuer.crt` cannot be read.
+pub fn read(paths: &StorePaths) -> Result<Journal, RotationError> {
+    let issuer_pem = read_text(&paths.issuer_cert)?;
+    let active = slot(&issuer_pem, None);
+    let (next, old) = (paths.dir.join(NEXT), paths.dir.join(OLD));
+    let prepared = stamped(&next)
+        .map(|since| read_text(&next.join("issuer.crt")).map(|pem| slot(&pem, Some(since))))
+        .transpose()?;
+    let old = stamped(&old)
+        .map(|since| read_text(&old.join("issuer.crt")).map(|pem| slot(&pem, Some(since))))
+        .transpose()?;
+    let automatic = match fs::read_to_string(paths.dir.join(AUTO)) {
+        Err(_) => Automatic::No,
+        Ok(m) if m == store::auto_marker(&issuer_pem) => Automatic::Yes,
+        Ok(_) => Automatic::Replaced,
+    };
+    Ok(Journal {
+        active,
+        prepared,
+        old,
+        automatic,
+    })
+}
+
+/// Finishes or undoes a step a crash interrupted (see the module doc). The caller holds the
+/// store's lock.
+///
+/// # Errors
+///
+/// [`RotationError`] if a file cannot be read or written.
+pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError> {
+    let next = paths.dir.join(NEXT);
+    if paths.dir.join(ACTIVATING).exists() {
+        finish_activation(paths, now)?;
+    }
+    if next.exists() {
+        match stamped(&next) {
+            None => remove_dir(&next)?,
+            Some(_) => {
+                let root = ders(&read_text(&next.join("ca.crt"))?);
+                let bundle = ders(&read_text(&paths.ca)?);
+                if !root.iter().all(|r| bundle.contains(r)) {
+                    publish(paths, &root, now)?;
+                }
+            }
+        }
+    }
+    let old = paths.dir.join(OLD);
+    if old.exists() {
+        match stamped(&old) {
+            // Written only after the activation's commit, which is rolled forward above; a
+            // directory without its stamp is a leftover.
+            None => remove_dir(&old)?,
+            Some(_) => {
+                // A retire that took the roots out of ca.crt and stopped: finish it.
+                let retiring = ders(&read_text(&old.join("ca.crt"))?);
+                let bundle = ders(&read_text(&paths.ca)?);
+                if !retiring.is_empty() && !retiring.iter().any(|r| bundle.contains(r)) {
+                    remove_dir(&old)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends `root` to `ca.crt` and (re)stamps the prepared pair: published now.
+fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), RotationError> {
+    let mut bundle = ders(&read_text(&paths.ca)?);
+    bundle.extend(
+        root.iter()
+            .filter(|r| !bundle.contains(r))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)?;
+    stamp(&paths.dir.join(NEXT), now)
+}
+
+/// The SPIFFE ID an issuer was made for: its subject's `O=` when that is a SPIFFE ID (Dapr's
+/// and Sigil's issuers), else Sentry's ID in the root's trust domain.
+pub fn sentry_id_of(issuer: &[u8], anchors: &[Vec<u8>]) -> String {
+    let org = |der: &[u8]| {
+        Certificate::parse(der)
+            .ok()
+            .map(|c| pki::name_to_string(c.subject()))
+            .and_then(|n| n.strip_prefix("O=").map(str::to_owned))
+    };
+    org(issuer)
+        .filter(|o| o.starts_with("spiffe://"))
+        .unwrap_or_else(|| {
+            let td = anchors
+                .first()
+                .and_then(|a| org(a))
+                .unwrap_or_else(|| "localhost".to_owned());
+            crate::dapr::sentry_id(&td, "default")
+        })
+}
+
+/// Refuses a step before one workload TTL plus the skew after `since` unless forced;
+/// `why(ready)` says what a holder would suffer.
+fn due(
+    since: SystemTime,
+    opts: &StepOptions,
+    now: SystemTime,
+    why: impl FnOnce(SystemTime) -> String,
+) -> Result<(), RotationError> {
+    let ready = since + opts.policy.workload_ttl + opts.policy.skew;
+    if now < ready && !opts.force {
+        return Err(RotationError::Refused(format!(
+            "too early: {} (--force to do it anyway)",
+            why(ready)
+        )));
+    }
+    Ok(())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn prepare(
+    paths: &StorePaths,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<String, RotationError> {
+    let next = paths.dir.join(NEXT);
+    if next.exists() {
+        return Err(RotationError::Refused(format!(
+            "a pair is already prepared ({}): activate it first",
+            next.display()
+        )));
+    }
+    let anchors = ders(&read_text(&paths.ca)?);
+    let issuer = ders(&read_text(&paths.issuer_cert)?);
+    let sentry_id = sentry_id_of(issuer.first().map_or(&[][..], Vec::as_slice), &anchors);
+    let trust_domain = sentry_id
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("localhost")
+        .to_owned();
+    let (_, pem) = Credentials::generate_with(
+        &trust_domain,
+        &sentry_id,
+        now,
+        opts.policy.skew,
+        opts.generation,
+    )?;
+    fs::create_dir_all(&next).map_err(io(&next))?;
+    write(&next.join("issuer.key"), pem.key.as_bytes(), 0o600)?;
+    write(&next.join("issuer.crt"), pem.issuer.as_bytes(), 0o644)?;
+    write(&next.join("ca.crt"), pem.ca.as_bytes(), 0o644)?;
+    sync_dir(&paths.dir)?;
+    crash(opts, CrashPoint::PrepareStaged)?;
+    stamp(&next, now)?;
+    crash(opts, CrashPoint::PrepareCommitted)?;
+    publish(paths, &ders(&pem.ca), now)?;
+    Ok(format!(
+        "prepared: a new root is published in {} beside the old one; the old issuer still \
+         signs. It may sign from {} (one workload TTL plus the skew: every holder has renewed \
+         and holds the new root by then).",
+        paths.ca.display(),
+        rfc3339(now + opts.policy.workload_ttl + opts.policy.skew)
+    ))
+}
+
+/// The roots in `bundle` that `issuer` chains to (by name, and by key identifier where both
+/// carry one), other than `except`.
+pub fn roots_of(issuer: &[u8], bundle: &[Vec<u8>], except: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let Ok(issuer) = Certificate::parse(issuer) else {
+        return Vec::new();
+    };
+    bundle
+        .iter()
+        .filter(|d| !except.contains(d))
+        .filter(|d| {
+            Certificate::parse(d).is_ok_and(|root| {
+                root.subject() == issuer.issuer()
+                    && match (issuer.authority_key_id(), root.subject_key_id()) {
+                        (Some(a), Some(s)) => a == s,
+                        _ => true,
+                    }
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+fn activate(
+    paths: &StorePaths,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<String, RotationError> {
+    let next = paths.dir.join(NEXT);
+    let published = stamped(&next).ok_or_else(|| {
+        RotationError::Refused("nothing is prepared: run `sigil ca rotate prepare` first".into())
+    })?;
+    if paths.dir.join(OLD).exists() {
+        return Err(RotationError::Refused(format!(
+            "the previous root is still retiring ({}): retire it first",
+            paths.dir.join(OLD).display()
+        )));
+    }
+    due(published, opts, now, |ready| {
+        format!(
+            "the new root was published at {}; holders that have not renewed since would \
+             refuse certificates from the new issuer until {}",
+            rfc3339(published),
+            rfc3339(ready)
+        )
+    })?;
+    let new_root = ders(&read_text(&next.join("ca.crt"))?);
+    let outgoing_pem = read_text(&paths.issuer_cert)?;
+    let outgoing = ders(&outgoing_pem);
+    let retiring = roots_of(
+        outgoing.last().map_or(&[][..], Vec::as_slice),
+        &ders(&read_text(&paths.ca)?),
+        &new_root,
+    );
+    write(&next.join(OUTGOING_CA), pem_of(&retiring).as_bytes(), 0o644)?;
+    write(&next.join(OUTGOING_ISSUER), outgoing_pem.as_bytes(), 0o644)?;
+    let activating = paths.dir.join(ACTIVATING);
+    fs::rename(&next, &activating).map_err(io(&next))?;
+    sync_dir(&paths.dir)?;
+    crash(opts, CrashPoint::ActivateCommitted)?;
+    finish(paths, opts, now)?;
+    Ok(format!(
+        "activated: the new issuer signs; the old root may leave the bundle from {} (no \
+         certificate from the old issuer is valid after that).",
+        rfc3339(now + opts.policy.workload_ttl + opts.policy.skew)
+    ))
+}
+
+/// The activation after its commit point (idempotent: recovery runs it again).
+fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(), RotationError> {
+    let activating = paths.dir.join(ACTIVATING);
+    let old = paths.dir.join(OLD);
+    if stamped(&old).is_none() {
+        fs::create_dir_all(&old).map_err(io(&old))?;
+        write(
+            &old.join("ca.crt"),
+            read_text(&activating.join(OUTGOING_CA))?.as_bytes(),
+            0o644,
+        )?;
+        write(
+            &old.join("issuer.crt"),
+            read_text(&activating.join(OUTGOING_ISSUER))?.as_bytes(),
+            0o644,
+        )?;
+        stamp(&old, now)?;
+    }
+    let issuer = read_text(&activating.join("issuer.crt"))?;
+    // The marker follows the issuer only if it followed the outgoing one: credentials the
+    // user brought stay the user's.
+    let auto = paths.dir.join(AUTO);
+    let outgoing = read_text(&activating.join(OUTGOING_ISSUER))?;
+    if fs::read_to_string(&auto).is_ok_and(|m| m == store::auto_marker(&outgoing)) {
+        write(&auto, store::auto_marker(&issuer).as_bytes(), 0o644)?;
+    }
+    // The key, then the certificate that matches it, then the bundle with the new root first:
+    // a reload in between sees a mismatched set, refuses it and keeps the old one serving.
+    let key = zeroize::Zeroizing::new(read_text(&activating.join("issuer.key"))?);
+    write(&paths.issuer_key, key.as_bytes(), 0o600)?;
+    crash(opts, CrashPoint::ActivateKey)?;
+    write(&paths.issuer_cert, issuer.as_bytes(), 0o644)?;
+    crash(opts, CrashPoint::ActivateCertificate)?;
+    let new_root = ders(&read_text(&activating.join("ca.crt"))?);
+    let rest: Vec<Vec<u8>> = ders(&read_text(&paths.ca)?)
+        .into_iter()
+        .filter(|d| !new_root.contains(d))
+        .collect();
+    write(
+        &paths.ca,
+        pem_of(&[new_root, rest].concat()).as_bytes(),
+        0o644,
+    )?;
+    remove_dir(&activating)
+}
+
+fn finish_activation(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError> {
+    let opts = StepOptions {
+        policy: Policy {
+            workload_ttl: Duration::ZERO,
+            skew: Duration::ZERO,
+        },
+        generation: Generation::default(),
+        force: true,
+        crash: None,
+    };
+    finish(paths, &opts, now)
+}
+
+fn retire(
+    paths: &StorePaths,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<String, RotationError> {
+    let old = paths.dir.join(OLD);
+    let activated = stamped(&old).ok_or_else(|| {
+        RotationError::Refused("nothing to retire: run `sigil ca rotate activate` first".into())
+    })?;
+    due(activated, opts, now, |ready| {
+        format!(
+            "certificates from the old issuer may be valid until {}",
+            rfc3339(ready)
+        )
+    })?;
+    let retiring = ders(&read_text(&old.join("ca.crt"))?);
+    // The roots the active issuer chains to never leave, whatever the record says.
+    let active = ders(&read_text(&paths.issuer_cert)?);
+    let bundle = ders(&read_text(&paths.ca)?);
+    let keep = roots_of(active.last().map_or(&[][..], Vec::as_slice), &bundle, &[]);
+    let kept: Vec<Vec<u8>> = bundle
+        .into_iter()
+        .filter(|d| !retiring.contains(d) || keep.contains(d))
+        .collect();
+    write(&paths.ca, pem_of(&kept).as_bytes(), 0o644)?;
+    crash(opts, CrashPoint::RetirePublished)?;
+    remove_dir(&old)?;
+    Ok(format!(
+        "retired: {} root(s) left {}.",
+        retiring.len(),
+        paths.ca.display()
+    ))
+}
+
+/// Takes `step` by hand (`sigil ca rotate`), under the store's lock, after recovering an
+/// interrupted one; refused when out of order or too early (unless `opts.force`).
+///
+/// # Errors
+///
+/// [`RotationError::Refused`] and the store's errors.
+pub fn rotate(
+    paths: &StorePaths,
+    step: Step,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<String, RotationError> {
+    let _lock = StoreLock::acquire(paths)?;
+    recover(paths, now)?;
+    take(paths, step, opts, now)
+}
+
+fn take(
+    paths: &StorePaths,
+    step: Step,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<String, RotationError> {
+    match step {
+        Step::Prepare => prepare(paths, opts, now),
+        Step::Activate => activate(paths, opts, now),
+        Step::Retire => retire(paths, opts, now),
+    }
+}
+
+/// What [`run_due`] did and what comes next.
+#[derive(Debug)]
+pub struct Tick {
+    /// The step taken now, with its message.
+    pub done: Option<(Step, String)>,
+    /// The journal after it.
+    pub journal: Journal,
+    /// The next step and when (automatic credentials only).
+    pub next: Option<(Step, SystemTime)>,
+}
+
+/// Sentry's automatic rotation, once: under the store's lock, recovers an interrupted step,
+/// reads the journal and, for credentials Sigil generated, takes the step that is due (at
+/// most one; the caller calls again at once when the next is due too). A replica that finds
+/// the step already taken by another finds nothing due.
+///
+/// # Errors
+///
+/// The store's and the step's errors (a step that fails is tried again at the next call).
+pub fn run_due(
+    paths: &StorePaths,
+    opts: &StepOptions,
+    now: SystemTime,
+) -> Result<Tick, RotationError> {
+    let _lock = StoreLock::acquire(paths)?;
+    recover(paths, now)?;
+    let journal = read(paths)?;
+    if journal.automatic != Automatic::Yes {
+        return Ok(Tick {
+            done: None,
+            journal,
+            next: None,
+        });
+    }
+    let mut done = None;
+    if let Some((step, at)) = journal.next(&opts.policy) {
+        if at <= now {
+            let message = take(paths, step, opts, now)?;
+            done = Some((step, message));
+        }
+    }
+    let journal = if done.is_some() {
+        read(paths)?
+    } else {
+        journal
+    };
+    let next = journal.next(&opts.policy);
+    Ok(Tick {
+        done,
+        journal,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use crate::ca::store::{load, load_or_generate, Origin, Rotation};
+
+    const ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
+
+    fn opts(crash: Option<CrashPoint>) -> StepOptions {
+        StepOptions {
+            policy: Policy {
+                workload_ttl: Duration::from_secs(5),
+                skew: Duration::from_secs(1),
+            },
+            generation: Generation {
+                root: Duration::from_secs(60),
+                issuer: Duration::from_secs(60),
+                ..Generation::default()
+            },
+            force: false,
+            crash,
+        }
+    }
+
+    fn start(paths: &StorePaths, rotation: Rotation, now: SystemTime) -> Origin {
+        let o = opts(None);
+        load_or_generate(
+            paths,
+            "localhost",
+            ID,
+            o.policy.skew,
+            o.generation,
+            rotation,
+            now,
+        )
+        .unwrap()
+        .1
+    }
+
+    /// The set loads, and every root an issuer of the journal chains to is in `ca.crt`.
+    fn consistent(paths: &StorePaths, now: SystemTime) {
+        let creds = load(paths, now, ID).unwrap();
+        let bundle = creds.anchors().to_vec();
+        let j = read(paths).unwrap();
+        for slot in [Some(&j.active), j.prepared.as_ref(), j.old.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                !roots_of(&slot.issuer, &bundle, &[]).is_empty(),
+                "a slot's root is not published"
+            );
+        }
+        assert!(!paths.dir.join(ACTIVATING).exists());
+    }
+
+    /// Runs the journal second by second from `from` for `secs`, checking the set after each
+    /// tick; returns the steps taken.
+    fn run(paths: &StorePaths, from: SystemTime, secs: u64) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for s in 0..secs {
+            let now = from + Duration::from_secs(s);
+            loop {
+                let tick = run_due(paths, &opts(None), now).unwrap();
+                match tick.done {
+                    Some((step, _)) => steps.push(step),
+                    None => break,
+                }
+            }
+            consistent(paths, now);
+        }
+        steps
+    }
+
+    #[test]
+    fn generated_credentials_rotate_on_schedule_and_stay_automatic() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = StorePaths::in_dir(t.path());
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        assert_eq!(start(&paths, Rotation::Automatic, t0), Origin::Generated);
+        let first = read(&paths).unwrap().active.issuer;
+        let steps = run(&paths, t0, 150);
+        // Life 60 s: prepare at 30 s, activate at 50 s, retire 6 s later; then every 30 s.
+        let activations = steps.iter().filter(|s| **s == Step::Activate).count();
+        assert!(activations >= 4, "{steps:?}");
+        assert_eq!(&steps[..3], &[Step::Prepare, Step::Activate, Step::Retire]);
+        let j = read(&paths).unwrap();
+        assert_eq!(j.automatic, Automatic::Yes);
+        assert_ne!(j.active.issuer, first);
+    }
+
+    #[test]
+    fn credentials_the_user_brought_are_never_rotated_and_replaced_ones_stop() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = StorePaths::in_dir(t.path());
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        start(&paths, Rotation::Manual, t0);
+        let tick = run_due(&paths, &opts(None), t0 + Duration::from_secs(59)).unwrap();
+        assert!(tick.done.is_none() && tick.next.is_none());
+        assert_eq!(tick.journal.automatic, Automatic::No);
+        // A generated set whose issuer the user then replaces by hand is the user's.
+        let u = tempfile::tempdir().unwrap();
+        let p = StorePaths::in_dir(u.path());
+        start(&p, Rotation::Automatic, t0);
+        let (_, other) = Credentials::generate("localhost", ID, t0, Duration::ZERO).unwrap();
+        fs::write(&p.ca, &other.ca).unwrap();
+        fs::write(&p.issuer_key, &*other.key).unwrap();
+        fs::write(&p.issuer_cert, &other.issuer).unwrap();
+        let tick = run_due(&p, &opts(None), t0 + Duration::from_secs(59)).unwrap();
+        assert!(tick.done.is_none());
+        assert_eq!(tick.journal.automatic, Automatic::Replaced);
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_any_step_recovers_and_rotation_goes_on() {
+        for point in CrashPoint::ALL {
+            let t = tempfile::tempdir().unwrap();
+            let paths = StorePaths::in_dir(t.path());
+            let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+            start(&paths, Rotation::Automatic, t0);
+            // Run until the step reaches the point and stops there, as a kill -9 would.
+            let mut crashed_at = None;
+            'run: for s in 0..120 {
+                let now = t0 + Duration::from_secs(s);
+                loop {
+                    match run_due(&paths, &opts(Some(point)), now) {
+                        Ok(tick) if tick.done.is_some() => {}
+                        Ok(_) => break,
+                        Err(RotationError::Interrupted(p)) => {
+                            assert_eq!(p, point);
+                            crashed_at = Some(now);
+                            break 'run;
+                        }
+                        Err(e) => panic!("{point}: {e}"),
+                    }
+                }
+            }
+            let now = crashed_at.unwrap_or_else(|| panic!("{point} never reached"));
+            // The next start recovers under the lock, and the set it loads is whole.
+            assert_eq!(
+                start(&paths, Rotation::Automatic, now),
+                Origin::Loaded,
+                "{point}"
+            );
+            consistent(&paths, now);
+            assert_eq!(read(&paths).unwrap().automatic, Automatic::Yes, "{point}");
+            // And the rotation goes on from there.
+            let steps = run(&paths, now, 100);
+            assert!(
+                steps.iter().filter(|s| **s == Step::Activate).count() >= 2,
+                "{point}: {steps:?}"
+            );
+        }
+    }
+}
