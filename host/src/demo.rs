@@ -1,15 +1,19 @@
 //! `sigil demo`: Sentry, two sidecars and two small apps on loopback, in one process, with
 //! real listeners, real TLS and real certificates. The `checkout` app calls the `cart` app
 //! through both sidecars over mutual TLS several times a second; certificates live 10 s, so
-//! they rotate underneath the calls; after 20 s the root is replaced (new root added, Sentry
-//! switched to it, sidecars renewed, old root removed). The screen shows each identity as it is
-//! issued, every rotation, the root replacement's steps and a running count of calls.
+//! they rotate underneath the calls. Sentry's root and issuer live 40 s, and Sentry rotates
+//! them by itself ([`crate::sentry::rotate`]): at 20 s it publishes a new root beside the old
+//! one, at about 33 s the new issuer signs, at about 43 s the old root leaves the bundle. The
+//! sidecars were given the first root only; they learn each new one from Sentry's answers.
+//! The screen shows each identity as it is issued, every rotation, Sentry's rotation steps and
+//! a running count of calls.
 //!
 //! `--once` runs the script for about 45 s and exits 0 only if every step held: identities
-//! issued, at least three rotations per sidecar, the root replaced, and no call failed.
+//! issued, at least three rotations per sidecar, the root rotated by Sentry (prepared,
+//! activated, retired) with both sidecars under the new root, and no call failed.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +23,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpListener;
 
-use crate::ca::replace::RootReplacement;
+use crate::ca::rotation;
 use crate::ca::store::StorePaths;
 use crate::sentry::app::{start, SentryOptions};
 use crate::sidecar::identity::{AnchorSource, IdentityConfig, IdentityState};
@@ -27,7 +31,8 @@ use crate::sidecar::invoke::InvokeConfig;
 use crate::sidecar::{self, Listeners};
 
 const TTL: &str = "10s";
-const ROOT_REPLACEMENT_AT: Duration = Duration::from_secs(20);
+/// The root's and the issuer's lifetime: Sentry rotates them at 20 s, 33 s and 43 s.
+const CA_TTL: Duration = Duration::from_secs(40);
 const ONCE_FOR: Duration = Duration::from_secs(45);
 
 fn say(line: impl AsRef<str>) {
@@ -211,13 +216,20 @@ pub async fn run(
         port: 0,
         healthz: None,
         metrics: None,
+        generation: crate::ca::Generation {
+            root: CA_TTL,
+            issuer: CA_TTL,
+            ..crate::ca::Generation::default()
+        },
         ..SentryOptions::default()
     })
     .await?;
     let sentry_addr = sentry.listeners.grpc.local_addr()?.to_string();
     say(format!(
-        "Sentry on {sentry_addr}: a new root and issuer in {}; certificates live {TTL}",
-        dir.join("creds").display()
+        "Sentry on {sentry_addr}: a new root and issuer in {}, living {}s, rotated by Sentry \
+         itself; certificates live {TTL}",
+        dir.join("creds").display(),
+        CA_TTL.as_secs()
     ));
     let paths = sentry
         .store
@@ -318,7 +330,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_report = Instant::now();
-    let mut replacement = Replacement::NotYet;
+    let mut journal = Journal::new(&paths)?;
     let mut ok_so_far = true;
     loop {
         tokio::select! {
@@ -339,7 +351,7 @@ pub async fn run(
                 }
             }
         }
-        replacement = replacement.advance(&paths, &anchors, &nodes)?;
+        journal.advance(&paths, &nodes)?;
         if last_report.elapsed() >= Duration::from_secs(3) {
             last_report = Instant::now();
             let (ok, failed) = (
@@ -348,11 +360,11 @@ pub async fn run(
             );
             say(format!("calls: {ok} succeeded, {failed} failed"));
         }
-        if once && started().elapsed() >= ONCE_FOR && matches!(replacement, Replacement::Done) {
+        if once && started().elapsed() >= ONCE_FOR && journal.done() {
             break;
         }
         if once && started().elapsed() >= ONCE_FOR + Duration::from_secs(30) {
-            say("the root replacement did not finish in time");
+            say("the root rotation did not finish in time");
             ok_so_far = false;
             break;
         }
@@ -388,8 +400,8 @@ pub async fn run(
         ),
         ("at least three rotations per sidecar", rotations_ok),
         (
-            "root replaced while calls went on",
-            matches!(replacement, Replacement::Done),
+            "root rotated by Sentry (prepared, activated, retired) while calls went on",
+            journal.done(),
         ),
         ("calls succeeded", ok > 100),
         ("no call failed", failed == 0),
@@ -400,41 +412,66 @@ pub async fn run(
     Ok(held && ok_so_far)
 }
 
-/// The demo's progress through the root replacement ([`RootReplacement`]'s three steps).
-enum Replacement {
-    NotYet,
-    /// Step 1 taken: the new root is in the anchors; Sentry switches next.
-    Published(Box<RootReplacement>, Instant),
-    /// Step 2 taken: Sentry issues from the new root; waiting for both sidecars to hold it.
-    Activated(Box<RootReplacement>),
-    Done,
+/// What the demo has seen of Sentry's rotation journal, to say each step once.
+struct Journal {
+    issuer: Vec<u8>,
+    prepared: bool,
+    old: bool,
+    activated: u32,
+    retired: u32,
+    /// Whether both sidecars hold an identity under the root the active issuer chains to.
+    renewed: bool,
 }
 
-impl Replacement {
-    fn advance(self, paths: &StorePaths, anchors: &Path, nodes: &[Node]) -> anyhow::Result<Self> {
-        Ok(match self {
-            Self::NotYet if started().elapsed() >= ROOT_REPLACEMENT_AT => {
-                let r = RootReplacement::prepare(
-                    "localhost",
-                    &crate::dapr::sentry_id("localhost", "default"),
-                    SystemTime::now(),
-                )?;
-                r.publish(anchors)?;
-                say("root replacement 1/3: a new root added to the trust anchors (both roots trusted)");
-                Self::Published(Box::new(r), Instant::now())
-            }
-            Self::Published(r, at) if at.elapsed() >= Duration::from_secs(1) => {
-                r.activate(paths)?;
-                say("root replacement 2/3: Sentry's credentials replaced; it reloads them without a restart");
-                Self::Activated(r)
-            }
-            Self::Activated(r) if nodes.iter().all(|n| chains_to(n, r.new_root())) => {
-                r.retire(paths, anchors)?;
-                say("root replacement 3/3: both sidecars renewed under the new root; the old root removed");
-                Self::Done
-            }
-            other => other,
+impl Journal {
+    fn new(paths: &StorePaths) -> anyhow::Result<Self> {
+        let j = rotation::read(paths)?;
+        Ok(Self {
+            issuer: j.active.issuer,
+            prepared: j.prepared.is_some(),
+            old: j.old.is_some(),
+            activated: 0,
+            retired: 0,
+            renewed: true,
         })
+    }
+
+    fn advance(&mut self, paths: &StorePaths, nodes: &[Node]) -> anyhow::Result<()> {
+        // Read without the lock: a step half way is seen whole at the next tick.
+        let Ok(j) = rotation::read(paths) else {
+            return Ok(());
+        };
+        if j.prepared.is_some() && !self.prepared {
+            say("CA rotation 1/3: Sentry made a new root and issuer and published the root beside the old one; the old issuer still signs; the sidecars learn the new root from their next renewal");
+        }
+        if j.active.issuer != self.issuer {
+            self.activated += 1;
+            self.renewed = false;
+            say("CA rotation 2/3: every sidecar has renewed since the new root was published, so Sentry's new issuer signs from now on");
+        }
+        if !self.renewed {
+            let bundle = std::fs::read(&paths.ca)
+                .ok()
+                .and_then(|pem| crate::pki::pem_certificates(&pem).ok())
+                .unwrap_or_default();
+            let new_root = rotation::roots_of(&j.active.issuer, &bundle, &[]);
+            if !new_root.is_empty() && nodes.iter().all(|n| chains_to(n, &new_root)) {
+                self.renewed = true;
+                say("             both sidecars renewed under the new root (a root they were never given)");
+            }
+        }
+        if self.old && j.old.is_none() {
+            self.retired += 1;
+            say("CA rotation 3/3: no certificate from the old issuer is left, so Sentry retired the old root");
+        }
+        self.issuer = j.active.issuer;
+        self.prepared = j.prepared.is_some();
+        self.old = j.old.is_some();
+        Ok(())
+    }
+
+    const fn done(&self) -> bool {
+        self.activated >= 1 && self.retired >= 1 && self.renewed
     }
 }
 

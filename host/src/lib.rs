@@ -1,7 +1,8 @@
 //! Sigil on a std host: the library behind the `sigil` binary (which only parses arguments).
 //!
 //! - [`sentry`] and [`ca`]: Sentry, the certificate authority (Dapr's gRPC API, validators,
-//!   credentials, issuance, hot reload; [`ca::replace`] the manual root replacement).
+//!   credentials, issuance, hot reload; the CA's rotation: [`ca::schedule`] when,
+//!   [`ca::rotation`] the journal and its steps, [`sentry::rotate`] Sentry taking them).
 //! - [`dapr`]: Dapr's conventions (Sentry's ID, workload IDs, name rules, the Configuration).
 //! - [`trust`]: the one owner of trust anchors and the entry point of every certificate check.
 //! - [`client`]: the Sentry client (transport; [`client::check_issued`] for tools).

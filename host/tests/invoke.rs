@@ -130,6 +130,18 @@ impl Mesh {
     fn in_dir(dir: tempfile::TempDir, app_port: u16, ttl: &str, b_extra: &[&str]) -> Self {
         let sentry_port = free_port();
         let sentry = short_ttl_sentry(dir.path(), sentry_port, ttl);
+        Self::around(dir, sentry, sentry_port, app_port, b_extra)
+    }
+
+    /// Sidecars `a` and `b` (in front of `app_port`) around a running Sentry, given its first
+    /// `ca.crt` as their anchors file.
+    fn around(
+        dir: tempfile::TempDir,
+        sentry: Sentry,
+        sentry_port: u16,
+        app_port: u16,
+        b_extra: &[&str],
+    ) -> Self {
         std::fs::copy(
             dir.path().join("creds/ca.crt"),
             dir.path().join("anchors.pem"),
@@ -701,4 +713,142 @@ async fn plain_tcp_when_mtls_is_off_on_both_sides_and_cors_as_configured() {
         .unwrap();
     let resp = c.request(b).await.unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
+
+/// Sentry with root and issuer TTLs of 60 s (generated, so rotated automatically), workload
+/// certificates of 5 s and no skew, on `port`, its credentials in `dir`/creds; `crash_at`
+/// makes it abort (as kill -9) at that point of a rotation step.
+fn rotating_sentry_command(dir: &Path, port: u16, crash_at: Option<&str>) -> Command {
+    let mut cmd = common::short_ttl_sentry_command(
+        dir,
+        port,
+        "5s",
+        &["--root-ttl", "60s", "--issuer-ttl", "60s"],
+    );
+    if let Some(p) = crash_at {
+        cmd.env("SIGIL_CRASH_AT", p);
+    }
+    cmd
+}
+
+fn sentry_metric(s: &Sentry, name: &str) -> u64 {
+    common::metric(&s.metrics, name)
+}
+
+fn activations(s: &Sentry) -> u64 {
+    sentry_metric(s, "sigil_sentry_ca_rotation_steps_total{step=\"activate\"}")
+}
+
+/// Issue 14, the Done-means: `sigil sentry --root-ttl 60s --issuer-ttl 60s` with workload
+/// certificates of 5 s; two sidecars given only the first root call each other for 200 s
+/// while Sentry rotates its root and issuer by itself, again and again; no call fails, nobody
+/// restarts, and every sidecar ends up trusting roots it was never given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_seconds_of_calls_across_automatic_root_rotations_never_fail() {
+    let app = echo_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sentry = common::start(rotating_sentry_command(dir.path(), port, None)).unwrap();
+    let first_root = common::read_certs(&dir.path().join("creds/ca.crt"));
+    let mesh = Mesh::around(dir, sentry, port, app, &[]);
+    let calls = Calls::start(mesh.a.field("http="));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let ok = calls.stop_without_failures().await;
+    let sentry = mesh._sentry.as_ref().unwrap();
+    let done = activations(sentry);
+    assert!(done >= 2, "only {done} automatic activations in 200 s");
+    assert!(
+        sentry_metric(
+            sentry,
+            "sigil_sentry_ca_rotation_steps_total{step=\"retire\"}"
+        ) >= 2,
+        "old roots not retired"
+    );
+    assert_eq!(
+        sentry_metric(sentry, "sigil_sentry_ca_rotation_failures_total"),
+        0
+    );
+    let roots = common::read_certs(&mesh.dir.path().join("creds/ca.crt"));
+    assert!(
+        roots.iter().all(|r| !first_root.contains(r)),
+        "the first root is still published"
+    );
+    for p in [&mesh.a, &mesh.b] {
+        let text = common::http_get(&p.field("metrics="), "/metrics");
+        assert!(!text.contains("fail_total{"), "a renewal failed: {text}");
+    }
+    println!("automatic rotation: {ok} calls, {done} activations, 0 failed");
+    assert!(ok > 1000, "only {ok} calls");
+}
+
+/// Issue 14: Sentry killed (abort, as kill -9) at each point of each rotation step in turn,
+/// restarted at once on the same directory: each start finishes or undoes the step, the
+/// rotation goes on, and the sidecars' calls never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentry_killed_at_every_rotation_step_recovers_and_calls_never_fail() {
+    let app = echo_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let points = [
+        "prepare:staged",
+        "prepare:committed",
+        "activate:committed",
+        "activate:key",
+        "activate:certificate",
+        "retire:published",
+    ];
+    let sentry = common::start(rotating_sentry_command(dir.path(), port, Some(points[0]))).unwrap();
+    let mut mesh = Mesh::around(dir, sentry, port, app, &[]);
+    let calls = Calls::start(mesh.a.field("http="));
+    for (i, point) in points.iter().enumerate() {
+        let sentry = mesh._sentry.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = sentry.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "Sentry never reached {point}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!status.success(), "{point}: {status}");
+        wait_until("the abort line", Duration::from_secs(5), || {
+            sentry
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(&format!("SIGIL_CRASH_AT={point}")))
+        });
+        // Restarted at once: the next point, or none after the last.
+        let next = points.get(i + 1).copied();
+        mesh._sentry = None;
+        mesh._sentry = Some(
+            common::start(rotating_sentry_command(mesh.dir.path(), port, next))
+                .unwrap_or_else(|e| panic!("restart after {point}: {e}")),
+        );
+        println!("killed at {point}, restarted");
+    }
+    // After the last crash, the rotation goes on by itself.
+    let sentry = mesh._sentry.as_ref().unwrap();
+    wait_until(
+        "an activation after the crashes",
+        Duration::from_secs(60),
+        || activations(sentry) >= 1,
+    );
+    let creds = mesh.dir.path().join("creds");
+    for leftover in [".sigil-activating", ".sigil-new"] {
+        assert!(!creds.join(leftover).exists(), "{leftover} left behind");
+    }
+    let ok = calls.stop_without_failures().await;
+    assert!(ok > 100, "only {ok} calls");
+    let inspect = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["ca", "inspect", "--workload-ttl", "5s", "--skew", "0s"])
+        .arg("--issuer-credentials")
+        .arg(&creds)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("state: valid"), "{text}");
+    assert!(text.contains("rotation: automatic"), "{text}");
+    assert!(text.contains("next: "), "{text}");
 }

@@ -34,7 +34,7 @@ enum Command {
     /// domain `localhost`, the insecure validator; it prints where everything is.
     Sentry(SentryCli),
     /// The demo: Sentry, two sidecars and two apps on loopback; identities, rotations, calls
-    /// over mutual TLS and a root replacement, live. Ctrl-C stops it.
+    /// over mutual TLS and Sentry rotating its own root, live. Ctrl-C stops it.
     Demo {
         /// Run the script once (about 45 s) and exit 0 only if every step held.
         #[arg(long)]

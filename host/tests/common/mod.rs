@@ -100,6 +100,11 @@ pub fn read_output(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, mpsc::Receive
 /// credentials in `dir`/creds and a Configuration, `dir`/config.yaml, giving workload
 /// certificates a lifetime of `ttl` and no clock skew.
 pub fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
+    start(short_ttl_sentry_command(dir, port, ttl, &[])).unwrap()
+}
+
+/// The command [`short_ttl_sentry`] runs, with `extra` arguments.
+pub fn short_ttl_sentry_command(dir: &Path, port: u16, ttl: &str, extra: &[&str]) -> Command {
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
@@ -118,10 +123,12 @@ pub fn short_ttl_sentry(dir: &Path, port: u16, ttl: &str) -> Sentry {
     }
     cmd.arg("--config")
         .arg(&config)
+        .args(extra)
         .env_remove("NAMESPACE")
+        .env_remove("SIGIL_CRASH_AT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    start(cmd).unwrap()
+    cmd
 }
 
 /// Starts Sentry and waits for its ready line; `Err` holds its output if it exited instead.
