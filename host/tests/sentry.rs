@@ -710,8 +710,13 @@ fn generated_root_and_issuer_live_as_long_as_the_flags_say() {
         ("1h", "3h", 3600, 3600), // the issuer is clamped to the root
     ] {
         let dir = tempfile::tempdir().unwrap();
+        // Certificates of 5 min: short enough for an issuer of an hour to be rotated.
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, "spec:\n  mtls:\n    workloadCertTTL: 5m\n").unwrap();
         let mut cmd = sentry_command(dir.path());
-        cmd.args(["--root-ttl", root, "--issuer-ttl", issuer]);
+        cmd.args(["--root-ttl", root, "--issuer-ttl", issuer])
+            .arg("--config")
+            .arg(&config);
         let sentry = start(cmd).unwrap();
         // Both are back-dated by the 15 min clock skew.
         let skew = 15 * 60;
@@ -736,6 +741,20 @@ fn generated_root_and_issuer_live_as_long_as_the_flags_say() {
         assert!(issuer_end <= root_end);
         drop(sentry);
     }
+    // An issuer too short for the workload TTL (24 h by default) to be rotated safely is
+    // refused before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let out = sentry_command(&dir.path().join("creds"))
+        .args(["--issuer-ttl", "1h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be rotated without breaking holders"),
+        "{err}"
+    );
+    assert!(!dir.path().join("creds/ca.crt").exists(), "written anyway");
     for bad in ["10s", "a year", "-1h"] {
         let dir = tempfile::tempdir().unwrap();
         let out = sentry_command(dir.path())

@@ -18,8 +18,11 @@
 //!
 //! [`next`] returns the earliest due step; a step run late (Sentry down, a crash) only moves
 //! the later ones. The property test drives a CA, holders renewing at random phases and
-//! fractions of the TTL, random lifetimes, skews and delays, and checks the invariant: every
-//! unexpired certificate the CA issued chains to a root every holder has in its bundle.
+//! fractions of the TTL, random lifetimes, skews, delays and CA clock jumps (back by up to
+//! two lifetimes, any number of times; forward once by up to the skew), and checks the
+//! invariant: every unexpired certificate the CA issued chains to a root every holder has in
+//! its bundle. A forward jump beyond the skew breaks it (shown by a second test): the skew is
+//! the planner's allowance for a CA clock running ahead, as it is the holders'.
 
 use std::time::{Duration, SystemTime};
 
@@ -208,14 +211,24 @@ mod tests {
         assert_eq!(activate_at(&active, published, &policy), t0 + secs(61));
     }
 
-    /// A simulated CA, run by the planner with steps delayed at random, and holders renewing
-    /// at random fractions of the TTL. Returns the first violation of the invariant.
+    /// A CA clock jump: at real second `at`, the CA's clock moves by `by` seconds.
+    #[derive(Clone, Copy, Debug)]
+    struct Jump {
+        at: u64,
+        by: i64,
+    }
+
+    /// A simulated CA, run by the planner with steps delayed at random (a crash, Sentry down)
+    /// and its clock jumping at the given moments, and holders renewing at random fractions
+    /// of the TTL on the real clock. Certificates carry the CA's times; holders judge expiry on
+    /// the real clock. Returns the first violation of the invariant.
     fn simulate(
         life: u64,
         ttl: u64,
         skew: u64,
         holders: &[(u64, u64)],
         delays: &[u64],
+        jumps: &[Jump],
         horizon: u64,
     ) -> Result<(), String> {
         #[derive(Clone, Copy)]
@@ -227,15 +240,17 @@ mod tests {
             workload_ttl: secs(ttl),
             skew: secs(skew),
         };
+        // Far enough from the epoch that a backward jump never goes below it.
+        let base = 100 * life;
         let at = |t: u64| UNIX_EPOCH + secs(t);
         let of = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
-        // Roots are numbered; pair n's issuer is valid [start_n, start_n + life].
+        // Roots are numbered; pair n's issuer is valid [start_n, start_n + life] (CA time).
         let mut next_root = 1u32;
         let mut active = (
             0u32,
             Pair {
-                not_before: at(0),
-                not_after: at(life),
+                not_before: at(base),
+                not_after: at(base + life),
             },
         );
         let mut prepared: Option<(u32, Pair, SystemTime)> = None;
@@ -247,13 +262,18 @@ mod tests {
             .iter()
             .map(|_| Cert {
                 root: 0,
-                not_after: ttl,
+                not_after: base + ttl,
             })
             .collect();
         let mut step = 0usize;
-        let mut t = 0u64;
-        while t < horizon {
-            // The CA's steps due by now (each run after its random delay).
+        let mut offset = 0i64;
+        let mut t = base;
+        while t < base + horizon {
+            for j in jumps.iter().filter(|j| j.at + base == t) {
+                offset += j.by;
+            }
+            let ca = t.saturating_add_signed(offset);
+            // The CA's steps due by its clock (each run after its random delay).
             loop {
                 let j = Journal {
                     active: active.1,
@@ -264,23 +284,23 @@ mod tests {
                     break;
                 };
                 let delay = delays.get(step % delays.len().max(1)).copied().unwrap_or(0);
-                if of(when) + delay > t {
+                if of(when) + delay > ca {
                     break;
                 }
                 step += 1;
                 match what {
                     Step::Prepare => {
                         let p = Pair {
-                            not_before: at(t),
-                            not_after: at(t + life),
+                            not_before: at(ca),
+                            not_after: at(ca + life),
                         };
-                        prepared = Some((next_root, p, at(t)));
+                        prepared = Some((next_root, p, at(ca)));
                         published.push(next_root);
                         next_root += 1;
                     }
                     Step::Activate => {
                         let (n, p, _) = prepared.take().unwrap();
-                        old = Some((active.0, active.1, at(t)));
+                        old = Some((active.0, active.1, at(ca)));
                         active = (n, p);
                     }
                     Step::Retire => {
@@ -289,14 +309,18 @@ mod tests {
                     }
                 }
             }
-            // Holders renew on their schedule: a new certificate from the active issuer
-            // (clamped to it) and the bundle as published now.
+            // Holders renew on their schedule (real time): a new certificate from the active
+            // issuer (clamped to it, CA times) and the bundle as published now.
             for (h, &(fraction, phase)) in holders.iter().enumerate() {
                 let period = (ttl * fraction / 100).max(1);
-                if t >= phase && (t - phase).is_multiple_of(period) && of(active.1.not_after) > t {
+                let since = t - base;
+                if since >= phase
+                    && (since - phase).is_multiple_of(period)
+                    && of(active.1.not_after) > ca
+                {
                     certs[h] = Cert {
                         root: active.0,
-                        not_after: (t + ttl).min(of(active.1.not_after)),
+                        not_after: (ca + ttl).min(of(active.1.not_after)),
                     };
                     bundles[h] = published.clone();
                 }
@@ -306,9 +330,11 @@ mod tests {
                 for (h, b) in bundles.iter().enumerate() {
                     if !b.contains(&c.root) {
                         return Err(format!(
-                            "t={t}: a certificate under root {} (valid to {}) is not trusted by \
+                            "t={}: a certificate under root {} (valid to {}) is not trusted by \
                              holder {h} (bundle {b:?})",
-                            c.root, c.not_after
+                            t - base,
+                            c.root,
+                            c.not_after - base
                         ));
                     }
                 }
@@ -329,13 +355,43 @@ mod tests {
             // Holders renew every 20–100 % of the TTL, from a random phase within the first TTL.
             holders in proptest::collection::vec((20u64..=100, 0u64..40), 1..5),
             delays in proptest::collection::vec(0u64..4, 1..6),
+            // The CA's clock jumps back by up to two lifetimes, any number of times, and
+            // forward once by up to the skew (more than the skew forward makes the CA's
+            // certificates not yet valid for holders: no schedule can help then).
+            back in proptest::collection::vec((0u64..1000, 0u64..1000), 0..4),
+            forward in (0u64..1000, 0u64..=100),
         ) {
             let life = ttl * life_in_ttls;
             let holders: Vec<(u64, u64)> =
                 holders.into_iter().map(|(f, p)| (f, p % ttl)).collect();
-            // Three lifetimes: at least two rotations.
-            simulate(life, ttl, skew, &holders, &delays, 3 * life)
+            let horizon = 3 * life;
+            let mut jumps: Vec<Jump> = back
+                .into_iter()
+                .map(|(at, by)| Jump {
+                    at: at * horizon / 1000,
+                    by: -i64::try_from(by * 2 * life / 1000).unwrap(),
+                })
+                .collect();
+            jumps.push(Jump {
+                at: forward.0 * horizon / 1000,
+                by: i64::try_from(forward.1 * skew / 100).unwrap(),
+            });
+            // Three lifetimes: at least two rotations without jumps.
+            simulate(life, ttl, skew, &holders, &delays, &jumps, horizon)
                 .map_err(TestCaseError::fail)?;
+        }
+
+        /// The simulation can fail: a forward jump of more than the skew right after a root
+        /// is published breaks the invariant, as it would break holders.
+        #[test]
+        fn a_forward_jump_beyond_the_skew_is_caught(ttl in 4u64..20) {
+            let life = ttl * 10;
+            // One holder renews a second after the jump, the other a second later.
+            let holders = [(100, 2), (100, 3)];
+            // Prepare is at life/2, activation planned at 5/6 of the life: a jump of four TTLs
+            // right after the prepare makes the activation come at once.
+            let jumps = [Jump { at: life / 2 + 1, by: i64::try_from(4 * ttl).unwrap() }];
+            prop_assert!(simulate(life, ttl, 0, &holders, &[0], &jumps, 3 * life).is_err());
         }
     }
 }

@@ -242,6 +242,23 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 &opts.cert_filename,
                 &opts.key_filename,
             );
+            let policy = crate::ca::schedule::Policy {
+                workload_ttl: settings.ttl,
+                skew: settings.skew,
+            };
+            let rotatable = |life: std::time::Duration| {
+                crate::ca::schedule::check(life, &policy)
+                    .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))
+            };
+            // What Sentry would generate (and then rotate) is checked before anything is
+            // written.
+            let generation_life = opts.generation.issuer.min(opts.generation.root);
+            if [&paths.ca, &paths.issuer_cert, &paths.issuer_key]
+                .iter()
+                .all(|p| std::fs::symlink_metadata(p).is_err())
+            {
+                rotatable(generation_life)?;
+            }
             let (creds, origin) = {
                 let generation = opts.generation;
                 let (p, td, id, skew) = (
@@ -265,20 +282,12 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             };
             let journal = crate::ca::rotation::read(&paths)?;
             if journal.automatic == crate::ca::rotation::Automatic::Yes {
-                let policy = crate::ca::schedule::Policy {
-                    workload_ttl: settings.ttl,
-                    skew: settings.skew,
-                };
                 let pair = journal.active.pair;
                 let life = pair
                     .not_after
                     .duration_since(pair.not_before)
                     .unwrap_or_default();
-                crate::ca::schedule::check(
-                    life.min(opts.generation.issuer.min(opts.generation.root)),
-                    &policy,
-                )
-                .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))?;
+                rotatable(life.min(generation_life))?;
             }
             let where_ = format!(
                 "{}: ca {}, issuer {}, key {}",
