@@ -3,9 +3,13 @@
 # `sigil relay` on the host; the `device` firmware under QEMU (mps2-an386) on the other side
 # of the emulated UART. The device gets an identity (20 s TTL), validates and installs it,
 # calls the app through the sidecar over mutual TLS (embedded-tls, verified by the core),
-# rotates twice calling again each time; then this script swaps the relay for one backed by a
-# foreign Sentry (same trust domain, another root): the device must refuse that chain, keep
-# its identity and call once more with it. Exit 0 only if the firmware exits 0.
+# rotates calling again each time. Sentry's root and issuer live 60 s and Sentry rotates them
+# by itself (a new root every 30 s): the device, the relay and the sidecar were given the first
+# root only, learn each new one from Sentry's answers, and the device calls with an identity
+# under a root it was never provisioned with. Then this script swaps the relay for one backed
+# by a foreign Sentry (same trust domain, another root): the device must refuse that chain
+# (and its roots), keep its identity and call once more with it. Exit 0 only if the firmware
+# exits 0.
 #
 #   bash ci/qemu-e2e.sh            (needs qemu-system-arm, python3; ci/setup.sh installs them)
 set -euo pipefail
@@ -67,9 +71,10 @@ spec:
     allowedClockSkew: 0s
 EOF
 
-start_sentry() { # name
+start_sentry() { # name [more flags]
   local name=$1
-  "$sigil" sentry --issuer-credentials "$work/$name" --config "$work/sentry.yaml" \
+  shift
+  "$sigil" sentry "$@" --issuer-credentials "$work/$name" --config "$work/sentry.yaml" \
     --trust-domain localhost --port 0 --listen-address 127.0.0.1 \
     --healthz-port 0 --healthz-listen-address 127.0.0.1 \
     --metrics-port 0 --metrics-listen-address 127.0.0.1 --log-level warn \
@@ -79,8 +84,12 @@ start_sentry() { # name
 }
 sentry_address() { sed -n 's/^sentry: listening grpc=\([^ ]*\).*/\1/p' "$work/$1.log" | head -n1; }
 step "starting Sentry and a foreign Sentry (same trust domain, another root)"
-start_sentry sentry
+# Roots and issuers of 60 s, rotated automatically: prepare at 30 s, activate at 50 s, retire
+# at 70 s, and again every 30 s (certificates of 20 s: every holder renews within one).
+start_sentry sentry --root-ttl 60s --issuer-ttl 60s
 start_sentry foreign
+# What the sidecar and the relay are given: the first root only, not the live file.
+cp "$work/sentry/ca.crt" "$work/first-root.pem"
 sentry=$(sentry_address sentry)
 foreign=$(sentry_address foreign)
 [ -n "$sentry" ] && [ -n "$foreign" ] || fail "no Sentry address"
@@ -92,7 +101,7 @@ pids+=($!)
 app_port=$(wait_line "$work/app.log" '^app: listening port=' 15 | sed -n 's/.*port=//p') \
   || fail "the app did not start"
 "$sigil" sidecar --app-id echo --app-port "$app_port" --sentry-address "$sentry" \
-  --trust-anchors-file "$work/sentry/ca.crt" --identity-dir "$work/echo-identity" \
+  --trust-anchors-file "$work/first-root.pem" --identity-dir "$work/echo-identity" \
   --dapr-http-port 0 --dapr-internal-port 0 --dapr-internal-address 127.0.0.1 \
   --metrics-port 0 --log-level warn > "$work/sidecar.log" 2>&1 &
 pids+=($!)
@@ -105,7 +114,7 @@ elf=boards/qemu-mps2-an386/target/thumbv7em-none-eabihf/release-z/device
 rm -f "$elf"
 if ! (
   cd boards/qemu-mps2-an386
-  SIGIL_ANCHORS="$work/sentry/ca.crt" SIGIL_ISSUER_SKEW_SECS=0 SIGIL_APP_ID=device \
+  SIGIL_ANCHORS="$work/first-root.pem" SIGIL_ISSUER_SKEW_SECS=0 SIGIL_APP_ID=device \
     SIGIL_PEER_APP=echo SIGIL_METHOD=hello \
     cargo build --profile release-z --locked -q --bin device
 ) > "$work/firmware-build.log" 2>&1; then
@@ -129,7 +138,7 @@ start_relay() { # name sentry-address anchors
   pids+=($relay)
   wait_line "$work/$1.log" '^relay: connected' 30 > /dev/null || fail "$1 did not connect"
 }
-start_relay relay "$sentry" "$work/sentry/ca.crt"
+start_relay relay "$sentry" "$work/first-root.pem"
 step "relay connected; waiting for the device's positive phase"
 
 # The device announces its negative phase; then the foreign relay takes the UART.
@@ -155,6 +164,14 @@ echo "qemu-e2e: QEMU exit $status after $elapsed ms"
 [ "$status" = 0 ] || fail "device scenario failed (QEMU exit $status)"
 grep -q '^ALL OK' "$work/device.log" || fail "device did not report ALL OK"
 grep -q 'foreign_refused=[1-9]' "$work/device.log" || fail "no foreign chain refused"
+grep -q 'anchors_adopted=[1-9]' "$work/device.log" || fail "Sentry's trust bundle never adopted"
+grep -q 'new_root_calls=[1-9]' "$work/device.log" || fail "no call under a root the device was not given"
+# Sentry's own count of its rotation steps during the run.
+metrics=$(sed -n 's/^sentry: listening .*metrics=\([^ ]*\).*/\1/p' "$work/sentry.log" | head -n1)
+steps=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$metrics" \
+  | grep '^sigil_sentry_ca_rotation_steps_total' || true)
+echo "$steps" | sed 's/^/qemu-e2e: sentry /'
+echo "$steps" | grep -q 'step="activate"} [1-9]' || fail "Sentry did not rotate its root during the run"
 # The run's log, for ci/size-report.sh (the device image's stack peak) and the README's timing.
 mkdir -p boards/qemu-mps2-an386/target/e2e
 cp "$work/device.log" boards/qemu-mps2-an386/target/e2e/device.log

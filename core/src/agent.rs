@@ -10,6 +10,13 @@
 //!   code read through [`status::failure`] (the table the relay writes with);
 //! - **publishing**: a newly installed identity goes to the [`IdentitySlot`], if one is given,
 //!   and is withdrawn from it when it expires;
+//! - **Sentry's trust bundle**: the roots an answer carries ([`Answer::anchors`]) are adopted
+//!   once that answer's chain has validated against the anchors already held and been
+//!   installed: the bundle becomes the provisioned anchors
+//!   ([`DeviceAgent::with_provisioned`]) plus Sentry's roots, replacing the roots an earlier
+//!   answer brought; the TLS verifier and the next renewal use it. The new roots are saved
+//!   to an [`AnchorStore`], if one is given, when they change. An answer whose chain is
+//!   refused changes nothing, so a relay backed by another CA cannot bring its roots in.
 //! - **events** for the driver to log or assert on ([`Event`]).
 //!
 //! It never reads a clock, the link or an entropy source, and allocates nothing: the driver
@@ -35,6 +42,7 @@
 
 use rand_core::CryptoRngCore;
 
+use crate::bundle::{AnchorStore, StoreError};
 use crate::chain;
 use crate::crypto::{SignatureVerifier, Signer};
 use crate::key::SoftwareKey;
@@ -131,6 +139,16 @@ pub enum Event {
     },
     /// The identity expired before a new one was installed (and was withdrawn from the slot).
     Expired,
+    /// Sentry's trust bundle changed and is in force: the provisioned anchors and its roots.
+    AnchorsAdopted {
+        /// Anchors in force now.
+        count: usize,
+        /// What the [`AnchorStore`] said (`None`: no store).
+        saved: Option<Result<(), StoreError>>,
+    },
+    /// Sentry's trust bundle could not be taken (too many roots, none usable); the anchors
+    /// held stay.
+    AnchorsRefused(chain::BundleError),
 }
 
 /// The device agent: the rotation machine, its requests and answers over the link, and the
@@ -154,6 +172,14 @@ pub struct DeviceAgent<
     sent: Option<RequestId>,
     /// An installed identity waits to be published (a reader held the slot's other buffer).
     unpublished: bool,
+    /// The answer being handled installed its chain.
+    installed: bool,
+    /// The anchors the device was provisioned with (kept beside Sentry's roots).
+    provisioned: &'a [&'a [u8]],
+    /// Where adopted roots are saved.
+    store: Option<&'a mut dyn AnchorStore>,
+    /// The CRC-32 of the roots last adopted from Sentry (their DER, in order).
+    adopted: Option<u32>,
     events: heapless::Deque<Event, EVENTS>,
 }
 
@@ -202,8 +228,27 @@ impl<
             wanted: false,
             sent: None,
             unpublished: false,
+            installed: false,
+            provisioned: &[],
+            store: None,
+            adopted: None,
             events: heapless::Deque::new(),
         }
+    }
+
+    /// The anchors the device was provisioned with: they stay in the bundle beside the roots
+    /// adopted from Sentry's answers (without them, Sentry's roots alone form the bundle).
+    #[must_use]
+    pub const fn with_provisioned(mut self, anchors: &'a [&'a [u8]]) -> Self {
+        self.provisioned = anchors;
+        self
+    }
+
+    /// Saves the roots adopted from Sentry to `store` whenever they change.
+    #[must_use]
+    pub fn with_store(mut self, store: &'a mut dyn AnchorStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Publishes every installed identity to `slot` (and withdraws it on expiry). While a
@@ -276,8 +321,13 @@ impl<
                         break;
                     }
                 }
+                self.installed = false;
                 self.rotation
                     .handle_response(now, id, &chain, &self.verifier);
+                self.drain(request);
+                if self.installed {
+                    self.adopt(now, answer);
+                }
             }
             Answer::Refused { code, .. } => {
                 let failure = status::failure(code);
@@ -354,6 +404,7 @@ impl<
                     not_after,
                 } => {
                     self.unpublished = true;
+                    self.installed = true;
                     self.push(Event::Installed {
                         generation,
                         not_after,
@@ -371,6 +422,57 @@ impl<
             }
         }
         self.publish();
+    }
+
+    /// Takes the roots `answer` carries (its chain was just installed): the bundle becomes the
+    /// provisioned anchors and those roots, if that differs from the bundle held.
+    fn adopt(&mut self, now: Instant, answer: Answer<'_>) {
+        let mut roots: heapless::Vec<&[u8], ANCHORS> = heapless::Vec::new();
+        let mut set: heapless::Vec<&[u8], ANCHORS> = heapless::Vec::new();
+        let mut full = false;
+        for a in answer.anchors() {
+            full |= roots.push(a).is_err();
+        }
+        let crc = roots
+            .iter()
+            .fold(0u32, |c, r| link::crc32(r).wrapping_add(c.rotate_left(5)));
+        if roots.is_empty() || self.adopted == Some(crc) {
+            return;
+        }
+        for a in self
+            .provisioned
+            .iter()
+            .copied()
+            .chain(roots.iter().copied())
+        {
+            if !set.contains(&a) {
+                full |= set.push(a).is_err();
+            }
+        }
+        if full {
+            self.push(Event::AnchorsRefused(chain::BundleError::Full {
+                capacity: ANCHORS,
+            }));
+            return;
+        }
+        // The set in force may be the same (a root moved between the provisioned part and
+        // Sentry's): then only the store changes.
+        let applied = if self.rotation.bundle().iter().eq(set.iter().copied()) {
+            Ok(())
+        } else {
+            self.rotation.handle_trust_bundle(now, &set, &self.verifier)
+        };
+        match applied {
+            Ok(()) => {
+                self.adopted = Some(crc);
+                let saved = self.store.as_mut().map(|s| s.save(&roots));
+                self.push(Event::AnchorsAdopted {
+                    count: self.rotation.bundle().len(),
+                    saved,
+                });
+            }
+            Err(e) => self.push(Event::AnchorsRefused(e)),
+        }
     }
 
     /// Publishes the installed identity if it is waiting to be.
@@ -418,6 +520,7 @@ mod tests {
     static ISSUER: &[u8] = include_bytes!("../../tests/fixtures/p256/issuer.der");
     static LEAF: &[u8] = include_bytes!("../../tests/fixtures/p256/leaf.der");
     static LEAF_KEY: &[u8; 32] = include_bytes!("../../tests/fixtures/p256/leaf-key.scalar");
+    static FOREIGN: &[u8] = include_bytes!("../../tests/fixtures/p256/foreign.der");
     const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
     const WORKLOAD: Workload<'static> = Workload {
         app_id: "device",
@@ -756,5 +859,140 @@ mod tests {
         drop(old);
         assert_eq!(a.poll_event(), None);
         assert_eq!(slot.generation(), Some(3));
+    }
+
+    /// Answers `request` with `chain` and, after the empty field, `roots`.
+    fn answer_with_roots(
+        a: &mut Agent<'_>,
+        now: Instant,
+        request: u32,
+        chain: &[&[u8]],
+        roots: &[&[u8]],
+    ) {
+        let mut buf = [0u8; 4096];
+        let empty: [&[u8]; 1] = [&[]];
+        let fields = chain
+            .iter()
+            .chain(empty.iter())
+            .chain(roots.iter())
+            .copied();
+        let payload = link::encode_chain(fields, &mut buf).unwrap();
+        a.handle_frame(
+            now,
+            Frame::SignAnswer {
+                request,
+                answer: Answer::Chain(payload),
+            },
+        );
+    }
+
+    #[test]
+    fn sentrys_roots_are_adopted_with_an_installed_chain_only_and_saved_when_they_change() {
+        let mut store = crate::bundle::RamAnchorStore::<2048>::new();
+        let provisioned = [ROOT];
+        let mut a = agent(None)
+            .with_provisioned(&provisioned)
+            .with_store(&mut store);
+        a.handle_timeout(ms(0));
+        let [(1, _)] = transmit(&mut a).as_slice() else {
+            panic!()
+        };
+        let _ = events(&mut a);
+        // The chain installs, then Sentry's roots (its own and a new one) join the provisioned.
+        answer_with_roots(&mut a, ms(10), 1, &[LEAF, ISSUER], &[ROOT, FOREIGN]);
+        let got = events(&mut a);
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Event::Installed { generation: 1, .. },
+                    Event::AnchorsAdopted {
+                        count: 2,
+                        saved: Some(Ok(()))
+                    }
+                ]
+            ),
+            "{got:?}"
+        );
+        assert!(a.rotation().bundle().iter().any(|r| r == FOREIGN));
+        // The next answer with the same roots changes nothing (no store write).
+        let State::Valid(renew) = a.rotation().state() else {
+            panic!()
+        };
+        a.handle_timeout(renew);
+        let [(2, _)] = transmit(&mut a).as_slice() else {
+            panic!()
+        };
+        let _ = events(&mut a);
+        answer_with_roots(&mut a, renew, 2, &[LEAF, ISSUER], &[ROOT, FOREIGN]);
+        let got = events(&mut a);
+        assert!(
+            matches!(got.as_slice(), [Event::Installed { generation: 2, .. }]),
+            "{got:?}"
+        );
+        // Sentry's roots replace the ones adopted before; the provisioned root stays.
+        let State::Valid(renew) = a.rotation().state() else {
+            panic!()
+        };
+        a.handle_timeout(renew);
+        let [(3, _)] = transmit(&mut a).as_slice() else {
+            panic!()
+        };
+        let _ = events(&mut a);
+        answer_with_roots(&mut a, renew, 3, &[LEAF, ISSUER], &[FOREIGN]);
+        let got = events(&mut a);
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Event::Installed { .. },
+                    Event::AnchorsAdopted { count: 2, .. }
+                ]
+            ),
+            "{got:?}"
+        );
+        drop(a);
+        let saved: std::vec::Vec<&[u8]> =
+            crate::bundle::saved(crate::bundle::AnchorStore::records(&store)).collect();
+        assert_eq!(saved, [FOREIGN]);
+    }
+
+    #[test]
+    fn roots_with_a_refused_chain_or_too_many_are_not_adopted() {
+        let provisioned = [ROOT];
+        let mut a = agent(None).with_provisioned(&provisioned);
+        a.handle_timeout(ms(0));
+        let [(1, _)] = transmit(&mut a).as_slice() else {
+            panic!()
+        };
+        let _ = events(&mut a);
+        // A leaf without its issuer does not chain: refused, and its roots with it.
+        answer_with_roots(&mut a, ms(10), 1, &[LEAF], &[FOREIGN]);
+        let got = events(&mut a);
+        assert!(
+            matches!(got.as_slice(), [Event::Rejected { .. }]),
+            "{got:?}"
+        );
+        assert!(a.rotation().bundle().iter().eq([ROOT]));
+        // More roots than the bundle holds: the chain installs, the bundle stays.
+        let retry = a.poll_timeout().unwrap();
+        a.handle_timeout(retry);
+        let [(2, _)] = transmit(&mut a).as_slice() else {
+            panic!()
+        };
+        let _ = events(&mut a);
+        answer_with_roots(&mut a, retry, 2, &[LEAF, ISSUER], &[FOREIGN, ISSUER, ROOT]);
+        let got = events(&mut a);
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Event::Installed { .. },
+                    Event::AnchorsRefused(chain::BundleError::Full { .. })
+                ]
+            ),
+            "{got:?}"
+        );
+        assert!(a.rotation().bundle().iter().eq([ROOT]));
     }
 }

@@ -13,8 +13,9 @@
 //! - `SignRequest`: request number u32, then four fields, each `u16 length | bytes`: app ID,
 //!   namespace, token, CSR (DER).
 //! - `SignAnswer`: the request number it answers (u32), status u8 (a gRPC code; 0 = OK) then,
-//!   when OK, the chain as `u16 length | DER` per certificate (leaf first), else a UTF-8
-//!   message.
+//!   when OK, the chain as `u16 length | DER` per certificate (leaf first), optionally followed
+//!   by an empty field (`u16 0`) and Sentry's trust bundle, the roots in the same form (see
+//!   [`Answer::anchors`]); else a UTF-8 message.
 //! - `TlsData`: session number u16, then bytes of that TLS session, which the relay forwards
 //!   to a sidecar's mTLS port.
 //! - `TlsClose`: session number u16: that TLS session ended (either side).
@@ -142,7 +143,8 @@ pub enum Frame<'a> {
 /// A sign answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer<'a> {
-    /// The chain, as a sequence of `u16 length | DER` (iterate with [`Answer::certificates`]).
+    /// The chain, as a sequence of `u16 length | DER` (iterate with [`Answer::certificates`]),
+    /// and after an empty field Sentry's roots ([`Answer::anchors`]).
     Chain(&'a [u8]),
     /// Sentry refused (or could not be reached): Dapr's gRPC code and the message.
     Refused {
@@ -154,8 +156,8 @@ pub enum Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    /// The certificates of a [`Answer::Chain`], leaf first (none for a refusal).
-    pub fn certificates(&self) -> impl Iterator<Item = &'a [u8]> {
+    /// The fields of a [`Answer::Chain`] (none for a refusal).
+    fn fields(&self) -> impl Iterator<Item = &'a [u8]> {
         let mut rest = match self {
             Self::Chain(c) => *c,
             Self::Refused { .. } => &[],
@@ -165,6 +167,17 @@ impl<'a> Answer<'a> {
             rest = tail;
             Some(field)
         })
+    }
+
+    /// The certificates of a [`Answer::Chain`], leaf first (none for a refusal).
+    pub fn certificates(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.fields().take_while(|f| !f.is_empty())
+    }
+
+    /// The trust bundle Sentry sent with the chain (its roots, DER), if the relay passed it on:
+    /// the fields after the first empty one.
+    pub fn anchors(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.fields().skip_while(|f| !f.is_empty()).skip(1)
     }
 }
 
@@ -186,7 +199,7 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-fn take_field(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn take_field(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = buf.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
     let field = rest.get(..len)?;
@@ -289,16 +302,16 @@ impl<'a> Frame<'a> {
                 let (request, rest) = take_u32(payload)?;
                 let (&code, rest) = rest.split_first().ok_or(Error::BadPayload)?;
                 if code == 0 {
-                    // Every certificate field must be whole, and there is at least one.
+                    // Every field must be whole, and the first (the leaf) is not empty.
                     let mut r = rest;
-                    let mut count = 0;
-                    while !r.is_empty() {
-                        let (_, tail) = take_field(r).ok_or(Error::BadPayload)?;
+                    let mut first = true;
+                    while !r.is_empty() || first {
+                        let (field, tail) = take_field(r).ok_or(Error::BadPayload)?;
+                        if first && field.is_empty() {
+                            return Err(Error::BadPayload);
+                        }
                         r = tail;
-                        count += 1;
-                    }
-                    if count == 0 {
-                        return Err(Error::BadPayload);
+                        first = false;
                     }
                     Self::SignAnswer {
                         request,

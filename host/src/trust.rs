@@ -112,6 +112,26 @@ pub struct Anchors {
 }
 
 impl Anchors {
+    /// These anchors plus the roots of Sentry's last answer (`from_sentry`, DER) not among
+    /// them: the set a holder that adopts Sentry's bundle uses (a sidecar, the relay). The
+    /// configured ones always stay; Sentry's part is replaced by each answer's.
+    ///
+    /// # Errors
+    ///
+    /// As [`Anchors::from_ders`].
+    pub fn with_sentry_roots(&self, from_sentry: &[Vec<u8>]) -> Result<Self, TrustError> {
+        if from_sentry.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut ders = self.ders.clone();
+        for d in from_sentry {
+            if !ders.contains(d) {
+                ders.push(d.clone());
+            }
+        }
+        Self::from_ders(&format!("{} and Sentry's trust bundle", self.source), ders)
+    }
+
     /// The anchors among `ders` (DER certificates) from `source` (a file name, an environment
     /// variable, "Sentry's answer"), skipping the unusable ones with a warning each.
     ///

@@ -25,8 +25,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// A frame from the relay, owned.
 #[derive(Debug, PartialEq, Eq)]
 enum Got {
-    /// Request number, certificates.
-    Chain(u32, Vec<Vec<u8>>),
+    /// Request number, certificates, and Sentry's roots after them.
+    Chain(u32, Vec<Vec<u8>>, Vec<Vec<u8>>),
     /// Request number, code, message.
     Refused(u32, u8, String),
     /// Session number, bytes.
@@ -67,7 +67,11 @@ impl Device {
                         Frame::SignAnswer {
                             request,
                             answer: a @ Answer::Chain(_),
-                        } => Got::Chain(request, a.certificates().map(<[u8]>::to_vec).collect()),
+                        } => Got::Chain(
+                            request,
+                            a.certificates().map(<[u8]>::to_vec).collect(),
+                            a.anchors().map(<[u8]>::to_vec).collect(),
+                        ),
                         Frame::SignAnswer {
                             request,
                             answer: Answer::Refused { code, message },
@@ -132,8 +136,10 @@ impl Relay {
     /// against `anchors` (see [`assert_workload_chain`]).
     fn expect_chain(&mut self, request: u32, anchors: &[Vec<u8>], key: &SoftwareKey) {
         match self.recv() {
-            Got::Chain(r, chain) if r == request => {
+            Got::Chain(r, chain, roots) if r == request => {
                 assert_workload_chain(&chain, anchors, key, "device");
+                // Sentry's trust bundle travels with the chain, for the device to adopt.
+                assert_eq!(roots, anchors, "Sentry's roots after the chain");
             }
             other => panic!("{other:?}; relay log: {}", self.logs()),
         }

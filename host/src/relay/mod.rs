@@ -196,7 +196,11 @@ pub async fn run(
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
     let mut writer = tokio::spawn(write_frames(write, out_rx));
     let mut relay = Relay {
-        sign: Arc::new(SignContext { opts, anchors }),
+        sign: Arc::new(SignContext {
+            opts,
+            anchors,
+            from_sentry: std::sync::Mutex::default(),
+        }),
         out,
         session: None,
         ended: None,

@@ -1,6 +1,13 @@
 //! The signing channel: a device's `SignRequest` becomes a request to Sentry (a new TLS
 //! connection each time, Sentry's chain and ID checked), and Sentry's answer or refusal becomes
 //! a `SignAnswer`. Transport only: the chain is judged by the device's rotation machine.
+//!
+//! Sentry's trust bundle travels on: the answer carries the chain, an empty field, and the
+//! roots Sentry sent (`trust_chain_certificates`), which the device adopts once the chain
+//! installs. The relay adopts them too, as a sidecar does: it checks Sentry's serving chain
+//! against its anchors file plus the roots of Sentry's last answer (accepted because that
+//! Sentry's serving chain validated against the set held then), so it follows Sentry through
+//! a root rotation with no file change.
 
 use sigil_core::link::{self, Answer, Frame, MAX_PAYLOAD};
 use sigil_core::rotation::Failure;
@@ -41,6 +48,8 @@ pub(super) struct SignContext {
     /// The anchors file, read again when it changes (a rotated root is picked up); the last
     /// good set is used if a replacement is unusable.
     pub(super) anchors: crate::trust::AnchorsFile,
+    /// The roots of Sentry's last answer (DER).
+    pub(super) from_sentry: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl SignContext {
@@ -57,7 +66,19 @@ impl SignContext {
             },
             _ => req.token,
         };
-        let anchors = self.anchors.current();
+        let from_sentry = self
+            .from_sentry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let file = self.anchors.current();
+        let anchors = match file.with_sentry_roots(&from_sentry) {
+            Ok(a) => std::sync::Arc::new(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "Sentry's trust bundle not usable beside the file's; the file's anchors alone");
+                file
+            }
+        };
         let target = SentryTarget {
             address: self.opts.sentry.clone(),
             anchors: anchors.clone(),
@@ -83,16 +104,33 @@ impl SignContext {
             Ok(s) => s,
             Err(e) => return Reply::from(e),
         };
+        if !signed.trust_bundle.is_empty() && signed.trust_bundle != from_sentry {
+            *self
+                .from_sentry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = signed.trust_bundle.clone();
+        }
         // Leaf and intermediates; a root (configured or sent by Sentry) is not sent on.
         let is_root = |c: &Vec<u8>| anchors.ders().contains(c) || signed.trust_bundle.contains(c);
-        let certs = signed
+        let certs: Vec<&[u8]> = signed
             .chain
             .iter()
             .enumerate()
             .filter(|&(i, c)| i == 0 || !is_root(c))
-            .map(|(_, c)| c.as_slice());
-        // The answer's payload: request number (4), status (1), then the chain.
+            .map(|(_, c)| c.as_slice())
+            .collect();
+        // The answer's payload: request number (4), status (1), then the chain, and Sentry's
+        // roots after an empty field if they fit (the chain alone otherwise: the device keeps
+        // the roots it has).
         let mut payload = vec![0u8; MAX_PAYLOAD - 5];
+        let with_roots = certs
+            .iter()
+            .copied()
+            .chain((!signed.trust_bundle.is_empty()).then_some(&[][..]))
+            .chain(signed.trust_bundle.iter().map(Vec::as_slice));
+        if let Ok(answer) = link::encode_chain(with_roots, &mut payload) {
+            return Reply::Chain(answer.to_vec());
+        }
         match link::encode_chain(certs, &mut payload) {
             Ok(chain) => Reply::Chain(chain.to_vec()),
             Err(e) => Reply::failed(

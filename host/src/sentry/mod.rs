@@ -710,6 +710,7 @@ pub async fn run(
         }
         Some(CredentialStore::Secret(secrets)) => {
             tasks.spawn(reload::watch_secret(sentry.clone(), *secrets, stopped()));
+            tasks.spawn(rotate::warn_only(sentry.clone(), stopped()));
         }
         None => {}
     }

@@ -8,6 +8,9 @@
 //!
 //! The task re-reads the journal at least every [`RECHECK`], so a clock jump, a step taken by
 //! another replica or by `sigil ca rotate` is seen within that time.
+//!
+//! In Kubernetes mode (the Secret store) Sentry does not rotate yet: [`warn_only`] gives the
+//! expiry warning there.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -79,7 +82,7 @@ pub async fn rotate(
                                 .min(RECHECK)
                         }
                         _ => {
-                            warn_expiry(&sentry, &paths, j, &mut warned);
+                            warn_expiry(&sentry, &paths.dir.display().to_string(), &mut warned);
                             RECHECK
                         }
                     }
@@ -108,16 +111,25 @@ pub async fn rotate(
     }
 }
 
+/// Kubernetes mode (the Secret store), where Sentry does not rotate yet: only the expiry
+/// warning, until `stopped` resolves.
+pub async fn warn_only(sentry: Arc<Sentry>, stopped: impl Future<Output = ()> + Send + 'static) {
+    tokio::pin!(stopped);
+    let mut warned: Option<Instant> = None;
+    loop {
+        warn_expiry(&sentry, "the credentials Secret", &mut warned);
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}
+
 /// Credentials Sentry does not rotate: the metric, and a log line an hour from 30 days
-/// before the issuer (or the root it chains to) expires.
-fn warn_expiry(
-    sentry: &Sentry,
-    paths: &StorePaths,
-    journal: &rotation::Journal,
-    warned: &mut Option<Instant>,
-) {
+/// before the issuer (or the first root) expires.
+fn warn_expiry(sentry: &Sentry, store: &str, warned: &mut Option<Instant>) {
     let creds = sentry.credentials();
-    let issuer_na = journal.active.pair.not_after;
+    let issuer_na = creds.issuer_not_after();
     let root_na = creds
         .anchors()
         .first()
@@ -134,12 +146,11 @@ fn warn_expiry(
     if expiring && warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
         *warned = Some(Instant::now());
         tracing::warn!(
-            dir = %paths.dir.display(),
+            store,
             expires = %humantime::format_rfc3339_seconds(soonest),
             left = %humantime::format_duration(Duration::from_secs(left.as_secs())),
-            automatic = ?journal.automatic,
-            "the CA's credentials expire soon and Sentry does not rotate them (they are the \
-             user's): rotate with `sigil ca rotate prepare|activate|retire`"
+            "the CA's credentials expire soon and Sentry does not rotate them: rotate with \
+             `sigil ca rotate prepare|activate|retire`"
         );
     }
 }

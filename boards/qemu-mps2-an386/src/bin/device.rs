@@ -19,11 +19,17 @@
 //!      ([`sigil_core::device_tls::Provider`]); it calls `GET /<METHOD>` and checks that the app
 //!      answers 200 and names the device's SPIFFE ID (which the sidecar took from the
 //!      handshake);
-//!   2. after the first identity and [`ROTATIONS`] renewals, each with its call, it prints
+//!   2. Sentry rotates its root while this runs (the test gives it 60 s roots and issuers):
+//!      each answer carries Sentry's trust bundle, which the agent adopts once the answer's
+//!      chain has installed (the provisioned root stays; the adopted roots go to a
+//!      RAM-backed [`RamAnchorStore`], loaded beside the provisioned ones at boot), so the
+//!      device installs identities under a root it was never given and keeps calling;
+//!   3. after the first identity, [`ROTATIONS`] renewals and a call with an identity under a
+//!      root it was not provisioned with, it prints
 //!      [`SWAP_MARKER`]: the test swaps the relay for one backed by a foreign Sentry. The next
 //!      renewal's chain must be refused ([`Event::Rejected`] with a path error), the old
 //!      identity must stay installed and in the slot, and a call with it must still succeed;
-//!   3. it prints a summary with the emulated times from boot to the first identity and to the
+//!   4. it prints a summary with the emulated times from boot to the first identity and to the
 //!      first successful mTLS call, and the stack peak, and exits 0 only if all of this held.
 #![no_std]
 #![no_main]
@@ -39,8 +45,8 @@ use rand_core::RngCore as _;
 use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
 use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
-use sigil_core::bundle::OwnedTrustBundle;
-use sigil_core::chain::{Options, PeerName};
+use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle, RamAnchorStore};
+use sigil_core::chain::{self, Options, PeerName, TrustBundle};
 use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
@@ -60,9 +66,12 @@ const DEVICE_SEED: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/seed.rs"));
 
 /// Bytes for one identity chain (leaf and issuer, about 1 KB from Sentry).
 const CHAIN: usize = 2048;
-/// Trust anchors the device holds, and their bytes.
-const ANCHOR_COUNT: usize = 2;
-const ANCHOR_BYTES: usize = 2048;
+/// Trust anchors the device holds, and their bytes: the provisioned ones and Sentry's (during
+/// a rotation: the old, the active and the prepared root).
+const ANCHOR_COUNT: usize = 6;
+const ANCHOR_BYTES: usize = 3072;
+/// Bytes for the roots adopted from Sentry (the RAM-backed store).
+const STORE_BYTES: usize = 2048;
 /// Renewals (installs after the first) to see, each followed by a call, before the negative
 /// phase.
 const ROTATIONS: u32 = 2;
@@ -127,9 +136,12 @@ fn run() -> Result<(), &'static str> {
     let peer_id = dapr_id(&mut peer, PEER_APP)?;
     hprintln!("device: {} calling {} via the relay", own_id, peer_id);
 
+    // The roots adopted before a restart (none in RAM after a boot; a board with flash
+    // persistence would find them here), beside the provisioned ones.
+    let mut store = RamAnchorStore::<STORE_BYTES>::new();
     // The jitter seed from the DRBG, not the seed itself: renewal timing is visible on the
     // network.
-    let mut agent = agent(own_id, rng.next_u64())?;
+    let mut agent = agent(own_id, rng.next_u64(), &mut store)?;
 
     let uart = Uart::take().ok_or("UART taken twice")?;
     let mut rx = [0u8; MAX_FRAME];
@@ -178,11 +190,27 @@ fn run() -> Result<(), &'static str> {
 /// real-time clock. Out of line, so that the machine is built in place in the caller's frame
 /// and its temporaries are not on the stack later.
 #[inline(never)]
-fn agent(own_id: SpiffeId<'_>, jitter_seed: u64) -> Result<Agent<'_>, &'static str> {
+fn agent<'a>(
+    own_id: SpiffeId<'a>,
+    jitter_seed: u64,
+    store: &'a mut dyn AnchorStore,
+) -> Result<Agent<'a>, &'static str> {
     let mut bundle = OwnedTrustBundle::new();
-    bundle
-        .replace(ANCHORS)
-        .map_err(|_| "provisioned trust anchors do not load")?;
+    {
+        let mut boot: heapless::Vec<&[u8], ANCHOR_COUNT> = heapless::Vec::new();
+        for a in ANCHORS
+            .iter()
+            .copied()
+            .chain(bundle::saved(store.records()))
+        {
+            if !boot.contains(&a) && boot.push(a).is_err() {
+                return Err("too many trust anchors at boot");
+            }
+        }
+        bundle
+            .replace(&boot)
+            .map_err(|_| "provisioned trust anchors do not load")?;
+    }
     let policy = Policy {
         // The link answers in well under a second: a lost request is retried soon.
         request_timeout: Duration::from_secs(5),
@@ -195,7 +223,12 @@ fn agent(own_id: SpiffeId<'_>, jitter_seed: u64) -> Result<Agent<'_>, &'static s
         namespace: NAMESPACE,
         token: "",
     };
-    Ok(DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier).with_slot(&SLOT))
+    Ok(
+        DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier)
+            .with_slot(&SLOT)
+            .with_provisioned(ANCHORS)
+            .with_store(store),
+    )
 }
 
 /// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
@@ -216,6 +249,10 @@ struct Report {
     calls: u32,
     foreign_refused: u32,
     requests: u32,
+    /// Times Sentry's bundle was adopted.
+    anchors_adopted: u32,
+    /// Calls made with an identity under a root the device was not provisioned with.
+    new_root_calls: u32,
 }
 
 /// What the scenario has seen, and what it must see next.
@@ -265,7 +302,14 @@ impl Scenario<'_> {
                     hprintln!("renewed before the relay swap; still waiting");
                 } else {
                     self.calls.call(link, rng, agent, &mut self.report)?;
-                    if self.report.installs <= ROTATIONS {
+                    if !under_provisioned_root(agent) {
+                        self.report.new_root_calls += 1;
+                        hprintln!(
+                            "  (identity {} is under a root the device was not provisioned with)",
+                            generation
+                        );
+                    }
+                    if self.report.installs <= ROTATIONS || self.report.new_root_calls == 0 {
                         return Ok(false);
                     }
                     self.phase = Phase::Negative;
@@ -288,12 +332,14 @@ impl Scenario<'_> {
                 self.calls.call(link, rng, agent, &mut self.report)?;
                 let r = &self.report;
                 hprintln!(
-                    "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} link_rx={} link_tx={} frames_skipped={}",
+                    "e2e: summary installs={} rotations={} calls={} foreign_refused={} requests={} anchors_adopted={} new_root_calls={} link_rx={} link_tx={} frames_skipped={}",
                     r.installs,
                     r.installs.saturating_sub(1),
                     r.calls,
                     r.foreign_refused,
                     r.requests,
+                    r.anchors_adopted,
+                    r.new_root_calls,
                     link.received,
                     link.sent,
                     link.skipped
@@ -319,6 +365,19 @@ impl Scenario<'_> {
                     ms,
                     request
                 );
+            }
+            Event::AnchorsAdopted { count, saved } => {
+                self.report.anchors_adopted += 1;
+                hprintln!(
+                    "[{} ms] Sentry's trust bundle adopted: {} anchors (saved: {})",
+                    ms,
+                    count,
+                    matches!(saved, Some(Ok(())))
+                );
+            }
+            Event::AnchorsRefused(e) => {
+                hprintln!("[{} ms] Sentry's trust bundle refused: {}", ms, e);
+                return Err("Sentry's trust bundle was refused");
             }
             Event::Expired => return Err("the identity expired: rotation failed"),
             _ => return Err("a sign request could not be sent"),
@@ -353,6 +412,38 @@ impl Scenario<'_> {
             Err("the old identity was not kept after a foreign chain")
         }
     }
+}
+
+/// Whether the identity in use chains to an anchor the device was provisioned with.
+fn under_provisioned_root(agent: &Agent<'_>) -> bool {
+    let Some(identity) = agent.rotation().identity() else {
+        return false;
+    };
+    let Some(wall) = agent.rotation().wall_time(clock::now()) else {
+        return false;
+    };
+    let mut provisioned = TrustBundle::<ANCHOR_COUNT>::new();
+    for a in ANCHORS {
+        let _ = provisioned.add(a);
+    }
+    let mut certs = identity.chain();
+    let leaf = certs.next().unwrap_or(&[]);
+    let mut rest: heapless::Vec<&[u8], 4> = heapless::Vec::new();
+    for c in certs {
+        let _ = rest.push(c);
+    }
+    let options = Options {
+        skew: PEER_SKEW,
+        ..Options::new(wall)
+    };
+    chain::verify(
+        leaf,
+        &rest,
+        &provisioned,
+        &RustCryptoSignatureVerifier,
+        &options,
+    )
+    .is_ok()
 }
 
 /// Why a call failed.
@@ -393,7 +484,9 @@ impl Calls<'_> {
                     clock::now().as_millis(),
                     generation,
                     status,
-                    clock::now().saturating_duration_since(started).as_millis()
+                    // Whole milliseconds as u64: u128 formatting alone is 1.4 KB of flash.
+                    u64::try_from(clock::now().saturating_duration_since(started).as_millis())
+                        .unwrap_or(u64::MAX)
                 );
                 Ok(())
             }

@@ -316,18 +316,9 @@ pub async fn drive_with(
 
 /// The configured anchors plus Sentry's bundle, each certificate once.
 fn combined(configured: &Anchors, from_sentry: &[Vec<u8>]) -> Result<Anchors, IdentityError> {
-    let mut ders = configured.ders().to_vec();
-    for d in from_sentry {
-        if !ders.contains(d) {
-            ders.push(d.clone());
-        }
-    }
-    let source = if from_sentry.is_empty() {
-        configured.source().to_owned()
-    } else {
-        format!("{} and Sentry's trust bundle", configured.source())
-    };
-    Anchors::from_ders(&source, ders).map_err(|e| IdentityError::Anchors(e.to_string()))
+    configured
+        .with_sentry_roots(from_sentry)
+        .map_err(|e| IdentityError::Anchors(e.to_string()))
 }
 
 /// Puts `new` in force if it differs from the set held: the machine's bundle (an identity that
