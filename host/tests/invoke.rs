@@ -852,3 +852,68 @@ async fn sentry_killed_at_every_rotation_step_recovers_and_calls_never_fail() {
     assert!(text.contains("rotation: automatic"), "{text}");
     assert!(text.contains("next: "), "{text}");
 }
+
+/// Issue 14: credentials the user brought (`sigil ca init`, no automatic rotation) rotated by
+/// hand with `sigil ca rotate prepare | activate | retire` under a running Sentry, while two
+/// sidecars given only the first root call each other: no call fails, and the steps that
+/// would break a holder are refused until they are safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_across_a_root_rotation_by_hand_never_fail() {
+    let app = echo_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    let ca = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .arg("ca")
+            .args(args)
+            .arg("--issuer-credentials")
+            .arg(&creds)
+            .output()
+            .unwrap()
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(ca(&["init"]));
+    let first_root = common::read_certs(&creds.join("ca.crt"));
+    let port = free_port();
+    let sentry = common::start(common::short_ttl_sentry_command(
+        dir.path(),
+        port,
+        "4s",
+        &[],
+    ))
+    .unwrap();
+    let mesh = Mesh::around(dir, sentry, port, app, &[]);
+    let calls = Calls::start(mesh.a.field("http="));
+    let times = ["--workload-ttl", "4s", "--skew", "0s"];
+    let step = |s: &'static str| [&["rotate", s][..], &times[..]].concat();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ok(ca(&step("prepare")));
+    // Too early: a holder may not have the new root yet.
+    let early = ca(&step("activate"));
+    assert_eq!(early.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("too early"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ok(ca(&step("activate")));
+    let early = ca(&step("retire"));
+    assert_eq!(early.status.code(), Some(2));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ok(ca(&step("retire")));
+    let roots = common::read_certs(&mesh.dir.path().join("creds/ca.crt"));
+    assert!(roots.iter().all(|r| !first_root.contains(r)), "the first root stayed");
+    let shown = ok(ca(&[&["inspect"][..], &times[..]].concat()));
+    assert!(shown.contains("rotation: by hand"), "{shown}");
+    // Both sidecars renew under the new root and keep calling.
+    let (ra, rb) = (rotations(&mesh.a), rotations(&mesh.b));
+    wait_until("renewals after the retirement", Duration::from_secs(20), || {
+        rotations(&mesh.a) >= ra + 2 && rotations(&mesh.b) >= rb + 2
+    });
+    let n = calls.stop_without_failures().await;
+    assert!(n > 100, "only {n} calls");
+}
