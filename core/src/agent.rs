@@ -16,7 +16,9 @@
 //!   ([`DeviceAgent::with_provisioned`]) plus Sentry's roots, replacing the roots an earlier
 //!   answer brought; the TLS verifier and the next renewal use it. The new roots are saved
 //!   to an [`AnchorStore`], if one is given, when they change. An answer whose chain is
-//!   refused changes nothing, so a relay backed by another CA cannot bring its roots in.
+//!   refused changes nothing, so a relay backed by another CA cannot bring its roots in. The
+//!   roots are not signed by Sentry: they are as trustworthy as the link and the relay, which
+//!   checked Sentry's serving chain; a hostile relay could attach a root to a genuine chain.
 //! - **events** for the driver to log or assert on ([`Event`]).
 //!
 //! It never reads a clock, the link or an entropy source, and allocates nothing: the driver
@@ -464,8 +466,11 @@ impl<
         };
         match applied {
             Ok(()) => {
-                self.adopted = Some(crc);
                 let saved = self.store.as_mut().map(|s| s.save(&roots));
+                // A save that failed is tried again with the next answer.
+                if !matches!(saved, Some(Err(_))) {
+                    self.adopted = Some(crc);
+                }
                 self.push(Event::AnchorsAdopted {
                     count: self.rotation.bundle().len(),
                     saved,

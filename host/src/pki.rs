@@ -207,8 +207,10 @@ pub fn to_pem(label: pem::Label, der: &[u8]) -> String {
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same directory with
-/// `mode`, flushed to disk, then moved into place. Without `force`, an existing file is never
-/// replaced (the move is a hard link, which fails if the name exists).
+/// `mode`, flushed to disk, then moved into place, and the directory flushed. Without `force`,
+/// an existing file is never replaced (the move is a hard link, which fails if the name
+/// exists). The temporary file's name is this process's and this call's: one a crash left
+/// behind (a restarted container has the same process ID) is removed, not tripped over.
 ///
 /// # Errors
 ///
@@ -235,7 +237,10 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp{}-{call}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -245,10 +250,12 @@ pub fn write_atomic(
         f.write_all(contents)?;
         f.sync_all()?;
         if force {
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
         } else {
-            fs::hard_link(&tmp, path)
+            fs::hard_link(&tmp, path)?;
         }
+        // The new name survives a power loss only once the directory is on disk too.
+        fs::File::open(dir)?.sync_all()
     })();
     let _ = fs::remove_file(&tmp);
     match result {

@@ -893,27 +893,39 @@ async fn calls_across_a_root_rotation_by_hand_never_fail() {
     let calls = Calls::start(mesh.a.field("http="));
     let times = ["--workload-ttl", "4s", "--skew", "0s"];
     let step = |s: &'static str| [&["rotate", s][..], &times[..]].concat();
+    // Said with an hour's TTL, a step right after the one it waits for is surely too early
+    // (with 4 s, a slow machine could take that long between two commands).
+    let too_early = |s: &'static str| {
+        let out = ca(&["rotate", s, "--workload-ttl", "1h", "--skew", "0s"]);
+        assert_eq!(out.status.code(), Some(2), "{s}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("too early"),
+            "{s}"
+        );
+    };
     tokio::time::sleep(Duration::from_secs(3)).await;
     ok(ca(&step("prepare")));
     // Too early: a holder may not have the new root yet.
-    let early = ca(&step("activate"));
-    assert_eq!(early.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&early.stderr).contains("too early"));
+    too_early("activate");
     tokio::time::sleep(Duration::from_secs(5)).await;
     ok(ca(&step("activate")));
-    let early = ca(&step("retire"));
-    assert_eq!(early.status.code(), Some(2));
+    too_early("retire");
     tokio::time::sleep(Duration::from_secs(5)).await;
     ok(ca(&step("retire")));
     let roots = common::read_certs(&mesh.dir.path().join("creds/ca.crt"));
-    assert!(roots.iter().all(|r| !first_root.contains(r)), "the first root stayed");
+    assert!(
+        roots.iter().all(|r| !first_root.contains(r)),
+        "the first root stayed"
+    );
     let shown = ok(ca(&[&["inspect"][..], &times[..]].concat()));
     assert!(shown.contains("rotation: by hand"), "{shown}");
     // Both sidecars renew under the new root and keep calling.
     let (ra, rb) = (rotations(&mesh.a), rotations(&mesh.b));
-    wait_until("renewals after the retirement", Duration::from_secs(20), || {
-        rotations(&mesh.a) >= ra + 2 && rotations(&mesh.b) >= rb + 2
-    });
+    wait_until(
+        "renewals after the retirement",
+        Duration::from_secs(20),
+        || rotations(&mesh.a) >= ra + 2 && rotations(&mesh.b) >= rb + 2,
+    );
     let n = calls.stop_without_failures().await;
     assert!(n > 100, "only {n} calls");
 }

@@ -301,8 +301,10 @@ fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
         .cloned()
         .collect();
     assert_eq!(new_root.len(), 1);
-    // Too early: holders may not have the new root yet.
-    let early = ca(&[&["rotate", "activate"][..], &times[..]].concat());
+    // Too early: holders may not have the new root yet. (Said with an hour's TTL: with 3 s a
+    // slow machine could take that long between two commands.)
+    let hour = ["--workload-ttl", "1h", "--skew", "0s"];
+    let early = ca(&[&["rotate", "activate"][..], &hour[..]].concat());
     assert_eq!(early.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&early.stderr).contains("too early"));
     wait_until("the new root adopted", Duration::from_secs(20), || {
@@ -320,7 +322,7 @@ fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
         Duration::from_secs(20),
         || chains_to(&read_certs(&id_dir.join("cert.pem")), &new_root),
     );
-    let early = ca(&[&["rotate", "retire"][..], &times[..]].concat());
+    let early = ca(&[&["rotate", "retire"][..], &hour[..]].concat());
     assert_eq!(early.status.code(), Some(2));
     std::thread::sleep(Duration::from_secs(3));
     let out = ca(&[&["rotate", "retire"][..], &times[..]].concat());

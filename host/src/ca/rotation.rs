@@ -32,8 +32,14 @@
 //!   after the commit are done again (each is idempotent). Between the key and the
 //!   certificate the live set does not match; Sentry's reload refuses it and keeps signing
 //!   with the set it has until the certificate follows (no failed request).
-//! - **retire**: the old root leaves `ca.crt`, then `.sigil-old/` goes. Idempotent: a crash in
-//!   between is finished by the next retire, which is due at once.
+//! - **retire**: the old root leaves `ca.crt`, then `.sigil-old/` goes. A crash in between is
+//!   finished by [`recover`] (the old roots are no longer in `ca.crt`).
+//!
+//! A journal directory is removed by renaming it to a tombstone first (`.sigil-trash…`,
+//! deleted by [`recover`]), so a kill never leaves a half-emptied slot. A step interrupted
+//! while the operator replaced the credentials by hand is set aside, not rolled forward over
+//! them: an activation only over the issuer it started from (or the one it was installing), a
+//! prepared pair only for the issuer it was prepared beside.
 
 use std::fmt;
 use std::fs;
@@ -62,6 +68,8 @@ pub const OLD: &str = ".sigil-old";
 const STAMP: &str = "since";
 const OUTGOING_CA: &str = "outgoing-ca.crt";
 const OUTGOING_ISSUER: &str = "outgoing-issuer.crt";
+/// The issuer that was active when a pair was prepared.
+const PREPARED_FOR: &str = "prepared-for.crt";
 
 /// Why a rotation step failed or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -242,13 +250,46 @@ fn sync_dir(dir: &Path) -> Result<(), RotationError> {
         .map_err(io(dir))
 }
 
+/// The prefix of a journal directory being removed.
+const TRASH: &str = ".sigil-trash";
+
+/// Removes a journal directory as one step: renamed to a tombstone first (a kill while its
+/// files are unlinked one by one then leaves a tombstone, which [`recover`] deletes, never a
+/// half-emptied slot).
 fn remove_dir(dir: &Path) -> Result<(), RotationError> {
-    match fs::remove_dir_all(dir) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let trash = parent.join(format!("{TRASH}{}", name.to_string_lossy()));
+    match fs::rename(dir, &trash) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(dir)(e)),
     }
-    dir.parent().map_or(Ok(()), sync_dir)
+    sync_dir(parent)?;
+    fs::remove_dir_all(&trash).map_err(io(&trash))
+}
+
+/// Deletes the tombstones a kill left in `dir`.
+fn remove_trash(dir: &Path) -> Result<(), RotationError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(TRASH) {
+            let p = e.path();
+            fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first certificate of a PEM file (empty if none).
+fn first_cert(p: &Path) -> Vec<u8> {
+    fs::read_to_string(p)
+        .ok()
+        .and_then(|pem| ders(&pem).into_iter().next())
+        .unwrap_or_default()
 }
 
 /// The certificates of a PEM text, DER (none if it does not read).
@@ -338,13 +379,30 @@ pub fn read(paths: &StorePaths) -> Result<Journal, RotationError> {
 ///
 /// [`RotationError`] if a file cannot be read or written.
 pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError> {
+    remove_trash(&paths.dir)?;
     let next = paths.dir.join(NEXT);
-    if paths.dir.join(ACTIVATING).exists() {
-        finish_activation(paths, now)?;
+    let activating = paths.dir.join(ACTIVATING);
+    if activating.exists() {
+        // Rolled forward only over the set it was taken from (or already half replaced by
+        // it): credentials the operator put in place since are never overwritten.
+        let live = first_cert(&paths.issuer_cert);
+        if live == first_cert(&activating.join(OUTGOING_ISSUER))
+            || live == first_cert(&activating.join("issuer.crt"))
+        {
+            finish_activation(paths, now)?;
+        } else {
+            tracing::warn!(dir = %paths.dir.display(), "an interrupted activation was for credentials replaced since: set aside, the credentials in place kept");
+            remove_dir(&activating)?;
+        }
     }
     if next.exists() {
         match stamped(&next) {
             None => remove_dir(&next)?,
+            Some(_) if first_cert(&next.join(PREPARED_FOR)) != first_cert(&paths.issuer_cert) => {
+                // Prepared for an issuer replaced by hand since: not the operator's plan.
+                tracing::warn!(dir = %paths.dir.display(), "a prepared pair was for credentials replaced since: set aside");
+                remove_dir(&next)?;
+            }
             Some(_) => {
                 let root = ders(&read_text(&next.join("ca.crt"))?);
                 let bundle = ders(&read_text(&paths.ca)?);
@@ -459,6 +517,12 @@ fn prepare(
     write(&next.join("issuer.key"), pem.key.as_bytes(), 0o600)?;
     write(&next.join("issuer.crt"), pem.issuer.as_bytes(), 0o644)?;
     write(&next.join("ca.crt"), pem.ca.as_bytes(), 0o644)?;
+    write(
+        &next.join(PREPARED_FOR),
+        read_text(&paths.issuer_cert)?.as_bytes(),
+        0o644,
+    )?;
+    sync_dir(&next)?;
     sync_dir(&paths.dir)?;
     crash(opts, CrashPoint::PrepareStaged)?;
     stamp(&next, now)?;
@@ -643,9 +707,11 @@ pub fn rotate(
     paths: &StorePaths,
     step: Step,
     opts: &StepOptions,
-    now: SystemTime,
+    clock: impl Fn() -> SystemTime,
 ) -> Result<String, RotationError> {
     let _lock = StoreLock::acquire(paths)?;
+    // Read once the lock is held: a step waited for is stamped when it is taken.
+    let now = clock();
     recover(paths, now)?;
     take(paths, step, opts, now)
 }
@@ -685,9 +751,11 @@ pub struct Tick {
 pub fn run_due(
     paths: &StorePaths,
     opts: &StepOptions,
-    now: SystemTime,
+    clock: impl Fn() -> SystemTime,
 ) -> Result<Tick, RotationError> {
     let _lock = StoreLock::acquire(paths)?;
+    // Read once the lock is held: a step waited for is stamped when it is taken.
+    let now = clock();
     recover(paths, now)?;
     let journal = read(paths)?;
     if journal.automatic != Automatic::Yes {
@@ -781,7 +849,7 @@ mod tests {
         for s in 0..secs {
             let now = from + Duration::from_secs(s);
             loop {
-                let tick = run_due(paths, &opts(None), now).unwrap();
+                let tick = run_due(paths, &opts(None), || now).unwrap();
                 match tick.done {
                     Some((step, _)) => steps.push(step),
                     None => break,
@@ -815,7 +883,7 @@ mod tests {
         let paths = StorePaths::in_dir(t.path());
         let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         start(&paths, Rotation::Manual, t0);
-        let tick = run_due(&paths, &opts(None), t0 + Duration::from_secs(59)).unwrap();
+        let tick = run_due(&paths, &opts(None), || t0 + Duration::from_secs(59)).unwrap();
         assert!(tick.done.is_none() && tick.next.is_none());
         assert_eq!(tick.journal.automatic, Automatic::No);
         // A generated set whose issuer the user then replaces by hand is the user's.
@@ -826,7 +894,7 @@ mod tests {
         fs::write(&p.ca, &other.ca).unwrap();
         fs::write(&p.issuer_key, &*other.key).unwrap();
         fs::write(&p.issuer_cert, &other.issuer).unwrap();
-        let tick = run_due(&p, &opts(None), t0 + Duration::from_secs(59)).unwrap();
+        let tick = run_due(&p, &opts(None), || t0 + Duration::from_secs(59)).unwrap();
         assert!(tick.done.is_none());
         assert_eq!(tick.journal.automatic, Automatic::Replaced);
     }
@@ -843,7 +911,7 @@ mod tests {
             'run: for s in 0..120 {
                 let now = t0 + Duration::from_secs(s);
                 loop {
-                    match run_due(&paths, &opts(Some(point)), now) {
+                    match run_due(&paths, &opts(Some(point)), || now) {
                         Ok(tick) if tick.done.is_some() => {}
                         Ok(_) => break,
                         Err(RotationError::Interrupted(p)) => {
@@ -870,6 +938,56 @@ mod tests {
                 steps.iter().filter(|s| **s == Step::Activate).count() >= 2,
                 "{point}: {steps:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_interrupted_step_is_set_aside_over_credentials_replaced_by_hand() {
+        for point in [CrashPoint::PrepareCommitted, CrashPoint::ActivateCommitted] {
+            let t = tempfile::tempdir().unwrap();
+            let paths = StorePaths::in_dir(t.path());
+            let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+            start(&paths, Rotation::Automatic, t0);
+            let mut at = t0;
+            'run: for s in 0..120 {
+                at = t0 + Duration::from_secs(s);
+                loop {
+                    match run_due(&paths, &opts(Some(point)), || at) {
+                        Ok(tick) if tick.done.is_some() => {}
+                        Ok(_) => break,
+                        Err(RotationError::Interrupted(_)) => break 'run,
+                        Err(e) => panic!("{point}: {e}"),
+                    }
+                }
+            }
+            // The operator puts their own set in place before anything restarts.
+            let (_, mine) = Credentials::generate("localhost", ID, at, Duration::ZERO).unwrap();
+            fs::write(&paths.ca, &mine.ca).unwrap();
+            fs::write(&paths.issuer_key, &*mine.key).unwrap();
+            fs::write(&paths.issuer_cert, &mine.issuer).unwrap();
+            // A kill while a slot was being removed leaves a tombstone.
+            fs::create_dir_all(t.path().join(format!("{TRASH}{OLD}"))).unwrap();
+            assert_eq!(
+                start(&paths, Rotation::Automatic, at),
+                Origin::Loaded,
+                "{point}"
+            );
+            assert_eq!(fs::read_to_string(&paths.ca).unwrap(), mine.ca, "{point}");
+            assert_eq!(
+                fs::read_to_string(&paths.issuer_key).unwrap(),
+                *mine.key,
+                "{point}"
+            );
+            assert_eq!(
+                fs::read_to_string(&paths.issuer_cert).unwrap(),
+                mine.issuer,
+                "{point}"
+            );
+            for gone in [NEXT, ACTIVATING] {
+                assert!(!t.path().join(gone).exists(), "{point}: {gone} kept");
+            }
+            assert!(!t.path().join(format!("{TRASH}{OLD}")).exists());
+            assert_eq!(read(&paths).unwrap().automatic, Automatic::Replaced);
         }
     }
 }

@@ -105,7 +105,9 @@ pub fn retire_at(activated: SystemTime, policy: &Policy) -> SystemTime {
 /// Says what to change.
 pub fn check(life: Duration, policy: &Policy) -> Result<(), String> {
     let needed = 2 * (policy.workload_ttl + policy.skew);
-    if life <= needed {
+    // The lead between prepare and the issuer's end is capped (30 days): that must exceed
+    // one TTL plus the skew too.
+    if life <= needed || PREPARE_CAP <= policy.workload_ttl + policy.skew {
         return Err(format!(
             "an issuer living {} cannot be rotated without breaking holders: with workload \
              certificates of {} and a clock skew of {}, it must live more than {} (raise \

@@ -63,7 +63,7 @@ pub fn rotate(
     opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, CaError> {
-    let mut text = rotation::rotate(paths, step, opts, now)?;
+    let mut text = rotation::rotate(paths, step, opts, || now)?;
     text.push('\n');
     Ok(text)
 }

@@ -131,6 +131,13 @@ impl SignContext {
         if let Ok(answer) = link::encode_chain(with_roots, &mut payload) {
             return Reply::Chain(answer.to_vec());
         }
+        if !signed.trust_bundle.is_empty() {
+            tracing::warn!(
+                roots = signed.trust_bundle.len(),
+                "Sentry's trust bundle does not fit a link frame beside the chain: sent without \
+                 it (the device keeps the roots it has)"
+            );
+        }
         match link::encode_chain(certs, &mut payload) {
             Ok(chain) => Reply::Chain(chain.to_vec()),
             Err(e) => Reply::failed(

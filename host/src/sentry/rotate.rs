@@ -1,8 +1,10 @@
 //! Sentry's automatic CA rotation (file store): a task that, for credentials Sigil generated,
 //! takes each step of the rotation journal when [`crate::ca::schedule`] says it is due
 //! ([`crate::ca::rotation::run_due`], under the store's lock, so Sentrys sharing the
-//! directory take each step once), swaps the result in at once (no wait for the file
-//! watcher), and logs and counts it. For credentials the user brought it only watches the
+//! directory take each step once), logs and counts it, and after every look at the journal
+//! swaps in the files if they differ from the set in use (the step's Sentry at once; the other
+//! replicas, which wake at the same due time, right after it, not at their file watcher's
+//! pace). For credentials the user brought it only watches the
 //! calendar: from 30 days before the issuer or the first root expires it warns (a log line an
 //! hour, and `sigil_sentry_ca_expiring`), as Dapr's Sentry does.
 //!
@@ -50,20 +52,32 @@ pub async fn rotate(
     };
     tokio::pin!(stopped);
     let mut warned: Option<Instant> = None;
+    let mut last_view = None;
     loop {
-        let now = SystemTime::now();
         let tick = {
             let p = paths.clone();
-            tokio::task::spawn_blocking(move || rotation::run_due(&p, &opts, now)).await
+            tokio::task::spawn_blocking(move || rotation::run_due(&p, &opts, SystemTime::now)).await
         };
         let wait = match tick {
             Ok(Ok(tick)) => {
                 if let Some((step, message)) = &tick.done {
                     sentry.metrics().rotation_step(*step);
                     tracing::info!(?step, "CA rotation: {message}");
-                    super::reload::load_and_swap(&sentry, &paths, "CA rotation step").await;
                 }
+                // Whenever the journal moved, not only after a step of ours: replicas wake at
+                // the same due time, and the one that did not take the step (or one that
+                // recovered an interrupted step) swaps within moments, not at its file
+                // watcher's pace. A set already in use is not swapped again.
                 let j = &tick.journal;
+                let view = (
+                    j.active.issuer.clone(),
+                    j.prepared.as_ref().map(|s| s.since),
+                    j.old.as_ref().map(|s| s.since),
+                );
+                if last_view.as_ref() != Some(&view) {
+                    super::reload::load_and_swap(&sentry, &paths, "CA rotation step").await;
+                    last_view = Some(view);
+                }
                 sentry.metrics().set_slots([
                     Some(unix(j.active.pair.not_after)),
                     j.prepared.as_ref().map(|s| unix(s.pair.not_after)),
