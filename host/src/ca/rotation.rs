@@ -28,7 +28,7 @@
 //! - **activate**: the outgoing issuer and its root are noted in `.sigil-next/`, *commit*:
 //!   `.sigil-next` is renamed `.sigil-activating`; then `.sigil-old/` is written, the marker
 //!   follows the new issuer, the key, the certificate and `ca.crt` (new root first) are
-//!   replaced and `.sigil-activating` goes. Recovery: `.sigil-activating` present, the steps
+//!   replaced, `.sigil-old/since` is stamped and `.sigil-activating` goes. Recovery: `.sigil-activating` present, the steps
 //!   after the commit are done again (each is idempotent). Between the key and the
 //!   certificate the live set does not match; Sentry's reload refuses it and keeps signing
 //!   with the set it has until the certificate follows (no failed request).
@@ -431,8 +431,12 @@ pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError>
     Ok(())
 }
 
-/// Appends `root` to `ca.crt` and (re)stamps the prepared pair: published now.
+/// (Re)stamps the prepared pair and appends `root` to `ca.crt`: published now. The stamp
+/// first: a kill between the two leaves the root unpublished, published again (and stamped
+/// again) by [`recover`]; never a published root with an older stamp, which would let the
+/// activation come before holders could learn it.
 fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), RotationError> {
+    stamp(&paths.dir.join(NEXT), now)?;
     let mut bundle = ders(&read_text(&paths.ca)?);
     bundle.extend(
         root.iter()
@@ -440,8 +444,7 @@ fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), 
             .cloned()
             .collect::<Vec<_>>(),
     );
-    write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)?;
-    stamp(&paths.dir.join(NEXT), now)
+    write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)
 }
 
 /// The SPIFFE ID an issuer was made for: its subject's `O=` when that is a SPIFFE ID (Dapr's
@@ -620,7 +623,6 @@ fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(),
             read_text(&activating.join(OUTGOING_ISSUER))?.as_bytes(),
             0o644,
         )?;
-        stamp(&old, now)?;
     }
     let issuer = read_text(&activating.join("issuer.crt"))?;
     // The marker follows the issuer only if it followed the outgoing one: credentials the
@@ -647,6 +649,9 @@ fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(),
         pem_of(&[new_root, rest].concat()).as_bytes(),
         0o644,
     )?;
+    // Stamped once the new issuer is in place (again if this runs again): the old issuer
+    // signed nothing after this, so its last certificate is gone one TTL plus the skew later.
+    stamp(&old, now)?;
     remove_dir(&activating)
 }
 
