@@ -9,8 +9,8 @@
 //! - `ca.crt`, `issuer.crt`, `issuer.key`: the active pair (the issuer that signs) and the
 //!   published roots (the active pair's, a prepared one's, a retiring one's, and any other
 //!   root the operator keeps there);
-//! - `.sigil-next/` (`ca.crt`, `issuer.crt`, `issuer.key`, `since`): the **prepared** pair and
-//!   when its root was published;
+//! - `.sigil-next/` (`ca.crt`, `issuer.crt`, `issuer.key`, `since`, and the issuer it was
+//!   prepared beside): the **prepared** pair and when its root was published;
 //! - `.sigil-old/` (`ca.crt`, `issuer.crt`, `since`): the **old** pair's root, still in the
 //!   bundle, and when its successor was activated;
 //! - `.sigil-auto`: present for credentials Sigil generated, holding the SHA-256 of the issuer
@@ -28,8 +28,9 @@
 //! - **activate**: the outgoing issuer and its root are noted in `.sigil-next/`, *commit*:
 //!   `.sigil-next` is renamed `.sigil-activating`; then `.sigil-old/` is written, the marker
 //!   follows the new issuer, the key, the certificate and `ca.crt` (new root first) are
-//!   replaced, `.sigil-old/since` is stamped and `.sigil-activating` goes. Recovery: `.sigil-activating` present, the steps
-//!   after the commit are done again (each is idempotent). Between the key and the
+//!   replaced, `.sigil-old/since` is stamped and `.sigil-activating` goes. Recovery:
+//!   `.sigil-activating` present, the steps after the commit are done again (each is
+//!   idempotent; the stamp is then the later time). Between the key and the
 //!   certificate the live set does not match; Sentry's reload refuses it and keeps signing
 //!   with the set it has until the certificate follows (no failed request).
 //! - **retire**: the old root leaves `ca.crt`, then `.sigil-old/` goes. A crash in between is
