@@ -862,15 +862,7 @@ async fn calls_across_a_root_rotation_by_hand_never_fail() {
     let app = echo_app().await;
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
-    let ca = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .arg("ca")
-            .args(args)
-            .arg("--issuer-credentials")
-            .arg(&creds)
-            .output()
-            .unwrap()
-    };
+    let ca = |args: &[&str]| common::sigil_ca(&creds, args);
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),

@@ -776,15 +776,7 @@ fn generated_root_and_issuer_live_as_long_as_the_flags_say() {
 async fn sigil_ca_init_inspect_expiry_export() {
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
-    let sigil = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .arg("ca")
-            .args(args)
-            .arg("--issuer-credentials")
-            .arg(&creds)
-            .output()
-            .unwrap()
-    };
+    let sigil = |args: &[&str]| common::sigil_ca(&creds, args);
     let out = sigil(&[
         "init",
         "--trust-domain",

@@ -266,15 +266,7 @@ fn a_sidecar_renews_under_ed25519_credentials() {
 fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
-    let ca = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .arg("ca")
-            .args(args)
-            .arg("--issuer-credentials")
-            .arg(&creds)
-            .output()
-            .unwrap()
-    };
+    let ca = |args: &[&str]| common::sigil_ca(&creds, args);
     assert!(ca(&["init"]).status.success());
     let first_root = read_certs(&creds.join("ca.crt"));
     let port = free_port();

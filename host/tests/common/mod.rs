@@ -369,3 +369,14 @@ pub fn forty_anchors(dir: &Path, right: &str) -> std::path::PathBuf {
     assert_eq!(read_certs(&path).len(), 40);
     path
 }
+
+/// Runs `sigil ca <args> --issuer-credentials <creds>` and returns its output.
+pub fn sigil_ca(creds: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .arg("ca")
+        .args(args)
+        .arg("--issuer-credentials")
+        .arg(creds)
+        .output()
+        .unwrap()
+}
