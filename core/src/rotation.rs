@@ -509,6 +509,18 @@ impl<'id, K: Signer, const CHAIN: usize, const ANCHORS: usize, const ANCHOR_BYTE
         }
     }
 
+    /// Renews now rather than at the planned point, if a valid identity is waiting for its
+    /// renewal (a request in flight or a backoff is left alone). For a driver that learns the
+    /// CA has moved on, e.g. a peer's certificate from an issuer this workload does not hold
+    /// yet. Call [`Rotation::handle_timeout`] (or re-arm the timer) afterwards.
+    pub fn renew_now(&mut self, now: Instant) {
+        if let State::Valid(at) = self.state {
+            if at > now {
+                self.state = State::Valid(now);
+            }
+        }
+    }
+
     /// Builds the CSR for the outstanding request with `key` (fresh from the driver's RNG) into
     /// `buf`, and keeps the key as the pending one. Returns the request's id (for
     /// [`Rotation::handle_response`] and [`Rotation::handle_failure`]) and the CSR's DER.

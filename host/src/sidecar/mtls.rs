@@ -85,6 +85,23 @@ impl ResolvesClientCert for IdentityResolver {
     }
 }
 
+/// Whether `leaf`'s issuer (by name and key identifier) is none of the issuers in `own`'s
+/// chain.
+fn from_an_unknown_issuer(leaf: &[u8], own: Option<&crate::sidecar::identity::Current>) -> bool {
+    let (Ok(leaf), Some(own)) = (sigil_core::cert::Certificate::parse(leaf), own) else {
+        return false;
+    };
+    !own.chain.iter().skip(1).any(|issuer| {
+        sigil_core::cert::Certificate::parse(issuer).is_ok_and(|c| {
+            c.subject() == leaf.issuer()
+                && match (leaf.authority_key_id(), c.subject_key_id()) {
+                    (Some(a), Some(s)) => a == s,
+                    _ => true,
+                }
+        })
+    })
+}
+
 /// Validates `end_entity` with `intermediates` (plus this sidecar's own issuer chain) against
 /// the anchors in force, for `usage`, with `peer`.
 fn validate(
@@ -119,6 +136,13 @@ fn validate(
     anchors
         .verify(end_entity.as_ref(), &ints, &policy, shared())
         .map(|_| ())
+        .inspect_err(|_| {
+            if intermediates.is_empty() && from_an_unknown_issuer(end_entity.as_ref(), own.as_deref())
+                && state.renew_early()
+            {
+                tracing::info!("a peer sent only its leaf, from an issuer this sidecar does not hold (Sentry may have activated a new one): renewing now");
+            }
+        })
         .map_err(|e| {
             let found: Vec<String> = sigil_core::cert::Certificate::parse(end_entity.as_ref())
                 .map(|c| c.spiffe_ids().map(|i| i.as_str().to_owned()).collect())

@@ -93,6 +93,8 @@ const TLS_TX: usize = 1280;
 /// workload TTL, 20 s in the test, after the activation). A device that sends its chain does
 /// not need this (issue 15).
 const PEER_RENEWAL: Duration = Duration::from_secs(25);
+/// The wait before a refused call is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// The line that tells the test to swap in the foreign relay.
 const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 
@@ -159,6 +161,7 @@ fn run() -> Result<(), &'static str> {
         report: Report::default(),
         kept: None,
         failing_since: None,
+        retry_at: None,
         calls: Calls {
             session: 0,
             peer: peer_id,
@@ -190,8 +193,12 @@ fn run() -> Result<(), &'static str> {
                 return Ok(());
             }
         }
+        if scenario.retry_at.is_some_and(|t| now >= t) && scenario.phase == Phase::Positive {
+            scenario.positive_call(&agent, &mut link, &mut rng)?;
+        }
         // Sleep until the timer or a byte.
-        link.idle_until(agent.poll_timeout().unwrap_or(limit).min(limit));
+        let wake = agent.poll_timeout().unwrap_or(limit).min(limit);
+        link.idle_until(scenario.retry_at.map_or(wake, |r| r.min(wake)));
     }
 }
 
@@ -274,6 +281,8 @@ struct Scenario<'a> {
     kept: Option<(u32, UnixTime, Instant)>,
     /// When calls started failing in the positive phase (see [`PEER_RENEWAL`]).
     failing_since: Option<Instant>,
+    /// When to try a refused call again.
+    retry_at: Option<Instant>,
     calls: Calls<'a>,
 }
 
@@ -309,36 +318,14 @@ impl Scenario<'_> {
                     generation,
                     not_after.as_secs()
                 );
-                let this = (generation, identity.not_after(), identity.installed());
                 if self.phase == Phase::Negative {
                     // The foreign relay was not in place yet: a genuine renewal.
                     hprintln!("renewed before the relay swap; still waiting");
+                    self.kept = Some((generation, identity.not_after(), identity.installed()));
+                    hprintln!("{}", SWAP_MARKER);
                 } else {
-                    if let Err(e) = self.calls.call(link, rng, agent, &mut self.report) {
-                        self.report.calls_failed += 1;
-                        let now = clock::now();
-                        let since = *self.failing_since.get_or_insert(now);
-                        if now.saturating_duration_since(since) > PEER_RENEWAL {
-                            return Err(e);
-                        }
-                        hprintln!("  (the sidecar may not hold the new issuer yet: it renews within one TTL)");
-                        return Ok(false);
-                    }
-                    self.failing_since = None;
-                    if !under_provisioned_root(agent) {
-                        self.report.new_root_calls += 1;
-                        hprintln!(
-                            "  (identity {} is under a root the device was not provisioned with)",
-                            generation
-                        );
-                    }
-                    if self.report.installs <= ROTATIONS || self.report.new_root_calls == 0 {
-                        return Ok(false);
-                    }
-                    self.phase = Phase::Negative;
+                    self.positive_call(agent, link, rng)?;
                 }
-                self.kept = Some(this);
-                hprintln!("{}", SWAP_MARKER);
             }
             Event::Rejected {
                 reason: Rejection::Path(e),
@@ -407,6 +394,49 @@ impl Scenario<'_> {
             _ => return Err("a sign request could not be sent"),
         }
         Ok(false)
+    }
+
+    /// A call in the positive phase with the identity in the slot; once the renewals and a
+    /// call under a root the device was not given are done, on to the negative phase. A call
+    /// refused right after a move to a new issuer is retried after [`RETRY_AFTER`] (the
+    /// sidecar renews when it sees a leaf from an issuer it does not hold), for at most
+    /// [`PEER_RENEWAL`].
+    fn positive_call(
+        &mut self,
+        agent: &Agent<'_>,
+        link: &mut Link<'_>,
+        rng: &mut HmacDrbg,
+    ) -> Result<(), &'static str> {
+        self.retry_at = None;
+        if let Err(e) = self.calls.call(link, rng, agent, &mut self.report) {
+            self.report.calls_failed += 1;
+            let now = clock::now();
+            let since = *self.failing_since.get_or_insert(now);
+            if now.saturating_duration_since(since) > PEER_RENEWAL {
+                return Err(e);
+            }
+            hprintln!("  (the sidecar may not hold the new issuer yet; retrying)");
+            self.retry_at = Some(now.saturating_add(RETRY_AFTER));
+            return Ok(());
+        }
+        self.failing_since = None;
+        let identity = agent
+            .rotation()
+            .identity()
+            .ok_or("installed identity missing")?;
+        if !under_provisioned_root(agent) {
+            self.report.new_root_calls += 1;
+            hprintln!("  (under a root the device was not provisioned with)");
+        }
+        if self.report.installs <= ROTATIONS || self.report.new_root_calls == 0 {
+            return Ok(());
+        }
+        self.phase = Phase::Negative;
+        self.kept = SLOT
+            .generation()
+            .map(|g| (g, identity.not_after(), identity.installed()));
+        hprintln!("{}", SWAP_MARKER);
+        Ok(())
     }
 
     /// The agent still holds the very identity installed before the foreign chain (same

@@ -114,9 +114,33 @@ pub struct IdentityState {
     ever_installed: AtomicBool,
     metrics: RuntimeMetrics,
     last_rejection: Mutex<Option<Rejection>>,
+    /// Wakes the driver to renew before the planned point ([`IdentityState::renew_early`]).
+    renew_soon: tokio::sync::Notify,
+    /// When an early renewal was last asked for.
+    last_early: Mutex<Option<std::time::Instant>>,
 }
 
+/// Early renewals are asked for at most this often.
+pub const EARLY_RENEWAL_EVERY: Duration = Duration::from_secs(30);
+
 impl IdentityState {
+    /// Asks the driver to renew now (at most once per [`EARLY_RENEWAL_EVERY`]): a peer showed
+    /// a certificate from an issuer this sidecar does not hold, which after Sentry activates a
+    /// new issuer means this sidecar's own chain is the old one, and a peer that sends only
+    /// its leaf (an embedded-tls device) cannot be validated until it renews. Returns whether
+    /// it was asked now.
+    pub fn renew_early(&self) -> bool {
+        let Ok(mut last) = self.last_early.lock() else {
+            return false;
+        };
+        if last.is_some_and(|t| t.elapsed() < EARLY_RENEWAL_EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        self.renew_soon.notify_one();
+        true
+    }
+
     /// A state holding a fixed identity and anchors (no rotation): for tools and tests that
     /// present an identity made elsewhere.
     pub fn fixed(current: Current, anchors: Anchors) -> Self {
@@ -127,6 +151,8 @@ impl IdentityState {
             ever_installed: AtomicBool::new(true),
             metrics: RuntimeMetrics::default(),
             last_rejection: Mutex::new(None),
+            renew_soon: tokio::sync::Notify::new(),
+            last_early: Mutex::new(None),
         }
     }
 
@@ -257,6 +283,12 @@ pub async fn drive_with(
         };
         tokio::select! {
             () = &mut shutdown => return Ok(()),
+            () = state.renew_soon.notified() => {
+                let t = now();
+                machine.handle_wall_time(t, wall());
+                machine.renew_now(t);
+                machine.handle_timeout(t);
+            }
             () = sleep => {
                 let t = now();
                 machine.handle_wall_time(t, wall());
@@ -680,6 +712,21 @@ mod tests {
         let rotations = r.state.metrics().rotations();
         assert!((24..=80).contains(&rotations), "{rotations} rotations");
         assert_eq!(failures(&r.state, "invalid_cert"), 0);
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_renewal_renews_at_once_and_at_most_every_30_s() {
+        let r = start(Duration::from_secs(3600), Mode::Serve);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(r.generation(), 1);
+        assert!(r.state.renew_early());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(r.generation(), 2, "renewed at once, not at 30-70 % of the hour");
+        // Asked again within 30 s (of real time): not asked.
+        assert!(!r.state.renew_early());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(r.generation(), 2);
         r.stop().await;
     }
 
