@@ -722,7 +722,11 @@ mod tests {
         assert_eq!(r.generation(), 1);
         assert!(r.state.renew_early());
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(r.generation(), 2, "renewed at once, not at 30-70 % of the hour");
+        assert_eq!(
+            r.generation(),
+            2,
+            "renewed at once, not at 30-70 % of the hour"
+        );
         // Asked again within 30 s (of real time): not asked.
         assert!(!r.state.renew_early());
         tokio::time::sleep(Duration::from_secs(1)).await;
