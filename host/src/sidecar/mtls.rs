@@ -6,7 +6,10 @@
 //!   must accept: by default any ID (Dapr's `AuthorizeAny`), or only listed IDs
 //!   (`--allow-spiffe-id`) and/or only IDs in listed trust domains (`--allow-trust-domain`). A
 //!   peer that sends only its leaf (embedded-tls devices do) validates through the intermediates
-//!   this sidecar already knows: its own issuer chain.
+//!   this sidecar already knows: its own issuer chain. A leaf from an issuer it does not hold
+//!   (after Sentry activates a new issuer, until this sidecar renews) is refused and makes the
+//!   sidecar renew at once ([`crate::sidecar::identity::IdentityState::renew_early`], at most
+//!   every 30 s), so the next handshake succeeds.
 //! - **Client** ([`client_config`]): the server must chain to the anchors for server use and
 //!   carry `spiffe://<any trust domain>/ns/<namespace>/<target app-id>` (Dapr's
 //!   `MTLSUnknownTrustDomain`); no host name is checked.
