@@ -332,7 +332,7 @@ enum RotateStep {
         #[command(flatten)]
         pair: NewPair,
         #[command(flatten)]
-        times: HolderTimes,
+        policy: HolderPolicy,
     },
     /// The staged issuer signs from now on (refused before one TTL plus skew after prepare).
     Activate {
@@ -630,9 +630,17 @@ fn ca(command: CaCommand) -> ExitCode {
         ),
         CaCommand::Rotate { step } => {
             let (dir, step, opts) = match step {
-                RotateStep::Prepare { dir, pair, times } => {
-                    (dir, Step::Prepare, times.options(pair.generation()))
-                }
+                RotateStep::Prepare { dir, pair, policy } => (
+                    dir,
+                    Step::Prepare,
+                    // Nothing to force: preparing never breaks a holder.
+                    StepOptions {
+                        policy: policy.policy(),
+                        generation: pair.generation(),
+                        force: false,
+                        crash: None,
+                    },
+                ),
                 RotateStep::Activate { dir, times } => {
                     (dir, Step::Activate, times.options(Default::default()))
                 }
