@@ -90,7 +90,8 @@ pub async fn rotate(
                     match (j.automatic, tick.next) {
                         (Automatic::Yes, Some((_, at))) => {
                             sentry.metrics().set_expiring(false);
-                            // A second late rather than early: stamps are whole seconds.
+                            // A moment late rather than early (a wake-up just before the
+                            // due second would find nothing due and sleep again).
                             at.duration_since(SystemTime::now())
                                 .map_or(Duration::ZERO, |d| d + Duration::from_millis(50))
                                 .min(RECHECK)
