@@ -486,6 +486,23 @@ impl<'a> Certificate<'a> {
         self.subject_key_id
     }
 
+    /// Whether `issuer`'s key identifier allows it to be this certificate's issuer: unless
+    /// both the authorityKeyIdentifier here and its subjectKeyIdentifier are present, they say
+    /// nothing.
+    pub fn key_ids_agree(&self, issuer: &Certificate<'_>) -> bool {
+        match (self.authority_key_id, issuer.subject_key_id) {
+            (Some(aki), Some(ski)) => aki == ski,
+            _ => true,
+        }
+    }
+
+    /// Whether `issuer` is a candidate issuer of this certificate, as path building picks
+    /// them: its subject is this certificate's issuer name and the key identifiers agree.
+    /// The signature is not checked.
+    pub fn names_as_issuer(&self, issuer: &Certificate<'_>) -> bool {
+        self.issuer == issuer.subject && self.key_ids_agree(issuer)
+    }
+
     /// Whether issuer and subject are the same name.
     pub fn is_self_issued(&self) -> bool {
         self.issuer == self.subject

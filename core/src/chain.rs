@@ -594,7 +594,7 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
             if anchor.cert.subject() != child.issuer() {
                 continue;
             }
-            if !key_ids_agree(child, &anchor.cert) {
+            if !child.key_ids_agree(&anchor.cert) {
                 mismatch(&mut best, pos);
                 continue;
             }
@@ -620,7 +620,7 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
             if ca.subject() != child.issuer() {
                 continue;
             }
-            if !key_ids_agree(child, &ca) {
+            if !child.key_ids_agree(&ca) {
                 mismatch(&mut best, pos);
                 continue;
             }
@@ -767,15 +767,6 @@ impl<'a, V: SignatureVerifier> Search<'_, 'a, V> {
         self.verifier
             .verify(scheme, key, child.tbs(), child.signature())
             .map_err(|e| Error::new(pos, ErrorKind::BadSignature(e)))
-    }
-}
-
-/// Whether `issuer` may be `child`'s issuer by key identifiers: unless both are present, they
-/// say nothing (see the module doc).
-fn key_ids_agree(child: &Certificate<'_>, issuer: &Certificate<'_>) -> bool {
-    match (child.authority_key_id(), issuer.subject_key_id()) {
-        (Some(aki), Some(ski)) => aki == ski,
-        _ => true,
     }
 }
 

@@ -187,11 +187,13 @@ pub struct Credentials {
     issuer_chain_pem: String,
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// `t` as RFC 3339, to the second.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn system_time(t: UnixTime) -> SystemTime {
+/// A certificate time as a `SystemTime`.
+pub(crate) fn system_time(t: UnixTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(t.as_secs())
 }
 
@@ -303,7 +305,8 @@ fn signature_algorithm(der: &[u8]) -> String {
     name.to_owned()
 }
 
-fn pem_of(ders: &[Vec<u8>]) -> String {
+/// Certificates (DER) as concatenated PEM.
+pub(crate) fn pem_of(ders: &[Vec<u8>]) -> String {
     ders.iter()
         .map(|d| crate::pki::to_pem(pem::Label::Certificate, d))
         .collect()

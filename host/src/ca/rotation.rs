@@ -49,11 +49,10 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::cert::Certificate;
-use sigil_core::pem::Label;
 
 use super::schedule::{self, Pair, Policy, Step};
 use super::store::{self, StoreError, StoreLock, StorePaths, AUTO};
-use super::{Credentials, CredentialsError, Generation};
+use super::{pem_of, rfc3339, system_time, Credentials, CredentialsError, Generation};
 use crate::pki;
 
 /// How long before a notAfter credentials the user brought are warned about (Dapr's Sentry
@@ -219,10 +218,6 @@ impl Journal {
     }
 }
 
-fn system_time(t: sigil_core::UnixTime) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.as_secs())
-}
-
 fn read_text(p: &Path) -> Result<String, RotationError> {
     fs::read_to_string(p).map_err(|source| {
         RotationError::Input(pki::InputError::Read {
@@ -296,12 +291,6 @@ fn first_cert(p: &Path) -> Vec<u8> {
 /// The certificates of a PEM text, DER (none if it does not read).
 fn ders(pem: &str) -> Vec<Vec<u8>> {
     pki::pem_certificates(pem.as_bytes()).unwrap_or_default()
-}
-
-fn pem_of(ders: &[Vec<u8>]) -> String {
-    ders.iter()
-        .map(|d| pki::to_pem(Label::Certificate, d))
-        .collect()
 }
 
 /// When a step was taken (seconds since the epoch in `<dir>/since`).
@@ -486,10 +475,6 @@ fn due(
     Ok(())
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 fn prepare(
     paths: &StorePaths,
     opts: &StepOptions,
@@ -550,15 +535,7 @@ pub fn roots_of(issuer: &[u8], bundle: &[Vec<u8>], except: &[Vec<u8>]) -> Vec<Ve
     bundle
         .iter()
         .filter(|d| !except.contains(d))
-        .filter(|d| {
-            Certificate::parse(d).is_ok_and(|root| {
-                root.subject() == issuer.issuer()
-                    && match (issuer.authority_key_id(), root.subject_key_id()) {
-                        (Some(a), Some(s)) => a == s,
-                        _ => true,
-                    }
-            })
-        })
+        .filter(|d| Certificate::parse(d).is_ok_and(|root| issuer.names_as_issuer(&root)))
         .cloned()
         .collect()
 }

@@ -20,14 +20,14 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sigil_core::cert::Certificate;
 
 use crate::ca::rotation::{self, Automatic, RotationError, StepOptions};
 use crate::ca::schedule::{Policy, Step};
 use crate::ca::store::{self, StorePaths};
-use crate::ca::{Credentials, Generation};
+use crate::ca::{rfc3339, system_time, Credentials, Generation};
 use crate::pki;
 
 pub use crate::ca::rotation::WARN_BEFORE;
@@ -66,14 +66,6 @@ pub fn rotate(
     let mut text = rotation::rotate(paths, step, opts, || now)?;
     text.push('\n');
     Ok(text)
-}
-
-fn system_time(t: sigil_core::UnixTime) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.as_secs())
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `in 29d 3h` or `expired 2h ago`, to the hour.
@@ -336,10 +328,7 @@ pub fn expiry(paths: &StorePaths, now: SystemTime) -> Result<Expiry, CaError> {
 /// [`CaError::Input`] if `ca.crt` cannot be read or holds no certificate.
 pub fn export(paths: &StorePaths) -> Result<String, CaError> {
     let anchors = pki::read_pem_blocks(&paths.ca, sigil_core::pem::Label::Certificate)?;
-    Ok(anchors
-        .iter()
-        .map(|d| pki::to_pem(sigil_core::pem::Label::Certificate, d))
-        .collect())
+    Ok(crate::ca::pem_of(&anchors))
 }
 
 #[cfg(test)]

@@ -149,9 +149,7 @@ fn warn_expiry(sentry: &Sentry, store: &str, warned: &mut Option<Instant>) {
         .anchors()
         .first()
         .and_then(|d| sigil_core::cert::Certificate::parse(d).ok())
-        .map_or(issuer_na, |c| {
-            UNIX_EPOCH + Duration::from_secs(c.not_after().as_secs())
-        });
+        .map_or(issuer_na, |c| crate::ca::system_time(c.not_after()));
     let soonest = issuer_na.min(root_na);
     let left = soonest
         .duration_since(SystemTime::now())

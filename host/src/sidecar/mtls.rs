@@ -95,13 +95,7 @@ fn from_an_unknown_issuer(leaf: &[u8], own: Option<&crate::sidecar::identity::Cu
         return false;
     };
     !own.chain.iter().skip(1).any(|issuer| {
-        sigil_core::cert::Certificate::parse(issuer).is_ok_and(|c| {
-            c.subject() == leaf.issuer()
-                && match (leaf.authority_key_id(), c.subject_key_id()) {
-                    (Some(a), Some(s)) => a == s,
-                    _ => true,
-                }
-        })
+        sigil_core::cert::Certificate::parse(issuer).is_ok_and(|c| leaf.names_as_issuer(&c))
     })
 }
 
