@@ -7,6 +7,7 @@
 //! keyCertSign, path length, name constraints, validity). So an expired issuer, a foreign
 //! chain or a wrong key can never be loaded, at start or at a reload.
 
+pub mod journal;
 pub mod rotation;
 pub mod schedule;
 pub mod secret_store;

@@ -50,9 +50,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::cert::Certificate;
 
+use zeroize::Zeroizing;
+
+use super::journal::{self, ders, Prepared, Retiring, Set};
 use super::schedule::{self, Pair, Policy, Step};
 use super::store::{self, StoreError, StoreLock, StorePaths, AUTO};
-use super::{pem_of, rfc3339, system_time, Credentials, CredentialsError, Generation};
+use super::{pem_of, system_time, CredentialsError, Generation};
 use crate::pki;
 
 /// How long before a notAfter credentials the user brought are warned about (Dapr's Sentry
@@ -288,11 +291,6 @@ fn first_cert(p: &Path) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The certificates of a PEM text, DER (none if it does not read).
-fn ders(pem: &str) -> Vec<Vec<u8>> {
-    pki::pem_certificates(pem.as_bytes()).unwrap_or_default()
-}
-
 /// When a step was taken (seconds since the epoch in `<dir>/since`).
 fn stamped(dir: &Path) -> Option<SystemTime> {
     let text = fs::read_to_string(dir.join(STAMP)).ok()?;
@@ -314,7 +312,7 @@ fn crash(opts: &StepOptions, here: CrashPoint) -> Result<(), RotationError> {
     Ok(())
 }
 
-fn slot(issuer_pem: &str, since: Option<SystemTime>) -> Slot {
+pub(crate) fn slot(issuer_pem: &str, since: Option<SystemTime>) -> Slot {
     let issuer = ders(issuer_pem).into_iter().next().unwrap_or_default();
     let pair = Certificate::parse(&issuer).map_or(
         Pair {
@@ -349,11 +347,8 @@ pub fn read(paths: &StorePaths) -> Result<Journal, RotationError> {
     let old = stamped(&old)
         .map(|since| read_text(&old.join("issuer.crt")).map(|pem| slot(&pem, Some(since))))
         .transpose()?;
-    let automatic = match fs::read_to_string(paths.dir.join(AUTO)) {
-        Err(_) => Automatic::No,
-        Ok(m) if m == store::auto_marker(&issuer_pem) => Automatic::Yes,
-        Ok(_) => Automatic::Replaced,
-    };
+    let marker = fs::read_to_string(paths.dir.join(AUTO)).ok();
+    let automatic = journal::automatic(marker.as_deref(), &issuer_pem);
     Ok(Journal {
         active,
         prepared,
@@ -427,13 +422,7 @@ pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError>
 /// activation come before holders could learn it.
 fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), RotationError> {
     stamp(&paths.dir.join(NEXT), now)?;
-    let mut bundle = ders(&read_text(&paths.ca)?);
-    bundle.extend(
-        root.iter()
-            .filter(|r| !bundle.contains(r))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    let bundle = journal::published(&ders(&read_text(&paths.ca)?), root);
     write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)
 }
 
@@ -457,22 +446,41 @@ pub fn sentry_id_of(issuer: &[u8], anchors: &[Vec<u8>]) -> String {
         })
 }
 
-/// Refuses a step before one workload TTL plus the skew after `since` unless forced;
-/// `why(ready)` says what a holder would suffer.
-fn due(
-    since: SystemTime,
-    opts: &StepOptions,
-    now: SystemTime,
-    why: impl FnOnce(SystemTime) -> String,
-) -> Result<(), RotationError> {
-    let ready = since + opts.policy.workload_ttl + opts.policy.skew;
-    if now < ready && !opts.force {
-        return Err(RotationError::Refused(format!(
-            "too early: {} (--force to do it anyway)",
-            why(ready)
-        )));
-    }
-    Ok(())
+/// The credentials directory with its journal, as [`journal::Set`] (after [`recover`]: a
+/// slot directory without its stamp is gone).
+fn read_set(paths: &StorePaths) -> Result<Set, RotationError> {
+    let (next, old) = (paths.dir.join(NEXT), paths.dir.join(OLD));
+    let prepared = match stamped(&next) {
+        Some(since) => Some(Prepared {
+            ca: read_text(&next.join("ca.crt"))?,
+            issuer: read_text(&next.join("issuer.crt"))?,
+            key: Zeroizing::new(read_text(&next.join("issuer.key"))?),
+            prepared_for: read_text(&next.join(PREPARED_FOR))?,
+            since,
+        }),
+        None => None,
+    };
+    let retiring = match stamped(&old) {
+        Some(since) => Some(Retiring {
+            ca: read_text(&old.join("ca.crt"))?,
+            issuer: read_text(&old.join("issuer.crt"))?,
+            since,
+        }),
+        None => None,
+    };
+    Ok(Set {
+        ca: read_text(&paths.ca)?,
+        issuer: read_text(&paths.issuer_cert)?,
+        key: Zeroizing::new(read_text(&paths.issuer_key)?),
+        auto: fs::read_to_string(paths.dir.join(AUTO)).ok(),
+        next: prepared,
+        old: retiring,
+    })
+}
+
+/// A step that produced no slot it must have (never: [`journal::Set::take`] makes it).
+fn missing(what: &str) -> RotationError {
+    RotationError::Refused(format!("the step made no {what} slot"))
 }
 
 fn prepare(
@@ -480,35 +488,16 @@ fn prepare(
     opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, RotationError> {
+    let set = read_set(paths)?.take(Step::Prepare, opts, now)?;
+    let pair = set.next.as_ref().ok_or_else(|| missing("prepared"))?;
     let next = paths.dir.join(NEXT);
-    if next.exists() {
-        return Err(RotationError::Refused(format!(
-            "a pair is already prepared ({}): activate it first",
-            next.display()
-        )));
-    }
-    let anchors = ders(&read_text(&paths.ca)?);
-    let issuer = ders(&read_text(&paths.issuer_cert)?);
-    let sentry_id = sentry_id_of(issuer.first().map_or(&[][..], Vec::as_slice), &anchors);
-    let trust_domain = sentry_id
-        .strip_prefix("spiffe://")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or("localhost")
-        .to_owned();
-    let (_, pem) = Credentials::generate_with(
-        &trust_domain,
-        &sentry_id,
-        now,
-        opts.policy.skew,
-        opts.generation,
-    )?;
     fs::create_dir_all(&next).map_err(io(&next))?;
-    write(&next.join("issuer.key"), pem.key.as_bytes(), 0o600)?;
-    write(&next.join("issuer.crt"), pem.issuer.as_bytes(), 0o644)?;
-    write(&next.join("ca.crt"), pem.ca.as_bytes(), 0o644)?;
+    write(&next.join("issuer.key"), pair.key.as_bytes(), 0o600)?;
+    write(&next.join("issuer.crt"), pair.issuer.as_bytes(), 0o644)?;
+    write(&next.join("ca.crt"), pair.ca.as_bytes(), 0o644)?;
     write(
         &next.join(PREPARED_FOR),
-        read_text(&paths.issuer_cert)?.as_bytes(),
+        pair.prepared_for.as_bytes(),
         0o644,
     )?;
     sync_dir(&next)?;
@@ -516,13 +505,12 @@ fn prepare(
     crash(opts, CrashPoint::PrepareStaged)?;
     stamp(&next, now)?;
     crash(opts, CrashPoint::PrepareCommitted)?;
-    publish(paths, &ders(&pem.ca), now)?;
-    Ok(format!(
-        "prepared: a new root is published in {} beside the old one; the old issuer still \
-         signs. It may sign from {} (one workload TTL plus the skew: every holder has renewed \
-         and holds the new root by then).",
-        paths.ca.display(),
-        rfc3339(now + opts.policy.workload_ttl + opts.policy.skew)
+    publish(paths, &ders(&pair.ca), now)?;
+    Ok(journal::done(
+        Step::Prepare,
+        opts,
+        now,
+        &paths.ca.display().to_string(),
     ))
 }
 
@@ -545,43 +533,25 @@ fn activate(
     opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, RotationError> {
+    let set = read_set(paths)?.take(Step::Activate, opts, now)?;
+    let outgoing = set.old.as_ref().ok_or_else(|| missing("old"))?;
     let next = paths.dir.join(NEXT);
-    let published = stamped(&next).ok_or_else(|| {
-        RotationError::Refused("nothing is prepared: run `sigil ca rotate prepare` first".into())
-    })?;
-    if paths.dir.join(OLD).exists() {
-        return Err(RotationError::Refused(format!(
-            "the previous root is still retiring ({}): retire it first",
-            paths.dir.join(OLD).display()
-        )));
-    }
-    due(published, opts, now, |ready| {
-        format!(
-            "the new root was published at {}; holders that have not renewed since would \
-             refuse certificates from the new issuer until {}",
-            rfc3339(published),
-            rfc3339(ready)
-        )
-    })?;
-    let new_root = ders(&read_text(&next.join("ca.crt"))?);
-    let outgoing_pem = read_text(&paths.issuer_cert)?;
-    let outgoing = ders(&outgoing_pem);
-    let retiring = roots_of(
-        outgoing.last().map_or(&[][..], Vec::as_slice),
-        &ders(&read_text(&paths.ca)?),
-        &new_root,
-    );
-    write(&next.join(OUTGOING_CA), pem_of(&retiring).as_bytes(), 0o644)?;
-    write(&next.join(OUTGOING_ISSUER), outgoing_pem.as_bytes(), 0o644)?;
+    write(&next.join(OUTGOING_CA), outgoing.ca.as_bytes(), 0o644)?;
+    write(
+        &next.join(OUTGOING_ISSUER),
+        outgoing.issuer.as_bytes(),
+        0o644,
+    )?;
     let activating = paths.dir.join(ACTIVATING);
     fs::rename(&next, &activating).map_err(io(&next))?;
     sync_dir(&paths.dir)?;
     crash(opts, CrashPoint::ActivateCommitted)?;
     finish(paths, opts, now)?;
-    Ok(format!(
-        "activated: the new issuer signs; the old root may leave the bundle from {} (no \
-         certificate from the old issuer is valid after that).",
-        rfc3339(now + opts.policy.workload_ttl + opts.policy.skew)
+    Ok(journal::done(
+        Step::Activate,
+        opts,
+        now,
+        &paths.ca.display().to_string(),
     ))
 }
 
@@ -617,16 +587,11 @@ fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(),
     crash(opts, CrashPoint::ActivateKey)?;
     write(&paths.issuer_cert, issuer.as_bytes(), 0o644)?;
     crash(opts, CrashPoint::ActivateCertificate)?;
-    let new_root = ders(&read_text(&activating.join("ca.crt"))?);
-    let rest: Vec<Vec<u8>> = ders(&read_text(&paths.ca)?)
-        .into_iter()
-        .filter(|d| !new_root.contains(d))
-        .collect();
-    write(
-        &paths.ca,
-        pem_of(&[new_root, rest].concat()).as_bytes(),
-        0o644,
-    )?;
+    let bundle = journal::activated(
+        &ders(&read_text(&paths.ca)?),
+        &ders(&read_text(&activating.join("ca.crt"))?),
+    );
+    write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)?;
     // Stamped once the new issuer is in place (again if this runs again): the old issuer
     // signed nothing after this, so its last certificate is gone one TTL plus the skew later.
     stamp(&old, now)?;
@@ -651,32 +616,15 @@ fn retire(
     opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, RotationError> {
-    let old = paths.dir.join(OLD);
-    let activated = stamped(&old).ok_or_else(|| {
-        RotationError::Refused("nothing to retire: run `sigil ca rotate activate` first".into())
-    })?;
-    due(activated, opts, now, |ready| {
-        format!(
-            "certificates from the old issuer may be valid until {}",
-            rfc3339(ready)
-        )
-    })?;
-    let retiring = ders(&read_text(&old.join("ca.crt"))?);
-    // The roots the active issuer chains to never leave, whatever the record says.
-    let active = ders(&read_text(&paths.issuer_cert)?);
-    let bundle = ders(&read_text(&paths.ca)?);
-    let keep = roots_of(active.last().map_or(&[][..], Vec::as_slice), &bundle, &[]);
-    let kept: Vec<Vec<u8>> = bundle
-        .into_iter()
-        .filter(|d| !retiring.contains(d) || keep.contains(d))
-        .collect();
-    write(&paths.ca, pem_of(&kept).as_bytes(), 0o644)?;
+    let set = read_set(paths)?.take(Step::Retire, opts, now)?;
+    write(&paths.ca, set.ca.as_bytes(), 0o644)?;
     crash(opts, CrashPoint::RetirePublished)?;
-    remove_dir(&old)?;
-    Ok(format!(
-        "retired: {} root(s) left {}.",
-        retiring.len(),
-        paths.ca.display()
+    remove_dir(&paths.dir.join(OLD))?;
+    Ok(journal::done(
+        Step::Retire,
+        opts,
+        now,
+        &paths.ca.display().to_string(),
     ))
 }
 
@@ -774,6 +722,7 @@ mod tests {
 
     use super::*;
     use crate::ca::store::{load, load_or_generate, Origin, Rotation};
+    use crate::ca::Credentials;
 
     const ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
 
