@@ -240,15 +240,22 @@ fn start_replicas_with(
     n: usize,
     extra: &[&std::ffi::OsStr],
 ) -> Vec<Sentry> {
-    // All spawned before any is waited on: they race for the Secret.
-    let children: Vec<_> = (0..n)
-        .map(|_| {
-            std::thread::spawn({
+    start_all(
+        (0..n)
+            .map(|_| {
                 let mut cmd = cluster.sentry_command(token);
                 cmd.args(extra);
-                move || start(cmd)
+                cmd
             })
-        })
+            .collect(),
+    )
+}
+
+/// Starts the Sentry commands, all spawned before any is waited on: they race for the Secret.
+fn start_all(commands: Vec<Command>) -> Vec<Sentry> {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|cmd| std::thread::spawn(move || start(cmd)))
         .collect();
     children
         .into_iter()
@@ -944,4 +951,321 @@ async fn k8s_clients_fail_over_when_a_replica_dies_under_load() {
     println!("k8s: failovers=1 identities={ok} calls_failed={failed}");
     assert!(before > 0 && ok > before, "{before} then {ok}");
     assert_eq!(failed, 0, "calls failed across the replica's death");
+}
+
+/// `cmd` (a `sigil sentry` command) serving gRPC on `port` instead.
+fn on_port(cmd: &Command, port: &str) -> Command {
+    let mut args: Vec<std::ffi::OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
+    if let Some(at) = args.iter().position(|x| x == "--port") {
+        args[at + 1] = port.into();
+    }
+    let mut out = Command::new(cmd.get_program());
+    out.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => out.env(k, v),
+            None => out.env_remove(k),
+        };
+    }
+    out
+}
+
+/// An app that answers every request 200 (`ok`) on a free loopback port, one connection at a
+/// time per thread.
+fn ok_app() -> u16 {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(tcp.try_clone().unwrap());
+                let mut tcp = tcp;
+                loop {
+                    // The request head (the calls carry no body).
+                    let mut line = String::new();
+                    let mut any = false;
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        any = true;
+                        if line == "\r\n" {
+                            break;
+                        }
+                        line.clear();
+                    }
+                    if !any
+                        || tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Calls `GET /v1.0/invoke/b/method/ping` through the sidecar serving HTTP at `http` until
+/// `stop`; returns (succeeded, the first failures).
+fn calls(
+    http: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let answer = common::http_get(&http, "/v1.0/invoke/b/method/ping");
+            if answer.starts_with("HTTP/1.1 200") {
+                ok += 1;
+            } else if failed.len() < 10 {
+                failed.push(answer);
+            } else {
+                failed.push(String::new());
+            }
+        }
+        (ok, failed)
+    })
+}
+
+/// Issue 14 in Kubernetes mode: two Sentry replicas sharing the Secret rotate the root and the
+/// issuer they generated (60 s each; workload certificates of 5 s) with no operator: each step
+/// is one replace of the Secret at the resourceVersion read, so it is taken once however many
+/// replicas wake for it, and the ConfigMap follows. A replica killed (abort, as kill -9) right
+/// after writing a step, before the ConfigMap, loses nothing. Two sidecars given only the
+/// first root call each other throughout: no call fails, no renewal fails, nobody restarts,
+/// and at the end the first root is gone from the Secret and the ConfigMap and both replicas
+/// sign with the Secret's issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_never_fail() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let config = cluster.work.path().join("sentry-config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprsystem\n\
+         spec:\n  mtls:\n    workloadCertTTL: 5s\n    allowedClockSkew: 0s\n",
+    )
+    .unwrap();
+    let replica = |crash: Option<&str>| {
+        let mut cmd = cluster.sentry_command(&token);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--root-ttl", "60s", "--issuer-ttl", "60s"]);
+        match crash {
+            // Whichever replica takes the first prepare dies right after writing it.
+            Some(point) => cmd.env("SIGIL_CRASH_AT", point),
+            None => cmd.env_remove("SIGIL_CRASH_AT"),
+        };
+        cmd
+    };
+    let mut replicas: Vec<Sentry> = start_all(vec![
+        replica(Some("prepare:committed")),
+        replica(Some("prepare:committed")),
+    ]);
+    let addresses: Vec<String> = replicas.iter().map(|s| s.grpc.clone()).collect();
+    let first_ca = cluster.data("secret", "ca.crt");
+    let first_root = sigil_host::pki::pem_certificates(first_ca.as_bytes()).unwrap();
+    assert!(
+        !cluster.data("secret", "sigil.auto").trim().is_empty(),
+        "a generated set is marked for automatic rotation"
+    );
+
+    // Every issuer the Secret holds, as it changes (a step a minute at most: 300 ms polls see
+    // each one).
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let issuers = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (watching, issuers) = (watching.clone(), issuers.clone());
+        let kubeconfig = cluster.kubeconfig.clone();
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                let out = Command::new("kubectl")
+                    .args(["get", "secret", "dapr-trust-bundle", "-n", NS])
+                    .args(["-o", "jsonpath={.data.issuer\\.crt}"])
+                    .env("KUBECONFIG", &kubeconfig)
+                    .output()
+                    .unwrap();
+                let now = String::from_utf8(out.stdout).unwrap();
+                let mut seen = issuers.lock().unwrap();
+                if out.status.success() && !now.is_empty() && seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    // Two sidecars in namespace shop with their pods' tokens, given the first root only.
+    let anchors = cluster.work.path().join("first-root.pem");
+    std::fs::write(&anchors, &first_ca).unwrap();
+    let (ia, ib) = (common::free_port(), common::free_port());
+    let names = cluster.work.path().join("names.yaml");
+    std::fs::write(&names, format!("a: 127.0.0.1:{ia}\nb: 127.0.0.1:{ib}\n")).unwrap();
+    let app = ok_app();
+    let sidecar = |id: &str, internal: u16, extra: &[&str]| {
+        let token_file = cluster.work.path().join(format!("{id}-token"));
+        std::fs::write(
+            &token_file,
+            cluster.workload("shop", id, &format!("{id}-0"), id),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigil"));
+        cmd.args(["sidecar", "--mode", "kubernetes", "--app-id", id])
+            .args(["--sentry-address", &addresses.join(",")])
+            .args(["--control-plane-trust-domain", TRUST_DOMAIN])
+            .args(["--control-plane-namespace", NS])
+            .arg("--trust-anchors-file")
+            .arg(&anchors)
+            .arg("--resolution-file")
+            .arg(&names)
+            .args(["--dapr-http-port", "0", "--metrics-port", "0"])
+            .args(["--dapr-internal-address", "127.0.0.1"])
+            .args(["--dapr-internal-port", &internal.to_string()])
+            .args(extra)
+            .env("NAMESPACE", "shop")
+            .env("DAPR_SENTRY_TOKEN_FILE", &token_file)
+            .env_remove("DAPR_TRUST_ANCHORS")
+            .stderr(std::fs::File::create(cluster.work.path().join(format!("{id}.log"))).unwrap());
+        common::start_sidecar(cmd)
+    };
+    let a = sidecar("a", ia, &[]);
+    let b = sidecar("b", ib, &["--app-port", &app.to_string()]);
+    for p in [&a, &b] {
+        let http = p.field("http=");
+        wait_until("the sidecar's readiness", Duration::from_secs(30), || {
+            common::health(&http) == 204
+        });
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calling = calls(a.field("http="), stop.clone());
+
+    // The first prepare (about 30 s in) kills the replica that took it, right after its write
+    // to the Secret; it is restarted at once, and the survivor restarted cleanly (it would
+    // abort at its own next prepare).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let died = loop {
+        if let Some(i) = replicas
+            .iter_mut()
+            .position(|r| r.child.try_wait().unwrap().is_some())
+        {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no replica took the prepare");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        replicas[died]
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("SIGIL_CRASH_AT=prepare:committed")),
+        "replica {died} died otherwise"
+    );
+    // The step is in the Secret; the ConfigMap is caught up by the survivor's watch.
+    let prepared =
+        sigil_host::pki::pem_certificates(cluster.data("secret", "ca.crt").as_bytes()).unwrap();
+    assert_eq!(
+        prepared.len(),
+        first_root.len() + 1,
+        "the new root is published"
+    );
+    wait_until(
+        "the ConfigMap follows the prepare",
+        Duration::from_secs(30),
+        || cluster.data("configmap", "ca.crt") == cluster.data("secret", "ca.crt"),
+    );
+    let mut restarted: Vec<Sentry> = Vec::new();
+    for i in [died, 1 - died] {
+        // The same gRPC port: the sidecars know the replicas by address.
+        let port = replicas[i].grpc.rsplit(':').next().unwrap().to_owned();
+        let cmd = on_port(&replica(None), &port);
+        if i != died {
+            // Stopped first (the other replica serves meanwhile).
+            let _ = replicas[i].child.kill();
+            let _ = replicas[i].child.wait();
+        }
+        restarted.push(start(cmd).unwrap_or_else(|e| panic!("restarting replica {i}: {e}")));
+    }
+    drop(replicas);
+
+    // Two activations and their retirements, taken by whichever replica woke first.
+    let count = |name: &str| -> u64 {
+        restarted
+            .iter()
+            .map(|r| common::metric(&r.metrics, name))
+            .sum()
+    };
+    wait_until(
+        "two automatic activations and retirements",
+        Duration::from_secs(150),
+        || {
+            count("sigil_sentry_ca_rotation_steps_total{step=\"activate\"}") >= 2
+                && count("sigil_sentry_ca_rotation_steps_total{step=\"retire\"}") >= 2
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = calling.join().unwrap();
+    watching.store(false, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        failed.first()
+    );
+    assert!(ok > 100, "only {ok} calls");
+
+    // Each step once: as many activations counted as issuers the Secret went through.
+    let activations = count("sigil_sentry_ca_rotation_steps_total{step=\"activate\"}");
+    let distinct = issuers.lock().unwrap().len() as u64;
+    assert_eq!(
+        activations,
+        distinct - 1,
+        "an activation was taken twice or missed"
+    );
+    assert_eq!(count("sigil_sentry_ca_rotation_failures_total"), 0);
+    // The first root is gone; the ConfigMap holds what the Secret holds.
+    let ca = cluster.data("secret", "ca.crt");
+    let roots = sigil_host::pki::pem_certificates(ca.as_bytes()).unwrap();
+    assert!(
+        roots.iter().all(|r| !first_root.contains(r)),
+        "the first root is still published"
+    );
+    wait_until("the ConfigMap in step", Duration::from_secs(30), || {
+        cluster.data("configmap", "ca.crt") == cluster.data("secret", "ca.crt")
+    });
+    // Both replicas sign with the Secret's issuer, checked against the ConfigMap's bundle.
+    let issuer =
+        sigil_host::pki::pem_certificates(cluster.data("secret", "issuer.crt").as_bytes()).unwrap();
+    let token_a = std::fs::read_to_string(cluster.work.path().join("a-token")).unwrap();
+    for r in &restarted {
+        let signed = sign(
+            &r.grpc,
+            &cluster.data("configmap", "ca.crt"),
+            &token_a,
+            "a",
+            "shop",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            signed.chain.get(1),
+            issuer.first(),
+            "replica {} signs with another issuer",
+            r.grpc
+        );
+    }
+    for p in [&a, &b] {
+        let text = common::http_get(&p.field("metrics="), "/metrics");
+        assert!(!text.contains("fail_total{"), "a renewal failed: {text}");
+        assert_eq!(common::health(&p.field("http=")), 204, "a sidecar is down");
+    }
+    println!(
+        "k8s: ca_activations={activations} calls_failed=0 rotation_calls={ok} killed_after_step=1"
+    );
 }

@@ -10,7 +10,7 @@
 //! issuer `prepared_for`) and the old pair (its roots still published; its successor active
 //! since `since`), plus the marker of credentials Sigil generated.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
@@ -70,6 +70,19 @@ pub fn ders(pem: &str) -> Vec<Vec<u8>> {
 
 fn first(pem: &str) -> Vec<u8> {
     ders(pem).into_iter().next().unwrap_or_default()
+}
+
+/// A slot's stamp as text: seconds since the epoch, rounded up (a step that waits for this
+/// one never starts early).
+pub fn stamp_text(at: SystemTime) -> String {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .to_string()
+}
+
+/// A stamp read back ([`stamp_text`]); `None` if it does not read.
+pub fn parse_stamp(text: &str) -> Option<SystemTime> {
+    Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
 }
 
 /// Whether Sentry rotates a set: the marker must name its issuer.
@@ -294,8 +307,6 @@ impl Set {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::ca::schedule::Policy;

@@ -293,16 +293,11 @@ fn first_cert(p: &Path) -> Vec<u8> {
 
 /// When a step was taken (seconds since the epoch in `<dir>/since`).
 fn stamped(dir: &Path) -> Option<SystemTime> {
-    let text = fs::read_to_string(dir.join(STAMP)).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
+    journal::parse_stamp(&fs::read_to_string(dir.join(STAMP)).ok()?)
 }
 
 fn stamp(dir: &Path, at: SystemTime) -> Result<(), RotationError> {
-    // Rounded up: a step that waits for this one never starts early.
-    let secs = at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    write(&dir.join(STAMP), secs.to_string().as_bytes(), 0o644)
+    write(&dir.join(STAMP), journal::stamp_text(at).as_bytes(), 0o644)
 }
 
 fn crash(opts: &StepOptions, here: CrashPoint) -> Result<(), RotationError> {

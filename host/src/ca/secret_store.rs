@@ -21,6 +21,11 @@
 //!   that does not validate is refused with the reason and the old one keeps serving, and a
 //!   deleted Secret changes nothing (it is reported; Sentry does not recreate it over a user's
 //!   intent).
+//! - **Automatic rotation** ([`SecretStore::run_due`]) of a set Sentry generated (marked
+//!   [`AUTO_KEY`]): the journal's slots are keys beside Dapr's three (`sigil.next.*` for the
+//!   prepared pair, `sigil.old.*` for the retiring one), each step ([`super::journal`]) is one
+//!   replace at the resourceVersion read (all or nothing; of racing replicas one wins), and the
+//!   ConfigMap follows.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,6 +39,9 @@ use kube::api::{Api, PostParams};
 use kube_runtime::{watcher, WatchStreamExt as _};
 use zeroize::Zeroizing;
 
+use super::journal::{self, Prepared, Retiring, Set};
+use super::rotation::{Automatic, CrashPoint, RotationError, StepOptions, Tick};
+use super::schedule::Step;
 use super::store::Origin;
 use super::{Credentials, CredentialsError, Generation};
 
@@ -86,6 +94,20 @@ pub enum SecretStoreError {
         /// What is wrong.
         source: CredentialsError,
     },
+    /// A rotation step was refused or failed.
+    #[error("rotating the credentials in Secret {namespace}/{TRUST_BUNDLE}: {source}")]
+    Rotation {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        source: RotationError,
+    },
+    /// The Secret holds no credential set (missing or emptied): nothing to rotate or load.
+    #[error("Secret {namespace}/{TRUST_BUNDLE} holds no credentials")]
+    NoSet {
+        /// The namespace.
+        namespace: String,
+    },
     /// Another writer kept changing the Secret while this replica tried to settle on it.
     #[error("Secret {namespace}/{TRUST_BUNDLE} kept changing under {RACE_RETRIES} attempts")]
     Contended {
@@ -105,12 +127,15 @@ pub enum Published {
     Corrected,
 }
 
-/// The three PEM texts of a set, as the Secret holds them.
-struct SetPem {
-    ca: String,
-    issuer: String,
-    key: Zeroizing<String>,
-}
+/// The Secret's keys for the rotation journal's slots (beside Dapr's three, which hold the
+/// active pair): the prepared pair under `sigil.next.`, the retiring one under `sigil.old.`,
+/// and the marker of a set Sentry generated (see [`super::journal`]).
+const NEXT_PREFIX: &str = "sigil.next.";
+const OLD_PREFIX: &str = "sigil.old.";
+/// The automatic-rotation marker's key.
+pub const AUTO_KEY: &str = "sigil.auto";
+const SINCE: &str = "since";
+const PREPARED_FOR: &str = "prepared-for.crt";
 
 /// What the Secret holds.
 enum Contents {
@@ -118,34 +143,36 @@ enum Contents {
     Missing,
     /// A Secret with none of the keys (its resourceVersion, to replace it at).
     Empty(Option<String>),
-    /// All three keys.
-    Set(SetPem),
+    /// All three keys, with the journal's slots.
+    Set(Box<Set>),
 }
 
 /// Sentry's credentials in a Secret and the ConfigMap that publishes its trust anchors.
+/// Clones share the API clients and what was loaded (the watch and the rotation task each
+/// hold one).
+#[derive(Clone)]
 pub struct SecretStore {
     secrets: Api<Secret>,
     config_maps: Api<ConfigMap>,
     namespace: String,
     /// The fingerprint of the set loaded or generated last, so the watch's first listing of
     /// the same Secret is not taken for a change.
-    loaded: std::sync::Mutex<Option<Fingerprint>>,
+    loaded: std::sync::Arc<std::sync::Mutex<Option<Fingerprint>>>,
 }
 
 /// SHA-256 over the three PEM texts (length-prefixed): which set, without keeping the key.
 type Fingerprint = [u8; 32];
 
-impl SetPem {
-    fn fingerprint(&self) -> Fingerprint {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        for part in [self.ca.as_str(), self.issuer.as_str(), self.key.as_str()] {
-            ctx.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
-            ctx.update(part.as_bytes());
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
+/// Which active set (the three keys Sentry serves from), without keeping the key.
+fn fingerprint(set: &Set) -> Fingerprint {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [set.ca.as_str(), set.issuer.as_str(), set.key.as_str()] {
+        ctx.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+        ctx.update(part.as_bytes());
     }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -168,11 +195,14 @@ fn contents_of(secret: Secret, namespace: &str) -> Result<Contents, SecretStoreE
     let keys = [CA_KEY, ISSUER_CERT_KEY, ISSUER_KEY_KEY];
     let values = keys.map(|k| text(&data, k));
     match values {
-        [Some(ca), Some(issuer), Some(key)] => Ok(Contents::Set(SetPem {
+        [Some(ca), Some(issuer), Some(key)] => Ok(Contents::Set(Box::new(Set {
             ca,
             issuer,
             key: Zeroizing::new(key),
-        })),
+            auto: text(&data, AUTO_KEY),
+            next: prepared_of(&data),
+            old: retiring_of(&data),
+        }))),
         [None, None, None] => Ok(Contents::Empty(secret.metadata.resource_version)),
         _ => {
             let (present, missing): (Vec<_>, Vec<_>) =
@@ -186,19 +216,69 @@ fn contents_of(secret: Secret, namespace: &str) -> Result<Contents, SecretStoreE
     }
 }
 
-fn secret_of(set: &SetPem, resource_version: Option<String>) -> Secret {
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+/// The prepared pair under `sigil.next.` (all five keys, or none counts).
+fn prepared_of(data: &BTreeMap<String, ByteString>) -> Option<Prepared> {
+    let get = |k: &str| text(data, &format!("{NEXT_PREFIX}{k}"));
+    Some(Prepared {
+        ca: get(CA_KEY)?,
+        issuer: get(ISSUER_CERT_KEY)?,
+        key: Zeroizing::new(get(ISSUER_KEY_KEY)?),
+        prepared_for: get(PREPARED_FOR)?,
+        since: journal::parse_stamp(&get(SINCE)?)?,
+    })
+}
+
+/// The retiring pair under `sigil.old.` (all three keys, or none counts).
+fn retiring_of(data: &BTreeMap<String, ByteString>) -> Option<Retiring> {
+    let get = |k: &str| text(data, &format!("{OLD_PREFIX}{k}"));
+    Some(Retiring {
+        ca: get(CA_KEY)?,
+        issuer: get(ISSUER_CERT_KEY)?,
+        since: journal::parse_stamp(&get(SINCE)?)?,
+    })
+}
+
+/// `data` holding `set`: Dapr's three keys and the journal's, other keys kept as they are.
+fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String, ByteString> {
+    data.retain(|k, _| !k.starts_with(NEXT_PREFIX) && !k.starts_with(OLD_PREFIX) && k != AUTO_KEY);
+    let mut put = |k: String, v: &str| {
+        data.insert(k, ByteString(v.as_bytes().to_vec()));
+    };
+    put(CA_KEY.to_owned(), &set.ca);
+    put(ISSUER_CERT_KEY.to_owned(), &set.issuer);
+    put(ISSUER_KEY_KEY.to_owned(), &set.key);
+    if let Some(auto) = &set.auto {
+        put(AUTO_KEY.to_owned(), auto);
+    }
+    if let Some(p) = &set.next {
+        put(format!("{NEXT_PREFIX}{CA_KEY}"), &p.ca);
+        put(format!("{NEXT_PREFIX}{ISSUER_CERT_KEY}"), &p.issuer);
+        put(format!("{NEXT_PREFIX}{ISSUER_KEY_KEY}"), &p.key);
+        put(format!("{NEXT_PREFIX}{PREPARED_FOR}"), &p.prepared_for);
+        put(
+            format!("{NEXT_PREFIX}{SINCE}"),
+            &journal::stamp_text(p.since),
+        );
+    }
+    if let Some(o) = &set.old {
+        put(format!("{OLD_PREFIX}{CA_KEY}"), &o.ca);
+        put(format!("{OLD_PREFIX}{ISSUER_CERT_KEY}"), &o.issuer);
+        put(
+            format!("{OLD_PREFIX}{SINCE}"),
+            &journal::stamp_text(o.since),
+        );
+    }
+    data
+}
+
+fn secret_of(set: &Set, resource_version: Option<String>) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(TRUST_BUNDLE.to_owned()),
             resource_version,
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([
-            (CA_KEY.to_owned(), bytes(&set.ca)),
-            (ISSUER_CERT_KEY.to_owned(), bytes(&set.issuer)),
-            (ISSUER_KEY_KEY.to_owned(), bytes(&set.key)),
-        ])),
+        data: Some(data_of(set, BTreeMap::new())),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     }
@@ -211,7 +291,7 @@ impl SecretStore {
             secrets: Api::namespaced(client.clone(), namespace),
             config_maps: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
-            loaded: std::sync::Mutex::new(None),
+            loaded: std::sync::Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -223,11 +303,11 @@ impl SecretStore {
         }
     }
 
-    fn remember(&self, set: &SetPem) {
+    fn remember(&self, set: &Set) {
         *self
             .loaded
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(set.fingerprint());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fingerprint(set));
     }
 
     async fn read(&self) -> Result<Contents, SecretStoreError> {
@@ -242,7 +322,7 @@ impl SecretStore {
         }
     }
 
-    fn validate(&self, set: &SetPem, probe_id: &str) -> Result<Credentials, SecretStoreError> {
+    fn validate(&self, set: &Set, probe_id: &str) -> Result<Credentials, SecretStoreError> {
         Credentials::from_pem(&set.ca, &set.issuer, &set.key, SystemTime::now(), probe_id).map_err(
             |source| SecretStoreError::Invalid {
                 namespace: self.namespace.clone(),
@@ -286,10 +366,14 @@ impl SecretStore {
                 namespace: self.namespace.clone(),
                 source,
             })?;
-            let set = SetPem {
+            // Generated by Sentry: marked, so Sentry rotates it (see [`SecretStore::run_due`]).
+            let set = Set {
+                auto: Some(super::store::auto_marker(&pem.issuer)),
                 ca: pem.ca,
                 issuer: pem.issuer,
                 key: pem.key,
+                next: None,
+                old: None,
             };
             let written = match version {
                 None => self
@@ -317,6 +401,135 @@ impl SecretStore {
                 }
                 Err(e) => return Err(self.api("writing the generated Secret")(e)),
             }
+        }
+        Err(SecretStoreError::Contended {
+            namespace: self.namespace.clone(),
+        })
+    }
+
+    /// The journal in the Secret now (`None` if it holds no set).
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError`]: unreadable or a partial set.
+    pub async fn journal(&self) -> Result<Option<super::rotation::Journal>, SecretStoreError> {
+        match self.read().await? {
+            Contents::Set(set) => Ok(Some(set.journal())),
+            Contents::Missing | Contents::Empty(_) => Ok(None),
+        }
+    }
+
+    /// Reads and validates the set in the Secret now.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError`]: unreadable, no set, a partial or an invalid one.
+    pub async fn load(&self, probe_id: &str) -> Result<Credentials, SecretStoreError> {
+        match self.read().await? {
+            Contents::Set(set) => self.validate(&set, probe_id),
+            Contents::Missing | Contents::Empty(_) => Err(SecretStoreError::NoSet {
+                namespace: self.namespace.clone(),
+            }),
+        }
+    }
+
+    /// Sentry's automatic rotation in the Secret, once: reads it and, for a set Sentry
+    /// generated (marked `sigil.auto`), takes the step of the journal that is due (at most
+    /// one; [`journal::Set::take`]) as **one replace at the resourceVersion read**: the step is
+    /// all written or not at all, and a replica that raced another for it gets `Conflict`,
+    /// reads again and finds it taken. Then the ConfigMap follows (a kill in between is caught
+    /// up by every replica's watch and at the next start). A crash test
+    /// (`opts.crash` = the step's `…:committed` / `retire:published` point) stops right after
+    /// the Secret was written.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError`]: the API server's, a step refused or failing, no set.
+    pub async fn run_due(
+        &self,
+        opts: &StepOptions,
+        probe_id: &str,
+        clock: impl Fn() -> SystemTime,
+    ) -> Result<Tick, SecretStoreError> {
+        let rotation = |source| SecretStoreError::Rotation {
+            namespace: self.namespace.clone(),
+            source,
+        };
+        for _ in 0..RACE_RETRIES {
+            let secret = self
+                .secrets
+                .get_opt(TRUST_BUNDLE)
+                .await
+                .map_err(self.api("reading the Secret"))?
+                .ok_or_else(|| SecretStoreError::NoSet {
+                    namespace: self.namespace.clone(),
+                })?;
+            let Contents::Set(set) = contents_of(secret.clone(), &self.namespace)? else {
+                return Err(SecretStoreError::NoSet {
+                    namespace: self.namespace.clone(),
+                });
+            };
+            let now = clock();
+            let journal = set.journal();
+            let due = match (journal.automatic, journal.next(&opts.policy)) {
+                (Automatic::Yes, Some((step, at))) if at <= now => step,
+                (Automatic::Yes, next) => {
+                    return Ok(Tick {
+                        done: None,
+                        journal,
+                        next,
+                    })
+                }
+                _ => {
+                    return Ok(Tick {
+                        done: None,
+                        journal,
+                        next: None,
+                    })
+                }
+            };
+            let after = set.take(due, opts, now).map_err(rotation)?;
+            let mut written = secret;
+            written.data = Some(data_of(&after, written.data.unwrap_or_default()));
+            match self
+                .secrets
+                .replace(TRUST_BUNDLE, &PostParams::default(), &written)
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_conflict() => {
+                    tracing::info!(step = ?due, "the credentials Secret changed under the rotation step (another Sentry took it?); reading it again");
+                    continue;
+                }
+                Err(e) => return Err(self.api("writing the rotation step to the Secret")(e)),
+            }
+            let point = match due {
+                Step::Prepare => CrashPoint::PrepareCommitted,
+                Step::Activate => CrashPoint::ActivateCommitted,
+                Step::Retire => CrashPoint::RetirePublished,
+            };
+            if opts.crash == Some(point) {
+                return Err(rotation(RotationError::Interrupted(point)));
+            }
+            // The ConfigMap follows, in the encoding Sentry serves.
+            if let Ok(creds) = self.validate(&after, probe_id) {
+                if let Err(e) = self.publish_anchors(creds.anchors_pem()).await {
+                    tracing::warn!(error = %e, "publishing the rotated trust bundle in the ConfigMap; every Sentry's watch retries");
+                }
+            }
+            let journal = after.journal();
+            let next = journal.next(&opts.policy);
+            let message = journal::done(
+                due,
+                opts,
+                now,
+                &format!("Secret {}/{TRUST_BUNDLE}", self.namespace),
+            );
+            return Ok(Tick {
+                done: Some((due, message)),
+                journal,
+                next,
+            });
         }
         Err(SecretStoreError::Contended {
             namespace: self.namespace.clone(),
@@ -436,7 +649,7 @@ impl SecretStore {
                     continue;
                 }
             };
-            let fingerprint = set.fingerprint();
+            let fingerprint = fingerprint(&set);
             if last == Some(fingerprint) {
                 // Unchanged: only the periodic pass checks the ConfigMap again (someone may
                 // have edited it).
@@ -514,6 +727,8 @@ pub fn client(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn secret(keys: &[(&str, &str)]) -> Secret {
@@ -569,16 +784,39 @@ mod tests {
 
     #[test]
     fn the_written_secret_holds_the_set_at_the_version_read() {
-        let set = SetPem {
+        let set = Set {
             ca: "ca".into(),
             issuer: "issuer".into(),
             key: Zeroizing::new("key".into()),
+            auto: Some("marker".into()),
+            next: Some(Prepared {
+                ca: "next ca".into(),
+                issuer: "next issuer".into(),
+                key: Zeroizing::new("next key".into()),
+                prepared_for: "issuer".into(),
+                since: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            }),
+            old: Some(Retiring {
+                ca: "old ca".into(),
+                issuer: "old issuer".into(),
+                since: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            }),
         };
         let s = secret_of(&set, Some("42".into()));
         assert_eq!(s.metadata.name.as_deref(), Some(TRUST_BUNDLE));
         assert_eq!(s.metadata.resource_version.as_deref(), Some("42"));
         match contents_of(s, "ns").unwrap() {
-            Contents::Set(back) => assert_eq!(back.fingerprint(), set.fingerprint()),
+            Contents::Set(back) => {
+                assert_eq!(fingerprint(&back), fingerprint(&set));
+                assert_eq!(back.auto, set.auto);
+                let (n, o) = (back.next.unwrap(), back.old.unwrap());
+                assert_eq!((n.ca.as_str(), n.key.as_str()), ("next ca", "next key"));
+                assert_eq!(n.since, set.next.as_ref().unwrap().since);
+                assert_eq!(
+                    (o.issuer.as_str(), o.since),
+                    ("old issuer", set.old.unwrap().since)
+                );
+            }
             _ => panic!("round trip"),
         }
     }

@@ -201,8 +201,32 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     // Kubernetes mode keeps the credentials in the Secret, as Dapr does, unless the operator
     // points Sentry at files (a mounted Secret, say) with --issuer-credentials.
+    let policy = crate::ca::schedule::Policy {
+        workload_ttl: settings.ttl,
+        skew: settings.skew,
+    };
+    let rotatable = |life: std::time::Duration| {
+        crate::ca::schedule::check(life, &policy)
+            .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))
+    };
+    let generation_life = opts.generation.issuer.min(opts.generation.root);
+    // A set Sentry rotates must live long enough to be rotated safely.
+    let rotatable_set = |journal: &crate::ca::rotation::Journal| {
+        if journal.automatic == crate::ca::rotation::Automatic::Yes {
+            let pair = journal.active.pair;
+            let life = pair
+                .not_after
+                .duration_since(pair.not_before)
+                .unwrap_or_default();
+            rotatable(life.min(generation_life))?;
+        }
+        anyhow::Ok(())
+    };
     let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
         (Some(k), None) => {
+            // What Sentry would generate (and then rotate) is checked before the Secret is
+            // read (it may be empty: then Sentry generates at once).
+            rotatable(generation_life)?;
             let client = secret_store::client(&k.api_server, k.ca_pem.as_deref(), &k.token_file)
                 .map_err(anyhow::Error::msg)?;
             let secrets = SecretStore::new(client, &settings.namespace);
@@ -221,6 +245,9 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                      (the Secret's set is kept, never regenerated)"
                 ),
                 Published::Created | Published::InStep => {}
+            }
+            if let Some(journal) = secrets.journal().await? {
+                rotatable_set(&journal)?;
             }
             let where_ = format!(
                 "Secret {ns}/{name} (ConfigMap {ns}/{name} publishes ca.crt)",
@@ -242,17 +269,8 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 &opts.cert_filename,
                 &opts.key_filename,
             );
-            let policy = crate::ca::schedule::Policy {
-                workload_ttl: settings.ttl,
-                skew: settings.skew,
-            };
-            let rotatable = |life: std::time::Duration| {
-                crate::ca::schedule::check(life, &policy)
-                    .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))
-            };
             // What Sentry would generate (and then rotate) is checked before anything is
             // written.
-            let generation_life = opts.generation.issuer.min(opts.generation.root);
             if [&paths.ca, &paths.issuer_cert, &paths.issuer_key]
                 .iter()
                 .all(|p| std::fs::symlink_metadata(p).is_err())
@@ -280,15 +298,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 })
                 .await??
             };
-            let journal = crate::ca::rotation::read(&paths)?;
-            if journal.automatic == crate::ca::rotation::Automatic::Yes {
-                let pair = journal.active.pair;
-                let life = pair
-                    .not_after
-                    .duration_since(pair.not_before)
-                    .unwrap_or_default();
-                rotatable(life.min(generation_life))?;
-            }
+            rotatable_set(&crate::ca::rotation::read(&paths)?)?;
             let where_ = format!(
                 "{}: ca {}, issuer {}, key {}",
                 dir.display(),

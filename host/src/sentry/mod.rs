@@ -706,11 +706,19 @@ pub async fn run(
     match store {
         Some(CredentialStore::Files(paths)) => {
             tasks.spawn(reload::watch(sentry.clone(), paths.clone(), stopped()));
-            tasks.spawn(rotate::rotate(sentry.clone(), paths, stopped()));
+            tasks.spawn(rotate::rotate(
+                sentry.clone(),
+                rotate::Journaled::Files(paths),
+                stopped(),
+            ));
         }
         Some(CredentialStore::Secret(secrets)) => {
+            tasks.spawn(rotate::rotate(
+                sentry.clone(),
+                rotate::Journaled::Secret(secrets.clone()),
+                stopped(),
+            ));
             tasks.spawn(reload::watch_secret(sentry.clone(), *secrets, stopped()));
-            tasks.spawn(rotate::warn_only(sentry.clone(), stopped()));
         }
         None => {}
     }

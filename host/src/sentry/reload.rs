@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::Sentry;
 use crate::ca::secret_store::SecretStore;
 use crate::ca::store::{self, StorePaths};
+use crate::ca::Credentials;
 
 /// Quiet time after the last event before the set is read.
 pub const DEBOUNCE: Duration = Duration::from_millis(400);
@@ -139,20 +140,7 @@ pub async fn load_and_swap(sentry: &Sentry, paths: &StorePaths, why: &'static st
         tokio::task::spawn_blocking(move || store::load(&p, SystemTime::now(), &id)).await
     };
     match loaded {
-        Ok(Ok(creds)) => {
-            let current = sentry.credentials();
-            if creds.anchors() == current.anchors()
-                && creds.issuer_chain() == current.issuer_chain()
-            {
-                return false;
-            }
-            let roots = creds.anchors().len();
-            sentry.swap_credentials(creds);
-            // Counted only when a set went in: a refused one changes nothing.
-            sentry.metrics().issuer_changed();
-            tracing::info!(roots, %sentry_id, why, "credentials replaced: new requests use the new set");
-            true
-        }
+        Ok(Ok(creds)) => swap_if_changed(sentry, creds, why),
         Ok(Err(e)) => {
             sentry.metrics().reload_refused();
             tracing::error!(error = %e, "replaced credentials refused; the previous set keeps serving");
@@ -163,6 +151,21 @@ pub async fn load_and_swap(sentry: &Sentry, paths: &StorePaths, why: &'static st
             false
         }
     }
+}
+
+/// Swaps `creds` in unless Sentry already serves the same anchors and issuer chain; counts
+/// and logs a swap (`why` says what caused it). Returns whether it swapped.
+pub fn swap_if_changed(sentry: &Sentry, creds: Credentials, why: &'static str) -> bool {
+    let current = sentry.credentials();
+    if creds.anchors() == current.anchors() && creds.issuer_chain() == current.issuer_chain() {
+        return false;
+    }
+    let roots = creds.anchors().len();
+    sentry.swap_credentials(creds);
+    // Counted only when a set went in: a refused one changes nothing.
+    sentry.metrics().issuer_changed();
+    tracing::info!(roots, sentry_id = %sentry.sentry_id(), why, "credentials replaced: new requests use the new set");
+    true
 }
 
 /// Kubernetes mode: watches the credentials Secret ([`SecretStore::watch`]) and swaps each
@@ -183,10 +186,7 @@ pub async fn watch_secret(
             probe_id,
             initial,
             move |creds| {
-                let roots = creds.anchors().len();
-                swapping.swap_credentials(creds);
-                swapping.metrics().issuer_changed();
-                tracing::info!(roots, "credentials Secret replaced: new requests use the new set");
+                swap_if_changed(&swapping, creds, "credentials Secret changed");
             },
             move |e| {
                 refusing.metrics().reload_refused();

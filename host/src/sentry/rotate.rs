@@ -1,26 +1,29 @@
-//! Sentry's automatic CA rotation (file store): a task that, for credentials Sigil generated,
-//! takes each step of the rotation journal when [`crate::ca::schedule`] says it is due
-//! ([`crate::ca::rotation::run_due`], under the store's lock, so Sentrys sharing the
-//! directory take each step once), logs and counts it, and after every look at the journal
-//! swaps in the files if they differ from the set in use (the step's Sentry at once; the other
-//! replicas, which wake at the same due time, right after it, not at their file watcher's
-//! pace). For credentials the user brought it only watches the
+//! Sentry's automatic CA rotation: a task that, for credentials Sigil generated, takes each
+//! step of the rotation journal when [`crate::ca::schedule`] says it is due, logs and counts
+//! it, and after every look at the journal swaps in the store's set if it differs from the
+//! one in use (the step's Sentry at once; the other replicas, which wake at the same due time,
+//! right after it, not at their watcher's pace). Both stores take each step once however many
+//! replicas share them: the file store under its lock ([`crate::ca::rotation::run_due`]), the
+//! Secret store as one replace at the resourceVersion read
+//! ([`crate::ca::secret_store::SecretStore::run_due`]). For credentials the user brought it
+//! only watches the
 //! calendar: from 30 days before the issuer or the first root expires it warns (a log line an
 //! hour, and `sigil_sentry_ca_expiring`), as Dapr's Sentry does.
 //!
 //! The task re-reads the journal at least every [`RECHECK`], so a clock jump, a step taken by
 //! another replica or by `sigil ca rotate` is seen within that time.
 //!
-//! In Kubernetes mode (the Secret store) Sentry does not rotate yet: [`warn_only`] gives the
-//! expiry warning there.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Sentry;
-use crate::ca::rotation::{self, Automatic, RotationError, StepOptions, WARN_BEFORE};
+use crate::ca::rotation::{
+    self, Automatic, CrashPoint, RotationError, StepOptions, Tick, WARN_BEFORE,
+};
 use crate::ca::schedule::Policy;
+use crate::ca::secret_store::{SecretStore, SecretStoreError};
 use crate::ca::store::StorePaths;
 
 /// The longest sleep between two looks at the journal.
@@ -34,10 +37,82 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Runs the rotation of `paths` for `sentry` until `stopped` resolves.
+/// Where the journal is kept.
+#[derive(Debug)]
+pub enum Journaled {
+    /// A credentials directory.
+    Files(StorePaths),
+    /// The credentials Secret (Kubernetes mode).
+    Secret(Box<SecretStore>),
+}
+
+/// Why a look at the journal failed.
+enum Failure {
+    /// A crash test stopped a step here.
+    Interrupted(CrashPoint),
+    /// Anything else: retried.
+    Failed(String),
+}
+
+impl From<RotationError> for Failure {
+    fn from(e: RotationError) -> Self {
+        match e {
+            RotationError::Interrupted(p) => Self::Interrupted(p),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl Journaled {
+    async fn tick(&self, opts: StepOptions, probe_id: &str) -> Result<Tick, Failure> {
+        match self {
+            Self::Files(paths) => {
+                let p = paths.clone();
+                tokio::task::spawn_blocking(move || rotation::run_due(&p, &opts, SystemTime::now))
+                    .await
+                    .map_err(|e| Failure::Failed(format!("CA rotation task: {e}")))?
+                    .map_err(Failure::from)
+            }
+            Self::Secret(store) => match store.run_due(&opts, probe_id, SystemTime::now).await {
+                Ok(tick) => Ok(tick),
+                Err(SecretStoreError::Rotation { source, .. }) => Err(source.into()),
+                Err(e) => Err(Failure::Failed(e.to_string())),
+            },
+        }
+    }
+
+    /// Swaps the store's set in if it differs from the one in use.
+    async fn swap(&self, sentry: &Sentry) {
+        match self {
+            Self::Files(paths) => {
+                super::reload::load_and_swap(sentry, paths, "CA rotation step").await;
+            }
+            Self::Secret(store) => match store.load(sentry.sentry_id()).await {
+                Ok(creds) => {
+                    super::reload::swap_if_changed(sentry, creds, "CA rotation step");
+                }
+                // The watch reports and counts a refused set.
+                Err(e) => tracing::warn!(error = %e, "reading the rotated credentials Secret"),
+            },
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Files(paths) => paths.dir.display().to_string(),
+            Self::Secret(store) => format!(
+                "Secret {}/{}",
+                store.namespace(),
+                crate::ca::secret_store::TRUST_BUNDLE
+            ),
+        }
+    }
+}
+
+/// Runs the rotation of the journal in `store` for `sentry` until `stopped` resolves.
 pub async fn rotate(
     sentry: Arc<Sentry>,
-    paths: StorePaths,
+    store: Journaled,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) {
     let settings = sentry.settings();
@@ -54,12 +129,8 @@ pub async fn rotate(
     let mut warned: Option<Instant> = None;
     let mut last_view = None;
     loop {
-        let tick = {
-            let p = paths.clone();
-            tokio::task::spawn_blocking(move || rotation::run_due(&p, &opts, SystemTime::now)).await
-        };
-        let wait = match tick {
-            Ok(Ok(tick)) => {
+        let wait = match store.tick(opts, sentry.sentry_id()).await {
+            Ok(tick) => {
                 if let Some((step, message)) = &tick.done {
                     sentry.metrics().rotation_step(*step);
                     tracing::info!(?step, "CA rotation: {message}");
@@ -75,7 +146,7 @@ pub async fn rotate(
                     j.old.as_ref().map(|s| s.since),
                 );
                 if last_view.as_ref() != Some(&view) {
-                    super::reload::load_and_swap(&sentry, &paths, "CA rotation step").await;
+                    store.swap(&sentry).await;
                     last_view = Some(view);
                 }
                 sentry.metrics().set_slots([
@@ -97,25 +168,20 @@ pub async fn rotate(
                                 .min(RECHECK)
                         }
                         _ => {
-                            warn_expiry(&sentry, &paths.dir.display().to_string(), &mut warned);
+                            warn_expiry(&sentry, &store, &mut warned);
                             RECHECK
                         }
                     }
                 }
             }
-            Ok(Err(RotationError::Interrupted(point))) => {
+            Err(Failure::Interrupted(point)) => {
                 // A crash test: die here as kill -9 would, with no clean-up.
                 eprintln!("sentry: SIGIL_CRASH_AT={point}: aborting");
                 std::process::abort();
             }
-            Ok(Err(e)) => {
+            Err(Failure::Failed(e)) => {
                 sentry.metrics().rotation_failed();
                 tracing::error!(error = %e, "CA rotation step failed; the current set keeps serving; retrying");
-                RETRY
-            }
-            Err(e) => {
-                sentry.metrics().rotation_failed();
-                tracing::error!(error = %e, "CA rotation task failed; retrying");
                 RETRY
             }
         };
@@ -126,23 +192,9 @@ pub async fn rotate(
     }
 }
 
-/// Kubernetes mode (the Secret store), where Sentry does not rotate yet: only the expiry
-/// warning, until `stopped` resolves.
-pub async fn warn_only(sentry: Arc<Sentry>, stopped: impl Future<Output = ()> + Send + 'static) {
-    tokio::pin!(stopped);
-    let mut warned: Option<Instant> = None;
-    loop {
-        warn_expiry(&sentry, "the credentials Secret", &mut warned);
-        tokio::select! {
-            () = &mut stopped => return,
-            () = tokio::time::sleep(RECHECK) => {}
-        }
-    }
-}
-
 /// Credentials Sentry does not rotate: the metric, and a log line an hour from 30 days
 /// before the issuer (or the first root) expires.
-fn warn_expiry(sentry: &Sentry, store: &str, warned: &mut Option<Instant>) {
+fn warn_expiry(sentry: &Sentry, store: &Journaled, warned: &mut Option<Instant>) {
     let creds = sentry.credentials();
     let issuer_na = creds.issuer_not_after();
     let root_na = creds
@@ -158,12 +210,19 @@ fn warn_expiry(sentry: &Sentry, store: &str, warned: &mut Option<Instant>) {
     sentry.metrics().set_expiring(expiring);
     if expiring && warned.is_none_or(|w| w.elapsed() >= WARN_EVERY) {
         *warned = Some(Instant::now());
+        let how = match store {
+            Journaled::Files(_) => "rotate them with `sigil ca rotate prepare|activate|retire`",
+            Journaled::Secret(_) => {
+                "replace the Secret in two steps: first ca.crt with the new root added (the old \
+                 issuer still signs), then, one workload TTL later, the new issuer and key"
+            }
+        };
         tracing::warn!(
-            store,
+            store = %store.name(),
             expires = %humantime::format_rfc3339_seconds(soonest),
             left = %humantime::format_duration(Duration::from_secs(left.as_secs())),
-            "the CA's credentials expire soon and Sentry does not rotate them: rotate with \
-             `sigil ca rotate prepare|activate|retire`"
+            "the CA's credentials expire soon and Sentry does not rotate them (it rotates only \
+             credentials it generated): {how}"
         );
     }
 }

@@ -317,18 +317,21 @@ impl Proc {
 
 /// Starts `sigil sidecar <args>` (no NAMESPACE, no anchors or token from the environment) and
 /// waits for its ready line.
-#[allow(clippy::zombie_processes)] // reaped by `Proc::drop`
 pub fn sidecar_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .arg("sidecar")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigil"));
+    cmd.arg("sidecar")
         .args(args)
         .env_remove("NAMESPACE")
         .env_remove("DAPR_TRUST_ANCHORS")
         .env_remove("DAPR_SENTRY_TOKEN_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    start_sidecar(cmd)
+}
+
+/// Starts a `sigil sidecar` command and waits for its ready line (its stdout is taken).
+#[allow(clippy::zombie_processes)] // reaped by `Proc::drop`
+pub fn start_sidecar(mut cmd: Command) -> Proc {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let line = BufReader::new(out)
         .lines()
