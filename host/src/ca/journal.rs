@@ -85,11 +85,17 @@ pub fn parse_stamp(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
 }
 
+/// `at` rounded up to a whole second, as a stamp stores it.
+pub fn whole(at: SystemTime) -> SystemTime {
+    parse_stamp(&stamp_text(at)).unwrap_or(at)
+}
+
 /// Whether Sentry rotates a set: the marker must name its issuer.
 pub fn automatic(marker: Option<&str>, issuer_pem: &str) -> Automatic {
     match marker {
         None => Automatic::No,
-        Some(m) if m == store::auto_marker(issuer_pem) => Automatic::Yes,
+        // Surrounding whitespace aside: an operator may write it by hand (see the README).
+        Some(m) if m.trim() == store::auto_marker(issuer_pem).trim() => Automatic::Yes,
         Some(_) => Automatic::Replaced,
     }
 }
@@ -230,7 +236,7 @@ impl Set {
                 issuer: pem.issuer,
                 key: pem.key,
                 prepared_for: self.issuer.clone(),
-                since: now,
+                since: whole(now),
             }),
             ..self.clone()
         })
@@ -279,7 +285,7 @@ impl Set {
             old: Some(Retiring {
                 ca: pem_of(&retiring),
                 issuer: self.issuer.clone(),
-                since: now,
+                since: whole(now),
             }),
         })
     }
@@ -401,6 +407,9 @@ mod tests {
             ..p
         };
         assert!(replaced.prepared().is_none());
+        // A marker written by hand (the bare hex digest, no newline) counts.
+        let bare = store::auto_marker(&other.issuer).trim().to_owned();
+        assert_eq!(automatic(Some(&bare), &other.issuer), Automatic::Yes);
         assert_eq!(replaced.automatic(), Automatic::Replaced);
         let user = Set {
             auto: None,

@@ -1,8 +1,9 @@
-//! The CA rotation journal in a credentials directory, and its three steps: the one
-//! implementation behind Sentry's automatic rotation (of credentials it generated) and
-//! `sigil ca rotate` (by hand, for any). When a step is due is [`super::schedule`]'s answer;
-//! this module keeps the state on disk, takes the steps crash-safe under the store's lock,
-//! and refuses a step that would break a holder (unless forced).
+//! The CA rotation journal in a credentials directory: the file store's side of Sentry's
+//! automatic rotation (of credentials it generated) and of `sigil ca rotate` (by hand, for
+//! any). When a step is due is [`super::schedule`]'s answer; what a step requires, refuses and
+//! produces is [`super::journal`]'s; this module keeps the state on disk and writes each
+//! step's result crash-safe under the store's lock. (The Secret store keeps the same journal
+//! as keys of the Secret: [`super::secret_store`].)
 //!
 //! The journal is the directory itself, in Dapr's layout plus three entries:
 //!

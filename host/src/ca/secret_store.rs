@@ -2,7 +2,7 @@
 //! (keys `ca.crt`, `issuer.crt`, `issuer.key`) in Sentry's namespace, and the ConfigMap
 //! `dapr-trust-bundle` (key `ca.crt`) that sidecars mount as their trust anchors.
 //!
-//! The same guarantees as the file store ([`super::store`]):
+//! The guarantees of the file store ([`super::store`]), by the API server's means:
 //!
 //! - **Never generates over a user's set**: a Secret with all three keys is loaded and
 //!   validated ([`Credentials::from_pem`]); one with none (Dapr's Helm chart creates it empty)
@@ -141,8 +141,9 @@ const PREPARED_FOR: &str = "prepared-for.crt";
 enum Contents {
     /// No Secret.
     Missing,
-    /// A Secret with none of the keys (its resourceVersion, to replace it at).
-    Empty(Option<String>),
+    /// A Secret with none of the keys (replaced at its resourceVersion, its labels,
+    /// annotations and other keys kept).
+    Empty(Box<Secret>),
     /// All three keys, with the journal's slots.
     Set(Box<Set>),
 }
@@ -203,7 +204,10 @@ fn contents_of(secret: Secret, namespace: &str) -> Result<Contents, SecretStoreE
             next: prepared_of(&data),
             old: retiring_of(&data),
         }))),
-        [None, None, None] => Ok(Contents::Empty(secret.metadata.resource_version)),
+        [None, None, None] => Ok(Contents::Empty(Box::new(Secret {
+            data: Some(data),
+            ..secret
+        }))),
         _ => {
             let (present, missing): (Vec<_>, Vec<_>) =
                 keys.iter().zip(&values).partition(|(_, v)| v.is_some());
@@ -346,14 +350,14 @@ impl SecretStore {
         generation: Generation,
     ) -> Result<(Credentials, Origin), SecretStoreError> {
         for _ in 0..RACE_RETRIES {
-            let version = match self.read().await? {
+            let empty = match self.read().await? {
                 Contents::Set(set) => {
                     let creds = self.validate(&set, sentry_id)?;
                     self.remember(&set);
                     return Ok((creds, Origin::Loaded));
                 }
                 Contents::Missing => None,
-                Contents::Empty(version) => Some(version),
+                Contents::Empty(secret) => Some(secret),
             };
             let (creds, pem) = Credentials::generate_with(
                 trust_domain,
@@ -375,17 +379,21 @@ impl SecretStore {
                 next: None,
                 old: None,
             };
-            let written = match version {
+            let written = match empty {
                 None => self
                     .secrets
                     .create(&PostParams::default(), &secret_of(&set, None))
                     .await
                     .map(|_| ()),
-                Some(rv) => self
-                    .secrets
-                    .replace(TRUST_BUNDLE, &PostParams::default(), &secret_of(&set, rv))
-                    .await
-                    .map(|_| ()),
+                Some(secret) => {
+                    // At the version read: a replica that wrote first makes this a Conflict.
+                    let mut filled = *secret;
+                    filled.data = Some(data_of(&set, filled.data.unwrap_or_default()));
+                    self.secrets
+                        .replace(TRUST_BUNDLE, &PostParams::default(), &filled)
+                        .await
+                        .map(|_| ())
+                }
             };
             match written {
                 Ok(()) => {
@@ -471,24 +479,47 @@ impl SecretStore {
             };
             let now = clock();
             let journal = set.journal();
-            let due = match (journal.automatic, journal.next(&opts.policy)) {
-                (Automatic::Yes, Some((step, at))) if at <= now => step,
-                (Automatic::Yes, next) => {
-                    return Ok(Tick {
-                        done: None,
-                        journal,
-                        next,
-                    })
+            if journal.automatic != Automatic::Yes {
+                return Ok(Tick {
+                    done: None,
+                    journal,
+                    next: None,
+                });
+            }
+            // Holders mount the ConfigMap: a prepared root counts as published only once it is
+            // there. If the ConfigMap does not hold it (the write after the prepare failed or
+            // was killed, and no replica's watch caught up), it is published now and the
+            // stamp taken again, as the file store's recovery does.
+            let stale = match set.prepared() {
+                Some(p) => !self.config_map_holds(&journal::ders(&p.ca)).await?,
+                None => false,
+            };
+            let (after, step) = if stale {
+                let mut after = (*set).clone();
+                if let Some(p) = after.next.as_mut() {
+                    p.since = journal::whole(now);
                 }
-                _ => {
-                    return Ok(Tick {
-                        done: None,
-                        journal,
-                        next: None,
-                    })
+                let creds = self.validate(&set, probe_id)?;
+                self.publish_anchors(creds.anchors_pem()).await?;
+                tracing::warn!(namespace = %self.namespace, "the prepared root was not in the trust-bundle ConfigMap: published, and its activation counted from now");
+                (after, None)
+            } else {
+                match journal.next(&opts.policy) {
+                    Some((step, at)) if at <= now => {
+                        (set.take(step, opts, now).map_err(rotation)?, Some(step))
+                    }
+                    next => {
+                        return Ok(Tick {
+                            done: None,
+                            journal,
+                            next,
+                        })
+                    }
                 }
             };
-            let after = set.take(due, opts, now).map_err(rotation)?;
+            // Validated before it is written: a step whose result Sentry would refuse to
+            // load is not taken.
+            let creds = self.validate(&after, probe_id)?;
             let mut written = secret;
             written.data = Some(data_of(&after, written.data.unwrap_or_default()));
             match self
@@ -498,35 +529,37 @@ impl SecretStore {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.is_conflict() => {
-                    tracing::info!(step = ?due, "the credentials Secret changed under the rotation step (another Sentry took it?); reading it again");
+                    tracing::info!(?step, "the credentials Secret changed under the rotation step (another Sentry took it?); reading it again");
                     continue;
                 }
                 Err(e) => return Err(self.api("writing the rotation step to the Secret")(e)),
             }
-            let point = match due {
-                Step::Prepare => CrashPoint::PrepareCommitted,
-                Step::Activate => CrashPoint::ActivateCommitted,
-                Step::Retire => CrashPoint::RetirePublished,
+            let point = match step {
+                Some(Step::Prepare) => Some(CrashPoint::PrepareCommitted),
+                Some(Step::Activate) => Some(CrashPoint::ActivateCommitted),
+                Some(Step::Retire) => Some(CrashPoint::RetirePublished),
+                None => None,
             };
-            if opts.crash == Some(point) {
+            if let Some(point) = point.filter(|p| opts.crash == Some(*p)) {
                 return Err(rotation(RotationError::Interrupted(point)));
             }
             // The ConfigMap follows, in the encoding Sentry serves.
-            if let Ok(creds) = self.validate(&after, probe_id) {
-                if let Err(e) = self.publish_anchors(creds.anchors_pem()).await {
-                    tracing::warn!(error = %e, "publishing the rotated trust bundle in the ConfigMap; every Sentry's watch retries");
-                }
+            if let Err(e) = self.publish_anchors(creds.anchors_pem()).await {
+                tracing::warn!(error = %e, "publishing the rotated trust bundle in the ConfigMap; every Sentry's watch retries, and the next look restamps a prepared root it lacks");
             }
             let journal = after.journal();
             let next = journal.next(&opts.policy);
-            let message = journal::done(
-                due,
-                opts,
-                now,
-                &format!("Secret {}/{TRUST_BUNDLE}", self.namespace),
-            );
+            let done = step.map(|step| {
+                let message = journal::done(
+                    step,
+                    opts,
+                    now,
+                    &format!("Secret {}/{TRUST_BUNDLE}", self.namespace),
+                );
+                (step, message)
+            });
             return Ok(Tick {
-                done: Some((due, message)),
+                done,
                 journal,
                 next,
             });
@@ -534,6 +567,20 @@ impl SecretStore {
         Err(SecretStoreError::Contended {
             namespace: self.namespace.clone(),
         })
+    }
+
+    /// Whether the ConfigMap's `ca.crt` holds every root of `roots`.
+    async fn config_map_holds(&self, roots: &[Vec<u8>]) -> Result<bool, SecretStoreError> {
+        let held = self
+            .config_maps
+            .get_opt(TRUST_BUNDLE)
+            .await
+            .map_err(self.api("reading the ConfigMap"))?
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove(CA_KEY))
+            .map(|pem| journal::ders(&pem))
+            .unwrap_or_default();
+        Ok(roots.iter().all(|r| held.contains(r)))
     }
 
     /// Makes the ConfigMap's `ca.crt` equal to `ca_pem`, and says what it found.
@@ -766,7 +813,7 @@ mod tests {
         }
         assert!(matches!(
             contents_of(secret(&[]), "ns").unwrap(),
-            Contents::Empty(Some(v)) if v == "7"
+            Contents::Empty(s) if s.metadata.resource_version.as_deref() == Some("7")
         ));
         let Err(e) = contents_of(secret(&all[..2]), "dapr-system") else {
             panic!("a partial set accepted");

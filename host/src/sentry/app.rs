@@ -224,12 +224,14 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
         (Some(k), None) => {
-            // What Sentry would generate (and then rotate) is checked before the Secret is
-            // read (it may be empty: then Sentry generates at once).
-            rotatable(generation_life)?;
             let client = secret_store::client(&k.api_server, k.ca_pem.as_deref(), &k.token_file)
                 .map_err(anyhow::Error::msg)?;
             let secrets = SecretStore::new(client, &settings.namespace);
+            // What Sentry would generate (and then rotate) is checked before anything is
+            // written: when the Secret holds no set, Sentry generates one at once.
+            if secrets.journal().await?.is_none() {
+                rotatable(generation_life)?;
+            }
             let (creds, origin) = secrets
                 .load_or_generate(
                     &settings.trust_domain,
