@@ -10,7 +10,8 @@
 #   nostd      sigil-core for thumbv7em-none-eabihf (with and without its features), the
 #              reference firmware linked with no allocator, and the real MCU board (nRF52840
 #              DK, build only) with one copy of each crypto crate
-#   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386)
+#   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386), then the
+#              instruction counts per operation (ci/qemu-bench.sh, -icount)
 #   e2e        the edge device end to end under QEMU: Sentry, sidecar, app and relay on the
 #              host, identity, two rotations, mTLS calls, a foreign chain refused
 #   fuzz       a short cargo-fuzz run of every target (nightly), from its seeds and the corpus
@@ -98,6 +99,7 @@ job_nostd() {
 
 job_qemu() {
   bash ci/qemu.sh
+  bash ci/qemu-bench.sh
 }
 
 job_e2e() {

@@ -69,19 +69,23 @@ if [ -f target/e2e/device.log ]; then
   sed -n 's/^e2e: timing /device timing (emulated): /p' target/e2e/device.log
 fi
 core_flash=$((primitives_flash_z - empty_flash_z))
-# The targets: the full device image <= 128 KB flash and <= 48 KB of RAM with its stack; the
-# core alone <= 64 KB flash. (The device image here carries the default anchors; the one
-# ci/qemu-e2e.sh ran carries Sentry's root, a few bytes apart; the stack is that run's.)
+# The targets (issue 15): the full device image <= 96 KB flash at opt z and < 128 KB at opt s,
+# and <= 32 KB of RAM with its stack (not met yet: the check fails above the previous 48 KB
+# and prints how far from 32 KB it is); the core alone <= 64 KB flash. (The device image here
+# carries the default anchors; the one ci/qemu-e2e.sh ran carries Sentry's root, a few bytes
+# apart; the stack is that run's.)
 status=0
 if [ "$device_stack_z" = - ]; then
   echo "device opt=z stack unknown: run ci/qemu-e2e.sh first" >&2
   status=1
 else
   total=$((device_ram_z + device_stack_z))
-  echo "device opt=z ram+stack=$total (targets: flash <= 131072, ram+stack <= 49152)"
+  echo "device opt=z ram+stack=$total (target 32768: $([ "$total" -le 32768 ] && echo met || echo "not met, $((total - 32768)) over"); fails above 49152)"
   [ "$total" -le 49152 ] || { echo "size: device RAM + stack over 48 KB" >&2; status=1; }
 fi
-[ "$device_flash_z" -le 131072 ] || { echo "size: device image over 128 KB flash" >&2; status=1; }
+echo "device flash opt=z $device_flash_z (<= 98304) opt=s $device_flash_s (< 131072)"
+[ "$device_flash_z" -le 98304 ] || { echo "size: device image over 96 KB flash at opt z" >&2; status=1; }
+[ "$device_flash_s" -lt 131072 ] || { echo "size: device image not under 128 KB flash at opt s" >&2; status=1; }
 [ "$core_flash" -le 65536 ] || { echo "size: core over 64 KB flash" >&2; status=1; }
 echo "image flash=$device_flash_z ram=$device_ram_z stack=$device_stack_z"
 echo "core flash=$core_flash"

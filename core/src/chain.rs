@@ -100,6 +100,17 @@ pub enum BundleError {
     UnsupportedKey(AlgorithmError),
 }
 
+impl BundleError {
+    /// A short fixed name of the error, for logs that cannot afford `core::fmt` (firmware).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Full { .. } => "bundle-full",
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedKey(_) => "unsupported-key",
+        }
+    }
+}
+
 impl core::fmt::Display for BundleError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -303,6 +314,17 @@ pub enum Position {
     Anchor(usize),
 }
 
+impl Position {
+    /// A short fixed name (`leaf`, `intermediate`, `anchor`), for logs without `core::fmt`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Leaf => "leaf",
+            Self::Intermediate(_) => "intermediate",
+            Self::Anchor(_) => "anchor",
+        }
+    }
+}
+
 impl core::fmt::Display for Position {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -419,6 +441,32 @@ pub struct Error {
     pub cert: Position,
     /// The rule it broke.
     pub kind: ErrorKind,
+}
+
+impl ErrorKind {
+    /// A short fixed name of the rule broken, for logs that cannot afford `core::fmt`
+    /// (firmware); the `Display` text says more.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedAlgorithm(_) => "unsupported-algorithm",
+            Self::BadSignature(_) => "bad-signature",
+            Self::Expired { .. } => "expired",
+            Self::NotYetValid { .. } => "not-yet-valid",
+            Self::CaUsedAsEndEntity => "ca-as-leaf",
+            Self::NotCa => "issuer-not-ca",
+            Self::PathLenExceeded { .. } => "path-len-exceeded",
+            Self::MissingKeyCertSign => "no-key-cert-sign",
+            Self::RequiredEkuNotFound(_) => "eku-missing",
+            Self::NameConstraintViolation => "name-constraints",
+            Self::PeerNameMismatch(_) => "peer-name-mismatch",
+            Self::UnknownIssuer => "unknown-issuer",
+            Self::AuthorityKeyIdMismatch => "authority-key-id-mismatch",
+            Self::MaxDepthExceeded { .. } => "max-depth",
+            Self::TooManyIntermediates { .. } => "too-many-intermediates",
+            Self::BudgetExceeded(_) => "budget-exceeded",
+        }
+    }
 }
 
 impl Error {

@@ -28,8 +28,16 @@
 //! - As with any TLS 1.3 client, a server's refusal of *our* certificate arrives after the
 //!   handshake: a connection is authenticated only after its first application round trip.
 //!
-//! A [`Signer`] that fails during CertificateVerify makes embedded-tls panic (it calls the
-//! infallible `sign`); software keys do not fail, a secure element should be checked first.
+//! **A signer that fails** (a secure element that refuses or times out) ends the handshake
+//! with an error, never a panic: embedded-tls 0.19 calls the infallible `SignerMut::sign`
+//! for CertificateVerify, so the provider's signer catches the failure there, records it
+//! ([`Provider::signing_failure`], and the [`SigningGuard`] shared with a [`Guarded`]
+//! transport) and hands back an empty signature; the guarded transport then refuses to write,
+//! so that CertificateVerify never leaves the device and `open()` fails with an I/O error the
+//! caller maps to the recorded failure. (Without the guard the empty signature is sent and the
+//! server aborts the handshake; still no panic.) The next handshake signs again.
+
+use core::cell::Cell;
 
 use embedded_tls::blocking::{
     Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
@@ -41,7 +49,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cert;
 use crate::chain::{self, Options, PeerName, TrustBundle, Usage, MAX_INTERMEDIATES};
-use crate::crypto::{PublicKey, Scheme, SignatureVerifier, Signer, MAX_SIGNATURE_LEN};
+use crate::crypto::{PublicKey, Scheme, SignError, SignatureVerifier, Signer, MAX_SIGNATURE_LEN};
 
 /// The context string of a server's CertificateVerify (RFC 8446 §4.4.3).
 const SERVER_CONTEXT: &[u8] = b"TLS 1.3, server CertificateVerify\0";
@@ -69,6 +77,23 @@ pub enum ServerRefusal {
     UnsupportedScheme(u16),
     /// The CertificateVerify signature does not verify.
     BadSignature,
+}
+
+impl ServerRefusal {
+    /// A short fixed name, for logs that cannot afford `core::fmt` (firmware).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no-certificate",
+            Self::NotX509 => "not-x509",
+            Self::TooManyCertificates => "too-many-certificates",
+            Self::Path(e) => e.kind.name(),
+            Self::BadKey => "bad-key",
+            Self::NoVerifiedCertificate => "no-verified-certificate",
+            Self::NoPeerName => "no-peer-name",
+            Self::UnsupportedScheme(_) => "unsupported-scheme",
+            Self::BadSignature => "bad-signature",
+        }
+    }
 }
 
 impl core::fmt::Display for ServerRefusal {
@@ -310,20 +335,136 @@ impl AsRef<[u8]> for SignatureBytes {
     }
 }
 
+/// Whether the device's signer failed in the handshake: shared by a [`Provider`]
+/// ([`Provider::with_guard`]) and a [`Guarded`] transport, which stops writing once it trips.
+#[derive(Debug, Default)]
+pub struct SigningGuard(Cell<Option<SignError>>);
+
+impl SigningGuard {
+    /// A guard that has not tripped.
+    pub const fn new() -> Self {
+        Self(Cell::new(None))
+    }
+
+    /// The signer's failure, if it failed.
+    pub fn failure(&self) -> Option<SignError> {
+        self.0.get()
+    }
+
+    /// Clears it for the next handshake.
+    pub fn reset(&self) {
+        self.0.set(None);
+    }
+}
+
+/// A transport that refuses to write once its [`SigningGuard`] tripped: the CertificateVerify
+/// embedded-tls builds around a failed signature never leaves the device.
+#[derive(Debug)]
+pub struct Guarded<'g, T> {
+    inner: T,
+    guard: &'g SigningGuard,
+}
+
+impl<'g, T> Guarded<'g, T> {
+    /// `inner`, guarded by `guard`.
+    pub const fn new(inner: T, guard: &'g SigningGuard) -> Self {
+        Self { inner, guard }
+    }
+
+    /// The transport inside.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+/// A [`Guarded`] transport's error: its own, or the refusal to write after a signer failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardedError<E> {
+    /// The signer failed: nothing more is written in this session.
+    SignerFailed,
+    /// The transport's own error.
+    Io(E),
+}
+
+impl<E: embedded_io::Error> embedded_io::Error for GuardedError<E> {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        match self {
+            Self::SignerFailed => embedded_io::ErrorKind::Other,
+            Self::Io(e) => e.kind(),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for GuardedError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::SignerFailed => f.write_str("the signer failed: nothing more is sent"),
+            Self::Io(e) => write!(f, "transport: {e:?}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::error::Error for GuardedError<E> {}
+
+impl<T: embedded_io::ErrorType> embedded_io::ErrorType for Guarded<'_, T> {
+    type Error = GuardedError<T::Error>;
+}
+
+impl<T: embedded_io::Read> embedded_io::Read for Guarded<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        self.inner.read(buf).map_err(GuardedError::Io)
+    }
+}
+
+impl<T: embedded_io::Write> embedded_io::Write for Guarded<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        if self.guard.failure().is_some() {
+            return Err(GuardedError::SignerFailed);
+        }
+        self.inner.write(buf).map_err(GuardedError::Io)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        if self.guard.failure().is_some() {
+            return Err(GuardedError::SignerFailed);
+        }
+        self.inner.flush().map_err(GuardedError::Io)
+    }
+}
+
 /// Adapts a [`Signer`] (software key or secure element) to the `signature` trait embedded-tls
-/// calls for CertificateVerify.
-struct TlsSigner<'k, K>(&'k mut K);
+/// calls for CertificateVerify, recording a failure instead of panicking (see the module doc).
+struct TlsSigner<'k, K> {
+    key: &'k mut K,
+    failed: &'k Cell<Option<SignError>>,
+    guard: Option<&'k SigningGuard>,
+}
+
+impl<K: Signer> TlsSigner<'_, K> {
+    fn sign_bytes(&mut self, message: &[u8]) -> Result<SignatureBytes, SignError> {
+        let mut buf = [0u8; MAX_SIGNATURE_LEN];
+        let sig = self.key.sign(message, &mut buf)?;
+        heapless::Vec::from_slice(sig)
+            .map(SignatureBytes)
+            .map_err(|_| SignError::BufferTooSmall { needed: sig.len() })
+    }
+}
 
 impl<K: Signer> signature::SignerMut<SignatureBytes> for TlsSigner<'_, K> {
     fn try_sign(&mut self, message: &[u8]) -> Result<SignatureBytes, signature::Error> {
-        let mut buf = [0u8; MAX_SIGNATURE_LEN];
-        let sig = self
-            .0
-            .sign(message, &mut buf)
-            .map_err(|_| signature::Error::new())?;
-        heapless::Vec::from_slice(sig)
-            .map(SignatureBytes)
+        self.sign_bytes(message)
             .map_err(|_| signature::Error::new())
+    }
+
+    /// What embedded-tls calls: never panics (the trait's default would).
+    fn sign(&mut self, message: &[u8]) -> SignatureBytes {
+        self.sign_bytes(message).unwrap_or_else(|e| {
+            self.failed.set(Some(e));
+            if let Some(g) = self.guard {
+                g.0.set(Some(e));
+            }
+            SignatureBytes(heapless::Vec::new())
+        })
     }
 }
 
@@ -333,6 +474,8 @@ pub struct Provider<'a, R, K, V, const N: usize> {
     rng: &'a mut R,
     verifier: ServerCertVerifier<'a, V, N>,
     identity: Option<(&'a [u8], K)>,
+    failed: Cell<Option<SignError>>,
+    guard: Option<&'a SigningGuard>,
 }
 
 impl<'a, R, K, V, const N: usize> Provider<'a, R, K, V, N>
@@ -353,7 +496,22 @@ where
             rng,
             verifier,
             identity,
+            failed: Cell::new(None),
+            guard: None,
         }
+    }
+
+    /// Trips `guard` too when the signer fails, so that a [`Guarded`] transport sends nothing
+    /// more.
+    #[must_use]
+    pub const fn with_guard(mut self, guard: &'a SigningGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Why the signer failed in the last handshake, if it did (the handshake then failed).
+    pub fn signing_failure(&self) -> Option<SignError> {
+        self.failed.get()
     }
 
     /// The verifier, to read [`ServerCertVerifier::refusal`] after a failed handshake.
@@ -375,6 +533,7 @@ where
     /// and key share), before any server message: the verifier starts clean here.
     fn rng(&mut self) -> impl CryptoRngCore {
         self.verifier.begin();
+        self.failed.set(None);
         &mut *self.rng
     }
 
@@ -386,13 +545,15 @@ where
         &mut self,
     ) -> Result<(impl signature::SignerMut<SignatureBytes>, SignatureScheme), TlsError> {
         let (_, key) = self.identity.as_mut().ok_or(TlsError::InvalidPrivateKey)?;
+        let failed = &self.failed;
+        let guard = self.guard;
         let scheme = match key.scheme() {
             Scheme::EcdsaP256Sha256 => SignatureScheme::EcdsaSecp256r1Sha256,
             Scheme::Ed25519 => SignatureScheme::Ed25519,
             // Fixed-size (P1363) ECDSA is not a TLS 1.3 encoding.
             _ => return Err(TlsError::InvalidSignatureScheme),
         };
-        Ok((TlsSigner(key), scheme))
+        Ok((TlsSigner { key, failed, guard }, scheme))
     }
 
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {

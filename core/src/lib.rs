@@ -22,7 +22,8 @@
 //!   rotation machine, its sign requests (fresh key, CSR) and the answers matched to them,
 //!   the identity slot; [`status`]: the one mapping between gRPC codes and rotation failures,
 //!   shared with the relay.
-//! - [`drbg`]: HMAC-DRBG behind an [`drbg::EntropySource`] (a TRNG, or a provisioned seed).
+//! - [`drbg`]: HMAC_DRBG (SP 800-90A, reseed counter, CAVP-tested) behind an
+//!   [`drbg::EntropySource`] (a TRNG, or a provisioned seed).
 //! - [`slot`]: the double-buffered, critical-section-protected holder of the identity in use,
 //!   read by a TLS stack or an interrupt handler while rotation swaps it.
 //!

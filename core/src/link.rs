@@ -43,6 +43,16 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// Largest whole frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TRAILER_LEN;
 
+/// The largest TLS record plaintext a device's peer sends (the sidecar's
+/// `max_fragment_size` on its mTLS port). embedded-tls parses one whole record at a time
+/// and does not reassemble handshake messages split across records, so a device's TLS read
+/// buffer must hold one such record ([`TLS_READ_BUFFER`]) and the server's whole handshake
+/// flight (about 1.1 KB with a P-256 leaf and issuer) must fit in one record.
+pub const MAX_TLS_RECORD: usize = 2048;
+/// A device's TLS read buffer: one [`MAX_TLS_RECORD`] plus the record's AEAD tag and
+/// content type, with room to spare (embedded-tls needs at least `MAX_TLS_RECORD + 12`).
+pub const TLS_READ_BUFFER: usize = MAX_TLS_RECORD + 64;
+
 /// The first byte of every frame.
 pub const MAGIC: u8 = 0x53;
 

@@ -32,7 +32,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use sigil_core::chain::{ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle};
 use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier, Scheme, SignError, Signer};
-use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal};
+use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal, SigningGuard};
 use sigil_core::key::SoftwareKey;
 use sigil_core::spiffe::SpiffeId;
 use sigil_core::UnixTime;
@@ -229,7 +229,7 @@ fn server_config(pki: &Pki, resolver: Option<Arc<dyn ResolvesServerCert>>) -> Se
             .with_single_cert(chain(pki), pkcs8(&pki.server_key))
             .unwrap(),
     };
-    config.max_fragment_size = Some(4000);
+    config.max_fragment_size = Some(sigil_core::link::MAX_TLS_RECORD);
     config.send_tls13_tickets = 0;
     config
 }
@@ -282,7 +282,7 @@ fn open_then<T>(
     let sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut rx = [0u8; 4096 + 64];
+    let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
     let mut tx = [0u8; 2048];
     let mut conn = DeviceConnection::new(FromStd::new(sock), &mut rx, &mut tx);
     let config = TlsConfig::new();
@@ -352,7 +352,9 @@ fn meet_server(pki: &Pki, resolver: Option<Arc<dyn ResolvesServerCert>>) -> (Out
     meet(server_config(pki, resolver), pki, &[&pki.root], options)
 }
 
-fn round_trip(conn: &mut DeviceConnection<'_>) -> Result<Vec<u8>, TlsError> {
+fn round_trip<S: embedded_io::Read + embedded_io::Write>(
+    conn: &mut TlsConnection<'_, S, Aes128GcmSha256>,
+) -> Result<Vec<u8>, TlsError> {
     let mut sent = 0;
     while sent < 4 {
         sent += conn.write(&b"ping"[sent..])?;
@@ -971,5 +973,118 @@ fn a_verifier_without_a_peer_name_refuses_every_server() {
     assert_eq!(
         certificate_refusal(&outcome, &seen),
         Some(ServerRefusal::NoPeerName)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A signer that fails
+
+/// The device's key behind a switch: while `failing` is set it refuses to sign, as a secure
+/// element that is busy, locked or timing out would.
+struct Flaky<'a> {
+    key: SoftwareKey,
+    failing: &'a std::cell::Cell<bool>,
+}
+
+impl Signer for Flaky<'_> {
+    fn scheme(&self) -> Scheme {
+        self.key.scheme()
+    }
+
+    fn public_key(&self) -> PublicKey<'_> {
+        self.key.public_key()
+    }
+
+    fn sign<'b>(&mut self, message: &[u8], out: &'b mut [u8]) -> Result<&'b [u8], SignError> {
+        if self.failing.get() {
+            return Err(SignError::Failed);
+        }
+        self.key.sign(message, out)
+    }
+}
+
+/// One handshake with the flaky signer, the transport guarded by `guard` if given; the
+/// device's outcome, its provider's recorded failure, and what the server saw.
+fn dial_flaky(
+    pki: &Pki,
+    failing: &std::cell::Cell<bool>,
+    guard: Option<&SigningGuard>,
+) -> (Outcome, Option<SignError>, Report) {
+    use sigil_core::device_tls::Guarded;
+    let server = serve(server_config(pki, None));
+    let key = Flaky {
+        key: client_key(pki),
+        failing,
+    };
+    let mut rng = OsRng;
+    let mut provider = Provider::new(
+        &mut rng,
+        Some((pki.client_leaf.as_slice(), key)),
+        verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
+    );
+    if let Some(g) = guard {
+        provider = provider.with_guard(g);
+    }
+    let sock = TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
+    let mut tx = [0u8; 2048];
+    let config = TlsConfig::new();
+    let unguarded = SigningGuard::new();
+    let transport = Guarded::new(FromStd::new(sock), guard.unwrap_or(&unguarded));
+    let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
+        TlsConnection::new(transport, &mut rx, &mut tx);
+    let open = conn.open(TlsContext::new(&config, &mut provider));
+    let reply = open.is_ok().then(|| round_trip(&mut conn));
+    let failure = provider.signing_failure();
+    let outcome = Outcome {
+        open,
+        reply,
+        refusal: provider.verifier().refusal(),
+        verified: provider.verifier().is_verified(),
+    };
+    drop(conn);
+    (outcome, failure, server.finish())
+}
+
+/// Issue 15: a signer that fails during CertificateVerify ends the handshake with an error
+/// the device can name (never a panic), sends nothing signed — with the guarded transport the
+/// CertificateVerify never leaves, so the server accepts no client — and the next handshake,
+/// with the signer back, succeeds.
+#[test]
+fn a_failing_signer_ends_the_handshake_with_its_error_and_the_next_one_succeeds() {
+    let pki = pki();
+    let failing = std::cell::Cell::new(true);
+    let guard = SigningGuard::new();
+    let (outcome, failure, seen) = dial_flaky(&pki, &failing, Some(&guard));
+    assert!(outcome.open.is_err(), "{outcome:?}");
+    assert_eq!(failure, Some(SignError::Failed));
+    assert_eq!(guard.failure(), Some(SignError::Failed));
+    assert!(
+        outcome.verified,
+        "the server was verified before the device signed"
+    );
+    assert_device_hung_up(&seen);
+
+    // Recovered: the same provider type and key, the signer back.
+    failing.set(false);
+    guard.reset();
+    let (outcome, failure, seen) = dial_flaky(&pki, &failing, Some(&guard));
+    assert_accepted(&outcome);
+    assert_eq!(failure, None);
+    assert_client_seen(&seen);
+
+    // Without the guard the empty signature goes out and the server refuses it: still an
+    // error, still no panic, still the failure recorded.
+    failing.set(true);
+    let (outcome, failure, seen) = dial_flaky(&pki, &failing, None);
+    assert!(
+        outcome.open.is_err() || outcome.reply.as_ref().is_some_and(Result::is_err),
+        "{outcome:?}"
+    );
+    assert_eq!(failure, Some(SignError::Failed));
+    assert!(
+        !matches!(seen, Report::Client(_)),
+        "the server accepted a client whose signer failed: {seen:?}"
     );
 }

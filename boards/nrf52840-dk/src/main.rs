@@ -180,15 +180,15 @@ fn run() -> Result<(), Failed> {
     chain_step().map_err(|()| Failed::Chain)
 }
 
-/// The DRBG, instantiated from the TRNG; the peripheral is stopped again afterwards.
-fn drbg() -> Result<HmacDrbg, Failed> {
+/// The DRBG, instantiated from the TRNG, which it keeps for its reseeds (the peripheral runs
+/// as long as the DRBG lives).
+fn drbg() -> Result<HmacDrbg<Trng>, Failed> {
     let mut personalization = [0u8; BOARD.len() + 8];
     let (board, device) = personalization.split_at_mut(BOARD.len());
     board.copy_from_slice(BOARD);
     device.copy_from_slice(&hw::device_id());
-    let mut trng = Trng::start();
-    let rng = HmacDrbg::new(&mut trng, &personalization);
-    if trng.healthy {
+    let rng = HmacDrbg::new(Trng::start(), &personalization);
+    if rng.source().healthy {
         Ok(rng)
     } else {
         Err(Failed::Entropy)
@@ -197,7 +197,7 @@ fn drbg() -> Result<HmacDrbg, Failed> {
 
 /// Key and CSR, parsed back and its self-signature checked.
 #[inline(never)]
-fn csr_step(rng: &mut HmacDrbg) -> Result<(), ()> {
+fn csr_step(rng: &mut HmacDrbg<Trng>) -> Result<(), ()> {
     let mut key = SoftwareKey::generate(rng);
     let id = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
     let mut csr_buf = [0u8; 320];
@@ -221,7 +221,7 @@ fn csr_step(rng: &mut HmacDrbg) -> Result<(), ()> {
 /// CA is reachable from this image; the QEMU board runs the rest of the cycle against a real
 /// Sentry.)
 #[inline(never)]
-fn rotation_step(rng: &mut HmacDrbg) -> Result<(), ()> {
+fn rotation_step(rng: &mut HmacDrbg<Trng>) -> Result<(), ()> {
     let id = SpiffeId::parse(DEVICE_ID).map_err(drop)?;
     let mut bundle = OwnedTrustBundle::new();
     bundle.replace(&[ROOT]).map_err(drop)?;

@@ -40,6 +40,18 @@ pub enum LinkError {
     Closed,
 }
 
+impl LinkError {
+    /// A fixed description, for logs without `core::fmt`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Frame(_) => "bad frame skipped",
+            Self::Encode(_) => "frame not sent",
+            Self::Timeout => "link timeout",
+            Self::Closed => "TLS session closed by the peer",
+        }
+    }
+}
+
 impl core::fmt::Display for LinkError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

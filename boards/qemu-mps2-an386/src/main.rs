@@ -19,9 +19,9 @@
 use sigil_board_qemu_mps2_an386::{self as board, stack};
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::hprintln;
 #[cfg(feature = "rotation")]
 use rand_core::RngCore as _;
+use sigil_board_qemu_mps2_an386::say;
 use sigil_core::chain::{self, ErrorKind, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::{RustCryptoSignatureVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
@@ -54,7 +54,7 @@ fn main() -> ! {
 
 fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
     if ok {
-        hprintln!("ok   {}", step);
+        say!("ok   ", step);
         Ok(())
     } else {
         Err(step)
@@ -63,7 +63,7 @@ fn check(ok: bool, step: &'static str) -> Result<(), &'static str> {
 
 fn run() -> Result<(), &'static str> {
     let mut rng = HmacDrbg::new(
-        &mut ProvisionedSeed {
+        ProvisionedSeed {
             seed: DEVICE_SEED,
             boot_nonce: 0,
         },
@@ -84,7 +84,7 @@ fn run() -> Result<(), &'static str> {
 
 /// Key and CSR, parsed back and its self-signature checked.
 #[inline(never)]
-fn csr_step(rng: &mut HmacDrbg) -> Result<(), &'static str> {
+fn csr_step(rng: &mut HmacDrbg<ProvisionedSeed>) -> Result<(), &'static str> {
     let mut key = SoftwareKey::generate(rng);
     let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID parses")?;
     let mut csr_buf = [0u8; 320];
@@ -92,7 +92,7 @@ fn csr_step(rng: &mut HmacDrbg) -> Result<(), &'static str> {
         .with_spiffe_id(id)
         .build(&mut key, &mut csr_buf)
         .map_err(|_| "build CSR")?;
-    hprintln!("csr: {} bytes DER", der.len());
+    say!("csr: ", der.len(), " bytes DER");
     let parsed = Csr::parse(der).map_err(|_| "parse own CSR")?;
     check(
         parsed

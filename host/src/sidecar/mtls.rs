@@ -295,8 +295,9 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(IdentityResolver::new(state)));
     // HTTP/2 between sidecars; HTTP/1.1 for devices (embedded-tls offers no ALPN).
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Small records and no session tickets: embedded-tls peers parse one record at a time.
-    config.max_fragment_size = Some(4000);
+    // Small records and no session tickets: embedded-tls peers parse one record at a time,
+    // into a read buffer of the core's size for it.
+    config.max_fragment_size = Some(sigil_core::link::MAX_TLS_RECORD);
     config.send_tls13_tickets = 0;
     Ok(config)
 }

@@ -36,21 +36,19 @@
 #![no_std]
 #![no_main]
 
-use core::fmt::Write as _;
 use core::time::Duration;
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::hprintln;
 use embedded_io::Write as _;
 use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
 use rand_core::RngCore as _;
 use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
-use sigil_board_qemu_mps2_an386::{self as board, clock, stack, uart::Uart};
+use sigil_board_qemu_mps2_an386::{self as board, clock, say, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle, RamAnchorStore};
 use sigil_core::chain::{self, Options, PeerName, TrustBundle};
 use sigil_core::crypto::RustCryptoSignatureVerifier;
-use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal};
+use sigil_core::device_tls::{Guarded, Provider, ServerCertVerifier, ServerRefusal, SigningGuard};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::MAX_FRAME;
@@ -84,8 +82,9 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 /// Allowed skew when validating the sidecar: the no-RTC clock is a floor that lags true time
 /// by a request's latency (the sidecar may have renewed since).
 const PEER_SKEW: Duration = Duration::from_secs(5);
-/// TLS record buffers: the sidecar limits its records to 4,000 bytes of plaintext.
-const TLS_RX: usize = 4096 + 64;
+/// TLS record buffers: the sidecar limits its records to the core's `MAX_TLS_RECORD` (2 KB)
+/// of plaintext.
+const TLS_RX: usize = sigil_core::link::TLS_READ_BUFFER;
 const TLS_TX: usize = 1280;
 /// How long calls may fail right after the device's identity moves to a new issuer: the
 /// device sends only its leaf, so the sidecar validates it through the issuer chain it holds
@@ -99,6 +98,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(3);
 const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 
 static SLOT: IdentitySlot<SoftwareKey, CHAIN> = IdentitySlot::new();
+
+/// The device's RNG: the core's HMAC_DRBG over the provisioned seed (no TRNG here).
+type Rng = HmacDrbg<ProvisionedSeed>;
 
 type Agent<'a> =
     DeviceAgent<'a, SoftwareKey, RustCryptoSignatureVerifier, CHAIN, ANCHOR_COUNT, ANCHOR_BYTES>;
@@ -126,15 +128,16 @@ fn dapr_id<'a>(
     out: &'a mut heapless::String<256>,
     app: &str,
 ) -> Result<SpiffeId<'a>, &'static str> {
-    write!(out, "spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/{app}")
-        .map_err(|_| "SPIFFE ID too long")?;
+    for part in ["spiffe://", TRUST_DOMAIN, "/ns/", NAMESPACE, "/", app] {
+        out.push_str(part).map_err(|_| "SPIFFE ID too long")?;
+    }
     SpiffeId::parse(out.as_str()).map_err(|_| "provisioned SPIFFE ID does not parse")
 }
 
 /// The driver: frames in, frames out, one timer; the scenario sees only the agent's events.
 fn run() -> Result<(), &'static str> {
     let mut rng = HmacDrbg::new(
-        &mut ProvisionedSeed {
+        ProvisionedSeed {
             seed: DEVICE_SEED,
             boot_nonce: 0,
         },
@@ -144,14 +147,20 @@ fn run() -> Result<(), &'static str> {
     let own_id = dapr_id(&mut own, APP_ID)?;
     let mut peer = heapless::String::<256>::new();
     let peer_id = dapr_id(&mut peer, PEER_APP)?;
-    hprintln!("device: {} calling {} via the relay", own_id, peer_id);
+    say!(
+        "device: ",
+        own_id.as_str(),
+        " calling ",
+        peer_id.as_str(),
+        " via the relay"
+    );
 
     // The roots adopted before a restart (none in RAM after a boot; a board with flash
     // persistence would find them here), beside the provisioned ones.
     let mut store = RamAnchorStore::<STORE_BYTES>::new();
     // The jitter seed from the DRBG, not the seed itself: renewal timing is visible on the
     // network.
-    let mut agent = agent(own_id, rng.next_u64(), &mut store)?;
+    let mut agent = agent(own_id, rng.next_u64(), &mut store);
 
     let uart = Uart::take().ok_or("UART taken twice")?;
     let mut rx = [0u8; MAX_FRAME];
@@ -173,7 +182,13 @@ fn run() -> Result<(), &'static str> {
     loop {
         let now = clock::now();
         if now >= limit {
-            hprintln!("timeout in phase {:?}", scenario.phase);
+            say!(
+                "timeout in phase ",
+                match scenario.phase {
+                    Phase::Positive => "positive",
+                    Phase::Negative => "negative",
+                }
+            );
             return Err("scenario did not finish in time");
         }
         // In: a frame (TLS frames outside a session are late ones: the agent ignores them),
@@ -181,7 +196,7 @@ fn run() -> Result<(), &'static str> {
         match link.poll() {
             Ok(Some(frame)) => agent.handle_frame(now, frame),
             Ok(None) => {}
-            Err(e) => hprintln!("link: {}", e),
+            Err(e) => say!("link: ", e.name()),
         }
         if agent.poll_timeout().is_some_and(|t| now >= t) {
             agent.handle_timeout(now);
@@ -204,13 +219,10 @@ fn run() -> Result<(), &'static str> {
 
 /// The device agent: the provisioned anchors and identity, the policy for this link, no
 /// real-time clock. Out of line, so that the machine is built in place in the caller's frame
-/// and its temporaries are not on the stack later.
+/// and its temporaries are not on the stack later; it returns the agent itself, not a
+/// `Result` (the caller would hold both, 6.4 KB each), and ends the run on a bad provisioning.
 #[inline(never)]
-fn agent<'a>(
-    own_id: SpiffeId<'a>,
-    jitter_seed: u64,
-    store: &'a mut dyn AnchorStore,
-) -> Result<Agent<'a>, &'static str> {
+fn agent<'a>(own_id: SpiffeId<'a>, jitter_seed: u64, store: &'a mut dyn AnchorStore) -> Agent<'a> {
     let mut bundle = OwnedTrustBundle::new();
     {
         let mut boot: heapless::Vec<&[u8], ANCHOR_COUNT> = heapless::Vec::new();
@@ -220,12 +232,12 @@ fn agent<'a>(
             .chain(bundle::saved(store.records()))
         {
             if !boot.contains(&a) && boot.push(a).is_err() {
-                return Err("too many trust anchors at boot");
+                board::finish(Err("too many trust anchors at boot"));
             }
         }
-        bundle
-            .replace(&boot)
-            .map_err(|_| "provisioned trust anchors do not load")?;
+        if bundle.replace(&boot).is_err() {
+            board::finish(Err("provisioned trust anchors do not load"));
+        }
     }
     let policy = Policy {
         // The link answers in well under a second: a lost request is retried soon.
@@ -239,18 +251,16 @@ fn agent<'a>(
         namespace: NAMESPACE,
         token: "",
     };
-    Ok(
-        DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier)
-            .with_slot(&SLOT)
-            .with_provisioned(ANCHORS)
-            .with_store(store),
-    )
+    DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier)
+        .with_slot(&SLOT)
+        .with_provisioned(ANCHORS)
+        .with_store(store)
 }
 
 /// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
 /// here, the CSR and the key's signing in the agent) are not on the stack during a TLS call.
 #[inline(never)]
-fn transmit(agent: &mut Agent<'_>, link: &mut Link<'_>, rng: &mut HmacDrbg) {
+fn transmit(agent: &mut Agent<'_>, link: &mut Link<'_>, rng: &mut Rng) {
     let mut out = [0u8; MAX_SEND];
     while let Some(frame) = agent.poll_transmit(rng, &mut out) {
         link.write(frame);
@@ -294,13 +304,13 @@ impl Scenario<'_> {
         event: Event,
         agent: &Agent<'_>,
         link: &mut Link<'_>,
-        rng: &mut HmacDrbg,
+        rng: &mut Rng,
     ) -> Result<bool, &'static str> {
         let ms = clock::now().as_millis();
         match event {
             Event::Requested { request } => {
                 self.report.requests += 1;
-                hprintln!("[{} ms] sign request {} sent", ms, request);
+                say!("[", ms, " ms] sign request ", request, " sent");
             }
             Event::Installed {
                 generation,
@@ -312,17 +322,20 @@ impl Scenario<'_> {
                     .ok_or("installed identity missing")?;
                 self.report.installs += 1;
                 self.report.installed_ms.get_or_insert(ms);
-                hprintln!(
-                    "[{} ms] identity {} installed, notAfter {} (unix)",
+                say!(
+                    "[",
                     ms,
+                    " ms] identity ",
                     generation,
-                    not_after.as_secs()
+                    " installed, notAfter ",
+                    not_after.as_secs(),
+                    " (unix)"
                 );
                 if self.phase == Phase::Negative {
                     // The foreign relay was not in place yet: a genuine renewal.
-                    hprintln!("renewed before the relay swap; still waiting");
+                    say!("renewed before the relay swap; still waiting");
                     self.kept = Some((generation, identity.not_after(), identity.installed()));
-                    hprintln!("{}", SWAP_MARKER);
+                    say!(SWAP_MARKER);
                 } else {
                     self.positive_call(agent, link, rng)?;
                 }
@@ -331,63 +344,87 @@ impl Scenario<'_> {
                 reason: Rejection::Path(e),
                 ..
             } => {
-                hprintln!("[{} ms] answer refused: {}", ms, e);
+                say!(
+                    "[",
+                    ms,
+                    " ms] answer refused: ",
+                    e.cert.name(),
+                    ": ",
+                    e.kind.name()
+                );
                 if self.phase != Phase::Negative {
                     return Err("a chain from Sentry was refused in the positive phase");
                 }
                 self.report.foreign_refused += 1;
                 self.check_kept(agent)?;
                 let generation = self.kept.map_or(0, |k| k.0);
-                hprintln!("old identity {} kept; calling with it", generation);
+                say!("old identity ", generation, " kept; calling with it");
                 self.calls.call(link, rng, agent, &mut self.report)?;
                 let r = &self.report;
-                hprintln!(
-                    "e2e: summary installs={} rotations={} calls={} calls_failed={} foreign_refused={} requests={} anchors_adopted={} new_root_calls={} link_rx={} link_tx={} frames_skipped={}",
+                say!(
+                    "e2e: summary installs=",
                     r.installs,
+                    " rotations=",
                     r.installs.saturating_sub(1),
+                    " calls=",
                     r.calls,
+                    " calls_failed=",
                     r.calls_failed,
+                    " foreign_refused=",
                     r.foreign_refused,
+                    " requests=",
                     r.requests,
+                    " anchors_adopted=",
                     r.anchors_adopted,
+                    " new_root_calls=",
                     r.new_root_calls,
+                    " link_rx=",
                     link.received,
+                    " link_tx=",
                     link.sent,
+                    " frames_skipped=",
                     link.skipped
                 );
-                hprintln!(
-                    "e2e: timing boot_to_identity_ms={} boot_to_first_mtls_call_ms={} (QEMU, not cycle-accurate)",
+                say!(
+                    "e2e: timing boot_to_identity_ms=",
                     r.installed_ms.unwrap_or(0),
-                    r.first_call_ms.unwrap_or(0)
+                    " boot_to_first_mtls_call_ms=",
+                    r.first_call_ms.unwrap_or(0),
+                    " (QEMU, not cycle-accurate)"
                 );
                 return Ok(true);
             }
             // The agent has backed off (refusals, other rejections) or changed nothing
             // (answers to requests no longer in flight).
             Event::Refused { request, code, .. } => {
-                hprintln!("[{} ms] request {} refused, code {}", ms, request, code);
+                say!("[", ms, " ms] request ", request, " refused, code ", code);
             }
             Event::Rejected { request, .. } => {
-                hprintln!("[{} ms] answer to request {} refused", ms, request);
+                say!("[", ms, " ms] answer to request ", request, " refused");
             }
             Event::Dropped { request } => {
-                hprintln!(
-                    "[{} ms] answer to request {} dropped: not in flight",
+                say!(
+                    "[",
                     ms,
-                    request
+                    " ms] answer to request ",
+                    request,
+                    " dropped: not in flight"
                 );
             }
             Event::AnchorsAdopted { count, saved } => {
                 self.report.anchors_adopted += 1;
-                hprintln!(
-                    "[{} ms] Sentry's trust bundle adopted: {} anchors (saved: {})",
+                say!(
+                    "[",
                     ms,
+                    " ms] Sentry's trust bundle adopted: ",
                     count,
-                    matches!(saved, Some(Ok(())))
+                    " anchors (saved: ",
+                    matches!(saved, Some(Ok(()))),
+                    ")"
                 );
             }
             Event::AnchorsRefused(e) => {
-                hprintln!("[{} ms] Sentry's trust bundle refused: {}", ms, e);
+                say!("[", ms, " ms] Sentry's trust bundle refused: ", e.name());
                 return Err("Sentry's trust bundle was refused");
             }
             Event::Expired => return Err("the identity expired: rotation failed"),
@@ -405,7 +442,7 @@ impl Scenario<'_> {
         &mut self,
         agent: &Agent<'_>,
         link: &mut Link<'_>,
-        rng: &mut HmacDrbg,
+        rng: &mut Rng,
     ) -> Result<(), &'static str> {
         self.retry_at = None;
         if let Err(e) = self.calls.call(link, rng, agent, &mut self.report) {
@@ -415,7 +452,7 @@ impl Scenario<'_> {
             if now.saturating_duration_since(since) > PEER_RENEWAL {
                 return Err(e);
             }
-            hprintln!("  (the sidecar may not hold the new issuer yet; retrying)");
+            say!("  (the sidecar may not hold the new issuer yet; retrying)");
             self.retry_at = Some(now.saturating_add(RETRY_AFTER));
             return Ok(());
         }
@@ -426,7 +463,7 @@ impl Scenario<'_> {
             .ok_or("installed identity missing")?;
         if !under_provisioned_root(agent) {
             self.report.new_root_calls += 1;
-            hprintln!("  (under a root the device was not provisioned with)");
+            say!("  (under a root the device was not provisioned with)");
         }
         if self.report.installs <= ROTATIONS || self.report.new_root_calls == 0 {
             return Ok(());
@@ -435,7 +472,7 @@ impl Scenario<'_> {
         self.kept = SLOT
             .generation()
             .map(|g| (g, identity.not_after(), identity.installed()));
-        hprintln!("{}", SWAP_MARKER);
+        say!(SWAP_MARKER);
         Ok(())
     }
 
@@ -501,13 +538,14 @@ fn under_provisioned_root(agent: &Agent<'_>) -> bool {
 }
 
 /// Why a call failed.
-#[derive(Debug)]
 enum CallError {
     NoIdentity,
     NoWallTime,
     Handshake(TlsError, Option<ServerRefusal>),
     Io(TlsError),
     BadAnswer,
+    /// The key refused to sign CertificateVerify: nothing signed was sent.
+    Signer,
 }
 
 /// The mTLS calls to the peer's sidecar: whom to call, as whom, and the session numbers.
@@ -523,7 +561,7 @@ impl Calls<'_> {
     fn call(
         &mut self,
         link: &mut Link<'_>,
-        rng: &mut HmacDrbg,
+        rng: &mut Rng,
         agent: &Agent<'_>,
         report: &mut Report,
     ) -> Result<(), &'static str> {
@@ -533,27 +571,33 @@ impl Calls<'_> {
             Ok((generation, status)) => {
                 report.calls += 1;
                 report.first_call_ms.get_or_insert(clock::now().as_millis());
-                hprintln!(
-                    "[{} ms] mTLS call with identity {}: {} in {} ms",
+                say!(
+                    "[",
                     clock::now().as_millis(),
+                    " ms] mTLS call with identity ",
                     generation,
-                    status,
-                    // Whole milliseconds as u64: u128 formatting alone is 1.4 KB of flash.
+                    ": ",
+                    status.as_str(),
+                    " in ",
                     u64::try_from(clock::now().saturating_duration_since(started).as_millis())
-                        .unwrap_or(u64::MAX)
+                        .unwrap_or(u64::MAX),
+                    " ms"
                 );
                 Ok(())
             }
             Err(e) => {
                 match e {
                     CallError::Handshake(tls, Some(why)) => {
-                        hprintln!("mTLS handshake failed ({:?}): {}", tls, why);
+                        say!("mTLS handshake failed (", tls_name(&tls), "): ", why.name());
                     }
                     CallError::Handshake(tls, None) => {
-                        hprintln!("mTLS handshake failed: {:?}", tls)
+                        say!("mTLS handshake failed: ", tls_name(&tls));
                     }
-                    CallError::Io(tls) => hprintln!("mTLS session failed: {:?}", tls),
-                    other => hprintln!("mTLS call failed: {:?}", other),
+                    CallError::Io(tls) => say!("mTLS session failed: ", tls_name(&tls)),
+                    CallError::NoIdentity => say!("mTLS call failed: no identity in the slot"),
+                    CallError::NoWallTime => say!("mTLS call failed: no wall time yet"),
+                    CallError::BadAnswer => say!("mTLS call failed: unexpected answer"),
+                    CallError::Signer => say!("mTLS handshake failed: the key did not sign"),
                 }
                 Err("mTLS call to the sidecar failed")
             }
@@ -564,7 +608,7 @@ impl Calls<'_> {
 fn call_once(
     link: &mut Link<'_>,
     session: u16,
-    rng: &mut HmacDrbg,
+    rng: &mut Rng,
     agent: &Agent<'_>,
     peer: SpiffeId<'_>,
     own: SpiffeId<'_>,
@@ -590,16 +634,23 @@ fn call_once(
         options,
         RustCryptoSignatureVerifier,
     );
-    let mut provider = Provider::new(rng, Some((leaf, key)), verifier);
+    // A signer that fails (a secure element) trips the guard: the transport then sends
+    // nothing more, and the handshake ends with the signer's failure.
+    let guard = SigningGuard::new();
+    let mut provider = Provider::new(rng, Some((leaf, key)), verifier).with_guard(&guard);
     let config = TlsConfig::new();
     let mut rx = [0u8; TLS_RX];
     let mut tx = [0u8; TLS_TX];
+    let transport = Guarded::new(link.tls(session, TLS_TIMEOUT_MS), &guard);
     let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(link.tls(session, TLS_TIMEOUT_MS), &mut rx, &mut tx);
+        TlsConnection::new(transport, &mut rx, &mut tx);
     if let Err(e) = tls.open(TlsContext::new(&config, &mut provider)) {
         let why = provider.verifier().refusal();
         if let Ok(channel) = tls.close() {
-            channel.close();
+            channel.into_inner().close();
+        }
+        if guard.failure().is_some() {
+            return Err(CallError::Signer);
         }
         return Err(CallError::Handshake(e, why));
     }
@@ -607,13 +658,16 @@ fn call_once(
         return Err(CallError::Handshake(TlsError::InvalidCertificate, None));
     }
 
-    let mut request = heapless::String::<256>::new();
-    write!(
-        request,
-        "GET /{METHOD} HTTP/1.1\r\nHost: {PEER_APP}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|_| CallError::BadAnswer)?;
-    tls.write_all(request.as_bytes()).map_err(CallError::Io)?;
+    // Written piece by piece into the TLS write buffer (one record at the flush).
+    for part in [
+        "GET /",
+        METHOD,
+        " HTTP/1.1\r\nHost: ",
+        PEER_APP,
+        "\r\nConnection: close\r\n\r\n",
+    ] {
+        tls.write_all(part.as_bytes()).map_err(CallError::Io)?;
+    }
     tls.flush().map_err(CallError::Io)?;
 
     let mut answer = [0u8; 1024];
@@ -633,22 +687,40 @@ fn call_once(
     // no answering alert); dropping the connection ends it at the relay with TlsClose.
     if !peer_closed {
         if let Ok(channel) = tls.close() {
-            channel.close();
+            channel.into_inner().close();
         }
     }
     let text =
         core::str::from_utf8(answer.get(..len).unwrap_or(&[])).map_err(|_| CallError::BadAnswer)?;
     let status = text.lines().next().unwrap_or("");
     // The app echoes who called: the sidecar took it from this session's client certificate.
-    let mut caller = heapless::String::<300>::new();
-    write!(caller, " as {own} on /{METHOD}").map_err(|_| CallError::BadAnswer)?;
-    if !status.starts_with("HTTP/1.1 200") || !text.contains(caller.as_str()) {
-        hprintln!("unexpected answer: {}", text);
+    let names_caller = text.match_indices(" as ").any(|(at, _)| {
+        let rest = text.get(at + 4..).unwrap_or("");
+        rest.strip_prefix(own.as_str())
+            .and_then(|r| r.strip_prefix(" on /"))
+            .is_some_and(|r| r.starts_with(METHOD))
+    });
+    if !status.starts_with("HTTP/1.1 200") || !names_caller {
+        say!("unexpected answer: ", text);
         return Err(CallError::BadAnswer);
     }
     let mut short = heapless::String::<16>::new();
     let _ = short.push_str(status.get(..12).unwrap_or(status));
     Ok((generation, short))
+}
+
+/// A fixed name for embedded-tls's error (its `Debug` would link `core::fmt`).
+fn tls_name(e: &TlsError) -> &'static str {
+    match e {
+        TlsError::ConnectionClosed => "connection closed",
+        TlsError::IoError => "I/O error",
+        TlsError::InvalidCertificate => "invalid certificate",
+        TlsError::InvalidSignature => "invalid signature",
+        TlsError::AbortHandshake(..) => "handshake aborted by an alert",
+        TlsError::DecodeError => "decode error",
+        TlsError::InsufficientSpace => "insufficient space",
+        _ => "TLS error",
+    }
 }
 
 impl From<LinkError> for CallError {

@@ -1,0 +1,190 @@
+//! The device's work per operation, in **instructions** (not cycles): run under QEMU with
+//! `-icount shift=0` (`ci/qemu-bench.sh`), where every instruction advances the virtual clock
+//! by 1 ns. SysTick runs free from the 25 MHz core clock over its 24 bits, so one tick is
+//! 40 virtual ns; the image calibrates that against `cortex_m::asm::delay` (cortex-m 0.7.10:
+//! `delay(n)` runs `n + 1` rounds of a two-instruction loop) instead of assuming it. QEMU is not cycle-accurate:
+//! a Cortex-M4 takes one cycle for most of these instructions and 2–3 for loads, stores and
+//! taken branches, so cycles are these counts times about 1.2–1.5 (an estimate, not measured).
+//!
+//! Operations: P-256 key generation (from the DRBG), an ECDSA P-256 signature over 100 bytes
+//! (RFC 6979 nonce, SHA-256), its verification, an ECDH key agreement (TLS 1.3 key share:
+//! an ephemeral key, its public share and the shared secret), SHA-256 per KiB, a CSR, and a 3-certificate path
+//! validation (two signature verifications, the fixture chain). The last line sums a device's
+//! mutual-TLS handshake from them (ECDHE, CertificateVerify signed, the server's chain and
+//! CertificateVerify verified, transcript hashing of about 3 KiB): an estimate of its
+//! crypto, labelled so.
+#![no_std]
+#![no_main]
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m::peripheral::SYST;
+use cortex_m_rt::entry;
+use rand_core::RngCore as _;
+use sigil_board_qemu_mps2_an386::{self as board, say, stack};
+use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
+use sigil_core::crypto::{RustCryptoSignatureVerifier, SignatureVerifier as _, Signer as _};
+use sigil_core::csr;
+use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
+use sigil_core::key::SoftwareKey;
+use sigil_core::spiffe::SpiffeId;
+use sigil_core::UnixTime;
+
+static ROOT: &[u8] = include_bytes!("../../../../tests/fixtures/p256/root.der");
+static ISSUER: &[u8] = include_bytes!("../../../../tests/fixtures/p256/issuer.der");
+static LEAF: &[u8] = include_bytes!("../../../../tests/fixtures/p256/leaf.der");
+const DEVICE_SEED: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/seed.rs"));
+/// Inside the fixtures' validity.
+const PINNED: UnixTime = UnixTime::from_secs(1_893_456_000);
+const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
+/// Each operation's repetitions (the average is printed).
+const ROUNDS: u32 = 4;
+/// Instructions in the calibration delay.
+const CALIBRATION: u32 = 4_000_000;
+
+#[entry]
+fn main() -> ! {
+    stack::paint();
+    let Some(mut p) = cortex_m::Peripherals::take() else {
+        board::finish(Err("core peripherals taken twice"))
+    };
+    p.SYST.set_clock_source(SystClkSource::Core);
+    p.SYST.set_reload(0x00FF_FFFF);
+    p.SYST.clear_current();
+    p.SYST.enable_counter();
+    board::finish(run())
+}
+
+/// SysTick ticks `f` took (the counter counts down over 24 bits; every operation here is far
+/// shorter than one wrap, 2^24 ticks = 671 M instructions).
+fn ticks(mut f: impl FnMut()) -> u64 {
+    let start = SYST::get_current();
+    f();
+    let end = SYST::get_current();
+    u64::from(start.wrapping_sub(end) & 0x00FF_FFFF)
+}
+
+/// Runs `f` [`ROUNDS`] times; the average in instructions (from the calibration).
+fn instructions(per_tick_x1000: u64, mut f: impl FnMut()) -> u64 {
+    let mut total = 0;
+    for _ in 0..ROUNDS {
+        total += ticks(&mut f);
+    }
+    total * per_tick_x1000 / 1000 / u64::from(ROUNDS)
+}
+
+fn run() -> Result<(), &'static str> {
+    // `delay(n)`: n + 1 rounds of `subs; bne`, so CALIBRATION instructions (and two more).
+    let calibration = ticks(|| cortex_m::asm::delay(CALIBRATION / 2));
+    if calibration == 0 {
+        return Err("SysTick does not advance: run with -icount");
+    }
+    // Instructions per tick, times 1000 (40,000 if QEMU clocks SysTick at 25 MHz).
+    let per_tick = u64::from(CALIBRATION) * 1000 / calibration;
+    say!(
+        "bench: calibration delay_instructions=",
+        CALIBRATION,
+        " ticks=",
+        calibration,
+        " instructions_per_tick_x1000=",
+        per_tick
+    );
+    let mut rng = HmacDrbg::new(
+        ProvisionedSeed {
+            seed: DEVICE_SEED,
+            boot_nonce: 1,
+        },
+        b"sigil qemu-mps2-an386 bench",
+    );
+
+    let keygen = instructions(per_tick, || {
+        let _ = SoftwareKey::generate(&mut rng);
+    });
+    let mut key = SoftwareKey::generate(&mut rng);
+    let message = [0x5a_u8; 100];
+    let mut sig = [0u8; 72];
+    let mut sig_len = 0;
+    let sign = instructions(per_tick, || {
+        sig_len = key.sign(&message, &mut sig).map_or(0, <[u8]>::len);
+    });
+    let signature = sig.get(..sig_len).ok_or("signature")?;
+    let scheme = key.scheme();
+    let mut ok = true;
+    let verify = instructions(per_tick, || {
+        ok &= RustCryptoSignatureVerifier
+            .verify(scheme, key.public_key(), &message, signature)
+            .is_ok();
+    });
+    if !ok || sig_len == 0 {
+        return Err("signature did not verify");
+    }
+    // The server's key share, made outside the measurement: the device's part is one
+    // ephemeral key and one shared secret.
+    let theirs = p256::ecdh::EphemeralSecret::random(&mut rng).public_key();
+    let ecdh = instructions(per_tick, || {
+        let ours = p256::ecdh::EphemeralSecret::random(&mut rng);
+        // The key share the device sends, then the shared secret.
+        let share = ours.public_key();
+        let shared = ours.diffie_hellman(&theirs);
+        ok &= shared.raw_secret_bytes().iter().any(|b| *b != 0) && share != theirs;
+    });
+    let block = [0xa5_u8; 1024];
+    let sha256_kib = instructions(per_tick, || {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(block);
+        ok &= digest.iter().any(|b| *b != 0);
+    });
+    let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID")?;
+    let mut csr_buf = [0u8; 320];
+    let csr = instructions(per_tick, || {
+        ok &= csr::Builder::new()
+            .with_spiffe_id(id)
+            .build(&mut key, &mut csr_buf)
+            .is_ok();
+    });
+    let mut bundle: TrustBundle<'_, 1> = TrustBundle::new();
+    bundle.add(ROOT).map_err(|_| "trust anchor")?;
+    let options = Options {
+        usage: Usage::ServerAuth,
+        peer: PeerName::SpiffeId(id),
+        ..Options::new(PINNED)
+    };
+    let path = instructions(per_tick, || {
+        ok &= chain::verify(
+            LEAF,
+            &[ISSUER],
+            &bundle,
+            &RustCryptoSignatureVerifier,
+            &options,
+        )
+        .is_ok();
+    });
+    if !ok {
+        return Err("an operation failed");
+    }
+    for (name, n) in [
+        ("p256_keygen", keygen),
+        ("p256_sign", sign),
+        ("p256_verify", verify),
+        ("p256_ecdh", ecdh),
+        ("sha256_per_kib", sha256_kib),
+        ("csr_build", csr),
+        ("path_validation_3_certs", path),
+    ] {
+        say!("bench: ", name, " instructions=", n);
+    }
+    // ECDHE, our CertificateVerify, the server's chain (the path) and CertificateVerify, and
+    // about 3 KiB of transcript hashing.
+    let handshake = ecdh + sign + path + verify + 3 * sha256_kib;
+    say!(
+        "bench: handshake_crypto_estimate instructions=",
+        handshake,
+        " (the sum of its operations above; not a measured handshake)"
+    );
+    let _ = rng.next_u32();
+    Ok(())
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    board::panicked(info)
+}
