@@ -13,7 +13,8 @@
 #   qemu       the firmware's first scenario under qemu-system-arm (mps2-an386), then the
 #              instruction counts per operation (ci/qemu-bench.sh, -icount)
 #   e2e        the edge device end to end under QEMU: Sentry, sidecar, app and relay on the
-#              host, identity, two rotations, mTLS calls, a foreign chain refused
+#              host, identity, two rotations, mTLS calls, a foreign chain refused; then the
+#              same with Ed25519 credentials and the firmware's ed25519 feature
 #   fuzz       a short cargo-fuzz run of every target (nightly), from its seeds and the corpus
 #              that ci/fuzz-long.sh minimised after 10 million executions
 #   k8s        Kubernetes mode against a real kube-apiserver (ci/k8s-e2e.sh): Secret store,
@@ -104,6 +105,7 @@ job_qemu() {
 
 job_e2e() {
   bash ci/qemu-e2e.sh
+  SIGIL_E2E_KEY_ALGORITHM=ed25519 bash ci/qemu-e2e.sh
 }
 
 job_fuzz() {

@@ -11,6 +11,10 @@
 # (and its roots), keep its identity and call once more with it. Exit 0 only if the firmware
 # exits 0.
 #
+# With SIGIL_E2E_KEY_ALGORITHM=ed25519 both Sentrys make Ed25519 roots and issuers (as Dapr
+# 1.18 does) and the firmware is built with the core's `ed25519` feature: the device validates
+# Ed25519 chains (its own and the sidecar's) end to end. Its log goes to target/e2e-ed25519/.
+#
 #   bash ci/qemu-e2e.sh            (needs qemu-system-arm, python3; ci/setup.sh installs them)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -54,8 +58,14 @@ wait_line() {
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+algorithm=${SIGIL_E2E_KEY_ALGORITHM:-p256}
+case $algorithm in
+  p256) features=(); logdir=boards/qemu-mps2-an386/target/e2e ;;
+  ed25519) features=(--features ed25519); logdir=boards/qemu-mps2-an386/target/e2e-ed25519 ;;
+  *) echo "qemu-e2e: SIGIL_E2E_KEY_ALGORITHM is p256 or ed25519, not $algorithm" >&2; exit 2 ;;
+esac
 # This run's log replaces the last one only if the run passes (ci/size-report.sh reads it).
-rm -f boards/qemu-mps2-an386/target/e2e/device.log
+rm -f "$logdir/device.log"
 
 step "building sigil"
 cargo build -q --locked -p sigil-host --bin sigil
@@ -74,7 +84,8 @@ EOF
 start_sentry() { # name [more flags]
   local name=$1
   shift
-  "$sigil" sentry "$@" --issuer-credentials "$work/$name" --config "$work/sentry.yaml" \
+  "$sigil" sentry "$@" --key-algorithm "$algorithm" \
+    --issuer-credentials "$work/$name" --config "$work/sentry.yaml" \
     --trust-domain localhost --port 0 --listen-address 127.0.0.1 \
     --healthz-port 0 --healthz-listen-address 127.0.0.1 \
     --metrics-port 0 --metrics-listen-address 127.0.0.1 --log-level warn \
@@ -94,6 +105,12 @@ sentry=$(sentry_address sentry)
 foreign=$(sentry_address foreign)
 [ -n "$sentry" ] && [ -n "$foreign" ] || fail "no Sentry address"
 cmp -s "$work/sentry/ca.crt" "$work/foreign/ca.crt" && fail "the two Sentrys share a root"
+# The credentials are of the kind asked for (openssl, an independent reader).
+want=$([ "$algorithm" = ed25519 ] && echo ED25519 || echo id-ecPublicKey)
+for f in sentry/ca.crt sentry/issuer.crt; do
+  openssl x509 -in "$work/$f" -noout -text | grep -q "Public Key Algorithm: $want" \
+    || fail "$f is not a $want certificate"
+done
 
 step "starting the app and its sidecar"
 python3 tests/interop/echo_app.py > "$work/app.log" 2>&1 &
@@ -109,14 +126,16 @@ internal=$(wait_line "$work/sidecar.log" '^sidecar: app' 60 | sed -n 's/.*intern
   || fail "the sidecar did not start"
 [ -n "$internal" ] || fail "no sidecar internal address"
 
-step "building the device firmware with Sentry's root provisioned"
-elf=boards/qemu-mps2-an386/target/thumbv7em-none-eabihf/release-z/device
+step "building the device firmware with Sentry's root provisioned ($algorithm credentials)"
+target_dir=target
+[ "$algorithm" = ed25519 ] && target_dir=target/ed25519
+elf=boards/qemu-mps2-an386/$target_dir/thumbv7em-none-eabihf/release-z/device
 rm -f "$elf"
 if ! (
   cd boards/qemu-mps2-an386
   SIGIL_ANCHORS="$work/first-root.pem" SIGIL_ISSUER_SKEW_SECS=0 SIGIL_APP_ID=device \
     SIGIL_PEER_APP=echo SIGIL_METHOD=hello \
-    cargo build --profile release-z --locked -q --bin device
+    cargo build --profile release-z --locked -q --bin device --target-dir "$target_dir" "${features[@]}"
 ) > "$work/firmware-build.log" 2>&1; then
   fail "the device firmware did not build"
 fi
@@ -173,6 +192,6 @@ steps=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("ht
 echo "$steps" | sed 's/^/qemu-e2e: sentry /'
 echo "$steps" | grep -q 'step="activate"} [1-9]' || fail "Sentry did not rotate its root during the run"
 # The run's log, for ci/size-report.sh (the device image's stack peak) and the README's timing.
-mkdir -p boards/qemu-mps2-an386/target/e2e
-cp "$work/device.log" boards/qemu-mps2-an386/target/e2e/device.log
+mkdir -p "$logdir"
+cp "$work/device.log" "$logdir/device.log"
 step "passed"

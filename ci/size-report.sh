@@ -51,10 +51,16 @@ for opt in z s; do
     printf '%-4s %-12s %10s %10s %10s\n' "$opt" "$variant" "$flash" "$ram" "$stack"
   done
 done
-# What the Ed25519 feature (Dapr >= 1.18 chains) would add to the image.
-cargo build --profile release-z --locked -q --bin identity --features ed25519 --target-dir target/ed25519
+# What the Ed25519 feature (Dapr >= 1.18 chains) adds: the identity image, and the device image
+# that ci/qemu-e2e.sh ran against Ed25519 credentials (its stack from that run).
+cargo build --profile release-z --locked -q --bin identity --bin device --features ed25519 --target-dir target/ed25519
 ed_flash=$(section_sum target/ed25519/thumbv7em-none-eabihf/release-z/identity .vector_table .text .rodata)
 printf '%-4s %-12s %10s   (feature ed25519: +%s bytes)\n' z "identity+ed" "$ed_flash" "$((ed_flash - identity_flash_z))"
+ed_device_flash=$(section_sum target/ed25519/thumbv7em-none-eabihf/release-z/device .vector_table .text .rodata)
+ed_device_ram=$(section_sum target/ed25519/thumbv7em-none-eabihf/release-z/device .data .bss)
+ed_device_stack=$(sed -n 's/^stack_peak=//p' target/e2e-ed25519/device.log 2>/dev/null || true)
+printf '%-4s %-12s %10s %10s %10s   (feature ed25519: +%s bytes)\n' z "device+ed" "$ed_device_flash" \
+  "$ed_device_ram" "${ed_device_stack:--}" "$((ed_device_flash - device_flash_z))"
 echo
 for opt in z s; do
   eval "f=\$identity_flash_$opt p=\$primitives_flash_$opt r=\$identity_ram_$opt pr=\$primitives_ram_$opt"
@@ -86,6 +92,8 @@ fi
 echo "device flash opt=z $device_flash_z (<= 98304) opt=s $device_flash_s (< 131072)"
 [ "$device_flash_z" -le 98304 ] || { echo "size: device image over 96 KB flash at opt z" >&2; status=1; }
 [ "$device_flash_s" -lt 131072 ] || { echo "size: device image not under 128 KB flash at opt s" >&2; status=1; }
+echo "device+ed25519 flash opt=z $ed_device_flash (<= 114688)"
+[ "$ed_device_flash" -le 114688 ] || { echo "size: Ed25519 device image over 112 KB flash at opt z" >&2; status=1; }
 [ "$core_flash" -le 65536 ] || { echo "size: core over 64 KB flash" >&2; status=1; }
 echo "image flash=$device_flash_z ram=$device_ram_z stack=$device_stack_z"
 echo "core flash=$core_flash"

@@ -125,6 +125,10 @@ struct SentryCli {
     /// Lifetime of an issuer Sentry generates (Go duration; never past the root's notAfter).
     #[arg(long, default_value = "8760h", value_parser = ca_ttl)]
     issuer_ttl: Duration,
+    /// Key type of a root and issuer Sentry generates (at first start and at each automatic
+    /// rotation): P-256, or Ed25519 as Dapr 1.18 makes them.
+    #[arg(long, default_value = "p256", value_parser = ["p256", "ed25519"])]
+    key_algorithm: String,
     /// gRPC port (0: any free port).
     #[arg(long, default_value_t = 50001)]
     port: u16,
@@ -386,6 +390,15 @@ fn go_duration_arg(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 24h, 15m, 90s)"))
 }
 
+/// `p256` or `ed25519` (clap has checked it is one of them).
+fn key_algorithm(name: &str) -> sigil_host::key::KeyAlgorithm {
+    if name == "ed25519" {
+        sigil_host::key::KeyAlgorithm::Ed25519
+    } else {
+        sigil_host::key::KeyAlgorithm::P256
+    }
+}
+
 /// The root and issuer `sigil ca init` and `rotate prepare` make.
 #[derive(Args)]
 struct NewPair {
@@ -405,11 +418,7 @@ impl NewPair {
         sigil_host::ca::Generation {
             root: self.root_ttl,
             issuer: self.issuer_ttl,
-            algorithm: if self.key_algorithm == "ed25519" {
-                sigil_host::key::KeyAlgorithm::Ed25519
-            } else {
-                sigil_host::key::KeyAlgorithm::P256
-            },
+            algorithm: key_algorithm(&self.key_algorithm),
         }
     }
 }
@@ -822,7 +831,7 @@ fn sentry(args: SentryCli) -> ExitCode {
         generation: sigil_host::ca::Generation {
             root: args.root_ttl,
             issuer: args.issuer_ttl,
-            ..sigil_host::ca::Generation::default()
+            algorithm: key_algorithm(&args.key_algorithm),
         },
         kubernetes: (args.mode == "kubernetes").then_some(KubeOptions {
             api_server: args.kube_api_server,
