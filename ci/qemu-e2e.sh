@@ -135,7 +135,7 @@ if ! (
   cd boards/qemu-mps2-an386
   SIGIL_ANCHORS="$work/first-root.pem" SIGIL_ISSUER_SKEW_SECS=0 SIGIL_APP_ID=device \
     SIGIL_PEER_APP=echo SIGIL_METHOD=hello \
-    cargo build --profile release-z --locked -q --bin device --target-dir "$target_dir" "${features[@]}"
+    cargo build --profile release-z --locked -q --bin device --target-dir "$target_dir" ${features[@]+"${features[@]}"}
 ) > "$work/firmware-build.log" 2>&1; then
   fail "the device firmware did not build"
 fi

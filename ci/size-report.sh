@@ -93,6 +93,13 @@ echo "device flash opt=z $device_flash_z (<= 98304) opt=s $device_flash_s (< 131
 [ "$device_flash_z" -le 98304 ] || { echo "size: device image over 96 KB flash at opt z" >&2; status=1; }
 [ "$device_flash_s" -lt 131072 ] || { echo "size: device image not under 128 KB flash at opt s" >&2; status=1; }
 echo "device+ed25519 flash opt=z $ed_device_flash (<= 114688)"
+if [ -n "$ed_device_stack" ]; then
+  ed_total=$((ed_device_ram + ed_device_stack))
+  echo "device+ed25519 opt=z ram+stack=$ed_total (fails above 49152)"
+  [ "$ed_total" -le 49152 ] || { echo "size: Ed25519 device RAM + stack over 48 KB" >&2; status=1; }
+else
+  echo "device+ed25519 stack unknown (run SIGIL_E2E_KEY_ALGORITHM=ed25519 bash ci/qemu-e2e.sh first; CI's e2e job does)"
+fi
 [ "$ed_device_flash" -le 114688 ] || { echo "size: Ed25519 device image over 112 KB flash at opt z" >&2; status=1; }
 [ "$core_flash" -le 65536 ] || { echo "size: core over 64 KB flash" >&2; status=1; }
 echo "image flash=$device_flash_z ram=$device_ram_z stack=$device_stack_z"

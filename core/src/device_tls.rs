@@ -34,8 +34,11 @@
 //! ([`Provider::signing_failure`], and the [`SigningGuard`] shared with a [`Guarded`]
 //! transport) and hands back an empty signature; the guarded transport then refuses to write,
 //! so that CertificateVerify never leaves the device and `open()` fails with an I/O error the
-//! caller maps to the recorded failure. (Without the guard the empty signature is sent and the
-//! server aborts the handshake; still no panic.) The next handshake signs again.
+//! caller maps to the recorded failure. Without a guard embedded-tls goes on and sends the
+//! empty signature and Finished, so `open()` may even return `Ok`: the server then refuses
+//! the session at the first read; a caller without a guard must check
+//! [`Provider::signing_failure`] after `open()`. Either way no panic, and the next handshake
+//! (which clears the record and the guard) signs again.
 
 use core::cell::Cell;
 
@@ -509,7 +512,8 @@ where
         self
     }
 
-    /// Why the signer failed in the last handshake, if it did (the handshake then failed).
+    /// Why the signer failed in the last handshake, if it did (with a guard, `open()` then
+    /// failed; without one, check this after `open()`: the server will refuse the session).
     pub fn signing_failure(&self) -> Option<SignError> {
         self.failed.get()
     }
@@ -534,6 +538,9 @@ where
     fn rng(&mut self) -> impl CryptoRngCore {
         self.verifier.begin();
         self.failed.set(None);
+        if let Some(g) = self.guard {
+            g.reset();
+        }
         &mut *self.rng
     }
 

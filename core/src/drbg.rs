@@ -39,11 +39,21 @@ pub const MAX_REQUEST: usize = 1 << 16;
 pub trait EntropySource {
     /// Fills `out` with entropy.
     fn fill(&mut self, out: &mut [u8]);
+
+    /// Whether every `fill` so far delivered entropy (a TRNG's health tests passed). A source
+    /// that failed is not used to reseed: [`HmacDrbg`] then reports the failure.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 impl<S: EntropySource + ?Sized> EntropySource for &mut S {
     fn fill(&mut self, out: &mut [u8]) {
         (**self).fill(out);
+    }
+
+    fn healthy(&self) -> bool {
+        (**self).healthy()
     }
 }
 
@@ -91,6 +101,8 @@ pub enum DrbgError {
     ReseedRequired,
     /// More than [`MAX_REQUEST`] bytes in one request.
     RequestTooLarge,
+    /// The entropy source failed its health tests: no reseed happened.
+    EntropyFailed,
 }
 
 impl core::fmt::Display for DrbgError {
@@ -98,6 +110,7 @@ impl core::fmt::Display for DrbgError {
         f.write_str(match self {
             Self::ReseedRequired => "DRBG reseed required",
             Self::RequestTooLarge => "DRBG request over 2^19 bits",
+            Self::EntropyFailed => "DRBG entropy source failed: not reseeded",
         })
     }
 }
@@ -208,11 +221,19 @@ impl HmacDrbgState {
 }
 
 /// HMAC_DRBG with SHA-256 fed by `S`: instantiated from [`ENTROPY_LEN`] bytes of it, and
-/// reseeded from it ([`RESEED_ENTROPY_LEN`] bytes) whenever the reseed counter reaches
-/// [`RESEED_INTERVAL`]. Its state is wiped when it is dropped.
+/// reseeded from it ([`RESEED_ENTROPY_LEN`] bytes) once [`RESEED_INTERVAL`] requests have been
+/// served since the last (re)seed. Its state is wiped when it is dropped.
+///
+/// A source that fails its health tests ([`EntropySource::healthy`]) is never mixed in:
+/// [`RngCore::try_fill_bytes`] then refuses (SP 800-90A's error), and
+/// [`HmacDrbg::entropy_failed`] says so. `fill_bytes`, which cannot fail, goes on from the
+/// current state past the interval (still secret, no fresh entropy) and retries the reseed at
+/// every request: callers that must not go on without fresh entropy use `try_fill_bytes` or
+/// check `entropy_failed` (a key generation, say).
 pub struct HmacDrbg<S: EntropySource> {
     state: HmacDrbgState,
     source: S,
+    entropy_failed: bool,
 }
 
 impl<S: EntropySource> core::fmt::Debug for HmacDrbg<S> {
@@ -232,15 +253,53 @@ impl<S: EntropySource> HmacDrbg<S> {
         let (input, nonce) = entropy.split_at(RESEED_ENTROPY_LEN);
         let state = HmacDrbgState::instantiate(input, nonce, personalization);
         entropy.zeroize();
-        Self { state, source }
+        let entropy_failed = !source.healthy();
+        Self {
+            state,
+            source,
+            entropy_failed,
+        }
     }
 
     /// Reseeds from the source now, mixing in `additional`.
-    pub fn reseed(&mut self, additional: &[u8]) {
+    ///
+    /// # Errors
+    ///
+    /// [`DrbgError::EntropyFailed`] if the source failed its health tests: nothing is mixed
+    /// in, the state stays as it was.
+    pub fn reseed(&mut self, additional: &[u8]) -> Result<(), DrbgError> {
         let mut entropy = [0u8; RESEED_ENTROPY_LEN];
         self.source.fill(&mut entropy);
-        self.state.reseed(&entropy, additional);
+        let result = if self.source.healthy() {
+            self.state.reseed(&entropy, additional);
+            self.entropy_failed = false;
+            Ok(())
+        } else {
+            self.entropy_failed = true;
+            Err(DrbgError::EntropyFailed)
+        };
         entropy.zeroize();
+        result
+    }
+
+    /// Whether the source failed (at instantiation or at the last reseed attempt).
+    pub const fn entropy_failed(&self) -> bool {
+        self.entropy_failed
+    }
+
+    /// Fills `dest`, reseeding when the counter says so.
+    fn generate(&mut self, dest: &mut [u8]) -> Result<(), DrbgError> {
+        for chunk in dest.chunks_mut(MAX_REQUEST) {
+            match self.state.generate(chunk, &[]) {
+                Ok(()) => {}
+                Err(DrbgError::ReseedRequired) => {
+                    self.reseed(&[])?;
+                    self.state.generate(chunk, &[])?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The mechanism (its reseed counter, for instance).
@@ -264,18 +323,29 @@ impl<S: EntropySource> RngCore for HmacDrbg<S> {
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(MAX_REQUEST) {
-            if self.state.generate(chunk, &[]).is_err() {
-                // Only the counter can refuse a request of this size: reseed, then it runs.
-                self.reseed(&[]);
+        if self.generate(dest).is_err() {
+            // The source failed at a due reseed: go on from the current state (see the type's
+            // doc); the counter stays past the interval, so every request retries the reseed.
+            let counter = self.state.reseed_counter;
+            self.state.reseed_counter = 1;
+            for chunk in dest.chunks_mut(MAX_REQUEST) {
                 let _ = self.state.generate(chunk, &[]);
             }
+            self.state.reseed_counter = counter;
         }
     }
 
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
+        self.generate(dest).map_err(|e| match e {
+            DrbgError::EntropyFailed => rand_core::Error::from(
+                core::num::NonZeroU32::new(rand_core::Error::CUSTOM_START + 1)
+                    .unwrap_or(core::num::NonZeroU32::MIN),
+            ),
+            _ => rand_core::Error::from(
+                core::num::NonZeroU32::new(rand_core::Error::CUSTOM_START)
+                    .unwrap_or(core::num::NonZeroU32::MIN),
+            ),
+        })
     }
 }
 
@@ -364,6 +434,31 @@ mod tests {
         assert_eq!(d.source().1, 2, "reseeded from the source");
         assert_eq!(d.state().reseed_counter(), 2);
         assert_ne!(before, d.next_u64());
+        // A source that fails its health tests is never mixed in: try_fill_bytes refuses,
+        // fill_bytes goes on from the state it has, and the reseed is retried until it works.
+        struct Failing(bool);
+        impl EntropySource for Failing {
+            fn fill(&mut self, out: &mut [u8]) {
+                out.fill(0);
+            }
+            fn healthy(&self) -> bool {
+                !self.0
+            }
+        }
+        let mut f = HmacDrbg::new(Failing(false), b"");
+        assert!(!f.entropy_failed());
+        f.source.0 = true;
+        f.state.reseed_counter = RESEED_INTERVAL + 1;
+        let mut out = [0u8; 8];
+        assert!(f.try_fill_bytes(&mut out).is_err());
+        assert!(f.entropy_failed());
+        let (a, b) = (f.next_u64(), f.next_u64());
+        assert_ne!(a, b, "fill_bytes goes on from the state");
+        assert_eq!(f.state().reseed_counter(), RESEED_INTERVAL + 1, "still due");
+        f.source.0 = false;
+        assert!(f.try_fill_bytes(&mut out).is_ok());
+        assert!(!f.entropy_failed());
+        assert_eq!(f.state().reseed_counter(), 2);
         // A request over the limit is split, not refused.
         let mut big = std::vec![0u8; MAX_REQUEST + 100];
         d.fill_bytes(&mut big);

@@ -1068,7 +1068,7 @@ fn a_failing_signer_ends_the_handshake_with_its_error_and_the_next_one_succeeds(
 
     // Recovered: the same provider type and key, the signer back.
     failing.set(false);
-    guard.reset();
+    // The same guard: the next handshake clears it itself.
     let (outcome, failure, seen) = dial_flaky(&pki, &failing, Some(&guard));
     assert_accepted(&outcome);
     assert_eq!(failure, None);

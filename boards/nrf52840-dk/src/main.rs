@@ -114,6 +114,10 @@ impl Trng {
 }
 
 impl EntropySource for Trng {
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+
     fn fill(&mut self, out: &mut [u8]) {
         for o in out.iter_mut() {
             let Some(byte) = self.rng.next_byte() else {
@@ -188,7 +192,7 @@ fn drbg() -> Result<HmacDrbg<Trng>, Failed> {
     board.copy_from_slice(BOARD);
     device.copy_from_slice(&hw::device_id());
     let rng = HmacDrbg::new(Trng::start(), &personalization);
-    if rng.source().healthy {
+    if !rng.entropy_failed() {
         Ok(rng)
     } else {
         Err(Failed::Entropy)

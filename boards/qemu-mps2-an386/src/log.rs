@@ -1,7 +1,7 @@
 //! Lines to the host (semihosting stdout) without `core::fmt`: a line is a list of string
 //! pieces and unsigned numbers ([`say!`](crate::say)), written piece by piece. Formatting
 //! machinery, `Display` impls and their strings were 41 KB of the `device` image's flash
-//! (measured by building it with every print removed: 130,768 → 89,640 B at opt "z"); these
+//! (measured by building it, locally, with every print removed: 130,768 → 89,640 B at opt "z"); these
 //! lines cost a few hundred bytes. Errors are logged by their fixed names
 //! (`chain::ErrorKind::name`, `ServerRefusal::name`, ...), not their `Display` text.
 

@@ -10,6 +10,7 @@
 //! - [`check_control_plane`]: Sentry's own ID is never issued; the other control-plane IDs only
 //!   in Sentry's namespace and trust domain.
 
+pub mod acl;
 pub mod config;
 
 use crate::logs::clip;
