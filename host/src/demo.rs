@@ -287,6 +287,7 @@ pub async fn run(
             resolution: Some(names.clone()),
             mtls: true,
             callers: crate::sidecar::mtls::CallerPolicy::default(),
+            acl: std::sync::Arc::new(crate::sidecar::acl::Acl::none()),
             allowed_origins: None,
         };
         say(format!(

@@ -921,3 +921,120 @@ async fn calls_across_a_root_rotation_by_hand_never_fail() {
     let n = calls.stop_without_failures().await;
     assert!(n > 100, "only {n} calls");
 }
+
+/// One HTTP/1.1 request to `addr` (a sidecar's app API); the status and the body.
+fn request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Issue 16's Done-means over real mutual TLS: the callee's sidecar (`b`) runs with
+/// `defaultAction: deny` and one policy allowing app `a` to `GET /status/200`. `a`'s GET
+/// answers 200, its POST 403 with Dapr's error body, another app's GET 403, an encoding that
+/// would reach a denied path past the allowed prefix 403, and a spelling of the allowed path
+/// reaches the app as the path that was checked. The policy file reloads at run time; an
+/// invalid one is refused and the policy in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_control_policies_allow_deny_and_reload() {
+    let app = echo_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("acl.yaml");
+    let write_policy = |verbs: &str, action: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: acl\nspec:\n  \
+                 accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    \
+                 - appId: a\n      defaultAction: deny\n      trustDomain: public\n      namespace: default\n      \
+                 operations:\n      - name: /status/200\n        httpVerb: [{verbs}]\n        action: {action}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_policy("'GET'", "allow");
+    let mesh = Mesh::in_dir(dir, app, "1h", &["--config", policy.to_str().unwrap()]);
+    let a = mesh.a.field("http=");
+    let ok = request(&a, "GET", "/v1.0/invoke/b/method/status/200");
+    assert_eq!(ok.0, 200, "{ok:?}");
+    let post = request(&a, "POST", "/v1.0/invoke/b/method/status/200");
+    assert_eq!(post.0, 403, "{post:?}");
+    assert!(
+        post.1.contains("\"errorCode\":\"ERR_DIRECT_INVOKE\"")
+            && post.1.contains("code = PermissionDenied")
+            && post.1.contains("access control policy has denied access to id: spiffe://public/ns/default/a operation: status/200 verb: POST"),
+        "{post:?}"
+    );
+    assert_eq!(
+        request(&a, "GET", "/v1.0/invoke/b/method/status/201").0,
+        403
+    );
+    // Past the allowed prefix by an encoded `/..`: checked (and delivered) as /status/201.
+    assert_eq!(
+        request(&a, "GET", "/v1.0/invoke/b/method/status/200%2F..%2F201").0,
+        403
+    );
+    // Another spelling of the allowed path: allowed, and the app sees /status/200.
+    assert_eq!(
+        request(&a, "GET", "/v1.0/invoke/b/method/status/.//201/../200").0,
+        200
+    );
+    // Another app, same trust domain and namespace: no policy, the global deny.
+    let other = sidecar(
+        "other",
+        &mesh.sentry_addr(),
+        mesh.dir.path(),
+        free_port(),
+        &[],
+    );
+    wait_ready(&other.field("http="));
+    assert_eq!(
+        request(
+            &other.field("http="),
+            "GET",
+            "/v1.0/invoke/b/method/status/200"
+        )
+        .0,
+        403
+    );
+    // Reloaded at run time: POST allowed too.
+    std::thread::sleep(Duration::from_millis(50));
+    write_policy("'GET', 'POST'", "allow");
+    wait_until("the reloaded policy", Duration::from_secs(10), || {
+        request(&a, "POST", "/v1.0/invoke/b/method/status/200").0 == 200
+    });
+    // An invalid policy (an action that is neither allow nor deny) is refused; the one in
+    // force stays.
+    std::thread::sleep(Duration::from_millis(50));
+    write_policy("'GET', 'POST'", "alow");
+    assert_eq!(
+        request(&a, "POST", "/v1.0/invoke/b/method/status/200").0,
+        200
+    );
+    let metrics = common::http_get(&mesh.b.field("metrics="), "/metrics");
+    assert!(
+        metrics.contains("sigil_runtime_acl_reload_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "dapr_runtime_acl_app_policy_action_blocked_total{app_id=\"a\",trust_domain=\"public\",namespace=\"default\"}"
+        ) && metrics.contains("dapr_runtime_acl_global_policy_action_blocked_total{app_id=\"other\""),
+        "{metrics}"
+    );
+}

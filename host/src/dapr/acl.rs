@@ -37,7 +37,7 @@ use sigil_core::spiffe::SpiffeId;
 pub const DEFAULT_TRUST_DOMAIN: &str = "public";
 
 /// `spec.accessControl` as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessControlSpec {
     /// `allow` or `deny`.
@@ -52,7 +52,7 @@ pub struct AccessControlSpec {
 }
 
 /// One entry of `policies`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppPolicySpec {
     /// The calling app's ID.
@@ -73,7 +73,7 @@ pub struct AppPolicySpec {
 }
 
 /// One entry of `operations`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationSpec {
     /// The path (HTTP) or full method (gRPC), with `*` and `**`.
@@ -592,6 +592,20 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         }
     }
     Ok(format!("/{}", out.join("/")))
+}
+
+/// `path` (decoded, from [`normalize`]) as a request target: every byte outside RFC 3986's
+/// unreserved and path characters percent-encoded again.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

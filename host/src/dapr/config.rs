@@ -72,6 +72,8 @@ pub struct SentryConfig {
     pub jwks_source: Option<String>,
     /// `spec.mtls.enabled` (sidecars: mutual TLS between them); on unless set to false.
     pub mtls_enabled: bool,
+    /// `spec.accessControl` (sidecars: who may invoke this app; [`super::acl`]).
+    pub access_control: Option<super::acl::AccessControlSpec>,
 }
 
 impl Default for SentryConfig {
@@ -81,6 +83,7 @@ impl Default for SentryConfig {
             allowed_clock_skew: DEFAULT_SKEW,
             jwks_source: None,
             mtls_enabled: true,
+            access_control: None,
         }
     }
 }
@@ -92,9 +95,12 @@ struct Document {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Spec {
     #[serde(default)]
     mtls: Option<Mtls>,
+    #[serde(default)]
+    access_control: Option<super::acl::AccessControlSpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,7 +151,10 @@ impl SentryConfig {
             path: String::new(),
             source,
         })?;
-        let mut out = Self::default();
+        let mut out = Self {
+            access_control: doc.spec.access_control,
+            ..Self::default()
+        };
         let Some(mtls) = doc.spec.mtls else {
             return Ok(out);
         };

@@ -73,6 +73,8 @@ pub struct InvokeConfig {
     pub mtls: bool,
     /// Which callers that chain to the anchors are accepted (default: any).
     pub callers: mtls::CallerPolicy,
+    /// Dapr's access-control policies on this app's operations (`spec.accessControl`).
+    pub acl: Arc<super::acl::Acl>,
     /// `--allowed-origins`: none (no CORS headers), `*`, or a list.
     pub allowed_origins: Option<Vec<String>>,
 }
@@ -390,11 +392,48 @@ impl Invoker {
                 "this sidecar has no app (--app-port)",
             );
         };
-        let path = req
+        let mut path = req
             .uri()
             .path_and_query()
             .map_or("/", hyper::http::uri::PathAndQuery::as_str)
             .to_owned();
+        // Access control: the path is normalised, checked, and delivered as checked.
+        if let Some(policy) = self.config.acl.enabled() {
+            let operation = match crate::dapr::acl::normalize(req.uri().path()) {
+                Ok(op) => op,
+                Err(e) => {
+                    return json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ERR_DIRECT_INVOKE",
+                        &format!(
+                            "failed to invoke, id: {}, err: invalid method: {e}",
+                            self.config.app_id
+                        ),
+                    )
+                }
+            };
+            let verb = req.method().as_str().to_owned();
+            let decision = policy.decide(caller.as_deref(), &operation, &verb);
+            if let Some(d) = decision.filter(|d| !d.allowed()) {
+                tracing::debug!(caller = ?caller, operation, verb, why = d.why, "invocation denied by the access-control policy");
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "ERR_DIRECT_INVOKE",
+                    &format!(
+                        "failed to invoke, id: {}, err: rpc error: code = PermissionDenied desc = \
+                         access control policy has denied access to id: {} operation: {} verb: {}",
+                        self.config.app_id,
+                        caller.as_deref().unwrap_or(""),
+                        operation.trim_start_matches('/'),
+                        verb
+                    ),
+                );
+            }
+            path = match req.uri().query() {
+                Some(q) => format!("{}?{q}", crate::dapr::acl::encode_path(&operation)),
+                None => crate::dapr::acl::encode_path(&operation),
+            };
+        }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         caller_headers(&mut parts.headers, caller.as_deref(), &self.config.app_id);

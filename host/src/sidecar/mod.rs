@@ -2,6 +2,7 @@
 //! mutual TLS between sidecars ([`mtls`]), and service invocation through the app's loopback
 //! API ([`invoke`]).
 
+pub mod acl;
 pub mod identity;
 pub mod invoke;
 pub mod mtls;
@@ -144,6 +145,7 @@ impl Flags {
             }
             None => true,
         };
+        let acl = Arc::new(acl::Acl::load(self.config.clone())?);
         let identity = IdentityConfig {
             app_id: app_id.clone(),
             namespace: namespace.clone(),
@@ -165,6 +167,7 @@ impl Flags {
             resolution: self.resolution_file,
             mtls,
             callers,
+            acl,
             allowed_origins: self
                 .allowed_origins
                 .filter(|o| !o.is_empty())
@@ -178,20 +181,23 @@ impl Flags {
 /// small ports' limits ([`crate::net::serve_http1`]: a few connections, a header deadline).
 pub async fn serve_metrics(
     state: Arc<IdentityState>,
+    acl: Arc<acl::Acl>,
     listener: TcpListener,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics_text))
         .route("/", axum::routing::get(metrics_text))
-        .with_state(state);
+        .with_state((state, acl));
     crate::net::serve_http1(listener, app, stopped).await;
 }
 
 async fn metrics_text(
-    axum::extract::State(state): axum::extract::State<Arc<IdentityState>>,
+    axum::extract::State((state, acl)): axum::extract::State<(Arc<IdentityState>, Arc<acl::Acl>)>,
 ) -> String {
-    state.metrics().render()
+    let mut text = state.metrics().render();
+    text.push_str(&acl.render());
+    text
 }
 
 /// Where a sidecar listens.
@@ -225,6 +231,7 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let acl = invoke.acl.clone();
     let invoker = invoke::Invoker::new(invoke, state.clone());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(invoke::serve_app(
@@ -239,7 +246,7 @@ pub async fn run(
         }
     });
     if let Some(l) = listeners.metrics {
-        tasks.spawn(serve_metrics(state.clone(), l, stopped()));
+        tasks.spawn(serve_metrics(state.clone(), acl, l, stopped()));
     }
     let driving = identity::drive(identity, state, stopped());
     tokio::pin!(shutdown);
