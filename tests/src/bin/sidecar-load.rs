@@ -5,7 +5,10 @@
 //! 2. full mutual-TLS handshakes per second of the sidecar's listener configuration (client
 //!    certificate checked by the core's path validation and SPIFFE authorization) against a
 //!    plain rustls server with the stock webpki client verifier, same certificates, interleaved;
-//! 3. the sidecars' peak RSS.
+//! 3. the sidecars' peak RSS;
+//! 4. what access control costs: the same calls to a third sidecar (`c`, same app) whose
+//!    Configuration holds 100 policies of 10 operations each (`defaultAction: deny`, the caller's
+//!    policy allowing the path among its ten), interleaved with calls to `b` (no policy).
 //!
 //! `cargo build --release -p sigil-host --bin sigil && cargo run --release -p sigil-tests --bin sidecar-load -- [--seconds 5] [--clients 16]`
 //! The last line is `added_p50_ms=<via sidecars - direct>` (target: at most 0.5).
@@ -266,10 +269,41 @@ async fn main() {
     let sentry_addr = field(&sentry.1, "grpc=");
     let anchors = creds_dir.join("ca.crt");
     let app_port = app().await;
-    let (ia, ib) = (free_port(), free_port());
+    let (ia, ib, ic) = (free_port(), free_port(), free_port());
     let names = dir.join("names.yaml");
-    std::fs::write(&names, format!("a: 127.0.0.1:{ia}\nb: 127.0.0.1:{ib}\n")).expect("names");
-    let sidecar = |id: &str, internal: u16, app: Option<u16>| {
+    std::fs::write(
+        &names,
+        format!("a: 127.0.0.1:{ia}\nb: 127.0.0.1:{ib}\nc: 127.0.0.1:{ic}\n"),
+    )
+    .expect("names");
+    // 100 policies of 10 operations; the caller `a` is the last, its `/x` the last operation.
+    let acl = dir.join("acl.yaml");
+    let mut policy = String::from(
+        "kind: Configuration\nspec:\n  accessControl:\n    defaultAction: deny\n    policies:\n",
+    );
+    for p in 0..100 {
+        let app = if p == 99 {
+            "a".to_owned()
+        } else {
+            format!("app{p}")
+        };
+        policy.push_str(&format!(
+            "    - appId: {app}\n      defaultAction: deny\n      trustDomain: public\n      \
+             namespace: default\n      operations:\n"
+        ));
+        for o in 0..10 {
+            let name = if p == 99 && o == 9 {
+                "/x".to_owned()
+            } else {
+                format!("/v{p}/resource{o}/*")
+            };
+            policy.push_str(&format!(
+                "      - name: {name}\n        httpVerb: ['GET', 'POST']\n        action: allow\n"
+            ));
+        }
+    }
+    std::fs::write(&acl, policy).expect("acl");
+    let sidecar = |id: &str, internal: u16, app: Option<u16>, config: Option<&std::path::Path>| {
         let mut a = vec![
             s("sidecar"),
             s("--app-id"),
@@ -295,10 +329,15 @@ async fn main() {
             a.push(s("--app-port"));
             a.push(p.to_string());
         }
+        if let Some(c) = config {
+            a.push(s("--config"));
+            a.push(c.display().to_string());
+        }
         spawn(&sigil, &a, "sidecar: app")
     };
-    let a = sidecar("a", ia, None);
-    let b = sidecar("b", ib, Some(app_port));
+    let a = sidecar("a", ia, None, None);
+    let b = sidecar("b", ib, Some(app_port), None);
+    let c = sidecar("c", ic, Some(app_port), Some(&acl));
     let a_http = field(&a.1, "http=");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -331,6 +370,31 @@ async fn main() {
         let direct_rps = throughput(&direct_addr, "/x", clients, secs).await;
         let through_rps = throughput(&a_http, via, clients, secs).await;
         println!("throughput, {clients} clients: direct {direct_rps:.0} req/s | through two sidecars {through_rps:.0} req/s");
+
+        // 4. Access control: c (100 policies x 10 operations) against b, interleaved ABBA.
+        let with_acl = "/v1.0/invoke/c/method/x";
+        let _ = latencies(&a_http, with_acl, Duration::from_millis(500)).await; // warm-up
+        let (mut plain, mut guarded) = (Vec::new(), Vec::new());
+        for acl_first in [false, true, true, false] {
+            let quarter = secs / 4;
+            if acl_first {
+                guarded.extend(latencies(&a_http, with_acl, quarter).await);
+                plain.extend(latencies(&a_http, via, quarter).await);
+            } else {
+                plain.extend(latencies(&a_http, via, quarter).await);
+                guarded.extend(latencies(&a_http, with_acl, quarter).await);
+            }
+        }
+        plain.sort();
+        guarded.sort();
+        let (p, g) = (pct(&plain, 0.5), pct(&guarded, 0.5));
+        println!(
+            "access control, 100 policies x 10 operations: p50 without={p:.3}ms with={g:.3}ms \
+             p99 without={:.3}ms with={:.3}ms added_p50={:+.1}%",
+            pct(&plain, 0.99),
+            pct(&guarded, 0.99),
+            (g - p) / p * 100.0
+        );
     }
 
     // 2. Handshakes: the sidecar's mTLS listener configuration vs stock rustls + webpki.
@@ -427,11 +491,12 @@ async fn main() {
 
     // 3. Memory.
     println!(
-        "sidecar peak RSS: a {:.1} MB, b {:.1} MB",
+        "sidecar peak RSS: a {:.1} MB, b {:.1} MB, c (with the policies) {:.1} MB",
         peak_rss_mb(a.0.id()),
-        peak_rss_mb(b.0.id())
+        peak_rss_mb(b.0.id()),
+        peak_rss_mb(c.0.id())
     );
-    drop((a, b, sentry));
+    drop((a, b, c, sentry));
     let _ = std::fs::remove_dir_all(&dir);
     println!("added_p50_ms={:.3}", pct(&through, 0.5) - pct(&direct, 0.5));
 }
