@@ -989,10 +989,25 @@ async fn access_control_policies_allow_deny_and_reload() {
         request(&a, "GET", "/v1.0/invoke/b/method/status/200%2F..%2F201").0,
         403
     );
-    // Another spelling of the allowed path: allowed, and the app sees /status/200.
+    // Other spellings of the allowed path: allowed, and the app sees /status/200 (it answers
+    // with the status the path names).
     assert_eq!(
         request(&a, "GET", "/v1.0/invoke/b/method/status/.//201/../200").0,
         200
+    );
+    assert_eq!(
+        request(&a, "GET", "/v1.0/invoke/b/method/status/201%2F..%2F200").0,
+        200
+    );
+    // Methods as Dapr makes them: a lower-case `get` is GET (and reaches the app as GET); a
+    // method Dapr does not define is POST, which the policy denies.
+    assert_eq!(
+        request(&a, "get", "/v1.0/invoke/b/method/status/200").0,
+        200
+    );
+    assert_eq!(
+        request(&a, "FETCH", "/v1.0/invoke/b/method/status/200").0,
+        403
     );
     // Another app, same trust domain and namespace: no policy, the global deny.
     let other = sidecar(
@@ -1033,7 +1048,7 @@ async fn access_control_policies_allow_deny_and_reload() {
     );
     assert!(
         metrics.contains(
-            "dapr_runtime_acl_app_policy_action_blocked_total{app_id=\"a\",trust_domain=\"public\",namespace=\"default\"}"
+            "dapr_runtime_acl_app_policy_action_blocked_total{app_id=\"a\",trustDomain=\"public\",namespace=\"default\"}"
         ) && metrics.contains("dapr_runtime_acl_global_policy_action_blocked_total{app_id=\"other\""),
         "{metrics}"
     );

@@ -228,8 +228,11 @@ pub enum Decider {
 pub struct Decision {
     /// Allow or deny.
     pub action: Action,
-    /// Which rule decided (Dapr's metrics say `app` or `global`).
+    /// Which rule decided.
     pub by: Decider,
+    /// Dapr's metric label: `app` when the caller's policy applied and has a `defaultAction`
+    /// (even if an operation decided), `global` otherwise.
+    pub app_policy: bool,
     /// Why, for the log and the refusal's message.
     pub why: String,
 }
@@ -269,12 +272,12 @@ impl AccessControl {
             Some(t) if !t.is_empty() => t.to_owned(),
             _ => DEFAULT_TRUST_DOMAIN.to_owned(),
         };
-        // Dapr: no global default means deny when policies are listed (it warns), allow when
-        // the list is present but empty.
+        // A Configuration file without a global default: `allow`, as in a real daprd (it reads
+        // the file into a preset of allow/public; the deny-by-default of Dapr's parser applies
+        // only to specs built in code).
         let default_action = match spec.default_action.as_deref() {
             Some(a) if !a.is_empty() => Action::parse(a, "defaultAction")?,
-            _ if spec.policies.as_ref().is_some_and(Vec::is_empty) => Action::Allow,
-            _ => Action::Deny,
+            _ => Action::Allow,
         };
         let mut missing_td = Vec::new();
         let mut missing_ns = Vec::new();
@@ -371,6 +374,7 @@ impl AccessControl {
         let global = |why: String| Decision {
             action: self.default_action,
             by: Decider::Global,
+            app_policy: false,
             why,
         };
         let Some(caller) = caller else {
@@ -380,6 +384,7 @@ impl AccessControl {
             return Decision {
                 action: Action::Deny,
                 by: Decider::Global,
+                app_policy: false,
                 why: format!("malformed SPIFFE ID: {}", caller.as_str()),
             };
         };
@@ -436,7 +441,12 @@ impl AccessControl {
                 why = w;
             }
         }
-        Decision { action, by, why }
+        Decision {
+            action,
+            by,
+            app_policy: policy.default_action.is_some(),
+            why,
+        }
     }
 }
 
@@ -594,12 +604,24 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
+/// The verb a call is checked with and delivered as, as Dapr's HTTP API makes it: the method
+/// upper-cased, and any method Dapr does not define taken as `POST`.
+pub fn canonical_verb(method: &str) -> &'static str {
+    VERBS
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or("POST")
+}
+
 /// `path` (decoded, from [`normalize`]) as a request target: every byte outside RFC 3986's
 /// unreserved and path characters percent-encoded again.
 pub fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+        // `;` is encoded too: some servers cut a path at `;` (matrix parameters), which would
+        // route a checked `/admin;x` to `/admin`.
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -920,7 +942,7 @@ mod tests {
             AccessControl::parse(&AccessControlSpec::default(), true),
             Ok(None)
         );
-        // Policies without a global default: deny; an empty list: allow.
+        // No global default in a file: allow, as daprd (its preset), policies or not.
         let one = AccessControlSpec {
             trust_domain: Some("public".into()),
             policies: Some(vec![policy("a", "public", "default", "", vec![])]),
@@ -931,7 +953,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .default_action,
-            Action::Deny
+            Action::Allow
         );
         let none = AccessControlSpec {
             trust_domain: Some("public".into()),

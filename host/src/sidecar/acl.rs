@@ -13,6 +13,17 @@ use sigil_core::spiffe::SpiffeId;
 use crate::dapr::acl::{AccessControl, Action, Decider, Decision, Verb};
 use crate::dapr::config::SentryConfig;
 
+/// How long after a modification the file is read at every call.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What identifies a version of the file: modification time, length, inode.
+type Stamp = (Option<SystemTime>, u64, u64);
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.modified().ok(), m.len(), m.ino())
+}
+
 /// A counter's key: the metric's name, then the caller's app ID, trust domain and namespace.
 type CountKey = (&'static str, String, String, String);
 
@@ -20,8 +31,8 @@ type CountKey = (&'static str, String, String, String);
 #[derive(Debug)]
 pub struct Acl {
     file: Option<PathBuf>,
-    /// The file's modification time when last read, and the policy it gave.
-    current: Mutex<(Option<SystemTime>, Option<Arc<AccessControl>>)>,
+    /// The file's stamp when last read, and the policy it gave.
+    current: Mutex<(Option<Stamp>, Option<Arc<AccessControl>>)>,
     /// Dapr's `runtime/acl/{app,global}_policy_action_{allowed,blocked}_total`, by caller
     /// (app, trust domain, namespace); refusals of unusable policy files.
     counts: Mutex<BTreeMap<CountKey, u64>>,
@@ -36,16 +47,16 @@ impl Acl {
     /// What is wrong with the file: the sidecar does not start on an invalid policy (Dapr's
     /// daprd does not either).
     pub fn load(file: Option<PathBuf>) -> Result<Self, String> {
-        let (mtime, policy) = match &file {
+        let (stamp, policy) = match &file {
             Some(f) => {
-                let mtime = std::fs::metadata(f).and_then(|m| m.modified()).ok();
-                (mtime, read(f)?)
+                let stamp = std::fs::metadata(f).ok().map(|m| stamp_of(&m));
+                (stamp, read(f)?)
             }
             None => (None, None),
         };
         Ok(Self {
             file,
-            current: Mutex::new((mtime, policy)),
+            current: Mutex::new((stamp, policy)),
             counts: Mutex::default(),
             reload_refused: Mutex::default(),
         })
@@ -68,16 +79,27 @@ impl Acl {
 
     /// The policy in force, re-read first if the file changed.
     fn policy(&self) -> Option<Arc<AccessControl>> {
-        let Ok(mut current) = self.current.lock() else {
-            return None;
-        };
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = &self.file {
-            let mtime = std::fs::metadata(f).and_then(|m| m.modified()).ok();
-            if mtime != current.0 {
-                current.0 = mtime;
+            let meta = std::fs::metadata(f).ok();
+            let stamp = meta.as_ref().map(stamp_of);
+            // Read again when the file's stamp changed, and at every call while it was
+            // modified in the last two seconds: an edit within one timestamp tick (or a read
+            // between an editor's truncate and its write) is not missed.
+            let recent = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < RECENT);
+            if stamp != current.0 || recent {
+                current.0 = stamp;
                 match read(f) {
                     Ok(p) => {
-                        tracing::info!(file = %f.display(), "access control policy reloaded");
+                        if p != current.1 {
+                            tracing::info!(file = %f.display(), "access control policy reloaded");
+                        }
                         current.1 = p;
                     }
                     Err(e) => {
@@ -96,26 +118,46 @@ impl Acl {
     /// with HTTP `method`, and counts it as Dapr does. `None`: no policy, allowed.
     pub fn decide(&self, caller: Option<&str>, operation: &str, method: &str) -> Option<Decision> {
         let policy = self.policy()?;
-        let id = caller.and_then(|c| SpiffeId::parse(c).ok());
-        let decision = policy.decide(id.as_ref(), operation, Verb::Http(method));
-        if let Some(id) = &id {
-            let name = match (decision.by, decision.action) {
-                (Decider::Global, Action::Allow) => {
-                    "dapr_runtime_acl_global_policy_action_allowed_total"
-                }
-                (Decider::Global, Action::Deny) => {
-                    "dapr_runtime_acl_global_policy_action_blocked_total"
-                }
-                (_, Action::Allow) => "dapr_runtime_acl_app_policy_action_allowed_total",
-                (_, Action::Deny) => "dapr_runtime_acl_app_policy_action_blocked_total",
-            };
-            let mut parts = id.path().split('/').skip(2);
-            let ns = parts.next().unwrap_or("").to_owned();
-            let app = parts.next().unwrap_or("").to_owned();
-            if let Ok(mut c) = self.counts.lock() {
-                *c.entry((name, app, id.trust_domain().as_str().to_owned(), ns))
-                    .or_default() += 1;
+        let id = match caller.map(SpiffeId::parse) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            // A verified peer whose ID does not read is denied, never taken for "no mTLS".
+            Some(Err(_)) => {
+                return Some(Decision {
+                    action: Action::Deny,
+                    by: Decider::Global,
+                    app_policy: false,
+                    why: format!("malformed SPIFFE ID: {:?}", caller.unwrap_or("")),
+                })
             }
+        };
+        let decision = policy.decide(id.as_ref(), operation, Verb::Http(method));
+        // Counted as Dapr counts: by the caller's Dapr identity, not for a malformed one.
+        let dapr = id.as_ref().and_then(|id| {
+            let mut parts = id.path().split('/');
+            if parts.next() != Some("") || parts.next() != Some("ns") {
+                return None;
+            }
+            let ns = parts.next().filter(|s| !s.is_empty())?;
+            let app = parts.next().filter(|s| !s.is_empty())?;
+            Some((
+                app.to_owned(),
+                id.trust_domain().as_str().to_owned(),
+                ns.to_owned(),
+            ))
+        });
+        if let Some((app, td, ns)) = dapr {
+            let name = match (decision.app_policy, decision.action) {
+                (false, Action::Allow) => "dapr_runtime_acl_global_policy_action_allowed_total",
+                (false, Action::Deny) => "dapr_runtime_acl_global_policy_action_blocked_total",
+                (true, Action::Allow) => "dapr_runtime_acl_app_policy_action_allowed_total",
+                (true, Action::Deny) => "dapr_runtime_acl_app_policy_action_blocked_total",
+            };
+            let mut c = self
+                .counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *c.entry((name, app, td, ns)).or_default() += 1;
         }
         Some(decision)
     }
@@ -136,7 +178,7 @@ impl Acl {
                 }
                 let _ = writeln!(
                     out,
-                    "{name}{{app_id={app:?},trust_domain={td:?},namespace={ns:?}}} {n}"
+                    "{name}{{app_id={app:?},trustDomain={td:?},namespace={ns:?}}} {n}"
                 );
             }
         }

@@ -397,7 +397,9 @@ impl Invoker {
             .path_and_query()
             .map_or("/", hyper::http::uri::PathAndQuery::as_str)
             .to_owned();
-        // Access control: the path is normalised, checked, and delivered as checked.
+        // Access control: the path and the method are normalised, checked, and delivered as
+        // checked.
+        let mut delivered_method = None;
         if let Some(policy) = self.config.acl.enabled() {
             let operation = match crate::dapr::acl::normalize(req.uri().path()) {
                 Ok(op) => op,
@@ -412,8 +414,9 @@ impl Invoker {
                     )
                 }
             };
-            let verb = req.method().as_str().to_owned();
-            let decision = policy.decide(caller.as_deref(), &operation, &verb);
+            let verb = crate::dapr::acl::canonical_verb(req.method().as_str());
+            delivered_method = Some(verb);
+            let decision = policy.decide(caller.as_deref(), &operation, verb);
             if let Some(d) = decision.filter(|d| !d.allowed()) {
                 tracing::debug!(caller = ?caller, operation, verb, why = d.why, "invocation denied by the access-control policy");
                 return json_error(
@@ -435,6 +438,10 @@ impl Invoker {
             };
         }
         let (mut parts, body) = req.into_parts();
+        if let Some(m) = delivered_method.and_then(|m| hyper::Method::from_bytes(m.as_bytes()).ok())
+        {
+            parts.method = m;
+        }
         strip_hop_by_hop(&mut parts.headers);
         caller_headers(&mut parts.headers, caller.as_deref(), &self.config.app_id);
         let app = format!("127.0.0.1:{port}");
