@@ -92,8 +92,9 @@ impl Acl {
             let recent = meta
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < RECENT);
-            if stamp != current.0 || recent {
+                .is_some_and(|age| age < RECENT);
+            let changed = stamp != current.0;
+            if changed || recent {
                 current.0 = stamp;
                 match read(f) {
                     Ok(p) => {
@@ -102,12 +103,15 @@ impl Acl {
                         }
                         current.1 = p;
                     }
-                    Err(e) => {
+                    // Counted and logged once per version of the file (a missing or invalid
+                    // file is not reported at every call).
+                    Err(e) if changed => {
                         if let Ok(mut n) = self.reload_refused.lock() {
                             *n += 1;
                         }
                         tracing::error!(error = %e, "access control policy refused; the one in force stays");
                     }
+                    Err(_) => {}
                 }
             }
         }
