@@ -302,7 +302,8 @@ fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
     wait_until("the new root adopted", Duration::from_secs(20), || {
         read_certs(&id_dir.join("ca.pem")).contains(&new_root[0])
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // One TTL (3 s) after the stamp, which is rounded up to the next whole second.
+    std::thread::sleep(Duration::from_secs(4));
     let out = ca(&[&["rotate", "activate"][..], &times[..]].concat());
     assert!(
         out.status.success(),
@@ -316,7 +317,7 @@ fn sigil_ca_rotate_by_hand_under_a_running_sentry() {
     );
     let early = ca(&[&["rotate", "retire"][..], &hour[..]].concat());
     assert_eq!(early.status.code(), Some(2));
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
     let out = ca(&[&["rotate", "retire"][..], &times[..]].concat());
     assert!(
         out.status.success(),
