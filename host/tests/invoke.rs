@@ -550,13 +550,7 @@ impl Calls {
     async fn stop_without_failures(self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (ok, failed) = self.task.await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} of {} calls failed, first: {:?}",
-            failed.len(),
-            ok + failed.len() as u64,
-            failed.first()
-        );
+        common::assert_no_failed_calls(ok, &failed);
         ok
     }
 }

@@ -315,25 +315,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::ca::schedule::Policy;
-    use crate::ca::Generation;
 
     const ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
 
     fn opts() -> StepOptions {
-        StepOptions {
-            policy: Policy {
-                workload_ttl: Duration::from_secs(5),
-                skew: Duration::from_secs(1),
-            },
-            generation: Generation {
-                root: Duration::from_secs(60),
-                issuer: Duration::from_secs(60),
-                ..Generation::default()
-            },
-            force: false,
-            crash: None,
-        }
+        crate::ca::rotation::tests::opts(None)
     }
 
     fn generated(now: SystemTime) -> Set {

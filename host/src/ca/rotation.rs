@@ -713,7 +713,7 @@ pub fn run_due(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
@@ -722,7 +722,9 @@ mod tests {
 
     const ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
 
-    fn opts(crash: Option<CrashPoint>) -> StepOptions {
+    /// Steps for the tests here and in [`super::super::journal`]: workload TTL 5 s, skew 1 s,
+    /// pairs of 60 s.
+    pub(crate) fn opts(crash: Option<CrashPoint>) -> StepOptions {
         StepOptions {
             policy: Policy {
                 workload_ttl: Duration::from_secs(5),

@@ -450,8 +450,9 @@ impl AccessControl {
     }
 }
 
-/// `/ns/<namespace>/<app>` of a Dapr workload's SPIFFE ID (more segments allowed, as Dapr).
-fn dapr_app<'a>(id: &'a SpiffeId<'_>) -> Option<(&'a str, &'a str)> {
+/// `(namespace, app)` from `/ns/<namespace>/<app>` of a Dapr workload's SPIFFE ID (more
+/// segments allowed, as Dapr).
+pub fn dapr_app<'a>(id: &'a SpiffeId<'_>) -> Option<(&'a str, &'a str)> {
     let mut parts = id.path().split('/');
     if parts.next() != Some("") || parts.next() != Some("ns") {
         return None;

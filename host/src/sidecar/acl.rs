@@ -138,12 +138,7 @@ impl Acl {
         let decision = policy.decide(id.as_ref(), operation, Verb::Http(method));
         // Counted as Dapr counts: by the caller's Dapr identity, not for a malformed one.
         let dapr = id.as_ref().and_then(|id| {
-            let mut parts = id.path().split('/');
-            if parts.next() != Some("") || parts.next() != Some("ns") {
-                return None;
-            }
-            let ns = parts.next().filter(|s| !s.is_empty())?;
-            let app = parts.next().filter(|s| !s.is_empty())?;
+            let (ns, app) = crate::dapr::acl::dapr_app(id)?;
             Some((
                 app.to_owned(),
                 id.trust_domain().as_str().to_owned(),

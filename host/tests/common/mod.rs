@@ -242,6 +242,17 @@ pub fn health(http: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Asserts that none of `ok + failed.len()` calls failed, showing the first failure.
+pub fn assert_no_failed_calls(ok: u64, failed: &[String]) {
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        failed.first()
+    );
+}
+
 /// Waits until `ok` holds, checking every 100 ms; panics naming `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
