@@ -25,6 +25,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+# No incremental caches in CI runs: they double the target directory and a run never reuses them.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 board=boards/qemu-mps2-an386
 mcu=boards/nrf52840-dk
 
@@ -130,10 +132,12 @@ run() {
   echo "=== ci: $job ==="
   local start=$SECONDS
   "job_$job"
-  echo "=== ci: $job ok ($((SECONDS - start))s) ==="
+  echo "=== ci: $job ok ($((SECONDS - start))s; disk free $(df -Ph . | awk 'NR==2 {print $4}')) ==="
 }
 
 [ $# -gt 0 ] || set -- all
+# A full run writes about 6 GB (target directories, the kube-apiserver build, fuzz corpora).
+echo "=== ci: disk free at start: $(df -Ph . | awk 'NR==2 {print $4}') ==="
 for job in "$@"; do
   if [ "$job" = all ]; then
     for j in fmt clippy doc test k8s fleet demo nostd qemu e2e fuzz size; do run "$j"; done
