@@ -119,7 +119,7 @@ app_port=$(wait_line "$work/app.log" '^app: listening port=' 15 | sed -n 's/.*po
   || fail "the app did not start"
 "$sigil" sidecar --app-id echo --app-port "$app_port" --sentry-address "$sentry" \
   --trust-anchors-file "$work/first-root.pem" --identity-dir "$work/echo-identity" \
-  --dapr-http-port 0 --dapr-internal-port 0 --dapr-internal-address 127.0.0.1 \
+  --dapr-http-port 0 --dapr-grpc-port 0 --dapr-internal-port 0 --dapr-internal-address 127.0.0.1 \
   --metrics-port 0 --log-level warn > "$work/sidecar.log" 2>&1 &
 pids+=($!)
 internal=$(wait_line "$work/sidecar.log" '^sidecar: app' 60 | sed -n 's/.*internal=\([^ ]*\).*/\1/p') \

@@ -296,6 +296,7 @@ pub async fn run(
         ));
         let listeners = Listeners {
             http,
+            grpc: None,
             internal,
             metrics: None,
         };

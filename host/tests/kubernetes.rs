@@ -677,6 +677,7 @@ fn k8s_a_sidecar_on_kubernetes_uses_its_pod_token_and_the_mounted_bundle_and_fai
         .arg("--identity-dir")
         .arg(&identity_dir)
         .args(["--dapr-http-port", "0", "--dapr-internal-port", "0"])
+        .args(["--dapr-grpc-port", "0"])
         .args([
             "--dapr-internal-address",
             "127.0.0.1",
@@ -1124,6 +1125,7 @@ async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_
             .arg("--resolution-file")
             .arg(&names)
             .args(["--dapr-http-port", "0", "--metrics-port", "0"])
+            .args(["--dapr-grpc-port", "0"])
             .args(["--dapr-internal-address", "127.0.0.1"])
             .args(["--dapr-internal-port", &internal.to_string()])
             .args(extra)

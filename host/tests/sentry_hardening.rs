@@ -509,6 +509,8 @@ async fn half_sent_requests_on_the_metrics_ports_are_closed_and_scrapes_still_wo
         ca.to_str().unwrap(),
         "--dapr-http-port",
         "0",
+        "--dapr-grpc-port",
+        "0",
         "--dapr-internal-port",
         "0",
         "--dapr-internal-address",

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -23,29 +25,7 @@ fn sentry_against_python_grpc_openssl_and_pyjwt() {
     let root = repo_root();
     let start = Instant::now();
 
-    let venv = Command::new("bash")
-        .arg("ci/python-venv.sh")
-        .current_dir(&root)
-        .output()
-        .unwrap_or_else(|e| panic!("bash ci/python-venv.sh: {e}"));
-    let venv_out = String::from_utf8_lossy(&venv.stdout);
-    assert!(
-        venv.status.success(),
-        "ci/python-venv.sh failed ({}):\n{venv_out}{}",
-        venv.status,
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = PathBuf::from(
-        venv_out
-            .lines()
-            .last()
-            .expect("ci/python-venv.sh prints the venv's python last")
-            .trim(),
-    );
-    assert!(
-        python.is_file(),
-        "ci/python-venv.sh printed {python:?}, which is not a file"
-    );
+    let python = common::python();
     println!(
         "python venv ready in {:.1} s: {}",
         start.elapsed().as_secs_f64(),

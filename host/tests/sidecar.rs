@@ -28,6 +28,8 @@ fn sidecar(sentry_addr: &str, anchors: &Path, identity_dir: &Path) -> Sidecar {
         identity_dir.as_os_str(),
         "--dapr-http-port".as_ref(),
         "0".as_ref(),
+        "--dapr-grpc-port".as_ref(),
+        "0".as_ref(),
         "--metrics-port".as_ref(),
         "0".as_ref(),
         "--dapr-internal-port".as_ref(),

@@ -188,9 +188,13 @@ struct SidecarCli {
     /// App-facing HTTP port (Dapr's HTTP API: invocation, health).
     #[arg(long, default_value_t = 3500)]
     dapr_http_port: u16,
-    /// Address the app-facing port binds: loopback unless you explicitly ask otherwise.
+    /// Address the app-facing ports bind: loopback unless you explicitly ask otherwise.
     #[arg(long, default_value = "127.0.0.1")]
     dapr_listen_address: String,
+    /// App-facing gRPC port (gRPC invocation in Dapr's proxy form: the dapr-app-id metadata
+    /// names the app to call).
+    #[arg(long, default_value_t = 50001)]
+    dapr_grpc_port: u16,
     /// Port other sidecars call (mutual TLS unless spec.mtls.enabled is false).
     #[arg(long, default_value_t = 50002)]
     dapr_internal_port: u16,
@@ -721,19 +725,22 @@ fn sidecar(args: SidecarCli) -> ExitCode {
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {host}:{port}: {e}"))
         };
-        let http = bind(args.dapr_listen_address, args.dapr_http_port).await?;
+        let http = bind(args.dapr_listen_address.clone(), args.dapr_http_port).await?;
+        let grpc = bind(args.dapr_listen_address, args.dapr_grpc_port).await?;
         let internal = bind(args.dapr_internal_address, args.dapr_internal_port).await?;
         let metrics = bind(args.metrics_listen_address, args.metrics_port).await?;
         println!(
-            "sidecar: app {} listening http={} internal={} metrics={} mtls={}",
+            "sidecar: app {} listening http={} grpc={} internal={} metrics={} mtls={}",
             settings.identity.app_id,
             http.local_addr()?,
+            grpc.local_addr()?,
             internal.local_addr()?,
             metrics.local_addr()?,
             if settings.invoke.mtls { "on" } else { "off" },
         );
         let listeners = sigil_host::sidecar::Listeners {
             http,
+            grpc: Some(grpc),
             internal,
             metrics: Some(metrics),
         };

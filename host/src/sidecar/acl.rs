@@ -1,7 +1,10 @@
 //! The callee's enforcement of Dapr's access-control policies ([`crate::dapr::acl`]) on
 //! service invocation: the Configuration file's `spec.accessControl`, re-read when the file
 //! changes (an invalid one is refused with the reason and the policy in force stays), the
-//! decision on the caller's SPIFFE ID from the mTLS handshake, and Dapr's counters.
+//! decision on the caller's SPIFFE ID from the mTLS handshake, and Dapr's counters. One file
+//! gives two readings, as Dapr reads it by the app's protocol: HTTP invocation decides with
+//! HTTP semantics (verbs, paths compared lowercased), gRPC invocation with gRPC semantics
+//! (no verb, method names case-sensitive).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,12 +30,28 @@ fn stamp_of(m: &std::fs::Metadata) -> Stamp {
 /// A counter's key: the metric's name, then the caller's app ID, trust domain and namespace.
 type CountKey = (&'static str, String, String, String);
 
+/// One policy file read for each kind of call.
+#[derive(Debug, PartialEq, Eq)]
+struct Policies {
+    http: AccessControl,
+    grpc: AccessControl,
+}
+
+/// What a call is, for the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call<'a> {
+    /// HTTP invocation with this method (upper case).
+    Http(&'a str),
+    /// gRPC invocation (Dapr's verb `NONE`; the operation is the full method name).
+    Grpc,
+}
+
 /// The policy in force and where it comes from.
 #[derive(Debug)]
 pub struct Acl {
     file: Option<PathBuf>,
     /// The file's stamp when last read, and the policy it gave.
-    current: Mutex<(Option<Stamp>, Option<Arc<AccessControl>>)>,
+    current: Mutex<(Option<Stamp>, Option<Arc<Policies>>)>,
     /// Dapr's `runtime/acl/{app,global}_policy_action_{allowed,blocked}_total`, by caller
     /// (app, trust domain, namespace); refusals of unusable policy files.
     counts: Mutex<BTreeMap<CountKey, u64>>,
@@ -78,7 +97,7 @@ impl Acl {
     }
 
     /// The policy in force, re-read first if the file changed.
-    fn policy(&self) -> Option<Arc<AccessControl>> {
+    fn policy(&self) -> Option<Arc<Policies>> {
         let mut current = self
             .current
             .lock()
@@ -118,10 +137,15 @@ impl Acl {
         current.1.clone()
     }
 
-    /// Decides a call from `caller` (the handshake's SPIFFE ID) to `operation` (normalised)
-    /// with HTTP `method`, and counts it as Dapr does. `None`: no policy, allowed.
-    pub fn decide(&self, caller: Option<&str>, operation: &str, method: &str) -> Option<Decision> {
-        let policy = self.policy()?;
+    /// Decides `call` from `caller` (the handshake's SPIFFE ID) to `operation` (normalised),
+    /// and counts it as Dapr does. `None`: no policy, allowed.
+    pub fn decide(
+        &self,
+        caller: Option<&str>,
+        operation: &str,
+        call: Call<'_>,
+    ) -> Option<Decision> {
+        let policies = self.policy()?;
         let id = match caller.map(SpiffeId::parse) {
             None => None,
             Some(Ok(id)) => Some(id),
@@ -135,7 +159,12 @@ impl Acl {
                 })
             }
         };
-        let decision = policy.decide(id.as_ref(), operation, Verb::Http(method));
+        let decision = match call {
+            Call::Http(method) => policies
+                .http
+                .decide(id.as_ref(), operation, Verb::Http(method)),
+            Call::Grpc => policies.grpc.decide(id.as_ref(), operation, Verb::None),
+        };
         // Counted as Dapr counts: by the caller's Dapr identity, not for a malformed one.
         let dapr = id.as_ref().and_then(|id| {
             let (ns, app) = crate::dapr::acl::dapr_app(id)?;
@@ -192,12 +221,18 @@ impl Acl {
     }
 }
 
-fn read(f: &std::path::Path) -> Result<Option<Arc<AccessControl>>, String> {
+fn read(f: &std::path::Path) -> Result<Option<Arc<Policies>>, String> {
     let config = SentryConfig::load(f).map_err(|e| e.to_string())?;
-    match config.access_control {
-        Some(spec) => AccessControl::parse(&spec, true)
-            .map(|p| p.map(Arc::new))
-            .map_err(|e| format!("{}: spec.accessControl: {e}", f.display())),
-        None => Ok(None),
-    }
+    let Some(spec) = config.access_control else {
+        return Ok(None);
+    };
+    let parse = |http| {
+        AccessControl::parse(&spec, http)
+            .map_err(|e| format!("{}: spec.accessControl: {e}", f.display()))
+    };
+    // Both readings are made from the same spec: one is `None` exactly when the other is.
+    Ok(match (parse(true)?, parse(false)?) {
+        (Some(http), Some(grpc)) => Some(Arc::new(Policies { http, grpc })),
+        _ => None,
+    })
 }

@@ -125,6 +125,8 @@ pub struct Invoker {
     state: Arc<IdentityState>,
     resolver: Resolver,
     peers: Peers,
+    /// The HTTP/2 connection to the app for gRPC invocation, reused while it is open.
+    pub(super) grpc_app: Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>,
     /// Refused handshakes on the internal port: one log line per [`REFUSAL_LOG_INTERVAL`].
     refusals: crate::logs::Throttle,
 }
@@ -143,7 +145,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     resp
 }
 
-fn full(body: impl Into<Bytes>) -> Body {
+pub(super) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
@@ -152,7 +154,7 @@ fn full(body: impl Into<Bytes>) -> Body {
 /// Removes the hop-by-hop headers: the fixed list, and every header the `Connection` header
 /// names (RFC 9110 §7.6.1: a sender lists there the headers meant for this hop only, so a
 /// proxy that forwards them lets a client smuggle headers the next hop treats as its own).
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     // Split the raw bytes: a value with a byte outside visible ASCII still names its headers.
     let named: Vec<hyper::header::HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
@@ -179,8 +181,19 @@ impl Invoker {
             config,
             state,
             peers: Mutex::default(),
+            grpc_app: Mutex::default(),
             refusals: crate::logs::Throttle::new(REFUSAL_LOG_INTERVAL),
         })
+    }
+
+    /// This sidecar's settings.
+    pub(super) fn config(&self) -> &InvokeConfig {
+        &self.config
+    }
+
+    /// The address of `app_id`'s sidecar in the name-resolution file.
+    pub(super) fn resolve(&self, app_id: &str) -> Result<Option<String>, String> {
+        self.resolver.resolve(app_id)
     }
 
     /// Handles a request from the app on the loopback API.
@@ -271,6 +284,8 @@ impl Invoker {
             set_header(&mut parts.headers, name, Some(value));
         }
         parts.headers.remove(CALLER_SPIFFE_HEADER);
+        parts.headers.remove(super::grpc::PROTOCOL_HEADER);
+        parts.headers.remove(super::grpc::API_TOKEN_HEADER);
         parts.uri = format!("http://{target}/{method}{query}")
             .parse()
             .map_err(|e| {
@@ -282,7 +297,10 @@ impl Invoker {
             })?;
         parts.version = hyper::Version::HTTP_2;
         let outgoing = Request::from_parts(parts, body.boxed());
-        let mut sender = self.connection(target, &address).await?;
+        let mut sender = self
+            .connection(target, &address)
+            .await
+            .map_err(|e| json_error(StatusCode::BAD_GATEWAY, "ERR_DIRECT_INVOKE", &e))?;
         let resp = tokio::time::timeout(CALL_TIMEOUT, sender.send_request(outgoing))
             .await
             .map_err(|_| {
@@ -307,18 +325,22 @@ impl Invoker {
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
-    fn forget(&self, target: &str, address: &str) {
+    pub(super) fn forget(&self, target: &str, address: &str) {
         if let Ok(mut peers) = self.peers.lock() {
             peers.remove(&(target.to_owned(), address.to_owned()));
         }
     }
 
     /// The open connection to `address`, or a new one (mTLS checked for `target`).
-    async fn connection(
+    ///
+    /// # Errors
+    ///
+    /// Why the peer could not be reached, in words for the app.
+    pub(super) async fn connection(
         &self,
         target: &str,
         address: &str,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, Response<Body>> {
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
         let key = (target.to_owned(), address.to_owned());
         if let Ok(peers) = self.peers.lock() {
             if let Some(s) = peers.get(&key) {
@@ -327,13 +349,7 @@ impl Invoker {
                 }
             }
         }
-        let unreachable = |e: String| {
-            json_error(
-                StatusCode::BAD_GATEWAY,
-                "ERR_DIRECT_INVOKE",
-                &format!("cannot reach {target} at {address}: {e}"),
-            )
-        };
+        let unreachable = |e: String| format!("cannot reach {target} at {address}: {e}");
         let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
             .await
             .map_err(|_| unreachable("connect timed out".into()))?
@@ -352,13 +368,7 @@ impl Invoker {
             .map_err(|_| {
                 unreachable("TLS handshake timed out (is mTLS enabled on the peer?)".into())
             })?
-            .map_err(|e| {
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "ERR_DIRECT_INVOKE",
-                    &format!("mTLS with {target} at {address} failed: {e}"),
-                )
-            })?;
+            .map_err(|e| format!("mTLS with {target} at {address} failed: {e}"))?;
             handshake(TokioIo::new(tls)).await
         } else {
             handshake(TokioIo::new(tcp)).await
@@ -385,6 +395,9 @@ impl Invoker {
         req: Request<Incoming>,
         caller: Option<String>,
     ) -> Response<Body> {
+        if super::grpc::is_forwarded_grpc(req.headers()) {
+            return self.handle_peer_grpc(req, caller).await;
+        }
         let Some(port) = self.config.app_port else {
             return json_error(
                 StatusCode::NOT_FOUND,
@@ -416,7 +429,8 @@ impl Invoker {
             };
             let verb = crate::dapr::acl::canonical_verb(req.method().as_str());
             delivered_method = Some(verb);
-            let decision = policy.decide(caller.as_deref(), &operation, verb);
+            let decision =
+                policy.decide(caller.as_deref(), &operation, super::acl::Call::Http(verb));
             if let Some(d) = decision.filter(|d| !d.allowed()) {
                 tracing::debug!(caller = ?caller, operation, verb, why = d.why, "invocation denied by the access-control policy");
                 return json_error(
@@ -507,7 +521,7 @@ impl Invoker {
 }
 
 /// Sets `name` to `value`, or removes it when `value` is `None` or not a valid header value.
-fn set_header(headers: &mut hyper::HeaderMap, name: &'static str, value: Option<&str>) {
+pub(super) fn set_header(headers: &mut hyper::HeaderMap, name: &'static str, value: Option<&str>) {
     match value.and_then(|v| hyper::header::HeaderValue::from_str(v).ok()) {
         Some(v) => {
             headers.insert(name, v);
@@ -526,7 +540,7 @@ fn set_header(headers: &mut hyper::HeaderMap, name: &'static str, value: Option<
 /// `spiffe://evil.org/ns/attacker-ns/checkout` from `spiffe://public/ns/default/checkout`.
 /// With mTLS off (`caller` is `None`) nothing is proved: the calling sidecar's claims pass as
 /// Dapr passes them, and no SPIFFE ID is claimed. `dapr-callee-app-id` is this app's ID.
-fn caller_headers(headers: &mut hyper::HeaderMap, caller: Option<&str>, callee: &str) {
+pub(super) fn caller_headers(headers: &mut hyper::HeaderMap, caller: Option<&str>, callee: &str) {
     set_header(headers, CALLEE_HEADER, Some(callee));
     let Some(id) = caller else {
         headers.remove(CALLER_SPIFFE_HEADER);
@@ -582,7 +596,7 @@ fn cors(
 
 /// HTTP/1.1 and HTTP/2 with timers: a client must send a request's head within
 /// [`HEADER_READ_TIMEOUT`]; idle HTTP/2 peers are pinged.
-fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+pub(super) fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -593,7 +607,7 @@ fn server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     b
 }
 
-async fn handshake<T>(
+pub(super) async fn handshake<T>(
     io: TokioIo<T>,
 ) -> Result<hyper::client::conn::http2::SendRequest<Body>, String>
 where

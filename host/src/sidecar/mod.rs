@@ -3,6 +3,7 @@
 //! API ([`invoke`]).
 
 pub mod acl;
+pub mod grpc;
 pub mod identity;
 pub mod invoke;
 pub mod mtls;
@@ -205,6 +206,8 @@ async fn metrics_text(
 pub struct Listeners {
     /// The app-facing API (bind it to loopback).
     pub http: TcpListener,
+    /// The app-facing gRPC port, for gRPC invocation (bind it to loopback).
+    pub grpc: Option<TcpListener>,
     /// The port other sidecars call.
     pub internal: TcpListener,
     /// Metrics.
@@ -239,6 +242,9 @@ pub async fn run(
         listeners.http,
         stopped(),
     ));
+    if let Some(l) = listeners.grpc {
+        tasks.spawn(grpc::serve_app(invoker.clone(), l, stopped()));
+    }
     let peers = invoke::serve_peers(invoker, listeners.internal, stopped());
     tasks.spawn(async move {
         if let Err(e) = peers.await {

@@ -394,3 +394,32 @@ pub fn sigil_ca(creds: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// The interop venv's python (`ci/python-venv.sh` makes it, with grpcio and the stubs; it is
+/// fast when nothing changed). No Python is not a pass: this panics with the script's output.
+pub fn python() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let venv = Command::new("bash")
+        .arg("ci/python-venv.sh")
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("bash ci/python-venv.sh: {e}"));
+    let out = String::from_utf8_lossy(&venv.stdout);
+    assert!(
+        venv.status.success(),
+        "ci/python-venv.sh failed ({}):\n{out}{}",
+        venv.status,
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = std::path::PathBuf::from(
+        out.lines()
+            .last()
+            .expect("ci/python-venv.sh prints the venv's python last")
+            .trim(),
+    );
+    assert!(
+        python.is_file(),
+        "ci/python-venv.sh printed {python:?}, which is not a file"
+    );
+    python
+}

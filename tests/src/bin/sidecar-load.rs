@@ -8,12 +8,15 @@
 //! 3. the sidecars' peak RSS;
 //! 4. what access control costs: the same calls to a third sidecar (`c`, same app) whose
 //!    Configuration holds 100 policies of 10 operations each (`defaultAction: deny`, the caller's
-//!    policy allowing the path among its ten), interleaved with calls to `b` (no policy).
+//!    policy allowing the path among its ten), interleaved with calls to `b` (no policy);
+//! 5. gRPC invocation latency (p50/p99, one client, sequential unary calls of 1 KB each way,
+//!    gRPC framing and `grpc-status` trailers on HTTP/2) through the sidecars' gRPC proxy
+//!    (`dapr-app-id: b`) against the same app called directly, interleaved.
 //!
 //! `cargo build --release -p sigil-host --bin sigil && cargo run --release -p sigil-tests --bin sidecar-load -- [--seconds 5] [--clients 16]`
-//! The last line is `added_p50_ms=<via sidecars - direct>` (target: at most 0.5).
+//! The last lines are `added_p50_ms=<via sidecars - direct>` for HTTP, then
+//! `grpc_added_p50_ms=` for gRPC (target for both: at most 0.5).
 
-use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -74,7 +77,10 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
-/// The app: answers "ok".
+type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// The app, on one port: HTTP/1.1 answers "ok"; gRPC (HTTP/2) echoes the request's message
+/// and ends with `grpc-status: 0` in the trailers, as a gRPC server does.
 async fn app() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -82,16 +88,84 @@ async fn app() -> u16 {
         while let Ok((tcp, _)) = l.accept().await {
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let grpc = req
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        if !grpc {
+                            let ok: AppBody = Full::new(Bytes::from_static(b"ok"))
+                                .map_err(|e| match e {})
+                                .boxed();
+                            return Ok::<_, hyper::Error>(hyper::Response::new(ok));
+                        }
+                        let message = req.into_body().collect().await?.to_bytes();
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers
+                            .insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                        let body: AppBody = Full::new(message)
+                            .map_err(|e| match e {})
+                            .with_trailers(async move { Some(Ok(trailers)) })
+                            .boxed();
+                        let mut resp = hyper::Response::new(body);
+                        resp.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/grpc"),
+                        );
+                        Ok(resp)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
             });
         }
     });
     port
+}
+
+/// Sequential gRPC unary calls of 1 KB over one HTTP/2 connection to `addr` for `d`, naming
+/// app `b` in `dapr-app-id` (the app ignores it): sorted latencies. Each answer must carry
+/// the message back and `grpc-status: 0` in its trailers.
+async fn grpc_latencies(addr: &str, d: Duration) -> Vec<Duration> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let _ = tcp.set_nodelay(true);
+    let (mut s, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2");
+    tokio::spawn(conn);
+    let mut message = vec![0u8, 0, 0, 4, 0];
+    message.extend(std::iter::repeat_n(b'x', 1024));
+    let message = Bytes::from(message);
+    let mut out = Vec::new();
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        let t = Instant::now();
+        let req = hyper::Request::post(format!("http://{addr}/bench.Echo/Unary"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("dapr-app-id", "b")
+            .body(Full::new(message.clone()))
+            .expect("req");
+        let r = s.send_request(req).await.expect("response");
+        assert_eq!(r.status(), 200);
+        let body = r.into_body().collect().await.expect("body");
+        let status = body
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.as_bytes().to_vec());
+        assert_eq!(status.as_deref(), Some(&b"0"[..]), "grpc-status");
+        assert_eq!(body.to_bytes(), message, "the message back");
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
 }
 
 /// Sequential GETs over one keep-alive connection for `d`: sorted latencies.
@@ -316,6 +390,8 @@ async fn main() {
             names.display().to_string(),
             s("--dapr-http-port"),
             s("0"),
+            s("--dapr-grpc-port"),
+            s("0"),
             s("--metrics-port"),
             s("0"),
             s("--dapr-internal-address"),
@@ -355,6 +431,7 @@ async fn main() {
         .windows(2)
         .any(|w| w[0] == "--only" && w[1] == "handshakes");
     let (mut through, mut direct) = (Vec::new(), Vec::new());
+    let (mut grpc_through, mut grpc_direct) = (Vec::new(), Vec::new());
     // 1. Latency and throughput, direct and through the sidecars, interleaved.
     let direct_addr = format!("127.0.0.1:{app_port}");
     let via = "/v1.0/invoke/b/method/x";
@@ -394,6 +471,31 @@ async fn main() {
             pct(&plain, 0.99),
             pct(&guarded, 0.99),
             (g - p) / p * 100.0
+        );
+
+        // 5. gRPC invocation: direct and through the sidecars' gRPC proxy, interleaved ABBA.
+        let a_grpc = field(&a.1, "grpc=");
+        let _ = grpc_latencies(&direct_addr, Duration::from_millis(500)).await; // warm-up
+        let _ = grpc_latencies(&a_grpc, Duration::from_millis(500)).await;
+        for direct_first in [true, false, false, true] {
+            let quarter = secs / 4;
+            if direct_first {
+                grpc_direct.extend(grpc_latencies(&direct_addr, quarter).await);
+                grpc_through.extend(grpc_latencies(&a_grpc, quarter).await);
+            } else {
+                grpc_through.extend(grpc_latencies(&a_grpc, quarter).await);
+                grpc_direct.extend(grpc_latencies(&direct_addr, quarter).await);
+            }
+        }
+        grpc_direct.sort();
+        grpc_through.sort();
+        println!(
+            "gRPC latency, one client, 1 KB unary: direct p50={:.3}ms p99={:.3}ms | through two \
+             sidecars p50={:.3}ms p99={:.3}ms",
+            pct(&grpc_direct, 0.5),
+            pct(&grpc_direct, 0.99),
+            pct(&grpc_through, 0.5),
+            pct(&grpc_through, 0.99)
         );
     }
 
@@ -499,6 +601,10 @@ async fn main() {
     drop((a, b, c, sentry));
     let _ = std::fs::remove_dir_all(&dir);
     println!("added_p50_ms={:.3}", pct(&through, 0.5) - pct(&direct, 0.5));
+    println!(
+        "grpc_added_p50_ms={:.3}",
+        pct(&grpc_through, 0.5) - pct(&grpc_direct, 0.5)
+    );
 }
 
 /// One GET through the mesh answered 200.
