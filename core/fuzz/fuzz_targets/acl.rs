@@ -1,9 +1,9 @@
 //! The service-invocation access-control matcher (the host's `dapr::acl`, compiled in here by
 //! path: it is pure, on serde and sigil-core). The input is split on newlines: the first line
 //! is the path a call asks for, every other line an operation rule (`name verb action`), all
-//! in one policy for the caller. Invariants: no panic; a normalised path normalises to itself;
-//! the path re-encoded for the app normalises back to the one that was checked; the decision on
-//! a path and on its re-encoded delivery form is the same.
+//! in one policy for the caller. Invariants: no panic; a normalised path without `%` normalises
+//! to itself; the path re-encoded for the app normalises back to the one that was checked; the
+//! decision on a path and on its re-encoded delivery form is the same.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sigil_core::spiffe::SpiffeId;
@@ -51,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
         let Ok(path) = acl::normalize(raw) else {
             continue;
         };
-        assert_eq!(acl::normalize(&path).as_deref(), Ok(path.as_str()));
+        // Normalising is idempotent on what it gives, unless that holds a `%` (decoded from
+        // `%25`): then only the re-encoded form below spells the same path.
+        if !path.contains('%') {
+            assert_eq!(acl::normalize(&path).as_deref(), Ok(path.as_str()));
+        }
         let delivered = acl::encode_path(&path);
         assert_eq!(acl::normalize(&delivered).as_deref(), Ok(path.as_str()));
         let checked = policy.decide(Some(&caller), &path, Verb::Http("GET"));
