@@ -117,6 +117,8 @@ pub struct SignRequest {
     pub token_validator: i32,
     /// The CSR, DER.
     pub csr_der: Vec<u8>,
+    /// Audiences of JWT-SVIDs to ask for (`jwt_audiences`; Sentry adds the trust domain).
+    pub jwt_audiences: Vec<String>,
 }
 
 /// A validated identity from Sentry.
@@ -128,6 +130,11 @@ pub struct Signed {
     pub trust_bundle: Vec<Vec<u8>>,
     /// The leaf's notAfter, as Sentry reported it.
     pub valid_until: SystemTime,
+    /// The JWT-SVID for the trust domain and every requested audience (`jwt`), when Sentry
+    /// issues them.
+    pub jwt: Option<String>,
+    /// One JWT-SVID per audience (`per_audience_jwts`, Dapr 1.18).
+    pub per_audience_jwts: std::collections::BTreeMap<String, String>,
 }
 
 /// A connected client (one HTTP/2 connection; clone it to share).
@@ -189,7 +196,7 @@ impl SentryClient {
             namespace: req.namespace.clone(),
             certificate_signing_request: csr_pem.into_bytes(),
             token_validator: req.token_validator,
-            jwt_audiences: Vec::new(),
+            jwt_audiences: req.jwt_audiences.clone(),
         };
         let resp = self
             .inner
@@ -233,6 +240,8 @@ impl SentryClient {
             chain,
             trust_bundle,
             valid_until,
+            jwt: resp.jwt,
+            per_audience_jwts: resp.per_audience_jwts.into_iter().collect(),
         })
     }
 }
@@ -349,4 +358,91 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Why a JWT-SVID in Sentry's answer is not usable.
+#[derive(Debug, thiserror::Error)]
+#[error("JWT-SVID{}: {why}", audience.as_ref().map_or_else(String::new, |a| format!(" for audience {a:?}")))]
+pub struct JwtSvidError {
+    /// The per-audience token's key, or `None` for the main token.
+    pub audience: Option<String>,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// Checks the JWT-SVIDs of an answer as daprd does (the signature is the relying party's to
+/// check, with the issuer's published keys): each is a JWT whose `sub` is the identity's
+/// SPIFFE ID (`subject`), whose `exp` is after `now` (with `leeway`); the main token's `aud`
+/// holds `trust_domain` and every audience asked for; each per-audience token's `aud` is
+/// exactly its key.
+///
+/// # Errors
+///
+/// [`JwtSvidError`] for the first token that fails, naming it.
+pub fn check_jwt_svids(
+    signed: &Signed,
+    subject: &str,
+    trust_domain: &str,
+    asked: &[String],
+    now: SystemTime,
+    leeway: Duration,
+) -> Result<(), JwtSvidError> {
+    let check = |token: &str, audience: Option<&str>| -> Result<Vec<String>, JwtSvidError> {
+        let fail = |why: String| JwtSvidError {
+            audience: audience.map(str::to_owned),
+            why,
+        };
+        let claims =
+            crate::sentry::jwt::decode_unverified(token).map_err(|e| fail(e.to_string()))?;
+        let sub = claims.get("sub").and_then(serde_json::Value::as_str);
+        if sub != Some(subject) {
+            return Err(fail(format!("sub is {sub:?}, not {subject:?}")));
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| fail("no numeric exp".into()))?;
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if exp.saturating_add(leeway.as_secs()) < now_secs {
+            return Err(fail(format!("expired (exp {exp})")));
+        }
+        let aud: Vec<String> = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail("aud holds a non-string".into()))?,
+            _ => return Err(fail("no aud".into())),
+        };
+        Ok(aud)
+    };
+    if let Some(jwt) = &signed.jwt {
+        let aud = check(jwt, None)?;
+        for want in std::iter::once(trust_domain).chain(asked.iter().map(String::as_str)) {
+            if !aud.iter().any(|a| a == want) {
+                return Err(JwtSvidError {
+                    audience: None,
+                    why: format!("aud {aud:?} lacks {want:?}"),
+                });
+            }
+        }
+    } else if !asked.is_empty() {
+        return Err(JwtSvidError {
+            audience: None,
+            why: "audiences were asked for but Sentry sent no JWT (is it running with \
+                  --jwt-enabled?)"
+                .into(),
+        });
+    }
+    for (key, token) in &signed.per_audience_jwts {
+        let aud = check(token, Some(key))?;
+        if aud != [key.clone()] {
+            return Err(JwtSvidError {
+                audience: Some(key.clone()),
+                why: format!("aud is {aud:?}, not exactly [{key:?}]"),
+            });
+        }
+    }
+    Ok(())
 }

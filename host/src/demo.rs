@@ -299,6 +299,7 @@ pub async fn run(
             grpc: None,
             internal,
             metrics: None,
+            workload_api: None,
         };
         sidecar_tasks.push(tokio::spawn(sidecar::run(
             identity,

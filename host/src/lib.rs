@@ -35,3 +35,9 @@ pub mod trust;
 pub mod pb {
     tonic::include_proto!("dapr.proto.sentry.v1");
 }
+
+/// The SPIFFE Workload API's messages and service (`proto/spiffe/workload.proto`, no package).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod workload_pb {
+    tonic::include_proto!("_");
+}

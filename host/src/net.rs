@@ -82,6 +82,17 @@ pub async fn serve_http1(
     router: axum::Router,
     stopped: impl Future<Output = ()>,
 ) {
+    serve_http1_maybe_tls(listener, None, router, stopped).await;
+}
+
+/// [`serve_http1`] over TLS with `acceptor` (the handshake within
+/// [`HTTP_HEADER_READ_TIMEOUT`]); `None`: plain TCP.
+pub async fn serve_http1_maybe_tls(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    stopped: impl Future<Output = ()>,
+) {
     let table = Admission::new(HTTP_LIMITS);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(stopped);
@@ -96,11 +107,29 @@ pub async fn serve_http1(
             continue;
         };
         slot.established();
-        conns.spawn(serve_http1_connection(tcp, slot, router.clone()));
+        let router = router.clone();
+        match &acceptor {
+            None => {
+                conns.spawn(serve_http1_connection(tcp, slot, router));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                conns.spawn(async move {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HTTP_HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await
+                    {
+                        serve_http1_connection(tls, slot, router).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_http1_connection(tcp: TcpStream, slot: admission::Slot, router: axum::Router) {
+async fn serve_http1_connection<T>(tcp: T, slot: admission::Slot, router: axum::Router)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use tower::ServiceExt as _;
     let state = slot.state().clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

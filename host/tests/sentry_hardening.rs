@@ -48,6 +48,7 @@ async fn sign_as(
         namespace: namespace.into(),
         trust_domain: trust_domain.into(),
         csr_der: csr,
+        jwt_audiences: Vec::new(),
         ..SignRequest::default()
     };
     c.sign(&req, key.public_key()).await
@@ -333,6 +334,7 @@ async fn idle_connections_are_closed_at_their_deadlines() {
         id: "app".into(),
         namespace: "default".into(),
         csr_der: csr,
+        jwt_audiences: Vec::new(),
         ..SignRequest::default()
     };
     client.sign(&req, key.public_key()).await.unwrap();

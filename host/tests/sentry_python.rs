@@ -62,3 +62,32 @@ fn sentry_against_python_grpc_openssl_and_pyjwt() {
         "sentry_interop.py exited 0 but its output has no passed check or has a FAIL line"
     );
 }
+
+/// Issue 17: JWT-SVIDs from `sigil sign --jwt-audience` verified by PyJWT with the keys the
+/// OIDC discovery document points to (over TLS), for RS256, PS256, ES256, ES384 and EdDSA; the
+/// OIDC server's host handling (dapr/dapr #10027 and stricter); the flags Sentry refuses.
+/// `tests/interop/jwt_oidc.py` starts its own Sentrys from this test's `sigil` binary.
+#[test]
+fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
+    let python = common::python();
+    let workdir = tempfile::tempdir().unwrap();
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/interop/jwt_oidc.py"))
+        .arg("--sigil")
+        .arg(env!("CARGO_BIN_EXE_sigil"))
+        .arg("--workdir")
+        .arg(workdir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "jwt_oidc.py failed: see the FAIL lines above"
+    );
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 7
+            && !stdout.lines().any(|l| l.starts_with("FAIL ")),
+        "jwt_oidc.py exited 0 without its seven checks passing"
+    );
+}

@@ -155,6 +155,8 @@ impl Transport for BadSentry {
             chain,
             trust_bundle: Vec::new(),
             valid_until: std::time::SystemTime::now(),
+            jwt: None,
+            per_audience_jwts: Default::default(),
         };
         Box::pin(async move { Ok::<_, ClientError>(signed) })
     }

@@ -32,7 +32,7 @@ enum Command {
     /// Run Sentry, the certificate authority (Dapr's gRPC API and flags). With no arguments it
     /// runs on a fresh machine: credentials generated in a data directory it creates, trust
     /// domain `localhost`, the insecure validator; it prints where everything is.
-    Sentry(SentryCli),
+    Sentry(Box<SentryCli>),
     /// The demo: Sentry, two sidecars and two apps on loopback; identities, rotations, calls
     /// over mutual TLS and Sentry rotating its own root, live. Ctrl-C stops it.
     Demo {
@@ -173,6 +173,59 @@ struct SentryCli {
     /// Sentry's own service-account token file (re-read on every TokenReview).
     #[arg(long)]
     kube_token_file: Option<PathBuf>,
+    /// Issue JWT-SVIDs beside the certificates (the answer's jwt and per_audience_jwts).
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    jwt_enabled: bool,
+    /// The JWT signing key's file (generated when absent; relative: in the credentials
+    /// directory).
+    #[arg(long, default_value = "jwt.key")]
+    jwt_key_filename: String,
+    /// The published JWT key set's file (relative: in the credentials directory).
+    #[arg(long, default_value = "jwks.json")]
+    jwks_filename: String,
+    /// The JWTs' iss claim (and the OIDC issuer); needs --jwt-enabled.
+    #[arg(long)]
+    jwt_issuer: Option<String>,
+    /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (daprd reads RS, PS
+    /// and ES only).
+    #[arg(long, default_value = "RS256")]
+    jwt_signing_algorithm: String,
+    /// The JWTs' kid [default: the set's kid for the key, else its RFC 7638 thumbprint].
+    #[arg(long)]
+    jwt_key_id: Option<String>,
+    /// JWT lifetime (Go duration).
+    #[arg(long, default_value = "24h", value_parser = jwt_ttl)]
+    jwt_ttl: Duration,
+    /// Serve OIDC discovery (/.well-known/openid-configuration, /jwks.json); needs
+    /// --jwt-enabled.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    oidc_enabled: bool,
+    /// OIDC server port (0: any free port).
+    #[arg(long, default_value_t = 9080)]
+    oidc_server_listen_port: u16,
+    /// OIDC server listen address.
+    #[arg(long, default_value = "localhost")]
+    oidc_server_listen_address: String,
+    /// Serve OIDC over TLS (needs the certificate and key files); false: plain HTTP.
+    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    oidc_server_tls_enabled: bool,
+    /// The OIDC server's certificate chain (PEM).
+    #[arg(long)]
+    oidc_server_tls_cert_file: Option<PathBuf>,
+    /// The OIDC server's private key (PEM).
+    #[arg(long)]
+    oidc_server_tls_key_file: Option<PathBuf>,
+    /// The jwks_uri the discovery document gives [default: the issuer's origin, the prefix,
+    /// /jwks.json].
+    #[arg(long)]
+    oidc_jwks_uri: Option<String>,
+    /// A path prefix for the OIDC routes.
+    #[arg(long, default_value = "")]
+    oidc_path_prefix: String,
+    /// Hosts the OIDC server answers for (comma-separated; * for any). Without it and without
+    /// --jwt-issuer only loopback hosts may shape the issuer.
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_hosts: Vec<String>,
     /// Log as JSON.
     #[arg(long)]
     log_as_json: bool,
@@ -254,6 +307,10 @@ struct SignCli {
     /// Replace an existing key.pem.
     #[arg(long)]
     force: bool,
+    /// Ask for a JWT-SVID for this audience too (repeatable; Sentry adds its trust domain):
+    /// written to jwt.txt (0600), one token per audience to jwt-audiences.json.
+    #[arg(long = "jwt-audience")]
+    jwt_audience: Vec<String>,
 }
 
 /// Where the credentials are (as `sigil sentry` reads them).
@@ -504,6 +561,83 @@ enum UsageArg {
 }
 
 /// A root or issuer lifetime: a Go duration of at least a minute.
+fn jwt_ttl(s: &str) -> Result<Duration, String> {
+    let d = sigil_host::dapr::config::go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 24h, 90m)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than a second"));
+    }
+    Ok(d)
+}
+
+/// `--jwt-*` and `--oidc-*` as Sentry's options, or what is wrong with them.
+fn jwt_and_oidc(
+    args: &SentryCli,
+) -> Result<
+    (
+        Option<sigil_host::sentry::app::JwtOptions>,
+        Option<sigil_host::sentry::app::OidcOptions>,
+    ),
+    String,
+> {
+    if !args.jwt_enabled && args.jwt_issuer.is_some() {
+        return Err("--jwt-issuer needs --jwt-enabled".into());
+    }
+    let jwt = if args.jwt_enabled {
+        Some(sigil_host::sentry::app::JwtOptions {
+            key_filename: args.jwt_key_filename.clone(),
+            jwks_filename: args.jwks_filename.clone(),
+            issuer: args.jwt_issuer.clone(),
+            algorithm: args
+                .jwt_signing_algorithm
+                .parse()
+                .map_err(|e| format!("--jwt-signing-algorithm: {e}"))?,
+            key_id: args.jwt_key_id.clone().filter(|k| !k.is_empty()),
+            ttl: args.jwt_ttl,
+        })
+    } else {
+        None
+    };
+    if !args.oidc_enabled {
+        return Ok((jwt, None));
+    }
+    let tls = match (
+        args.oidc_server_tls_enabled,
+        &args.oidc_server_tls_cert_file,
+        &args.oidc_server_tls_key_file,
+    ) {
+        (true, Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (true, _, _) => {
+            return Err("the OIDC server serves TLS by default: give \
+                        --oidc-server-tls-cert-file and --oidc-server-tls-key-file, or \
+                        --oidc-server-tls-enabled=false for plain HTTP"
+                .into())
+        }
+        (false, None, None) => None,
+        (false, _, _) => {
+            return Err(
+                "--oidc-server-tls-enabled=false and a TLS certificate or key file \
+                        contradict each other"
+                    .into(),
+            )
+        }
+    };
+    let oidc = sigil_host::sentry::app::OidcOptions {
+        listen_address: args.oidc_server_listen_address.clone(),
+        port: args.oidc_server_listen_port,
+        tls,
+        jwks_uri: args.oidc_jwks_uri.clone().filter(|u| !u.is_empty()),
+        path_prefix: args.oidc_path_prefix.clone(),
+        allowed_hosts: args
+            .oidc_allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    };
+    Ok((jwt, Some(oidc)))
+}
+
 fn ca_ttl(s: &str) -> Result<Duration, String> {
     let d = sigil_host::dapr::config::go_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration (Go syntax: 8760h, 720h, 90m)"))?;
@@ -543,7 +677,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Sentry(args) => sentry(args),
+        Command::Sentry(args) => sentry(*args),
         Command::Sign(args) => sign(args),
         Command::Relay(args) => relay(args),
         Command::Sidecar(args) => sidecar(args),
@@ -712,6 +846,7 @@ fn init_logs(level: &str, json: bool) {
 
 fn sidecar(args: SidecarCli) -> ExitCode {
     init_logs(&args.log_level, args.log_as_json);
+    let workload_socket = args.flags.workload_api_socket.clone();
     let settings = match args.flags.resolve(|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -729,6 +864,13 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         let grpc = bind(args.dapr_listen_address, args.dapr_grpc_port).await?;
         let internal = bind(args.dapr_internal_address, args.dapr_internal_port).await?;
         let metrics = bind(args.metrics_listen_address, args.metrics_port).await?;
+        let workload_api = match &workload_socket {
+            Some(p) => Some(
+                sigil_host::sidecar::workload_api::bind(p)
+                    .map_err(|e| anyhow::anyhow!("the Workload API socket {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
         println!(
             "sidecar: app {} listening http={} grpc={} internal={} metrics={} mtls={}",
             settings.identity.app_id,
@@ -743,6 +885,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             grpc: Some(grpc),
             internal,
             metrics: Some(metrics),
+            workload_api,
         };
         let state = std::sync::Arc::new(sigil_host::sidecar::identity::IdentityState::default());
         let sigil_host::sidecar::Settings { identity, invoke } = settings;
@@ -815,8 +958,17 @@ fn sentry(args: SentryCli) -> ExitCode {
         },
         Err(_) => None,
     };
+    let (jwt, oidc) = match jwt_and_oidc(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = SentryOptions {
         crash_at,
+        jwt,
+        oidc,
         config: args.config,
         issuer_credentials: args.issuer_credentials,
         ca_filename: args.issuer_ca_filename,
@@ -954,6 +1106,7 @@ fn sign(args: SignCli) -> ExitCode {
         ),
         out_dir: args.out_dir,
         force: args.force,
+        jwt_audiences: args.jwt_audience,
     };
     match run(commands::sign(&req)) {
         Ok(summary) => {

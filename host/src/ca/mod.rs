@@ -8,6 +8,7 @@
 //! chain or a wrong key can never be loaded, at start or at a reload.
 
 pub mod journal;
+pub mod jwt;
 pub mod rotation;
 pub mod schedule;
 pub mod secret_store;

@@ -161,6 +161,14 @@ pub fn issue(
                 KeyUsage::OID,
                 KeyUsage(KeyUsages::DigitalSignature.into()).to_der()?,
             )?;
+            // CA:false, as the X509-SVID specification (§4.1) wants a leaf to say: Dapr's
+            // leaves omit the extension, which spec-strict SPIFFE libraries (the `spiffe`
+            // crate) refuse.
+            let bc = BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            };
+            push(true, BasicConstraints::OID, bc.to_der()?)?;
             let eku = ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH, ID_KP_CLIENT_AUTH]);
             push(false, ExtendedKeyUsage::OID, eku.to_der()?)?;
             let mut names = vec![GeneralName::UniformResourceIdentifier(Ia5String::new(

@@ -335,6 +335,8 @@ pub struct SignArgs {
     pub out_dir: PathBuf,
     /// Replace an existing key.pem.
     pub force: bool,
+    /// JWT-SVID audiences to ask for (`--jwt-audience`): the token goes to `jwt.txt`.
+    pub jwt_audiences: Vec<String>,
 }
 
 /// `sigil sign`: a fresh P-256 key and an empty CSR (as Dapr's sidecar sends), signed by
@@ -382,6 +384,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
             i32::from,
         ),
         csr_der: csr,
+        jwt_audiences: args.jwt_audiences.clone(),
     };
     let signed = client.sign(&req, key.public_key()).await?;
     // The anchors written are the ones the chain validated against: Sentry's current bundle
@@ -399,6 +402,23 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
     } else {
         anchors.ders().to_vec()
     };
+    let leaf_id = signed
+        .chain
+        .first()
+        .and_then(|d| Certificate::parse(d).ok())
+        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
+        .unwrap_or_default();
+    let trust_domain = sigil_core::spiffe::SpiffeId::parse(&leaf_id)
+        .map(|i| i.trust_domain().as_str().to_owned())
+        .unwrap_or_default();
+    crate::client::check_jwt_svids(
+        &signed,
+        &leaf_id,
+        &trust_domain,
+        &args.jwt_audiences,
+        std::time::SystemTime::now(),
+        std::time::Duration::from_secs(300),
+    )?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
     let mut der = [0u8; sigil_core::key::PKCS8_DER_LEN];
@@ -426,6 +446,23 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         0o644,
         true,
     )?;
+    // Bearer tokens: 0600, as the key.
+    let mut jwt_note = String::new();
+    if let Some(jwt) = &signed.jwt {
+        pki::write_atomic(&args.out_dir.join("jwt.txt"), jwt.as_bytes(), 0o600, true)?;
+        jwt_note = ", jwt.txt (0600)".to_owned();
+        if !signed.per_audience_jwts.is_empty() {
+            let map = serde_json::to_string_pretty(&signed.per_audience_jwts)
+                .context("encoding the per-audience JWTs")?;
+            pki::write_atomic(
+                &args.out_dir.join("jwt-audiences.json"),
+                map.as_bytes(),
+                0o600,
+                true,
+            )?;
+            jwt_note.push_str(", jwt-audiences.json (0600)");
+        }
+    }
     let leaf = signed
         .chain
         .first()
@@ -441,7 +478,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         .map(|s| format!("\nwarning: {}: {s}", args.anchors.display()))
         .collect();
     Ok(format!(
-        "{id}: valid until {}; wrote {} (0600), cert.pem ({} certificates), ca.pem ({} anchors){warnings}",
+        "{id}: valid until {}; wrote {} (0600), cert.pem ({} certificates), ca.pem ({} anchors){jwt_note}{warnings}",
         humantime::format_rfc3339_seconds(signed.valid_until),
         key_path.display(),
         signed.chain.len(),

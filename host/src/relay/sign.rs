@@ -93,6 +93,7 @@ impl SignContext {
             token,
             trust_domain: self.opts.trust_domain.clone(),
             csr_der: req.csr.clone(),
+            jwt_audiences: Vec::new(),
         };
         // Transport only: the device's rotation machine is the one judge of the chain (the
         // path against its anchors, the profile, its key, its SPIFFE ID), as on a sidecar.

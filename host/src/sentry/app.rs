@@ -55,6 +55,71 @@ pub struct SentryOptions {
     pub generation: crate::ca::Generation,
     /// Crash tests only (`SIGIL_CRASH_AT`): abort at this point of a rotation step.
     pub crash_at: Option<crate::ca::rotation::CrashPoint>,
+    /// `--jwt-enabled` and the `--jwt-*` flags: JWT-SVIDs beside the certificates.
+    pub jwt: Option<JwtOptions>,
+    /// `--oidc-enabled` and the `--oidc-*` flags (needs `jwt`).
+    pub oidc: Option<OidcOptions>,
+}
+
+/// Sentry's JWT-SVIDs (Dapr's flags and defaults).
+#[derive(Clone, Debug)]
+pub struct JwtOptions {
+    /// `--jwt-key-filename` (`jwt.key`; a relative name is in the credentials directory).
+    pub key_filename: String,
+    /// `--jwks-filename` (`jwks.json`, likewise).
+    pub jwks_filename: String,
+    /// `--jwt-issuer`.
+    pub issuer: Option<String>,
+    /// `--jwt-signing-algorithm` (RS256).
+    pub algorithm: crate::ca::jwt::JwtAlgorithm,
+    /// `--jwt-key-id`.
+    pub key_id: Option<String>,
+    /// `--jwt-ttl` (24 h).
+    pub ttl: std::time::Duration,
+}
+
+impl Default for JwtOptions {
+    fn default() -> Self {
+        Self {
+            key_filename: "jwt.key".into(),
+            jwks_filename: "jwks.json".into(),
+            issuer: None,
+            algorithm: crate::ca::jwt::JwtAlgorithm::default(),
+            key_id: None,
+            ttl: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Sentry's OIDC discovery server (Dapr's flags and defaults).
+#[derive(Clone, Debug)]
+pub struct OidcOptions {
+    /// `--oidc-server-listen-address` (`localhost`).
+    pub listen_address: String,
+    /// `--oidc-server-listen-port` (9080; 0: a free port).
+    pub port: u16,
+    /// `--oidc-server-tls-cert-file` and `--oidc-server-tls-key-file`; `None` only with
+    /// `--oidc-server-tls-enabled=false` (plain HTTP).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--oidc-jwks-uri`.
+    pub jwks_uri: Option<String>,
+    /// `--oidc-path-prefix`.
+    pub path_prefix: String,
+    /// `--oidc-allowed-hosts`.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for OidcOptions {
+    fn default() -> Self {
+        Self {
+            listen_address: "localhost".into(),
+            port: 9080,
+            tls: None,
+            jwks_uri: None,
+            path_prefix: String::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// How Sentry reaches the Kubernetes API in `--mode kubernetes`.
@@ -86,6 +151,8 @@ impl Default for SentryOptions {
             kubernetes: None,
             generation: crate::ca::Generation::default(),
             crash_at: None,
+            jwt: None,
+            oidc: None,
         }
     }
 }
@@ -192,7 +259,16 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         limits,
         generation: opts.generation,
         crash_at: opts.crash_at,
+        jwt: opts.jwt.as_ref().map(|j| super::JwtSettings {
+            ttl: j.ttl,
+            issuer: j.issuer.clone(),
+        }),
     };
+    if opts.oidc.is_some() && opts.jwt.is_none() {
+        anyhow::bail!(
+            "--oidc-enabled needs --jwt-enabled (the OIDC server publishes the JWT keys)"
+        );
+    }
     sigil_core::spiffe::SpiffeId::parse(&settings.sentry_id())
         .map_err(|e| anyhow::anyhow!("trust domain {:?}: {e}", opts.trust_domain))?;
     let kube = match &opts.kubernetes {
@@ -222,8 +298,16 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         }
         anyhow::Ok(())
     };
+    let mut jwt_keys = None;
+    let mut jwt_report = None;
     let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
         (Some(k), None) => {
+            if opts.jwt.is_some() {
+                anyhow::bail!(
+                    "--jwt-enabled with the credentials in the Kubernetes Secret is not supported \
+                     yet: give --issuer-credentials (a mounted directory) for the JWT key files"
+                );
+            }
             let client = secret_store::client(&k.api_server, k.ca_pem.as_deref(), &k.token_file)
                 .map_err(anyhow::Error::msg)?;
             let secrets = SecretStore::new(client, &settings.namespace);
@@ -301,6 +385,21 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 .await??
             };
             rotatable_set(&crate::ca::rotation::read(&paths)?)?;
+            if let Some(j) = &opts.jwt {
+                let (keys, generated) = load_jwt_keys(&paths, j).await?;
+                jwt_report = Some(format!(
+                    "JWT-SVIDs: {} key {} ({}), {} valid {}{}",
+                    keys.algorithm().as_str(),
+                    keys.kid(),
+                    if generated { "generated" } else { "loaded" },
+                    jwt_paths(&paths, j).key.display(),
+                    humantime::format_duration(j.ttl),
+                    j.issuer
+                        .as_ref()
+                        .map_or_else(String::new, |i| format!(", issuer {i}")),
+                ));
+                jwt_keys = Some(keys);
+            }
             let where_ = format!(
                 "{}: ca {}, issuer {}, key {}",
                 dir.display(),
@@ -351,10 +450,35 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         humantime::format_duration(settings.skew),
         validator_names,
     ));
+    report.extend(jwt_report);
     let sentry = Sentry::new(settings, creds, validators)?;
     if origin == Origin::Generated {
         sentry.metrics().issuer_changed();
     }
+    if let Some(keys) = jwt_keys {
+        sentry.set_jwt_keys(keys);
+    }
+    let oidc = match &opts.oidc {
+        Some(o) => {
+            let acceptor = match &o.tls {
+                Some((cert, key)) => Some(oidc_tls(cert, key)?),
+                None => None,
+            };
+            let settings = super::oidc::OidcSettings {
+                prefix: super::oidc::OidcSettings::normalise_prefix(&o.path_prefix),
+                jwks_uri: o.jwks_uri.clone(),
+                allowed_hosts: o.allowed_hosts.clone(),
+                issuer: opts.jwt.as_ref().and_then(|j| j.issuer.clone()),
+                tls: acceptor.is_some(),
+            };
+            Some(super::oidc::OidcListener {
+                listener: bind(&o.listen_address, o.port).await?,
+                tls: acceptor,
+                settings,
+            })
+        }
+        None => None,
+    };
     let grpc = bind(&opts.listen_address, opts.port).await?;
     let healthz = match &opts.healthz {
         Some((h, p)) => Some(bind(h, *p).await?),
@@ -382,10 +506,15 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         humantime::format_duration(limits.first_request),
     ));
     report.push(format!(
-        "listening grpc={} healthz={} metrics={}",
+        "listening grpc={} healthz={} metrics={} oidc={}",
         local(&grpc),
         healthz.as_ref().map_or("off".into(), local),
         metrics.as_ref().map_or("off".into(), local),
+        oidc.as_ref().map_or("off".into(), |o| format!(
+            "{}://{}",
+            if o.tls.is_some() { "https" } else { "http" },
+            local(&o.listener)
+        )),
     ));
     Ok(Started {
         sentry,
@@ -393,8 +522,67 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             grpc,
             healthz,
             metrics,
+            oidc,
         },
         store,
         report,
     })
+}
+
+/// Where the JWT key and its set are: a relative name is in the credentials directory (Dapr
+/// ignores a relative name and uses its default silently).
+pub fn jwt_paths(paths: &StorePaths, j: &JwtOptions) -> crate::ca::jwt::JwtKeyPaths {
+    crate::ca::jwt::JwtKeyPaths {
+        key: paths.dir.join(&j.key_filename),
+        jwks: paths.dir.join(&j.jwks_filename),
+    }
+}
+
+/// Loads (or generates) the JWT key under the credential store's lock.
+async fn load_jwt_keys(
+    paths: &StorePaths,
+    j: &JwtOptions,
+) -> anyhow::Result<(crate::ca::jwt::JwtKeys, bool)> {
+    let (paths, j) = (paths.clone(), j.clone());
+    tokio::task::spawn_blocking(move || {
+        let _lock = store::StoreLock::acquire(&paths)?;
+        let keys = crate::ca::jwt::load_or_generate(
+            &jwt_paths(&paths, &j),
+            j.algorithm,
+            j.key_id.as_deref(),
+        )?;
+        anyhow::Ok(keys)
+    })
+    .await?
+    .context("the JWT signing key")
+}
+
+/// The OIDC server's TLS from its certificate chain and key files (PEM).
+fn oidc_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let chain = crate::pki::pem_certificates(&read(cert)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{}: no CERTIFICATE", cert.display());
+    }
+    let key_pem = zeroize::Zeroizing::new(read(key)?);
+    use rustls::pki_types::pem::PemObject as _;
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(crate::rustls_glue::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            chain
+                .into_iter()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect(),
+            key_der,
+        )
+        .context("the OIDC server's certificate and key")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

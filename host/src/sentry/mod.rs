@@ -20,6 +20,7 @@ pub mod app;
 pub mod jwt;
 pub mod kube;
 pub mod metrics;
+pub mod oidc;
 pub mod reload;
 pub mod rotate;
 pub mod validator;
@@ -110,7 +111,23 @@ pub struct Settings {
     pub generation: crate::ca::Generation,
     /// Crash tests only: abort the process at this point of a rotation step (as kill -9).
     pub crash_at: Option<crate::ca::rotation::CrashPoint>,
+    /// JWT-SVIDs beside the certificates (`--jwt-enabled`); `None`: none issued.
+    pub jwt: Option<JwtSettings>,
 }
+
+/// How Sentry issues JWT-SVIDs (Dapr's `--jwt-*` flags; the key is [`Sentry::set_jwt_keys`]'s).
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    /// `--jwt-ttl` (24 h by default; independent of the certificates' lifetime, as Dapr).
+    pub ttl: Duration,
+    /// `--jwt-issuer`: the `iss` claim (absent when not given, as Dapr).
+    pub issuer: Option<String>,
+}
+
+/// At most this many `jwt_audiences` in one request (each costs a signature).
+pub const MAX_JWT_AUDIENCES: usize = 16;
+/// The longest audience accepted.
+pub const MAX_JWT_AUDIENCE_BYTES: usize = 512;
 
 impl Settings {
     /// Sentry's SPIFFE ID: `spiffe://<td>/ns/<namespace>/dapr-sentry`.
@@ -159,6 +176,7 @@ pub struct Sentry {
     metrics: Metrics,
     serving_up: AtomicBool,
     connections: Arc<Admission>,
+    jwt_keys: arc_swap::ArcSwapOption<crate::ca::jwt::JwtKeys>,
 }
 
 /// A refused request: the metric reason and the gRPC status.
@@ -191,6 +209,7 @@ impl Sentry {
             validators,
             metrics,
             serving_up: AtomicBool::new(false),
+            jwt_keys: arc_swap::ArcSwapOption::empty(),
         }))
     }
 
@@ -207,6 +226,16 @@ impl Sentry {
     /// The metrics.
     pub const fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Installs the JWT signing key and its published set (at start, and at a reload).
+    pub fn set_jwt_keys(&self, keys: crate::ca::jwt::JwtKeys) {
+        self.jwt_keys.store(Some(Arc::new(keys)));
+    }
+
+    /// The JWT signing key and its set, when JWT-SVIDs are enabled.
+    pub fn jwt_keys(&self) -> Option<Arc<crate::ca::jwt::JwtKeys>> {
+        self.jwt_keys.load_full()
     }
 
     /// The credentials in use.
@@ -307,6 +336,27 @@ impl Sentry {
         )
         .map_err(|m| refused("validator", ValidationError::Denied(m)))?;
 
+        if req.jwt_audiences.len() > MAX_JWT_AUDIENCES {
+            return Err((
+                "request",
+                Status::invalid_argument(format!(
+                    "too many jwt_audiences: {} (at most {MAX_JWT_AUDIENCES})",
+                    req.jwt_audiences.len()
+                )),
+            ));
+        }
+        if let Some(a) = req.jwt_audiences.iter().find(|a| {
+            a.is_empty() || a.len() > MAX_JWT_AUDIENCE_BYTES || a.chars().any(char::is_control)
+        }) {
+            return Err((
+                "request",
+                Status::invalid_argument(format!(
+                    "invalid jwt audience {:?}: empty, longer than {MAX_JWT_AUDIENCE_BYTES} bytes \
+                     or with control characters",
+                    a.chars().take(64).collect::<String>()
+                )),
+            ));
+        }
         let csr_der = decode_csr(&req.certificate_signing_request).map_err(|s| ("csr", s))?;
         let csr = Csr::parse(&csr_der).map_err(|e| {
             let why = match e {
@@ -356,6 +406,9 @@ impl Sentry {
             })?;
         let mut chain = crate::pki::to_pem(pem::Label::Certificate, &issued.der);
         chain.push_str(creds.issuer_chain_pem());
+        let (jwt, per_audience_jwts) = self
+            .jwt_svids(&trust_domain, id.as_str(), &req.jwt_audiences, now)
+            .map_err(|m| ("sign", Status::internal(m)))?;
         Ok(pb::SignCertificateResponse {
             workload_certificate: chain.into_bytes(),
             trust_chain_certificates: vec![creds.anchors_pem().as_bytes().to_vec()],
@@ -363,9 +416,48 @@ impl Sentry {
                 seconds: i64::try_from(unix_secs(issued.not_after)).unwrap_or(i64::MAX),
                 nanos: 0,
             }),
-            jwt: None,
-            per_audience_jwts: Default::default(),
+            jwt,
+            per_audience_jwts,
         })
+    }
+
+    /// The JWT-SVIDs for `subject`, as Dapr makes them: one token for the workload's trust
+    /// domain and every requested audience (`jwt`), and one per distinct audience of that list
+    /// (`per_audience_jwts`, Dapr 1.18). None when JWTs are not enabled.
+    fn jwt_svids(
+        &self,
+        trust_domain: &str,
+        subject: &str,
+        requested: &[String],
+        now: SystemTime,
+    ) -> Result<(Option<String>, std::collections::HashMap<String, String>), String> {
+        let (Some(settings), Some(keys)) = (&self.settings.jwt, self.jwt_keys.load_full()) else {
+            return Ok((None, std::collections::HashMap::new()));
+        };
+        let mut audiences = vec![trust_domain.to_owned()];
+        audiences.extend(requested.iter().cloned());
+        let claims = |aud| crate::ca::jwt::Claims {
+            subject,
+            audiences: aud,
+            issuer: settings.issuer.as_deref(),
+            issued_at: now,
+            skew: self.settings.skew,
+            ttl: settings.ttl,
+        };
+        let jwt = keys
+            .issue(&claims(&audiences))
+            .map_err(|e| format!("failed to generate JWT: {e}"))?;
+        let mut per_audience = std::collections::HashMap::new();
+        for a in &audiences {
+            if per_audience.contains_key(a) {
+                continue;
+            }
+            let token = keys
+                .issue(&claims(std::slice::from_ref(a)))
+                .map_err(|e| format!("failed to generate JWT for audience {a}: {e}"))?;
+            per_audience.insert(a.clone(), token);
+        }
+        Ok((Some(jwt), per_audience))
     }
 }
 
@@ -680,6 +772,8 @@ pub struct Listeners {
     pub healthz: Option<TcpListener>,
     /// `/metrics`.
     pub metrics: Option<TcpListener>,
+    /// OIDC discovery: its listener, TLS, settings.
+    pub oidc: Option<oidc::OidcListener>,
 }
 
 /// Runs Sentry until `shutdown` resolves, then lets in-flight requests finish. `watch`, if
@@ -737,6 +831,15 @@ pub async fn run(
             .route("/", axum::routing::get(metrics_text))
             .with_state(sentry.clone());
         tasks.spawn(crate::net::serve_http1(l, app, stopped()));
+    }
+    if let Some(o) = listeners.oidc {
+        let app = oidc::router(sentry.clone(), o.settings);
+        tasks.spawn(crate::net::serve_http1_maybe_tls(
+            o.listener,
+            o.tls,
+            app,
+            stopped(),
+        ));
     }
 
     let mut config = rustls::ServerConfig::builder_with_provider(crate::rustls_glue::provider())

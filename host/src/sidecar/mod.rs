@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod identity;
 pub mod invoke;
 pub mod mtls;
+pub mod workload_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub struct Flags {
     /// CORS: comma-separated origins, or * for all (default: none, no CORS headers).
     #[arg(long)]
     pub allowed_origins: Option<String>,
+    /// Serve the SPIFFE Workload API on this Unix socket (mode 0600): the X.509-SVID, its key
+    /// and the bundle, streamed at every rotation.
+    #[arg(long)]
+    pub workload_api_socket: Option<PathBuf>,
 }
 
 /// What [`Flags::resolve`] makes of the flags and the environment.
@@ -212,6 +217,8 @@ pub struct Listeners {
     pub internal: TcpListener,
     /// Metrics.
     pub metrics: Option<TcpListener>,
+    /// The SPIFFE Workload API's Unix socket ([`workload_api::bind`]).
+    pub workload_api: Option<tokio::net::UnixListener>,
 }
 
 /// Runs a sidecar (identity, app-facing API, internal mTLS port, metrics) until `shutdown`
@@ -253,6 +260,14 @@ pub async fn run(
     });
     if let Some(l) = listeners.metrics {
         tasks.spawn(serve_metrics(state.clone(), acl, l, stopped()));
+    }
+    if let Some(l) = listeners.workload_api {
+        let serving = workload_api::serve(state.clone(), l, stopped());
+        tasks.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "the Workload API socket stopped");
+            }
+        });
     }
     let driving = identity::drive(identity, state, stopped());
     tokio::pin!(shutdown);

@@ -118,6 +118,8 @@ pub struct IdentityState {
     renew_soon: tokio::sync::Notify,
     /// When an early renewal was last asked for.
     last_early: Mutex<Option<std::time::Instant>>,
+    /// Bumped at every change of the identity or the anchors ([`IdentityState::subscribe`]).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Early renewals are asked for at most this often.
@@ -153,7 +155,17 @@ impl IdentityState {
             last_rejection: Mutex::new(None),
             renew_soon: tokio::sync::Notify::new(),
             last_early: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::default(),
         }
+    }
+
+    /// A receiver that sees every change of the identity or the anchors.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Why the machine refused Sentry's last refused answer, if it refused one.
@@ -241,6 +253,7 @@ pub async fn drive_with(
         .replace(&refs)
         .map_err(|e| IdentityError::Anchors(e.to_string()))?;
     state.anchors.store(Some(Arc::new(anchors)));
+    state.bump();
     let seed = u64::from_le_bytes(ring_seed());
     // The only judge of Sentry's answers: Dapr's ID for this workload, in any trust domain.
     let mut machine: Machine<'_> = Rotation::new(config.policy, Clock::Wall, seed, None, bundle)
@@ -375,6 +388,7 @@ fn apply_anchors(
     tracing::info!(anchors = new.ders().len(), from, "trust anchors replaced");
     let new = Arc::new(new);
     state.anchors.store(Some(new.clone()));
+    state.bump();
     // The app's copy follows at once, not at the next rotation.
     if let (Some(dir), Some(current)) = (&config.output_dir, state.current()) {
         if let Err(e) = write_files(dir, &current.chain, &current.key_pkcs8, new.ders()) {
@@ -439,6 +453,7 @@ fn handle_action(
                 trust_domain: String::new(),
                 token_validator: i32::from(config.token_validator),
                 csr_der: csr,
+                jwt_audiences: Vec::new(),
             };
             // The driver loads the anchors before the machine asks for anything.
             let Some(anchors) = state.anchors() else {
@@ -470,6 +485,7 @@ fn handle_action(
         Action::Expired => {
             tracing::error!("the identity expired before a new one could be installed");
             state.current.store(None);
+            state.bump();
             state.ready.store(false, Ordering::Relaxed);
         }
         _ => {}
@@ -511,6 +527,7 @@ fn install(
         generation,
     })));
     state.ready.store(true, Ordering::Relaxed);
+    state.bump();
     state.metrics.installed(first, not_after);
     tracing::info!(
         %spiffe_id,
@@ -603,6 +620,8 @@ mod tests {
                 chain,
                 trust_bundle: Vec::new(),
                 valid_until: issued.not_after,
+                jwt: None,
+                per_audience_jwts: Default::default(),
             })
         }
     }

@@ -1,0 +1,241 @@
+//! The SPIFFE Workload API on a Unix socket (`sigil sidecar --workload-api-socket PATH`), so
+//! that any process beside the app (Envoy, spiffe-helper, a program on the `spiffe` crate or
+//! go-spiffe) gets the sidecar's identity the way SPIRE's agent gives it, not only a Dapr app.
+//!
+//! - **The socket** is created with mode 0600 (bound under a temporary name, its mode set, then
+//!   renamed into place, so it is never reachable with a wider mode); a stale socket left by a
+//!   dead sidecar is replaced, a live one (something answers on it) or any other file is not.
+//! - **Every call** must carry the metadata `workload.spiffe.io: true`, as the specification
+//!   requires (a browser or a server-side request forgery cannot set it): otherwise
+//!   `INVALID_ARGUMENT`.
+//! - **`FetchX509SVID`** streams the identity the sidecar holds (its SPIFFE ID, the leaf and its
+//!   intermediates as concatenated DER, the key as PKCS#8 DER, the trust bundle as concatenated
+//!   DER) at once, and again at every rotation and every change of the trust anchors; a call
+//!   made before the first identity waits for it. **`FetchX509Bundles`** streams the bundle by
+//!   trust domain likewise. Sigil's anchors validate every trust domain Sentry issues for, so
+//!   the bundle is given for the identity's trust domain.
+//! - The JWT calls answer `UNIMPLEMENTED` for now (issue 17 names what is left).
+
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::net::UnixListener;
+use tonic::{Request, Response, Status};
+
+use super::identity::IdentityState;
+use crate::workload_pb as pb;
+
+/// The metadata every Workload API call must carry.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// Binds the Workload API socket at `path` with mode 0600 (see the module doc).
+///
+/// # Errors
+///
+/// The path is in use (a live socket, or a file that is not a socket), or the socket cannot be
+/// made there.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{}: another process serves this socket", path.display()),
+                ));
+            }
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ))
+        }
+        Err(_) => {}
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
+/// The Workload API over the sidecar's identity.
+#[derive(Debug)]
+pub struct WorkloadApi {
+    state: Arc<IdentityState>,
+}
+
+impl WorkloadApi {
+    /// The API for `state`.
+    pub const fn new(state: Arc<IdentityState>) -> Self {
+        Self { state }
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(SECURITY_HEADER).map(|v| v.as_bytes()) {
+        Some(b"true") => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request (workload.spiffe.io: true)",
+        )),
+    }
+}
+
+/// What one message of a stream is made from: the identity and the anchors in force.
+type Snapshot = (Arc<super::identity::Current>, Arc<crate::trust::Anchors>);
+
+/// The identity and anchors now, if both are there.
+fn snapshot(state: &IdentityState) -> Option<Snapshot> {
+    Some((state.current()?, state.anchors()?))
+}
+
+fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
+    ders.concat()
+}
+
+fn trust_domain(spiffe_id: &str) -> String {
+    sigil_core::spiffe::SpiffeId::parse(spiffe_id)
+        .map(|i| i.trust_domain().as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// A stream of `make(snapshot)`: the first when an identity is held, then one at every
+/// change of the identity or the anchors.
+fn follow<T: Send + 'static>(
+    state: Arc<IdentityState>,
+    make: fn(&Snapshot) -> T,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let changes = state.subscribe();
+    let start: (Arc<IdentityState>, _, Option<(u32, usize)>) = (state, changes, None);
+    Box::pin(futures_util::stream::unfold(
+        start,
+        move |(state, mut changes, last)| async move {
+            loop {
+                if let Some(snap) = snapshot(&state) {
+                    // The anchors are compared by identity: the driver swaps a new Arc in
+                    // whenever the set changes.
+                    let key = (snap.0.generation, Arc::as_ptr(&snap.1) as usize);
+                    if last != Some(key) {
+                        let item = make(&snap);
+                        return Some((Ok(item), (state, changes, Some(key))));
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    ))
+}
+
+fn x509_svid_response((current, anchors): &Snapshot) -> pb::X509svidResponse {
+    pb::X509svidResponse {
+        svids: vec![pb::X509svid {
+            spiffe_id: current.spiffe_id.clone(),
+            x509_svid: concat(&current.chain),
+            x509_svid_key: current.key_pkcs8.to_vec(),
+            bundle: concat(anchors.ders()),
+            hint: String::new(),
+        }],
+        crl: Vec::new(),
+        federated_bundles: std::collections::HashMap::new(),
+    }
+}
+
+fn x509_bundles_response((current, anchors): &Snapshot) -> pb::X509BundlesResponse {
+    pb::X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: std::iter::once((trust_domain(&current.spiffe_id), concat(anchors.ders())))
+            .collect(),
+    }
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+const JWT_LATER: &str = "JWT-SVIDs through the Workload API are not served by Sigil's sidecar yet";
+
+#[tonic::async_trait]
+impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Streamed<pb::X509svidResponse>;
+    type FetchX509BundlesStream = Streamed<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = Streamed<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&req)?;
+        Ok(Response::new(follow(
+            self.state.clone(),
+            x509_svid_response,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        Ok(Response::new(follow(
+            self.state.clone(),
+            x509_bundles_response,
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(JWT_LATER))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(JWT_LATER))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(JWT_LATER))
+    }
+}
+
+/// Serves the Workload API on `listener` until `stopped` resolves.
+///
+/// # Errors
+///
+/// tonic's transport error.
+pub async fn serve(
+    state: Arc<IdentityState>,
+    listener: UnixListener,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            pb::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(WorkloadApi::new(state)),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stopped,
+        )
+        .await
+}
