@@ -54,6 +54,9 @@ pub enum ClientError {
     /// The issued chain was refused by the core's judgement (path, profile, key, identity).
     #[error("issued certificate refused: {0}")]
     Rejected(Rejection),
+    /// A JWT-SVID in the answer is unusable ([`check_jwt_svids`]).
+    #[error("{0}")]
+    Jwt(JwtSvidError),
 }
 
 impl ClientError {
@@ -65,7 +68,9 @@ impl ClientError {
             Self::Refused { code, .. } => {
                 status::failure(u8::try_from(i32::from(*code)).unwrap_or(status::UNKNOWN))
             }
-            Self::NoValidUntil | Self::Garbled(_) | Self::Rejected(_) => Failure::Garbled,
+            Self::NoValidUntil | Self::Garbled(_) | Self::Rejected(_) | Self::Jwt(_) => {
+                Failure::Garbled
+            }
         }
     }
 
@@ -76,6 +81,7 @@ impl ClientError {
             Self::Refused { .. } => "sign",
             Self::NoValidUntil => "invalid_ts",
             Self::Garbled(_) | Self::Rejected(_) => "invalid_cert",
+            Self::Jwt(e) => e.reason,
         }
     }
 }
@@ -368,6 +374,8 @@ pub struct JwtSvidError {
     pub audience: Option<String>,
     /// What is wrong.
     pub why: String,
+    /// Dapr's metric reason: `jwt_parse`, or `jwt_aud` for an audience that does not fit.
+    pub reason: &'static str,
 }
 
 /// Checks the JWT-SVIDs of an answer as daprd does (the signature is the relying party's to
@@ -391,6 +399,7 @@ pub fn check_jwt_svids(
         let fail = |why: String| JwtSvidError {
             audience: audience.map(str::to_owned),
             why,
+            reason: "jwt_parse",
         };
         let claims =
             crate::sentry::jwt::decode_unverified(token).map_err(|e| fail(e.to_string()))?;
@@ -424,6 +433,7 @@ pub fn check_jwt_svids(
                 return Err(JwtSvidError {
                     audience: None,
                     why: format!("aud {aud:?} lacks {want:?}"),
+                    reason: "jwt_aud",
                 });
             }
         }
@@ -433,6 +443,7 @@ pub fn check_jwt_svids(
             why: "audiences were asked for but Sentry sent no JWT (is it running with \
                   --jwt-enabled?)"
                 .into(),
+            reason: "jwt_parse",
         });
     }
     for (key, token) in &signed.per_audience_jwts {
@@ -441,6 +452,7 @@ pub fn check_jwt_svids(
             return Err(JwtSvidError {
                 audience: Some(key.clone()),
                 why: format!("aud is {aud:?}, not exactly [{key:?}]"),
+                reason: "jwt_aud",
             });
         }
     }

@@ -279,6 +279,7 @@ pub async fn run(
             anchors: AnchorSource::File(anchors.clone()),
             output_dir: None,
             policy: sigil_core::rotation::Policy::default(),
+            jwt_audiences: Vec::new(),
         };
         let invoke = InvokeConfig {
             app_id: name.into(),

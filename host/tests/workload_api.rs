@@ -122,3 +122,158 @@ async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("security header"), "{refused:?}");
 }
+
+/// The JWT-SVIDs Sentry issued with the sidecar's certificate (`--sentry-request-jwt-audiences`)
+/// through the Workload API: the `spiffe` crate's client fetches the token for each audience
+/// asked for, which verifies with the key set Sentry published; another audience is
+/// `NOT_FOUND`; the app's copy `jwt_svid.token` is 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_from_sentry_through_the_workload_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sentry = common::start(common::short_ttl_sentry_command(
+        dir.path(),
+        port,
+        "1h",
+        &["--jwt-enabled", "--jwt-signing-algorithm", "ES256"],
+    ))
+    .unwrap();
+    let socket = dir.path().join("workload.sock");
+    let identity = dir.path().join("identity");
+    let sentry = format!("127.0.0.1:{port}");
+    let anchors = dir.path().join("creds/ca.crt");
+    let _sidecar = sidecar_process(&[
+        "--app-id",
+        "app1",
+        "--sentry-address",
+        &sentry,
+        "--trust-anchors-file",
+        anchors.to_str().unwrap(),
+        "--identity-dir",
+        identity.to_str().unwrap(),
+        "--dapr-http-port",
+        "0",
+        "--dapr-grpc-port",
+        "0",
+        "--dapr-internal-port",
+        "0",
+        "--dapr-internal-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--workload-api-socket",
+        socket.to_str().unwrap(),
+        "--sentry-request-jwt-audiences",
+        "api://x,sts.example",
+    ]);
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.fetch_x509_svid())
+        .await
+        .expect("an identity within 20 s")
+        .unwrap();
+    let jwks = sigil_host::sentry::jwt::Jwks::from_json(
+        &std::fs::read(dir.path().join("creds/jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for audience in ["api://x", "sts.example", "public"] {
+        let svid = client.fetch_jwt_svid([audience], None).await.unwrap();
+        assert_eq!(
+            svid.spiffe_id().to_string(),
+            "spiffe://public/ns/default/app1"
+        );
+        assert_eq!(
+            svid.audience(),
+            [audience.to_owned()],
+            "the per-audience token"
+        );
+        let claims = sigil_host::sentry::jwt::verify(
+            svid.token(),
+            &jwks,
+            &sigil_host::sentry::jwt::Expectations {
+                audience,
+                subject: "spiffe://public/ns/default/app1",
+                now,
+                leeway: 60,
+            },
+        )
+        .unwrap();
+        assert_eq!(claims.aud, [audience.to_owned()]);
+    }
+    // Two audiences: the main token, which holds both (and the trust domain).
+    let both = client
+        .fetch_jwt_svid(["api://x", "sts.example"], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        both.audience(),
+        [
+            "public".to_owned(),
+            "api://x".to_owned(),
+            "sts.example".to_owned()
+        ]
+    );
+    let other = client.fetch_jwt_svid(["api://other"], None).await;
+    assert!(other.is_err(), "{other:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let token = identity.join("jwt_svid.token");
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), both.token());
+}
+
+/// The identity is renewed for its JWT-SVIDs at half their life when that comes before the
+/// certificate's renewal (as daprd): 4 s tokens with 1 h certificates renew every ~2 s.
+#[test]
+fn short_lived_jwt_svids_drive_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sentry = common::start(common::short_ttl_sentry_command(
+        dir.path(),
+        port,
+        "1h",
+        &[
+            "--jwt-enabled",
+            "--jwt-signing-algorithm",
+            "ES256",
+            "--jwt-ttl",
+            "4s",
+        ],
+    ))
+    .unwrap();
+    let sentry = format!("127.0.0.1:{port}");
+    let anchors = dir.path().join("creds/ca.crt");
+    let sidecar = sidecar_process(&[
+        "--app-id",
+        "app1",
+        "--sentry-address",
+        &sentry,
+        "--trust-anchors-file",
+        anchors.to_str().unwrap(),
+        "--dapr-http-port",
+        "0",
+        "--dapr-grpc-port",
+        "0",
+        "--dapr-internal-port",
+        "0",
+        "--dapr-internal-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--sentry-request-jwt-audiences",
+        "api://x",
+    ]);
+    let metrics = sidecar.field("metrics=");
+    common::wait_until(
+        "three renewals driven by 4 s JWTs",
+        Duration::from_secs(20),
+        || common::metric(&metrics, "dapr_runtime_mtls_workload_cert_rotated_total") >= 3,
+    );
+}

@@ -174,6 +174,7 @@ async fn sidecar_verdict(cas: Arc<Cas>, bad: Bad) -> (Rejection, String) {
         anchors: AnchorSource::Pem(cas.ours.anchors_pem().to_owned()),
         output_dir: None,
         policy: Policy::default(),
+        jwt_audiences: Vec::new(),
     };
     let state = Arc::new(IdentityState::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -72,9 +72,13 @@ pub struct Flags {
     #[arg(long)]
     pub allowed_origins: Option<String>,
     /// Serve the SPIFFE Workload API on this Unix socket (mode 0600): the X.509-SVID, its key
-    /// and the bundle, streamed at every rotation.
+    /// and the bundle, streamed at every rotation; the JWT-SVIDs Sentry issued.
     #[arg(long)]
     pub workload_api_socket: Option<PathBuf>,
+    /// JWT-SVID audiences to ask Sentry for with every certificate (comma-separated; Sentry
+    /// needs --jwt-enabled): served on the Workload API, written to jwt_svid.token.
+    #[arg(long, value_delimiter = ',')]
+    pub sentry_request_jwt_audiences: Vec<String>,
 }
 
 /// What [`Flags::resolve`] makes of the flags and the environment.
@@ -165,6 +169,12 @@ impl Flags {
             anchors,
             output_dir: self.identity_dir,
             policy: sigil_core::rotation::Policy::default(),
+            jwt_audiences: self
+                .sentry_request_jwt_audiences
+                .iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
         };
         let invoke = InvokeConfig {
             app_id,

@@ -14,7 +14,11 @@
 //!   made before the first identity waits for it. **`FetchX509Bundles`** streams the bundle by
 //!   trust domain likewise. Sigil's anchors validate every trust domain Sentry issues for, so
 //!   the bundle is given for the identity's trust domain.
-//! - The JWT calls answer `UNIMPLEMENTED` for now (issue 17 names what is left).
+//! - **`FetchJWTSVID`** answers with the JWT-SVIDs Sentry issued with the identity in use
+//!   (`--sentry-request-jwt-audiences`): the per-audience token for one audience, else the
+//!   main token when it holds every audience asked for; `NOT_FOUND` for another audience
+//!   (Sentry mints tokens only with a certificate). `FetchJWTBundles` and `ValidateJWTSVID`
+//!   answer `UNIMPLEMENTED` for now: the sidecar does not hold Sentry's JWT key set.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -199,7 +203,36 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented(JWT_LATER))
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let Some(current) = self.state.current() else {
+            return Err(Status::unavailable("no identity issued yet"));
+        };
+        if !req.spiffe_id.is_empty() && req.spiffe_id != current.spiffe_id {
+            return Err(Status::permission_denied(format!(
+                "no identity issued for {:?}",
+                req.spiffe_id
+            )));
+        }
+        let jwts = self.state.jwt_svids();
+        let Some(token) = jwts.as_ref().and_then(|j| j.for_audiences(&req.audience)) else {
+            return Err(Status::not_found(format!(
+                "no JWT-SVID for audience {:?}: the sidecar holds the tokens Sentry issued with \
+                 its certificate (sigil sidecar --sentry-request-jwt-audiences; Sentry \
+                 --jwt-enabled){}",
+                req.audience,
+                jwts.map_or_else(String::new, |j| format!(", for {:?}", j.audiences))
+            )));
+        };
+        Ok(Response::new(pb::JwtsvidResponse {
+            svids: vec![pb::Jwtsvid {
+                spiffe_id: current.spiffe_id.clone(),
+                svid: token.to_owned(),
+                hint: String::new(),
+            }],
+        }))
     }
 
     async fn fetch_jwt_bundles(

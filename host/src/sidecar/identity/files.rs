@@ -37,3 +37,12 @@ pub(super) fn write_files(
         true,
     )
 }
+
+/// Writes the JWT-SVID for the app as `jwt_svid.token` (0600: a bearer token), Dapr's name.
+pub(super) fn write_jwt(dir: &std::path::Path, jwt: &str) -> Result<(), crate::pki::InputError> {
+    std::fs::create_dir_all(dir).map_err(|source| crate::pki::InputError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    crate::pki::write_atomic(&dir.join("jwt_svid.token"), jwt.as_bytes(), 0o600, true)
+}

@@ -88,6 +88,59 @@ pub struct IdentityConfig {
     pub output_dir: Option<PathBuf>,
     /// The rotation policy.
     pub policy: Policy,
+    /// `--sentry-request-jwt-audiences`: JWT-SVID audiences asked for with every certificate.
+    pub jwt_audiences: Vec<String>,
+}
+
+/// The JWT-SVIDs that came with the identity in use (Sentry's `jwt` and `per_audience_jwts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtSvids {
+    /// The token for the trust domain and every audience asked for.
+    pub jwt: String,
+    /// Its audiences.
+    pub audiences: Vec<String>,
+    /// One token per audience.
+    pub per_audience: std::collections::BTreeMap<String, String>,
+    /// The main token's `exp`.
+    pub expires: SystemTime,
+}
+
+impl JwtSvids {
+    /// The token for exactly `audiences`: the per-audience one for a single audience, else the
+    /// main token when it holds them all.
+    pub fn for_audiences(&self, audiences: &[String]) -> Option<&str> {
+        if let [one] = audiences {
+            if let Some(t) = self.per_audience.get(one) {
+                return Some(t);
+            }
+        }
+        audiences
+            .iter()
+            .all(|a| self.audiences.contains(a))
+            .then_some(self.jwt.as_str())
+    }
+
+    /// From an answer already checked with [`crate::client::check_jwt_svids`]; `None` without a
+    /// main token.
+    fn from_signed(signed: &crate::client::Signed) -> Option<Self> {
+        let jwt = signed.jwt.clone()?;
+        let claims = crate::sentry::jwt::decode_unverified(&jwt).ok()?;
+        let audiences = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64)?;
+        Some(Self {
+            jwt,
+            audiences,
+            per_audience: signed.per_audience_jwts.clone(),
+            expires: UNIX_EPOCH + Duration::from_secs(exp),
+        })
+    }
 }
 
 /// An installed identity, as the TLS stack uses it.
@@ -120,6 +173,8 @@ pub struct IdentityState {
     last_early: Mutex<Option<std::time::Instant>>,
     /// Bumped at every change of the identity or the anchors ([`IdentityState::subscribe`]).
     changed: tokio::sync::watch::Sender<u64>,
+    /// The JWT-SVIDs that came with the identity in use.
+    jwt: ArcSwapOption<JwtSvids>,
 }
 
 /// Early renewals are asked for at most this often.
@@ -156,7 +211,13 @@ impl IdentityState {
             renew_soon: tokio::sync::Notify::new(),
             last_early: Mutex::new(None),
             changed: tokio::sync::watch::Sender::default(),
+            jwt: ArcSwapOption::empty(),
         }
+    }
+
+    /// The JWT-SVIDs that came with the identity in use, if Sentry issued any.
+    pub fn jwt_svids(&self) -> Option<Arc<JwtSvids>> {
+        self.jwt.load_full()
     }
 
     /// A receiver that sees every change of the identity or the anchors.
@@ -281,8 +342,28 @@ pub async fn drive_with(
         AnchorSource::Pem(_) => None,
     };
 
+    // The JWT-SVIDs of the answer being judged, installed with its identity; and when the
+    // identity is renewed for its JWTs (half their life, as daprd) if that comes first.
+    let mut pending_jwts: Option<JwtSvids> = None;
+    let mut jwt_renewal: Option<tokio::time::Instant> = None;
     loop {
         while let Some(action) = machine.poll_action() {
+            if matches!(action, Action::Installed { .. }) {
+                let jwts = pending_jwts.take();
+                jwt_renewal = jwts.as_ref().map(|j| {
+                    let left = j
+                        .expires
+                        .duration_since(wall_clock.now())
+                        .unwrap_or_default();
+                    tokio::time::Instant::now() + left / 2
+                });
+                if let (Some(dir), Some(j)) = (&config.output_dir, &jwts) {
+                    if let Err(e) = files::write_jwt(dir, &j.jwt) {
+                        tracing::error!(dir = %dir.display(), error = %e, "writing the JWT-SVID");
+                    }
+                }
+                state.jwt.store(jwts.map(Arc::new));
+            }
             handle_action(action, &mut machine, &config, &state, &transport, &done_tx);
         }
         let deadline = machine
@@ -294,8 +375,21 @@ pub async fn drive_with(
                 None => std::future::pending().await,
             }
         };
+        let jwt_due = async {
+            match jwt_renewal {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => return Ok(()),
+            () = jwt_due => {
+                jwt_renewal = None;
+                let t = now();
+                machine.handle_wall_time(t, wall());
+                machine.renew_now(t);
+                machine.handle_timeout(t);
+            }
             () = state.renew_soon.notified() => {
                 let t = now();
                 machine.handle_wall_time(t, wall());
@@ -312,6 +406,7 @@ pub async fn drive_with(
                 machine.handle_wall_time(t, wall());
                 match outcome {
                     Outcome::Signed(id, signed) => {
+                        pending_jwts = JwtSvids::from_signed(&signed);
                         // Sentry's bundle first (it was authenticated by the anchors held: its
                         // serving chain validated against them), so a chain from a root it has
                         // just published is judged against the set that holds it.
@@ -357,6 +452,34 @@ pub async fn drive_with(
             }
         }
     }
+}
+
+/// The JWT-SVIDs of an answer, checked as daprd checks them ([`crate::client::check_jwt_svids`]:
+/// the subject is the leaf's SPIFFE ID, the audiences its trust domain and those asked for).
+fn check_signed_jwts(
+    signed: &crate::client::Signed,
+    asked: &[String],
+) -> Result<(), crate::client::JwtSvidError> {
+    if signed.jwt.is_none() && signed.per_audience_jwts.is_empty() && asked.is_empty() {
+        return Ok(());
+    }
+    let leaf_id = signed
+        .chain
+        .first()
+        .and_then(|d| sigil_core::cert::Certificate::parse(d).ok())
+        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
+        .unwrap_or_default();
+    let trust_domain = sigil_core::spiffe::SpiffeId::parse(&leaf_id)
+        .map(|i| i.trust_domain().as_str().to_owned())
+        .unwrap_or_default();
+    crate::client::check_jwt_svids(
+        signed,
+        &leaf_id,
+        &trust_domain,
+        asked,
+        SystemTime::now(),
+        Duration::from_secs(300),
+    )
 }
 
 /// The configured anchors plus Sentry's bundle, each certificate once.
@@ -453,7 +576,7 @@ fn handle_action(
                 trust_domain: String::new(),
                 token_validator: i32::from(config.token_validator),
                 csr_der: csr,
-                jwt_audiences: Vec::new(),
+                jwt_audiences: config.jwt_audiences.clone(),
             };
             // The driver loads the anchors before the machine asks for anything.
             let Some(anchors) = state.anchors() else {
@@ -461,9 +584,15 @@ fn handle_action(
                 return;
             };
             let answer = transport.sign(req, anchors);
+            let asked = config.jwt_audiences.clone();
             tokio::spawn(async move {
                 let outcome = match answer.await {
-                    Ok(signed) => Outcome::Signed(id, signed),
+                    // The JWT-SVIDs are checked as daprd checks them (`jwt_parse`, `jwt_aud`);
+                    // a refused answer leaves the identity in use serving.
+                    Ok(signed) => match check_signed_jwts(&signed, &asked) {
+                        Ok(()) => Outcome::Signed(id, signed),
+                        Err(e) => Outcome::Failed(id, ClientError::Jwt(e)),
+                    },
                     Err(e) => Outcome::Failed(id, e),
                 };
                 let _ = done.send(outcome).await;
@@ -685,6 +814,7 @@ mod tests {
             anchors: AnchorSource::Pem(files.ca),
             output_dir: None,
             policy: Policy::default(),
+            jwt_audiences: Vec::new(),
         };
         let state = Arc::new(IdentityState::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
