@@ -285,6 +285,7 @@ pub async fn run(
             app_id: name.into(),
             namespace: "default".into(),
             app_port,
+            app_protocol: crate::sidecar::invoke::AppProtocol::Http,
             resolution: Some(names.clone()),
             mtls: true,
             callers: crate::sidecar::mtls::CallerPolicy::default(),

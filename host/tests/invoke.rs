@@ -1103,13 +1103,13 @@ fn grpc_app(python: &Path) -> GrpcApp {
 
 /// Runs the grpcio client's `checks` against sidecar `a`'s gRPC port, calling app `b`; every
 /// check must print `ok`.
-fn grpc_checks(python: &Path, mesh: &Mesh, app: &GrpcApp, checks: &[&str], seconds: u64) {
+fn grpc_checks(python: &Path, mesh: &Mesh, events: &Path, checks: &[&str], seconds: u64) {
     let out = Command::new(python)
         .arg(interop_script())
         .args(["client", "--app", "b", "--caller", "a", "--target"])
         .arg(mesh.a.field("grpc="))
         .arg("--events")
-        .arg(&app.events)
+        .arg(events)
         .args(["--checks", &checks.join(",")])
         .args(["--seconds", &seconds.to_string()])
         .output()
@@ -1136,11 +1136,11 @@ fn grpc_checks(python: &Path, mesh: &Mesh, app: &GrpcApp, checks: &[&str], secon
 fn grpc_invocation_through_two_sidecars_with_grpcio_on_both_ends() {
     let python = common::python();
     let app = grpc_app(&python);
-    let mesh = Mesh::new(app.port, "1h", &[]);
+    let mesh = Mesh::new(app.port, "1h", &["--app-protocol", "grpc"]);
     grpc_checks(
         &python,
         &mesh,
-        &app,
+        &app.events,
         &[
             "unary",
             "callee_metadata",
@@ -1179,8 +1179,18 @@ fn grpc_invocation_under_access_control() {
          - name: /sigil.test.Echo/*\n        action: allow\n",
     )
     .unwrap();
-    let mesh = Mesh::in_dir(dir, app.port, "1h", &["--config", policy.to_str().unwrap()]);
-    grpc_checks(&python, &mesh, &app, &["acl"], 0);
+    let mesh = Mesh::in_dir(
+        dir,
+        app.port,
+        "1h",
+        &[
+            "--config",
+            policy.to_str().unwrap(),
+            "--app-protocol",
+            "grpc",
+        ],
+    );
+    grpc_checks(&python, &mesh, &app.events, &["acl"], 0);
     let metrics = common::http_get(&mesh.b.field("metrics="), "/metrics");
     assert!(
         metrics.contains(
@@ -1196,12 +1206,47 @@ fn grpc_invocation_under_access_control() {
 fn grpc_bidirectional_stream_across_identity_rotations() {
     let python = common::python();
     let app = grpc_app(&python);
-    let mesh = Mesh::new(app.port, "4s", &[]);
+    let mesh = Mesh::new(app.port, "4s", &["--app-protocol", "grpc"]);
     let (ra, rb) = (rotations(&mesh.a), rotations(&mesh.b));
-    grpc_checks(&python, &mesh, &app, &["rotation"], 12);
+    grpc_checks(&python, &mesh, &app.events, &["rotation"], 12);
     let (ra2, rb2) = (rotations(&mesh.a), rotations(&mesh.b));
     assert!(
         ra2 >= ra + 2 && rb2 >= rb + 2,
         "rotations during the stream: a {ra} -> {ra2}, b {rb} -> {rb2}"
     );
+}
+
+/// gRPC invocation reaches only an app declared `--app-protocol grpc`: to an HTTP app (the
+/// default) the callee's sidecar answers `UNIMPLEMENTED`, so an HTTP request is never decided
+/// by gRPC's access-control rules; what is not a gRPC call (a GET, another content type) is
+/// refused with HTTP 415 on the gRPC port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_invocation_to_an_http_app_and_non_grpc_requests_are_refused() {
+    let python = common::python();
+    let app = echo_app().await;
+    let mesh = Mesh::new(app, "1h", &[]);
+    let events = mesh.dir.path().join("events");
+    grpc_checks(&python, &mesh, &events, &["http_app"], 0);
+    // A GET and a JSON POST on the gRPC port: 415 (HTTP/2 prior knowledge).
+    let tcp = tokio::net::TcpStream::connect(mesh.a.field("grpc="))
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (method, content_type) in [("GET", "application/grpc"), ("POST", "application/json")] {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri("http://b/admin/users")
+            .header("content-type", content_type)
+            .header("dapr-app-id", "b")
+            .body(empty())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 415, "{method} {content_type}");
+    }
 }

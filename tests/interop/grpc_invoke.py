@@ -261,6 +261,11 @@ def client(args):
         code, details, _ = code_of(lambda: dotted(b"", metadata=to_app, timeout=10))
         expect(code == grpc.StatusCode.PERMISSION_DENIED, (code, details))
 
+    def http_app():
+        # The callee's app speaks HTTP (its sidecar's --app-protocol is http).
+        code, details, _ = code_of(lambda: uu("Unary")(b"", metadata=to_app, timeout=10))
+        expect(code == grpc.StatusCode.UNIMPLEMENTED and "--app-protocol" in details, (code, details))
+
     def rotation():
         # One bidirectional stream for --seconds, a message every 50 ms, each answered.
         out = Pipe()
@@ -283,7 +288,7 @@ def client(args):
     checks = {
         f.__name__: f
         for f in (unary, callee_metadata, large, server_stream, client_stream, bidi, status,
-                  deadline, cancel, unimplemented_method, no_app_id, unknown_app, acl, rotation)
+                  deadline, cancel, unimplemented_method, no_app_id, unknown_app, acl, http_app, rotation)
     }
     failed = 0
     for name in args.checks.split(","):

@@ -211,6 +211,13 @@ fn read_key(text: &str, path: &str, algorithm: JwtAlgorithm) -> Result<Pair, Jwt
             .map(Pair::Rsa)
             .map_err(|e| bad(&format!("the RSA key is refused: {e}")))?,
         "EC PRIVATE KEY" => {
+            if algorithm != JwtAlgorithm::ES256 {
+                return Err(mismatch(
+                    path,
+                    algorithm,
+                    "an ECDSA P-256 key (EC PRIVATE KEY)",
+                ));
+            }
             let p256 = crate::key::P256Key::from_pem(text)
                 .map_err(|_| bad("an EC PRIVATE KEY must be P-256 (use PKCS#8 for P-384)"))?;
             EcdsaKeyPair::from_pkcs8(
@@ -456,16 +463,19 @@ impl JwtKeys {
         let key_path = paths.key.display().to_string();
         let jwks_path = paths.jwks.display().to_string();
         let pair = read_key(key_pem, &key_path, algorithm)?;
-        let jwks = parse_jwks(jwks_text, &jwks_path)?;
+        let mut jwks = parse_jwks(jwks_text, &jwks_path)?;
         let own = thumbprint(&public_members(&pair));
-        let entry = jwks
+        let at = jwks
             .iter()
-            .find(|e| entry_thumbprint(e).as_deref() == Some(own.as_str()))
+            .position(|e| entry_thumbprint(e).as_deref() == Some(own.as_str()))
             .ok_or_else(|| JwtKeyError::NotPublished {
                 path: jwks_path.clone(),
                 thumbprint: own.clone(),
             })?;
-        let published = entry.get("kid").and_then(Value::as_str).map(str::to_owned);
+        let published = jwks[at]
+            .get("kid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let kid = match (key_id, published) {
             (Some(given), Some(p)) if given != p => {
                 return Err(JwtKeyError::KeyId {
@@ -477,6 +487,22 @@ impl JwtKeys {
             (None, Some(p)) => p,
             (None, None) => own,
         };
+        // The served entry carries the kid the tokens carry (a relying party looks keys up
+        // by it), and no other entry may carry it too.
+        jwks[at].insert("kid".into(), json!(kid));
+        if jwks
+            .iter()
+            .enumerate()
+            .any(|(i, e)| i != at && e.get("kid").and_then(Value::as_str) == Some(kid.as_str()))
+        {
+            return Err(JwtKeyError::Jwks {
+                path: jwks_path,
+                why: format!(
+                    "another key has the signing key's kid {kid:?}: a relying party could pick \
+                     the wrong one"
+                ),
+            });
+        }
         Ok(Self {
             algorithm,
             kid,
@@ -683,7 +709,11 @@ pub fn load_or_generate(
                 Some(text) => parse_jwks(text, &jwks_path)?,
                 None => Vec::new(),
             };
-            keys.push(public_jwk(&key_pem, &key_path, algorithm, key_id)?);
+            let jwk = public_jwk(&key_pem, &key_path, algorithm, key_id)?;
+            // An entry with the new key's kid has lost its private key (a key generated
+            // before a crash, or a key file removed): it goes, or the kid would name two keys.
+            keys.retain(|e| e.get("kid") != jwk.get("kid"));
+            keys.push(jwk);
             let text = json!({ "keys": keys }).to_string();
             write(&paths.jwks, &text, 0o644, true)?;
             write(&paths.key, &key_pem, 0o600, false)?;
@@ -820,6 +850,52 @@ mod tests {
         assert!(matches!(e, JwtKeyError::Jwks { .. }), "{e}");
         assert!("ES512".parse::<JwtAlgorithm>().is_err());
         assert!("rs256".parse::<JwtAlgorithm>().is_err());
+    }
+
+    #[test]
+    fn a_regenerated_key_replaces_its_kid_and_a_kid_less_entry_is_served_with_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        let (first, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        std::fs::remove_file(&p.key).unwrap();
+        let (second, generated) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        assert!(generated);
+        assert_eq!(second.kid(), first.kid());
+        assert_eq!(second.jwks_json().matches("\"kid\":\"k\"").count(), 1);
+        // A set whose entry has no kid: served with the one the tokens carry.
+        let text = std::fs::read_to_string(&p.jwks).unwrap();
+        let mut set: Value = serde_json::from_str(&text).unwrap();
+        set["keys"][0].as_object_mut().unwrap().remove("kid");
+        std::fs::write(&p.jwks, set.to_string()).unwrap();
+        let (keys, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        assert!(keys
+            .jwks_json()
+            .contains(&format!("\"kid\":\"{}\"", keys.kid())));
+        // Two entries with one kid: refused.
+        let mut set: Value = serde_json::from_str(&keys.jwks_json()).unwrap();
+        let mut twin = set["keys"][0].clone();
+        twin["x"] = json!("AAAA");
+        set["keys"].as_array_mut().unwrap().push(twin);
+        std::fs::write(&p.jwks, set.to_string()).unwrap();
+        let e = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap_err();
+        assert!(matches!(e, JwtKeyError::Jwks { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_ec_private_key_is_p256_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        // SEC1, as openssl writes it.
+        let out = std::process::Command::new("openssl")
+            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(&p.key, &out.stdout).unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("EC PRIVATE KEY"));
+        let e = load_or_generate(&p, JwtAlgorithm::ES384, None).unwrap_err();
+        assert!(matches!(e, JwtKeyError::Mismatch { .. }), "{e}");
+        assert!(load_or_generate(&p, JwtAlgorithm::ES256, None).is_ok());
     }
 
     #[test]

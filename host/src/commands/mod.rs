@@ -446,8 +446,22 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
         0o644,
         true,
     )?;
-    // Bearer tokens: 0600, as the key.
+    // Bearer tokens: 0600, as the key. Tokens of an earlier run that this answer does not
+    // replace are removed, so no stale token sits beside the new key.
     let mut jwt_note = String::new();
+    for (name, now_present) in [
+        ("jwt.txt", signed.jwt.is_some()),
+        (
+            "jwt-audiences.json",
+            signed.jwt.is_some() && !signed.per_audience_jwts.is_empty(),
+        ),
+    ] {
+        let path = args.out_dir.join(name);
+        if !now_present && path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the stale {}", path.display()))?;
+        }
+    }
     if let Some(jwt) = &signed.jwt {
         pki::write_atomic(&args.out_dir.join("jwt.txt"), jwt.as_bytes(), 0o600, true)?;
         jwt_note = ", jwt.txt (0600)".to_owned();

@@ -228,7 +228,7 @@ impl Sentry {
         &self.metrics
     }
 
-    /// Installs the JWT signing key and its published set (at start, and at a reload).
+    /// Installs the JWT signing key and its published set (at start).
     pub fn set_jwt_keys(&self, keys: crate::ca::jwt::JwtKeys) {
         self.jwt_keys.store(Some(Arc::new(keys)));
     }

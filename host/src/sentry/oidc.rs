@@ -124,11 +124,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&
 
 /// `host` without its port (`[::1]:9080` → `[::1]`, `example.com:443` → `example.com`).
 fn without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.find(']').map_or(host, |i| &host[..i + 2]);
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if host.starts_with('[') {
+        // `[v6]` or `[v6]:port`, nothing else after the bracket.
+        return match host.find(']') {
+            Some(i) if i + 1 == host.len() => host,
+            Some(i) if host[i + 1..].strip_prefix(':').is_some_and(digits) => &host[..=i],
+            _ => host,
+        };
     }
     host.rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|(_, port)| digits(port))
         .map_or(host, |(h, _)| h)
 }
 
@@ -141,7 +147,10 @@ fn valid_authority(host: &str) -> bool {
 }
 
 fn is_loopback(host: &str) -> bool {
-    matches!(without_port(host), "localhost" | "127.0.0.1" | "[::1]")
+    let h = without_port(host);
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|l| h.eq_ignore_ascii_case(l))
 }
 
 /// The host the answer is for, or the refusal: see the module doc.
@@ -158,10 +167,11 @@ fn checked_host(settings: &OidcSettings, headers: &HeaderMap) -> Result<Option<S
     let any = list.iter().any(|h| h == "*");
     if !list.is_empty() {
         let candidate = forwarded.or(host).unwrap_or("");
+        // Host names compare without regard to case (RFC 4343).
         let allowed = any
-            || list
-                .iter()
-                .any(|h| h == candidate || h == without_port(candidate));
+            || list.iter().any(|h| {
+                h.eq_ignore_ascii_case(candidate) || h.eq_ignore_ascii_case(without_port(candidate))
+            });
         if !allowed {
             return Err((StatusCode::FORBIDDEN, "Forbidden: unauthorized domain"));
         }
@@ -333,6 +343,9 @@ mod tests {
         // Stricter than Dapr: another Host would name the issuer.
         assert_eq!(status(&s, Some("attacker.example.com"), None), Err(403));
         assert_eq!(status(&s, Some("localhost.attacker.com"), None), Err(403));
+        assert_eq!(status(&s, Some("[::1].attacker.example"), None), Err(403));
+        assert_eq!(status(&s, Some("[::1]:x"), None), Err(403));
+        assert!(status(&s, Some("LOCALHOST:9080"), None).is_ok());
         assert_eq!(status(&s, Some("user@localhost"), None), Err(400));
         assert_eq!(status(&s, None, None), Err(400));
         // With --jwt-issuer the host does not matter.
@@ -351,5 +364,7 @@ mod tests {
         assert_eq!(without_port("[::1]:80"), "[::1]");
         assert_eq!(without_port("a.example:443"), "a.example");
         assert_eq!(without_port("a.example"), "a.example");
+        assert_eq!(without_port("[::1].evil"), "[::1].evil");
+        assert_eq!(without_port("[::1]"), "[::1]");
     }
 }

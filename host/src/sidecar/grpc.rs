@@ -11,10 +11,17 @@
 //! Nothing is decoded: messages stream in both directions frame by frame (unary, client,
 //! server and bidirectional streams alike), headers and trailers pass through, so status
 //! codes, messages, details and trailing metadata reach the caller as the app sent them;
-//! `grpc-timeout` passes through, and a call the client cancels (or whose deadline passes) is
-//! reset on every hop, so the app sees its context cancelled. The callee's sidecar replaces
+//! `grpc-timeout` passes through and bounds each hop's wait for the answer (then
+//! `DEADLINE_EXCEEDED`), and a call the client cancels (or whose deadline passes) is reset on
+//! every hop, so the app sees its context cancelled. The callee's sidecar replaces
 //! the caller metadata with what the handshake proved (`dapr-caller-app-id`,
 //! `dapr-caller-namespace`, `x-sigil-caller-spiffe-id`), as for HTTP.
+//!
+//! The callee's sidecar forwards gRPC calls only to an app declared `--app-protocol grpc`
+//! (Dapr's flag; an HTTP app answers `UNIMPLEMENTED`), and both sidecars take only what gRPC
+//! sends (POST, `content-type: application/grpc*`; else HTTP 415): the access-control policy
+//! is read with gRPC's rules only for gRPC calls to gRPC apps, so an HTTP request cannot be
+//! decided without its verb or case.
 //!
 //! What the sidecar answers itself is a gRPC status (trailers-only): no `dapr-app-id`
 //! metadata: `UNKNOWN` with Dapr's message (Dapr's own runtime API, `dapr.proto.runtime.v1`,
@@ -53,6 +60,8 @@ pub enum Code {
     Unknown = 2,
     /// 3: a method name that does not normalise.
     InvalidArgument = 3,
+    /// 4: the call's `grpc-timeout` passed before the next hop answered.
+    DeadlineExceeded = 4,
     /// 5: an app ID the name-resolution file does not have.
     NotFound = 5,
     /// 7: the access-control policy denied the call.
@@ -98,6 +107,61 @@ pub fn is_forwarded_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes() == b"grpc")
 }
 
+/// A gRPC call is a POST with a `application/grpc` content type (gRPC over HTTP/2); anything
+/// else on the gRPC path is refused before it is forwarded or decided, so an HTTP request
+/// cannot be decided by gRPC's access-control rules (no verb, case-sensitive).
+#[allow(clippy::result_large_err)]
+fn check_grpc_request<B>(req: &Request<B>) -> Result<(), Response<Body>> {
+    let grpc_type = req.headers().get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/grpc"
+            || v.starts_with(b"application/grpc+")
+            || v.starts_with(b"application/grpc;")
+    });
+    if req.method() != hyper::Method::POST || !grpc_type {
+        let mut r = Response::new(invoke::full(hyper::body::Bytes::from_static(
+            b"gRPC calls only: POST with content-type application/grpc",
+        )));
+        *r.status_mut() = hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Err(r);
+    }
+    Ok(())
+}
+
+/// The call's deadline from `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit).
+fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Waits for the next hop's answer head within the call's deadline: a call whose deadline
+/// passes first is `DEADLINE_EXCEEDED` (dropping the request resets it on the next hop).
+async fn within_deadline<F, E>(
+    deadline: Option<std::time::Duration>,
+    answer: F,
+) -> Option<Result<Response<Incoming>, E>>
+where
+    F: std::future::Future<Output = Result<Response<Incoming>, E>>,
+{
+    match deadline {
+        Some(d) => tokio::time::timeout(d, answer).await.ok(),
+        None => Some(answer.await),
+    }
+}
+
 /// The first value of `name`, if it is text and not empty.
 fn metadata<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -111,6 +175,10 @@ impl Invoker {
     /// Handles a call from the app on the loopback gRPC port: forwards it to the sidecar of
     /// the app its metadata names.
     pub async fn handle_app_grpc(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if let Err(r) = check_grpc_request(&req) {
+            return r;
+        }
+        let deadline = grpc_timeout(req.headers());
         let headers = req.headers();
         let Some(target) = metadata(headers, CALLEE_HEADER)
             .or_else(|| metadata(headers, APP_ID_METADATA))
@@ -171,17 +239,18 @@ impl Invoker {
             Ok(s) => s,
             Err(e) => return status(Code::Unavailable, &e),
         };
-        // No deadline of the sidecar's own: the call's is in `grpc-timeout`, which the app
-        // enforces and the client acts on (its reset cancels every hop).
-        match sender
-            .send_request(Request::from_parts(
-                parts,
-                http_body_util::BodyExt::boxed(body),
-            ))
-            .await
-        {
-            Ok(resp) => passed_through(resp),
-            Err(e) => {
+        // The call's own deadline (`grpc-timeout`, passed on too); none without one, as gRPC.
+        let answer = sender.send_request(Request::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(body),
+        ));
+        match within_deadline(deadline, answer).await {
+            None => status(
+                Code::DeadlineExceeded,
+                &format!("invoking {target}: the call's deadline passed"),
+            ),
+            Some(Ok(resp)) => passed_through(resp),
+            Some(Err(e)) => {
                 if sender.is_closed() {
                     self.forget(&target, &address);
                 }
@@ -199,6 +268,10 @@ impl Invoker {
         req: Request<Incoming>,
         caller: Option<String>,
     ) -> Response<Body> {
+        if let Err(r) = check_grpc_request(&req) {
+            return r;
+        }
+        let deadline = grpc_timeout(req.headers());
         let me = self.config();
         let Some(port) = me.app_port else {
             return status(
@@ -209,6 +282,16 @@ impl Invoker {
                 ),
             );
         };
+        if me.app_protocol != super::invoke::AppProtocol::Grpc {
+            return status(
+                Code::Unimplemented,
+                &format!(
+                    "app {} speaks HTTP (its sidecar's --app-protocol is http): gRPC \
+                     invocation reaches apps with --app-protocol grpc",
+                    me.app_id
+                ),
+            );
+        }
         // Dapr normalises the method before the policy and the app see it; the app receives
         // the name that was checked.
         let operation = match crate::dapr::acl::normalize(req.uri().path()) {
@@ -255,15 +338,17 @@ impl Invoker {
                 )
             }
         };
-        match sender
-            .send_request(Request::from_parts(
-                parts,
-                http_body_util::BodyExt::boxed(body),
-            ))
-            .await
-        {
-            Ok(resp) => passed_through(resp),
-            Err(e) => {
+        let answer = sender.send_request(Request::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed(body),
+        ));
+        match within_deadline(deadline, answer).await {
+            None => status(
+                Code::DeadlineExceeded,
+                "the app's gRPC server did not answer within the call's deadline",
+            ),
+            Some(Ok(resp)) => passed_through(resp),
+            Some(Err(e)) => {
                 if sender.is_closed() {
                     self.forget_app_connection();
                 }
@@ -351,6 +436,25 @@ mod tests {
     fn grpc_message_is_percent_encoded_as_grpc_says() {
         assert_eq!(percent_encode("plain text: ok"), "plain text: ok");
         assert_eq!(percent_encode("100% \"é\"\n"), "100%25 \"%C3%A9\"%0A");
+    }
+
+    #[test]
+    fn grpc_timeouts_as_grpc_writes_them() {
+        let t = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        use std::time::Duration;
+        assert_eq!(t("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(t("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(t("123456789S"), None, "more than 8 digits");
+        assert_eq!(t("S"), None);
+        assert_eq!(t("1x"), None);
+        assert_eq!(t("-1S"), None);
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct InvokeConfig {
     pub namespace: String,
     /// The app's port on 127.0.0.1.
     pub app_port: Option<u16>,
+    /// `--app-protocol`: what the app speaks there; gRPC invocation reaches only a `grpc` app.
+    pub app_protocol: AppProtocol,
     /// The name-resolution file.
     pub resolution: Option<PathBuf>,
     /// Mutual TLS between sidecars (`spec.mtls.enabled`); off: plain TCP.
@@ -77,6 +79,31 @@ pub struct InvokeConfig {
     pub acl: Arc<super::acl::Acl>,
     /// `--allowed-origins`: none (no CORS headers), `*`, or a list.
     pub allowed_origins: Option<Vec<String>>,
+}
+
+/// What the app speaks on its port (Dapr's `--app-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (Dapr's default): HTTP invocation.
+    #[default]
+    Http,
+    /// gRPC (HTTP/2 without TLS): gRPC invocation, and HTTP invocation as before.
+    Grpc,
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "http" => Ok(Self::Http),
+            "grpc" => Ok(Self::Grpc),
+            other => Err(format!(
+                "--app-protocol {other:?}: http or grpc (Dapr's https, grpcs and h2c are not \
+                 supported)"
+            )),
+        }
+    }
 }
 
 /// Name resolution, re-read when the file's modification time changes.

@@ -34,6 +34,10 @@ pub struct Flags {
     /// The app's port on 127.0.0.1 (used by service invocation).
     #[arg(long)]
     pub app_port: Option<u16>,
+    /// What the app speaks on --app-port: http, or grpc (gRPC invocation reaches only a grpc
+    /// app; its access-control decisions use gRPC's rules).
+    #[arg(long, default_value = "http")]
+    pub app_protocol: String,
     /// Sentry's address, host:port; several comma-separated (or a name resolving to several)
     /// for Sentry's replicas, tried in turn.
     #[arg(long)]
@@ -180,6 +184,7 @@ impl Flags {
             app_id,
             namespace,
             app_port: self.app_port,
+            app_protocol: self.app_protocol.parse()?,
             resolution: self.resolution_file,
             mtls,
             callers,

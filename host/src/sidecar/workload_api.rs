@@ -42,13 +42,28 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// The path is in use (a live socket, or a file that is not a socket), or the socket cannot be
 /// made there.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt as _;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("{}: another process serves this socket", path.display()),
-                ));
+            // Stale only if nobody listens: a socket another process serves (or one this user
+            // may not even connect to) is not taken over.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("{}: another process serves this socket", path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: an existing socket that is not ours: {e}",
+                            path.display()
+                        ),
+                    ))
+                }
             }
         }
         Ok(_) => {
@@ -67,24 +82,46 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(listener)
+    // A private directory beside the socket (same filesystem, for the rename), made 0700 by
+    // this process: nobody else can reach the socket, or swap it for a link, before its mode
+    // is 0600 and it is renamed into place.
+    let mut nonce = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| std::io::Error::other("the system RNG failed"))?;
+    let private: PathBuf = dir.join(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("s");
+    let made = (|| {
+        let listener = UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    made
 }
 
 /// The Workload API over the sidecar's identity.
 #[derive(Debug)]
 pub struct WorkloadApi {
     state: Arc<IdentityState>,
+    /// Becomes `true` at shutdown: the streams end then (else a client holding one open would
+    /// keep the sidecar from stopping).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WorkloadApi {
-    /// The API for `state`.
-    pub const fn new(state: Arc<IdentityState>) -> Self {
-        Self { state }
+    /// The API for `state`; its streams end when `stopping` turns `true`.
+    pub const fn new(
+        state: Arc<IdentityState>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self { state, stopping }
     }
 }
 
@@ -116,28 +153,39 @@ fn trust_domain(spiffe_id: &str) -> String {
 }
 
 /// A stream of `make(snapshot)`: the first when an identity is held, then one at every
-/// change of the identity or the anchors.
+/// change of the identity or the anchors, until `stopping`.
 fn follow<T: Send + 'static>(
     state: Arc<IdentityState>,
+    stopping: tokio::sync::watch::Receiver<bool>,
     make: fn(&Snapshot) -> T,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
     let changes = state.subscribe();
-    let start: (Arc<IdentityState>, _, Option<(u32, usize)>) = (state, changes, None);
+    // The last message's identity generation and anchors (held, so a new set can never be
+    // taken for the old one at a reused address).
+    let start: (_, _, _, Option<Snapshot>) = (state, changes, stopping, None);
     Box::pin(futures_util::stream::unfold(
         start,
-        move |(state, mut changes, last)| async move {
+        move |(state, mut changes, mut stopping, last)| async move {
             loop {
+                if *stopping.borrow() {
+                    return None;
+                }
                 if let Some(snap) = snapshot(&state) {
-                    // The anchors are compared by identity: the driver swaps a new Arc in
-                    // whenever the set changes.
-                    let key = (snap.0.generation, Arc::as_ptr(&snap.1) as usize);
-                    if last != Some(key) {
+                    let same = last.as_ref().is_some_and(|(c, a)| {
+                        c.generation == snap.0.generation && Arc::ptr_eq(a, &snap.1)
+                    });
+                    if !same {
                         let item = make(&snap);
-                        return Some((Ok(item), (state, changes, Some(key))));
+                        return Some((Ok(item), (state, changes, stopping, Some(snap))));
                     }
                 }
-                if changes.changed().await.is_err() {
-                    return None;
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    _ = stopping.changed() => {}
                 }
             }
         },
@@ -183,6 +231,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         Ok(Response::new(follow(
             self.state.clone(),
+            self.stopping.clone(),
             x509_svid_response,
         )))
     }
@@ -194,6 +243,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         check_header(&req)?;
         Ok(Response::new(follow(
             self.state.clone(),
+            self.stopping.clone(),
             x509_bundles_response,
         )))
     }
@@ -262,9 +312,16 @@ pub async fn serve(
     listener: UnixListener,
     stopped: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let stopped = async move {
+        stopped.await;
+        let _ = stop_tx.send(true);
+    };
     tonic::transport::Server::builder()
         .add_service(
-            pb::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(WorkloadApi::new(state)),
+            pb::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(WorkloadApi::new(
+                state, stopping,
+            )),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
