@@ -86,8 +86,8 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
         "jwt_oidc.py failed: see the FAIL lines above"
     );
     assert!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 7
+        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 8
             && !stdout.lines().any(|l| l.starts_with("FAIL ")),
-        "jwt_oidc.py exited 0 without its seven checks passing"
+        "jwt_oidc.py exited 0 without its eight checks passing"
     );
 }

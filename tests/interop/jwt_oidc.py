@@ -254,6 +254,49 @@ def host_handling(sigil, work):
         s.stop()
 
 
+def hot_reload(sigil, work):
+    """The key and its set replaced on disk while Sentry runs: the new key signs and is
+    published (the old one kept in the set, as an overlap); a set without the key is refused
+    and the key in use stays."""
+    import base64
+
+    s = Sentry(sigil, work / "sentry-reload", [
+        "--jwt-signing-algorithm", "ES256", "--oidc-enabled", "--oidc-server-tls-enabled=false",
+        "--oidc-server-listen-address", "127.0.0.1", "--oidc-server-listen-port", "0",
+    ])
+    try:
+        creds = s.dir / "creds"
+        old_set = json.loads((creds / "jwks.json").read_text())
+        key = ec.generate_private_key(ec.SECP256R1())
+        nums = key.public_key().public_numbers()
+        b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()  # noqa: E731
+        new_jwk = {"kty": "EC", "crv": "P-256", "x": b64(nums.x), "y": b64(nums.y), "kid": "next", "alg": "ES256", "use": "sig"}
+        # The set first (both keys), then the key.
+        (creds / "jwks.json").write_text(json.dumps({"keys": old_set["keys"] + [new_jwk]}))
+        (creds / "jwt.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            st, _, body = get(f"{s.oidc}/jwks.json", headers={"Host": "localhost"})
+            kids = [k.get("kid") for k in json.loads(body)["keys"]] if st == 200 else []
+            if "next" in kids and len(kids) == 2:
+                break
+            time.sleep(0.2)
+        else:
+            raise Failed(f"the new set was not published: {kids}")
+        token, _ = sign(sigil, s, work / "out-reload", ["api://x"])
+        expect(jwt.get_unverified_header(token)["kid"] == "next", jwt.get_unverified_header(token))
+        jwt.decode(token, key.public_key(), algorithms=["ES256"], audience="api://x")
+        # A set without the signing key: refused, the key in use keeps signing.
+        (creds / "jwks.json").write_text(json.dumps(old_set))
+        time.sleep(3)
+        token, _ = sign(sigil, s, work / "out-reload", ["api://x"])
+        expect(jwt.get_unverified_header(token)["kid"] == "next", "a refused set changed the signing key")
+        st, _, body = get(f"{s.oidc}/jwks.json", headers={"Host": "localhost"})
+        expect(len(json.loads(body)["keys"]) == 2, f"the refused set was published: {body[:200]}")
+    finally:
+        s.stop()
+
+
 def refusals(sigil, work):
     """Flags Sentry refuses to start with, each with a message."""
     def refused(args, words):
@@ -278,6 +321,7 @@ def main():
     for alg in ["RS256", "PS256", "ES256", "ES384", "EdDSA"]:
         check(f"pyjwt_verifies_{alg}_through_oidc_discovery", verify_with_discovery, a.sigil, work, alg, tls)
     check("oidc_host_handling", host_handling, a.sigil, work)
+    check("jwt_key_hot_reload", hot_reload, a.sigil, work)
     check("flag_refusals", refusals, a.sigil, work)
     failed = RESULTS.count(False)
     print(f"jwt-oidc: {RESULTS.count(True)} passed, {failed} failed", flush=True)

@@ -262,6 +262,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
         jwt: opts.jwt.as_ref().map(|j| super::JwtSettings {
             ttl: j.ttl,
             issuer: j.issuer.clone(),
+            files: None,
         }),
     };
     if opts.oidc.is_some() && opts.jwt.is_none() {
@@ -300,6 +301,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     let mut jwt_keys = None;
     let mut jwt_report = None;
+    let mut settings = settings;
     let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
         (Some(k), None) => {
             if opts.jwt.is_some() {
@@ -399,6 +401,15 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                         .map_or_else(String::new, |i| format!(", issuer {i}")),
                 ));
                 jwt_keys = Some(keys);
+                if let Some(js) = settings.jwt.as_mut() {
+                    let jp = jwt_paths(&paths, j);
+                    js.files = Some(super::JwtFiles {
+                        loaded: super::reload::jwt_fingerprint(&jp),
+                        paths: jp,
+                        algorithm: j.algorithm,
+                        key_id: j.key_id.clone(),
+                    });
+                }
             }
             let where_ = format!(
                 "{}: ca {}, issuer {}, key {}",

@@ -122,6 +122,22 @@ pub struct JwtSettings {
     pub ttl: Duration,
     /// `--jwt-issuer`: the `iss` claim (absent when not given, as Dapr).
     pub issuer: Option<String>,
+    /// The key files, re-read when they change ([`reload::watch_jwt`]).
+    pub files: Option<JwtFiles>,
+}
+
+/// Where Sentry's JWT key files are, what they are checked against, and the fingerprint of
+/// what was loaded from them (a change made after the load, however soon, is seen).
+#[derive(Clone, Debug)]
+pub struct JwtFiles {
+    /// The key and its set.
+    pub paths: crate::ca::jwt::JwtKeyPaths,
+    /// `--jwt-signing-algorithm`.
+    pub algorithm: crate::ca::jwt::JwtAlgorithm,
+    /// `--jwt-key-id`.
+    pub key_id: Option<String>,
+    /// [`reload::jwt_fingerprint`] of the files as loaded.
+    pub loaded: Vec<u8>,
 }
 
 /// At most this many `jwt_audiences` in one request (each costs a signature).
@@ -228,7 +244,8 @@ impl Sentry {
         &self.metrics
     }
 
-    /// Installs the JWT signing key and its published set (at start).
+    /// Installs the JWT signing key and its published set (at start, and when the files
+    /// change).
     pub fn set_jwt_keys(&self, keys: crate::ca::jwt::JwtKeys) {
         self.jwt_keys.store(Some(Arc::new(keys)));
     }
@@ -817,6 +834,9 @@ pub async fn run(
         None => {}
     }
     tasks.spawn(renew_serving_loop(sentry.clone(), stopped()));
+    if let Some(files) = sentry.settings.jwt.as_ref().and_then(|j| j.files.clone()) {
+        tasks.spawn(reload::watch_jwt(sentry.clone(), files, stopped()));
+    }
     // The gRPC listener is bound: from here on, clients are queued and served.
     sentry.serving_up.store(true, Ordering::Relaxed);
     if let Some(l) = listeners.healthz {

@@ -168,6 +168,80 @@ pub fn swap_if_changed(sentry: &Sentry, creds: Credentials, why: &'static str) -
     true
 }
 
+/// How often the JWT key files are looked at ([`watch_jwt`]).
+pub const JWT_POLL: Duration = Duration::from_secs(1);
+
+/// The content fingerprint of the JWT key and its set.
+pub fn jwt_fingerprint(paths: &crate::ca::jwt::JwtKeyPaths) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in [&paths.key, &paths.jwks] {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(p).unwrap_or_default());
+        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        ctx.update(&bytes);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// Re-reads the JWT key and its set when either file changes (looked at every [`JWT_POLL`],
+/// read once quiet for [`DEBOUNCE`]) and installs them if they pass the checks of start
+/// ([`crate::ca::jwt::JwtKeys::new`]: the key suits the algorithm, the set holds it, the kids
+/// agree); otherwise the keys in use stay, with a log line and
+/// `sigil_sentry_credentials_reload_refused_total`. Nothing is generated here: a key removed
+/// while Sentry runs leaves the one in memory signing. To rotate the key with overlap, add the
+/// new public key to the set first, wait for relying parties to fetch it, then replace the key.
+pub async fn watch_jwt(
+    sentry: Arc<Sentry>,
+    files: super::JwtFiles,
+    stopped: impl Future<Output = ()>,
+) {
+    let super::JwtFiles {
+        paths,
+        algorithm,
+        key_id,
+        loaded,
+    } = files;
+    tokio::pin!(stopped);
+    let mut last = loaded;
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(JWT_POLL) => {}
+        }
+        let now = jwt_fingerprint(&paths);
+        if now == last {
+            continue;
+        }
+        // Quiet first: a pair written in two steps is read whole.
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(DEBOUNCE) => {}
+        }
+        let settled = jwt_fingerprint(&paths);
+        if settled != now {
+            continue;
+        }
+        last = settled;
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let loaded = read(&paths.key).and_then(|key| {
+            let key = zeroize::Zeroizing::new(key);
+            let set = read(&paths.jwks)?;
+            crate::ca::jwt::JwtKeys::new(&key, &set, &paths, algorithm, key_id.as_deref())
+                .map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(keys) => {
+                tracing::info!(kid = keys.kid(), "JWT signing key and key set reloaded");
+                sentry.set_jwt_keys(keys);
+            }
+            Err(e) => {
+                sentry.metrics().reload_refused();
+                tracing::error!(error = %e, "replaced JWT key files refused; the keys in use stay");
+            }
+        }
+    }
+}
+
 /// Kubernetes mode: watches the credentials Secret ([`SecretStore::watch`]) and swaps each
 /// changed set that validates into `sentry` until `stopped` resolves; a refused set is logged
 /// and counted, and the old one keeps serving.
