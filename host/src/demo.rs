@@ -302,6 +302,7 @@ pub async fn run(
             internal,
             metrics: None,
             workload_api: None,
+            jwt_bundle: None,
         };
         sidecar_tasks.push(tokio::spawn(sidecar::run(
             identity,

@@ -165,6 +165,8 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
         socket.to_str().unwrap(),
         "--sentry-request-jwt-audiences",
         "api://x,sts.example",
+        "--jwt-bundle-file",
+        dir.path().join("creds/jwks.json").to_str().unwrap(),
     ]);
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
         .await
@@ -220,6 +222,34 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
     );
     let other = client.fetch_jwt_svid(["api://other"], None).await;
     assert!(other.is_err(), "{other:?}");
+
+    // The JWT bundle (Sentry's published set, from --jwt-bundle-file) for the trust domain,
+    // with the key that signed the tokens; validation through the sidecar.
+    let bundles = client.fetch_jwt_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::try_from("public").unwrap();
+    let bundle = bundles.get(&td).expect("a JWT bundle for the trust domain");
+    assert!(
+        bundle.find_jwt_authority(both.key_id()).is_some(),
+        "the signing key is in the bundle"
+    );
+    let valid = client
+        .validate_jwt_token("sts.example", both.token())
+        .await
+        .unwrap();
+    assert_eq!(
+        valid.spiffe_id().to_string(),
+        "spiffe://public/ns/default/app1"
+    );
+    assert!(client
+        .validate_jwt_token("api://other", both.token())
+        .await
+        .is_err());
+    // One signature byte changed (a character well inside the last segment).
+    let token = both.token();
+    let at = token.len() - 10;
+    let c = if &token[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{c}{}", &token[..at], &token[at + 1..]);
+    assert!(client.validate_jwt_token("api://x", &forged).await.is_err());
     use std::os::unix::fs::PermissionsExt as _;
     let token = identity.join("jwt_svid.token");
     assert_eq!(

@@ -43,7 +43,7 @@ enum Command {
     /// Run a sidecar: its workload identity from Sentry, renewed by the rotation machine, with
     /// trust anchors from DAPR_TRUST_ANCHORS or a watched file; health on the app-facing
     /// loopback port (/v1.0/healthz), metrics with Dapr's runtime names.
-    Sidecar(SidecarCli),
+    Sidecar(Box<SidecarCli>),
     /// Get a workload certificate from Sentry: make a P-256 key and CSR, send it, validate the
     /// answer, and write key.pem (0600), cert.pem (chain) and ca.pem to a directory.
     Sign(SignCli),
@@ -680,7 +680,7 @@ fn main() -> ExitCode {
         Command::Sentry(args) => sentry(*args),
         Command::Sign(args) => sign(args),
         Command::Relay(args) => relay(args),
-        Command::Sidecar(args) => sidecar(args),
+        Command::Sidecar(args) => sidecar(*args),
         Command::Demo { once } => demo(once),
         Command::Csr(CsrCommand::New {
             key,
@@ -847,6 +847,7 @@ fn init_logs(level: &str, json: bool) {
 fn sidecar(args: SidecarCli) -> ExitCode {
     init_logs(&args.log_level, args.log_as_json);
     let workload_socket = args.flags.workload_api_socket.clone();
+    let jwt_bundle = args.flags.jwt_bundle_file.clone();
     let settings = match args.flags.resolve(|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -886,6 +887,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
             internal,
             metrics: Some(metrics),
             workload_api,
+            jwt_bundle,
         };
         let state = std::sync::Arc::new(sigil_host::sidecar::identity::IdentityState::default());
         let sigil_host::sidecar::Settings { identity, invoke } = settings;

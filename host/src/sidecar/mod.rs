@@ -83,6 +83,10 @@ pub struct Flags {
     /// needs --jwt-enabled): served on the Workload API, written to jwt_svid.token.
     #[arg(long, value_delimiter = ',')]
     pub sentry_request_jwt_audiences: Vec<String>,
+    /// Sentry's JWT key set (its jwks.json; on Kubernetes the dapr-trust-bundle ConfigMap's
+    /// jwks.json, mounted): the Workload API's JWT bundles and token validation.
+    #[arg(long)]
+    pub jwt_bundle_file: Option<PathBuf>,
 }
 
 /// What [`Flags::resolve`] makes of the flags and the environment.
@@ -234,6 +238,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The SPIFFE Workload API's Unix socket ([`workload_api::bind`]).
     pub workload_api: Option<tokio::net::UnixListener>,
+    /// `--jwt-bundle-file`: Sentry's JWT key set, for the Workload API's JWT bundle calls.
+    pub jwt_bundle: Option<PathBuf>,
 }
 
 /// Runs a sidecar (identity, app-facing API, internal mTLS port, metrics) until `shutdown`
@@ -277,7 +283,8 @@ pub async fn run(
         tasks.spawn(serve_metrics(state.clone(), acl, l, stopped()));
     }
     if let Some(l) = listeners.workload_api {
-        let serving = workload_api::serve(state.clone(), l, stopped());
+        let serving =
+            workload_api::serve(state.clone(), l, listeners.jwt_bundle.clone(), stopped());
         tasks.spawn(async move {
             if let Err(e) = serving.await {
                 tracing::error!(error = %e, "the Workload API socket stopped");

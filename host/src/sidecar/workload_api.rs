@@ -17,8 +17,14 @@
 //! - **`FetchJWTSVID`** answers with the JWT-SVIDs Sentry issued with the identity in use
 //!   (`--sentry-request-jwt-audiences`): the per-audience token for one audience, else the
 //!   main token when it holds every audience asked for; `NOT_FOUND` for another audience
-//!   (Sentry mints tokens only with a certificate). `FetchJWTBundles` and `ValidateJWTSVID`
-//!   answer `UNIMPLEMENTED` for now: the sidecar does not hold Sentry's JWT key set.
+//!   (Sentry mints tokens only with a certificate).
+//! - **`FetchJWTBundles`** and **`ValidateJWTSVID`** use Sentry's JWT key set from
+//!   `--jwt-bundle-file` (on Kubernetes, the `jwks.json` key of Dapr's `dapr-trust-bundle`
+//!   ConfigMap, mounted): the set is streamed for the identity's trust domain at once and
+//!   again when the file changes (looked at every second); a token is validated with it
+//!   (signature, audience, expiry with a minute of leeway, a SPIFFE ID as `sub`) and answered
+//!   with its ID and claims, or refused with `INVALID_ARGUMENT` and the reason. Without the
+//!   flag both answer `UNAVAILABLE`, naming it.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -113,6 +119,8 @@ pub struct WorkloadApi {
     /// Becomes `true` at shutdown: the streams end then (else a client holding one open would
     /// keep the sidecar from stopping).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// `--jwt-bundle-file`: Sentry's JWT key set.
+    jwt_bundle: Option<PathBuf>,
 }
 
 impl WorkloadApi {
@@ -120,9 +128,48 @@ impl WorkloadApi {
     pub const fn new(
         state: Arc<IdentityState>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        jwt_bundle: Option<PathBuf>,
     ) -> Self {
-        Self { state, stopping }
+        Self {
+            state,
+            stopping,
+            jwt_bundle,
+        }
     }
+
+    fn jwt_bundle_file(&self) -> Result<&Path, Status> {
+        self.jwt_bundle.as_deref().ok_or_else(|| {
+            Status::unavailable(
+                "no JWT bundle: start the sidecar with --jwt-bundle-file (Sentry's jwks.json)",
+            )
+        })
+    }
+}
+
+/// Reads and checks a JWK set file: its bytes and the parsed set.
+fn read_jwt_bundle(path: &Path) -> Result<(Vec<u8>, crate::sentry::jwt::Jwks), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let set = crate::sentry::jwt::Jwks::from_json(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((bytes, set))
+}
+
+/// A JSON value as protobuf's `Value` (the claims of `ValidateJWTSVID`).
+fn to_proto(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(to_proto).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
@@ -216,8 +263,6 @@ fn x509_bundles_response((current, anchors): &Snapshot) -> pb::X509BundlesRespon
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-const JWT_LATER: &str = "JWT-SVIDs through the Workload API are not served by Sigil's sidecar yet";
-
 #[tonic::async_trait]
 impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = Streamed<pb::X509svidResponse>;
@@ -290,7 +335,40 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented(JWT_LATER))
+        let path = self.jwt_bundle_file()?.to_owned();
+        read_jwt_bundle(&path).map_err(Status::unavailable)?;
+        let start = (
+            self.state.clone(),
+            self.stopping.clone(),
+            path,
+            None::<(String, Vec<u8>)>,
+        );
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            start,
+            |(state, mut stopping, path, last)| async move {
+                loop {
+                    if *stopping.borrow() {
+                        return None;
+                    }
+                    let td = state.current().map(|c| trust_domain(&c.spiffe_id));
+                    // A set that does not read (half written, say) is skipped: the last one
+                    // sent stays in force for the client.
+                    if let (Some(td), Ok((bytes, _))) = (td, read_jwt_bundle(&path)) {
+                        let now = (td, bytes);
+                        if last.as_ref() != Some(&now) {
+                            let item = pb::JwtBundlesResponse {
+                                bundles: std::iter::once(now.clone()).collect(),
+                            };
+                            return Some((Ok(item), (state, stopping, path, Some(now))));
+                        }
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+            },
+        ))))
     }
 
     async fn validate_jwtsvid(
@@ -298,7 +376,47 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(Status::unimplemented(JWT_LATER))
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let (_, set) = read_jwt_bundle(self.jwt_bundle_file()?).map_err(Status::unavailable)?;
+        let invalid = |e: String| Status::invalid_argument(format!("invalid JWT-SVID: {e}"));
+        let claims =
+            crate::sentry::jwt::decode_unverified(&req.svid).map_err(|e| invalid(e.to_string()))?;
+        let sub = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| invalid("no sub".into()))?
+            .to_owned();
+        sigil_core::spiffe::SpiffeId::parse(&sub)
+            .map_err(|e| invalid(format!("sub {sub:?} is not a SPIFFE ID: {e}")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::sentry::jwt::verify(
+            &req.svid,
+            &set,
+            &crate::sentry::jwt::Expectations {
+                audience: &req.audience,
+                subject: &sub,
+                now,
+                leeway: 60,
+            },
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: sub,
+            claims: Some(prost_types::Struct {
+                fields: claims
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_proto(v)))
+                    .collect(),
+            }),
+        }))
     }
 }
 
@@ -310,6 +428,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
 pub async fn serve(
     state: Arc<IdentityState>,
     listener: UnixListener,
+    jwt_bundle: Option<PathBuf>,
     stopped: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
@@ -320,7 +439,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(
             pb::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(WorkloadApi::new(
-                state, stopping,
+                state, stopping, jwt_bundle,
             )),
         )
         .serve_with_incoming_shutdown(
