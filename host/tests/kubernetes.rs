@@ -1267,3 +1267,141 @@ async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_
         "k8s: ca_activations={activations} calls_failed=0 rotation_calls={ok} killed_after_step=1"
     );
 }
+
+/// Issue 17 in Kubernetes mode: three replicas started at once with `--jwt-enabled` settle on
+/// one JWT key in the Secret (Dapr's `jwt.key` and `jwks.json`, beside the CA's), the
+/// ConfigMap publishes the set, every replica's tokens verify with it, and a restart loads
+/// the key (nothing generated again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_replicas_share_one_jwt_key_in_the_secret_and_publish_its_set() {
+    let cluster = Cluster::start();
+    cluster.install_control_plane();
+    let token = cluster.sentry_token();
+    let jwt: [&std::ffi::OsStr; 3] = [
+        "--jwt-enabled".as_ref(),
+        "--jwt-signing-algorithm".as_ref(),
+        "ES256".as_ref(),
+    ];
+    let replicas = start_replicas_with(&cluster, &token, 3, &jwt);
+    let key = cluster.data("secret", "jwt.key");
+    assert!(key.contains("PRIVATE KEY"), "{key}");
+    let set = cluster.data("secret", "jwks.json");
+    assert_eq!(
+        cluster.data("configmap", "jwks.json"),
+        set,
+        "ConfigMap in step"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&set).unwrap();
+    assert_eq!(
+        parsed["keys"].as_array().map(Vec::len),
+        Some(1),
+        "one key for all the replicas: {set}"
+    );
+    let jwks = sigil_host::sentry::jwt::Jwks::from_json(set.as_bytes()).unwrap();
+    let ca = cluster.data("secret", "ca.crt");
+    let cart = cluster.workload("shop", "cart", "cart-0", "cart");
+    for s in &replicas {
+        let anchors = sigil_host::trust::Anchors::from_pem("ca.crt", ca.as_bytes()).unwrap();
+        let mut c = SentryClient::connect(SentryTarget {
+            address: s.grpc.clone(),
+            anchors: Arc::new(anchors),
+            sentry_id: SENTRY_ID.into(),
+        })
+        .await
+        .unwrap();
+        let (k, csr) = key_and_csr();
+        let req = SignRequest {
+            id: "cart".into(),
+            namespace: "shop".into(),
+            token: cart.clone(),
+            token_validator: i32::from(TokenValidator::Kubernetes),
+            csr_der: csr,
+            jwt_audiences: vec!["api://x".into()],
+            ..SignRequest::default()
+        };
+        let signed = c
+            .sign(&req, sigil_core::crypto::Signer::public_key(&k))
+            .await
+            .unwrap();
+        let leaf = sigil_core::cert::Certificate::parse(&signed.chain[0]).unwrap();
+        let subject = leaf.spiffe_ids().next().unwrap().as_str().to_owned();
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        sigil_host::sentry::jwt::verify(
+            signed.jwt.as_deref().expect("a JWT-SVID"),
+            &jwks,
+            &sigil_host::sentry::jwt::Expectations {
+                audience: "api://x",
+                subject: &subject,
+                now,
+                leeway: 60,
+            },
+        )
+        .unwrap();
+    }
+    drop(replicas);
+    let again = start_replicas_with(&cluster, &token, 1, &jwt);
+    assert_eq!(
+        cluster.data("secret", "jwt.key"),
+        key,
+        "loaded, not generated"
+    );
+    assert_eq!(cluster.data("secret", "jwks.json"), set);
+
+    // Replaced in the Secret while Sentry runs: a pair that does not fit is refused (the
+    // ConfigMap keeps the set in use), a good one is reloaded and published.
+    let patch = |k: &str, v: &str| {
+        use base64ct::Encoding as _;
+        let body =
+            serde_json::json!({ "data": { k: base64ct::Base64::encode_string(v.as_bytes()) } });
+        cluster.kubectl(
+            &[
+                "patch",
+                "secret",
+                "dapr-trust-bundle",
+                "-n",
+                NS,
+                "--type",
+                "merge",
+                "-p",
+                &body.to_string(),
+            ],
+            None,
+        );
+    };
+    let fresh = tempfile::tempdir().unwrap();
+    let paths = sigil_host::ca::jwt::JwtKeyPaths {
+        key: fresh.path().join("jwt.key"),
+        jwks: fresh.path().join("jwks.json"),
+    };
+    let (new_keys, _) = sigil_host::ca::jwt::load_or_generate(
+        &paths,
+        sigil_host::ca::jwt::JwtAlgorithm::ES256,
+        None,
+    )
+    .unwrap();
+    let new_key = std::fs::read_to_string(&paths.key).unwrap();
+    let new_set = std::fs::read_to_string(&paths.jwks).unwrap();
+    patch("jwt.key", &new_key);
+    let refused = |s: &Sentry| metric(&s.metrics, "sigil_sentry_credentials_reload_refused_total");
+    wait_until(
+        "the mismatched pair refused",
+        Duration::from_secs(20),
+        || refused(&again[0]) >= 1,
+    );
+    assert_eq!(
+        cluster.data("configmap", "jwks.json"),
+        set,
+        "the set in use stays published"
+    );
+    patch("jwks.json", &new_set);
+    wait_until("the new set published", Duration::from_secs(20), || {
+        cluster.data("configmap", "jwks.json") == new_keys.jwks_json()
+    });
+    println!(
+        "k8s: jwt replicas=3 keys=1 reloaded=1 refused={}",
+        refused(&again[0])
+    );
+}

@@ -659,9 +659,73 @@ fn public_jwk(
     Ok(jwk)
 }
 
-/// Loads the JWT key and its set from `paths`, making what is missing (see the module doc),
-/// under the credential store's lock in `lock_dir`'s store. Returns the keys and whether a
-/// key was generated.
+/// What a store must write to hold a usable JWT key and set, and the keys: see [`plan`].
+#[derive(Debug)]
+pub struct Planned {
+    /// The keys, checked.
+    pub keys: JwtKeys,
+    /// A key was generated.
+    pub generated: bool,
+    /// The key to write (0600), when generated.
+    pub write_key: Option<Zeroizing<String>>,
+    /// The set to write, when derived or extended.
+    pub write_set: Option<String>,
+}
+
+/// Decides, from what a store holds (`key`, `set`; `names` name them in errors), what it must
+/// write: both there → used as they are; a key without its set → the set derived from the key;
+/// no key → a key generated for `algorithm` and its public key added to the set (entries kept,
+/// one with the same kid replaced). The store writes the set before the key (see the module
+/// doc). Pure but for the key generation.
+///
+/// # Errors
+///
+/// [`JwtKeyError`]: unusable contents (nothing is to be written over them).
+pub fn plan(
+    key: Option<Zeroizing<String>>,
+    set: Option<&str>,
+    names: &JwtKeyPaths,
+    algorithm: JwtAlgorithm,
+    key_id: Option<&str>,
+) -> Result<Planned, JwtKeyError> {
+    let key_name = names.key.display().to_string();
+    let set_name = names.jwks.display().to_string();
+    let (key_pem, generated) = match key {
+        Some(k) => (k, false),
+        None => (generate(algorithm)?, true),
+    };
+    let (set_text, write_set) = match (set, generated) {
+        (Some(text), false) => (text.to_owned(), None),
+        (None, false) => {
+            let jwk = public_jwk(&key_pem, &key_name, algorithm, key_id)?;
+            let text = json!({ "keys": [jwk] }).to_string();
+            (text.clone(), Some(text))
+        }
+        (existing, true) => {
+            let mut keys = match existing {
+                Some(text) => parse_jwks(text, &set_name)?,
+                None => Vec::new(),
+            };
+            let jwk = public_jwk(&key_pem, &key_name, algorithm, key_id)?;
+            // An entry with the new key's kid has lost its private key (a key generated
+            // before a crash, or a key file removed): it goes, or the kid would name two keys.
+            keys.retain(|e| e.get("kid") != jwk.get("kid"));
+            keys.push(jwk);
+            let text = json!({ "keys": keys }).to_string();
+            (text.clone(), Some(text))
+        }
+    };
+    let keys = JwtKeys::new(&key_pem, &set_text, names, algorithm, key_id)?;
+    Ok(Planned {
+        keys,
+        generated,
+        write_key: generated.then_some(key_pem),
+        write_set,
+    })
+}
+
+/// Loads the JWT key and its set from `paths`, making what is missing ([`plan`]); call it
+/// under the credential store's lock. Returns the keys and whether a key was generated.
 ///
 /// # Errors
 ///
@@ -677,10 +741,8 @@ pub fn load_or_generate(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(p, e)),
     };
-    let key_path = paths.key.display().to_string();
-    let jwks_path = paths.jwks.display().to_string();
     let existing_key = read(&paths.key)?.map(Zeroizing::new);
-    let existing_jwks = read(&paths.jwks)?;
+    let existing_set = read(&paths.jwks)?;
     let write = |p: &Path, text: &str, mode: u32, force: bool| {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -688,40 +750,22 @@ pub fn load_or_generate(
         pki::write_atomic(p, text.as_bytes(), mode, force)
             .map_err(|e| JwtKeyError::Io(e.to_string()))
     };
-    let (key_pem, generated) = match existing_key {
-        Some(k) => (k, false),
-        None => (generate(algorithm)?, true),
-    };
-    let jwks_text = match (&existing_jwks, generated) {
-        // Both there: used as they are.
-        (Some(text), false) => text.clone(),
-        // A key without its set: the set is derived from the key.
-        (None, false) => {
-            let jwk = public_jwk(&key_pem, &key_path, algorithm, key_id)?;
-            let text = json!({ "keys": [jwk] }).to_string();
-            write(&paths.jwks, &text, 0o644, false)?;
-            text
-        }
-        // A new key: added to the set (kept entries may still verify live tokens), the set
-        // written first.
-        (existing, true) => {
-            let mut keys = match existing {
-                Some(text) => parse_jwks(text, &jwks_path)?,
-                None => Vec::new(),
-            };
-            let jwk = public_jwk(&key_pem, &key_path, algorithm, key_id)?;
-            // An entry with the new key's kid has lost its private key (a key generated
-            // before a crash, or a key file removed): it goes, or the kid would name two keys.
-            keys.retain(|e| e.get("kid") != jwk.get("kid"));
-            keys.push(jwk);
-            let text = json!({ "keys": keys }).to_string();
-            write(&paths.jwks, &text, 0o644, true)?;
-            write(&paths.key, &key_pem, 0o600, false)?;
-            text
-        }
-    };
-    let keys = JwtKeys::new(&key_pem, &jwks_text, paths, algorithm, key_id)?;
-    Ok((keys, generated))
+    let had_set = existing_set.is_some();
+    let planned = plan(
+        existing_key,
+        existing_set.as_deref(),
+        paths,
+        algorithm,
+        key_id,
+    )?;
+    // The set first, then the key (never over an existing file).
+    if let Some(set) = &planned.write_set {
+        write(&paths.jwks, set, 0o644, had_set && planned.generated)?;
+    }
+    if let Some(key) = &planned.write_key {
+        write(&paths.key, key, 0o600, false)?;
+    }
+    Ok((planned.keys, planned.generated))
 }
 
 #[cfg(test)]

@@ -114,7 +114,20 @@ pub enum SecretStoreError {
         /// The namespace.
         namespace: String,
     },
+    /// The JWT key or its set in the Secret is unusable (nothing is written over it).
+    #[error("the JWT key in Secret {namespace}/{TRUST_BUNDLE}: {source}")]
+    Jwt {
+        /// The namespace.
+        namespace: String,
+        /// What is wrong.
+        source: super::jwt::JwtKeyError,
+    },
 }
+
+/// The Secret's key for Sentry's JWT signing key (Dapr's name).
+pub const JWT_KEY_KEY: &str = "jwt.key";
+/// The Secret's and the ConfigMap's key for the JWT key set (Dapr's name).
+pub const JWKS_KEY: &str = "jwks.json";
 
 /// What [`SecretStore::publish_anchors`] found in the ConfigMap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -581,6 +594,152 @@ impl SecretStore {
             .map(|pem| journal::ders(&pem))
             .unwrap_or_default();
         Ok(roots.iter().all(|r| held.contains(r)))
+    }
+
+    /// Loads Sentry's JWT signing key and its set from the Secret (Dapr's keys `jwt.key` and
+    /// `jwks.json`, beside the CA's; the Secret exists, [`SecretStore::load_or_generate`] ran
+    /// first), making what is missing ([`super::jwt::plan`]) in one replace at the
+    /// resourceVersion read (replicas racing: one wins, the others re-read its key), then
+    /// publishes `jwks.json` in the ConfigMap, as Dapr does. Returns the keys and whether a
+    /// key was generated.
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError`]: the API, an unusable key or set (nothing written over it).
+    pub async fn jwt_load_or_generate(
+        &self,
+        algorithm: super::jwt::JwtAlgorithm,
+        key_id: Option<&str>,
+    ) -> Result<(super::jwt::JwtKeys, bool), SecretStoreError> {
+        let names = super::jwt::JwtKeyPaths {
+            key: format!("Secret {}/{TRUST_BUNDLE} key {JWT_KEY_KEY}", self.namespace).into(),
+            jwks: format!("Secret {}/{TRUST_BUNDLE} key {JWKS_KEY}", self.namespace).into(),
+        };
+        for _ in 0..RACE_RETRIES {
+            let secret = self
+                .secrets
+                .get_opt(TRUST_BUNDLE)
+                .await
+                .map_err(self.api("reading the Secret"))?
+                .ok_or_else(|| SecretStoreError::NoSet {
+                    namespace: self.namespace.clone(),
+                })?;
+            let data = secret.data.clone().unwrap_or_default();
+            let planned = super::jwt::plan(
+                text(&data, JWT_KEY_KEY).map(Zeroizing::new),
+                text(&data, JWKS_KEY).as_deref(),
+                &names,
+                algorithm,
+                key_id,
+            )
+            .map_err(|source| SecretStoreError::Jwt {
+                namespace: self.namespace.clone(),
+                source,
+            })?;
+            if planned.write_key.is_none() && planned.write_set.is_none() {
+                self.publish_jwks(&planned.keys.jwks_json()).await?;
+                return Ok((planned.keys, false));
+            }
+            // Key and set in one write, at the version read.
+            let mut updated = secret;
+            let d = updated.data.get_or_insert_with(BTreeMap::new);
+            if let Some(k) = &planned.write_key {
+                d.insert(JWT_KEY_KEY.to_owned(), ByteString(k.as_bytes().to_vec()));
+            }
+            if let Some(set) = &planned.write_set {
+                d.insert(JWKS_KEY.to_owned(), ByteString(set.as_bytes().to_vec()));
+            }
+            match self
+                .secrets
+                .replace(TRUST_BUNDLE, &PostParams::default(), &updated)
+                .await
+            {
+                Ok(_) => {
+                    self.publish_jwks(&planned.keys.jwks_json()).await?;
+                    return Ok((planned.keys, planned.generated));
+                }
+                Err(kube::Error::Api(s)) if s.is_conflict() => {
+                    tracing::info!(
+                        namespace = %self.namespace,
+                        "another Sentry wrote the Secret first; reading its JWT key"
+                    );
+                }
+                Err(e) => return Err(self.api("writing the JWT key to the Secret")(e)),
+            }
+        }
+        Err(SecretStoreError::Contended {
+            namespace: self.namespace.clone(),
+        })
+    }
+
+    /// The Secret's JWT key and set as they are now (for the reload's comparison).
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError::Api`].
+    pub async fn jwt_texts(
+        &self,
+    ) -> Result<(Option<Zeroizing<String>>, Option<String>), SecretStoreError> {
+        let data = self
+            .secrets
+            .get_opt(TRUST_BUNDLE)
+            .await
+            .map_err(self.api("reading the Secret"))?
+            .and_then(|s| s.data)
+            .unwrap_or_default();
+        Ok((
+            text(&data, JWT_KEY_KEY).map(Zeroizing::new),
+            text(&data, JWKS_KEY),
+        ))
+    }
+
+    /// Makes the ConfigMap's `jwks.json` equal to `set` (relying parties and sidecars that
+    /// mount the ConfigMap read Sentry's JWT keys there).
+    ///
+    /// # Errors
+    ///
+    /// [`SecretStoreError::Api`].
+    pub async fn publish_jwks(&self, set: &str) -> Result<(), SecretStoreError> {
+        for _ in 0..RACE_RETRIES {
+            let current = self
+                .config_maps
+                .get_opt(TRUST_BUNDLE)
+                .await
+                .map_err(self.api("reading the ConfigMap"))?;
+            if current
+                .as_ref()
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get(JWKS_KEY))
+                .is_some_and(|held| held == set)
+            {
+                return Ok(());
+            }
+            let mut map = current.clone().unwrap_or_else(|| ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(TRUST_BUNDLE.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..ConfigMap::default()
+            });
+            map.data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(JWKS_KEY.to_owned(), set.to_owned());
+            let written = if current.is_some() {
+                self.config_maps
+                    .replace(TRUST_BUNDLE, &PostParams::default(), &map)
+                    .await
+            } else {
+                self.config_maps.create(&PostParams::default(), &map).await
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {}
+                Err(e) => return Err(self.api("writing the ConfigMap")(e)),
+            }
+        }
+        Err(SecretStoreError::Contended {
+            namespace: self.namespace.clone(),
+        })
     }
 
     /// Makes the ConfigMap's `ca.crt` equal to `ca_pem`, and says what it found.

@@ -263,6 +263,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             ttl: j.ttl,
             issuer: j.issuer.clone(),
             files: None,
+            secret: None,
         }),
     };
     if opts.oidc.is_some() && opts.jwt.is_none() {
@@ -304,12 +305,6 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     let mut settings = settings;
     let (store, creds, origin, where_) = match (&kube, &opts.issuer_credentials) {
         (Some(k), None) => {
-            if opts.jwt.is_some() {
-                anyhow::bail!(
-                    "--jwt-enabled with the credentials in the Kubernetes Secret is not supported \
-                     yet: give --issuer-credentials (a mounted directory) for the JWT key files"
-                );
-            }
             let client = secret_store::client(&k.api_server, k.ca_pem.as_deref(), &k.token_file)
                 .map_err(anyhow::Error::msg)?;
             let secrets = SecretStore::new(client, &settings.namespace);
@@ -336,6 +331,36 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             }
             if let Some(journal) = secrets.journal().await? {
                 rotatable_set(&journal)?;
+            }
+            if let Some(j) = &opts.jwt {
+                let (keys, generated) = secrets
+                    .jwt_load_or_generate(j.algorithm, j.key_id.as_deref())
+                    .await?;
+                let (key, set) = secrets.jwt_texts().await?;
+                jwt_report = Some(format!(
+                    "JWT-SVIDs: {} key {} ({}), Secret {ns}/{name} keys jwt.key and jwks.json \
+                     (ConfigMap {ns}/{name} publishes jwks.json), valid {}{}",
+                    keys.algorithm().as_str(),
+                    keys.kid(),
+                    if generated { "generated" } else { "loaded" },
+                    humantime::format_duration(j.ttl),
+                    j.issuer
+                        .as_ref()
+                        .map_or_else(String::new, |i| format!(", issuer {i}")),
+                    ns = settings.namespace,
+                    name = secret_store::TRUST_BUNDLE,
+                ));
+                jwt_keys = Some(keys);
+                if let Some(js) = settings.jwt.as_mut() {
+                    js.secret = Some((
+                        j.algorithm,
+                        j.key_id.clone(),
+                        super::reload::jwt_text_fingerprint(
+                            key.as_deref().map(String::as_str),
+                            set.as_deref(),
+                        ),
+                    ));
+                }
             }
             let where_ = format!(
                 "Secret {ns}/{name} (ConfigMap {ns}/{name} publishes ca.crt)",

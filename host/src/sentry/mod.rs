@@ -124,6 +124,10 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     /// The key files, re-read when they change ([`reload::watch_jwt`]).
     pub files: Option<JwtFiles>,
+    /// Kubernetes mode: the key in the Secret, re-read when it changes
+    /// ([`reload::watch_jwt_secret`]): the algorithm, `--jwt-key-id` and the fingerprint of
+    /// what was loaded.
+    pub secret: Option<(crate::ca::jwt::JwtAlgorithm, Option<String>, Vec<u8>)>,
 }
 
 /// Where Sentry's JWT key files are, what they are checked against, and the fingerprint of
@@ -829,6 +833,16 @@ pub async fn run(
                 rotate::Journaled::Secret(secrets.clone()),
                 stopped(),
             ));
+            if let Some((algorithm, key_id, loaded)) =
+                sentry.settings.jwt.as_ref().and_then(|j| j.secret.clone())
+            {
+                tasks.spawn(reload::watch_jwt_secret(
+                    sentry.clone(),
+                    (*secrets).clone(),
+                    (algorithm, key_id, loaded),
+                    stopped(),
+                ));
+            }
             tasks.spawn(reload::watch_secret(sentry.clone(), *secrets, stopped()));
         }
         None => {}

@@ -242,6 +242,88 @@ pub async fn watch_jwt(
     }
 }
 
+/// The fingerprint of a JWT key and set held as text (the Secret's).
+pub fn jwt_text_fingerprint(key: Option<&str>, set: Option<&str>) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for t in [key, set] {
+        let bytes = t.unwrap_or("").as_bytes();
+        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        ctx.update(bytes);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// How often the Secret's JWT key is looked at ([`watch_jwt_secret`]).
+pub const JWT_SECRET_POLL: Duration = Duration::from_secs(5);
+
+/// Kubernetes mode: re-reads the JWT key and set from the Secret every [`JWT_SECRET_POLL`]
+/// and installs a changed pair that passes the checks of start (the ConfigMap's `jwks.json`
+/// follows); a pair that does not is refused with a log line and
+/// `sigil_sentry_credentials_reload_refused_total`, and the keys in use stay. Nothing is
+/// generated here.
+pub async fn watch_jwt_secret(
+    sentry: Arc<Sentry>,
+    secrets: SecretStore,
+    (algorithm, key_id, loaded): (crate::ca::jwt::JwtAlgorithm, Option<String>, Vec<u8>),
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut last = loaded;
+    let names = crate::ca::jwt::JwtKeyPaths {
+        key: format!(
+            "Secret {}/dapr-trust-bundle key jwt.key",
+            secrets.namespace()
+        )
+        .into(),
+        jwks: format!(
+            "Secret {}/dapr-trust-bundle key jwks.json",
+            secrets.namespace()
+        )
+        .into(),
+    };
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(JWT_SECRET_POLL) => {}
+        }
+        let (key, set) = match secrets.jwt_texts().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the Secret's JWT key");
+                continue;
+            }
+        };
+        let now = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
+        if now == last {
+            continue;
+        }
+        last = now;
+        let loaded = match (&key, &set) {
+            (Some(k), Some(s)) => {
+                crate::ca::jwt::JwtKeys::new(k, s, &names, algorithm, key_id.as_deref())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("the Secret lacks jwt.key or jwks.json".to_owned()),
+        };
+        match loaded {
+            Ok(keys) => {
+                if let Err(e) = secrets.publish_jwks(&keys.jwks_json()).await {
+                    tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap");
+                }
+                tracing::info!(
+                    kid = keys.kid(),
+                    "JWT signing key and key set reloaded from the Secret"
+                );
+                sentry.set_jwt_keys(keys);
+            }
+            Err(e) => {
+                sentry.metrics().reload_refused();
+                tracing::error!(error = %e, "the Secret's JWT key refused; the keys in use stay");
+            }
+        }
+    }
+}
+
 /// Kubernetes mode: watches the credentials Secret ([`SecretStore::watch`]) and swaps each
 /// changed set that validates into `sentry` until `stopped` resolves; a refused set is logged
 /// and counted, and the old one keeps serving.
