@@ -600,8 +600,9 @@ impl SecretStore {
     /// `jwks.json`, beside the CA's; the Secret exists, [`SecretStore::load_or_generate`] ran
     /// first), making what is missing ([`super::jwt::plan`]) in one replace at the
     /// resourceVersion read (replicas racing: one wins, the others re-read its key), then
-    /// publishes `jwks.json` in the ConfigMap, as Dapr does. Returns the keys and whether a
-    /// key was generated.
+    /// publishes `jwks.json` in the ConfigMap, as Dapr does. Returns the keys, whether a key
+    /// was generated, and the fingerprint of the key and set they came from
+    /// ([`crate::sentry::reload::jwt_text_fingerprint`], the reload's baseline).
     ///
     /// # Errors
     ///
@@ -610,7 +611,7 @@ impl SecretStore {
         &self,
         algorithm: super::jwt::JwtAlgorithm,
         key_id: Option<&str>,
-    ) -> Result<(super::jwt::JwtKeys, bool), SecretStoreError> {
+    ) -> Result<(super::jwt::JwtKeys, bool, Vec<u8>), SecretStoreError> {
         let names = super::jwt::JwtKeyPaths {
             key: format!("Secret {}/{TRUST_BUNDLE} key {JWT_KEY_KEY}", self.namespace).into(),
             jwks: format!("Secret {}/{TRUST_BUNDLE} key {JWKS_KEY}", self.namespace).into(),
@@ -625,9 +626,11 @@ impl SecretStore {
                     namespace: self.namespace.clone(),
                 })?;
             let data = secret.data.clone().unwrap_or_default();
+            let held_key = text(&data, JWT_KEY_KEY).map(Zeroizing::new);
+            let held_set = text(&data, JWKS_KEY);
             let planned = super::jwt::plan(
-                text(&data, JWT_KEY_KEY).map(Zeroizing::new),
-                text(&data, JWKS_KEY).as_deref(),
+                held_key.clone(),
+                held_set.as_deref(),
                 &names,
                 algorithm,
                 key_id,
@@ -636,9 +639,17 @@ impl SecretStore {
                 namespace: self.namespace.clone(),
                 source,
             })?;
+            let fingerprint = crate::sentry::reload::jwt_text_fingerprint(
+                planned
+                    .write_key
+                    .as_deref()
+                    .or(held_key.as_deref())
+                    .map(String::as_str),
+                planned.write_set.as_deref().or(held_set.as_deref()),
+            );
             if planned.write_key.is_none() && planned.write_set.is_none() {
                 self.publish_jwks(&planned.keys.jwks_json()).await?;
-                return Ok((planned.keys, false));
+                return Ok((planned.keys, false, fingerprint));
             }
             // Key and set in one write, at the version read.
             let mut updated = secret;
@@ -656,7 +667,7 @@ impl SecretStore {
             {
                 Ok(_) => {
                     self.publish_jwks(&planned.keys.jwks_json()).await?;
-                    return Ok((planned.keys, planned.generated));
+                    return Ok((planned.keys, planned.generated, fingerprint));
                 }
                 Err(kube::Error::Api(s)) if s.is_conflict() => {
                     tracing::info!(

@@ -333,10 +333,9 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 rotatable_set(&journal)?;
             }
             if let Some(j) = &opts.jwt {
-                let (keys, generated) = secrets
+                let (keys, generated, loaded) = secrets
                     .jwt_load_or_generate(j.algorithm, j.key_id.as_deref())
                     .await?;
-                let (key, set) = secrets.jwt_texts().await?;
                 jwt_report = Some(format!(
                     "JWT-SVIDs: {} key {} ({}), Secret {ns}/{name} keys jwt.key and jwks.json \
                      (ConfigMap {ns}/{name} publishes jwks.json), valid {}{}",
@@ -352,14 +351,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 ));
                 jwt_keys = Some(keys);
                 if let Some(js) = settings.jwt.as_mut() {
-                    js.secret = Some((
-                        j.algorithm,
-                        j.key_id.clone(),
-                        super::reload::jwt_text_fingerprint(
-                            key.as_deref().map(String::as_str),
-                            set.as_deref(),
-                        ),
-                    ));
+                    js.secret = Some((j.algorithm, j.key_id.clone(), loaded));
                 }
             }
             let where_ = format!(

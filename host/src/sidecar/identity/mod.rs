@@ -355,7 +355,9 @@ pub async fn drive_with(
                         .expires
                         .duration_since(wall_clock.now())
                         .unwrap_or_default();
-                    tokio::time::Instant::now() + left / 2
+                    // At least a second away: tokens that look expired (a clock off from
+                    // Sentry's) do not make a tight renewal loop.
+                    tokio::time::Instant::now() + (left / 2).max(Duration::from_secs(1))
                 });
                 if let (Some(dir), Some(j)) = (&config.output_dir, &jwts) {
                     if let Err(e) = files::write_jwt(dir, &j.jwt) {
