@@ -1376,7 +1376,7 @@ async fn k8s_replicas_share_one_jwt_key_in_the_secret_and_publish_its_set() {
         key: fresh.path().join("jwt.key"),
         jwks: fresh.path().join("jwks.json"),
     };
-    let (new_keys, _) = sigil_host::ca::jwt::load_or_generate(
+    let (new_keys, _, _) = sigil_host::ca::jwt::load_or_generate(
         &paths,
         sigil_host::ca::jwt::JwtAlgorithm::ES256,
         None,

@@ -660,7 +660,6 @@ fn public_jwk(
 }
 
 /// What a store must write to hold a usable JWT key and set, and the keys: see [`plan`].
-#[derive(Debug)]
 pub struct Planned {
     /// The keys, checked.
     pub keys: JwtKeys,
@@ -670,6 +669,32 @@ pub struct Planned {
     pub write_key: Option<Zeroizing<String>>,
     /// The set to write, when derived or extended.
     pub write_set: Option<String>,
+}
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Planned")
+            .field("keys", &self.keys)
+            .field("generated", &self.generated)
+            .field(
+                "write_key",
+                &self.write_key.as_ref().map(|_| "<private key>"),
+            )
+            .field("write_set", &self.write_set)
+            .finish()
+    }
+}
+
+/// The fingerprint of a JWT key and set held as text: what a reload compares.
+pub fn text_fingerprint(key: Option<&str>, set: Option<&str>) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for t in [key, set] {
+        let bytes = t.unwrap_or("").as_bytes();
+        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        ctx.update(bytes);
+    }
+    ctx.finish().as_ref().to_vec()
 }
 
 /// Decides, from what a store holds (`key`, `set`; `names` name them in errors), what it must
@@ -725,7 +750,8 @@ pub fn plan(
 }
 
 /// Loads the JWT key and its set from `paths`, making what is missing ([`plan`]); call it
-/// under the credential store's lock. Returns the keys and whether a key was generated.
+/// under the credential store's lock. Returns the keys, whether a key was generated, and the
+/// [`text_fingerprint`] of the key and set they came from (a reload's baseline).
 ///
 /// # Errors
 ///
@@ -734,7 +760,7 @@ pub fn load_or_generate(
     paths: &JwtKeyPaths,
     algorithm: JwtAlgorithm,
     key_id: Option<&str>,
-) -> Result<(JwtKeys, bool), JwtKeyError> {
+) -> Result<(JwtKeys, bool, Vec<u8>), JwtKeyError> {
     let io = |p: &Path, e: std::io::Error| JwtKeyError::Io(format!("{}: {e}", p.display()));
     let read = |p: &Path| match std::fs::read_to_string(p) {
         Ok(t) => Ok(Some(t)),
@@ -752,12 +778,20 @@ pub fn load_or_generate(
     };
     let had_set = existing_set.is_some();
     let planned = plan(
-        existing_key,
+        existing_key.clone(),
         existing_set.as_deref(),
         paths,
         algorithm,
         key_id,
     )?;
+    let fingerprint = text_fingerprint(
+        planned
+            .write_key
+            .as_deref()
+            .or(existing_key.as_deref())
+            .map(String::as_str),
+        planned.write_set.as_deref().or(existing_set.as_deref()),
+    );
     // The set first, then the key (never over an existing file).
     if let Some(set) = &planned.write_set {
         write(&paths.jwks, set, 0o644, had_set && planned.generated)?;
@@ -765,7 +799,7 @@ pub fn load_or_generate(
     if let Some(key) = &planned.write_key {
         write(&paths.key, key, 0o600, false)?;
     }
-    Ok((planned.keys, planned.generated))
+    Ok((planned.keys, planned.generated, fingerprint))
 }
 
 #[cfg(test)]
@@ -810,7 +844,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let p = paths(dir.path());
-            let (keys, generated) = load_or_generate(&p, alg, None).unwrap();
+            let (keys, generated, _) = load_or_generate(&p, alg, None).unwrap();
             assert!(generated);
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&p.key).unwrap().permissions().mode() & 0o777;
@@ -844,7 +878,7 @@ mod tests {
             assert!(verified.is_ok(), "{alg:?}: {verified:?}");
             assert!(!sig.is_empty());
             // Loaded again: the same key and kid, nothing generated.
-            let (again, generated) = load_or_generate(&p, alg, None).unwrap();
+            let (again, generated, _) = load_or_generate(&p, alg, None).unwrap();
             assert!(!generated);
             assert_eq!(again.kid(), keys.kid());
         }
@@ -854,10 +888,10 @@ mod tests {
     fn a_key_is_never_overwritten_and_a_missing_set_is_derived() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (keys, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
         let key_before = std::fs::read(&p.key).unwrap();
         std::fs::remove_file(&p.jwks).unwrap();
-        let (again, generated) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (again, generated, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
         assert!(!generated, "the set is derived, the key kept");
         assert_eq!(std::fs::read(&p.key).unwrap(), key_before);
         assert_eq!(again.kid(), keys.kid());
@@ -900,9 +934,9 @@ mod tests {
     fn a_regenerated_key_replaces_its_kid_and_a_kid_less_entry_is_served_with_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (first, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        let (first, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
         std::fs::remove_file(&p.key).unwrap();
-        let (second, generated) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        let (second, generated, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
         assert!(generated);
         assert_eq!(second.kid(), first.kid());
         assert_eq!(second.jwks_json().matches("\"kid\":\"k\"").count(), 1);
@@ -911,7 +945,7 @@ mod tests {
         let mut set: Value = serde_json::from_str(&text).unwrap();
         set["keys"][0].as_object_mut().unwrap().remove("kid");
         std::fs::write(&p.jwks, set.to_string()).unwrap();
-        let (keys, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
         assert!(keys
             .jwks_json()
             .contains(&format!("\"kid\":\"{}\"", keys.kid())));
@@ -946,10 +980,10 @@ mod tests {
     fn key_ids_come_from_the_flag_or_the_set_and_must_agree() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (keys, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k1")).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k1")).unwrap();
         assert_eq!(keys.kid(), "k1");
         assert!(keys.jwks_json().contains("\"kid\":\"k1\""));
-        let (again, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, None).unwrap();
+        let (again, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, None).unwrap();
         assert_eq!(again.kid(), "k1", "the set's kid");
         let e = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k2")).unwrap_err();
         assert!(matches!(e, JwtKeyError::KeyId { .. }), "{e}");

@@ -602,7 +602,7 @@ impl SecretStore {
     /// resourceVersion read (replicas racing: one wins, the others re-read its key), then
     /// publishes `jwks.json` in the ConfigMap, as Dapr does. Returns the keys, whether a key
     /// was generated, and the fingerprint of the key and set they came from
-    /// ([`crate::sentry::reload::jwt_text_fingerprint`], the reload's baseline).
+    /// ([`super::jwt::text_fingerprint`], the reload's baseline).
     ///
     /// # Errors
     ///
@@ -639,7 +639,7 @@ impl SecretStore {
                 namespace: self.namespace.clone(),
                 source,
             })?;
-            let fingerprint = crate::sentry::reload::jwt_text_fingerprint(
+            let fingerprint = super::jwt::text_fingerprint(
                 planned
                     .write_key
                     .as_deref()

@@ -405,7 +405,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
             };
             rotatable_set(&crate::ca::rotation::read(&paths)?)?;
             if let Some(j) = &opts.jwt {
-                let (keys, generated) = load_jwt_keys(&paths, j).await?;
+                let (keys, generated, loaded) = load_jwt_keys(&paths, j).await?;
                 jwt_report = Some(format!(
                     "JWT-SVIDs: {} key {} ({}), {} valid {}{}",
                     keys.algorithm().as_str(),
@@ -421,7 +421,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 if let Some(js) = settings.jwt.as_mut() {
                     let jp = jwt_paths(&paths, j);
                     js.files = Some(super::JwtFiles {
-                        loaded: super::reload::jwt_fingerprint(&jp),
+                        loaded,
                         paths: jp,
                         algorithm: j.algorithm,
                         key_id: j.key_id.clone(),
@@ -570,7 +570,7 @@ pub fn jwt_paths(paths: &StorePaths, j: &JwtOptions) -> crate::ca::jwt::JwtKeyPa
 async fn load_jwt_keys(
     paths: &StorePaths,
     j: &JwtOptions,
-) -> anyhow::Result<(crate::ca::jwt::JwtKeys, bool)> {
+) -> anyhow::Result<(crate::ca::jwt::JwtKeys, bool, Vec<u8>)> {
     let (paths, j) = (paths.clone(), j.clone());
     tokio::task::spawn_blocking(move || {
         let _lock = store::StoreLock::acquire(&paths)?;

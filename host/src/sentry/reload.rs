@@ -171,15 +171,16 @@ pub fn swap_if_changed(sentry: &Sentry, creds: Credentials, why: &'static str) -
 /// How often the JWT key files are looked at ([`watch_jwt`]).
 pub const JWT_POLL: Duration = Duration::from_secs(1);
 
-/// The content fingerprint of the JWT key and its set.
-pub fn jwt_fingerprint(paths: &crate::ca::jwt::JwtKeyPaths) -> Vec<u8> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for p in [&paths.key, &paths.jwks] {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(p).unwrap_or_default());
-        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
-        ctx.update(&bytes);
-    }
-    ctx.finish().as_ref().to_vec()
+/// The JWT key file and set file as text (`None` for a missing or unreadable one).
+fn jwt_file_texts(
+    paths: &crate::ca::jwt::JwtKeyPaths,
+) -> (Option<zeroize::Zeroizing<String>>, Option<String>) {
+    (
+        std::fs::read_to_string(&paths.key)
+            .ok()
+            .map(zeroize::Zeroizing::new),
+        std::fs::read_to_string(&paths.jwks).ok(),
+    )
 }
 
 /// Re-reads the JWT key and its set when either file changes (looked at every [`JWT_POLL`],
@@ -207,28 +208,34 @@ pub async fn watch_jwt(
             () = &mut stopped => return,
             () = tokio::time::sleep(JWT_POLL) => {}
         }
-        let now = jwt_fingerprint(&paths);
+        let (key, set) = jwt_file_texts(&paths);
+        let now = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if now == last {
             continue;
         }
-        // Quiet first: a pair written in two steps is read whole.
+        // Quiet first: a pair written in two steps is read whole. The pair checked is the
+        // pair whose fingerprint is kept.
         tokio::select! {
             () = &mut stopped => return,
             () = tokio::time::sleep(DEBOUNCE) => {}
         }
-        let settled = jwt_fingerprint(&paths);
+        let (key, set) = jwt_file_texts(&paths);
+        let settled = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if settled != now {
             continue;
         }
         last = settled;
-        let read =
-            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
-        let loaded = read(&paths.key).and_then(|key| {
-            let key = zeroize::Zeroizing::new(key);
-            let set = read(&paths.jwks)?;
-            crate::ca::jwt::JwtKeys::new(&key, &set, &paths, algorithm, key_id.as_deref())
-                .map_err(|e| e.to_string())
-        });
+        let loaded = match (&key, &set) {
+            (Some(k), Some(s)) => {
+                crate::ca::jwt::JwtKeys::new(k, s, &paths, algorithm, key_id.as_deref())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!(
+                "{} or {} is missing or unreadable",
+                paths.key.display(),
+                paths.jwks.display()
+            )),
+        };
         match loaded {
             Ok(keys) => {
                 tracing::info!(kid = keys.kid(), "JWT signing key and key set reloaded");
@@ -242,15 +249,9 @@ pub async fn watch_jwt(
     }
 }
 
-/// The fingerprint of a JWT key and set held as text (the Secret's).
+/// The fingerprint of a JWT key and set held as text ([`crate::ca::jwt::text_fingerprint`]).
 pub fn jwt_text_fingerprint(key: Option<&str>, set: Option<&str>) -> Vec<u8> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for t in [key, set] {
-        let bytes = t.unwrap_or("").as_bytes();
-        ctx.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
-        ctx.update(bytes);
-    }
-    ctx.finish().as_ref().to_vec()
+    crate::ca::jwt::text_fingerprint(key, set)
 }
 
 /// How often the Secret's JWT key is looked at ([`watch_jwt_secret`]).
@@ -286,6 +287,13 @@ pub async fn watch_jwt_secret(
             () = &mut stopped => return,
             () = tokio::time::sleep(JWT_SECRET_POLL) => {}
         }
+        // The ConfigMap is brought in step at every look (one read when it is), so a failed
+        // publish, or a ConfigMap recreated without `jwks.json`, heals within a poll.
+        if let Some(keys) = sentry.jwt_keys() {
+            if let Err(e) = secrets.publish_jwks(&keys.jwks_json()).await {
+                tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap");
+            }
+        }
         let (key, set) = match secrets.jwt_texts().await {
             Ok(t) => t,
             Err(e) => {
@@ -307,14 +315,15 @@ pub async fn watch_jwt_secret(
         };
         match loaded {
             Ok(keys) => {
-                if let Err(e) = secrets.publish_jwks(&keys.jwks_json()).await {
-                    tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap");
-                }
+                let set = keys.jwks_json();
                 tracing::info!(
                     kid = keys.kid(),
                     "JWT signing key and key set reloaded from the Secret"
                 );
                 sentry.set_jwt_keys(keys);
+                if let Err(e) = secrets.publish_jwks(&set).await {
+                    tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap (retried at the next look)");
+                }
             }
             Err(e) => {
                 sentry.metrics().reload_refused();

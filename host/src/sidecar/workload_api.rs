@@ -232,7 +232,12 @@ fn follow<T: Send + 'static>(
                             return None;
                         }
                     }
-                    _ = stopping.changed() => {}
+                    stopped = stopping.changed() => {
+                        // A closed channel (the server gone) ends the stream as a stop does.
+                        if stopped.is_err() {
+                            return None;
+                        }
+                    }
                 }
             }
         },
@@ -364,7 +369,12 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                     }
                     tokio::select! {
                         () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        _ = stopping.changed() => {}
+                        stopped = stopping.changed() => {
+                        // A closed channel (the server gone) ends the stream as a stop does.
+                        if stopped.is_err() {
+                            return None;
+                        }
+                    }
                     }
                 }
             },

@@ -103,6 +103,8 @@ pub struct JwtSvids {
     pub per_audience: std::collections::BTreeMap<String, String>,
     /// The main token's `exp`.
     pub expires: SystemTime,
+    /// The main token's lifetime, `exp - iat` (both Sentry's clock).
+    pub lifetime: Duration,
 }
 
 impl JwtSvids {
@@ -134,7 +136,12 @@ impl JwtSvids {
             _ => Vec::new(),
         };
         let exp = claims.get("exp").and_then(serde_json::Value::as_u64)?;
+        let iat = claims
+            .get("iat")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(exp);
         Some(Self {
+            lifetime: Duration::from_secs(exp.saturating_sub(iat)),
             jwt,
             audiences,
             per_audience: signed.per_audience_jwts.clone(),
@@ -350,14 +357,11 @@ pub async fn drive_with(
         while let Some(action) = machine.poll_action() {
             if matches!(action, Action::Installed { .. }) {
                 let jwts = pending_jwts.take();
-                jwt_renewal = jwts.as_ref().map(|j| {
-                    let left = j
-                        .expires
-                        .duration_since(wall_clock.now())
-                        .unwrap_or_default();
-                    // At least a second away: tokens that look expired (a clock off from
-                    // Sentry's) do not make a tight renewal loop.
-                    tokio::time::Instant::now() + (left / 2).max(Duration::from_secs(1))
+                // Half the tokens' life from now, from their own `exp - iat` (Sentry's clock:
+                // a sidecar clock off from Sentry's does not make every token look expired and
+                // renew in a loop); none without `iat`, at least a second away.
+                jwt_renewal = jwts.as_ref().filter(|j| !j.lifetime.is_zero()).map(|j| {
+                    tokio::time::Instant::now() + (j.lifetime / 2).max(Duration::from_secs(1))
                 });
                 if let (Some(dir), Some(j)) = (&config.output_dir, &jwts) {
                     if let Err(e) = files::write_jwt(dir, &j.jwt) {
