@@ -379,22 +379,33 @@ pub struct JwtSvidError {
 }
 
 /// Checks the JWT-SVIDs of an answer as daprd does (the signature is the relying party's to
-/// check, with the issuer's published keys): each is a JWT whose `sub` is the identity's
-/// SPIFFE ID (`subject`), whose `exp` is after `now` (with `leeway`); the main token's `aud`
-/// holds `trust_domain` and every audience asked for; each per-audience token's `aud` is
-/// exactly its key.
+/// check, with the issuer's published keys): each is a JWT whose `sub` is the SPIFFE ID of the
+/// answer's leaf, whose `exp` is after `now` (with `leeway`); the main token's `aud` holds the
+/// leaf's trust domain and every audience `asked` for; each per-audience token's `aud` is
+/// exactly its key. An answer without tokens passes when none were asked for.
 ///
 /// # Errors
 ///
 /// [`JwtSvidError`] for the first token that fails, naming it.
 pub fn check_jwt_svids(
     signed: &Signed,
-    subject: &str,
-    trust_domain: &str,
     asked: &[String],
     now: SystemTime,
     leeway: Duration,
 ) -> Result<(), JwtSvidError> {
+    if signed.jwt.is_none() && signed.per_audience_jwts.is_empty() && asked.is_empty() {
+        return Ok(());
+    }
+    let subject = signed
+        .chain
+        .first()
+        .and_then(|d| sigil_core::cert::Certificate::parse(d).ok())
+        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
+        .unwrap_or_default();
+    let trust_domain = sigil_core::spiffe::SpiffeId::parse(&subject)
+        .map(|i| i.trust_domain().as_str().to_owned())
+        .unwrap_or_default();
+    let (subject, trust_domain) = (subject.as_str(), trust_domain.as_str());
     let check = |token: &str, audience: Option<&str>| -> Result<Vec<String>, JwtSvidError> {
         let fail = |why: String| JwtSvidError {
             audience: audience.map(str::to_owned),

@@ -11,17 +11,11 @@ use std::time::{Duration, Instant};
 use common::{free_port, short_ttl_sentry, sidecar_process};
 use futures_util::StreamExt as _;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _sentry = short_ttl_sentry(dir.path(), port, "4s");
-    let root = std::fs::read(dir.path().join("creds/ca.crt")).unwrap();
-    let root_der = common::read_certs(&dir.path().join("creds/ca.crt"));
-    let socket = dir.path().join("workload.sock");
+/// `sigil sidecar` for app `app1` with Sentry on `port`, the given anchors, every port free,
+/// and `extra` arguments.
+fn app1_sidecar(port: u16, anchors: &std::path::Path, extra: &[&str]) -> common::Proc {
     let sentry = format!("127.0.0.1:{port}");
-    let anchors = dir.path().join("creds/ca.crt");
-    let _sidecar = sidecar_process(&[
+    let mut args = vec![
         "--app-id",
         "app1",
         "--sentry-address",
@@ -38,9 +32,24 @@ async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
         "127.0.0.1",
         "--metrics-port",
         "0",
-        "--workload-api-socket",
-        socket.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    sidecar_process(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sentry = short_ttl_sentry(dir.path(), port, "4s");
+    let root = std::fs::read(dir.path().join("creds/ca.crt")).unwrap();
+    let root_der = common::read_certs(&dir.path().join("creds/ca.crt"));
+    let socket = dir.path().join("workload.sock");
+    let _sidecar = app1_sidecar(
+        port,
+        &dir.path().join("creds/ca.crt"),
+        &["--workload-api-socket", socket.to_str().unwrap()],
+    );
     assert!(!root.is_empty());
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -140,34 +149,20 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
     .unwrap();
     let socket = dir.path().join("workload.sock");
     let identity = dir.path().join("identity");
-    let sentry = format!("127.0.0.1:{port}");
-    let anchors = dir.path().join("creds/ca.crt");
-    let _sidecar = sidecar_process(&[
-        "--app-id",
-        "app1",
-        "--sentry-address",
-        &sentry,
-        "--trust-anchors-file",
-        anchors.to_str().unwrap(),
-        "--identity-dir",
-        identity.to_str().unwrap(),
-        "--dapr-http-port",
-        "0",
-        "--dapr-grpc-port",
-        "0",
-        "--dapr-internal-port",
-        "0",
-        "--dapr-internal-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--workload-api-socket",
-        socket.to_str().unwrap(),
-        "--sentry-request-jwt-audiences",
-        "api://x,sts.example",
-        "--jwt-bundle-file",
-        dir.path().join("creds/jwks.json").to_str().unwrap(),
-    ]);
+    let _sidecar = app1_sidecar(
+        port,
+        &dir.path().join("creds/ca.crt"),
+        &[
+            "--identity-dir",
+            identity.to_str().unwrap(),
+            "--workload-api-socket",
+            socket.to_str().unwrap(),
+            "--sentry-request-jwt-audiences",
+            "api://x,sts.example",
+            "--jwt-bundle-file",
+            dir.path().join("creds/jwks.json").to_str().unwrap(),
+        ],
+    );
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
         .await
         .unwrap();
@@ -278,28 +273,11 @@ fn short_lived_jwt_svids_drive_renewal() {
         ],
     ))
     .unwrap();
-    let sentry = format!("127.0.0.1:{port}");
-    let anchors = dir.path().join("creds/ca.crt");
-    let sidecar = sidecar_process(&[
-        "--app-id",
-        "app1",
-        "--sentry-address",
-        &sentry,
-        "--trust-anchors-file",
-        anchors.to_str().unwrap(),
-        "--dapr-http-port",
-        "0",
-        "--dapr-grpc-port",
-        "0",
-        "--dapr-internal-port",
-        "0",
-        "--dapr-internal-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--sentry-request-jwt-audiences",
-        "api://x",
-    ]);
+    let sidecar = app1_sidecar(
+        port,
+        &dir.path().join("creds/ca.crt"),
+        &["--sentry-request-jwt-audiences", "api://x"],
+    );
     let metrics = sidecar.field("metrics=");
     common::wait_until(
         "three renewals driven by 4 s JWTs",

@@ -711,46 +711,7 @@ impl SecretStore {
     ///
     /// [`SecretStoreError::Api`].
     pub async fn publish_jwks(&self, set: &str) -> Result<(), SecretStoreError> {
-        for _ in 0..RACE_RETRIES {
-            let current = self
-                .config_maps
-                .get_opt(TRUST_BUNDLE)
-                .await
-                .map_err(self.api("reading the ConfigMap"))?;
-            if current
-                .as_ref()
-                .and_then(|c| c.data.as_ref())
-                .and_then(|d| d.get(JWKS_KEY))
-                .is_some_and(|held| held == set)
-            {
-                return Ok(());
-            }
-            let mut map = current.clone().unwrap_or_else(|| ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(TRUST_BUNDLE.to_owned()),
-                    ..ObjectMeta::default()
-                },
-                ..ConfigMap::default()
-            });
-            map.data
-                .get_or_insert_with(BTreeMap::new)
-                .insert(JWKS_KEY.to_owned(), set.to_owned());
-            let written = if current.is_some() {
-                self.config_maps
-                    .replace(TRUST_BUNDLE, &PostParams::default(), &map)
-                    .await
-            } else {
-                self.config_maps.create(&PostParams::default(), &map).await
-            };
-            match written {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => {}
-                Err(e) => return Err(self.api("writing the ConfigMap")(e)),
-            }
-        }
-        Err(SecretStoreError::Contended {
-            namespace: self.namespace.clone(),
-        })
+        self.publish(JWKS_KEY, set).await.map(|_| ())
     }
 
     /// Makes the ConfigMap's `ca.crt` equal to `ca_pem`, and says what it found.
@@ -760,6 +721,12 @@ impl SecretStore {
     /// [`SecretStoreError::Api`] if it could not be read or written (a concurrent writer's
     /// `Conflict` is retried from a fresh read).
     pub async fn publish_anchors(&self, ca_pem: &str) -> Result<Published, SecretStoreError> {
+        self.publish(CA_KEY, ca_pem).await
+    }
+
+    /// Makes the ConfigMap's `key` equal to `value` (its other keys kept), and says what it
+    /// found; a concurrent writer's `Conflict` is retried from a fresh read.
+    async fn publish(&self, key: &str, value: &str) -> Result<Published, SecretStoreError> {
         for _ in 0..RACE_RETRIES {
             let current = self
                 .config_maps
@@ -769,9 +736,9 @@ impl SecretStore {
             let held = current
                 .as_ref()
                 .and_then(|c| c.data.as_ref())
-                .and_then(|d| d.get(CA_KEY));
+                .and_then(|d| d.get(key));
             let found = match held {
-                Some(h) if h == ca_pem => return Ok(Published::InStep),
+                Some(h) if h == value => return Ok(Published::InStep),
                 Some(_) => Published::Corrected,
                 None => Published::Created,
             };
@@ -784,7 +751,7 @@ impl SecretStore {
             });
             map.data
                 .get_or_insert_with(BTreeMap::new)
-                .insert(CA_KEY.to_owned(), ca_pem.to_owned());
+                .insert(key.to_owned(), value.to_owned());
             let written = if current.is_some() {
                 self.config_maps
                     .replace(TRUST_BUNDLE, &PostParams::default(), &map)

@@ -402,19 +402,8 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<String> {
     } else {
         anchors.ders().to_vec()
     };
-    let leaf_id = signed
-        .chain
-        .first()
-        .and_then(|d| Certificate::parse(d).ok())
-        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
-        .unwrap_or_default();
-    let trust_domain = sigil_core::spiffe::SpiffeId::parse(&leaf_id)
-        .map(|i| i.trust_domain().as_str().to_owned())
-        .unwrap_or_default();
     crate::client::check_jwt_svids(
         &signed,
-        &leaf_id,
-        &trust_domain,
         &args.jwt_audiences,
         std::time::SystemTime::now(),
         std::time::Duration::from_secs(300),

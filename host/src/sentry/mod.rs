@@ -140,7 +140,7 @@ pub struct JwtFiles {
     pub algorithm: crate::ca::jwt::JwtAlgorithm,
     /// `--jwt-key-id`.
     pub key_id: Option<String>,
-    /// [`reload::jwt_text_fingerprint`] of the key and set the keys came from.
+    /// [`crate::ca::jwt::text_fingerprint`] of the key and set the keys came from.
     pub loaded: Vec<u8>,
 }
 

@@ -209,7 +209,8 @@ pub async fn watch_jwt(
             () = tokio::time::sleep(JWT_POLL) => {}
         }
         let (key, set) = jwt_file_texts(&paths);
-        let now = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
+        let now =
+            crate::ca::jwt::text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if now == last {
             continue;
         }
@@ -220,7 +221,8 @@ pub async fn watch_jwt(
             () = tokio::time::sleep(DEBOUNCE) => {}
         }
         let (key, set) = jwt_file_texts(&paths);
-        let settled = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
+        let settled =
+            crate::ca::jwt::text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if settled != now {
             continue;
         }
@@ -247,11 +249,6 @@ pub async fn watch_jwt(
             }
         }
     }
-}
-
-/// The fingerprint of a JWT key and set held as text ([`crate::ca::jwt::text_fingerprint`]).
-pub fn jwt_text_fingerprint(key: Option<&str>, set: Option<&str>) -> Vec<u8> {
-    crate::ca::jwt::text_fingerprint(key, set)
 }
 
 /// How often the Secret's JWT key is looked at ([`watch_jwt_secret`]).
@@ -301,7 +298,8 @@ pub async fn watch_jwt_secret(
                 continue;
             }
         };
-        let now = jwt_text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
+        let now =
+            crate::ca::jwt::text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if now == last {
             continue;
         }

@@ -460,34 +460,6 @@ pub async fn drive_with(
     }
 }
 
-/// The JWT-SVIDs of an answer, checked as daprd checks them ([`crate::client::check_jwt_svids`]:
-/// the subject is the leaf's SPIFFE ID, the audiences its trust domain and those asked for).
-fn check_signed_jwts(
-    signed: &crate::client::Signed,
-    asked: &[String],
-) -> Result<(), crate::client::JwtSvidError> {
-    if signed.jwt.is_none() && signed.per_audience_jwts.is_empty() && asked.is_empty() {
-        return Ok(());
-    }
-    let leaf_id = signed
-        .chain
-        .first()
-        .and_then(|d| sigil_core::cert::Certificate::parse(d).ok())
-        .and_then(|c| c.spiffe_ids().next().map(|i| i.as_str().to_owned()))
-        .unwrap_or_default();
-    let trust_domain = sigil_core::spiffe::SpiffeId::parse(&leaf_id)
-        .map(|i| i.trust_domain().as_str().to_owned())
-        .unwrap_or_default();
-    crate::client::check_jwt_svids(
-        signed,
-        &leaf_id,
-        &trust_domain,
-        asked,
-        SystemTime::now(),
-        Duration::from_secs(300),
-    )
-}
-
 /// The configured anchors plus Sentry's bundle, each certificate once.
 fn combined(configured: &Anchors, from_sentry: &[Vec<u8>]) -> Result<Anchors, IdentityError> {
     configured
@@ -595,7 +567,12 @@ fn handle_action(
                 let outcome = match answer.await {
                     // The JWT-SVIDs are checked as daprd checks them (`jwt_parse`, `jwt_aud`);
                     // a refused answer leaves the identity in use serving.
-                    Ok(signed) => match check_signed_jwts(&signed, &asked) {
+                    Ok(signed) => match crate::client::check_jwt_svids(
+                        &signed,
+                        &asked,
+                        SystemTime::now(),
+                        Duration::from_secs(300),
+                    ) {
                         Ok(()) => Outcome::Signed(id, signed),
                         Err(e) => Outcome::Failed(id, ClientError::Jwt(e)),
                     },
