@@ -1055,7 +1055,15 @@ async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_
         let mut cmd = cluster.sentry_command(&token);
         cmd.arg("--config")
             .arg(&config)
-            .args(["--root-ttl", "60s", "--issuer-ttl", "60s"]);
+            .args(["--root-ttl", "60s", "--issuer-ttl", "60s"])
+            // The JWT key Sentry generates rotates with the CA (issue 17).
+            .args([
+                "--jwt-enabled",
+                "--jwt-signing-algorithm",
+                "ES256",
+                "--jwt-ttl",
+                "5s",
+            ]);
         match crash {
             // Whichever replica takes the first prepare dies right after writing it.
             Some(point) => cmd.env("SIGIL_CRASH_AT", point),
@@ -1073,6 +1081,12 @@ async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_
     assert!(
         !cluster.data("secret", "sigil.auto").trim().is_empty(),
         "a generated set is marked for automatic rotation"
+    );
+    let first_jwt_key = cluster.data("secret", "jwt.key");
+    assert_eq!(
+        sigil_host::ca::jwt::key_thumbprint(&first_jwt_key).as_deref(),
+        Some(cluster.data("secret", "sigil.jwt.auto").trim()),
+        "a generated JWT key is marked"
     );
 
     // Every issuer the Secret holds, as it changes (a step a minute at most: 300 ms polls see
@@ -1263,8 +1277,29 @@ async fn k8s_two_replicas_rotate_the_root_in_the_secret_by_themselves_and_calls_
         assert!(!text.contains("fail_total{"), "a renewal failed: {text}");
         assert_eq!(common::health(&p.field("http=")), 204, "a sidecar is down");
     }
+    // The JWT key rotated with the CA: a new key signs, marked; the first one left the set
+    // once retired; the ConfigMap publishes the Secret's set.
+    let jwt_key = cluster.data("secret", "jwt.key");
+    let jwks = cluster.data("secret", "jwks.json");
+    assert_ne!(jwt_key, first_jwt_key, "the JWT key did not rotate");
+    assert_eq!(
+        sigil_host::ca::jwt::key_thumbprint(&jwt_key).as_deref(),
+        Some(cluster.data("secret", "sigil.jwt.auto").trim())
+    );
+    assert!(sigil_host::ca::jwt::kid_in_set(&jwks, &jwt_key).is_some());
+    assert!(sigil_host::ca::jwt::kid_in_set(&jwks, &first_jwt_key).is_none());
+    let published = serde_json::from_str::<serde_json::Value>(&jwks).unwrap()["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(published <= 2, "{published} keys published");
+    wait_until(
+        "the ConfigMap's jwks.json in step",
+        Duration::from_secs(30),
+        || cluster.data("configmap", "jwks.json") == cluster.data("secret", "jwks.json"),
+    );
     println!(
-        "k8s: ca_activations={activations} calls_failed=0 rotation_calls={ok} killed_after_step=1"
+        "k8s: ca_activations={activations} calls_failed=0 rotation_calls={ok} killed_after_step=1 jwt_keys_published={published}"
     );
 }
 
@@ -1379,6 +1414,7 @@ async fn k8s_replicas_share_one_jwt_key_in_the_secret_and_publish_its_set() {
     let (new_keys, _, _) = sigil_host::ca::jwt::load_or_generate(
         &paths,
         sigil_host::ca::jwt::JwtAlgorithm::ES256,
+        None,
         None,
     )
     .unwrap();

@@ -91,3 +91,27 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
         "jwt_oidc.py exited 0 without its eight checks passing"
     );
 }
+
+/// Sentry rotates the JWT key it generated with its CA (issue 17): PyJWT, fetching the set from
+/// the OIDC server as a relying party would, verifies every token across two rotations with a
+/// set fetched before the token was signed, and with every set published while it is valid.
+#[test]
+fn the_jwt_key_rotates_with_the_ca_and_pyjwt_verifies_across_it() {
+    let python = common::python();
+    let workdir = tempfile::tempdir().unwrap();
+    let out = Command::new(&python)
+        .arg(repo_root().join("tests/interop/jwt_oidc.py"))
+        .arg("--sigil")
+        .arg(env!("CARGO_BIN_EXE_sigil"))
+        .arg("--workdir")
+        .arg(workdir.path())
+        .arg("--rotation")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("ok jwt_key_rotates_with_the_ca"),
+        "jwt_oidc.py --rotation failed: see above"
+    );
+}

@@ -5,7 +5,8 @@
 algorithm; and the OIDC server's host handling (dapr/dapr #10027) seen from a plain HTTP client.
 
 Prints `ok NAME` or `FAIL NAME: DETAIL` per check and exits 0 only if all passed.
-Usage: jwt_oidc.py --sigil PATH/TO/sigil --workdir DIR
+Usage: jwt_oidc.py --sigil PATH/TO/sigil --workdir DIR [--rotation]
+(--rotation: only the automatic key rotation with the CA, about 95 s.)
 """
 
 import argparse
@@ -297,6 +298,61 @@ def hot_reload(sigil, work):
         s.stop()
 
 
+def automatic_rotation(sigil, work):
+    """Sentry rotates the JWT key it generated with its CA (root and issuer of 60 s, tokens and
+    certificates of 5 s): a relying party that fetched the set at least 4 s before a token was
+    signed can verify it (the next key is published before it signs), every token still valid
+    verifies with every set published meanwhile (the old key stays until its last token
+    expired), and the key changes at least twice."""
+    config = work / "rotation-config.yaml"
+    config.write_text("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: 5s\n    allowedClockSkew: 0s\n")
+    s = Sentry(sigil, work / "sentry-rotation", [
+        "--jwt-signing-algorithm", "ES256", "--jwt-ttl", "5s", "--root-ttl", "60s", "--issuer-ttl", "60s",
+        "--config", str(config), "--oidc-enabled", "--oidc-server-tls-enabled=false",
+        "--oidc-server-listen-address", "127.0.0.1", "--oidc-server-listen-port", "0",
+    ])
+    try:
+        st, _, body = get(f"{s.oidc}/.well-known/openid-configuration", headers={"Host": "localhost"})
+        expect(st == 200, (st, body))
+        jwks_path = "/" + json.loads(body)["jwks_uri"].split("://", 1)[1].split("/", 1)[1]
+        snapshots = []  # (monotonic time, {kid: PyJWK})
+        tokens = []  # (token, kid, exp as monotonic time)
+        signed_kids = []
+        start = time.monotonic()
+        while time.monotonic() - start < 95:
+            st, _, body = get(f"{s.oidc}{jwks_path}", headers={"Host": "localhost"})
+            expect(st == 200, f"jwks: {st}")
+            now = time.monotonic()
+            keys = {k["kid"]: jwt.PyJWK(k) for k in json.loads(body)["keys"]}
+            snapshots.append((now, keys))
+            # Every token still valid verifies with the set published now.
+            for token, kid, exp in tokens:
+                if exp > now + 0.5:
+                    expect(kid in keys, f"kid {kid} left the set {exp - now:.1f} s before its token expired")
+                    jwt.decode(token, keys[kid].key, algorithms=["ES256"], audience="api://x", leeway=1)
+            token, _ = sign(sigil, s, work / "out-rotation", ["api://x"])
+            signed_at = time.monotonic()
+            kid = jwt.get_unverified_header(token)["kid"]
+            claims = jwt.decode(token, options={"verify_signature": False})
+            tokens.append((token, kid, signed_at + claims["exp"] - claims["iat"]))
+            if not signed_kids or signed_kids[-1] != kid:
+                expect(kid not in signed_kids, f"kid {kid} signs again after another")
+                signed_kids.append(kid)
+                if len(signed_kids) > 1:
+                    # A relying party that fetched the set at least 4 s earlier knows the key.
+                    older = [k for t, k in snapshots if t <= signed_at - 4]
+                    expect(older and kid in older[-1], f"kid {kid} signed less than 4 s after it was published")
+                    jwt.decode(token, older[-1][kid].key, algorithms=["ES256"], audience="api://x")
+            time.sleep(0.5)
+        expect(len(signed_kids) >= 3, f"the key changed {len(signed_kids) - 1} times: {signed_kids}")
+        st, _, body = get(f"{s.oidc}{jwks_path}", headers={"Host": "localhost"})
+        published = [k["kid"] for k in json.loads(body)["keys"]]
+        expect(len(published) <= 2, f"retired keys still published: {published}")
+        print(f"jwt-rotation: tokens={len(tokens)} keys={len(signed_kids)} snapshots={len(snapshots)}", flush=True)
+    finally:
+        s.stop()
+
+
 def refusals(sigil, work):
     """Flags Sentry refuses to start with, each with a message."""
     def refused(args, words):
@@ -314,9 +370,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sigil", required=True)
     p.add_argument("--workdir", required=True)
+    p.add_argument("--rotation", action="store_true", help="only the automatic key rotation check (95 s)")
     a = p.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if a.rotation:
+        check("jwt_key_rotates_with_the_ca", automatic_rotation, a.sigil, work)
+        sys.exit(0 if RESULTS == [True] else 1)
     tls = tls_files(work)
     for alg in ["RS256", "PS256", "ES256", "ES384", "EdDSA"]:
         check(f"pyjwt_verifies_{alg}_through_oidc_discovery", verify_with_discovery, a.sigil, work, alg, tls)

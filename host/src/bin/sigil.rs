@@ -422,6 +422,7 @@ impl HolderTimes {
             generation,
             force: self.force,
             crash: None,
+            jwt: None,
         }
     }
 }
@@ -786,6 +787,7 @@ fn ca(command: CaCommand) -> ExitCode {
                         generation: pair.generation(),
                         force: false,
                         crash: None,
+                        jwt: None,
                     },
                 ),
                 RotateStep::Activate { dir, times } => {

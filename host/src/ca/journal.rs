@@ -9,11 +9,20 @@
 //! published roots), the prepared pair (its root published since `since`, prepared beside the
 //! issuer `prepared_for`) and the old pair (its roots still published; its successor active
 //! since `since`), plus the marker of credentials Sigil generated.
+//!
+//! Sentry's JWT signing key rides on the same steps ([`JwtSlots`], issue 17): when Sigil
+//! generated it (its marker names it) and Sentry says which algorithm it signs with
+//! ([`StepOptions::jwt`]), the prepare makes the next key and publishes its public key in the
+//! set, the activation makes it sign, and the retire drops the outgoing key's entry. The
+//! holders' wait that Sentry passes ([`StepOptions::policy`]) is then the longer of the workload
+//! TTL and `--jwt-ttl`, so relying parties have fetched the new key before it signs and the old
+//! entry stays until the old key's last token has expired.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
+use super::jwt::{self, JwtAlgorithm};
 use super::rotation::{roots_of, sentry_id_of, Automatic, RotationError, StepOptions};
 use super::schedule::Step;
 use super::{pem_of, rfc3339, store, Credentials};
@@ -45,6 +54,93 @@ pub struct Retiring {
     pub since: SystemTime,
 }
 
+/// Sentry's JWT signing key and its published set, with the journal's JWT slots.
+#[derive(Clone, Debug)]
+pub struct JwtSlots {
+    /// The key that signs (PEM).
+    pub key: Zeroizing<String>,
+    /// The published key set (JSON).
+    pub jwks: String,
+    /// The marker of a key Sigil generated: its RFC 7638 thumbprint
+    /// ([`jwt::key_thumbprint`]); Sentry rotates the key only while it names `key`.
+    pub auto: Option<String>,
+    /// The prepared key (PEM), published in `jwks` since the prepare.
+    pub next: Option<Zeroizing<String>>,
+    /// The `kid` of the outgoing key, in `jwks` until the retire.
+    pub old_kid: Option<String>,
+}
+
+impl JwtSlots {
+    /// Whether the key is Sigil's to rotate: the marker names it.
+    pub fn automatic(&self) -> bool {
+        self.auto
+            .as_deref()
+            .is_some_and(|m| jwt::key_thumbprint(&self.key).is_some_and(|own| own == m.trim()))
+    }
+
+    /// Prepares the next key for `algorithm` (if the key is Sigil's and none is prepared):
+    /// its public key goes into the set now, it signs from the activation.
+    fn prepare(&self, algorithm: Option<JwtAlgorithm>) -> Result<Self, RotationError> {
+        let Some(algorithm) = algorithm.filter(|_| self.automatic() && self.next.is_none()) else {
+            return Ok(self.clone());
+        };
+        let next = jwt::generate(algorithm)?;
+        Ok(Self {
+            jwks: jwt::set_with_key(&self.jwks, &next, algorithm)?,
+            next: Some(next),
+            ..self.clone()
+        })
+    }
+
+    /// The prepared key signs; the outgoing key's entry is kept until the retire. A key the
+    /// operator replaced since the prepare stays (the prepared one and its entry go).
+    fn activate(&self) -> Result<Self, RotationError> {
+        let Some(next) = &self.next else {
+            return Ok(self.clone());
+        };
+        if !self.automatic() {
+            let jwks = match jwt::kid_in_set(&self.jwks, next) {
+                Some(kid) => jwt::set_without_kid(&self.jwks, &kid)?,
+                None => self.jwks.clone(),
+            };
+            return Ok(Self {
+                jwks,
+                next: None,
+                ..self.clone()
+            });
+        }
+        if jwt::kid_in_set(&self.jwks, next).is_none() {
+            return Err(RotationError::Refused(
+                "the prepared JWT key is not in the published set: it cannot sign yet".into(),
+            ));
+        }
+        Ok(Self {
+            key: next.clone(),
+            jwks: self.jwks.clone(),
+            auto: jwt::key_thumbprint(next),
+            next: None,
+            old_kid: jwt::kid_in_set(&self.jwks, &self.key),
+        })
+    }
+
+    /// The outgoing key's entry leaves the set (never the signing key's).
+    fn retire(&self) -> Result<Self, RotationError> {
+        let Some(kid) = &self.old_kid else {
+            return Ok(self.clone());
+        };
+        let jwks = if jwt::kid_in_set(&self.jwks, &self.key).as_ref() == Some(kid) {
+            self.jwks.clone()
+        } else {
+            jwt::set_without_kid(&self.jwks, kid)?
+        };
+        Ok(Self {
+            jwks,
+            old_kid: None,
+            ..self.clone()
+        })
+    }
+}
+
 /// A credential set with its journal.
 #[derive(Clone, Debug)]
 pub struct Set {
@@ -61,6 +157,8 @@ pub struct Set {
     pub next: Option<Prepared>,
     /// The retiring pair.
     pub old: Option<Retiring>,
+    /// Sentry's JWT signing key, when the store holds one.
+    pub jwt: Option<JwtSlots>,
 }
 
 /// The certificates of a PEM text, DER (none if it does not read).
@@ -199,11 +297,21 @@ impl Set {
         opts: &StepOptions,
         now: SystemTime,
     ) -> Result<Self, RotationError> {
-        match step {
+        let after = match step {
             Step::Prepare => self.prepare(opts, now),
             Step::Activate => self.activate(opts, now),
             Step::Retire => self.retire(opts, now),
+        }?;
+        // A JWT key the set published before the step is published after it.
+        let published = |j: &JwtSlots| jwt::kid_in_set(&j.jwks, &j.key).is_some();
+        if let (Some(before), Some(j)) = (&self.jwt, &after.jwt) {
+            if published(before) && !published(j) {
+                return Err(RotationError::Refused(
+                    "the step would leave the JWT signing key out of the published set".into(),
+                ));
+            }
         }
+        Ok(after)
     }
 
     /// A new root and issuer, prepared: the new root published beside the old one, the old
@@ -229,8 +337,10 @@ impl Set {
             opts.generation,
         )?;
         let bundle = published(&anchors, &ders(&pem.ca));
+        let jwt = self.jwt.as_ref().map(|j| j.prepare(opts.jwt)).transpose()?;
         Ok(Self {
             ca: pem_of(&bundle),
+            jwt,
             next: Some(Prepared {
                 ca: pem.ca,
                 issuer: pem.issuer,
@@ -281,6 +391,7 @@ impl Set {
             issuer: next.issuer.clone(),
             key: next.key.clone(),
             auto,
+            jwt: self.jwt.as_ref().map(JwtSlots::activate).transpose()?,
             next: None,
             old: Some(Retiring {
                 ca: pem_of(&retiring),
@@ -305,6 +416,7 @@ impl Set {
         Ok(Self {
             ca: pem_of(&bundle),
             old: None,
+            jwt: self.jwt.as_ref().map(JwtSlots::retire).transpose()?,
             ..self.clone()
         })
     }
@@ -331,6 +443,7 @@ mod tests {
             key: pem.key,
             next: None,
             old: None,
+            jwt: None,
         }
     }
 
@@ -410,6 +523,74 @@ mod tests {
             Automatic::No,
             "a user's set never becomes Sigil's"
         );
+    }
+
+    #[test]
+    fn a_generated_jwt_key_rides_on_the_steps_and_one_replaced_by_hand_stays() {
+        use jwt::{kid_in_set, set_with_key};
+        let es = JwtAlgorithm::ES256;
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let key = jwt::generate(es).unwrap();
+        let set = Set {
+            jwt: Some(JwtSlots {
+                jwks: set_with_key(r#"{"keys":[]}"#, &key, es).unwrap(),
+                auto: jwt::key_thumbprint(&key),
+                key: key.clone(),
+                next: None,
+                old_kid: None,
+            }),
+            ..generated(t0)
+        };
+        // Without an algorithm (`sigil ca rotate`), no JWT key is prepared.
+        let by_hand = set.take(Step::Prepare, &opts(), t0).unwrap();
+        assert!(by_hand.jwt.unwrap().next.is_none());
+        let o = StepOptions {
+            jwt: Some(es),
+            ..opts()
+        };
+        let p = set.take(Step::Prepare, &o, t0).unwrap();
+        let pj = p.jwt.clone().unwrap();
+        let next = pj.next.clone().unwrap();
+        assert_eq!(pj.key, key, "the old key still signs");
+        assert!(
+            kid_in_set(&pj.jwks, &next).is_some(),
+            "published at the prepare"
+        );
+        let a = p
+            .take(Step::Activate, &o, t0 + Duration::from_secs(6))
+            .unwrap();
+        let aj = a.jwt.clone().unwrap();
+        assert_eq!((aj.key.as_str(), aj.next.is_none()), (next.as_str(), true));
+        assert!(aj.automatic(), "the marker follows");
+        assert_eq!(aj.old_kid, kid_in_set(&pj.jwks, &key));
+        assert!(
+            kid_in_set(&aj.jwks, &key).is_some(),
+            "kept until the retire"
+        );
+        let r = a
+            .take(Step::Retire, &o, t0 + Duration::from_secs(12))
+            .unwrap()
+            .jwt
+            .unwrap();
+        assert!(kid_in_set(&r.jwks, &key).is_none() && kid_in_set(&r.jwks, &next).is_some());
+        assert!(r.old_kid.is_none());
+        // A key the operator put in place after the prepare stays; the prepared one goes.
+        let mine = jwt::generate(es).unwrap();
+        let replaced = Set {
+            jwt: Some(JwtSlots {
+                key: mine.clone(),
+                jwks: set_with_key(&pj.jwks, &mine, es).unwrap(),
+                ..pj
+            }),
+            ..p
+        };
+        let kept = replaced
+            .take(Step::Activate, &o, t0 + Duration::from_secs(6))
+            .unwrap()
+            .jwt
+            .unwrap();
+        assert_eq!(kept.key, mine);
+        assert!(kept.next.is_none() && kid_in_set(&kept.jwks, &next).is_none());
     }
 
     #[test]

@@ -527,6 +527,11 @@ impl JwtKeys {
         json!({ "keys": self.jwks }).to_string()
     }
 
+    /// How many keys the set publishes.
+    pub fn published(&self) -> usize {
+        self.jwks.len()
+    }
+
     /// Whether the set has no key (an OIDC server answers 404 then, as Dapr's).
     pub fn is_empty(&self) -> bool {
         self.jwks.is_empty()
@@ -659,6 +664,85 @@ fn public_jwk(
     Ok(jwk)
 }
 
+/// The RFC 7638 thumbprint of a private key of any kind Sentry signs with (`None` if `pem`
+/// holds none): how the rotation journal marks a key Sigil generated and finds a key's entry
+/// in a set.
+pub fn key_thumbprint(pem: &str) -> Option<String> {
+    [
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+        JwtAlgorithm::RS256,
+    ]
+    .into_iter()
+    .find_map(|alg| read_key(pem, "", alg).ok())
+    .map(|pair| thumbprint(&public_members(&pair)))
+}
+
+/// The `kid` that `set` gives the key `key_pem` (its entry found by thumbprint), if it holds it.
+pub fn kid_in_set(set: &str, key_pem: &str) -> Option<String> {
+    let own = key_thumbprint(key_pem)?;
+    parse_jwks(set, "")
+        .ok()?
+        .into_iter()
+        .find(|e| entry_thumbprint(e).as_deref() == Some(own.as_str()))
+        .and_then(|e| e.get("kid").and_then(Value::as_str).map(str::to_owned))
+}
+
+/// `set` with the public key of `key_pem` added for `algorithm` (its `kid` the thumbprint),
+/// unless `set` holds that key already: the rotation journal's publication of a prepared key.
+///
+/// # Errors
+///
+/// [`JwtKeyError`]: `set` is not a key set, the key does not read, or its `kid` names another
+/// key in `set`.
+pub fn set_with_key(
+    set: &str,
+    key_pem: &str,
+    algorithm: JwtAlgorithm,
+) -> Result<String, JwtKeyError> {
+    let staged = json!({ "keys": [public_jwk(key_pem, "the prepared JWT key", algorithm, None)?] });
+    set_merged(set, &staged.to_string())
+}
+
+/// `set` with every entry of `staged` it does not hold (by thumbprint) added; an entry whose
+/// `kid` another key of `set` has is refused (a relying party could pick the wrong one).
+///
+/// # Errors
+///
+/// [`JwtKeyError::Jwks`] as above, or when either is not a key set.
+pub fn set_merged(set: &str, staged: &str) -> Result<String, JwtKeyError> {
+    let mut keys = parse_jwks(set, "the JWT key set")?;
+    for entry in parse_jwks(staged, "the staged JWT key set")? {
+        let thumb = entry_thumbprint(&entry);
+        if thumb.is_some() && keys.iter().any(|k| entry_thumbprint(k) == thumb) {
+            continue;
+        }
+        if entry.get("kid").is_some() && keys.iter().any(|k| k.get("kid") == entry.get("kid")) {
+            return Err(JwtKeyError::Jwks {
+                path: "the JWT key set".into(),
+                why: format!(
+                    "the kid {:?} of the key being published names another key already",
+                    entry.get("kid")
+                ),
+            });
+        }
+        keys.push(entry);
+    }
+    Ok(json!({ "keys": keys }).to_string())
+}
+
+/// `set` without the entry whose `kid` is `kid` (the rotation journal's retirement of a key).
+///
+/// # Errors
+///
+/// [`JwtKeyError::Jwks`] if `set` is not a key set.
+pub fn set_without_kid(set: &str, kid: &str) -> Result<String, JwtKeyError> {
+    let mut keys = parse_jwks(set, "the JWT key set")?;
+    keys.retain(|e| e.get("kid").and_then(Value::as_str) != Some(kid));
+    Ok(json!({ "keys": keys }).to_string())
+}
+
 /// What a store must write to hold a usable JWT key and set, and the keys: see [`plan`].
 pub struct Planned {
     /// The keys, checked.
@@ -750,8 +834,10 @@ pub fn plan(
 }
 
 /// Loads the JWT key and its set from `paths`, making what is missing ([`plan`]); call it
-/// under the credential store's lock. Returns the keys, whether a key was generated, and the
-/// [`text_fingerprint`] of the key and set they came from (a reload's baseline).
+/// under the credential store's lock. A generated key is marked for the rotation journal:
+/// `marker` (if given) gets its [`key_thumbprint`], written between the set and the key. Returns
+/// the keys, whether a key was generated, and the [`text_fingerprint`] of the key and set they
+/// came from (a reload's baseline).
 ///
 /// # Errors
 ///
@@ -760,6 +846,7 @@ pub fn load_or_generate(
     paths: &JwtKeyPaths,
     algorithm: JwtAlgorithm,
     key_id: Option<&str>,
+    marker: Option<&Path>,
 ) -> Result<(JwtKeys, bool, Vec<u8>), JwtKeyError> {
     let io = |p: &Path, e: std::io::Error| JwtKeyError::Io(format!("{}: {e}", p.display()));
     let read = |p: &Path| match std::fs::read_to_string(p) {
@@ -797,6 +884,10 @@ pub fn load_or_generate(
         write(&paths.jwks, set, 0o644, had_set && planned.generated)?;
     }
     if let Some(key) = &planned.write_key {
+        if let Some(m) = marker {
+            let thumb = key_thumbprint(key).unwrap_or_default();
+            write(m, &thumb, 0o644, true)?;
+        }
         write(&paths.key, key, 0o600, false)?;
     }
     Ok((planned.keys, planned.generated, fingerprint))
@@ -844,7 +935,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let p = paths(dir.path());
-            let (keys, generated, _) = load_or_generate(&p, alg, None).unwrap();
+            let (keys, generated, _) = load_or_generate(&p, alg, None, None).unwrap();
             assert!(generated);
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&p.key).unwrap().permissions().mode() & 0o777;
@@ -878,7 +969,7 @@ mod tests {
             assert!(verified.is_ok(), "{alg:?}: {verified:?}");
             assert!(!sig.is_empty());
             // Loaded again: the same key and kid, nothing generated.
-            let (again, generated, _) = load_or_generate(&p, alg, None).unwrap();
+            let (again, generated, _) = load_or_generate(&p, alg, None, None).unwrap();
             assert!(!generated);
             assert_eq!(again.kid(), keys.kid());
         }
@@ -888,10 +979,10 @@ mod tests {
     fn a_key_is_never_overwritten_and_a_missing_set_is_derived() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap();
         let key_before = std::fs::read(&p.key).unwrap();
         std::fs::remove_file(&p.jwks).unwrap();
-        let (again, generated, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (again, generated, _) = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap();
         assert!(!generated, "the set is derived, the key kept");
         assert_eq!(std::fs::read(&p.key).unwrap(), key_before);
         assert_eq!(again.kid(), keys.kid());
@@ -904,13 +995,13 @@ mod tests {
     fn a_set_without_the_signing_key_and_wrong_key_types_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap();
         let other = tempfile::tempdir().unwrap();
         let q = paths(other.path());
-        load_or_generate(&q, JwtAlgorithm::ES256, None).unwrap();
+        load_or_generate(&q, JwtAlgorithm::ES256, None, None).unwrap();
         // Another key's set.
         std::fs::copy(&q.jwks, &p.jwks).unwrap();
-        let e = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap_err();
+        let e = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap_err();
         assert!(matches!(e, JwtKeyError::NotPublished { .. }), "{e}");
         // A P-256 key for ES384 or RS256.
         std::fs::remove_file(&p.jwks).unwrap();
@@ -919,12 +1010,12 @@ mod tests {
             JwtAlgorithm::RS256,
             JwtAlgorithm::EdDSA,
         ] {
-            let e = load_or_generate(&p, alg, None).unwrap_err();
+            let e = load_or_generate(&p, alg, None, None).unwrap_err();
             assert!(matches!(e, JwtKeyError::Mismatch { .. }), "{alg:?}: {e}");
         }
         // Not JSON, not a set.
         std::fs::write(&p.jwks, "{\"keys\": 3}").unwrap();
-        let e = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap_err();
+        let e = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap_err();
         assert!(matches!(e, JwtKeyError::Jwks { .. }), "{e}");
         assert!("ES512".parse::<JwtAlgorithm>().is_err());
         assert!("rs256".parse::<JwtAlgorithm>().is_err());
@@ -934,9 +1025,10 @@ mod tests {
     fn a_regenerated_key_replaces_its_kid_and_a_kid_less_entry_is_served_with_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (first, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        let (first, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k"), None).unwrap();
         std::fs::remove_file(&p.key).unwrap();
-        let (second, generated, _) = load_or_generate(&p, JwtAlgorithm::ES256, Some("k")).unwrap();
+        let (second, generated, _) =
+            load_or_generate(&p, JwtAlgorithm::ES256, Some("k"), None).unwrap();
         assert!(generated);
         assert_eq!(second.kid(), first.kid());
         assert_eq!(second.jwks_json().matches("\"kid\":\"k\"").count(), 1);
@@ -945,7 +1037,7 @@ mod tests {
         let mut set: Value = serde_json::from_str(&text).unwrap();
         set["keys"][0].as_object_mut().unwrap().remove("kid");
         std::fs::write(&p.jwks, set.to_string()).unwrap();
-        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap();
         assert!(keys
             .jwks_json()
             .contains(&format!("\"kid\":\"{}\"", keys.kid())));
@@ -955,7 +1047,7 @@ mod tests {
         twin["x"] = json!("AAAA");
         set["keys"].as_array_mut().unwrap().push(twin);
         std::fs::write(&p.jwks, set.to_string()).unwrap();
-        let e = load_or_generate(&p, JwtAlgorithm::ES256, None).unwrap_err();
+        let e = load_or_generate(&p, JwtAlgorithm::ES256, None, None).unwrap_err();
         assert!(matches!(e, JwtKeyError::Jwks { .. }), "{e}");
     }
 
@@ -971,21 +1063,21 @@ mod tests {
         assert!(out.status.success());
         std::fs::write(&p.key, &out.stdout).unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("EC PRIVATE KEY"));
-        let e = load_or_generate(&p, JwtAlgorithm::ES384, None).unwrap_err();
+        let e = load_or_generate(&p, JwtAlgorithm::ES384, None, None).unwrap_err();
         assert!(matches!(e, JwtKeyError::Mismatch { .. }), "{e}");
-        assert!(load_or_generate(&p, JwtAlgorithm::ES256, None).is_ok());
+        assert!(load_or_generate(&p, JwtAlgorithm::ES256, None, None).is_ok());
     }
 
     #[test]
     fn key_ids_come_from_the_flag_or_the_set_and_must_agree() {
         let dir = tempfile::tempdir().unwrap();
         let p = paths(dir.path());
-        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k1")).unwrap();
+        let (keys, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k1"), None).unwrap();
         assert_eq!(keys.kid(), "k1");
         assert!(keys.jwks_json().contains("\"kid\":\"k1\""));
-        let (again, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, None).unwrap();
+        let (again, _, _) = load_or_generate(&p, JwtAlgorithm::EdDSA, None, None).unwrap();
         assert_eq!(again.kid(), "k1", "the set's kid");
-        let e = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k2")).unwrap_err();
+        let e = load_or_generate(&p, JwtAlgorithm::EdDSA, Some("k2"), None).unwrap_err();
         assert!(matches!(e, JwtKeyError::KeyId { .. }), "{e}");
     }
 }

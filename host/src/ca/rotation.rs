@@ -53,7 +53,7 @@ use sigil_core::cert::Certificate;
 
 use zeroize::Zeroizing;
 
-use super::journal::{self, ders, Prepared, Retiring, Set};
+use super::journal::{self, ders, JwtSlots, Prepared, Retiring, Set};
 use super::schedule::{self, Pair, Policy, Step};
 use super::store::{self, StoreError, StoreLock, StorePaths, AUTO};
 use super::{pem_of, system_time, CredentialsError, Generation};
@@ -74,6 +74,11 @@ const OUTGOING_CA: &str = "outgoing-ca.crt";
 const OUTGOING_ISSUER: &str = "outgoing-issuer.crt";
 /// The issuer that was active when a pair was prepared.
 const PREPARED_FOR: &str = "prepared-for.crt";
+/// In `.sigil-next/`: the prepared JWT key (0600) and the set that publishes it.
+const JWT_KEY: &str = "jwt.key";
+const JWT_SET: &str = "jwks.json";
+/// In `.sigil-next/` (noted at the activation) then `.sigil-old/`: the outgoing JWT key's kid.
+const JWT_OLD_KID: &str = "jwt.kid";
 
 /// Why a rotation step failed or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,9 @@ pub enum RotationError {
     /// Making the new pair failed.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    /// The JWT key or its set could not be rotated.
+    #[error("the JWT signing key: {0}")]
+    Jwt(#[from] super::jwt::JwtKeyError),
     /// A crash test stopped the step here (see [`CrashPoint`]); the directory is as a crash
     /// would leave it.
     #[error("stopped at {0} for a crash test")]
@@ -168,6 +176,10 @@ pub struct StepOptions {
     pub force: bool,
     /// Stop inside a step, for crash tests.
     pub crash: Option<CrashPoint>,
+    /// The algorithm Sentry signs JWT-SVIDs with, when it rotates a JWT key Sigil generated
+    /// along with the CA (`None`: a JWT key is not prepared; one prepared already is still
+    /// activated and retired).
+    pub jwt: Option<super::jwt::JwtAlgorithm>,
 }
 
 /// Whether the credentials are rotated automatically.
@@ -417,7 +429,13 @@ pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError>
 /// again) by [`recover`]; never a published root with an older stamp, which would let the
 /// activation come before holders could learn it.
 fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), RotationError> {
-    stamp(&paths.dir.join(NEXT), now)?;
+    let next = paths.dir.join(NEXT);
+    stamp(&next, now)?;
+    // A prepared JWT key is published with the root (merged: idempotent), before it.
+    if let Ok(staged) = fs::read_to_string(next.join(JWT_SET)) {
+        let set = super::jwt::set_merged(&read_text(&paths.jwks)?, &staged)?;
+        write(&paths.jwks, set.as_bytes(), 0o644)?;
+    }
     let bundle = journal::published(&ders(&read_text(&paths.ca)?), root);
     write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)
 }
@@ -469,8 +487,27 @@ fn read_set(paths: &StorePaths) -> Result<Set, RotationError> {
         issuer: read_text(&paths.issuer_cert)?,
         key: Zeroizing::new(read_text(&paths.issuer_key)?),
         auto: fs::read_to_string(paths.dir.join(AUTO)).ok(),
+        jwt: read_jwt(paths, prepared.is_some(), retiring.is_some()),
         next: prepared,
         old: retiring,
+    })
+}
+
+/// The JWT key and set with their slots, when the directory holds both (a prepared key only
+/// in a prepared slot, an outgoing kid only in an old one).
+fn read_jwt(paths: &StorePaths, prepared: bool, retiring: bool) -> Option<JwtSlots> {
+    let read = |p: &Path| fs::read_to_string(p).ok();
+    Some(JwtSlots {
+        key: Zeroizing::new(read(&paths.jwt_key)?),
+        jwks: read(&paths.jwks)?,
+        auto: read(&paths.jwt_marker()),
+        next: prepared
+            .then(|| read(&paths.dir.join(NEXT).join(JWT_KEY)))
+            .flatten()
+            .map(Zeroizing::new),
+        old_kid: retiring
+            .then(|| read(&paths.dir.join(OLD).join(JWT_OLD_KID)))
+            .flatten(),
     })
 }
 
@@ -496,6 +533,12 @@ fn prepare(
         pair.prepared_for.as_bytes(),
         0o644,
     )?;
+    if let Some(jwt) = &set.jwt {
+        if let Some(key) = &jwt.next {
+            write(&next.join(JWT_KEY), key.as_bytes(), 0o600)?;
+            write(&next.join(JWT_SET), jwt.jwks.as_bytes(), 0o644)?;
+        }
+    }
     sync_dir(&next)?;
     sync_dir(&paths.dir)?;
     crash(opts, CrashPoint::PrepareStaged)?;
@@ -532,6 +575,26 @@ fn activate(
     let set = read_set(paths)?.take(Step::Activate, opts, now)?;
     let outgoing = set.old.as_ref().ok_or_else(|| missing("old"))?;
     let next = paths.dir.join(NEXT);
+    let staged_jwt = next.join(JWT_KEY);
+    if staged_jwt.exists() {
+        let staged = Zeroizing::new(read_text(&staged_jwt)?);
+        match &set.jwt {
+            // The prepared JWT key signs from the commit on; the outgoing one's kid is noted.
+            Some(jwt) if jwt.key.as_str() == staged.as_str() => {
+                if let Some(kid) = &jwt.old_kid {
+                    write(&next.join(JWT_OLD_KID), kid.as_bytes(), 0o644)?;
+                }
+            }
+            // The operator replaced (or removed) the JWT key since the prepare: theirs
+            // stays; the prepared key and its entry go.
+            jwt => {
+                if let Some(jwt) = jwt {
+                    write(&paths.jwks, jwt.jwks.as_bytes(), 0o644)?;
+                }
+                fs::remove_file(&staged_jwt).map_err(io(&staged_jwt))?;
+            }
+        }
+    }
     write(&next.join(OUTGOING_CA), outgoing.ca.as_bytes(), 0o644)?;
     write(
         &next.join(OUTGOING_ISSUER),
@@ -567,6 +630,15 @@ fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(),
             read_text(&activating.join(OUTGOING_ISSUER))?.as_bytes(),
             0o644,
         )?;
+        if let Ok(kid) = fs::read_to_string(activating.join(JWT_OLD_KID)) {
+            write(&old.join(JWT_OLD_KID), kid.as_bytes(), 0o644)?;
+        }
+    }
+    // The prepared JWT key signs (its marker first, so the key is never unmarked).
+    if let Ok(jwt_key) = fs::read_to_string(activating.join(JWT_KEY)).map(Zeroizing::new) {
+        let thumb = super::jwt::key_thumbprint(&jwt_key).unwrap_or_default();
+        write(&paths.jwt_marker(), thumb.as_bytes(), 0o644)?;
+        write(&paths.jwt_key, jwt_key.as_bytes(), 0o600)?;
     }
     let issuer = read_text(&activating.join("issuer.crt"))?;
     // The marker follows the issuer only if it followed the outgoing one: credentials the
@@ -603,6 +675,7 @@ fn finish_activation(paths: &StorePaths, now: SystemTime) -> Result<(), Rotation
         generation: Generation::default(),
         force: true,
         crash: None,
+        jwt: None,
     };
     finish(paths, &opts, now)
 }
@@ -613,6 +686,10 @@ fn retire(
     now: SystemTime,
 ) -> Result<String, RotationError> {
     let set = read_set(paths)?.take(Step::Retire, opts, now)?;
+    // The outgoing JWT key's entry first: a kill before `ca.crt` is written retires again.
+    if let Some(jwt) = &set.jwt {
+        write(&paths.jwks, jwt.jwks.as_bytes(), 0o644)?;
+    }
     write(&paths.ca, set.ca.as_bytes(), 0o644)?;
     crash(opts, CrashPoint::RetirePublished)?;
     remove_dir(&paths.dir.join(OLD))?;
@@ -737,6 +814,7 @@ pub(crate) mod tests {
             },
             force: false,
             crash,
+            jwt: None,
         }
     }
 
@@ -869,6 +947,166 @@ pub(crate) mod tests {
                 "{point}: {steps:?}"
             );
         }
+    }
+
+    /// A JWT key and set for `paths` (ES256), marked as Sigil's when `marked`.
+    fn jwt_key(paths: &StorePaths, marked: bool) {
+        let names = crate::ca::jwt::JwtKeyPaths {
+            key: paths.jwt_key.clone(),
+            jwks: paths.jwks.clone(),
+        };
+        let marker = paths.jwt_marker();
+        crate::ca::jwt::load_or_generate(
+            &names,
+            crate::ca::jwt::JwtAlgorithm::ES256,
+            None,
+            marked.then_some(marker.as_path()),
+        )
+        .unwrap();
+    }
+
+    /// One JWT key as [`JwtHistory`] saw it.
+    struct Seen {
+        key: String,
+        published: SystemTime,
+        first_signed: Option<SystemTime>,
+        last_signed: Option<SystemTime>,
+        left: bool,
+    }
+
+    /// The JWT key's history as the journal runs, checked at every look: the key that signs is
+    /// in the set; a key signs only once it has been in the set for a holder's TTL (the first
+    /// excepted); a key leaves the set only a TTL after it last signed, and never comes back.
+    #[derive(Default)]
+    struct JwtHistory {
+        keys: Vec<Seen>,
+    }
+
+    impl JwtHistory {
+        fn look(&mut self, paths: &StorePaths, now: SystemTime, ttl: Duration, what: &str) {
+            use crate::ca::jwt::kid_in_set;
+            let set = fs::read_to_string(&paths.jwks).unwrap();
+            let signing = fs::read_to_string(&paths.jwt_key).unwrap();
+            let staged = fs::read_to_string(paths.dir.join(NEXT).join(JWT_KEY)).ok();
+            for k in [Some(signing.clone()), staged].into_iter().flatten() {
+                if kid_in_set(&set, &k).is_some() && !self.keys.iter().any(|e| e.key == k) {
+                    self.keys.push(Seen {
+                        key: k,
+                        published: now,
+                        first_signed: None,
+                        last_signed: None,
+                        left: false,
+                    });
+                }
+            }
+            let first = self.keys.first().map(|e| e.key.clone());
+            for seen in &mut self.keys {
+                let in_set = kid_in_set(&set, &seen.key).is_some();
+                if seen.key == signing {
+                    assert!(in_set, "{what}: the signing key is not in the set");
+                    if seen.first_signed.is_none() && first.as_ref() != Some(&seen.key) {
+                        assert!(
+                            now >= seen.published + ttl,
+                            "{what}: a key signs {:?} after it was published",
+                            now.duration_since(seen.published)
+                        );
+                    }
+                    seen.first_signed.get_or_insert(now);
+                    seen.last_signed = Some(now);
+                }
+                if in_set {
+                    assert!(!seen.left, "{what}: a retired key came back");
+                } else {
+                    if let Some(last) = seen.last_signed {
+                        assert!(
+                            now >= last + ttl,
+                            "{what}: a key left the set {:?} after it last signed",
+                            now.duration_since(last)
+                        );
+                    }
+                    seen.left = true;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_generated_jwt_key_rotates_with_the_ca_published_first_and_retired_last_across_crashes() {
+        let points = std::iter::once(None).chain(CrashPoint::ALL.into_iter().map(Some));
+        for point in points {
+            let what = point.map_or_else(|| "no crash".to_owned(), |p| p.to_string());
+            let t = tempfile::tempdir().unwrap();
+            let paths = StorePaths::in_dir(t.path());
+            let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+            start(&paths, Rotation::Automatic, t0);
+            jwt_key(&paths, true);
+            let with_jwt = |crash| StepOptions {
+                jwt: Some(crate::ca::jwt::JwtAlgorithm::ES256),
+                ..opts(crash)
+            };
+            let ttl = opts(None).policy.workload_ttl;
+            let mut history = JwtHistory::default();
+            let mut crashed = false;
+            for s in 0..150 {
+                let now = t0 + Duration::from_secs(s);
+                loop {
+                    let crash = if crashed { None } else { point };
+                    match run_due(&paths, &with_jwt(crash), || now) {
+                        Ok(tick) if tick.done.is_some() => {}
+                        Ok(_) => break,
+                        // As a kill -9 there: the next look (a restart) recovers.
+                        Err(RotationError::Interrupted(_)) => {
+                            crashed = true;
+                            history.look(&paths, now, ttl, &what);
+                        }
+                        Err(e) => panic!("{what}: {e}"),
+                    }
+                    history.look(&paths, now, ttl, &what);
+                }
+                history.look(&paths, now, ttl, &what);
+            }
+            assert!(point.is_none() || crashed, "{what} never reached");
+            let signed = history
+                .keys
+                .iter()
+                .filter(|e| e.first_signed.is_some())
+                .count();
+            assert!(signed >= 4, "{what}: {signed} keys signed in 150 s");
+            let set = fs::read_to_string(&paths.jwks).unwrap();
+            let published = history
+                .keys
+                .iter()
+                .filter(|e| crate::ca::jwt::kid_in_set(&set, &e.key).is_some())
+                .count();
+            assert!(published <= 2, "{what}: {published} keys still published");
+        }
+    }
+
+    #[test]
+    fn a_jwt_key_the_user_brought_is_never_rotated() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = StorePaths::in_dir(t.path());
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        start(&paths, Rotation::Automatic, t0);
+        jwt_key(&paths, false);
+        let (key, set) = (
+            fs::read_to_string(&paths.jwt_key).unwrap(),
+            fs::read_to_string(&paths.jwks).unwrap(),
+        );
+        let o = StepOptions {
+            jwt: Some(crate::ca::jwt::JwtAlgorithm::ES256),
+            ..opts(None)
+        };
+        let mut activations = 0;
+        for s in 0..100 {
+            let now = t0 + Duration::from_secs(s);
+            while let Some((step, _)) = run_due(&paths, &o, || now).unwrap().done {
+                activations += usize::from(step == Step::Activate);
+            }
+        }
+        assert!(activations >= 2, "the CA rotated");
+        assert_eq!(fs::read_to_string(&paths.jwt_key).unwrap(), key);
+        assert_eq!(fs::read_to_string(&paths.jwks).unwrap(), set);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use kube::api::{Api, PostParams};
 use kube_runtime::{watcher, WatchStreamExt as _};
 use zeroize::Zeroizing;
 
-use super::journal::{self, Prepared, Retiring, Set};
+use super::journal::{self, JwtSlots, Prepared, Retiring, Set};
 use super::rotation::{Automatic, CrashPoint, RotationError, StepOptions, Tick};
 use super::schedule::Step;
 use super::store::Origin;
@@ -149,6 +149,11 @@ const OLD_PREFIX: &str = "sigil.old.";
 pub const AUTO_KEY: &str = "sigil.auto";
 const SINCE: &str = "since";
 const PREPARED_FOR: &str = "prepared-for.crt";
+/// The marker of a JWT key Sigil generated (its thumbprint; see [`journal::JwtSlots`]).
+pub const JWT_AUTO_KEY: &str = "sigil.jwt.auto";
+/// The prepared JWT key (`sigil.next.` + this) and the outgoing one's kid (`sigil.old.` + this).
+const JWT_NEXT: &str = "jwt.key";
+const JWT_OLD_KID: &str = "jwt.kid";
 
 /// What the Secret holds.
 enum Contents {
@@ -216,6 +221,7 @@ fn contents_of(secret: Secret, namespace: &str) -> Result<Contents, SecretStoreE
             auto: text(&data, AUTO_KEY),
             next: prepared_of(&data),
             old: retiring_of(&data),
+            jwt: jwt_slots_of(&data),
         }))),
         [None, None, None] => Ok(Contents::Empty(Box::new(Secret {
             data: Some(data),
@@ -255,9 +261,26 @@ fn retiring_of(data: &BTreeMap<String, ByteString>) -> Option<Retiring> {
     })
 }
 
+/// The JWT key and set (Dapr's `jwt.key`, `jwks.json`) with the journal's JWT keys, when the
+/// Secret holds both.
+fn jwt_slots_of(data: &BTreeMap<String, ByteString>) -> Option<JwtSlots> {
+    Some(JwtSlots {
+        key: Zeroizing::new(text(data, JWT_KEY_KEY)?),
+        jwks: text(data, JWKS_KEY)?,
+        auto: text(data, JWT_AUTO_KEY),
+        next: text(data, &format!("{NEXT_PREFIX}{JWT_NEXT}")).map(Zeroizing::new),
+        old_kid: text(data, &format!("{OLD_PREFIX}{JWT_OLD_KID}")),
+    })
+}
+
 /// `data` holding `set`: Dapr's three keys and the journal's, other keys kept as they are.
 fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String, ByteString> {
-    data.retain(|k, _| !k.starts_with(NEXT_PREFIX) && !k.starts_with(OLD_PREFIX) && k != AUTO_KEY);
+    data.retain(|k, _| {
+        !k.starts_with(NEXT_PREFIX)
+            && !k.starts_with(OLD_PREFIX)
+            && k != AUTO_KEY
+            && k != JWT_AUTO_KEY
+    });
     let mut put = |k: String, v: &str| {
         data.insert(k, ByteString(v.as_bytes().to_vec()));
     };
@@ -276,6 +299,19 @@ fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String
             format!("{NEXT_PREFIX}{SINCE}"),
             &journal::stamp_text(p.since),
         );
+    }
+    if let Some(j) = &set.jwt {
+        put(JWT_KEY_KEY.to_owned(), &j.key);
+        put(JWKS_KEY.to_owned(), &j.jwks);
+        if let Some(auto) = &j.auto {
+            put(JWT_AUTO_KEY.to_owned(), auto);
+        }
+        if let Some(next) = &j.next {
+            put(format!("{NEXT_PREFIX}{JWT_NEXT}"), next);
+        }
+        if let Some(kid) = &j.old_kid {
+            put(format!("{OLD_PREFIX}{JWT_OLD_KID}"), kid);
+        }
     }
     if let Some(o) = &set.old {
         put(format!("{OLD_PREFIX}{CA_KEY}"), &o.ca);
@@ -391,6 +427,7 @@ impl SecretStore {
                 key: pem.key,
                 next: None,
                 old: None,
+                jwt: None,
             };
             let written = match empty {
                 None => self
@@ -560,6 +597,12 @@ impl SecretStore {
             if let Err(e) = self.publish_anchors(creds.anchors_pem()).await {
                 tracing::warn!(error = %e, "publishing the rotated trust bundle in the ConfigMap; every Sentry's watch retries, and the next look restamps a prepared root it lacks");
             }
+            // And the JWT key set (every Sentry's JWT reload publishes it again at each look).
+            if let Some(j) = after.jwt.as_ref().filter(|_| step.is_some()) {
+                if let Err(e) = self.publish_jwks(&j.jwks).await {
+                    tracing::warn!(error = %e, "publishing the rotated JWT key set in the ConfigMap (retried at the next look)");
+                }
+            }
             let journal = after.journal();
             let next = journal.next(&opts.policy);
             let done = step.map(|step| {
@@ -612,10 +655,7 @@ impl SecretStore {
         algorithm: super::jwt::JwtAlgorithm,
         key_id: Option<&str>,
     ) -> Result<(super::jwt::JwtKeys, bool, Vec<u8>), SecretStoreError> {
-        let names = super::jwt::JwtKeyPaths {
-            key: format!("Secret {}/{TRUST_BUNDLE} key {JWT_KEY_KEY}", self.namespace).into(),
-            jwks: format!("Secret {}/{TRUST_BUNDLE} key {JWKS_KEY}", self.namespace).into(),
-        };
+        let names = self.jwt_names();
         for _ in 0..RACE_RETRIES {
             let secret = self
                 .secrets
@@ -660,6 +700,14 @@ impl SecretStore {
             if let Some(set) = &planned.write_set {
                 d.insert(JWKS_KEY.to_owned(), ByteString(set.as_bytes().to_vec()));
             }
+            // A generated key is marked for the rotation journal (see [`JwtSlots`]).
+            if let Some(thumb) = planned
+                .write_key
+                .as_deref()
+                .and_then(|k| super::jwt::key_thumbprint(k))
+            {
+                d.insert(JWT_AUTO_KEY.to_owned(), ByteString(thumb.into_bytes()));
+            }
             match self
                 .secrets
                 .replace(TRUST_BUNDLE, &PostParams::default(), &updated)
@@ -681,6 +729,14 @@ impl SecretStore {
         Err(SecretStoreError::Contended {
             namespace: self.namespace.clone(),
         })
+    }
+
+    /// The Secret's JWT key and set named as errors name them.
+    pub fn jwt_names(&self) -> super::jwt::JwtKeyPaths {
+        super::jwt::JwtKeyPaths {
+            key: format!("Secret {}/{TRUST_BUNDLE} key {JWT_KEY_KEY}", self.namespace).into(),
+            jwks: format!("Secret {}/{TRUST_BUNDLE} key {JWKS_KEY}", self.namespace).into(),
+        }
     }
 
     /// The Secret's JWT key and set as they are now (for the reload's comparison).
@@ -985,6 +1041,13 @@ mod tests {
                 issuer: "old issuer".into(),
                 since: UNIX_EPOCH + Duration::from_secs(1_700_000_001),
             }),
+            jwt: Some(JwtSlots {
+                key: Zeroizing::new("jwt key".into()),
+                jwks: "{\"keys\":[]}".into(),
+                auto: Some("thumb".into()),
+                next: Some(Zeroizing::new("next jwt key".into())),
+                old_kid: Some("old kid".into()),
+            }),
         };
         let s = secret_of(&set, Some("42".into()));
         assert_eq!(s.metadata.name.as_deref(), Some(TRUST_BUNDLE));
@@ -999,6 +1062,23 @@ mod tests {
                 assert_eq!(
                     (o.issuer.as_str(), o.since),
                     ("old issuer", set.old.unwrap().since)
+                );
+                let j = back.jwt.unwrap();
+                assert_eq!(
+                    (
+                        j.key.as_str(),
+                        j.jwks.as_str(),
+                        j.auto.as_deref(),
+                        j.next.as_deref().map(String::as_str),
+                        j.old_kid.as_deref()
+                    ),
+                    (
+                        "jwt key",
+                        "{\"keys\":[]}",
+                        Some("thumb"),
+                        Some("next jwt key"),
+                        Some("old kid")
+                    )
                 );
             }
             _ => panic!("round trip"),

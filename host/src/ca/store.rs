@@ -33,6 +33,9 @@ const MARKER: &str = ".sigil-generated";
 const STAGED: &str = ".sigil-new";
 /// The automatic-rotation marker (see [`super::rotation`]).
 pub const AUTO: &str = ".sigil-auto";
+/// The marker of a JWT signing key Sigil generated: its RFC 7638 thumbprint (see
+/// [`super::journal::JwtSlots`]).
+pub const JWT_AUTO: &str = ".sigil-jwt-auto";
 
 /// The store's exclusive lock (`<dir>/.sigil-sentry.lock`), held until dropped: generation,
 /// recovery and every rotation step run under it, so Sentrys sharing a directory (and
@@ -152,6 +155,11 @@ pub struct StorePaths {
     pub issuer_cert: PathBuf,
     /// The issuer key (`issuer.key`).
     pub issuer_key: PathBuf,
+    /// Sentry's JWT signing key (`jwt.key`; `--jwt-key-filename`), rotated with the CA when
+    /// Sigil generated it.
+    pub jwt_key: PathBuf,
+    /// The JWT key set (`jwks.json`; `--jwks-filename`).
+    pub jwks: PathBuf,
 }
 
 impl StorePaths {
@@ -162,7 +170,25 @@ impl StorePaths {
             ca: dir.join(ca),
             issuer_cert: dir.join(issuer_cert),
             issuer_key: dir.join(issuer_key),
+            jwt_key: dir.join("jwt.key"),
+            jwks: dir.join("jwks.json"),
         }
+    }
+
+    /// The same paths with the JWT key and set named `key` and `jwks` (an absolute name is
+    /// used as it is).
+    #[must_use]
+    pub fn with_jwt(self, key: &str, jwks: &str) -> Self {
+        Self {
+            jwt_key: self.dir.join(key),
+            jwks: self.dir.join(jwks),
+            ..self
+        }
+    }
+
+    /// The marker of a JWT key Sigil generated ([`JWT_AUTO`]).
+    pub fn jwt_marker(&self) -> PathBuf {
+        self.dir.join(JWT_AUTO)
     }
 
     /// Dapr's default names in `dir`.

@@ -414,6 +414,7 @@ mod tests {
             generation: Generation::default(),
             force: false,
             crash: None,
+            jwt: None,
         };
         let refused = |r: Result<String, CaError>| {
             matches!(r, Err(CaError::Rotation(RotationError::Refused(_))))

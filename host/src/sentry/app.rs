@@ -279,10 +279,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     // Kubernetes mode keeps the credentials in the Secret, as Dapr does, unless the operator
     // points Sentry at files (a mounted Secret, say) with --issuer-credentials.
-    let policy = crate::ca::schedule::Policy {
-        workload_ttl: settings.ttl,
-        skew: settings.skew,
-    };
+    let policy = settings.rotation_policy();
     let rotatable = |life: std::time::Duration| {
         crate::ca::schedule::check(life, &policy)
             .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))
@@ -374,6 +371,10 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 &opts.cert_filename,
                 &opts.key_filename,
             );
+            let paths = match &opts.jwt {
+                Some(j) => paths.with_jwt(&j.key_filename, &j.jwks_filename),
+                None => paths,
+            };
             // What Sentry would generate (and then rotate) is checked before anything is
             // written.
             if [&paths.ca, &paths.issuer_cert, &paths.issuer_key]
@@ -411,7 +412,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                     keys.algorithm().as_str(),
                     keys.kid(),
                     if generated { "generated" } else { "loaded" },
-                    jwt_paths(&paths, j).key.display(),
+                    jwt_paths(&paths).key.display(),
                     humantime::format_duration(j.ttl),
                     j.issuer
                         .as_ref()
@@ -419,7 +420,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
                 ));
                 jwt_keys = Some(keys);
                 if let Some(js) = settings.jwt.as_mut() {
-                    let jp = jwt_paths(&paths, j);
+                    let jp = jwt_paths(&paths);
                     js.files = Some(super::JwtFiles {
                         loaded,
                         paths: jp,
@@ -559,10 +560,10 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
 
 /// Where the JWT key and its set are: a relative name is in the credentials directory (Dapr
 /// ignores a relative name and uses its default silently).
-pub fn jwt_paths(paths: &StorePaths, j: &JwtOptions) -> crate::ca::jwt::JwtKeyPaths {
+pub fn jwt_paths(paths: &StorePaths) -> crate::ca::jwt::JwtKeyPaths {
     crate::ca::jwt::JwtKeyPaths {
-        key: paths.dir.join(&j.key_filename),
-        jwks: paths.dir.join(&j.jwks_filename),
+        key: paths.jwt_key.clone(),
+        jwks: paths.jwks.clone(),
     }
 }
 
@@ -575,9 +576,10 @@ async fn load_jwt_keys(
     tokio::task::spawn_blocking(move || {
         let _lock = store::StoreLock::acquire(&paths)?;
         let keys = crate::ca::jwt::load_or_generate(
-            &jwt_paths(&paths, &j),
+            &jwt_paths(&paths),
             j.algorithm,
             j.key_id.as_deref(),
+            Some(&paths.jwt_marker()),
         )?;
         anyhow::Ok(keys)
     })

@@ -155,6 +155,30 @@ impl Settings {
         crate::dapr::sentry_id(&self.trust_domain, &self.namespace)
     }
 
+    /// The holders' timing the CA rotation waits for: the workload TTL and the skew, the TTL
+    /// lengthened to `--jwt-ttl` when JWT-SVIDs are on (the JWT key rotates with the CA: relying
+    /// parties need the new key before it signs, and the old one until its last token expired).
+    pub fn rotation_policy(&self) -> crate::ca::schedule::Policy {
+        crate::ca::schedule::Policy {
+            workload_ttl: self
+                .ttl
+                .max(self.jwt.as_ref().map_or(Duration::ZERO, |j| j.ttl)),
+            skew: self.skew,
+        }
+    }
+
+    /// The algorithm of the JWT key Sentry rotates with the CA (a key Sigil generated is
+    /// rotated only then): JWT-SVIDs on and no `--jwt-key-id` (a fixed kid cannot name two
+    /// keys).
+    pub fn jwt_rotation(&self) -> Option<crate::ca::jwt::JwtAlgorithm> {
+        let j = self.jwt.as_ref()?;
+        match (&j.files, &j.secret) {
+            (Some(f), _) => f.key_id.is_none().then_some(f.algorithm),
+            (None, Some((algorithm, key_id, _))) => key_id.is_none().then_some(*algorithm),
+            (None, None) => None,
+        }
+    }
+
     /// DNS names on Sentry's serving certificate, beside its SPIFFE ID, for clients that check
     /// a host name (Dapr's own clients check the SPIFFE ID only).
     pub fn serving_dns(&self) -> Vec<String> {

@@ -172,7 +172,7 @@ pub fn swap_if_changed(sentry: &Sentry, creds: Credentials, why: &'static str) -
 pub const JWT_POLL: Duration = Duration::from_secs(1);
 
 /// The JWT key file and set file as text (`None` for a missing or unreadable one).
-fn jwt_file_texts(
+pub fn jwt_file_texts(
     paths: &crate::ca::jwt::JwtKeyPaths,
 ) -> (Option<zeroize::Zeroizing<String>>, Option<String>) {
     (
@@ -267,18 +267,7 @@ pub async fn watch_jwt_secret(
 ) {
     tokio::pin!(stopped);
     let mut last = loaded;
-    let names = crate::ca::jwt::JwtKeyPaths {
-        key: format!(
-            "Secret {}/dapr-trust-bundle key jwt.key",
-            secrets.namespace()
-        )
-        .into(),
-        jwks: format!(
-            "Secret {}/dapr-trust-bundle key jwks.json",
-            secrets.namespace()
-        )
-        .into(),
-    };
+    let names = secrets.jwt_names();
     loop {
         tokio::select! {
             () = &mut stopped => return,

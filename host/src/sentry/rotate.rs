@@ -21,7 +21,6 @@ use super::Sentry;
 use crate::ca::rotation::{
     self, Automatic, CrashPoint, RotationError, StepOptions, Tick, WARN_BEFORE,
 };
-use crate::ca::schedule::Policy;
 use crate::ca::secret_store::{SecretStore, SecretStoreError};
 use crate::ca::store::StorePaths;
 
@@ -107,6 +106,41 @@ impl Journaled {
         }
     }
 
+    /// Installs the store's JWT key and set at once after the journal moved (the JWT reload
+    /// would within its poll; a step moves the key, so the one in use follows now). A pair
+    /// that does not pass the checks is left to the reload, which reports and counts it.
+    async fn swap_jwt(&self, sentry: &Sentry) {
+        let Some(j) = sentry.settings().jwt.as_ref() else {
+            return;
+        };
+        let (key, set, names, algorithm, key_id) = match (self, &j.files, &j.secret) {
+            (Self::Files(_), Some(f), _) => {
+                let (key, set) = super::reload::jwt_file_texts(&f.paths);
+                (key, set, f.paths.clone(), f.algorithm, f.key_id.clone())
+            }
+            (Self::Secret(store), _, Some((algorithm, key_id, _))) => {
+                let Ok((key, set)) = store.jwt_texts().await else {
+                    return;
+                };
+                (key, set, store.jwt_names(), *algorithm, key_id.clone())
+            }
+            _ => return,
+        };
+        let (Some(key), Some(set)) = (key, set) else {
+            return;
+        };
+        if let Ok(keys) =
+            crate::ca::jwt::JwtKeys::new(&key, &set, &names, algorithm, key_id.as_deref())
+        {
+            tracing::info!(
+                kid = keys.kid(),
+                published = keys.published(),
+                "CA rotation step: JWT key and set in use"
+            );
+            sentry.set_jwt_keys(keys);
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Self::Files(paths) => paths.dir.display().to_string(),
@@ -127,13 +161,11 @@ pub async fn rotate(
 ) {
     let settings = sentry.settings();
     let opts = StepOptions {
-        policy: Policy {
-            workload_ttl: settings.ttl,
-            skew: settings.skew,
-        },
+        policy: settings.rotation_policy(),
         generation: settings.generation,
         force: false,
         crash: settings.crash_at,
+        jwt: settings.jwt_rotation(),
     };
     tokio::pin!(stopped);
     let mut warned: Option<Instant> = None;
@@ -156,6 +188,7 @@ pub async fn rotate(
                     j.old.as_ref().map(|s| s.since),
                 );
                 if last_view.as_ref() != Some(&view) && store.swap(&sentry).await {
+                    store.swap_jwt(&sentry).await;
                     last_view = Some(view);
                 }
                 sentry.metrics().set_slots([
