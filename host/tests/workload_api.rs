@@ -149,6 +149,10 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
     .unwrap();
     let socket = dir.path().join("workload.sock");
     let identity = dir.path().join("identity");
+    let group = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(dir.path()).unwrap().gid().to_string()
+    };
     let _sidecar = app1_sidecar(
         port,
         &dir.path().join("creds/ca.crt"),
@@ -161,7 +165,16 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
             "api://x,sts.example",
             "--jwt-bundle-file",
             dir.path().join("creds/jwks.json").to_str().unwrap(),
+            // The socket shared with the directory's group (mode 0660).
+            "--workload-api-socket-group",
+            &group,
         ],
+    );
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o777, meta.gid().to_string()),
+        (0o660, group.clone())
     );
     let client = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", socket.display()))
         .await
@@ -245,7 +258,6 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
     let c = if &token[at..=at] == "A" { "B" } else { "A" };
     let forged = format!("{}{c}{}", &token[..at], &token[at + 1..]);
     assert!(client.validate_jwt_token("api://x", &forged).await.is_err());
-    use std::os::unix::fs::PermissionsExt as _;
     let token = identity.join("jwt_svid.token");
     assert_eq!(
         std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,

@@ -849,6 +849,16 @@ fn init_logs(level: &str, json: bool) {
 fn sidecar(args: SidecarCli) -> ExitCode {
     init_logs(&args.log_level, args.log_as_json);
     let workload_socket = args.flags.workload_api_socket.clone();
+    let workload_group = match args.flags.workload_api_socket_group.as_deref() {
+        Some(g) => match sigil_host::sidecar::workload_api::group_id(g) {
+            Ok(gid) => Some(gid),
+            Err(e) => {
+                eprintln!("error: --workload-api-socket-group: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let jwt_bundle = args.flags.jwt_bundle_file.clone();
     let settings = match args.flags.resolve(|k| std::env::var(k).ok()) {
         Ok(s) => s,
@@ -869,7 +879,7 @@ fn sidecar(args: SidecarCli) -> ExitCode {
         let metrics = bind(args.metrics_listen_address, args.metrics_port).await?;
         let workload_api = match &workload_socket {
             Some(p) => Some(
-                sigil_host::sidecar::workload_api::bind(p)
+                sigil_host::sidecar::workload_api::bind(p, workload_group)
                     .map_err(|e| anyhow::anyhow!("the Workload API socket {}: {e}", p.display()))?,
             ),
             None => None,

@@ -79,6 +79,10 @@ pub struct Flags {
     /// and the bundle, streamed at every rotation; the JWT-SVIDs Sentry issued.
     #[arg(long)]
     pub workload_api_socket: Option<PathBuf>,
+    /// Give the Workload API socket to this group (a name or a numeric id), mode 0660: for
+    /// workloads that run as other users of the group.
+    #[arg(long, requires = "workload_api_socket")]
+    pub workload_api_socket_group: Option<String>,
     /// JWT-SVID audiences to ask Sentry for with every certificate (comma-separated; Sentry
     /// needs --jwt-enabled): served on the Workload API, written to jwt_svid.token.
     #[arg(long, value_delimiter = ',')]

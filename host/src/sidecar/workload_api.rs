@@ -2,9 +2,12 @@
 //! that any process beside the app (Envoy, spiffe-helper, a program on the `spiffe` crate or
 //! go-spiffe) gets the sidecar's identity the way SPIRE's agent gives it, not only a Dapr app.
 //!
-//! - **The socket** is created with mode 0600 (bound under a temporary name, its mode set, then
-//!   renamed into place, so it is never reachable with a wider mode); a stale socket left by a
-//!   dead sidecar is replaced, a live one (something answers on it) or any other file is not.
+//! - **The socket** is created with mode 0600 — or 0660 and owned by a group
+//!   (`--workload-api-socket-group`, a name from `/etc/group` or a numeric id), for workloads
+//!   that run as other users of that group — bound under a temporary name, its mode and group
+//!   set, then renamed into place, so it is never reachable with a wider mode or by another
+//!   group; a stale socket left by a dead sidecar is replaced, a live one (something answers on
+//!   it) or any other file is not.
 //! - **Every call** must carry the metadata `workload.spiffe.io: true`, as the specification
 //!   requires (a browser or a server-side request forgery cannot set it): otherwise
 //!   `INVALID_ARGUMENT`.
@@ -41,13 +44,41 @@ use crate::workload_pb as pb;
 /// The metadata every Workload API call must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
-/// Binds the Workload API socket at `path` with mode 0600 (see the module doc).
+/// The id of `group`: a number as it is, else the name's entry in `/etc/group` (a group known
+/// only to a directory service is given by number).
+///
+/// # Errors
+///
+/// `NotFound` for a name `/etc/group` does not list.
+pub fn group_id(group: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    std::fs::read_to_string("/etc/group")?
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no group {group:?} in /etc/group (give its numeric id)"),
+            )
+        })
+}
+
+/// Binds the Workload API socket at `path` with mode 0600, or 0660 owned by `group` (see the
+/// module doc).
 ///
 /// # Errors
 ///
 /// The path is in use (a live socket, or a file that is not a socket), or the socket cannot be
-/// made there.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// made there (or given to `group`: a user may give a file only to a group it belongs to).
+pub fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt as _;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -104,6 +135,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let made = (|| {
         let listener = UnixListener::bind(&inner)?;
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&inner, None, Some(gid))?;
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        }
         std::fs::rename(&inner, path)?;
         Ok(listener)
     })();
@@ -457,4 +492,54 @@ pub async fn serve(
             stopped,
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_private_or_its_groups_and_a_live_one_is_never_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own.sock");
+        let _private = bind(&own, None).unwrap();
+        let meta = std::fs::metadata(&own).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Given to a group: as root, another group than the directory's (so the change shows);
+        // otherwise the user's own (a user may give a file only to a group it belongs to).
+        let primary = std::fs::metadata(dir.path()).unwrap().gid();
+        let gid = match (rustix::process::geteuid().is_root(), primary) {
+            (true, 0) => 1,
+            (true, _) => 0,
+            (false, own) => own,
+        };
+        let shared = dir.path().join("shared.sock");
+        let _group = bind(&shared, Some(gid)).unwrap();
+        let meta = std::fs::metadata(&shared).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o777, meta.gid()),
+            (0o660, gid)
+        );
+        // Something serves it: not taken over; nothing left behind in the directory.
+        let e = bind(&own, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn groups_by_number_or_by_name_from_etc_group() {
+        assert_eq!(group_id("4242").unwrap(), 4242);
+        assert_eq!(group_id("root").unwrap(), 0);
+        let e = group_id("no-such-group-here").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("numeric id"), "{e}");
+    }
 }
