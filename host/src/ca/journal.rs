@@ -68,6 +68,13 @@ pub struct JwtSlots {
     pub next: Option<Zeroizing<String>>,
     /// The `kid` of the outgoing key, in `jwks` until the retire.
     pub old_kid: Option<String>,
+    /// The holders' wait Sentry used when it prepared `next` (the longer of the workload TTL
+    /// and `--jwt-ttl`): the activation waits at least this long after the prepare.
+    pub next_wait: Option<Duration>,
+    /// The wait in force when the outgoing key stopped signing: its entry stays this long (plus
+    /// the skew) after the activation, however the step is taken later (`sigil ca rotate`, a
+    /// Sentry restarted with other flags).
+    pub old_wait: Option<Duration>,
 }
 
 impl JwtSlots {
@@ -78,9 +85,20 @@ impl JwtSlots {
             .is_some_and(|m| jwt::key_thumbprint(&self.key).is_some_and(|own| own == m.trim()))
     }
 
+    /// The longest holders' wait a JWT slot in flight asks for.
+    pub fn wait(&self) -> Option<Duration> {
+        let next = self.next.as_ref().and(self.next_wait);
+        let old = self.old_kid.as_ref().and(self.old_wait);
+        next.max(old)
+    }
+
     /// Prepares the next key for `algorithm` (if the key is Sigil's and none is prepared):
     /// its public key goes into the set now, it signs from the activation.
-    fn prepare(&self, algorithm: Option<JwtAlgorithm>) -> Result<Self, RotationError> {
+    fn prepare(
+        &self,
+        algorithm: Option<JwtAlgorithm>,
+        wait: Duration,
+    ) -> Result<Self, RotationError> {
         let Some(algorithm) = algorithm.filter(|_| self.automatic() && self.next.is_none()) else {
             return Ok(self.clone());
         };
@@ -88,17 +106,23 @@ impl JwtSlots {
         Ok(Self {
             jwks: jwt::set_with_key(&self.jwks, &next, algorithm)?,
             next: Some(next),
+            next_wait: Some(wait),
             ..self.clone()
         })
     }
 
     /// The prepared key signs; the outgoing key's entry is kept until the retire. A key the
-    /// operator replaced since the prepare stays (the prepared one and its entry go).
-    fn activate(&self) -> Result<Self, RotationError> {
+    /// operator replaced since the prepare stays, and a prepared key the set no longer holds
+    /// (a set rewritten by hand) is not made to sign: the prepared key and its entry go, and the
+    /// CA's step goes on (a JWT key is never a reason for the issuer to expire).
+    fn activate(&self, wait: Duration) -> Result<Self, RotationError> {
         let Some(next) = &self.next else {
             return Ok(self.clone());
         };
-        if !self.automatic() {
+        if !self.automatic() || jwt::kid_in_set(&self.jwks, next).is_none() {
+            tracing::warn!(
+                "the prepared JWT key is not activated: the JWT key or its set was changed by                  hand since the prepare (the key in place keeps signing)"
+            );
             let jwks = match jwt::kid_in_set(&self.jwks, next) {
                 Some(kid) => jwt::set_without_kid(&self.jwks, &kid)?,
                 None => self.jwks.clone(),
@@ -106,20 +130,18 @@ impl JwtSlots {
             return Ok(Self {
                 jwks,
                 next: None,
+                next_wait: None,
                 ..self.clone()
             });
-        }
-        if jwt::kid_in_set(&self.jwks, next).is_none() {
-            return Err(RotationError::Refused(
-                "the prepared JWT key is not in the published set: it cannot sign yet".into(),
-            ));
         }
         Ok(Self {
             key: next.clone(),
             jwks: self.jwks.clone(),
             auto: jwt::key_thumbprint(next),
             next: None,
+            next_wait: None,
             old_kid: jwt::kid_in_set(&self.jwks, &self.key),
+            old_wait: Some(self.next_wait.unwrap_or_default().max(wait)),
         })
     }
 
@@ -136,6 +158,7 @@ impl JwtSlots {
         Ok(Self {
             jwks,
             old_kid: None,
+            old_wait: None,
             ..self.clone()
         })
     }
@@ -269,6 +292,15 @@ impl Set {
             .filter(|p| first(&p.prepared_for) == first(&self.issuer))
     }
 
+    /// `opts` with the holders' wait lengthened to what a JWT slot in flight recorded.
+    fn effective(&self, opts: &StepOptions) -> StepOptions {
+        let mut opts = *opts;
+        if let Some(wait) = self.jwt.as_ref().and_then(JwtSlots::wait) {
+            opts.policy.workload_ttl = opts.policy.workload_ttl.max(wait);
+        }
+        opts
+    }
+
     /// Whether Sentry rotates this set.
     pub fn automatic(&self) -> Automatic {
         automatic(self.auto.as_deref(), &self.issuer)
@@ -282,6 +314,7 @@ impl Set {
             prepared: self.prepared().map(|p| slot(&p.issuer, Some(p.since))),
             old: self.old.as_ref().map(|o| slot(&o.issuer, Some(o.since))),
             automatic: self.automatic(),
+            jwt_wait: self.jwt.as_ref().and_then(JwtSlots::wait),
         }
     }
 
@@ -297,6 +330,7 @@ impl Set {
         opts: &StepOptions,
         now: SystemTime,
     ) -> Result<Self, RotationError> {
+        let opts = &self.effective(opts);
         let after = match step {
             Step::Prepare => self.prepare(opts, now),
             Step::Activate => self.activate(opts, now),
@@ -337,7 +371,11 @@ impl Set {
             opts.generation,
         )?;
         let bundle = published(&anchors, &ders(&pem.ca));
-        let jwt = self.jwt.as_ref().map(|j| j.prepare(opts.jwt)).transpose()?;
+        let jwt = self
+            .jwt
+            .as_ref()
+            .map(|j| j.prepare(opts.jwt, opts.policy.workload_ttl))
+            .transpose()?;
         Ok(Self {
             ca: pem_of(&bundle),
             jwt,
@@ -391,7 +429,11 @@ impl Set {
             issuer: next.issuer.clone(),
             key: next.key.clone(),
             auto,
-            jwt: self.jwt.as_ref().map(JwtSlots::activate).transpose()?,
+            jwt: self
+                .jwt
+                .as_ref()
+                .map(|j| j.activate(opts.policy.workload_ttl))
+                .transpose()?,
             next: None,
             old: Some(Retiring {
                 ca: pem_of(&retiring),
@@ -538,6 +580,8 @@ mod tests {
                 key: key.clone(),
                 next: None,
                 old_kid: None,
+                next_wait: None,
+                old_wait: None,
             }),
             ..generated(t0)
         };
@@ -580,9 +624,9 @@ mod tests {
             jwt: Some(JwtSlots {
                 key: mine.clone(),
                 jwks: set_with_key(&pj.jwks, &mine, es).unwrap(),
-                ..pj
+                ..pj.clone()
             }),
-            ..p
+            ..p.clone()
         };
         let kept = replaced
             .take(Step::Activate, &o, t0 + Duration::from_secs(6))
@@ -591,6 +635,76 @@ mod tests {
             .unwrap();
         assert_eq!(kept.key, mine);
         assert!(kept.next.is_none() && kid_in_set(&kept.jwks, &next).is_none());
+        assert!(kept.old_kid.is_none(), "nothing of the operator's retires");
+        // A set rewritten by hand without the prepared key: the CA activates, the key in place
+        // keeps signing (a JWT key never holds the issuer back).
+        let rewritten = Set {
+            jwt: Some(JwtSlots {
+                jwks: set_with_key(r#"{"keys":[]}"#, &key, es).unwrap(),
+                ..pj.clone()
+            }),
+            ..p.clone()
+        };
+        let a2 = rewritten
+            .take(Step::Activate, &o, t0 + Duration::from_secs(6))
+            .unwrap();
+        assert_ne!(a2.issuer, p.issuer, "the CA activated");
+        let j2 = a2.jwt.unwrap();
+        assert_eq!((j2.key.as_str(), j2.next.is_none()), (key.as_str(), true));
+    }
+
+    #[test]
+    fn the_wait_a_jwt_slot_recorded_holds_whoever_takes_the_next_step() {
+        let es = JwtAlgorithm::ES256;
+        let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let key = jwt::generate(es).unwrap();
+        let set = Set {
+            jwt: Some(JwtSlots {
+                jwks: jwt::set_with_key(r#"{"keys":[]}"#, &key, es).unwrap(),
+                auto: jwt::key_thumbprint(&key),
+                key: key.clone(),
+                next: None,
+                old_kid: None,
+                next_wait: None,
+                old_wait: None,
+            }),
+            ..generated(t0)
+        };
+        // Sentry with 20 s tokens (its wait: 20 s) prepares and activates.
+        let mut sentry = StepOptions {
+            jwt: Some(es),
+            ..opts()
+        };
+        sentry.policy.workload_ttl = Duration::from_secs(20);
+        let p = set.take(Step::Prepare, &sentry, t0).unwrap();
+        assert_eq!(p.journal().jwt_wait, Some(Duration::from_secs(20)));
+        // By hand with 5 s certificates: too early until 20 s plus the skew.
+        let by_hand = opts();
+        let early = p.take(Step::Activate, &by_hand, t0 + Duration::from_secs(6));
+        assert!(matches!(early, Err(RotationError::Refused(_))));
+        let a = p
+            .take(Step::Activate, &by_hand, t0 + Duration::from_secs(21))
+            .unwrap();
+        assert_eq!(
+            a.jwt.as_ref().unwrap().old_wait,
+            Some(Duration::from_secs(20))
+        );
+        let at = t0 + Duration::from_secs(21);
+        let early = a.take(Step::Retire, &by_hand, at + Duration::from_secs(6));
+        assert!(matches!(early, Err(RotationError::Refused(_))));
+        // The schedule waits too (its next step may be the next prepare, which comes first).
+        let (step, due) = a.journal().next(&by_hand.policy).unwrap();
+        assert!(
+            step != Step::Retire || due >= at + Duration::from_secs(21),
+            "{step:?} at {due:?}"
+        );
+        let mut no_wait = a.journal();
+        no_wait.jwt_wait = None;
+        assert!(no_wait.next(&by_hand.policy).unwrap().1 <= due);
+        let r = a
+            .take(Step::Retire, &by_hand, at + Duration::from_secs(21))
+            .unwrap();
+        assert_eq!(r.journal().jwt_wait, None);
     }
 
     #[test]

@@ -79,6 +79,13 @@ const JWT_KEY: &str = "jwt.key";
 const JWT_SET: &str = "jwks.json";
 /// In `.sigil-next/` (noted at the activation) then `.sigil-old/`: the outgoing JWT key's kid.
 const JWT_OLD_KID: &str = "jwt.kid";
+/// In `.sigil-next/`: the holders' wait of the prepare; in `.sigil-old/`: of the outgoing key
+/// (seconds; see [`JwtSlots`]).
+const JWT_WAIT: &str = "jwt.wait";
+/// In `.sigil-next/`, noted at the activation: the outgoing key's wait and thumbprint (the
+/// activation replaces `jwt.key` only if it is still that key, or the prepared one).
+const JWT_OUTGOING_WAIT: &str = "outgoing-jwt.wait";
+const JWT_OUTGOING: &str = "outgoing-jwt.thumbprint";
 
 /// Why a rotation step failed or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -121,18 +128,32 @@ pub enum CrashPoint {
     ActivateCertificate,
     /// The old root left `ca.crt`, `.sigil-old/` is still there (the next retire finishes).
     RetirePublished,
+    /// A prepared JWT key is in the set, its root not published yet (rolls forward).
+    PrepareJwks,
+    /// The JWT key's marker names the prepared key, `jwt.key` is still the old one (rolls
+    /// forward).
+    ActivateJwtMarker,
+    /// The outgoing JWT key left the set, its root is still in `ca.crt` (the next retire
+    /// finishes).
+    RetireJwks,
 }
 
 impl CrashPoint {
     /// Every point, in the order the steps reach them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::PrepareStaged,
         Self::PrepareCommitted,
+        Self::PrepareJwks,
         Self::ActivateCommitted,
+        Self::ActivateJwtMarker,
         Self::ActivateKey,
         Self::ActivateCertificate,
+        Self::RetireJwks,
         Self::RetirePublished,
     ];
+
+    /// The points reached only when a JWT key rotates with the CA.
+    pub const JWT: [Self; 3] = [Self::PrepareJwks, Self::ActivateJwtMarker, Self::RetireJwks];
 
     const fn name(self) -> &'static str {
         match self {
@@ -142,6 +163,9 @@ impl CrashPoint {
             Self::ActivateKey => "activate:key",
             Self::ActivateCertificate => "activate:certificate",
             Self::RetirePublished => "retire:published",
+            Self::PrepareJwks => "prepare:jwks",
+            Self::ActivateJwtMarker => "activate:jwt-marker",
+            Self::RetireJwks => "retire:jwks",
         }
     }
 }
@@ -215,6 +239,9 @@ pub struct Journal {
     pub old: Option<Slot>,
     /// Whether Sentry rotates them.
     pub automatic: Automatic,
+    /// The holders' wait a JWT key in rotation recorded ([`journal::JwtSlots::wait`]): the
+    /// steps wait at least this long, whatever the policy they are taken with.
+    pub jwt_wait: Option<Duration>,
 }
 
 impl Journal {
@@ -228,8 +255,12 @@ impl Journal {
         }
     }
 
-    /// The next step and when it is due.
+    /// The next step and when it is due (the policy's wait lengthened to [`Self::jwt_wait`]).
     pub fn next(&self, policy: &Policy) -> Option<(Step, SystemTime)> {
+        let policy = &Policy {
+            workload_ttl: policy.workload_ttl.max(self.jwt_wait.unwrap_or_default()),
+            ..*policy
+        };
         schedule::next(&self.schedule(), policy)
     }
 }
@@ -357,11 +388,15 @@ pub fn read(paths: &StorePaths) -> Result<Journal, RotationError> {
         .transpose()?;
     let marker = fs::read_to_string(paths.dir.join(AUTO)).ok();
     let automatic = journal::automatic(marker.as_deref(), &issuer_pem);
+    let jwt_wait = read_jwt(paths, prepared.is_some(), old.is_some())
+        .as_ref()
+        .and_then(JwtSlots::wait);
     Ok(Journal {
         active,
         prepared,
         old,
         automatic,
+        jwt_wait,
     })
 }
 
@@ -400,7 +435,7 @@ pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError>
                 let root = ders(&read_text(&next.join("ca.crt"))?);
                 let bundle = ders(&read_text(&paths.ca)?);
                 if !root.iter().all(|r| bundle.contains(r)) {
-                    publish(paths, &root, now)?;
+                    publish(paths, &root, now, None)?;
                 }
             }
         }
@@ -428,13 +463,21 @@ pub fn recover(paths: &StorePaths, now: SystemTime) -> Result<(), RotationError>
 /// first: a kill between the two leaves the root unpublished, published again (and stamped
 /// again) by [`recover`]; never a published root with an older stamp, which would let the
 /// activation come before holders could learn it.
-fn publish(paths: &StorePaths, root: &[Vec<u8>], now: SystemTime) -> Result<(), RotationError> {
+fn publish(
+    paths: &StorePaths,
+    root: &[Vec<u8>],
+    now: SystemTime,
+    opts: Option<&StepOptions>,
+) -> Result<(), RotationError> {
     let next = paths.dir.join(NEXT);
     stamp(&next, now)?;
     // A prepared JWT key is published with the root (merged: idempotent), before it.
     if let Ok(staged) = fs::read_to_string(next.join(JWT_SET)) {
         let set = super::jwt::set_merged(&read_text(&paths.jwks)?, &staged)?;
         write(&paths.jwks, set.as_bytes(), 0o644)?;
+        if let Some(opts) = opts {
+            crash(opts, CrashPoint::PrepareJwks)?;
+        }
     }
     let bundle = journal::published(&ders(&read_text(&paths.ca)?), root);
     write(&paths.ca, pem_of(&bundle).as_bytes(), 0o644)
@@ -508,7 +551,17 @@ fn read_jwt(paths: &StorePaths, prepared: bool, retiring: bool) -> Option<JwtSlo
         old_kid: retiring
             .then(|| read(&paths.dir.join(OLD).join(JWT_OLD_KID)))
             .flatten(),
+        next_wait: read(&paths.dir.join(NEXT).join(JWT_WAIT)).and_then(|t| secs(&t)),
+        old_wait: read(&paths.dir.join(OLD).join(JWT_WAIT)).and_then(|t| secs(&t)),
     })
+}
+
+fn secs(text: &str) -> Option<Duration> {
+    text.trim().parse().ok().map(Duration::from_secs)
+}
+
+fn secs_text(d: Duration) -> String {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).to_string()
 }
 
 /// A step that produced no slot it must have (never: [`journal::Set::take`] makes it).
@@ -537,6 +590,8 @@ fn prepare(
         if let Some(key) = &jwt.next {
             write(&next.join(JWT_KEY), key.as_bytes(), 0o600)?;
             write(&next.join(JWT_SET), jwt.jwks.as_bytes(), 0o644)?;
+            let wait = secs_text(jwt.next_wait.unwrap_or_default());
+            write(&next.join(JWT_WAIT), wait.as_bytes(), 0o644)?;
         }
     }
     sync_dir(&next)?;
@@ -544,7 +599,7 @@ fn prepare(
     crash(opts, CrashPoint::PrepareStaged)?;
     stamp(&next, now)?;
     crash(opts, CrashPoint::PrepareCommitted)?;
-    publish(paths, &ders(&pair.ca), now)?;
+    publish(paths, &ders(&pair.ca), now, Some(opts))?;
     Ok(journal::done(
         Step::Prepare,
         opts,
@@ -584,6 +639,13 @@ fn activate(
                 if let Some(kid) = &jwt.old_kid {
                     write(&next.join(JWT_OLD_KID), kid.as_bytes(), 0o644)?;
                 }
+                let wait = secs_text(jwt.old_wait.unwrap_or_default());
+                write(&next.join(JWT_OUTGOING_WAIT), wait.as_bytes(), 0o644)?;
+                let outgoing = fs::read_to_string(&paths.jwt_key)
+                    .ok()
+                    .and_then(|k| super::jwt::key_thumbprint(&k))
+                    .unwrap_or_default();
+                write(&next.join(JWT_OUTGOING), outgoing.as_bytes(), 0o644)?;
             }
             // The operator replaced (or removed) the JWT key since the prepare: theirs
             // stays; the prepared key and its entry go.
@@ -632,13 +694,29 @@ fn finish(paths: &StorePaths, opts: &StepOptions, now: SystemTime) -> Result<(),
         )?;
         if let Ok(kid) = fs::read_to_string(activating.join(JWT_OLD_KID)) {
             write(&old.join(JWT_OLD_KID), kid.as_bytes(), 0o644)?;
+            let wait = fs::read_to_string(activating.join(JWT_OUTGOING_WAIT)).unwrap_or_default();
+            write(&old.join(JWT_WAIT), wait.as_bytes(), 0o644)?;
         }
     }
-    // The prepared JWT key signs (its marker first, so the key is never unmarked).
+    // The prepared JWT key signs (its marker first, so the key is never unmarked), over the
+    // key it was activated from only (again if this runs again): a key the operator put in
+    // place since is theirs.
     if let Ok(jwt_key) = fs::read_to_string(activating.join(JWT_KEY)).map(Zeroizing::new) {
         let thumb = super::jwt::key_thumbprint(&jwt_key).unwrap_or_default();
-        write(&paths.jwt_marker(), thumb.as_bytes(), 0o644)?;
-        write(&paths.jwt_key, jwt_key.as_bytes(), 0o600)?;
+        let live = fs::read_to_string(&paths.jwt_key)
+            .ok()
+            .and_then(|k| super::jwt::key_thumbprint(&k));
+        let outgoing = fs::read_to_string(activating.join(JWT_OUTGOING)).ok();
+        if live.is_some()
+            && (live.as_deref() == outgoing.as_deref().map(str::trim)
+                || live == Some(thumb.clone()))
+        {
+            write(&paths.jwt_marker(), thumb.as_bytes(), 0o644)?;
+            crash(opts, CrashPoint::ActivateJwtMarker)?;
+            write(&paths.jwt_key, jwt_key.as_bytes(), 0o600)?;
+        } else {
+            tracing::warn!(dir = %paths.dir.display(), "the JWT key was replaced by hand during an interrupted activation: the prepared key is not installed");
+        }
     }
     let issuer = read_text(&activating.join("issuer.crt"))?;
     // The marker follows the issuer only if it followed the outgoing one: credentials the
@@ -685,10 +763,15 @@ fn retire(
     opts: &StepOptions,
     now: SystemTime,
 ) -> Result<String, RotationError> {
-    let set = read_set(paths)?.take(Step::Retire, opts, now)?;
-    // The outgoing JWT key's entry first: a kill before `ca.crt` is written retires again.
-    if let Some(jwt) = &set.jwt {
-        write(&paths.jwks, jwt.jwks.as_bytes(), 0o644)?;
+    let before = read_set(paths)?;
+    let set = before.take(Step::Retire, opts, now)?;
+    // The outgoing JWT key's entry first (a kill before `ca.crt` is written retires again);
+    // a set the step does not change is not written (it may be the user's, or read-only).
+    if let (Some(was), Some(jwt)) = (&before.jwt, &set.jwt) {
+        if was.jwks != jwt.jwks {
+            write(&paths.jwks, jwt.jwks.as_bytes(), 0o644)?;
+            crash(opts, CrashPoint::RetireJwks)?;
+        }
     }
     write(&paths.ca, set.ca.as_bytes(), 0o644)?;
     crash(opts, CrashPoint::RetirePublished)?;
@@ -909,7 +992,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_crash_at_any_point_of_any_step_recovers_and_rotation_goes_on() {
-        for point in CrashPoint::ALL {
+        for point in CrashPoint::ALL
+            .into_iter()
+            .filter(|p| !CrashPoint::JWT.contains(p))
+        {
             let t = tempfile::tempdir().unwrap();
             let paths = StorePaths::in_dir(t.path());
             let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
@@ -1093,6 +1179,10 @@ pub(crate) mod tests {
             fs::read_to_string(&paths.jwt_key).unwrap(),
             fs::read_to_string(&paths.jwks).unwrap(),
         );
+        let inode = {
+            use std::os::unix::fs::MetadataExt as _;
+            fs::metadata(&paths.jwks).unwrap().ino()
+        };
         let o = StepOptions {
             jwt: Some(crate::ca::jwt::JwtAlgorithm::ES256),
             ..opts(None)
@@ -1107,6 +1197,44 @@ pub(crate) mod tests {
         assert!(activations >= 2, "the CA rotated");
         assert_eq!(fs::read_to_string(&paths.jwt_key).unwrap(), key);
         assert_eq!(fs::read_to_string(&paths.jwks).unwrap(), set);
+        // Not even rewritten (it may be read-only, or a link to the operator's file).
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(fs::metadata(&paths.jwks).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn a_jwt_key_the_operator_put_in_place_during_an_interrupted_activation_stays() {
+        for point in [CrashPoint::ActivateCommitted, CrashPoint::ActivateJwtMarker] {
+            let t = tempfile::tempdir().unwrap();
+            let paths = StorePaths::in_dir(t.path());
+            let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+            start(&paths, Rotation::Automatic, t0);
+            jwt_key(&paths, true);
+            let o = StepOptions {
+                jwt: Some(crate::ca::jwt::JwtAlgorithm::ES256),
+                ..opts(Some(point))
+            };
+            let mut at = t0;
+            'run: for s in 0..120 {
+                at = t0 + Duration::from_secs(s);
+                loop {
+                    match run_due(&paths, &o, || at) {
+                        Ok(tick) if tick.done.is_some() => {}
+                        Ok(_) => break,
+                        Err(RotationError::Interrupted(_)) => break 'run,
+                        Err(e) => panic!("{point}: {e}"),
+                    }
+                }
+            }
+            // The operator's own key and set, before anything restarts.
+            fs::remove_file(&paths.jwt_key).unwrap();
+            fs::remove_file(&paths.jwks).unwrap();
+            jwt_key(&paths, false);
+            let mine = fs::read_to_string(&paths.jwt_key).unwrap();
+            run_due(&paths, &opts(None), || at).unwrap();
+            assert_eq!(fs::read_to_string(&paths.jwt_key).unwrap(), mine, "{point}");
+            assert!(!t.path().join(ACTIVATING).exists(), "{point}");
+        }
     }
 
     #[test]

@@ -111,7 +111,8 @@ pub fn check(life: Duration, policy: &Policy) -> Result<(), String> {
         return Err(format!(
             "an issuer living {} cannot be rotated without breaking holders: with workload \
              certificates of {} and a clock skew of {}, it must live more than {} (raise \
-             --issuer-ttl and --root-ttl, or lower spec.mtls.workloadCertTTL or allowedClockSkew)",
+             --issuer-ttl and --root-ttl, or lower spec.mtls.workloadCertTTL, --jwt-ttl when \
+             Sentry rotates its JWT key with the CA, or allowedClockSkew)",
             humantime::format_duration(life),
             humantime::format_duration(policy.workload_ttl),
             humantime::format_duration(policy.skew),

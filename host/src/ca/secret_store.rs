@@ -154,6 +154,8 @@ pub const JWT_AUTO_KEY: &str = "sigil.jwt.auto";
 /// The prepared JWT key (`sigil.next.` + this) and the outgoing one's kid (`sigil.old.` + this).
 const JWT_NEXT: &str = "jwt.key";
 const JWT_OLD_KID: &str = "jwt.kid";
+/// The holders' wait of a JWT slot (`sigil.next.` / `sigil.old.` + this; seconds).
+const JWT_WAIT: &str = "jwt.wait";
 
 /// What the Secret holds.
 enum Contents {
@@ -270,16 +272,33 @@ fn jwt_slots_of(data: &BTreeMap<String, ByteString>) -> Option<JwtSlots> {
         auto: text(data, JWT_AUTO_KEY),
         next: text(data, &format!("{NEXT_PREFIX}{JWT_NEXT}")).map(Zeroizing::new),
         old_kid: text(data, &format!("{OLD_PREFIX}{JWT_OLD_KID}")),
+        next_wait: wait_of(data, NEXT_PREFIX),
+        old_wait: wait_of(data, OLD_PREFIX),
     })
+}
+
+fn wait_of(data: &BTreeMap<String, ByteString>, prefix: &str) -> Option<Duration> {
+    let secs = text(data, &format!("{prefix}{JWT_WAIT}"))?;
+    secs.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// A Secret key of the JWT key's journal.
+fn jwt_journal_key(k: &str) -> bool {
+    k == JWT_AUTO_KEY
+        || [JWT_NEXT, JWT_OLD_KID, JWT_WAIT]
+            .iter()
+            .any(|j| k == format!("{NEXT_PREFIX}{j}") || k == format!("{OLD_PREFIX}{j}"))
 }
 
 /// `data` holding `set`: Dapr's three keys and the journal's, other keys kept as they are.
 fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String, ByteString> {
+    // The JWT key's journal is rewritten with the key; without it (no set read: a Secret
+    // whose `jwks.json` is missing, say), its keys stay as they are.
     data.retain(|k, _| {
-        !k.starts_with(NEXT_PREFIX)
-            && !k.starts_with(OLD_PREFIX)
-            && k != AUTO_KEY
-            && k != JWT_AUTO_KEY
+        if jwt_journal_key(k) {
+            return set.jwt.is_none();
+        }
+        !k.starts_with(NEXT_PREFIX) && !k.starts_with(OLD_PREFIX) && k != AUTO_KEY
     });
     let mut put = |k: String, v: &str| {
         data.insert(k, ByteString(v.as_bytes().to_vec()));
@@ -311,6 +330,11 @@ fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String
         }
         if let Some(kid) = &j.old_kid {
             put(format!("{OLD_PREFIX}{JWT_OLD_KID}"), kid);
+        }
+        for (prefix, wait) in [(NEXT_PREFIX, j.next_wait), (OLD_PREFIX, j.old_wait)] {
+            if let Some(w) = wait {
+                put(format!("{prefix}{JWT_WAIT}"), &w.as_secs().to_string());
+            }
         }
     }
     if let Some(o) = &set.old {
@@ -1047,6 +1071,8 @@ mod tests {
                 auto: Some("thumb".into()),
                 next: Some(Zeroizing::new("next jwt key".into())),
                 old_kid: Some("old kid".into()),
+                next_wait: Some(Duration::from_secs(60)),
+                old_wait: Some(Duration::from_secs(61)),
             }),
         };
         let s = secret_of(&set, Some("42".into()));
@@ -1064,6 +1090,10 @@ mod tests {
                     ("old issuer", set.old.unwrap().since)
                 );
                 let j = back.jwt.unwrap();
+                assert_eq!(
+                    (j.next_wait, j.old_wait),
+                    (Some(Duration::from_secs(60)), Some(Duration::from_secs(61)))
+                );
                 assert_eq!(
                     (
                         j.key.as_str(),

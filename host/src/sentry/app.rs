@@ -279,7 +279,7 @@ pub async fn start(opts: &SentryOptions) -> anyhow::Result<Started> {
     };
     // Kubernetes mode keeps the credentials in the Secret, as Dapr does, unless the operator
     // points Sentry at files (a mounted Secret, say) with --issuer-credentials.
-    let policy = settings.rotation_policy();
+    let policy = settings.holders_policy(opts.jwt.as_ref().is_some_and(|j| j.key_id.is_none()));
     let rotatable = |life: std::time::Duration| {
         crate::ca::schedule::check(life, &policy)
             .map_err(|e| anyhow::anyhow!("automatic CA rotation: {e}"))

@@ -156,13 +156,23 @@ impl Settings {
     }
 
     /// The holders' timing the CA rotation waits for: the workload TTL and the skew, the TTL
-    /// lengthened to `--jwt-ttl` when JWT-SVIDs are on (the JWT key rotates with the CA: relying
-    /// parties need the new key before it signs, and the old one until its last token expired).
+    /// lengthened to `--jwt-ttl` when the JWT key rotates with the CA ([`Self::jwt_rotation`]:
+    /// relying parties need the new key before it signs, and the old one until its last token
+    /// expired).
     pub fn rotation_policy(&self) -> crate::ca::schedule::Policy {
+        self.holders_policy(self.jwt_rotation().is_some())
+    }
+
+    /// [`Self::rotation_policy`] before the JWT key is loaded: `jwt_rotates` says whether it
+    /// will rotate.
+    pub fn holders_policy(&self, jwt_rotates: bool) -> crate::ca::schedule::Policy {
+        let jwt_ttl = self
+            .jwt
+            .as_ref()
+            .filter(|_| jwt_rotates)
+            .map_or(Duration::ZERO, |j| j.ttl);
         crate::ca::schedule::Policy {
-            workload_ttl: self
-                .ttl
-                .max(self.jwt.as_ref().map_or(Duration::ZERO, |j| j.ttl)),
+            workload_ttl: self.ttl.max(jwt_ttl),
             skew: self.skew,
         }
     }

@@ -273,13 +273,6 @@ pub async fn watch_jwt_secret(
             () = &mut stopped => return,
             () = tokio::time::sleep(JWT_SECRET_POLL) => {}
         }
-        // The ConfigMap is brought in step at every look (one read when it is), so a failed
-        // publish, or a ConfigMap recreated without `jwks.json`, heals within a poll.
-        if let Some(keys) = sentry.jwt_keys() {
-            if let Err(e) = secrets.publish_jwks(&keys.jwks_json()).await {
-                tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap");
-            }
-        }
         let (key, set) = match secrets.jwt_texts().await {
             Ok(t) => t,
             Err(e) => {
@@ -290,6 +283,15 @@ pub async fn watch_jwt_secret(
         let now =
             crate::ca::jwt::text_fingerprint(key.as_deref().map(String::as_str), set.as_deref());
         if now == last {
+            // The ConfigMap is brought in step at every look (one read when it is), so a
+            // failed publish, or a ConfigMap recreated without `jwks.json`, heals within a
+            // poll. Only when the Secret did not change: a set another replica just rotated
+            // is not overwritten with the one in memory.
+            if let Some(keys) = sentry.jwt_keys() {
+                if let Err(e) = secrets.publish_jwks(&keys.jwks_json()).await {
+                    tracing::warn!(error = %e, "publishing jwks.json in the ConfigMap");
+                }
+            }
             continue;
         }
         last = now;
