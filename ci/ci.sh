@@ -112,7 +112,7 @@ job_e2e() {
 
 job_fuzz() {
   local secs="${FUZZ_SECONDS:-20}"
-  for target in cert csr pem chain link deframer acl; do
+  for target in cert csr pem chain link deframer acl h2_authority; do
     local corpus
     corpus="$(mktemp -d)"
     cp core/fuzz/seeds/"$target"/* "$corpus"/

@@ -8,7 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/core"
 runs="${FUZZ_RUNS:-10000000}"
-[ $# -gt 0 ] || set -- cert csr pem chain link deframer acl
+[ $# -gt 0 ] || set -- cert csr pem chain link deframer acl h2_authority
 cargo +nightly fuzz build >/dev/null 2>&1 || cargo +nightly fuzz build
 for target in "$@"; do
   work="$(mktemp -d)"

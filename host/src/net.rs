@@ -2,6 +2,7 @@
 //! the log, admission control ([`admission`]), and the small HTTP/1 ports (health, metrics).
 
 pub mod admission;
+pub mod h2_authority;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -297,3 +297,54 @@ fn short_lived_jwt_svids_drive_renewal() {
         || common::metric(&metrics, "dapr_runtime_mtls_workload_cert_rotated_total") >= 3,
     );
 }
+
+/// A second independent client, py-spiffe (the SPIFFE project's Python library): it fetches the
+/// X.509-SVID (checking the leaf's profile and key as the specification says) and the bundle,
+/// verifies a JWT-SVID with the JWT bundle it fetched, and streams X.509 contexts across two
+/// rotations of 4 s certificates.
+#[test]
+fn py_spiffe_fetches_verifies_and_streams_through_the_workload_api() {
+    let python = common::python();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sentry = common::start(common::short_ttl_sentry_command(
+        dir.path(),
+        port,
+        "4s",
+        &["--jwt-enabled", "--jwt-signing-algorithm", "ES256"],
+    ))
+    .unwrap();
+    let socket = dir.path().join("workload.sock");
+    let _sidecar = app1_sidecar(
+        port,
+        &dir.path().join("creds/ca.crt"),
+        &[
+            "--workload-api-socket",
+            socket.to_str().unwrap(),
+            "--sentry-request-jwt-audiences",
+            "api://x",
+            "--jwt-bundle-file",
+            dir.path().join("creds/jwks.json").to_str().unwrap(),
+        ],
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/interop/workload_api_client.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--id", "spiffe://public/ns/default/app1"])
+        .arg("--root")
+        .arg(dir.path().join("creds/ca.crt"))
+        .args(["--audience", "api://x", "--rotations", "3"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success()
+            && stdout.lines().filter(|l| l.starts_with("ok ")).count() == 3
+            && !stdout.contains("FAIL "),
+        "workload_api_client.py failed: see above"
+    );
+}

@@ -488,10 +488,50 @@ pub async fn serve(
             )),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |conn| conn.map(authority_fixed),
+            ),
             stopped,
         )
         .await
+}
+
+/// A client's connection as the server reads it: its bytes through a
+/// [`crate::net::h2_authority::Rewriter`] (gRPC C-core and grpc-java send the socket's path as
+/// `:authority`, which h2 refuses), the server's answers copied back as they are.
+fn authority_fixed(client: tokio::net::UnixStream) -> tokio::io::DuplexStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (server, ours) = tokio::io::duplex(64 * 1024);
+    let (from_server, mut to_server) = tokio::io::split(ours);
+    let (mut from_client, mut to_client) = client.into_split();
+    let up = tokio::spawn(async move {
+        let mut rewriter = crate::net::h2_authority::Rewriter::new();
+        let (mut buf, mut out) = (vec![0u8; 16 * 1024], Vec::new());
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            out.clear();
+            if let Err(e) = rewriter.feed(buf.get(..n).unwrap_or_default(), &mut out) {
+                tracing::debug!(error = %e, "a Workload API client's connection closed");
+                break;
+            }
+            if to_server.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut from_server = from_server;
+        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_client).await;
+        // The server closed the connection: nothing more to carry to it.
+        up.abort();
+    });
+    server
 }
 
 #[cfg(test)]
