@@ -71,6 +71,10 @@ async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
 
     // Streamed: every rotation is a new message with a new leaf, the same ID, the bundle
     // holding Sentry's root.
+    // Sentry issues no JWT-SVIDs here (no --jwt-enabled): none minted on demand either.
+    let none = client.fetch_jwt_svid(["api://x"], None).await;
+    assert!(format!("{none:?}").contains("jwt-enabled"), "{none:?}");
+
     let mut stream = client.stream_x509_contexts().await.unwrap();
     let mut leaves: Vec<Vec<u8>> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -134,8 +138,8 @@ async fn a_spiffe_crate_client_streams_the_svid_and_sees_each_rotation() {
 
 /// The JWT-SVIDs Sentry issued with the sidecar's certificate (`--sentry-request-jwt-audiences`)
 /// through the Workload API: the `spiffe` crate's client fetches the token for each audience
-/// asked for, which verifies with the key set Sentry published; another audience is
-/// `NOT_FOUND`; the app's copy `jwt_svid.token` is 0600.
+/// asked for, which verifies with the key set Sentry published; audiences not asked for in
+/// advance are minted on demand; the app's copy `jwt_svid.token` is 0600.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_svids_from_sentry_through_the_workload_api() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +232,41 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
             "sts.example".to_owned()
         ]
     );
-    let other = client.fetch_jwt_svid(["api://other"], None).await;
+    // Audiences not asked for in advance: minted on demand (a signing round of the sidecar's
+    // own), verified with the published set, then served from the cache (the same token).
+    for (i, audiences) in [vec!["api://other"], vec!["api://a", "api://b"]]
+        .into_iter()
+        .enumerate()
+    {
+        let minted = client.fetch_jwt_svid(&audiences, None).await.unwrap();
+        let again = client.fetch_jwt_svid(&audiences, None).await.unwrap();
+        assert_eq!(minted.token(), again.token(), "cached");
+        let claims = sigil_host::sentry::jwt::verify(
+            minted.token(),
+            &jwks,
+            &sigil_host::sentry::jwt::Expectations {
+                audience: audiences[0],
+                subject: "spiffe://public/ns/default/app1",
+                now,
+                leeway: 60,
+            },
+        )
+        .unwrap();
+        if i == 0 {
+            assert_eq!(
+                claims.aud,
+                ["api://other".to_owned()],
+                "the per-audience token"
+            );
+        } else {
+            assert!(audiences
+                .iter()
+                .all(|a| claims.aud.contains(&(*a).to_owned())));
+        }
+    }
+    // Another SPIFFE ID than the sidecar's: refused.
+    let spiffe_id = spiffe::SpiffeId::try_from("spiffe://public/ns/default/app2").unwrap();
+    let other = client.fetch_jwt_svid(["api://x"], Some(&spiffe_id)).await;
     assert!(other.is_err(), "{other:?}");
 
     // The JWT bundle (Sentry's published set, from --jwt-bundle-file) for the trust domain,

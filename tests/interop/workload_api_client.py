@@ -65,16 +65,18 @@ def x509_svid(client, spiffe_id, roots):
 
 
 def jwt_svid(client, spiffe_id, audience):
-    svid = client.fetch_jwt_svid({audience})
-    expect(str(svid.spiffe_id) == spiffe_id, f"sub {svid.spiffe_id}")
-    expect(audience in svid.audience, f"aud {svid.audience}")
     bundles = client.fetch_jwt_bundles()
     td = TrustDomain(spiffe_id.split("/")[2])
     bundle = bundles.get_bundle_for_trust_domain(td)
     expect(bundle is not None and bundle.jwt_authorities, f"no JWT bundle for {td}")
-    checked = JwtSvid.parse_and_validate(svid.token, bundle, {audience})
-    expect(str(checked.spiffe_id) == spiffe_id, checked.spiffe_id)
-    client.validate_jwt_svid(svid.token, audience)
+    # The audience asked for with the certificate, and one minted on demand.
+    for aud in [audience, "api://on-demand"]:
+        svid = client.fetch_jwt_svid({aud})
+        expect(str(svid.spiffe_id) == spiffe_id, f"sub {svid.spiffe_id}")
+        expect(aud in svid.audience, f"aud {svid.audience}")
+        checked = JwtSvid.parse_and_validate(svid.token, bundle, {aud})
+        expect(str(checked.spiffe_id) == spiffe_id, checked.spiffe_id)
+        client.validate_jwt_svid(svid.token, aud)
     try:
         JwtSvid.parse_and_validate(svid.token, bundle, {"api://not-asked"})
         raise Failed("a wrong audience validated")

@@ -19,8 +19,12 @@
 //!   the bundle is given for the identity's trust domain.
 //! - **`FetchJWTSVID`** answers with the JWT-SVIDs Sentry issued with the identity in use
 //!   (`--sentry-request-jwt-audiences`): the per-audience token for one audience, else the
-//!   main token when it holds every audience asked for; `NOT_FOUND` for another audience
-//!   (Sentry mints tokens only with a certificate).
+//!   main token when it holds every audience asked for; for other audiences the sidecar mints
+//!   tokens on demand, as SPIRE's agent does (a signing round of its own, cached until half
+//!   their life: [`IdentityState::jwt_for`]); `NOT_FOUND` when Sentry issues none
+//!   (no `--jwt-enabled`), `UNAVAILABLE` when it cannot be reached.
+//! - **The socket's bytes** pass through [`crate::net::h2_authority`] first: gRPC C-core and
+//!   grpc-java clients send the socket's path as `:authority`, which h2 would refuse.
 //! - **`FetchJWTBundles`** and **`ValidateJWTSVID`** use Sentry's JWT key set from
 //!   `--jwt-bundle-file` (on Kubernetes, the `jwks.json` key of Dapr's `dapr-trust-bundle`
 //!   ConfigMap, mounted): the set is streamed for the identity's trust domain at once and
@@ -38,7 +42,7 @@ use futures_util::Stream;
 use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
-use super::identity::IdentityState;
+use super::identity::{IdentityState, JwtForError};
 use crate::workload_pb as pb;
 
 /// The metadata every Workload API call must carry.
@@ -351,20 +355,21 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                 req.spiffe_id
             )));
         }
-        let jwts = self.state.jwt_svids();
-        let Some(token) = jwts.as_ref().and_then(|j| j.for_audiences(&req.audience)) else {
-            return Err(Status::not_found(format!(
-                "no JWT-SVID for audience {:?}: the sidecar holds the tokens Sentry issued with \
-                 its certificate (sigil sidecar --sentry-request-jwt-audiences; Sentry \
-                 --jwt-enabled){}",
-                req.audience,
-                jwts.map_or_else(String::new, |j| format!(", for {:?}", j.audiences))
-            )));
-        };
+        let token = self
+            .state
+            .jwt_for(&req.audience)
+            .await
+            .map_err(|e| match e {
+                JwtForError::Unavailable(why) => Status::unavailable(why),
+                JwtForError::NotIssued(why) => Status::not_found(format!(
+                    "no JWT-SVID for audience {:?}: {why}",
+                    req.audience
+                )),
+            })?;
         Ok(Response::new(pb::JwtsvidResponse {
             svids: vec![pb::Jwtsvid {
                 spiffe_id: current.spiffe_id.clone(),
-                svid: token.to_owned(),
+                svid: token,
                 hint: String::new(),
             }],
         }))

@@ -182,6 +182,53 @@ pub struct IdentityState {
     changed: tokio::sync::watch::Sender<u64>,
     /// The JWT-SVIDs that came with the identity in use.
     jwt: ArcSwapOption<JwtSvids>,
+    /// What a signing round of its own needs (set by the driver).
+    minter: std::sync::OnceLock<Minter>,
+    /// JWT-SVIDs minted on demand, by their sorted audiences (at most [`ON_DEMAND_CACHE`]).
+    on_demand: tokio::sync::Mutex<std::collections::BTreeMap<Vec<String>, Arc<JwtSvids>>>,
+}
+
+/// How many sets of audiences the on-demand JWT-SVIDs are cached for.
+pub const ON_DEMAND_CACHE: usize = 64;
+
+/// A signing round of the sidecar's own, for JWT-SVIDs ([`IdentityState::jwt_for`]).
+struct Minter {
+    transport: Arc<dyn Transport>,
+    app_id: String,
+    namespace: String,
+    token_file: Option<PathBuf>,
+    token_validator: i32,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("app_id", &self.app_id)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workload token to send Sentry (empty without a token file).
+fn read_token(token_file: Option<&std::path::Path>) -> Result<String, ClientError> {
+    match token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| ClientError::Config(format!("token file {}: {e}", f.display()))),
+        None => Ok(String::new()),
+    }
+}
+
+/// Why [`IdentityState::jwt_for`] has no token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtForError {
+    /// No identity yet, or Sentry could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Sentry issues no JWT-SVIDs, or refused the audiences.
+    #[error("{0}")]
+    NotIssued(String),
 }
 
 /// Early renewals are asked for at most this often.
@@ -219,7 +266,102 @@ impl IdentityState {
             last_early: Mutex::new(None),
             changed: tokio::sync::watch::Sender::default(),
             jwt: ArcSwapOption::empty(),
+            minter: std::sync::OnceLock::new(),
+            on_demand: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// A JWT-SVID for exactly `audiences`: the one Sentry issued with the certificate when it
+    /// fits (`--sentry-request-jwt-audiences`), else one minted on demand, as SPIRE's agent
+    /// does: a signing round of its own (a fresh key and CSR; the certificate that comes back
+    /// is dropped, the identity in use stays), its tokens checked as daprd checks them and
+    /// kept until half their life has passed (for at most [`ON_DEMAND_CACHE`] sets of
+    /// audiences; one round at a time).
+    ///
+    /// # Errors
+    ///
+    /// [`JwtForError`]: no identity yet, Sentry unreachable, or no token for these audiences.
+    pub async fn jwt_for(&self, audiences: &[String]) -> Result<String, JwtForError> {
+        if let Some(t) = self
+            .jwt_svids()
+            .as_ref()
+            .and_then(|j| j.for_audiences(audiences).map(str::to_owned))
+        {
+            return Ok(t);
+        }
+        let Some(current) = self.current() else {
+            return Err(JwtForError::Unavailable("no identity issued yet".into()));
+        };
+        let mut key: Vec<String> = audiences.to_vec();
+        key.sort();
+        key.dedup();
+        let mut cache = self.on_demand.lock().await;
+        let fresh = |j: &JwtSvids| {
+            j.expires
+                .duration_since(SystemTime::now())
+                .is_ok_and(|left| left > j.lifetime / 2)
+        };
+        if let Some(t) = cache
+            .get(&key)
+            .filter(|j| fresh(j))
+            .and_then(|j| j.for_audiences(audiences).map(str::to_owned))
+        {
+            return Ok(t);
+        }
+        let (Some(minter), Some(anchors)) = (self.minter.get(), self.anchors()) else {
+            return Err(JwtForError::Unavailable(
+                "the identity driver is not running".into(),
+            ));
+        };
+        let mut signer = P256Key::generate()
+            .map_err(|e| JwtForError::Unavailable(format!("no key for the request: {e}")))?;
+        let mut buf = [0u8; 1024];
+        let csr = sigil_core::csr::Builder::new()
+            .build(&mut signer, &mut buf)
+            .map_err(|e| JwtForError::Unavailable(format!("building the CSR: {e:?}")))?
+            .to_vec();
+        let token = read_token(minter.token_file.as_deref())
+            .map_err(|e| JwtForError::Unavailable(e.to_string()))?;
+        let req = SignRequest {
+            id: minter.app_id.clone(),
+            namespace: minter.namespace.clone(),
+            token,
+            trust_domain: String::new(),
+            token_validator: minter.token_validator,
+            csr_der: csr,
+            jwt_audiences: key.clone(),
+        };
+        let signed = minter
+            .transport
+            .sign(req, anchors)
+            .await
+            .map_err(|e| JwtForError::Unavailable(format!("asking Sentry: {e}")))?;
+        crate::client::check_jwt_svids(&signed, &key, SystemTime::now(), Duration::from_secs(300))
+            .map_err(|e| JwtForError::NotIssued(format!("Sentry's JWT-SVIDs refused: {e}")))?;
+        let jwts = JwtSvids::from_signed(&signed).ok_or_else(|| {
+            JwtForError::NotIssued(
+                "Sentry issued no JWT-SVID (it issues them with --jwt-enabled)".into(),
+            )
+        })?;
+        let subject = crate::sentry::jwt::decode_unverified(&jwts.jwt)
+            .ok()
+            .and_then(|c| c.get("sub").and_then(|s| s.as_str().map(str::to_owned)));
+        if subject.as_deref() != Some(current.spiffe_id.as_str()) {
+            return Err(JwtForError::NotIssued(format!(
+                "Sentry's JWT-SVID is for {subject:?}, not {}",
+                current.spiffe_id
+            )));
+        }
+        let token = jwts
+            .for_audiences(audiences)
+            .map(str::to_owned)
+            .ok_or_else(|| JwtForError::NotIssued("no token for these audiences".into()))?;
+        cache.retain(|_, j| fresh(j));
+        if cache.len() >= ON_DEMAND_CACHE {
+            cache.pop_first();
+        }
+        cache.insert(key, Arc::new(jwts));
+        Ok(token)
     }
 
     /// The JWT-SVIDs that came with the identity in use, if Sentry issued any.
@@ -293,7 +435,8 @@ pub async fn drive(
         .map(|a| a.trim().to_owned())
         .filter(|a| !a.is_empty())
         .collect();
-    let transport = Arc::new(SentryTransport::new(addresses, config.sentry_id.clone()));
+    let transport: Arc<dyn Transport> =
+        Arc::new(SentryTransport::new(addresses, config.sentry_id.clone()));
     drive_with(config, state, transport, Arc::new(SystemWall), shutdown).await
 }
 
@@ -310,6 +453,13 @@ pub async fn drive_with(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), IdentityError> {
     tokio::pin!(shutdown);
+    let _ = state.minter.set(Minter {
+        transport: transport.clone(),
+        app_id: config.app_id.clone(),
+        namespace: config.namespace.clone(),
+        token_file: config.token_file.clone(),
+        token_validator: i32::from(config.token_validator),
+    });
     // The set in force is the configured anchors (file or environment) plus the bundle the
     // last authenticated Sentry answer carried (replaced whole by each answer that has one).
     let mut configured = read_anchors(&config.anchors)?;
@@ -531,12 +681,7 @@ fn handle_action(
                     return;
                 }
             };
-            let token = match &config.token_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .map(|t| t.trim().to_owned())
-                    .map_err(|e| ClientError::Config(format!("token file {}: {e}", f.display()))),
-                None => Ok(String::new()),
-            };
+            let token = read_token(config.token_file.as_deref());
             let done = done.clone();
             let token = match token {
                 Ok(t) => t,
