@@ -264,6 +264,10 @@ async fn jwt_svids_from_sentry_through_the_workload_api() {
                 .all(|a| claims.aud.contains(&(*a).to_owned())));
         }
     }
+    // Beyond Sentry's limits (17 audiences): refused by the sidecar, Sentry not asked.
+    let many: Vec<String> = (0..17).map(|i| format!("api://{i}")).collect();
+    let refused = client.fetch_jwt_svid(&many, None).await;
+    assert!(format!("{refused:?}").contains("1 to 16"), "{refused:?}");
     // Another SPIFFE ID than the sidecar's: refused.
     let spiffe_id = spiffe::SpiffeId::try_from("spiffe://public/ns/default/app2").unwrap();
     let other = client.fetch_jwt_svid(["api://x"], Some(&spiffe_id)).await;

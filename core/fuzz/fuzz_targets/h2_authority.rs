@@ -4,7 +4,7 @@
 //! the same fed whole or in two pieces; when the input is accepted, the output after the
 //! preface is whole frames whose header blocks decode with a decoder that has no table (nothing
 //! of the client's table is left for the server to hold), each with a valid `:authority` if it
-//! has one.
+//! has one, in frames no larger than the server accepts.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -45,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
         let (kind, flags) = (frames[3], frames[4]);
         let payload = &frames[9..9 + len];
         frames = &frames[9 + len..];
+        if kind == 0x1 || kind == 0x9 {
+            assert!(len <= 16_384, "a rewritten header frame over the server's frame size");
+        }
         let fragment = match kind {
             0x1 if flags & 0x20 != 0 => &payload[5..],
             0x1 | 0x9 => payload,

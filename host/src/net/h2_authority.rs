@@ -15,15 +15,25 @@
 //!   the priority and `END_STREAM` kept, the block split again into frames of at most 16 KiB
 //!   (the server's default `SETTINGS_MAX_FRAME_SIZE`);
 //! - a client that breaks the framing (a CONTINUATION out of place, a header block over
-//!   [`MAX_HEADER_BLOCK`], a block HPACK refuses) has its connection closed, as the server would
+//!   [`MAX_HEADER_BLOCK`], of more than [`MAX_FIELDS`] fields or decoding to more than
+//!   [`MAX_HEADER_LIST`], a block HPACK refuses) has its connection closed, as the server would
 //!   close it.
 //!
 //! The server-to-client bytes are not touched. The dynamic table size the decoder allows is the
-//! server's `SETTINGS_HEADER_TABLE_SIZE` (h2's default 4096; tonic keeps it).
+//! server's `SETTINGS_HEADER_TABLE_SIZE`: h2's default 4096, which the Workload API's tonic
+//! server keeps (it sets no `header_table_size`; a server that advertised another size would
+//! need this constant to follow).
 
 /// The largest frame a client may send (the server accepts 16 KiB; more is its error to
 /// report, not a reason to buffer megabytes here) and the largest header block, all its frames.
-pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// The most fields a header block may hold (a gRPC call sends about ten). Counted before the
+/// block is decoded, so a block cannot make the decoder expand thousands of references to a
+/// large table entry, or build thousands of Huffman tables.
+pub const MAX_FIELDS: usize = 256;
+/// The largest decoded header list (name + value + 32 per field, as RFC 9113 counts it); the
+/// server accepts 16 KiB (hyper's `SETTINGS_MAX_HEADER_LIST_SIZE`).
+pub const MAX_HEADER_LIST: usize = 64 * 1024;
 /// The HTTP/2 connection preface a client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -236,9 +246,16 @@ fn emit(
     block: &Block,
     out: &mut Vec<u8>,
 ) -> Result<(), Broken> {
+    if field_count(&block.fragment).is_none_or(|n| n > MAX_FIELDS) {
+        return Err(broken("a header block of too many fields, or not HPACK"));
+    }
     let fields = decoder
         .decode(&block.fragment)
         .map_err(|e| broken(&format!("HPACK: {e}")))?;
+    let list: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    if list > MAX_HEADER_LIST {
+        return Err(broken("a header list over the limit"));
+    }
     let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
     for (name, value) in &fields {
         let value: &[u8] =
@@ -290,6 +307,54 @@ fn write_frame(
     out.extend_from_slice(&[l0, l1, l2, kind, flags, s0, s1, s2, s3]);
     out.extend_from_slice(payload);
     Ok(())
+}
+
+/// How many field representations an HPACK block holds (table size updates not counted),
+/// read without decoding a string or touching a table; `None` if it does not parse.
+fn field_count(mut block: &[u8]) -> Option<usize> {
+    let mut fields = 0usize;
+    while let Some(&first) = block.first() {
+        let (prefix, strings) = match first {
+            b if b & 0x80 != 0 => (7, 0),
+            b if b & 0xc0 == 0x40 => (6, 1),
+            b if b & 0xe0 == 0x20 => (5, usize::MAX),
+            _ => (4, 1),
+        };
+        let (index, used) = read_integer(block, prefix)?;
+        block = block.get(used..)?;
+        if strings == usize::MAX {
+            continue;
+        }
+        fields += 1;
+        // A literal: a new name (index 0) before its value.
+        let strings = if strings == 1 && index == 0 {
+            2
+        } else {
+            strings
+        };
+        for _ in 0..strings {
+            let (len, used) = read_integer(block, 7)?;
+            block = block.get(used.checked_add(len)?..)?;
+        }
+    }
+    Some(fields)
+}
+
+/// An HPACK integer with an `n`-bit prefix at the start of `bytes`, and the bytes it took.
+fn read_integer(bytes: &[u8], n: u32) -> Option<(usize, usize)> {
+    let max = (1usize << n) - 1;
+    let first = usize::from(*bytes.first()?) & max;
+    if first < max {
+        return Some((first, 1));
+    }
+    let mut value = max;
+    for (i, &b) in bytes.get(1..)?.iter().enumerate().take(4) {
+        value = value.checked_add(usize::from(b & 0x7f) << (7 * i))?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 2));
+        }
+    }
+    None
 }
 
 /// An HPACK string literal, not Huffman-coded (RFC 7541 §5.2).
@@ -498,6 +563,36 @@ mod tests {
         let out = through(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).unwrap();
         assert_eq!(out, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(through(Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_that_would_expand_or_has_too_many_fields_is_refused_before_decoding() {
+        // A 4 KB table entry, then a block of references to it.
+        let big = vec![b'x'; 4000];
+        let mut first = vec![0x40u8];
+        string(&mut first, b"big");
+        string(&mut first, &big);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        assert!(through(input.clone()).is_ok(), "one large field is fine");
+        input.extend(frame(HEADERS, END_HEADERS, 3, &[0xbe; 100]));
+        let e = through(input).unwrap_err();
+        assert!(e.0.contains("limit"), "{e}");
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &[0x82; MAX_FIELDS + 1]));
+        let e = through(input).unwrap_err();
+        assert!(e.0.contains("too many fields"), "{e}");
+        assert_eq!(
+            field_count(&[0x82, 0x3f, 0xe1, 0x1f, 0x41, 0x01, b'a']),
+            Some(2)
+        );
+        assert_eq!(
+            field_count(&[0x41, 0x05, b'a']),
+            None,
+            "a string past the end"
+        );
+        assert_eq!(read_integer(&[31, 154, 10], 5), Some((1337, 3)));
+        assert_eq!(read_integer(&[31, 0xff, 0xff, 0xff, 0xff, 0xff], 5), None);
     }
 
     #[test]

@@ -355,17 +355,23 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
                 req.spiffe_id
             )));
         }
-        let token = self
-            .state
-            .jwt_for(&req.audience)
-            .await
-            .map_err(|e| match e {
+        let token = self.state.jwt_for(&req.audience).await.map_err(|e| {
+            // The audiences as asked, within reason for a status message.
+            let asked: Vec<String> = req
+                .audience
+                .iter()
+                .take(3)
+                .map(|a| a.chars().take(64).collect())
+                .collect();
+            match e {
+                JwtForError::Invalid(why) => Status::invalid_argument(why),
+                JwtForError::Busy => Status::resource_exhausted(e.to_string()),
                 JwtForError::Unavailable(why) => Status::unavailable(why),
-                JwtForError::NotIssued(why) => Status::not_found(format!(
-                    "no JWT-SVID for audience {:?}: {why}",
-                    req.audience
-                )),
-            })?;
+                JwtForError::NotIssued(why) => {
+                    Status::not_found(format!("no JWT-SVID for audience {asked:?}: {why}"))
+                }
+            }
+        })?;
         Ok(Response::new(pb::JwtsvidResponse {
             svids: vec![pb::Jwtsvid {
                 spiffe_id: current.spiffe_id.clone(),

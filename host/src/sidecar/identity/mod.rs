@@ -184,12 +184,80 @@ pub struct IdentityState {
     jwt: ArcSwapOption<JwtSvids>,
     /// What a signing round of its own needs (set by the driver).
     minter: std::sync::OnceLock<Minter>,
-    /// JWT-SVIDs minted on demand, by their sorted audiences (at most [`ON_DEMAND_CACHE`]).
-    on_demand: tokio::sync::Mutex<std::collections::BTreeMap<Vec<String>, Arc<JwtSvids>>>,
+    /// JWT-SVIDs minted on demand, by SPIFFE ID and sorted audiences (at most
+    /// [`ON_DEMAND_CACHE`]), each with when it is to be minted again (the sidecar's monotonic
+    /// clock: half the tokens' own `exp - iat` after they came).
+    on_demand: Mutex<OnDemand>,
+    /// One minting round at a time, and how many more may start at once ([`MINT_BURST`]).
+    minting: tokio::sync::Mutex<MintBudget>,
 }
+
+type OnDemand =
+    std::collections::BTreeMap<(String, Vec<String>), (Arc<JwtSvids>, std::time::Instant)>;
 
 /// How many sets of audiences the on-demand JWT-SVIDs are cached for.
 pub const ON_DEMAND_CACHE: usize = 64;
+/// How many minting rounds may run back to back; then one per [`MINT_EVERY`] (a local client
+/// cycling through audiences cannot make the sidecar hammer Sentry).
+pub const MINT_BURST: u32 = 16;
+/// How often a minting round is allowed once the burst is spent.
+pub const MINT_EVERY: Duration = Duration::from_secs(1);
+/// The longest a minting round may take (every Sentry replica tried included).
+pub const MINT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The minting rounds allowed now: a token bucket of [`MINT_BURST`] refilled every
+/// [`MINT_EVERY`].
+#[derive(Debug)]
+struct MintBudget {
+    tokens: u32,
+    since: std::time::Instant,
+}
+
+impl Default for MintBudget {
+    fn default() -> Self {
+        Self {
+            tokens: MINT_BURST,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+impl MintBudget {
+    fn take(&mut self) -> bool {
+        let earned = self.since.elapsed().as_secs() / MINT_EVERY.as_secs().max(1);
+        if earned > 0 {
+            self.tokens = self
+                .tokens
+                .saturating_add(u32::try_from(earned).unwrap_or(u32::MAX))
+                .min(MINT_BURST);
+            self.since = std::time::Instant::now();
+        }
+        let ok = self.tokens > 0;
+        self.tokens = self.tokens.saturating_sub(1);
+        ok
+    }
+}
+
+/// The audiences a JWT-SVID may be asked for (Sentry's limits: 1 to 16, each 1 to 512 bytes),
+/// sorted and without repeats; why not otherwise.
+fn audience_key(audiences: &[String]) -> Result<Vec<String>, String> {
+    let mut key: Vec<String> = audiences.to_vec();
+    key.sort();
+    key.dedup();
+    if key.is_empty() || key.len() > 16 {
+        return Err(format!("1 to 16 audiences, not {}", key.len()));
+    }
+    if let Some(a) = key
+        .iter()
+        .find(|a| a.is_empty() || a.len() > 512 || a.chars().any(char::is_control))
+    {
+        let shown: String = a.chars().take(40).collect();
+        return Err(format!(
+            "an audience must be 1 to 512 bytes without control characters: {shown:?}"
+        ));
+    }
+    Ok(key)
+}
 
 /// A signing round of the sidecar's own, for JWT-SVIDs ([`IdentityState::jwt_for`]).
 struct Minter {
@@ -223,6 +291,12 @@ fn read_token(token_file: Option<&std::path::Path>) -> Result<String, ClientErro
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwtForError {
+    /// The audiences cannot be asked for (Sentry's limits: 1 to 16, each 1 to 512 bytes).
+    #[error("{0}")]
+    Invalid(String),
+    /// Too many minting rounds lately ([`MINT_BURST`], then one per [`MINT_EVERY`]).
+    #[error("too many JWT-SVIDs for new audiences lately; try again in a second")]
+    Busy,
     /// No identity yet, or Sentry could not be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -267,7 +341,8 @@ impl IdentityState {
             changed: tokio::sync::watch::Sender::default(),
             jwt: ArcSwapOption::empty(),
             minter: std::sync::OnceLock::new(),
-            on_demand: tokio::sync::Mutex::default(),
+            on_demand: Mutex::default(),
+            minting: tokio::sync::Mutex::default(),
         }
     }
 
@@ -282,32 +357,77 @@ impl IdentityState {
     ///
     /// [`JwtForError`]: no identity yet, Sentry unreachable, or no token for these audiences.
     pub async fn jwt_for(&self, audiences: &[String]) -> Result<String, JwtForError> {
+        let key = audience_key(audiences).map_err(JwtForError::Invalid)?;
         if let Some(t) = self
             .jwt_svids()
             .as_ref()
-            .and_then(|j| j.for_audiences(audiences).map(str::to_owned))
+            .and_then(|j| j.for_audiences(&key).map(str::to_owned))
         {
             return Ok(t);
         }
+        if let Some(t) = self.cached_jwt(&key) {
+            return Ok(t);
+        }
+        let mut budget = self.minting.lock().await;
+        // Minted meanwhile by the round this call waited for?
+        if let Some(t) = self.cached_jwt(&key) {
+            return Ok(t);
+        }
+        if !budget.take() {
+            return Err(JwtForError::Busy);
+        }
+        let minted = tokio::time::timeout(MINT_TIMEOUT, self.mint_jwt(&key))
+            .await
+            .map_err(|_| {
+                JwtForError::Unavailable(format!(
+                    "Sentry did not answer within {}",
+                    humantime::format_duration(MINT_TIMEOUT)
+                ))
+            })??;
+        drop(budget);
+        let token = minted
+            .0
+            .for_audiences(&key)
+            .map(str::to_owned)
+            .ok_or_else(|| JwtForError::NotIssued("no token for these audiences".into()))?;
+        if let Ok(mut cache) = self.on_demand.lock() {
+            let now = std::time::Instant::now();
+            cache.retain(|_, (_, refresh)| *refresh > now);
+            if cache.len() >= ON_DEMAND_CACHE {
+                // The one due soonest goes.
+                if let Some(k) = cache
+                    .iter()
+                    .min_by_key(|(_, (_, refresh))| *refresh)
+                    .map(|(k, _)| k.clone())
+                {
+                    cache.remove(&k);
+                }
+            }
+            cache.insert((minted.1, key), (minted.0, minted.2));
+        }
+        Ok(token)
+    }
+
+    /// A cached on-demand token for `key` and the identity in use, while fresh.
+    fn cached_jwt(&self, key: &[String]) -> Option<String> {
+        let id = self.current()?.spiffe_id.clone();
+        let cache = self.on_demand.lock().ok()?;
+        let (jwts, refresh) = cache.get(&(id, key.to_vec()))?;
+        if *refresh <= std::time::Instant::now() {
+            return None;
+        }
+        jwts.for_audiences(key).map(str::to_owned)
+    }
+
+    /// One minting round: a fresh key and CSR, Sentry's answer checked; the tokens, the SPIFFE
+    /// ID they are for, and when to mint again.
+    async fn mint_jwt(
+        &self,
+        key: &[String],
+    ) -> Result<(Arc<JwtSvids>, String, std::time::Instant), JwtForError> {
         let Some(current) = self.current() else {
             return Err(JwtForError::Unavailable("no identity issued yet".into()));
         };
-        let mut key: Vec<String> = audiences.to_vec();
-        key.sort();
-        key.dedup();
-        let mut cache = self.on_demand.lock().await;
-        let fresh = |j: &JwtSvids| {
-            j.expires
-                .duration_since(SystemTime::now())
-                .is_ok_and(|left| left > j.lifetime / 2)
-        };
-        if let Some(t) = cache
-            .get(&key)
-            .filter(|j| fresh(j))
-            .and_then(|j| j.for_audiences(audiences).map(str::to_owned))
-        {
-            return Ok(t);
-        }
         let (Some(minter), Some(anchors)) = (self.minter.get(), self.anchors()) else {
             return Err(JwtForError::Unavailable(
                 "the identity driver is not running".into(),
@@ -329,14 +449,23 @@ impl IdentityState {
             trust_domain: String::new(),
             token_validator: minter.token_validator,
             csr_der: csr,
-            jwt_audiences: key.clone(),
+            jwt_audiences: key.to_vec(),
         };
         let signed = minter
             .transport
             .sign(req, anchors)
             .await
-            .map_err(|e| JwtForError::Unavailable(format!("asking Sentry: {e}")))?;
-        crate::client::check_jwt_svids(&signed, &key, SystemTime::now(), Duration::from_secs(300))
+            .map_err(|e| match e {
+                ClientError::Refused {
+                    code: tonic::Code::InvalidArgument,
+                    message,
+                } => JwtForError::Invalid(format!("Sentry refused the audiences: {message}")),
+                ClientError::Refused { code, message } => {
+                    JwtForError::NotIssued(format!("Sentry refused: {code:?}: {message}"))
+                }
+                e => JwtForError::Unavailable(format!("asking Sentry: {e}")),
+            })?;
+        crate::client::check_jwt_svids(&signed, key, SystemTime::now(), Duration::from_secs(300))
             .map_err(|e| JwtForError::NotIssued(format!("Sentry's JWT-SVIDs refused: {e}")))?;
         let jwts = JwtSvids::from_signed(&signed).ok_or_else(|| {
             JwtForError::NotIssued(
@@ -352,16 +481,10 @@ impl IdentityState {
                 current.spiffe_id
             )));
         }
-        let token = jwts
-            .for_audiences(audiences)
-            .map(str::to_owned)
-            .ok_or_else(|| JwtForError::NotIssued("no token for these audiences".into()))?;
-        cache.retain(|_, j| fresh(j));
-        if cache.len() >= ON_DEMAND_CACHE {
-            cache.pop_first();
-        }
-        cache.insert(key, Arc::new(jwts));
-        Ok(token)
+        // Half the tokens' own life from now (Sentry's clock sets exp - iat; the sidecar's
+        // wall clock plays no part).
+        let refresh = std::time::Instant::now() + jwts.lifetime / 2;
+        Ok((Arc::new(jwts), current.spiffe_id.clone(), refresh))
     }
 
     /// The JWT-SVIDs that came with the identity in use, if Sentry issued any.
@@ -1087,5 +1210,32 @@ mod tests {
             );
             r.stop().await;
         }
+    }
+
+    #[test]
+    fn on_demand_audiences_follow_sentrys_limits_and_minting_is_budgeted() {
+        let a = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            audience_key(&a(&["b", "a", "b"])).unwrap(),
+            a(&["a", "b"]),
+            "sorted, once each"
+        );
+        assert!(audience_key(&[]).is_err());
+        assert!(audience_key(&a(&[""])).is_err());
+        assert!(audience_key(&a(&["x\n"])).is_err());
+        assert!(audience_key(&["x".repeat(513)]).is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("a{i}")).collect();
+        assert!(audience_key(&many).is_err());
+        assert!(audience_key(&many[..16]).is_ok());
+        let mut budget = MintBudget::default();
+        for _ in 0..MINT_BURST {
+            assert!(budget.take());
+        }
+        assert!(!budget.take(), "the burst is spent");
+        budget.since -= MINT_EVERY * 2;
+        assert!(
+            budget.take() && budget.take() && !budget.take(),
+            "two earned back"
+        );
     }
 }
