@@ -16,7 +16,14 @@
 //!   bundle, and when its successor was activated;
 //! - `.sigil-auto`: present for credentials Sigil generated, holding the SHA-256 of the issuer
 //!   it made; Sentry rotates automatically only while it matches `issuer.crt` (a set replaced
-//!   by hand is the user's from then on: warned about, never rotated).
+//!   by hand is the user's from then on: warned about, never rotated);
+//! - with Sentry's JWT key (`jwt.key`, `jwks.json`; [`super::journal::JwtSlots`]): the
+//!   `.sigil-jwt-auto` marker (the thumbprint of a key Sigil generated), the prepared key with
+//!   the set that publishes it and the wait in `.sigil-next/` (`jwt.key`, `jwks.json`,
+//!   `jwt.wait`), the outgoing key's kid and wait in `.sigil-old/` (`jwt.kid`, `jwt.wait`).
+//!   Prepare stages them before its commit and merges the set before publishing the root;
+//!   activate notes the outgoing key before its commit and writes the marker, then the key,
+//!   only over the key it started from; retire writes the set (if it changes) before `ca.crt`.
 //!
 //! Each step has a commit point; a crash (kill -9, power loss) before it leaves nothing
 //! changed that matters and [`recover`] (run under the lock at every start and before every
