@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
         let payload = &frames[9..9 + len];
         frames = &frames[9 + len..];
         if kind == 0x1 || kind == 0x9 {
-            assert!(len <= 16_384, "a rewritten header frame over the server's frame size");
+            assert!(
+                len <= 16_384,
+                "a rewritten header frame over the server's frame size"
+            );
         }
         let fragment = match kind {
             0x1 if flags & 0x20 != 0 => &payload[5..],
