@@ -42,4 +42,11 @@ if ! command -v kubectl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq kubernetes-client >/dev/null
 fi
 bash ci/kube-setup.sh
-echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version))"
+# Go (Debian's golang-go; its standard library only, no module proxy) for the independent TLS
+# peer of host/tests/go_peer.rs (tests/interop/go_tls_peer). kube-setup.sh installs it when it
+# builds the API server; a machine with that build cached may not have it.
+if ! command -v go >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq golang-go >/dev/null
+fi
+echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version); $(go version))"
