@@ -8,11 +8,13 @@
 //!
 //! Operations: P-256 key generation (from the DRBG), an ECDSA P-256 signature over 100 bytes
 //! (RFC 6979 nonce, SHA-256), its verification, an ECDH key agreement (TLS 1.3 key share:
-//! an ephemeral key, its public share and the shared secret), SHA-256 per KiB, a CSR, and a 3-certificate path
-//! validation (two signature verifications, the fixture chain). The last line sums a device's
-//! mutual-TLS handshake from them (ECDHE, CertificateVerify signed, the server's chain and
-//! CertificateVerify verified, transcript hashing of about 3 KiB): an estimate of its
-//! crypto, labelled so.
+//! an ephemeral key, its public share and the shared secret), SHA-256 per KiB, AES-128-GCM
+//! per KiB (the TLS record cipher, sealing), an Ed25519 verification (RFC 8032's test 2;
+//! images built with the `ed25519` feature), a CSR, and a 3-certificate path validation (two
+//! signature verifications, the fixture chain). The last line sums a device's mutual-TLS
+//! handshake from them (ECDHE, CertificateVerify signed, the server's chain and
+//! CertificateVerify verified, transcript hashing of about 3 KiB, about 3 KiB of records
+//! sealed or opened): an estimate of its crypto, labelled so.
 #![no_std]
 #![no_main]
 
@@ -133,6 +135,41 @@ fn run() -> Result<(), &'static str> {
         let digest = sha2::Sha256::digest(block);
         ok &= digest.iter().any(|b| *b != 0);
     });
+    let aes_gcm_kib = {
+        use aes_gcm::aead::{AeadInPlace as _, KeyInit as _};
+        let cipher = aes_gcm::Aes128Gcm::new(&[0x11; 16].into());
+        let mut record = [0x5a_u8; 1024];
+        instructions(per_tick, || {
+            let tag = cipher.encrypt_in_place_detached(&[0x22; 12].into(), b"hdr", &mut record);
+            ok &= tag.is_ok();
+        })
+    };
+    #[cfg(feature = "ed25519")]
+    let ed25519_verify = {
+        // RFC 8032, section 7.1, TEST 2: a one-byte message.
+        const PUBLIC: [u8; 32] = [
+            0x3d, 0x40, 0x17, 0xc3, 0xe8, 0x43, 0x89, 0x5a, 0x92, 0xb7, 0x0a, 0xa7, 0x4d, 0x1b,
+            0x7e, 0xbc, 0x9c, 0x98, 0x2c, 0xcf, 0x2e, 0xc4, 0x96, 0x8c, 0xc0, 0xcd, 0x55, 0xf1,
+            0x2a, 0xf4, 0x66, 0x0c,
+        ];
+        const SIGNATURE: [u8; 64] = [
+            0x92, 0xa0, 0x09, 0xa9, 0xf0, 0xd4, 0xca, 0xb8, 0x72, 0x0e, 0x82, 0x0b, 0x5f, 0x64,
+            0x25, 0x40, 0xa2, 0xb2, 0x7b, 0x54, 0x16, 0x50, 0x3f, 0x8f, 0xb3, 0x76, 0x22, 0x23,
+            0xeb, 0xdb, 0x69, 0xda, 0x08, 0x5a, 0xc1, 0xe4, 0x3e, 0x15, 0x99, 0x6e, 0x45, 0x8f,
+            0x36, 0x13, 0xd0, 0xf1, 0x1d, 0x8c, 0x38, 0x7b, 0x2e, 0xae, 0xb4, 0x30, 0x2a, 0xee,
+            0xb0, 0x0d, 0x29, 0x16, 0x12, 0xbb, 0x0c, 0x00,
+        ];
+        instructions(per_tick, || {
+            ok &= RustCryptoSignatureVerifier
+                .verify(
+                    sigil_core::crypto::Scheme::Ed25519,
+                    sigil_core::crypto::PublicKey::Ed25519(&PUBLIC),
+                    &[0x72],
+                    &SIGNATURE,
+                )
+                .is_ok();
+        })
+    };
     let id = SpiffeId::parse(DEVICE_ID).map_err(|_| "device SPIFFE ID")?;
     let mut csr_buf = [0u8; 320];
     let csr = instructions(per_tick, || {
@@ -167,14 +204,17 @@ fn run() -> Result<(), &'static str> {
         ("p256_verify", verify),
         ("p256_ecdh", ecdh),
         ("sha256_per_kib", sha256_kib),
+        ("aes128gcm_seal_per_kib", aes_gcm_kib),
         ("csr_build", csr),
         ("path_validation_3_certs", path),
     ] {
         say!("bench: ", name, " instructions=", n);
     }
-    // ECDHE, our CertificateVerify, the server's chain (the path) and CertificateVerify, and
-    // about 3 KiB of transcript hashing.
-    let handshake = ecdh + sign + path + verify + 3 * sha256_kib;
+    #[cfg(feature = "ed25519")]
+    say!("bench: ed25519_verify instructions=", ed25519_verify);
+    // ECDHE, our CertificateVerify, the server's chain (the path) and CertificateVerify, about
+    // 3 KiB of transcript hashing and about 3 KiB of records sealed or opened.
+    let handshake = ecdh + sign + path + verify + 3 * sha256_kib + 3 * aes_gcm_kib;
     say!(
         "bench: handshake_crypto_estimate instructions=",
         handshake,
