@@ -37,9 +37,13 @@ use crate::time::Instant;
 pub const HEADER_LEN: usize = 4;
 /// Bytes after the payload: the CRC.
 pub const TRAILER_LEN: usize = 4;
-/// Largest payload a frame may carry (a sign answer with a 3-certificate P-256 chain is about
-/// 1.5 KB; TLS records are sent in pieces of at most this).
-pub const MAX_PAYLOAD: usize = 4096;
+/// Largest payload a frame may carry: a TLS record the device's peer sends (at most
+/// [`MAX_TLS_RECORD`] of plaintext, about 2,070 bytes on the wire; the relay forwards them in
+/// pieces of at most 2 KiB), and a sign answer — Sigil's P-256 leaf and issuer are about
+/// 900 bytes, each root about 360, so the chain and up to four of Sentry's roots fit (the
+/// relay sends the chain without the roots when they do not, and the device keeps its own).
+/// Every byte here is the device's RAM twice over (its receive frame and the deframer's).
+pub const MAX_PAYLOAD: usize = 2560;
 /// Largest whole frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TRAILER_LEN;
 
@@ -984,7 +988,7 @@ mod tests {
         assert_eq!(d.poll_event(t0), None);
         assert_eq!(d.frame_bytes(), b"");
         // A header announcing more than comes: nothing until the stall, then skipped.
-        d.handle_bytes(&[MAGIC, 3, 0x0f, 0xff, 1, 2], t0);
+        d.handle_bytes(&[MAGIC, 3, 0x09, 0xff, 1, 2], t0);
         assert_eq!(d.poll_event(t0), None);
         assert_eq!(d.poll_timeout(), Some(Instant::from_millis(1010)));
         // Time spent busy elsewhere does not count.
@@ -994,7 +998,7 @@ mod tests {
             d.poll_event(Instant::from_millis(1900)),
             Some(Event::Skipped {
                 bytes: 6,
-                reason: Skip::Stalled { needed: 4103 }
+                reason: Skip::Stalled { needed: 2567 }
             })
         );
         assert_eq!(d.buffered(), 0);

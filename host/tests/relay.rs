@@ -530,7 +530,7 @@ fn corrupt_input_is_skipped_and_the_link_resynchronises() {
     // A header whose length was corrupted upwards swallows the next frame; once the device is
     // silent the relay drops it and finds the request inside.
     let (key, csr) = key_and_csr();
-    let mut bytes = vec![0x53, 3, 0x0f, 0xff];
+    let mut bytes = vec![0x53, 3, 0x09, 0xff];
     bytes.extend_from_slice(&wire(&sign_request(9, "device", &csr)));
     relay.device.send_raw(&bytes);
     relay.expect_chain(9, &anchors, &key);
