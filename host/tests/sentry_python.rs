@@ -63,12 +63,9 @@ fn sentry_against_python_grpc_openssl_and_pyjwt() {
     );
 }
 
-/// Issue 17: JWT-SVIDs from `sigil sign --jwt-audience` verified by PyJWT with the keys the
-/// OIDC discovery document points to (over TLS), for RS256, PS256, ES256, ES384 and EdDSA; the
-/// OIDC server's host handling (dapr/dapr #10027 and stricter); the flags Sentry refuses.
-/// `tests/interop/jwt_oidc.py` starts its own Sentrys from this test's `sigil` binary.
-#[test]
-fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
+/// Runs `tests/interop/jwt_oidc.py` with this test's `sigil` binary, a fresh work directory and
+/// `extra` arguments; its output (printed) and stdout.
+fn jwt_oidc(extra: &[&str]) -> (std::process::Output, String) {
     let python = common::python();
     let workdir = tempfile::tempdir().unwrap();
     let out = Command::new(&python)
@@ -77,10 +74,21 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
         .arg(env!("CARGO_BIN_EXE_sigil"))
         .arg("--workdir")
         .arg(workdir.path())
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out, stdout)
+}
+
+/// Issue 17: JWT-SVIDs from `sigil sign --jwt-audience` verified by PyJWT with the keys the
+/// OIDC discovery document points to (over TLS), for RS256, PS256, ES256, ES384 and EdDSA; the
+/// OIDC server's host handling (dapr/dapr #10027 and stricter); the flags Sentry refuses.
+/// `tests/interop/jwt_oidc.py` starts its own Sentrys from this test's `sigil` binary.
+#[test]
+fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
+    let (out, stdout) = jwt_oidc(&[]);
     assert!(
         out.status.success(),
         "jwt_oidc.py failed: see the FAIL lines above"
@@ -97,19 +105,7 @@ fn jwt_svids_verify_with_pyjwt_through_oidc_discovery() {
 /// set fetched before the token was signed, and with every set published while it is valid.
 #[test]
 fn the_jwt_key_rotates_with_the_ca_and_pyjwt_verifies_across_it() {
-    let python = common::python();
-    let workdir = tempfile::tempdir().unwrap();
-    let out = Command::new(&python)
-        .arg(repo_root().join("tests/interop/jwt_oidc.py"))
-        .arg("--sigil")
-        .arg(env!("CARGO_BIN_EXE_sigil"))
-        .arg("--workdir")
-        .arg(workdir.path())
-        .arg("--rotation")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let (out, stdout) = jwt_oidc(&["--rotation"]);
     assert!(
         out.status.success() && stdout.contains("ok jwt_key_rotates_with_the_ca"),
         "jwt_oidc.py --rotation failed: see above"

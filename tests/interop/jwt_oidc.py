@@ -18,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import jwt  # PyJWT
@@ -27,30 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-RESULTS = []
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(cond, why):
-    if not cond:
-        raise Failed(why)
-
-
-def check(name, fn, *args):
-    try:
-        fn(*args)
-    except Failed as e:
-        RESULTS.append(False)
-        print(f"FAIL {name}: {e}", flush=True)
-    except Exception as e:  # noqa: BLE001 - a crashed check is a failed check
-        RESULTS.append(False)
-        print(f"FAIL {name}: unexpected {''.join(traceback.format_exception_only(type(e), e)).strip()}", flush=True)
-    else:
-        RESULTS.append(True)
-        print(f"ok {name}", flush=True)
+from checks import RESULTS, Failed, check, expect  # noqa: E402 - beside this script
 
 
 def free_port():

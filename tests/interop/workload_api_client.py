@@ -12,36 +12,12 @@ import argparse
 import sys
 import threading
 import time
-import traceback
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
-RESULTS = []
-
-
-class Failed(Exception):
-    pass
-
-
-def expect(cond, why):
-    if not cond:
-        raise Failed(why)
-
-
-def check(name, fn, *args):
-    try:
-        fn(*args)
-    except Failed as e:
-        RESULTS.append(False)
-        print(f"FAIL {name}: {e}", flush=True)
-    except Exception as e:  # noqa: BLE001 - a crashed check is a failed check
-        RESULTS.append(False)
-        print(f"FAIL {name}: unexpected {''.join(traceback.format_exception_only(type(e), e)).strip()}", flush=True)
-    else:
-        RESULTS.append(True)
-        print(f"ok {name}", flush=True)
+from checks import RESULTS, Failed, check, expect  # noqa: E402 - beside this script
 
 
 def public_der(key):

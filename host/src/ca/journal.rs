@@ -206,6 +206,16 @@ pub fn parse_stamp(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(text.trim().parse().ok()?))
 }
 
+/// A JWT slot's wait as text: whole seconds, rounded up (never shorter than the wait).
+pub fn wait_text(wait: Duration) -> String {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).to_string()
+}
+
+/// A wait read back ([`wait_text`]); `None` if it does not read.
+pub fn parse_wait(text: &str) -> Option<Duration> {
+    text.trim().parse().ok().map(Duration::from_secs)
+}
+
 /// `at` rounded up to a whole second, as a stamp stores it.
 pub fn whole(at: SystemTime) -> SystemTime {
     parse_stamp(&stamp_text(at)).unwrap_or(at)
@@ -489,6 +499,22 @@ mod tests {
         }
     }
 
+    /// `set` holding `key` (ES256) as a JWT key Sigil generated, published alone.
+    fn with_jwt_key(set: Set, key: &Zeroizing<String>) -> Set {
+        Set {
+            jwt: Some(JwtSlots {
+                jwks: jwt::set_with_key(r#"{"keys":[]}"#, key, JwtAlgorithm::ES256).unwrap(),
+                auto: jwt::key_thumbprint(key),
+                key: key.clone(),
+                next: None,
+                old_kid: None,
+                next_wait: None,
+                old_wait: None,
+            }),
+            ..set
+        }
+    }
+
     #[test]
     fn the_three_steps_publish_first_sign_next_and_retire_last() {
         let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
@@ -573,18 +599,7 @@ mod tests {
         let es = JwtAlgorithm::ES256;
         let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         let key = jwt::generate(es).unwrap();
-        let set = Set {
-            jwt: Some(JwtSlots {
-                jwks: set_with_key(r#"{"keys":[]}"#, &key, es).unwrap(),
-                auto: jwt::key_thumbprint(&key),
-                key: key.clone(),
-                next: None,
-                old_kid: None,
-                next_wait: None,
-                old_wait: None,
-            }),
-            ..generated(t0)
-        };
+        let set = with_jwt_key(generated(t0), &key);
         // Without an algorithm (`sigil ca rotate`), no JWT key is prepared.
         let by_hand = set.take(Step::Prepare, &opts(), t0).unwrap();
         assert!(by_hand.jwt.unwrap().next.is_none());
@@ -658,18 +673,7 @@ mod tests {
         let es = JwtAlgorithm::ES256;
         let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         let key = jwt::generate(es).unwrap();
-        let set = Set {
-            jwt: Some(JwtSlots {
-                jwks: jwt::set_with_key(r#"{"keys":[]}"#, &key, es).unwrap(),
-                auto: jwt::key_thumbprint(&key),
-                key: key.clone(),
-                next: None,
-                old_kid: None,
-                next_wait: None,
-                old_wait: None,
-            }),
-            ..generated(t0)
-        };
+        let set = with_jwt_key(generated(t0), &key);
         // Sentry with 20 s tokens (its wait: 20 s) prepares and activates.
         let mut sentry = StepOptions {
             jwt: Some(es),

@@ -558,17 +558,9 @@ fn read_jwt(paths: &StorePaths, prepared: bool, retiring: bool) -> Option<JwtSlo
         old_kid: retiring
             .then(|| read(&paths.dir.join(OLD).join(JWT_OLD_KID)))
             .flatten(),
-        next_wait: read(&paths.dir.join(NEXT).join(JWT_WAIT)).and_then(|t| secs(&t)),
-        old_wait: read(&paths.dir.join(OLD).join(JWT_WAIT)).and_then(|t| secs(&t)),
+        next_wait: read(&paths.dir.join(NEXT).join(JWT_WAIT)).and_then(|t| journal::parse_wait(&t)),
+        old_wait: read(&paths.dir.join(OLD).join(JWT_WAIT)).and_then(|t| journal::parse_wait(&t)),
     })
-}
-
-fn secs(text: &str) -> Option<Duration> {
-    text.trim().parse().ok().map(Duration::from_secs)
-}
-
-fn secs_text(d: Duration) -> String {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).to_string()
 }
 
 /// A step that produced no slot it must have (never: [`journal::Set::take`] makes it).
@@ -597,7 +589,7 @@ fn prepare(
         if let Some(key) = &jwt.next {
             write(&next.join(JWT_KEY), key.as_bytes(), 0o600)?;
             write(&next.join(JWT_SET), jwt.jwks.as_bytes(), 0o644)?;
-            let wait = secs_text(jwt.next_wait.unwrap_or_default());
+            let wait = journal::wait_text(jwt.next_wait.unwrap_or_default());
             write(&next.join(JWT_WAIT), wait.as_bytes(), 0o644)?;
         }
     }
@@ -646,7 +638,7 @@ fn activate(
                 if let Some(kid) = &jwt.old_kid {
                     write(&next.join(JWT_OLD_KID), kid.as_bytes(), 0o644)?;
                 }
-                let wait = secs_text(jwt.old_wait.unwrap_or_default());
+                let wait = journal::wait_text(jwt.old_wait.unwrap_or_default());
                 write(&next.join(JWT_OUTGOING_WAIT), wait.as_bytes(), 0o644)?;
                 let outgoing = fs::read_to_string(&paths.jwt_key)
                     .ok()
@@ -958,6 +950,27 @@ pub(crate) mod tests {
         steps
     }
 
+    /// Runs the journal second by second from `t0` for up to 120 s with `o` until a step stops
+    /// at `o.crash` (as a kill -9 there would); the time reached and whether it stopped.
+    fn run_to_crash(paths: &StorePaths, o: &StepOptions, t0: SystemTime) -> (SystemTime, bool) {
+        let mut at = t0;
+        for s in 0..120 {
+            at = t0 + Duration::from_secs(s);
+            loop {
+                match run_due(paths, o, || at) {
+                    Ok(tick) if tick.done.is_some() => {}
+                    Ok(_) => break,
+                    Err(RotationError::Interrupted(p)) => {
+                        assert_eq!(Some(p), o.crash);
+                        return (at, true);
+                    }
+                    Err(e) => panic!("{:?}: {e}", o.crash),
+                }
+            }
+        }
+        (at, false)
+    }
+
     #[test]
     fn generated_credentials_rotate_on_schedule_and_stay_automatic() {
         let t = tempfile::tempdir().unwrap();
@@ -1008,23 +1021,8 @@ pub(crate) mod tests {
             let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
             start(&paths, Rotation::Automatic, t0);
             // Run until the step reaches the point and stops there, as a kill -9 would.
-            let mut crashed_at = None;
-            'run: for s in 0..120 {
-                let now = t0 + Duration::from_secs(s);
-                loop {
-                    match run_due(&paths, &opts(Some(point)), || now) {
-                        Ok(tick) if tick.done.is_some() => {}
-                        Ok(_) => break,
-                        Err(RotationError::Interrupted(p)) => {
-                            assert_eq!(p, point);
-                            crashed_at = Some(now);
-                            break 'run;
-                        }
-                        Err(e) => panic!("{point}: {e}"),
-                    }
-                }
-            }
-            let now = crashed_at.unwrap_or_else(|| panic!("{point} never reached"));
+            let (now, crashed) = run_to_crash(&paths, &opts(Some(point)), t0);
+            assert!(crashed, "{point} never reached");
             // The next start recovers under the lock, and the set it loads is whole.
             assert_eq!(
                 start(&paths, Rotation::Automatic, now),
@@ -1221,18 +1219,7 @@ pub(crate) mod tests {
                 jwt: Some(crate::ca::jwt::JwtAlgorithm::ES256),
                 ..opts(Some(point))
             };
-            let mut at = t0;
-            'run: for s in 0..120 {
-                at = t0 + Duration::from_secs(s);
-                loop {
-                    match run_due(&paths, &o, || at) {
-                        Ok(tick) if tick.done.is_some() => {}
-                        Ok(_) => break,
-                        Err(RotationError::Interrupted(_)) => break 'run,
-                        Err(e) => panic!("{point}: {e}"),
-                    }
-                }
-            }
+            let (at, _) = run_to_crash(&paths, &o, t0);
             // The operator's own key and set, before anything restarts.
             fs::remove_file(&paths.jwt_key).unwrap();
             fs::remove_file(&paths.jwks).unwrap();
@@ -1251,18 +1238,7 @@ pub(crate) mod tests {
             let paths = StorePaths::in_dir(t.path());
             let t0 = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
             start(&paths, Rotation::Automatic, t0);
-            let mut at = t0;
-            'run: for s in 0..120 {
-                at = t0 + Duration::from_secs(s);
-                loop {
-                    match run_due(&paths, &opts(Some(point)), || at) {
-                        Ok(tick) if tick.done.is_some() => {}
-                        Ok(_) => break,
-                        Err(RotationError::Interrupted(_)) => break 'run,
-                        Err(e) => panic!("{point}: {e}"),
-                    }
-                }
-            }
+            let (at, _) = run_to_crash(&paths, &opts(Some(point)), t0);
             // The operator puts their own set in place before anything restarts.
             let (_, mine) = Credentials::generate("localhost", ID, at, Duration::ZERO).unwrap();
             fs::write(&paths.ca, &mine.ca).unwrap();

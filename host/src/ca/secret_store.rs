@@ -278,8 +278,7 @@ fn jwt_slots_of(data: &BTreeMap<String, ByteString>) -> Option<JwtSlots> {
 }
 
 fn wait_of(data: &BTreeMap<String, ByteString>, prefix: &str) -> Option<Duration> {
-    let secs = text(data, &format!("{prefix}{JWT_WAIT}"))?;
-    secs.trim().parse().ok().map(Duration::from_secs)
+    journal::parse_wait(&text(data, &format!("{prefix}{JWT_WAIT}"))?)
 }
 
 /// A Secret key of the JWT key's journal.
@@ -333,7 +332,7 @@ fn data_of(set: &Set, mut data: BTreeMap<String, ByteString>) -> BTreeMap<String
         }
         for (prefix, wait) in [(NEXT_PREFIX, j.next_wait), (OLD_PREFIX, j.old_wait)] {
             if let Some(w) = wait {
-                put(format!("{prefix}{JWT_WAIT}"), &w.as_secs().to_string());
+                put(format!("{prefix}{JWT_WAIT}"), &journal::wait_text(w));
             }
         }
     }
