@@ -11,11 +11,17 @@
 # (and its roots), keep its identity and call once more with it. Exit 0 only if the firmware
 # exits 0.
 #
+# The device's TLS sessions go in turn to Sigil's sidecar and to an independent Go TLS server
+# (tests/interop/go_tls_peer: Go's crypto/tls and crypto/x509, authorising clients as daprd and
+# go-spiffe do, with the intermediates the client sends, against Sentry's published roots),
+# holding the app's identity from the sidecar's identity files: the device sends its chain, so
+# both accept it; the Go server's log must show it accepted the device's chain more than once.
+#
 # With SIGIL_E2E_KEY_ALGORITHM=ed25519 both Sentrys make Ed25519 roots and issuers (as Dapr
 # 1.18 does) and the firmware is built with the core's `ed25519` feature: the device validates
 # Ed25519 chains (its own and the sidecar's) end to end. Its log goes to target/e2e-ed25519/.
 #
-#   bash ci/qemu-e2e.sh            (needs qemu-system-arm, python3; ci/setup.sh installs them)
+#   bash ci/qemu-e2e.sh            (needs qemu-system-arm, python3, go; ci/setup.sh installs them)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -126,6 +132,22 @@ internal=$(wait_line "$work/sidecar.log" '^sidecar: app' 60 | sed -n 's/.*intern
   || fail "the sidecar did not start"
 [ -n "$internal" ] || fail "no sidecar internal address"
 
+step "starting the Go TLS peer with the app's identity (the sidecar's identity files)"
+GO111MODULE=off GOFLAGS= go build -o "$work/go_tls_peer" tests/interop/go_tls_peer/main.go \
+  || fail "the Go TLS peer did not build (golang-go; ci/setup.sh installs it)"
+for ((i = 0; i < 300; i++)); do
+  [ -s "$work/echo-identity/cert.pem" ] && [ -s "$work/echo-identity/key.pem" ] && break
+  sleep 0.1
+done
+# Its client roots: Sentry's live ca.crt, the trust bundle it publishes (with the next root
+# from the moment it is prepared), as a stock sidecar gets it.
+"$work/go_tls_peer" -cert "$work/echo-identity/cert.pem" -key "$work/echo-identity/key.pem" \
+  -roots "$work/sentry/ca.crt" -allow "spiffe://public/ns/default/device" \
+  > "$work/go-peer.log" 2>&1 &
+pids+=($!)
+go_peer=$(wait_line "$work/go-peer.log" '^listening ' 30 | sed -n 's/^listening //p') \
+  || fail "the Go TLS peer did not start"
+
 step "building the device firmware with Sentry's root provisioned ($algorithm credentials)"
 target_dir=target
 [ "$algorithm" = ed25519 ] && target_dir=target/ed25519
@@ -151,7 +173,7 @@ qemu=$!
 pids+=($qemu)
 
 start_relay() { # name sentry-address anchors
-  "$sigil" relay --serial "127.0.0.1:$serial" --sentry "$2" --anchors "$3" --peer "$internal" \
+  "$sigil" relay --serial "127.0.0.1:$serial" --sentry "$2" --anchors "$3" --peer "$internal" --peer "$go_peer" \
     --app-id device --namespace default --log-level info > "$work/$1.log" 2>&1 &
   relay=$!
   pids+=($relay)
@@ -185,6 +207,11 @@ grep -q '^ALL OK' "$work/device.log" || fail "device did not report ALL OK"
 grep -q 'foreign_refused=[1-9]' "$work/device.log" || fail "no foreign chain refused"
 grep -q 'anchors_adopted=[1-9]' "$work/device.log" || fail "Sentry's trust bundle never adopted"
 grep -q 'new_root_calls=[1-9]' "$work/device.log" || fail "no call under a root the device was not given"
+# The Go peer accepted the device's chain (leaf and issuer) with its SPIFFE ID, more than once.
+go_accepted=$(grep -c '^accepted spiffe://public/ns/default/device chain=2$' "$work/go-peer.log" || true)
+go_refused=$(grep -c '^refused ' "$work/go-peer.log" || true)
+step "Go TLS peer: accepted=$go_accepted refused=$go_refused"
+[ "$go_accepted" -ge 2 ] || fail "the Go TLS peer did not accept the device's chain twice"
 # Sentry's own count of its rotation steps during the run.
 metrics=$(sed -n 's/^sentry: listening .*metrics=\([^ ]*\).*/\1/p' "$work/sentry.log" | head -n1)
 steps=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$metrics" \

@@ -76,8 +76,8 @@ if [ -f target/e2e/device.log ]; then
 fi
 core_flash=$((primitives_flash_z - empty_flash_z))
 # The targets (issue 15): the full device image <= 96 KB flash at opt z and < 128 KB at opt s,
-# and <= 32 KB of RAM with its stack (not met yet: the check fails above the previous 48 KB
-# and prints how far from 32 KB it is); the core alone <= 64 KB flash. (The device image here
+# and <= 32 KB of RAM with its stack; the Ed25519 image <= 112 KB flash (its RAM + stack, which
+# ed25519-dalek's verification deepens, <= 40 KB); the core alone <= 64 KB flash. (The device image here
 # carries the default anchors; the one ci/qemu-e2e.sh ran carries Sentry's root, a few bytes
 # apart; the stack is that run's.)
 status=0
@@ -86,8 +86,8 @@ if [ "$device_stack_z" = - ]; then
   status=1
 else
   total=$((device_ram_z + device_stack_z))
-  echo "device opt=z ram+stack=$total (target 32768: $([ "$total" -le 32768 ] && echo met || echo "not met, $((total - 32768)) over"); fails above 49152)"
-  [ "$total" -le 49152 ] || { echo "size: device RAM + stack over 48 KB" >&2; status=1; }
+  echo "device opt=z ram+stack=$total (<= 32768)"
+  [ "$total" -le 32768 ] || { echo "size: device RAM + stack over 32 KB ($((total - 32768)) over)" >&2; status=1; }
 fi
 echo "device flash opt=z $device_flash_z (<= 98304) opt=s $device_flash_s (< 131072)"
 [ "$device_flash_z" -le 98304 ] || { echo "size: device image over 96 KB flash at opt z" >&2; status=1; }
@@ -95,8 +95,8 @@ echo "device flash opt=z $device_flash_z (<= 98304) opt=s $device_flash_s (< 131
 echo "device+ed25519 flash opt=z $ed_device_flash (<= 114688)"
 if [ -n "$ed_device_stack" ]; then
   ed_total=$((ed_device_ram + ed_device_stack))
-  echo "device+ed25519 opt=z ram+stack=$ed_total (fails above 49152)"
-  [ "$ed_total" -le 49152 ] || { echo "size: Ed25519 device RAM + stack over 48 KB" >&2; status=1; }
+  echo "device+ed25519 opt=z ram+stack=$ed_total (fails above 40960)"
+  [ "$ed_total" -le 40960 ] || { echo "size: Ed25519 device RAM + stack over 40 KB" >&2; status=1; }
 else
   echo "device+ed25519 stack unknown (run SIGIL_E2E_KEY_ALGORITHM=ed25519 bash ci/qemu-e2e.sh first; CI's e2e job does)"
 fi

@@ -268,6 +268,11 @@ impl<
         &self.rotation
     }
 
+    /// The roots the [`AnchorStore`] holds now, as read back from it (none without a store).
+    pub fn stored_anchors(&self) -> impl Iterator<Item = &[u8]> {
+        crate::bundle::saved(self.store.as_deref().map_or(&[][..], |s| s.records()))
+    }
+
     /// The timer fired (or any time at or after [`DeviceAgent::poll_timeout`]): renew, retry,
     /// time a request out or report expiry, as due.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -956,6 +961,7 @@ mod tests {
             ),
             "{got:?}"
         );
+        assert_eq!(a.stored_anchors().collect::<std::vec::Vec<_>>(), [FOREIGN]);
         drop(a);
         let saved: std::vec::Vec<&[u8]> =
             crate::bundle::saved(crate::bundle::AnchorStore::records(&store)).collect();

@@ -9,10 +9,13 @@
 //!   handshake transcript with the leaf's key. embedded-tls's default `verifier()` returns
 //!   `Unimplemented` and the connection then skips verification silently: a device must never
 //!   run without this one.
-//! - its [`signer`](CryptoProvider::signer) and [`client_cert`](CryptoProvider::client_cert) are
-//!   the device's identity: any [`Signer`] (a software key, a secure element) and its leaf
-//!   certificate. embedded-tls sends the leaf only, so the server must know the issuer (Sigil's
-//!   sidecar does: it validates leaf-only clients through its own intermediates).
+//! - its [`signer`](CryptoProvider::signer) and
+//!   [`client_cert_chain`](CryptoProvider::client_cert_chain) are the device's identity: any
+//!   [`Signer`] (a software key, a secure element) and its certificate chain, leaf first. The
+//!   whole chain goes in the TLS Certificate message, so a server that validates a client
+//!   with the intermediates it sends (a stock daprd, go-spiffe, Go's `crypto/tls`) accepts
+//!   the device. Stock embedded-tls 0.19 sends one certificate only; `client_cert_chain` is
+//!   the addition Sigil carries (`core/vendor/README.md`).
 //! - its RNG is the caller's (the board's DRBG).
 //!
 //! embedded-tls reduces every refusal to one error code; [`ServerCertVerifier::refusal`] keeps the
@@ -43,8 +46,8 @@
 use core::cell::Cell;
 
 use embedded_tls::blocking::{
-    Aes128GcmSha256, Certificate, CertificateEntryRef, CertificateRef, CertificateVerifyRef,
-    CryptoProvider, TlsError, TlsVerifier,
+    Aes128GcmSha256, Certificate, CertificateChain, CertificateEntryRef, CertificateRef,
+    CertificateVerifyRef, CryptoProvider, TlsError, TlsVerifier, MAX_CLIENT_INTERMEDIATES,
 };
 use embedded_tls::SignatureScheme;
 use rand_core::CryptoRngCore;
@@ -471,12 +474,12 @@ impl<K: Signer> signature::SignerMut<SignatureBytes> for TlsSigner<'_, K> {
     }
 }
 
-/// The device's [`CryptoProvider`]: its RNG, its identity (leaf certificate and key) and a
+/// The device's [`CryptoProvider`]: its RNG, its identity (certificate chain and key) and a
 /// [`ServerCertVerifier`]. TLS 1.3 with AES-128-GCM/SHA-256 on P-256.
 pub struct Provider<'a, R, K, V, const N: usize> {
     rng: &'a mut R,
     verifier: ServerCertVerifier<'a, V, N>,
-    identity: Option<(&'a [u8], K)>,
+    identity: Option<(&'a [&'a [u8]], K)>,
     failed: Cell<Option<SignError>>,
     guard: Option<&'a SigningGuard>,
 }
@@ -487,12 +490,13 @@ where
     K: Signer,
     V: SignatureVerifier,
 {
-    /// A provider presenting `identity` (leaf DER and its key; `None` sends an empty
-    /// Certificate, which a mutual-TLS server refuses) and verifying the server with
-    /// `verifier`.
+    /// A provider presenting `identity` (its certificates as DER, leaf first, and the leaf's
+    /// key; `None`, or no certificates, sends an empty Certificate, which a mutual-TLS server
+    /// refuses) and verifying the server with `verifier`. The leaf and at most
+    /// [`MAX_CLIENT_INTERMEDIATES`] certificates after it are sent (the rest are left out).
     pub fn new(
         rng: &'a mut R,
-        identity: Option<(&'a [u8], K)>,
+        identity: Option<(&'a [&'a [u8]], K)>,
         verifier: ServerCertVerifier<'a, V, N>,
     ) -> Self {
         Self {
@@ -564,8 +568,20 @@ where
     }
 
     fn client_cert(&mut self) -> Option<Certificate<impl AsRef<[u8]>>> {
-        self.identity
-            .as_ref()
-            .map(|(leaf, _)| Certificate::X509(*leaf))
+        let (chain, _) = self.identity.as_ref()?;
+        chain.first().map(|leaf| Certificate::X509(*leaf))
+    }
+
+    fn client_cert_chain(&mut self) -> Option<CertificateChain<impl AsRef<[u8]>>> {
+        let (chain, _) = self.identity.as_ref()?;
+        let (leaf, rest) = chain.split_first()?;
+        Some(CertificateChain {
+            cert: Certificate::X509(*leaf),
+            intermediates: rest
+                .iter()
+                .copied()
+                .take(MAX_CLIENT_INTERMEDIATES)
+                .collect(),
+        })
     }
 }

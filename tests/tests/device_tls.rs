@@ -3,8 +3,11 @@
 //! over real loopback TCP. The PKI comes from rcgen (root → issuer → leaves, ECDSA P-256).
 //!
 //! The server requires a client certificate and checks it with rustls's stock
-//! `WebPkiClientVerifier` trusting the issuer (embedded-tls sends only the leaf). It reports
-//! what it saw of the client through a channel, then answers "ping" with "pong".
+//! `WebPkiClientVerifier` trusting the root only, as daprd does: the device sends its chain
+//! (leaf and issuer; embedded-tls with the `client_cert_chain` addition Sigil carries), and the
+//! server validates it with the issuer the device sent. It reports what it saw of the client
+//! (its URI SANs and how many certificates it sent) through a channel, then answers "ping"
+//! with "pong".
 //!
 //! Every refusal is asserted through [`ServerCertVerifier::refusal`], which keeps the precise reason
 //! embedded-tls reduces to one error code.
@@ -66,6 +69,13 @@ struct Pki {
     client_key: Vec<u8>,
 }
 
+impl Pki {
+    /// The device's chain as it sends it: leaf, then issuer.
+    fn client_chain(&self) -> [&[u8]; 2] {
+        [&self.client_leaf, &self.issuer]
+    }
+}
+
 fn pki_with(
     server_alg: &'static SignatureAlgorithm,
     client_alg: &'static SignatureAlgorithm,
@@ -123,8 +133,9 @@ fn foreign_root() -> Vec<u8> {
 /// What the server saw of one connection.
 #[derive(Debug)]
 enum Report {
-    /// The handshake completed; the client's leaf carries these URI SANs.
-    Client(Vec<String>),
+    /// The handshake completed; the client's leaf carries these URI SANs, and it sent this
+    /// many certificates.
+    Client(Vec<String>, usize),
     /// The handshake completed without a client certificate (never, with client auth required).
     NoClientCertificate,
     /// The handshake failed in TLS (our alert, the client's alert, a bad certificate...).
@@ -170,10 +181,11 @@ fn serve(config: ServerConfig) -> Server {
                 return;
             }
         }
+        let sent = conn.peer_certificates().map_or(0, <[_]>::len);
         let seen = match conn.peer_certificates().and_then(<[_]>::first) {
             Some(leaf) => {
                 let ee = webpki::EndEntityCert::try_from(leaf).unwrap();
-                Report::Client(ee.valid_uri_names().map(str::to_owned).collect())
+                Report::Client(ee.valid_uri_names().map(str::to_owned).collect(), sent)
             }
             None => Report::NoClientCertificate,
         };
@@ -215,7 +227,7 @@ fn pkcs8(der: &[u8]) -> PrivateKeyDer<'static> {
 /// comes from `resolver`, or is [`Pki`]'s server leaf and key.
 fn server_config(pki: &Pki, resolver: Option<Arc<dyn ResolvesServerCert>>) -> ServerConfig {
     let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(pki.issuer.clone())).unwrap();
+    roots.add(CertificateDer::from(pki.root.clone())).unwrap();
     let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring())
         .build()
         .unwrap();
@@ -312,7 +324,7 @@ fn assert_accepted(outcome: &Outcome) {
 /// against `anchors` with `options`; the outcome carries the verifier's conclusion.
 fn dial_as<K: Signer>(
     addr: SocketAddr,
-    identity: Option<(&[u8], K)>,
+    identity: Option<(&[&[u8]], K)>,
     anchors: TrustBundle<'_, ANCHORS>,
     options: Options<'_>,
 ) -> Outcome {
@@ -340,7 +352,8 @@ fn meet(
     options: Options<'_>,
 ) -> (Outcome, Report) {
     let server = serve(config);
-    let identity = Some((pki.client_leaf.as_slice(), client_key(pki)));
+    let chain = pki.client_chain();
+    let identity = Some((&chain[..], client_key(pki)));
     let outcome = dial_as(server.addr, identity, bundle(anchors), options);
     (outcome, server.finish())
 }
@@ -407,7 +420,10 @@ fn client_key(pki: &Pki) -> SoftwareKey {
 
 fn assert_client_seen(report: &Report) {
     match report {
-        Report::Client(uris) => assert_eq!(uris, &[CLIENT_ID.to_owned()]),
+        Report::Client(uris, sent) => {
+            assert_eq!(uris, &[CLIENT_ID.to_owned()]);
+            assert_eq!(*sent, 2, "the device sends its leaf and its issuer");
+        }
         other => panic!("the server did not accept the device: {other:?}"),
     }
 }
@@ -556,7 +572,7 @@ fn device_without_identity_is_refused_by_the_server() {
     let server = serve(server_config(&pki, None));
     let outcome = dial_as(
         server.addr,
-        None::<(&[u8], SoftwareKey)>,
+        None::<(&[&[u8]], SoftwareKey)>,
         bundle(&[&pki.root]),
         expecting(SERVER_ID, now_secs()),
     );
@@ -622,14 +638,40 @@ fn ed25519_server_is_verified() {
     assert_client_seen(&seen);
 }
 
+/// The chain is what gets the device in: the same identity sent as its leaf alone is refused
+/// by a server that trusts only the root (as daprd and go-spiffe do), for want of the issuer.
+#[test]
+fn a_leaf_sent_alone_is_refused_by_a_server_that_trusts_only_the_root() {
+    let pki = pki();
+    let server = serve(server_config(&pki, None));
+    let leaf_only = [pki.client_leaf.as_slice()];
+    let outcome = dial_as(
+        server.addr,
+        Some((&leaf_only[..], client_key(&pki))),
+        bundle(&[&pki.root]),
+        expecting(SERVER_ID, now_secs()),
+    );
+    // TLS 1.3: the device's handshake completes before the server judges its certificate.
+    assert!(
+        outcome.open.is_err() || outcome.reply.as_ref().is_some_and(Result::is_err),
+        "{outcome:?}"
+    );
+    match server.finish() {
+        Report::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+        }
+        other => panic!("expected the leaf alone to be refused for an unknown issuer: {other:?}"),
+    }
+}
+
 #[test]
 fn ed25519_device_is_accepted() {
     let pki = pki_with(&PKCS_ECDSA_P256_SHA256, &PKCS_ED25519);
     let server = serve(server_config(&pki, None));
     let key = Ed25519Key::from_pkcs8(&pki.client_key);
+    let chain = pki.client_chain();
     let outcome = dial_as(
         server.addr,
-        Some((pki.client_leaf.as_slice(), key)),
+        Some((&chain[..], key)),
         bundle(&[&pki.root]),
         expecting(SERVER_ID, now_secs()),
     );
@@ -885,10 +927,11 @@ fn open_only(
 fn device_provider<'a>(
     rng: &'a mut OsRng,
     pki: &'a Pki,
+    chain: &'a [&'a [u8]],
 ) -> Provider<'a, OsRng, SoftwareKey, RustCryptoSignatureVerifier, ANCHORS> {
     Provider::new(
         rng,
-        Some((pki.client_leaf.as_slice(), client_key(pki))),
+        Some((chain, client_key(pki))),
         verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
     )
 }
@@ -899,7 +942,8 @@ fn against_raw(flight: Flight) -> (Result<(), TlsError>, bool, Option<ServerRefu
     let pki = pki();
     let (addr, server) = serve_raw(&pki, flight);
     let mut rng = OsRng;
-    let mut provider = device_provider(&mut rng, &pki);
+    let chain = pki.client_chain();
+    let mut provider = device_provider(&mut rng, &pki, &chain);
     let open = open_only(addr, &mut provider);
     server.join().unwrap();
     let v = provider.verifier();
@@ -953,7 +997,8 @@ fn a_reused_provider_never_carries_a_verdict_into_the_next_handshake() {
     // reported as verified on the strength of the first.
     let pki = pki();
     let mut rng = OsRng;
-    let mut provider = device_provider(&mut rng, &pki);
+    let chain = pki.client_chain();
+    let mut provider = device_provider(&mut rng, &pki, &chain);
     let (addr, server) = serve_raw(&pki, Flight::Honest);
     open_only(addr, &mut provider).unwrap();
     server.join().unwrap();
@@ -1017,9 +1062,10 @@ fn dial_flaky(
         failing,
     };
     let mut rng = OsRng;
+    let chain = pki.client_chain();
     let mut provider = Provider::new(
         &mut rng,
-        Some((pki.client_leaf.as_slice(), key)),
+        Some((&chain[..], key)),
         verifier(bundle(&[&pki.root]), SERVER_ID, now_secs()),
     );
     if let Some(g) = guard {
@@ -1084,7 +1130,7 @@ fn a_failing_signer_ends_the_handshake_with_its_error_and_the_next_one_succeeds(
     );
     assert_eq!(failure, Some(SignError::Failed));
     assert!(
-        !matches!(seen, Report::Client(_)),
+        !matches!(seen, Report::Client(..)),
         "the server accepted a client whose signer failed: {seen:?}"
     );
 }

@@ -5,13 +5,15 @@
 //!   there is no real-time clock, so the core's rotation machine runs in its no-RTC mode;
 //! - [`link`]: the core's device ↔ relay framing over the UART, and the TLS byte channel
 //!   embedded-tls runs on;
-//! - [`stack`]: peak-stack measurement by painting.
+//! - [`stack`]: peak-stack measurement by painting;
+//! - [`flash_store`]: the roots a device adopted from Sentry, in a flash region of their own.
 //!
 //! Randomness comes from the core's HMAC-DRBG ([`sigil_core::drbg`]) seeded from a per-device
 //! seed provisioned at build time: this machine has no TRNG (see README.md).
 #![no_std]
 
 pub mod clock;
+pub mod flash_store;
 pub mod link;
 pub mod log;
 pub mod stack;

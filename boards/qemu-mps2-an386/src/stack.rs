@@ -1,6 +1,6 @@
 //! Peak stack use, measured by painting: fill the free RAM between the end of static data
 //! and the current stack pointer with a pattern, run the work, then find the deepest word the
-//! stack overwrote. The only `unsafe` of the image lives here (raw RAM access).
+//! stack overwrote. Its `unsafe` is raw RAM access.
 
 const PATTERN: u32 = 0xDEAD_BEEF;
 /// Left unpainted below the stack pointer, for this function's own frame.

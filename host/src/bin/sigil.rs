@@ -68,9 +68,10 @@ struct RelayCli {
     /// PEM trust anchors (Sentry's ca.crt) to check Sentry and the issued chains against.
     #[arg(long)]
     anchors: PathBuf,
-    /// A sidecar's mTLS (internal) port, host:port; the device's TLS bytes are forwarded there.
-    #[arg(long)]
-    peer: String,
+    /// Where the device's TLS sessions go, host:port: a sidecar's mTLS (internal) port, or any
+    /// TLS server. Repeat it to spread sessions over several, each new session to the next.
+    #[arg(long, required = true)]
+    peer: Vec<String>,
     /// Sentry's SPIFFE ID [default: spiffe://CONTROL_PLANE_TRUST_DOMAIN/ns/
     /// CONTROL_PLANE_NAMESPACE/dapr-sentry, from the two flags below].
     #[arg(long)]
@@ -1064,7 +1065,7 @@ fn relay(args: RelayCli) -> ExitCode {
         sentry: args.sentry,
         anchors_file: args.anchors,
         trust_domain: args.trust_domain,
-        peer: args.peer,
+        peers: args.peer,
         token_file: args.token_file,
         app_id: args.app_id,
         namespace: args.namespace,
@@ -1085,7 +1086,9 @@ fn relay(args: RelayCli) -> ExitCode {
         };
         println!(
             "relay: connected serial={} sentry={} peer={}",
-            args.serial, opts.sentry, opts.peer
+            args.serial,
+            opts.sentry,
+            opts.peers.join(",")
         );
         let _ = std::io::Write::flush(&mut std::io::stdout());
         relay::run(serial, opts, shutdown)

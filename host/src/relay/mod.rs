@@ -22,7 +22,8 @@
 //! - The TLS channel is forwarded blindly: the relay never terminates TLS; the device and the
 //!   sidecar do mutual TLS end to end. A session task opens the TCP connection to the peer on
 //!   the first `TlsData` after none is open, writes the device's bytes, and sends what the peer
-//!   writes back as `TlsData` frames of at most [`PEER_READ_LEN`] bytes. When the peer closes
+//!   writes back as `TlsData` frames of at most [`PEER_READ_LEN`] bytes (with several
+//!   `--peer`s, each new session goes to the next one in turn). When the peer closes
 //!   (or cannot be connected) the device gets `TlsClose` and the session is forgotten; a
 //!   `TlsClose` from the device shuts the peer connection down. Sessions are numbered by the
 //!   device: bytes for a session that has ended (a close_notify racing the peer's close, a
@@ -92,8 +93,9 @@ pub struct RelayOptions {
     pub sentry_id: String,
     /// The trust domain sent in each sign request.
     pub trust_domain: String,
-    /// A sidecar's mTLS (internal) port, `host:port`, where the device's TLS bytes go.
-    pub peer: String,
+    /// Where the device's TLS sessions go, `host:port` each (a sidecar's mTLS port, or any
+    /// TLS server): each new session to the next one in turn. At least one.
+    pub peers: Vec<String>,
     /// Token file used when the device sends an empty token (read for each request, trimmed).
     pub token_file: Option<PathBuf>,
     /// The only app ID this relay asks certificates for (`None`: whatever the device asks).
@@ -116,6 +118,9 @@ impl RelayOptions {
             crate::trust::AnchorsFile::open(&self.anchors_file).map_err(RelayError::Anchors)?;
         sigil_core::spiffe::SpiffeId::parse(&self.sentry_id)
             .map_err(|e| RelayError::Config(format!("{:?}: {e}", self.sentry_id)))?;
+        if self.peers.is_empty() {
+            return Err(RelayError::Config("no peer for TLS sessions".to_owned()));
+        }
         Ok(anchors)
     }
 }
@@ -204,6 +209,7 @@ pub async fn run(
         out,
         session: None,
         ended: None,
+        opened: 0,
         sessions: JoinSet::new(),
         signs: JoinSet::new(),
         skipped: Skipped::default(),
@@ -236,6 +242,8 @@ struct Relay {
     session: Option<(u16, mpsc::Sender<Vec<u8>>)>,
     /// The number of the session that ended last: its late bytes are dropped.
     ended: Option<u16>,
+    /// Sessions opened so far: the next one goes to `peers[opened % peers.len()]`.
+    opened: usize,
     /// Session tasks: the open one, and closed ones finishing. Dropping aborts them.
     sessions: JoinSet<()>,
     /// Sign tasks in flight. Dropping aborts them.
@@ -459,12 +467,14 @@ impl Relay {
         // A fresh channel has room for one message.
         let _ = tx.try_send(bytes);
         self.session = Some((number, tx));
-        self.sessions.spawn(session(
-            self.sign.opts.peer.clone(),
-            number,
-            rx,
-            self.out.clone(),
-        ));
+        let peers = &self.sign.opts.peers;
+        let peer = peers
+            .get(self.opened % peers.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        self.opened = self.opened.wrapping_add(1);
+        self.sessions
+            .spawn(session(peer, number, rx, self.out.clone()));
     }
 }
 

@@ -12,7 +12,12 @@
 //
 // Prints "listening ADDR", then per connection "accepted SPIFFE-ID chain=N" or
 // "refused REASON", and answers an accepted client's HTTP request with
-// "hello SPIFFE-ID chain=N".
+// "hello SPIFFE-ID chain=N (go_tls_peer: called as SPIFFE-ID on PATH)".
+//
+// The three files are read again for every handshake, as a workload reads the identity files
+// its sidecar rotates and the trust bundle its CA publishes: a renewed certificate and a new
+// root are used at once. A file that does not load (caught mid-rotation) leaves the last good
+// one in use.
 package main
 
 import (
@@ -25,6 +30,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 )
 
 func main() {
@@ -35,29 +41,31 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "the address to listen on")
 	flag.Parse()
 
-	pair, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-	if err != nil {
-		fail("server certificate: %v", err)
-	}
-	pem, err := os.ReadFile(*rootsFile)
-	if err != nil {
-		fail("roots: %v", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		fail("roots: no certificate in %s", *rootsFile)
+	files := &identity{certFile: *certFile, keyFile: *keyFile, rootsFile: *rootsFile}
+	if err := files.reload(); err != nil {
+		fail("%v", err)
 	}
 	out := bufio.NewWriter(os.Stdout)
+	var mu sync.Mutex
 	say := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
 		fmt.Fprintf(out, format+"\n", args...)
 		out.Flush()
 	}
 	config := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if err := files.reload(); err != nil {
+				say("reload: %v (the last good files stay in use)", err)
+			}
+			pair, _ := files.current()
+			return pair, nil
+		},
 		// Verified below, with the client's own intermediates.
 		ClientAuth: tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			_, roots := files.current()
 			id, err := verify(raw, roots, *allow)
 			if err != nil {
 				say("refused %v", err)
@@ -75,12 +83,48 @@ func main() {
 	server := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			chain := r.TLS.PeerCertificates
-			fmt.Fprintf(w, "hello %s chain=%d\n", chain[0].URIs[0], len(chain))
+			id := chain[0].URIs[0]
+			fmt.Fprintf(w, "hello %s chain=%d (go_tls_peer: called as %s on %s)\n",
+				id, len(chain), id, r.URL.Path)
 		}),
 	}
 	if err := server.Serve(ln); err != nil {
 		fail("serve: %v", err)
 	}
+}
+
+// identity is the server's certificate and the client roots, from files read again at every
+// handshake; the last set that loaded stays in use.
+type identity struct {
+	certFile, keyFile, rootsFile string
+	mu                           sync.Mutex
+	pair                         *tls.Certificate
+	roots                        *x509.CertPool
+}
+
+func (f *identity) reload() error {
+	pair, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
+	if err != nil {
+		return fmt.Errorf("server certificate: %v", err)
+	}
+	pem, err := os.ReadFile(f.rootsFile)
+	if err != nil {
+		return fmt.Errorf("roots: %v", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("roots: no certificate in %s", f.rootsFile)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pair, f.roots = &pair, roots
+	return nil
+}
+
+func (f *identity) current() (*tls.Certificate, *x509.CertPool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pair, f.roots
 }
 
 // verify checks the client's chain as go-spiffe's x509svid.Verify does: the leaf, with the

@@ -14,18 +14,19 @@
 //!   core sleeps (`wfi`) until the deadline or a byte on the UART.
 //! - **Scenario**, on the agent's events only:
 //!   1. after each install the device opens an embedded-tls TLS 1.3 session through the relay
-//!      to the sidecar of app `PEER_APP`, presenting its leaf from the slot and verifying the
-//!      sidecar with the core's path validation and SPIFFE authorization
-//!      ([`sigil_core::device_tls::Provider`]); it calls `GET /<METHOD>` and checks that the app
-//!      answers 200 and names the device's SPIFFE ID (which the sidecar took from the
-//!      handshake);
+//!      to app `PEER_APP`'s identity (the relay sends sessions in turn to its sidecar and to an
+//!      independent Go TLS server holding its identity), presenting its chain (leaf and
+//!      issuer) and the key from the slot, and verifying the server with the core's path
+//!      validation and SPIFFE authorization ([`sigil_core::device_tls::Provider`]); it calls
+//!      `GET /<METHOD>` and checks that the answer is 200 and names the device's SPIFFE ID
+//!      (which the server took from the handshake); a call that fails fails the run;
 //!   2. Sentry rotates its root while this runs (the test gives it 60 s roots and issuers):
 //!      each answer carries Sentry's trust bundle, which the agent adopts once the answer's
-//!      chain has installed (the provisioned root stays; the adopted roots go to a
-//!      RAM-backed [`RamAnchorStore`], loaded beside the provisioned ones at boot), so the
-//!      device installs identities under a root it was never given and keeps calling (a
-//!      call right after the device moves to the new issuer may be refused until the sidecar
-//!      renews too, within one TTL: the device sends only its leaf, see [`PEER_RENEWAL`]);
+//!      chain has installed (the provisioned root stays; the adopted roots are saved to a
+//!      flash region, `flash_store`, loaded beside the provisioned ones at boot), so the
+//!      device installs identities under a root it was never given and keeps calling (the
+//!      servers validate its new chain with the issuer it sends, so no call waits for a
+//!      server to renew);
 //!   3. after the first identity, [`ROTATIONS`] renewals and a call with an identity under a
 //!      root it was not provisioned with, it prints
 //!      [`SWAP_MARKER`]: the test swaps the relay for one backed by a foreign Sentry. The next
@@ -42,10 +43,11 @@ use cortex_m_rt::entry;
 use embedded_io::Write as _;
 use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
 use rand_core::RngCore as _;
+use sigil_board_qemu_mps2_an386::flash_store::FlashAnchorStore;
 use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
 use sigil_board_qemu_mps2_an386::{self as board, clock, say, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
-use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle, RamAnchorStore};
+use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle};
 use sigil_core::chain::{self, Options, PeerName, TrustBundle};
 use sigil_core::crypto::RustCryptoSignatureVerifier;
 use sigil_core::device_tls::{Guarded, Provider, ServerCertVerifier, ServerRefusal, SigningGuard};
@@ -64,14 +66,15 @@ use provision::{ANCHORS, APP_ID, ISSUER_SKEW_SECS, METHOD, NAMESPACE, PEER_APP, 
 
 const DEVICE_SEED: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/seed.rs"));
 
-/// Bytes for one identity chain (leaf and issuer, about 1 KB from Sentry).
-const CHAIN: usize = 2048;
-/// Trust anchors the device holds, and their bytes: the provisioned ones and Sentry's (during
-/// a rotation: the old, the active and the prepared root).
-const ANCHOR_COUNT: usize = 6;
-const ANCHOR_BYTES: usize = 3072;
-/// Bytes for the roots adopted from Sentry (the RAM-backed store).
-const STORE_BYTES: usize = 2048;
+/// Bytes for one identity chain: leaf and issuer, about 900 B from Sigil's Sentry with P-256,
+/// 750 B with Ed25519, about 1 KB from Dapr's (a chain that does not fit is refused, and the
+/// identity in use stays). Held three times: by the rotation machine and by the slot's two
+/// buffers.
+const CHAIN: usize = 1536;
+/// Trust anchors the device holds, and their bytes: the provisioned one and Sentry's (during
+/// a rotation: the old, the active and the prepared root; P-256 roots are about 400 B).
+const ANCHOR_COUNT: usize = 5;
+const ANCHOR_BYTES: usize = 2048;
 /// Renewals (installs after the first) to see, each followed by a call, before the negative
 /// phase.
 const ROTATIONS: u32 = 2;
@@ -86,14 +89,6 @@ const PEER_SKEW: Duration = Duration::from_secs(5);
 /// of plaintext.
 const TLS_RX: usize = sigil_core::link::TLS_READ_BUFFER;
 const TLS_TX: usize = 1280;
-/// How long calls may fail right after the device's identity moves to a new issuer: the
-/// device sends only its leaf, so the sidecar validates it through the issuer chain it holds
-/// itself, which is the new issuer's only once the sidecar has renewed too (within one
-/// workload TTL, 20 s in the test, after the activation). A device that sends its chain does
-/// not need this (issue 15).
-const PEER_RENEWAL: Duration = Duration::from_secs(25);
-/// The wait before a refused call is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// The line that tells the test to swap in the foreign relay.
 const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 
@@ -155,9 +150,8 @@ fn run() -> Result<(), &'static str> {
         " via the relay"
     );
 
-    // The roots adopted before a restart (none in RAM after a boot; a board with flash
-    // persistence would find them here), beside the provisioned ones.
-    let mut store = RamAnchorStore::<STORE_BYTES>::new();
+    // The roots adopted before a restart, beside the provisioned ones (in flash).
+    let mut store = FlashAnchorStore::take().ok_or("anchor store taken twice")?;
     // The jitter seed from the DRBG, not the seed itself: renewal timing is visible on the
     // network.
     let mut agent = agent(own_id, rng.next_u64(), &mut store);
@@ -169,8 +163,6 @@ fn run() -> Result<(), &'static str> {
         phase: Phase::Positive,
         report: Report::default(),
         kept: None,
-        failing_since: None,
-        retry_at: None,
         calls: Calls {
             session: 0,
             peer: peer_id,
@@ -191,16 +183,7 @@ fn run() -> Result<(), &'static str> {
             );
             return Err("scenario did not finish in time");
         }
-        // In: a frame (TLS frames outside a session are late ones: the agent ignores them),
-        // and the timer.
-        match link.poll() {
-            Ok(Some(frame)) => agent.handle_frame(now, frame),
-            Ok(None) => {}
-            Err(e) => say!("link: ", e.name()),
-        }
-        if agent.poll_timeout().is_some_and(|t| now >= t) {
-            agent.handle_timeout(now);
-        }
+        receive(&mut agent, &mut link, now);
         // Out: frames, then events.
         transmit(&mut agent, &mut link, &mut rng);
         while let Some(event) = agent.poll_event() {
@@ -208,12 +191,8 @@ fn run() -> Result<(), &'static str> {
                 return Ok(());
             }
         }
-        if scenario.retry_at.is_some_and(|t| now >= t) && scenario.phase == Phase::Positive {
-            scenario.positive_call(&agent, &mut link, &mut rng)?;
-        }
         // Sleep until the timer or a byte.
-        let wake = agent.poll_timeout().unwrap_or(limit).min(limit);
-        link.idle_until(scenario.retry_at.map_or(wake, |r| r.min(wake)));
+        link.idle_until(agent.poll_timeout().unwrap_or(limit).min(limit));
     }
 }
 
@@ -257,6 +236,21 @@ fn agent<'a>(own_id: SpiffeId<'a>, jitter_seed: u64, store: &'a mut dyn AnchorSt
         .with_store(store)
 }
 
+/// In: a frame (TLS frames outside a session are late ones: the agent ignores them), and the
+/// timer. Out of line, so that what the agent does with an answer (parsing, judging the chain,
+/// adopting roots) is not on the stack during a call.
+#[inline(never)]
+fn receive(agent: &mut Agent<'_>, link: &mut Link<'_>, now: Instant) {
+    match link.poll() {
+        Ok(Some(frame)) => agent.handle_frame(now, frame),
+        Ok(None) => {}
+        Err(e) => say!("link: ", e.name()),
+    }
+    if agent.poll_timeout().is_some_and(|t| now >= t) {
+        agent.handle_timeout(now);
+    }
+}
+
 /// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
 /// here, the CSR and the key's signing in the agent) are not on the stack during a TLS call.
 #[inline(never)]
@@ -277,8 +271,6 @@ struct Report {
     requests: u32,
     /// Times Sentry's bundle was adopted.
     anchors_adopted: u32,
-    /// Calls refused while the sidecar did not know the device's new issuer yet.
-    calls_failed: u32,
     /// Calls made with an identity under a root the device was not provisioned with.
     new_root_calls: u32,
 }
@@ -289,16 +281,13 @@ struct Scenario<'a> {
     report: Report,
     /// The identity the negative phase must keep: generation, notAfter, install instant.
     kept: Option<(u32, UnixTime, Instant)>,
-    /// When calls started failing in the positive phase (see [`PEER_RENEWAL`]).
-    failing_since: Option<Instant>,
-    /// When to try a refused call again.
-    retry_at: Option<Instant>,
     calls: Calls<'a>,
 }
 
 impl Scenario<'_> {
     /// Checks one event and acts on it (calls after an install); `Ok(true)` once the scenario
     /// has passed.
+    #[inline(never)]
     fn on_event(
         &mut self,
         event: Event,
@@ -368,8 +357,7 @@ impl Scenario<'_> {
                     r.installs.saturating_sub(1),
                     " calls=",
                     r.calls,
-                    " calls_failed=",
-                    r.calls_failed,
+                    " calls_failed=0",
                     " foreign_refused=",
                     r.foreign_refused,
                     " requests=",
@@ -413,6 +401,8 @@ impl Scenario<'_> {
             }
             Event::AnchorsAdopted { count, saved } => {
                 self.report.anchors_adopted += 1;
+                // Read back from the flash store: what a reboot would load.
+                let stored = agent.stored_anchors().count();
                 say!(
                     "[",
                     ms,
@@ -420,8 +410,13 @@ impl Scenario<'_> {
                     count,
                     " anchors (saved: ",
                     matches!(saved, Some(Ok(()))),
+                    ", read back: ",
+                    stored,
                     ")"
                 );
+                if saved != Some(Ok(())) || stored == 0 {
+                    return Err("the adopted roots were not saved to flash");
+                }
             }
             Event::AnchorsRefused(e) => {
                 say!("[", ms, " ms] Sentry's trust bundle refused: ", e.name());
@@ -434,29 +429,14 @@ impl Scenario<'_> {
     }
 
     /// A call in the positive phase with the identity in the slot; once the renewals and a
-    /// call under a root the device was not given are done, on to the negative phase. A call
-    /// refused right after a move to a new issuer is retried after [`RETRY_AFTER`] (the
-    /// sidecar renews when it sees a leaf from an issuer it does not hold), for at most
-    /// [`PEER_RENEWAL`].
+    /// call under a root the device was not given are done, on to the negative phase.
     fn positive_call(
         &mut self,
         agent: &Agent<'_>,
         link: &mut Link<'_>,
         rng: &mut Rng,
     ) -> Result<(), &'static str> {
-        self.retry_at = None;
-        if let Err(e) = self.calls.call(link, rng, agent, &mut self.report) {
-            self.report.calls_failed += 1;
-            let now = clock::now();
-            let since = *self.failing_since.get_or_insert(now);
-            if now.saturating_duration_since(since) > PEER_RENEWAL {
-                return Err(e);
-            }
-            say!("  (the sidecar may not hold the new issuer yet; retrying)");
-            self.retry_at = Some(now.saturating_add(RETRY_AFTER));
-            return Ok(());
-        }
-        self.failing_since = None;
+        self.calls.call(link, rng, agent, &mut self.report)?;
         let identity = agent
             .rotation()
             .identity()
@@ -505,7 +485,9 @@ impl Scenario<'_> {
     }
 }
 
-/// Whether the identity in use chains to an anchor the device was provisioned with.
+/// Whether the identity in use chains to an anchor the device was provisioned with. Out of
+/// line: its bundle is not on the stack during a call.
+#[inline(never)]
 fn under_provisioned_root(agent: &Agent<'_>) -> bool {
     let Some(identity) = agent.rotation().identity() else {
         return false;
@@ -613,12 +595,18 @@ fn call_once(
     peer: SpiffeId<'_>,
     own: SpiffeId<'_>,
 ) -> Result<(u32, heapless::String<16>), CallError> {
+    // The key and the generation from the slot; the certificates are read where they are held
+    // already, in the rotation machine (not copied: 1.5 KB of stack), which published this very
+    // identity to the slot (checked: same leaf).
     let lease = SLOT.lease().ok_or(CallError::NoIdentity)?;
     let generation = lease.generation();
     let key = lease.key().ok_or(CallError::NoIdentity)?;
-    let mut leaf = [0u8; 1024];
-    let n = lease.copy_cert(0, &mut leaf).ok_or(CallError::NoIdentity)?;
-    let leaf = leaf.get(..n).ok_or(CallError::NoIdentity)?;
+    let identity = agent.rotation().identity().ok_or(CallError::NoIdentity)?;
+    let chain: heapless::Vec<&[u8], 4> = identity.chain().take(4).collect();
+    let leaf = chain.first().copied().unwrap_or(&[]);
+    if lease.with(|id| Some(id.leaf() == leaf)) != Some(true) {
+        return Err(CallError::NoIdentity);
+    }
     let wall: UnixTime = agent
         .rotation()
         .wall_time(clock::now())
@@ -637,7 +625,9 @@ fn call_once(
     // A signer that fails (a secure element) trips the guard: the transport then sends
     // nothing more, and the handshake ends with the signer's failure.
     let guard = SigningGuard::new();
-    let mut provider = Provider::new(rng, Some((leaf, key)), verifier).with_guard(&guard);
+    // The whole chain is sent (leaf, issuer): a server that validates a client with the
+    // intermediates it sends (daprd, go-spiffe, Go's crypto/tls) needs the issuer.
+    let mut provider = Provider::new(rng, Some((&chain, key)), verifier).with_guard(&guard);
     let config = TlsConfig::new();
     let mut rx = [0u8; TLS_RX];
     let mut tx = [0u8; TLS_TX];
@@ -670,18 +660,35 @@ fn call_once(
     }
     tls.flush().map_err(CallError::Io)?;
 
-    let mut answer = [0u8; 1024];
-    let mut len = 0;
+    // The answer is read in place, in the TLS read buffer, record by record (no copy): its
+    // status line, and the app's echo of who called (the sidecar took it from this session's
+    // client certificate) anywhere after it.
+    let mut status = heapless::String::<16>::new();
+    let caller = [" as ", own.as_str(), " on /", METHOD];
+    let mut names_caller = Finder::new(&caller);
     let mut peer_closed = false;
-    while let Some(space) = answer.get_mut(len..).filter(|s| !s.is_empty()) {
-        match tls.read(space) {
-            Ok(0) | Err(TlsError::ConnectionClosed) => {
+    let mut answered = 0usize;
+    while answered < MAX_ANSWER {
+        let mut record = match tls.read_buffered() {
+            Ok(record) => record,
+            Err(TlsError::ConnectionClosed) => {
                 peer_closed = true;
                 break;
             }
-            Ok(n) => len += n,
             Err(e) => return Err(CallError::Io(e)),
+        };
+        let bytes = record.pop_all();
+        if bytes.is_empty() {
+            peer_closed = true;
+            break;
         }
+        for &b in bytes {
+            if status.len() < 12 && status.push(char::from(b)).is_err() {
+                return Err(CallError::BadAnswer);
+            }
+            names_caller.push(b);
+        }
+        answered += bytes.len();
     }
     // After the sidecar's close_notify nothing more is sent in this session (TLS 1.3 needs
     // no answering alert); dropping the connection ends it at the relay with TlsClose.
@@ -690,23 +697,84 @@ fn call_once(
             channel.into_inner().close();
         }
     }
-    let text =
-        core::str::from_utf8(answer.get(..len).unwrap_or(&[])).map_err(|_| CallError::BadAnswer)?;
-    let status = text.lines().next().unwrap_or("");
-    // The app echoes who called: the sidecar took it from this session's client certificate.
-    let names_caller = text.match_indices(" as ").any(|(at, _)| {
-        let rest = text.get(at + 4..).unwrap_or("");
-        rest.strip_prefix(own.as_str())
-            .and_then(|r| r.strip_prefix(" on /"))
-            .is_some_and(|r| r.starts_with(METHOD))
-    });
-    if !status.starts_with("HTTP/1.1 200") || !names_caller {
-        say!("unexpected answer: ", text);
+    if status.as_str() != "HTTP/1.1 200" || !names_caller.found() {
+        say!(
+            "unexpected answer: status ",
+            status.as_str(),
+            if names_caller.found() {
+                ", names the caller"
+            } else {
+                ", does not name the caller"
+            }
+        );
         return Err(CallError::BadAnswer);
     }
-    let mut short = heapless::String::<16>::new();
-    let _ = short.push_str(status.get(..12).unwrap_or(status));
-    Ok((generation, short))
+    Ok((generation, status))
+}
+
+/// The most of an answer read (the app's is about 200 bytes).
+const MAX_ANSWER: usize = 4096;
+
+/// Finds a text, given in pieces, in a byte stream seen one byte at a time, with no buffer: it
+/// keeps the length of the longest prefix of the text that ends the bytes seen (the
+/// Knuth–Morris–Pratt automaton, its fallback computed when needed instead of tabled: a few
+/// comparisons per byte for a text of about a hundred bytes).
+struct Finder<'a> {
+    pieces: &'a [&'a str],
+    len: usize,
+    matched: usize,
+    found: bool,
+}
+
+impl<'a> Finder<'a> {
+    fn new(pieces: &'a [&'a str]) -> Self {
+        Self {
+            pieces,
+            len: pieces.iter().map(|p| p.len()).sum(),
+            matched: 0,
+            found: false,
+        }
+    }
+
+    /// Byte `i` of the text.
+    fn at(&self, mut i: usize) -> u8 {
+        for p in self.pieces {
+            match p.as_bytes().get(i) {
+                Some(&b) => return b,
+                None => i -= p.len(),
+            }
+        }
+        0
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.found || self.len == 0 {
+            return;
+        }
+        // The longest k <= matched + 1 with text[..k] == (text[..matched] + b)[matched + 1 - k..].
+        let seen = self.matched + 1;
+        self.matched = (1..=seen.min(self.len))
+            .rev()
+            .find(|&k| {
+                (0..k).all(|j| {
+                    let from = seen - k + j;
+                    let c = if from == self.matched {
+                        b
+                    } else {
+                        self.at(from)
+                    };
+                    self.at(j) == c
+                })
+            })
+            .unwrap_or(0);
+        if self.matched == self.len {
+            self.found = true;
+        }
+    }
+
+    const fn found(&self) -> bool {
+        self.found
+    }
 }
 
 /// A fixed name for embedded-tls's error (its `Debug` would link `core::fmt`).
