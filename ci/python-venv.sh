@@ -20,6 +20,12 @@ proto="dapr/proto/sentry/v1/sentry.proto"
 
 log() { echo "python-venv: $*" >&2; }
 
+# One at a time: tests running in parallel all call this, and two pip installs into one venv
+# corrupt it (seen in CI: pip crashing on a half-installed package's metadata).
+mkdir -p "$root/target"
+exec 9>"$root/target/.python-venv.lock"
+flock 9
+
 command -v python3 >/dev/null || { log "python3 not found"; exit 1; }
 
 # The venv module (and ensurepip, which venv needs for pip) may be split off on Debian.
