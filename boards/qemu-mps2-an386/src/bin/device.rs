@@ -40,17 +40,15 @@
 use core::time::Duration;
 
 use cortex_m_rt::entry;
-use embedded_io::Write as _;
-use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext, TlsError};
 use rand_core::RngCore as _;
+use sigil_board_common::call::{self, tls_name, Call, CallError};
 use sigil_board_qemu_mps2_an386::flash_store::FlashAnchorStore;
-use sigil_board_qemu_mps2_an386::link::{Link, LinkError, MAX_SEND};
+use sigil_board_qemu_mps2_an386::link::{Link, MAX_SEND};
 use sigil_board_qemu_mps2_an386::{self as board, clock, say, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle};
-use sigil_core::chain::{self, Options, PeerName, TrustBundle};
+use sigil_core::chain::{self, Options, TrustBundle};
 use sigil_core::crypto::RustCryptoSignatureVerifier;
-use sigil_core::device_tls::{Guarded, Provider, ServerCertVerifier, ServerRefusal, SigningGuard};
 use sigil_core::drbg::{HmacDrbg, ProvisionedSeed};
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::MAX_FRAME;
@@ -85,10 +83,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 /// Allowed skew when validating the sidecar: the no-RTC clock is a floor that lags true time
 /// by a request's latency (the sidecar may have renewed since).
 const PEER_SKEW: Duration = Duration::from_secs(5);
-/// TLS record buffers: the sidecar limits its records to the core's `MAX_TLS_RECORD` (2 KB)
-/// of plaintext.
-const TLS_RX: usize = sigil_core::link::TLS_READ_BUFFER;
-const TLS_TX: usize = 1280;
 /// The line that tells the test to swap in the foreign relay.
 const SWAP_MARKER: &str = "e2e: negative phase: swap the relay";
 
@@ -519,18 +513,7 @@ fn under_provisioned_root(agent: &Agent<'_>) -> bool {
     .is_ok()
 }
 
-/// Why a call failed.
-enum CallError {
-    NoIdentity,
-    NoWallTime,
-    Handshake(TlsError, Option<ServerRefusal>),
-    Io(TlsError),
-    BadAnswer,
-    /// The key refused to sign CertificateVerify: nothing signed was sent.
-    Signer,
-}
-
-/// The mTLS calls to the peer's sidecar: whom to call, as whom, and the session numbers.
+/// The mTLS calls to the peer: whom to call, as whom, and the session numbers.
 struct Calls<'a> {
     /// The last session's number (each call is a new session).
     session: u16,
@@ -549,17 +532,25 @@ impl Calls<'_> {
     ) -> Result<(), &'static str> {
         self.session = self.session.wrapping_add(1);
         let started = clock::now();
-        match call_once(link, self.session, rng, agent, self.peer, self.own) {
-            Ok((generation, status)) => {
+        let target = Call {
+            peer: self.peer,
+            own: self.own,
+            host: PEER_APP,
+            method: METHOD,
+            skew: PEER_SKEW,
+            timeout_ms: TLS_TIMEOUT_MS,
+        };
+        match call::call(link, self.session, rng, agent, &SLOT, &target) {
+            Ok(answered) => {
                 report.calls += 1;
                 report.first_call_ms.get_or_insert(clock::now().as_millis());
                 say!(
                     "[",
                     clock::now().as_millis(),
                     " ms] mTLS call with identity ",
-                    generation,
+                    answered.generation,
                     ": ",
-                    status.as_str(),
+                    answered.status.as_str(),
                     " in ",
                     u64::try_from(clock::now().saturating_duration_since(started).as_millis())
                         .unwrap_or(u64::MAX),
@@ -578,222 +569,23 @@ impl Calls<'_> {
                     CallError::Io(tls) => say!("mTLS session failed: ", tls_name(&tls)),
                     CallError::NoIdentity => say!("mTLS call failed: no identity in the slot"),
                     CallError::NoWallTime => say!("mTLS call failed: no wall time yet"),
-                    CallError::BadAnswer => say!("mTLS call failed: unexpected answer"),
+                    CallError::BadAnswer {
+                        status,
+                        names_caller,
+                    } => say!(
+                        "mTLS call failed: unexpected answer: status ",
+                        status.as_str(),
+                        if names_caller {
+                            ", names the caller"
+                        } else {
+                            ", does not name the caller"
+                        }
+                    ),
                     CallError::Signer => say!("mTLS handshake failed: the key did not sign"),
                 }
-                Err("mTLS call to the sidecar failed")
+                Err("mTLS call failed")
             }
         }
-    }
-}
-
-fn call_once(
-    link: &mut Link<'_>,
-    session: u16,
-    rng: &mut Rng,
-    agent: &Agent<'_>,
-    peer: SpiffeId<'_>,
-    own: SpiffeId<'_>,
-) -> Result<(u32, heapless::String<16>), CallError> {
-    // The key and the generation from the slot; the certificates are read where they are held
-    // already, in the rotation machine (not copied: 1.5 KB of stack), which published this very
-    // identity to the slot (checked: same leaf).
-    let lease = SLOT.lease().ok_or(CallError::NoIdentity)?;
-    let generation = lease.generation();
-    let key = lease.key().ok_or(CallError::NoIdentity)?;
-    let identity = agent.rotation().identity().ok_or(CallError::NoIdentity)?;
-    let chain: heapless::Vec<&[u8], 4> = identity.chain().take(4).collect();
-    let leaf = chain.first().copied().unwrap_or(&[]);
-    if lease.with(|id| Some(id.leaf() == leaf)) != Some(true) {
-        return Err(CallError::NoIdentity);
-    }
-    let wall: UnixTime = agent
-        .rotation()
-        .wall_time(clock::now())
-        .ok_or(CallError::NoWallTime)?;
-
-    let options = Options {
-        skew: PEER_SKEW,
-        peer: PeerName::SpiffeId(peer),
-        ..Options::new(wall)
-    };
-    let verifier = ServerCertVerifier::new(
-        agent.rotation().bundle().as_bundle(),
-        options,
-        RustCryptoSignatureVerifier,
-    );
-    // A signer that fails (a secure element) trips the guard: the transport then sends
-    // nothing more, and the handshake ends with the signer's failure.
-    let guard = SigningGuard::new();
-    // The whole chain is sent (leaf, issuer): a server that validates a client with the
-    // intermediates it sends (daprd, go-spiffe, Go's crypto/tls) needs the issuer.
-    let mut provider = Provider::new(rng, Some((&chain, key)), verifier).with_guard(&guard);
-    let config = TlsConfig::new();
-    let mut rx = [0u8; TLS_RX];
-    let mut tx = [0u8; TLS_TX];
-    let transport = Guarded::new(link.tls(session, TLS_TIMEOUT_MS), &guard);
-    let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(transport, &mut rx, &mut tx);
-    if let Err(e) = tls.open(TlsContext::new(&config, &mut provider)) {
-        let why = provider.verifier().refusal();
-        if let Ok(channel) = tls.close() {
-            channel.into_inner().close();
-        }
-        if guard.failure().is_some() {
-            return Err(CallError::Signer);
-        }
-        return Err(CallError::Handshake(e, why));
-    }
-    if !provider.verifier().is_verified() {
-        return Err(CallError::Handshake(TlsError::InvalidCertificate, None));
-    }
-
-    // Written piece by piece into the TLS write buffer (one record at the flush).
-    for part in [
-        "GET /",
-        METHOD,
-        " HTTP/1.1\r\nHost: ",
-        PEER_APP,
-        "\r\nConnection: close\r\n\r\n",
-    ] {
-        tls.write_all(part.as_bytes()).map_err(CallError::Io)?;
-    }
-    tls.flush().map_err(CallError::Io)?;
-
-    // The answer is read in place, in the TLS read buffer, record by record (no copy): its
-    // status line, and the app's echo of who called (the sidecar took it from this session's
-    // client certificate) anywhere after it.
-    let mut status = heapless::String::<16>::new();
-    let caller = [" as ", own.as_str(), " on /", METHOD];
-    let mut names_caller = Finder::new(&caller);
-    let mut peer_closed = false;
-    let mut answered = 0usize;
-    while answered < MAX_ANSWER {
-        let mut record = match tls.read_buffered() {
-            Ok(record) => record,
-            Err(TlsError::ConnectionClosed) => {
-                peer_closed = true;
-                break;
-            }
-            Err(e) => return Err(CallError::Io(e)),
-        };
-        let bytes = record.pop_all();
-        if bytes.is_empty() {
-            peer_closed = true;
-            break;
-        }
-        for &b in bytes {
-            if status.len() < 12 && status.push(char::from(b)).is_err() {
-                return Err(CallError::BadAnswer);
-            }
-            names_caller.push(b);
-        }
-        answered += bytes.len();
-    }
-    // After the sidecar's close_notify nothing more is sent in this session (TLS 1.3 needs
-    // no answering alert); dropping the connection ends it at the relay with TlsClose.
-    if !peer_closed {
-        if let Ok(channel) = tls.close() {
-            channel.into_inner().close();
-        }
-    }
-    if status.as_str() != "HTTP/1.1 200" || !names_caller.found() {
-        say!(
-            "unexpected answer: status ",
-            status.as_str(),
-            if names_caller.found() {
-                ", names the caller"
-            } else {
-                ", does not name the caller"
-            }
-        );
-        return Err(CallError::BadAnswer);
-    }
-    Ok((generation, status))
-}
-
-/// The most of an answer read (the app's is about 200 bytes).
-const MAX_ANSWER: usize = 4096;
-
-/// Finds a text, given in pieces, in a byte stream seen one byte at a time, with no buffer: it
-/// keeps the length of the longest prefix of the text that ends the bytes seen (the
-/// Knuth–Morris–Pratt automaton, its fallback computed when needed instead of tabled: a few
-/// comparisons per byte for a text of about a hundred bytes).
-struct Finder<'a> {
-    pieces: &'a [&'a str],
-    len: usize,
-    matched: usize,
-    found: bool,
-}
-
-impl<'a> Finder<'a> {
-    fn new(pieces: &'a [&'a str]) -> Self {
-        Self {
-            pieces,
-            len: pieces.iter().map(|p| p.len()).sum(),
-            matched: 0,
-            found: false,
-        }
-    }
-
-    /// Byte `i` of the text.
-    fn at(&self, mut i: usize) -> u8 {
-        for p in self.pieces {
-            match p.as_bytes().get(i) {
-                Some(&b) => return b,
-                None => i -= p.len(),
-            }
-        }
-        0
-    }
-
-    fn push(&mut self, b: u8) {
-        if self.found || self.len == 0 {
-            return;
-        }
-        // The longest k <= matched + 1 with text[..k] == (text[..matched] + b)[matched + 1 - k..].
-        let seen = self.matched + 1;
-        self.matched = (1..=seen.min(self.len))
-            .rev()
-            .find(|&k| {
-                (0..k).all(|j| {
-                    let from = seen - k + j;
-                    let c = if from == self.matched {
-                        b
-                    } else {
-                        self.at(from)
-                    };
-                    self.at(j) == c
-                })
-            })
-            .unwrap_or(0);
-        if self.matched == self.len {
-            self.found = true;
-        }
-    }
-
-    const fn found(&self) -> bool {
-        self.found
-    }
-}
-
-/// A fixed name for embedded-tls's error (its `Debug` would link `core::fmt`).
-fn tls_name(e: &TlsError) -> &'static str {
-    match e {
-        TlsError::ConnectionClosed => "connection closed",
-        TlsError::IoError => "I/O error",
-        TlsError::InvalidCertificate => "invalid certificate",
-        TlsError::InvalidSignature => "invalid signature",
-        TlsError::AbortHandshake(..) => "handshake aborted by an alert",
-        TlsError::DecodeError => "decode error",
-        TlsError::InsufficientSpace => "insufficient space",
-        _ => "TLS error",
-    }
-}
-
-impl From<LinkError> for CallError {
-    fn from(_: LinkError) -> Self {
-        Self::Io(TlsError::IoError)
     }
 }
 
