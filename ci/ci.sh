@@ -29,11 +29,14 @@ cd "$root"
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 board=boards/qemu-mps2-an386
 mcu=boards/nrf52840-dk
+# What the boards share (a library, built for the boards' target).
+common=boards/common
 
 job_fmt() {
   cargo fmt --all -- --check
   (cd "$board" && cargo fmt -- --check)
   (cd "$mcu" && cargo fmt -- --check)
+  (cd "$common" && cargo fmt -- --check)
   (cd core/fuzz && cargo fmt -- --check)
 }
 
@@ -41,6 +44,7 @@ job_clippy() {
   cargo clippy --workspace --all-targets --locked -- -D warnings
   (cd "$board" && cargo clippy --release --locked -- -D warnings)
   (cd "$mcu" && cargo clippy --release --locked -- -D warnings)
+  (cd "$common" && cargo clippy --release --locked --target thumbv7em-none-eabihf -- -D warnings)
 }
 
 job_doc() {
@@ -97,7 +101,10 @@ job_nostd() {
       fi
     )
   done
-  arm-none-eabi-size -A "$mcu"/target/thumbv7em-none-eabihf/release/identity | grep -E '^\.(vector_table|text|rodata|data|bss) '
+  for image in identity agent; do
+    echo "$mcu $image (opt s):"
+    arm-none-eabi-size -A "$mcu"/target/thumbv7em-none-eabihf/release/$image | grep -E '^\.(vector_table|text|rodata|data|bss) '
+  done
 }
 
 job_qemu() {

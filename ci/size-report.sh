@@ -61,6 +61,15 @@ ed_device_ram=$(section_sum target/ed25519/thumbv7em-none-eabihf/release-z/devic
 ed_device_stack=$(sed -n 's/^stack_peak=//p' target/e2e-ed25519/device.log 2>/dev/null || true)
 printf '%-4s %-12s %10s %10s %10s   (feature ed25519: +%s bytes)\n' z "device+ed" "$ed_device_flash" \
   "$ed_device_ram" "${ed_device_stack:--}" "$((ed_device_flash - device_flash_z))"
+# The real MCU's whole-agent image (boards/nrf52840-dk, `agent`): flash and static RAM at both
+# opt-levels (its stack is not painted: running it needs the board).
+for opt in z s; do
+  profile=release; [ "$opt" = z ] && profile=release-z
+  (cd ../nrf52840-dk && cargo build --profile "$profile" --locked -q --bin agent)
+  nrf=../nrf52840-dk/target/thumbv7em-none-eabihf/$profile/agent
+  printf '%-4s %-12s %10s %10s %10s   (nRF52840 DK, built only)\n' "$opt" "nrf-agent" \
+    "$(section_sum "$nrf" .vector_table .text .rodata)" "$(section_sum "$nrf" .data .bss)" -
+done
 echo
 for opt in z s; do
   eval "f=\$identity_flash_$opt p=\$primitives_flash_$opt r=\$identity_ram_$opt pr=\$primitives_ram_$opt"

@@ -18,25 +18,21 @@
 #![no_std]
 #![no_main]
 
-mod hw;
-
-use core::cell::Cell;
-
-use cortex_m::interrupt::{self, Mutex};
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m_rt::{entry, exception};
+use cortex_m_rt::entry;
 use rand_core::RngCore as _;
+use sigil_board_nrf52840_dk::trng::{self, Trng};
+use sigil_board_nrf52840_dk::{blink, clock, hw};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::OwnedTrustBundle;
 use sigil_core::chain::{self, Options, PeerName, TrustBundle, Usage};
 use sigil_core::crypto::{RustCryptoSignatureVerifier, Signer as _};
 use sigil_core::csr::{self, Csr};
-use sigil_core::drbg::{EntropySource, HmacDrbg};
+use sigil_core::drbg::HmacDrbg;
 use sigil_core::key::SoftwareKey;
 use sigil_core::link::Frame;
 use sigil_core::rotation::{Clock, Policy, Rotation, State};
 use sigil_core::spiffe::SpiffeId;
-use sigil_core::{Instant, UnixTime};
+use sigil_core::UnixTime;
 
 static ROOT: &[u8] = include_bytes!("../../../tests/fixtures/p256/root.der");
 static ISSUER: &[u8] = include_bytes!("../../../tests/fixtures/p256/issuer.der");
@@ -44,26 +40,6 @@ static LEAF: &[u8] = include_bytes!("../../../tests/fixtures/p256/leaf.der");
 /// Inside the fixtures' validity (generated 2026-11-22, valid 20 years).
 const PINNED: UnixTime = UnixTime::from_secs(1_893_456_000); // 2030-01-01T00:00:00Z
 const DEVICE_ID: &str = "spiffe://example.org/ns/default/device";
-const BOARD: &[u8] = b"sigil nrf52840-dk";
-
-/// The CPU clock: the nRF52840's Cortex-M4 always runs at 64 MHz, from HFINT or HFXO alike.
-const CORE_HZ: u32 = 64_000_000;
-const CYCLES_PER_MS: u32 = CORE_HZ / 1_000;
-
-/// Milliseconds since SysTick started, counted by its exception: the monotonic clock.
-static MILLIS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
-
-#[exception]
-fn SysTick() {
-    interrupt::free(|cs| {
-        let ms = MILLIS.borrow(cs);
-        ms.set(ms.get().saturating_add(1));
-    });
-}
-
-fn now() -> Instant {
-    Instant::from_millis(interrupt::free(|cs| MILLIS.borrow(cs).get()))
-}
 
 /// Which step failed; LED1 blinks its number.
 #[derive(Clone, Copy, Debug)]
@@ -85,70 +61,11 @@ impl Failed {
     }
 }
 
-/// The RNG peripheral as the DRBG's entropy source.
-///
-/// Raw bytes pass a repetition-count test (NIST SP 800-90B §4.4.1) with cutoff
-/// [`Trng::REPETITION_CUTOFF`], which assumes at least 2 bits of min-entropy per byte
-/// (conservative with bias correction on; false alarms at 2^-20 for that, far rarer in
-/// practice). A stuck generator or a missing byte marks the source unhealthy, and the caller
-/// discards the DRBG.
-struct Trng {
-    rng: hw::Rng,
-    last: Option<u8>,
-    run: u32,
-    healthy: bool,
-}
-
-impl Trng {
-    /// `1 + ceil(20 / H)` with H = 2 bits per byte.
-    const REPETITION_CUTOFF: u32 = 11;
-
-    fn start() -> Self {
-        Self {
-            rng: hw::Rng::start(),
-            last: None,
-            run: 0,
-            healthy: true,
-        }
-    }
-}
-
-impl EntropySource for Trng {
-    fn healthy(&self) -> bool {
-        self.healthy
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for o in out.iter_mut() {
-            let Some(byte) = self.rng.next_byte() else {
-                self.healthy = false;
-                *o = 0;
-                continue;
-            };
-            if self.last == Some(byte) {
-                self.run = self.run.saturating_add(1);
-                if self.run >= Self::REPETITION_CUTOFF {
-                    self.healthy = false;
-                }
-            } else {
-                self.last = Some(byte);
-                self.run = 1;
-            }
-            *o = byte;
-        }
-    }
-}
-
 #[entry]
 fn main() -> ! {
     hw::led1_init();
     if let Some(cp) = cortex_m::Peripherals::take() {
-        let mut syst = cp.SYST;
-        syst.set_clock_source(SystClkSource::Core);
-        syst.set_reload(CYCLES_PER_MS - 1);
-        syst.clear_current();
-        syst.enable_counter();
-        syst.enable_interrupt();
+        clock::start(cp.SYST);
     }
     match run() {
         Ok(()) => {
@@ -158,21 +75,8 @@ fn main() -> ! {
             }
         }
         Err(step) => loop {
-            for _ in 0..step.blinks() {
-                hw::led1(true);
-                delay_ms(200);
-                hw::led1(false);
-                delay_ms(300);
-            }
-            delay_ms(1_500);
+            blink(step.blinks());
         },
-    }
-}
-
-/// Busy-waits at least `ms` milliseconds (cycle counting, so it works with interrupts off).
-fn delay_ms(ms: u32) {
-    for _ in 0..ms {
-        cortex_m::asm::delay(CYCLES_PER_MS);
     }
 }
 
@@ -184,19 +88,8 @@ fn run() -> Result<(), Failed> {
     chain_step().map_err(|()| Failed::Chain)
 }
 
-/// The DRBG, instantiated from the TRNG, which it keeps for its reseeds (the peripheral runs
-/// as long as the DRBG lives).
 fn drbg() -> Result<HmacDrbg<Trng>, Failed> {
-    let mut personalization = [0u8; BOARD.len() + 8];
-    let (board, device) = personalization.split_at_mut(BOARD.len());
-    board.copy_from_slice(BOARD);
-    device.copy_from_slice(&hw::device_id());
-    let rng = HmacDrbg::new(Trng::start(), &personalization);
-    if !rng.entropy_failed() {
-        Ok(rng)
-    } else {
-        Err(Failed::Entropy)
-    }
+    trng::drbg().ok_or(Failed::Entropy)
 }
 
 /// Key and CSR, parsed back and its self-signature checked.
@@ -243,7 +136,7 @@ fn rotation_step(rng: &mut HmacDrbg<Trng>) -> Result<(), ()> {
     };
     let mut agent: DeviceAgent<'_, SoftwareKey, RustCryptoSignatureVerifier, 1024, 2, 1024> =
         DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier);
-    agent.handle_timeout(now());
+    agent.handle_timeout(clock::now());
     let mut frame = [0u8; 640];
     let sent = agent.poll_transmit(rng, &mut frame).ok_or(())?;
     let Ok((Frame::SignRequest { request, csr, .. }, _)) = Frame::parse(sent) else {
@@ -289,12 +182,5 @@ fn chain_step() -> Result<(), ()> {
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    interrupt::disable();
-    hw::led1_init();
-    loop {
-        hw::led1(true);
-        delay_ms(100);
-        hw::led1(false);
-        delay_ms(100);
-    }
+    sigil_board_nrf52840_dk::panicked()
 }
