@@ -1134,3 +1134,219 @@ fn a_failing_signer_ends_the_handshake_with_its_error_and_the_next_one_succeeds(
         "the server accepted a client whose signer failed: {seen:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A recorded handshake, for the firmware's instruction count of a whole handshake
+
+/// Where the recorded handshake lives: the PKI (DER), the client's key (PKCS#8), and both
+/// directions' bytes. The firmware bench (`boards/qemu-mps2-an386`, image `bench`) replays it.
+const RECORDED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/handshake");
+/// The replaying client's DRBG seed and personalization (the firmware bench uses the same).
+const REPLAY_SEED: [u8; 32] = [0x42; 32];
+const REPLAY_PERSONALIZATION: &[u8] = b"sigil recorded handshake";
+/// When the replaying client validates the server: inside the recorded PKI's validity
+/// (2026-01-01 to 2046-01-01), the firmware's pinned time (2030-01-01).
+const REPLAY_TIME: u64 = 1_893_456_000;
+
+/// An embedded-io transport over `inner` that keeps a copy of every byte each way.
+struct Recording<S> {
+    inner: S,
+    read: Vec<u8>,
+    written: Vec<u8>,
+}
+
+impl<S: embedded_io::ErrorType> embedded_io::ErrorType for Recording<S> {
+    type Error = S::Error;
+}
+
+impl<S: embedded_io::Read> embedded_io::Read for Recording<S> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let n = self.inner.read(buf)?;
+        self.read.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<S: embedded_io::Write> embedded_io::Write for Recording<S> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        let n = self.inner.write(buf)?;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        self.inner.flush()
+    }
+}
+
+/// Plays the recorded server's bytes back, and checks that the client writes exactly what the
+/// recorded client wrote (a replay is only valid for the same ClientHello and key share).
+struct Replay<'a> {
+    server: &'a [u8],
+    client: &'a [u8],
+}
+
+impl embedded_io::ErrorType for Replay<'_> {
+    type Error = embedded_io::ErrorKind;
+}
+
+impl embedded_io::Read for Replay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let n = buf.len().min(self.server.len());
+        buf[..n].copy_from_slice(&self.server[..n]);
+        self.server = &self.server[n..];
+        Ok(n)
+    }
+}
+
+impl embedded_io::Write for Replay<'_> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        match self.client.strip_prefix(buf) {
+            Some(rest) => {
+                self.client = rest;
+                Ok(buf.len())
+            }
+            None => Err(embedded_io::ErrorKind::InvalidData),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// The recorded PKI: root → issuer → {server leaf, client leaf}, P-256, fixed validity.
+fn recorded_pki() -> Pki {
+    let (from, to) = (1_767_225_600, 2_398_377_600); // 2026-01-01 .. 2046-01-01
+    let root = CertifiedIssuer::self_signed(ca_params("Root", from, to), p256_key()).unwrap();
+    let issuer =
+        CertifiedIssuer::signed_by(ca_params("Issuer", from, to), p256_key(), &root).unwrap();
+    let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let server_leaf = workload_params(SERVER_ID, from, to)
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let client_leaf = workload_params(CLIENT_ID, from, to)
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    Pki {
+        root: root.der().to_vec(),
+        issuer: issuer.der().to_vec(),
+        server_leaf: server_leaf.der().to_vec(),
+        server_key: server_key.serialize_der(),
+        server_not_after: to,
+        client_leaf: client_leaf.der().to_vec(),
+        client_key: client_key.serialize_der(),
+    }
+}
+
+/// The replaying device: the recorded client identity, the DRBG at the recorded seed, the
+/// server checked against the recorded root for its SPIFFE ID at [`REPLAY_TIME`].
+fn replay_provider<'a>(
+    rng: &'a mut sigil_core::drbg::HmacDrbg<sigil_core::drbg::ProvisionedSeed>,
+    root: &'a [u8],
+    chain: &'a [&'a [u8]],
+    key: SoftwareKey,
+) -> Provider<
+    'a,
+    sigil_core::drbg::HmacDrbg<sigil_core::drbg::ProvisionedSeed>,
+    SoftwareKey,
+    RustCryptoSignatureVerifier,
+    ANCHORS,
+> {
+    Provider::new(
+        rng,
+        Some((chain, key)),
+        verifier(bundle(&[root]), SERVER_ID, REPLAY_TIME),
+    )
+}
+
+fn replay_rng() -> sigil_core::drbg::HmacDrbg<sigil_core::drbg::ProvisionedSeed> {
+    sigil_core::drbg::HmacDrbg::new(
+        sigil_core::drbg::ProvisionedSeed {
+            seed: REPLAY_SEED,
+            boot_nonce: 0,
+        },
+        REPLAY_PERSONALIZATION,
+    )
+}
+
+/// Records one handshake and ping/pong of the deterministic device against the rustls server
+/// into [`RECORDED`].
+fn record_handshake() {
+    let pki = recorded_pki();
+    let server = serve(server_config(&pki, None));
+    let sock = TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut transport = Recording {
+        inner: FromStd::new(sock),
+        read: Vec::new(),
+        written: Vec::new(),
+    };
+    let mut rng = replay_rng();
+    let chain = pki.client_chain();
+    let key = client_key(&pki);
+    let mut provider = replay_provider(&mut rng, &pki.root, &chain, key);
+    let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
+    let mut tx = [0u8; 2048];
+    {
+        let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(&mut transport, &mut rx, &mut tx);
+        let config = TlsConfig::new();
+        conn.open(TlsContext::new(&config, &mut provider)).unwrap();
+        assert_eq!(round_trip(&mut conn).unwrap(), b"pong");
+    }
+    assert!(provider.verifier().is_verified());
+    assert_client_seen(&server.finish());
+    let dir = std::path::Path::new(RECORDED);
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in [
+        ("root.der", &pki.root),
+        ("issuer.der", &pki.issuer),
+        ("client.der", &pki.client_leaf),
+        ("client-key.pk8", &pki.client_key),
+        ("server-to-client.bin", &transport.read),
+        ("client-to-server.bin", &transport.written),
+    ] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// The recorded handshake replays: a device with the same seed, identity and time writes
+/// exactly the recorded client bytes and completes the handshake and the ping/pong on the
+/// recorded server bytes. The firmware bench counts the instructions of this same replay.
+/// `SIGIL_RECORD_HANDSHAKE=1` records it anew first (after a change to embedded-tls, the
+/// core's TLS glue or the DRBG, which change the device's bytes).
+#[test]
+fn the_recorded_handshake_replays_byte_for_byte() {
+    if std::env::var_os("SIGIL_RECORD_HANDSHAKE").is_some() {
+        record_handshake();
+    }
+    let read = |name: &str| std::fs::read(std::path::Path::new(RECORDED).join(name)).unwrap();
+    let (root, issuer, client) = (read("root.der"), read("issuer.der"), read("client.der"));
+    let server_bytes = read("server-to-client.bin");
+    let client_bytes = read("client-to-server.bin");
+    let key = SoftwareKey::from_pkcs8_der(&read("client-key.pk8")).unwrap();
+    let chain = [client.as_slice(), issuer.as_slice()];
+    let mut rng = replay_rng();
+    let mut provider = replay_provider(&mut rng, &root, &chain, key);
+    let mut transport = Replay {
+        server: &server_bytes,
+        client: &client_bytes,
+    };
+    let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
+    let mut tx = [0u8; 2048];
+    let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
+        TlsConnection::new(&mut transport, &mut rx, &mut tx);
+    let config = TlsConfig::new();
+    conn.open(TlsContext::new(&config, &mut provider))
+        .expect("the replay's handshake (SIGIL_RECORD_HANDSHAKE=1 records it anew)");
+    assert_eq!(round_trip(&mut conn).unwrap(), b"pong");
+    drop(conn);
+    assert!(provider.verifier().is_verified());
+    assert!(
+        transport.client.is_empty(),
+        "{} recorded client bytes not written",
+        transport.client.len()
+    );
+}
