@@ -1336,13 +1336,14 @@ fn the_recorded_handshake_replays_byte_for_byte() {
     };
     let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
     let mut tx = [0u8; 2048];
-    let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(&mut transport, &mut rx, &mut tx);
-    let config = TlsConfig::new();
-    conn.open(TlsContext::new(&config, &mut provider))
-        .expect("the replay's handshake (SIGIL_RECORD_HANDSHAKE=1 records it anew)");
-    assert_eq!(round_trip(&mut conn).unwrap(), b"pong");
-    drop(conn);
+    {
+        let mut conn: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(&mut transport, &mut rx, &mut tx);
+        let config = TlsConfig::new();
+        conn.open(TlsContext::new(&config, &mut provider))
+            .expect("the replay's handshake (SIGIL_RECORD_HANDSHAKE=1 records it anew)");
+        assert_eq!(round_trip(&mut conn).unwrap(), b"pong");
+    }
     assert!(provider.verifier().is_verified());
     assert!(
         transport.client.is_empty(),
