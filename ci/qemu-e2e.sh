@@ -139,6 +139,7 @@ for ((i = 0; i < 300; i++)); do
   [ -s "$work/echo-identity/cert.pem" ] && [ -s "$work/echo-identity/key.pem" ] && break
   sleep 0.1
 done
+[ -s "$work/echo-identity/cert.pem" ] || fail "the sidecar wrote no identity files in 30 s"
 # Its client roots: Sentry's live ca.crt, the trust bundle it publishes (with the next root
 # from the moment it is prepared), as a stock sidecar gets it.
 "$work/go_tls_peer" -cert "$work/echo-identity/cert.pem" -key "$work/echo-identity/key.pem" \

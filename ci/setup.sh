@@ -13,6 +13,10 @@ command -v arm-none-eabi-size >/dev/null || need_apt+=(binutils-arm-none-eabi)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# Go (Debian's golang-go; its standard library only, no module proxy) for the independent TLS
+# peer (tests/interop/go_tls_peer) of host/tests/go_peer.rs and of the edge device's
+# end-to-end run (ci/qemu-e2e.sh, which the README also gives on its own).
+command -v go >/dev/null || need_apt+=(golang-go)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   as_root apt-get update -qq
@@ -25,7 +29,7 @@ rustup target add thumbv7em-none-eabihf thumbv7m-none-eabi >/dev/null
 
 # Nightly and cargo-fuzz for the fuzz smoke run (not needed for the demo).
 if [ "${1:-}" = demo ]; then
-  echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version))"
+  echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version); $(go version))"
   exit 0
 fi
 if ! rustup toolchain list | grep -q '^nightly'; then
@@ -42,11 +46,4 @@ if ! command -v kubectl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq kubernetes-client >/dev/null
 fi
 bash ci/kube-setup.sh
-# Go (Debian's golang-go; its standard library only, no module proxy) for the independent TLS
-# peer of host/tests/go_peer.rs (tests/interop/go_tls_peer). kube-setup.sh installs it when it
-# builds the API server; a machine with that build cached may not have it.
-if ! command -v go >/dev/null; then
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq golang-go >/dev/null
-fi
 echo "setup: ok ($(qemu-system-arm --version | head -1); $(openssl version); $(go version))"

@@ -9,8 +9,9 @@
 //! Buffers: the TLS read buffer holds one record of [`sigil_core::link::MAX_TLS_RECORD`]
 //! plaintext (Sigil's sidecar caps its records there; embedded-tls does not reassemble a
 //! handshake message across records), the write buffer [`TLS_TX`] (the largest record the
-//! device writes is its Certificate message: leaf and issuer, about 950 B with P-256). The
-//! answer is read in the read buffer, not copied.
+//! device writes is its Certificate message: leaf and issuer, about 950 B with P-256; an image
+//! checks that its largest chain fits, [`fits_chain`]). The answer is read in the read buffer,
+//! not copied.
 
 use core::time::Duration;
 
@@ -29,8 +30,19 @@ use crate::link::{Link, LinkError, Port};
 
 /// The TLS read buffer.
 pub const TLS_RX: usize = sigil_core::link::TLS_READ_BUFFER;
-/// The TLS write buffer.
-pub const TLS_TX: usize = 1280;
+/// The TLS write buffer: it must hold the device's Certificate record, so its chain plus
+/// [`CERTIFICATE_OVERHEAD`]; the images check their chain capacity against it at compile time
+/// ([`fits_chain`]).
+pub const TLS_TX: usize = 1600;
+/// What a Certificate record adds to the chain's DER: record header (5), content type (1) and
+/// AEAD tag (16), handshake header (4), request context (1), list length (3), and per
+/// certificate its length (3) and empty extensions (2), for up to 4 certificates.
+pub const CERTIFICATE_OVERHEAD: usize = 5 + 1 + 16 + 4 + 1 + 3 + 4 * 5;
+
+/// Whether a chain of up to `chain` bytes fits the TLS write buffer in one Certificate record.
+pub const fn fits_chain(chain: usize) -> bool {
+    chain + CERTIFICATE_OVERHEAD <= TLS_TX
+}
 /// The most of an answer read (an app's is a few hundred bytes).
 pub const MAX_ANSWER: usize = 4096;
 
@@ -195,8 +207,9 @@ where
             break;
         }
         for &b in bytes {
-            if status.len() < 12 && status.push(char::from(b)).is_err() {
-                break;
+            if status.len() < 12 {
+                // A non-ASCII byte may not fit; the status check then fails, as it should.
+                let _ = status.push(char::from(b));
             }
             names_caller.push(b);
         }

@@ -7,7 +7,7 @@
 //! | RNG      | `0x4000_D000` | TASKS_START, TASKS_STOP, EVENTS_VALRDY, CONFIG, VALUE       |
 //! | GPIO P0  | `0x5000_0000` | OUTSET, OUTCLR, DIRSET, PIN_CNF (LED1 on P0.13, active low) |
 //! | FICR     | `0x1000_0000` | DEVICEID\[0..2\] (read-only, factory-programmed)            |
-//! | UART0    | `0x4000_2000` | TASKS_STARTRX/STARTTX, EVENTS_RXDRDY/TXDRDY/ERROR, ERRORSRC, ENABLE, PSEL.*, RXD, TXD, BAUDRATE, CONFIG |
+//! | UART0    | `0x4000_2000` | TASKS_STARTRX/STARTTX/STOPTX, EVENTS_RXDRDY/TXDRDY/ERROR, ERRORSRC, ENABLE, PSEL.*, RXD, TXD, BAUDRATE, CONFIG |
 #![allow(unsafe_code)]
 
 use core::ptr;
@@ -27,8 +27,9 @@ impl Reg {
 
     fn write(self, value: u32) {
         // SAFETY: as in `read`; in addition every register written here is a task, event,
-        // configuration or set/clear register of the RNG or GPIO P0, whose only effect is on
-        // that peripheral (start/stop it, clear its event, drive the LED pin), never on memory.
+        // configuration, pin-select, data or set/clear register of the RNG, UART0 or GPIO P0,
+        // whose only effect is on that peripheral (start/stop it, clear its event, send a byte,
+        // configure or drive a pin), never on memory.
         unsafe { ptr::write_volatile(ptr::with_exposed_provenance_mut::<u32>(self.0), value) }
     }
 }
@@ -58,6 +59,10 @@ const LED1: u32 = 1 << 13;
 const UART0: usize = 0x4000_2000;
 const UART_TASKS_STARTRX: Reg = Reg(UART0);
 const UART_TASKS_STARTTX: Reg = Reg(UART0 + 0x008);
+const UART_TASKS_STOPTX: Reg = Reg(UART0 + 0x00C);
+/// Polls of `EVENTS_TXDRDY` before a byte is given up: about a second at 64 MHz (a byte takes
+/// 87 µs at 115,200 baud; CTS held longer means the relay is not reading).
+const TX_SPIN_LIMIT: u32 = 8_000_000;
 const UART_EVENTS_RXDRDY: Reg = Reg(UART0 + 0x108);
 const UART_EVENTS_TXDRDY: Reg = Reg(UART0 + 0x11C);
 const UART_EVENTS_ERROR: Reg = Reg(UART0 + 0x124);
@@ -202,10 +207,20 @@ impl Uart0 {
         Some(byte)
     }
 
-    /// Sends one byte, waiting while the transmitter is busy (or the relay holds CTS).
+    /// Sends one byte, waiting while the transmitter is busy or the relay holds CTS, for at
+    /// most [`TX_SPIN_LIMIT`] polls (about a second): then the byte is given up (the relay's
+    /// reader skips the damaged frame and resynchronises; the device's own timeouts go on
+    /// running instead of the firmware hanging on a relay that stopped reading).
     pub fn write_byte(&mut self, byte: u8) {
         UART_EVENTS_TXDRDY.write(0);
         UART_TXD.write(u32::from(byte));
-        while UART_EVENTS_TXDRDY.read() == 0 {}
+        for _ in 0..TX_SPIN_LIMIT {
+            if UART_EVENTS_TXDRDY.read() != 0 {
+                return;
+            }
+        }
+        // Abandon the byte: stop and restart the transmitter.
+        UART_TASKS_STOPTX.write(1);
+        UART_TASKS_STARTTX.write(1);
     }
 }

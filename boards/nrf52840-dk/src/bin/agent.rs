@@ -48,9 +48,13 @@ use provision::{ANCHORS, APP_ID, ISSUER_SKEW_SECS, METHOD, NAMESPACE, PEER_APP, 
 
 /// Bytes for one identity chain (leaf and issuer; see the QEMU board's `device` image).
 const CHAIN: usize = 1536;
+const _: () = assert!(
+    sigil_board_common::call::fits_chain(CHAIN),
+    "a chain the device accepts must fit its TLS write buffer"
+);
 /// Trust anchors the device holds, and their bytes.
 const ANCHOR_COUNT: usize = 5;
-const ANCHOR_BYTES: usize = 2048;
+const ANCHOR_BYTES: usize = 2560;
 /// How often the device calls its peer while it holds an identity.
 const CALL_EVERY: Duration = Duration::from_secs(60);
 /// A TLS read waits this long for the next frame.

@@ -259,17 +259,17 @@ fn run() -> Result<(), &'static str> {
 }
 
 /// Plays the recorded server's bytes back and checks every byte the device writes against
-/// the recorded client's.
-struct Replay {
+/// the recorded client's (`client` is what is left to write: empty at the end).
+struct Replay<'c> {
     server: &'static [u8],
-    client: &'static [u8],
+    client: &'c mut &'static [u8],
 }
 
-impl embedded_io::ErrorType for Replay {
+impl embedded_io::ErrorType for Replay<'_> {
     type Error = embedded_io::ErrorKind;
 }
 
-impl embedded_io::Read for Replay {
+impl embedded_io::Read for Replay<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         let n = buf.len().min(self.server.len());
         let (now, rest) = self.server.split_at(n);
@@ -281,11 +281,11 @@ impl embedded_io::Read for Replay {
     }
 }
 
-impl embedded_io::Write for Replay {
+impl embedded_io::Write for Replay<'_> {
     fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
         match self.client.strip_prefix(buf) {
             Some(rest) => {
-                self.client = rest;
+                *self.client = rest;
                 Ok(buf.len())
             }
             None => Err(embedded_io::ErrorKind::InvalidData),
@@ -324,30 +324,36 @@ fn replay_handshake() -> Result<(), &'static str> {
     let mut provider = Provider::new(&mut rng, Some((&chain, key)), verifier);
     let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
     let mut tx = [0u8; 1280];
-    let transport = Replay {
-        server: recorded::SERVER_BYTES,
-        client: recorded::CLIENT_BYTES,
-    };
-    let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-        TlsConnection::new(transport, &mut rx, &mut tx);
-    let config = TlsConfig::new();
-    tls.open(TlsContext::new(&config, &mut provider))
-        .map_err(|_| "the recorded handshake did not replay")?;
-    if !provider.verifier().is_verified() {
-        return Err("the recorded server was not verified");
-    }
-    tls.write_all(b"ping").map_err(|_| "ping")?;
-    tls.flush().map_err(|_| "ping")?;
-    let mut pong = [0u8; 4];
-    let mut got = 0;
-    while let Some(space) = pong.get_mut(got..).filter(|s| !s.is_empty()) {
-        match tls.read(space) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
+    let mut unwritten = recorded::CLIENT_BYTES;
+    {
+        let transport = Replay {
+            server: recorded::SERVER_BYTES,
+            client: &mut unwritten,
+        };
+        let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
+            TlsConnection::new(transport, &mut rx, &mut tx);
+        let config = TlsConfig::new();
+        tls.open(TlsContext::new(&config, &mut provider))
+            .map_err(|_| "the recorded handshake did not replay")?;
+        if !provider.verifier().is_verified() {
+            return Err("the recorded server was not verified");
+        }
+        tls.write_all(b"ping").map_err(|_| "ping")?;
+        tls.flush().map_err(|_| "ping")?;
+        let mut pong = [0u8; 4];
+        let mut got = 0;
+        while let Some(space) = pong.get_mut(got..).filter(|s| !s.is_empty()) {
+            match tls.read(space) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        if &pong != b"pong" {
+            return Err("the recorded answer did not decrypt");
         }
     }
-    if &pong != b"pong" {
-        return Err("the recorded answer did not decrypt");
+    if !unwritten.is_empty() {
+        return Err("the device did not write all the recorded client bytes");
     }
     Ok(())
 }

@@ -174,8 +174,10 @@ pub trait CryptoProvider {
     /// each certificate after the first certifies the one before it), as Go's `crypto/tls`
     /// and rustls do.
     ///
-    /// This is what the handshake sends. The default is [`CryptoProvider::client_cert`] with
-    /// no intermediates; a provider that overrides it sends the certificate it returns first.
+    /// This is what the handshake sends: it calls this method, not `client_cert` (a provider
+    /// that wraps another must forward both). The default is [`CryptoProvider::client_cert`]
+    /// with no intermediates. Intermediates are sent only after an X.509 certificate (a raw
+    /// public key is sent alone, RFC 7250).
     fn client_cert_chain(&mut self) -> Option<CertificateChain<impl AsRef<[u8]>>> {
         self.client_cert().map(|cert| CertificateChain {
             cert,

@@ -525,8 +525,11 @@ where
     let mut certificate = CertificateRef::with_context(request_context);
     let next_state = if let Some(ref chain) = chain {
         certificate.add((&chain.cert).into())?;
-        for intermediate in &chain.intermediates {
-            certificate.add(CertificateEntryRef::X509(intermediate.as_ref()))?;
+        // A raw public key is sent alone (RFC 7250: exactly one entry).
+        if let crate::config::Certificate::X509(_) = chain.cert {
+            for intermediate in &chain.intermediates {
+                certificate.add(CertificateEntryRef::X509(intermediate.as_ref()))?;
+            }
         }
         State::ClientCertVerify
     } else {
