@@ -225,9 +225,13 @@ fn start_relay_at(
     let line = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the relay's ready line");
-    assert_eq!(
-        line,
-        format!("relay: connected serial={serial} sentry={sentry} peer={peer}")
+    // More peers (in `extra`) follow the first, comma-separated.
+    assert!(
+        line == format!("relay: connected serial={serial} sentry={sentry} peer={peer}")
+            || line.starts_with(&format!(
+                "relay: connected serial={serial} sentry={sentry} peer={peer},"
+            )),
+        "{line}"
     );
     Relay {
         child,
@@ -498,6 +502,28 @@ fn tls_bytes_are_forwarded_both_ways_and_sessions_close() {
     relay.device.send(&Frame::TlsClose { session: 3 });
     assert_eq!(ends.recv_timeout(ANSWER_TIMEOUT).unwrap(), "2: eof after 5");
     assert_eq!(relay.device.recv_within(Duration::from_millis(500)), None);
+    relay.assert_alive();
+}
+
+/// With two `--peer`s, each new session goes to the next peer in turn (the edge device's
+/// end-to-end run uses it to call a sidecar and a Go TLS server alternately).
+#[test]
+fn sessions_go_to_each_peer_in_turn() {
+    let (first, first_ends) = echo_server(vec![Some(3), Some(3)]);
+    let (second, second_ends) = echo_server(vec![Some(3)]);
+    let (_dir, anchors) = anchors_for_no_sentry();
+    let mut relay = start_relay_with(&nowhere(), &anchors, &first, &["--peer", &second]);
+    for (session, ends) in [(1, &first_ends), (2, &second_ends), (3, &first_ends)] {
+        relay.device.send_tls(session, b"abc");
+        assert_eq!(recv_tls(&mut relay, session, 3), b"abc");
+        assert_eq!(relay.recv(), Got::TlsClose(session));
+        let connection = if session == 3 { 1 } else { 0 };
+        assert_eq!(
+            ends.recv_timeout(ANSWER_TIMEOUT).unwrap(),
+            format!("{connection}: closed after 3"),
+            "session {session}"
+        );
+    }
     relay.assert_alive();
 }
 
