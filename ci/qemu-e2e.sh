@@ -11,7 +11,7 @@
 # (and its roots), keep its identity and call once more with it. Exit 0 only if the firmware
 # exits 0.
 #
-# The device's TLS sessions go in turn to Sigil's sidecar and to an independent Go TLS server
+# The device's TLS sessions go in turn to an independent Go TLS server and to Sigil's sidecar
 # (tests/interop/go_tls_peer: Go's crypto/tls and crypto/x509, authorising clients as daprd and
 # go-spiffe do, with the intermediates the client sends, against Sentry's published roots),
 # holding the app's identity from the sidecar's identity files: the device sends its chain, so
@@ -174,7 +174,7 @@ qemu=$!
 pids+=($qemu)
 
 start_relay() { # name sentry-address anchors
-  "$sigil" relay --serial "127.0.0.1:$serial" --sentry "$2" --anchors "$3" --peer "$internal" --peer "$go_peer" \
+  "$sigil" relay --serial "127.0.0.1:$serial" --sentry "$2" --anchors "$3" --peer "$go_peer" --peer "$internal" \
     --app-id device --namespace default --log-level info > "$work/$1.log" 2>&1 &
   relay=$!
   pids+=($relay)
