@@ -11,11 +11,12 @@
 # (and its roots), keep its identity and call once more with it. Exit 0 only if the firmware
 # exits 0.
 #
-# The device's TLS sessions go in turn to an independent Go TLS server and to Sigil's sidecar
-# (tests/interop/go_tls_peer: Go's crypto/tls and crypto/x509, authorising clients as daprd and
-# go-spiffe do, with the intermediates the client sends, against Sentry's published roots),
-# holding the app's identity from the sidecar's identity files: the device sends its chain, so
-# both accept it; the Go server's log must show it accepted the device's chain more than once.
+# The device's TLS sessions go in turn to an independent Go TLS server and to Sigil's sidecar,
+# both holding the app's identity (the Go server from the sidecar's identity files). The Go
+# server (tests/interop/go_tls_peer: Go's crypto/tls and crypto/x509) authorises clients as
+# daprd and go-spiffe do, with the intermediates the client sends, against Sentry's published
+# roots: the device sends its chain, so both accept it; the Go server's log must show it
+# accepted the device's chain more than once.
 #
 # With SIGIL_E2E_KEY_ALGORITHM=ed25519 both Sentrys make Ed25519 roots and issuers (as Dapr
 # 1.18 does) and the firmware is built with the core's `ed25519` feature: the device validates

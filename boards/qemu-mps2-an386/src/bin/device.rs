@@ -366,7 +366,6 @@ impl Scenario<'_> {
                     r.installs.saturating_sub(1),
                     " calls=",
                     r.calls,
-                    " calls_failed=0",
                     " foreign_refused=",
                     r.foreign_refused,
                     " requests=",
