@@ -23,7 +23,8 @@ extern "C" {
 }
 
 fn region() -> (usize, usize) {
-    // Only the addresses of the linker symbols are taken, never their contents.
+    // Only the addresses of the linker symbols are taken (and exposed: the accesses below
+    // rebuild pointers into the whole region from them), never their contents.
     let start = core::ptr::addr_of!(_anchor_store_start) as usize;
     let end = core::ptr::addr_of!(_anchor_store_end) as usize;
     (start, end.saturating_sub(start))
@@ -33,13 +34,13 @@ fn read_u32(at: usize) -> u32 {
     // SAFETY: `at` is a word-aligned address inside the store's region (the region is
     // page-aligned, the header is at its start), which no Rust object occupies (memory.x keeps
     // it out of every section).
-    unsafe { core::ptr::read_volatile(at as *const u32) }
+    unsafe { core::ptr::read_volatile(core::ptr::with_exposed_provenance::<u32>(at)) }
 }
 
 fn write_u32(at: usize, value: u32) {
     // SAFETY: as in `read_u32`; only `FlashAnchorStore::save`, through `&mut` on the one store,
     // writes here, so no slice from `records` is alive.
-    unsafe { core::ptr::write_volatile(at as *mut u32, value) }
+    unsafe { core::ptr::write_volatile(core::ptr::with_exposed_provenance_mut::<u32>(at), value) }
 }
 
 /// The flash-resident store. Only one exists: [`FlashAnchorStore::take`] hands it out once.
@@ -111,6 +112,8 @@ impl AnchorStore for FlashAnchorStore {
         // SAFETY: [start + HEADER, start + HEADER + len) lies inside the reserved region (checked
         // above), is initialised memory, and is not written while the returned slice (which
         // borrows `self`) lives: only `save(&mut self)` writes it.
-        unsafe { core::slice::from_raw_parts((start + HEADER) as *const u8, len) }
+        unsafe {
+            core::slice::from_raw_parts(core::ptr::with_exposed_provenance(start + HEADER), len)
+        }
     }
 }
