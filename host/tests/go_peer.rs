@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -125,29 +125,25 @@ fn start_peer(binary: &Path, server: &Path, roots: &Path, allow: &str) -> Peer {
 /// An HTTP request through `openssl s_client` with the client identity in `client`, sending its
 /// issuer too when `chain`; the response text.
 fn call(address: &str, client: &Path, chain: bool) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet", "-connect", address])
-        .arg("-cert")
-        .arg(client.join("leaf.pem"))
-        .arg("-key")
-        .arg(client.join("key.pem"));
+    let (leaf, key, issuer) = (
+        client.join("leaf.pem"),
+        client.join("key.pem"),
+        client.join("issuer.pem"),
+    );
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "-cert".as_ref(),
+        leaf.as_os_str(),
+        "-key".as_ref(),
+        key.as_os_str(),
+    ];
     if chain {
-        cmd.arg("-cert_chain").arg(client.join("issuer.pem"));
+        args.extend(["-cert_chain".as_ref(), issuer.as_os_str()]);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::s_client(
+        address,
+        &args,
+        "GET / HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n",
+    )
 }
 
 #[test]

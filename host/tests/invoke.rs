@@ -375,29 +375,15 @@ fn s_client(addr: &str, cert: Option<(&Path, &Path)>) -> String {
 
 /// `request` over `openssl s_client` with an optional client certificate; the output.
 fn s_client_request(addr: &str, cert: Option<(&Path, &Path)>, request: &str) -> String {
-    let mut cmd = Command::new("openssl");
-    // -quiet implies -ign_eof: it reads until the server closes (Connection: close).
-    cmd.args(["s_client", "-connect", addr, "-quiet"]);
-    if let Some((key, crt)) = cert {
-        cmd.arg("-key").arg(key).arg("-cert").arg(crt);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    let mut stdout = child.stdout.take().unwrap();
-    let _ = stdout.read_to_string(&mut out);
-    let _ = child.wait();
-    out
+    let args: Vec<&std::ffi::OsStr> = cert.map_or_else(Vec::new, |(key, crt)| {
+        vec![
+            "-key".as_ref(),
+            key.as_os_str(),
+            "-cert".as_ref(),
+            crt.as_os_str(),
+        ]
+    });
+    common::s_client(addr, &args, request)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use sigil_board_common::replay::Replay;
 use sigil_core::chain::{ErrorKind, NameMismatch, Options, PeerName, Position, TrustBundle};
 use sigil_core::crypto::{PublicKey, RustCryptoSignatureVerifier, Scheme, SignError, Signer};
 use sigil_core::device_tls::{Provider, ServerCertVerifier, ServerRefusal, SigningGuard};
@@ -82,22 +83,30 @@ fn pki_with(
 ) -> Pki {
     let now = now_secs();
     let day = 86_400;
-    let root =
-        CertifiedIssuer::self_signed(ca_params("Root", now - day, now + 30 * day), p256_key())
-            .unwrap();
-    let issuer = CertifiedIssuer::signed_by(
-        ca_params("Issuer", now - day, now + 30 * day),
-        p256_key(),
-        &root,
+    pki_issued(
+        (server_alg, client_alg),
+        (now - day, now + 30 * day),
+        (now - 3600, now + day),
     )
-    .unwrap();
-    let server_not_after = now + day;
+}
+
+/// Root → issuer (both valid over `ca`) → {server leaf, client leaf} (both over `leaves`),
+/// the leaves' keys of the given algorithms.
+fn pki_issued(
+    (server_alg, client_alg): (&'static SignatureAlgorithm, &'static SignatureAlgorithm),
+    ca: (u64, u64),
+    leaves: (u64, u64),
+) -> Pki {
+    let root = CertifiedIssuer::self_signed(ca_params("Root", ca.0, ca.1), p256_key()).unwrap();
+    let issuer =
+        CertifiedIssuer::signed_by(ca_params("Issuer", ca.0, ca.1), p256_key(), &root).unwrap();
+    let server_not_after = leaves.1;
     let server_key = KeyPair::generate_for(server_alg).unwrap();
-    let server_leaf = workload_params(SERVER_ID, now - 3600, server_not_after)
+    let server_leaf = workload_params(SERVER_ID, leaves.0, server_not_after)
         .signed_by(&server_key, &issuer)
         .unwrap();
     let client_key = KeyPair::generate_for(client_alg).unwrap();
-    let client_leaf = workload_params(CLIENT_ID, now - 3600, now + day)
+    let client_leaf = workload_params(CLIENT_ID, leaves.0, leaves.1)
         .signed_by(&client_key, &issuer)
         .unwrap();
     Pki {
@@ -1179,65 +1188,11 @@ impl<S: embedded_io::Write> embedded_io::Write for Recording<S> {
     }
 }
 
-/// Plays the recorded server's bytes back, and checks that the client writes exactly what the
-/// recorded client wrote (a replay is only valid for the same ClientHello and key share).
-struct Replay<'a> {
-    server: &'a [u8],
-    client: &'a [u8],
-}
-
-impl embedded_io::ErrorType for Replay<'_> {
-    type Error = embedded_io::ErrorKind;
-}
-
-impl embedded_io::Read for Replay<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.server.len());
-        buf[..n].copy_from_slice(&self.server[..n]);
-        self.server = &self.server[n..];
-        Ok(n)
-    }
-}
-
-impl embedded_io::Write for Replay<'_> {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        match self.client.strip_prefix(buf) {
-            Some(rest) => {
-                self.client = rest;
-                Ok(buf.len())
-            }
-            None => Err(embedded_io::ErrorKind::InvalidData),
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
 /// The recorded PKI: root → issuer → {server leaf, client leaf}, P-256, fixed validity.
 fn recorded_pki() -> Pki {
-    let (from, to) = (1_767_225_600, 2_398_377_600); // 2026-01-01 .. 2046-01-01
-    let root = CertifiedIssuer::self_signed(ca_params("Root", from, to), p256_key()).unwrap();
-    let issuer =
-        CertifiedIssuer::signed_by(ca_params("Issuer", from, to), p256_key(), &root).unwrap();
-    let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let server_leaf = workload_params(SERVER_ID, from, to)
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let client_leaf = workload_params(CLIENT_ID, from, to)
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    Pki {
-        root: root.der().to_vec(),
-        issuer: issuer.der().to_vec(),
-        server_leaf: server_leaf.der().to_vec(),
-        server_key: server_key.serialize_der(),
-        server_not_after: to,
-        client_leaf: client_leaf.der().to_vec(),
-        client_key: client_key.serialize_der(),
-    }
+    let validity = (1_767_225_600, 2_398_377_600); // 2026-01-01 .. 2046-01-01
+    let p256 = &PKCS_ECDSA_P256_SHA256;
+    pki_issued((p256, p256), validity, validity)
 }
 
 /// The replaying device: the recorded client identity, the DRBG at the recorded seed, the
@@ -1330,10 +1285,7 @@ fn the_recorded_handshake_replays_byte_for_byte() {
     let chain = [client.as_slice(), issuer.as_slice()];
     let mut rng = replay_rng();
     let mut provider = replay_provider(&mut rng, &root, &chain, key);
-    let mut transport = Replay {
-        server: &server_bytes,
-        client: &client_bytes,
-    };
+    let mut transport = Replay::new(&server_bytes, &client_bytes);
     let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
     let mut tx = [0u8; 2048];
     {
@@ -1346,8 +1298,8 @@ fn the_recorded_handshake_replays_byte_for_byte() {
     }
     assert!(provider.verifier().is_verified());
     assert!(
-        transport.client.is_empty(),
+        transport.unwritten() == 0,
         "{} recorded client bytes not written",
-        transport.client.len()
+        transport.unwritten()
     );
 }

@@ -423,3 +423,29 @@ pub fn python() -> std::path::PathBuf {
     );
     python
 }
+
+/// `request` over `openssl s_client -quiet` to `addr` with `client_args` (a client
+/// certificate, its chain); what came back. `-quiet` implies `-ign_eof`: it reads until the
+/// server closes (send `Connection: close`).
+pub fn s_client(addr: &str, client_args: &[&std::ffi::OsStr], request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-quiet"])
+        .args(client_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    let _ = stdout.read_to_string(&mut out);
+    let _ = child.wait();
+    out
+}

@@ -26,7 +26,8 @@ use core::time::Duration;
 use cortex_m_rt::entry;
 use rand_core::RngCore as _;
 use sigil_board_common::call::{self, Call};
-use sigil_board_nrf52840_dk::link::{Link, MAX_SEND};
+use sigil_board_common::drive;
+use sigil_board_nrf52840_dk::link::Link;
 use sigil_board_nrf52840_dk::trng::{self, Trng};
 use sigil_board_nrf52840_dk::{blink, clock, hw};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
@@ -120,8 +121,9 @@ fn run(rng: &mut Rng) -> ! {
     let mut next_call: Option<Instant> = None;
     loop {
         let now = clock::now();
-        receive(&mut agent, &mut link, now);
-        transmit(&mut agent, rng, &mut link);
+        // A skipped frame needs nothing here: the reader resynchronises by itself.
+        let _ = drive::receive(&mut agent, &mut link, now);
+        drive::transmit(&mut agent, rng, &mut link);
         while let Some(event) = agent.poll_event() {
             match event {
                 Event::Installed { .. } => next_call = Some(now),
@@ -165,27 +167,6 @@ fn agent<'a>(own_id: SpiffeId<'a>, jitter_seed: u64) -> Agent<'a> {
     DeviceAgent::new(rotation, workload, RustCryptoSignatureVerifier)
         .with_slot(&SLOT)
         .with_provisioned(ANCHORS)
-}
-
-/// In: a frame, and the timer. Out of line: what the agent does with an answer is not on the
-/// stack during a call.
-#[inline(never)]
-fn receive(agent: &mut Agent<'_>, link: &mut Link<'_>, now: Instant) {
-    if let Ok(Some(frame)) = link.poll() {
-        agent.handle_frame(now, frame);
-    }
-    if agent.poll_timeout().is_some_and(|t| now >= t) {
-        agent.handle_timeout(now);
-    }
-}
-
-/// Sends the frames the agent has for the link. Out of line, like [`receive`].
-#[inline(never)]
-fn transmit(agent: &mut Agent<'_>, rng: &mut Rng, link: &mut Link<'_>) {
-    let mut out = [0u8; MAX_SEND];
-    while let Some(frame) = agent.poll_transmit(rng, &mut out) {
-        link.write(frame);
-    }
 }
 
 #[panic_handler]

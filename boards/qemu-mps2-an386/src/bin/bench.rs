@@ -258,50 +258,12 @@ fn run() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Plays the recorded server's bytes back and checks every byte the device writes against
-/// the recorded client's (`client` is what is left to write: empty at the end).
-struct Replay<'c> {
-    server: &'static [u8],
-    client: &'c mut &'static [u8],
-}
-
-impl embedded_io::ErrorType for Replay<'_> {
-    type Error = embedded_io::ErrorKind;
-}
-
-impl embedded_io::Read for Replay<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.server.len());
-        let (now, rest) = self.server.split_at(n);
-        if let Some(dst) = buf.get_mut(..n) {
-            dst.copy_from_slice(now);
-        }
-        self.server = rest;
-        Ok(n)
-    }
-}
-
-impl embedded_io::Write for Replay<'_> {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        match self.client.strip_prefix(buf) {
-            Some(rest) => {
-                *self.client = rest;
-                Ok(buf.len())
-            }
-            None => Err(embedded_io::ErrorKind::InvalidData),
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
 /// One replay of the recorded handshake and ping/pong, from a fresh DRBG at the recorded
 /// seed.
 fn replay_handshake() -> Result<(), &'static str> {
     use embedded_io::Write as _;
     use embedded_tls::blocking::{Aes128GcmSha256, TlsConfig, TlsConnection, TlsContext};
+    use sigil_board_common::replay::Replay;
     use sigil_core::device_tls::{Provider, ServerCertVerifier};
 
     let mut rng = HmacDrbg::new(
@@ -324,14 +286,10 @@ fn replay_handshake() -> Result<(), &'static str> {
     let mut provider = Provider::new(&mut rng, Some((&chain, key)), verifier);
     let mut rx = [0u8; sigil_core::link::TLS_READ_BUFFER];
     let mut tx = [0u8; 1280];
-    let mut unwritten = recorded::CLIENT_BYTES;
+    let mut replay = Replay::new(recorded::SERVER_BYTES, recorded::CLIENT_BYTES);
     {
-        let transport = Replay {
-            server: recorded::SERVER_BYTES,
-            client: &mut unwritten,
-        };
         let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
-            TlsConnection::new(transport, &mut rx, &mut tx);
+            TlsConnection::new(&mut replay, &mut rx, &mut tx);
         let config = TlsConfig::new();
         tls.open(TlsContext::new(&config, &mut provider))
             .map_err(|_| "the recorded handshake did not replay")?;
@@ -352,7 +310,7 @@ fn replay_handshake() -> Result<(), &'static str> {
             return Err("the recorded answer did not decrypt");
         }
     }
-    if !unwritten.is_empty() {
+    if replay.unwritten() != 0 {
         return Err("the device did not write all the recorded client bytes");
     }
     Ok(())

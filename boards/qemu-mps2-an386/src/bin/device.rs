@@ -42,8 +42,9 @@ use core::time::Duration;
 use cortex_m_rt::entry;
 use rand_core::RngCore as _;
 use sigil_board_common::call::{self, tls_name, Call, CallError};
+use sigil_board_common::drive;
 use sigil_board_qemu_mps2_an386::flash_store::FlashAnchorStore;
-use sigil_board_qemu_mps2_an386::link::{Link, MAX_SEND};
+use sigil_board_qemu_mps2_an386::link::Link;
 use sigil_board_qemu_mps2_an386::{self as board, clock, say, stack, uart::Uart};
 use sigil_core::agent::{DeviceAgent, Event, Workload};
 use sigil_core::bundle::{self as bundle, AnchorStore, OwnedTrustBundle};
@@ -182,9 +183,11 @@ fn run() -> Result<(), &'static str> {
             );
             return Err("scenario did not finish in time");
         }
-        receive(&mut agent, &mut link, now);
-        // Out: frames, then events.
-        transmit(&mut agent, &mut link, &mut rng);
+        // In: a frame and the timer; out: frames, then events.
+        if let Err(e) = drive::receive(&mut agent, &mut link, now) {
+            say!("link: ", e.name());
+        }
+        drive::transmit(&mut agent, &mut rng, &mut link);
         while let Some(event) = agent.poll_event() {
             if scenario.on_event(event, &agent, &mut link, &mut rng)? {
                 return Ok(());
@@ -243,31 +246,6 @@ fn agent<'a>(own_id: SpiffeId<'a>, jitter_seed: u64, store: &'a mut dyn AnchorSt
         .with_slot(&SLOT)
         .with_provisioned(ANCHORS)
         .with_store(store)
-}
-
-/// In: a frame (TLS frames outside a session are late ones: the agent ignores them), and the
-/// timer. Out of line, so that what the agent does with an answer (parsing, judging the chain,
-/// adopting roots) is not on the stack during a call.
-#[inline(never)]
-fn receive(agent: &mut Agent<'_>, link: &mut Link<'_>, now: Instant) {
-    match link.poll() {
-        Ok(Some(frame)) => agent.handle_frame(now, frame),
-        Ok(None) => {}
-        Err(e) => say!("link: ", e.name()),
-    }
-    if agent.poll_timeout().is_some_and(|t| now >= t) {
-        agent.handle_timeout(now);
-    }
-}
-
-/// Sends the frames the agent has for the link. Out of line, so that its buffers (the frame
-/// here, the CSR and the key's signing in the agent) are not on the stack during a TLS call.
-#[inline(never)]
-fn transmit(agent: &mut Agent<'_>, link: &mut Link<'_>, rng: &mut Rng) {
-    let mut out = [0u8; MAX_SEND];
-    while let Some(frame) = agent.poll_transmit(rng, &mut out) {
-        link.write(frame);
-    }
 }
 
 #[derive(Default)]
